@@ -1,0 +1,1 @@
+"""PostgreSQL: tool discovery, connections, throwaway local clusters."""

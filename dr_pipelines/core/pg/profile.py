@@ -1,0 +1,54 @@
+"""A quick, read-only profile of a live database: what it is, how big, which schema version."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dr_pipelines.core.pg.connect import connect
+
+
+@dataclass(frozen=True)
+class TableSize:
+    name: str
+    bytes: int
+    estimated_rows: int
+
+
+@dataclass(frozen=True)
+class DatabaseProfile:
+    server_version: str
+    system_identifier: str
+    database: str
+    size_bytes: int
+    schema_version: int | None
+    tables: list[TableSize] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile_database(dsn: str) -> DatabaseProfile:
+    """Read-only: runs in a READ ONLY transaction so it can never change the source."""
+    with connect(dsn) as conn:
+        conn.read_only = True
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+        db, size = conn.execute("SELECT current_database(), pg_database_size(current_database())").fetchone()
+        has_tracking = conn.execute("SELECT to_regclass('drp.schema_migrations') IS NOT NULL").fetchone()[0]
+        schema_version = (
+            conn.execute("SELECT max(version) FROM drp.schema_migrations").fetchone()[0] if has_tracking else None
+        )
+        rows = conn.execute(
+            """
+            SELECT format('%I.%I', n.nspname, c.relname),
+                   (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)::bigint,
+                   (SELECT coalesce(sum(greatest(pc.reltuples, 0)), 0)
+                      FROM pg_partition_tree(c.oid) t JOIN pg_class pc ON pc.oid = t.relid WHERE t.isleaf)::bigint
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+            ORDER BY 1
+            """
+        ).fetchall()
+    return DatabaseProfile(version, sysid, db, size, schema_version, [TableSize(*r) for r in rows])

@@ -1,0 +1,216 @@
+"""One typed, validated settings object for the CLI and the Dagster resources.
+
+Sources, later wins: defaults < YAML file (``DRP_CONFIG`` or ``--config``) < ``DRP_*``
+environment variables. Every invalid value is reported with the key's name, where it came
+from and what is expected. Secrets (the DSN's password, S3 keys) are SecretStr: they never
+appear in a repr, a log line, an error or Dagster metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.pg.connect import parse_dsn
+
+if TYPE_CHECKING:
+    from dr_pipelines.core.storage import Storage
+
+ENV_PREFIX = "DRP_"
+_CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError("expected a 5-field cron expression like '0 2 * * *'")
+    return value
+
+
+class Settings(BaseModel):
+    """Everything drp needs to know about its environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_dsn: SecretStr = Field(
+        SecretStr("host=127.0.0.1 port=5432 dbname=clinic user=postgres"),
+        description="libpq DSN of the database to protect (URI or key=value).",
+    )
+    storage_url: str = Field(
+        ".drp/storage",
+        description="Where backups, exports and archives go: a local path, file:///abs/path or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for non-AWS services (http(s)://host:port).")
+    s3_region: str | None = Field(None, description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 access key; unset = boto3's default chain.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key; unset = boto3's default chain.")
+    encryption_recipients: list[str] = Field(
+        default_factory=list, description="age public keys (age1...) that can decrypt backups; comma-separated in env."
+    )
+    rpo_minutes: int = Field(60, gt=0, description="Recovery point objective: maximum tolerated data loss.")
+    rto_minutes: int = Field(240, gt=0, description="Recovery time objective: maximum time to restored and checked.")
+    backup_cron: str = Field("0 2 * * *", description="When the backup schedule runs (cron, UTC).")
+    verify_cron: str = Field("0 4 * * 0", description="When the weekly verification restore runs (cron, UTC).")
+    drill_cron: str = Field("0 5 1 * *", description="When the monthly DR drill runs (cron, UTC).")
+    schedules_running: bool = Field(
+        False, description="Start schedules and sensors RUNNING by default (the demo sets this)."
+    )
+    work_dir: Path = Field(Path(".drp/work"), description="Scratch space for throwaway clusters (must be world-traversable when root).")
+    notify_webhook_url: SecretStr | None = Field(None, description="Optional webhook for alerts (RPO breach, failed runs).")
+
+    @field_validator("source_dsn")
+    @classmethod
+    def _dsn_parses(cls, v: SecretStr) -> SecretStr:
+        parse_dsn(v.get_secret_value(), setting="source_dsn")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_form(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expected a local path, file:///abs/path or s3://bucket[/prefix]")
+        if "://" in v and not (v.startswith("file://") or v.startswith("s3://")):
+            raise ValueError(f"unsupported scheme {v.split('://', 1)[0]!r}; expected a local path, file:// or s3://")
+        if v.startswith("s3://") and not v[5:].split("/", 1)[0]:
+            raise ValueError("s3:// URL has no bucket; expected s3://bucket[/prefix]")
+        return v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("expected http://host:port or https://host")
+        return v
+
+    @field_validator("encryption_recipients", mode="before")
+    @classmethod
+    def _split_recipients(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("encryption_recipients")
+    @classmethod
+    def _recipients_are_age(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not _AGE_RECIPIENT.match(r):
+                raise ValueError(f"{r[:12]!r}… is not an age public key (age1 followed by 58 bech32 characters)")
+        return v
+
+    @field_validator("backup_cron", "verify_cron", "drill_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        return _check_cron(v)
+
+    # -- derived ------------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The source DSN in clear, for connecting only: never log it."""
+        return self.source_dsn.get_secret_value()
+
+    def storage(self) -> Storage:
+        """The configured storage backend (credentials from settings, else boto3's default chain)."""
+        from dr_pipelines.core.storage import open_storage
+
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value else None
+
+        return open_storage(
+            self.storage_url,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            s3_access_key=secret(self.s3_access_key_id),
+            s3_secret_key=secret(self.s3_secret_access_key),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Settings safe to print or attach as metadata: secrets shown as set/unset."""
+        from dr_pipelines.core.pg.connect import redact_dsn
+
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(getattr(self, name), SecretStr):
+                out[name] = redact_dsn(self.dsn) if name == "source_dsn" else "********"
+            else:
+                out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+FIELDS = tuple(Settings.model_fields)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(config_path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from an optional YAML file and DRP_* environment variables."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    path = config_path or env.get("DRP_CONFIG")
+    if path:
+        raw.update(_read_yaml(Path(path)))
+        origin.update({k: f"{path}" for k in raw})
+    for field in FIELDS:
+        name = env_name(field)
+        if name in env:
+            raw[field] = env[name]
+            origin[field] = f"environment variable {name}"
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin), fix=_fix_hint(exc)) from None
+    except ConfigError as exc:  # raised inside a validator (parse_dsn)
+        field = "source_dsn"
+        raise ConfigError(f"{field} (from {origin.get(field, 'defaults')}): {exc.problem}", fix=exc.fix) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path} does not exist", fix="create it or correct DRP_CONFIG / --config") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {path} cannot be read ({type(exc).__name__})", fix="check the path and its permissions") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"settings file {path} is not valid YAML{where}", fix="fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must be a mapping of keys to values", fix="write `key: value` lines")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"settings file {path} has unknown key(s): {', '.join(map(str, unknown))}",
+            fix=f"valid keys are: {', '.join(FIELDS)}",
+        )
+    return data
+
+
+def _explain(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        source = origin.get(field, "defaults")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{field} (from {source}): {message}")
+    return "invalid settings: " + "; ".join(lines)
+
+
+def _fix_hint(exc: ValidationError) -> str:
+    fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+    return "correct " + ", ".join(f"{f} (env {env_name(f)})" for f in fields) + "; see docs/settings.md"

@@ -1,0 +1,66 @@
+"""Where backups are kept: a local directory or S3, behind one atomic, streaming interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.storage.base import ObjectInfo, PutResult, Storage
+
+__all__ = ["ObjectInfo", "PutResult", "Storage", "open_storage"]
+
+_FORMS = "file:///absolute/path, a plain directory path, s3://bucket or s3://bucket/prefix"
+
+
+def open_storage(
+    url: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    s3_region: str | None = None,
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+) -> Storage:
+    """Build the backend a storage URL names; credentials never travel inside the URL."""
+    if not url or not url.strip():
+        raise ConfigError("the storage URL is empty", fix=f"set DRP_STORAGE_URL to one of: {_FORMS}")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"the {scheme} storage URL contains credentials (user@host), which are not accepted",
+            fix="remove them from the URL; for S3 set DRP_S3_ACCESS_KEY_ID/DRP_S3_SECRET_ACCESS_KEY "
+            "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        )
+    if scheme == "":
+        from dr_pipelines.core.storage.local import LocalStorage
+
+        return LocalStorage(Path(url).expanduser().absolute())
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigError(
+                f"file storage URL {url!r} is not of the form file:///absolute/path",
+                fix=f"use one of: {_FORMS}",
+            )
+        from dr_pipelines.core.storage.local import LocalStorage
+
+        return LocalStorage(unquote(parts.path))
+    if scheme == "s3":
+        if not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                f"S3 storage URL {url!r} is not of the form s3://bucket[/prefix]",
+                fix=f"use one of: {_FORMS}",
+            )
+        from dr_pipelines.core.storage.s3 import S3Storage
+
+        return S3Storage(
+            parts.netloc,
+            unquote(parts.path),
+            endpoint_url=s3_endpoint_url,
+            region=s3_region,
+            access_key=s3_access_key,
+            secret_key=s3_secret_key,
+        )
+    raise ConfigError(
+        f"unsupported storage URL scheme {scheme!r}", fix=f"use one of: {_FORMS}"
+    )

@@ -1,0 +1,214 @@
+"""Local directory backend: for development, tests, and NAS mounts.
+
+Atomicity comes from writing a temp file in the target directory and ``os.replace``-ing it,
+which POSIX guarantees is atomic within one file system. Files are private (0o600) because
+backups hold tenants' health data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from dr_pipelines.core.errors import ObjectNotFoundError, StorageError
+from dr_pipelines.core.storage.base import (
+    TEMP_SUFFIX,
+    ObjectInfo,
+    PutResult,
+    Storage,
+    validate_key,
+    validate_prefix,
+)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class LocalStorage(Storage):
+    """Objects are files under ``root``; a key's segments are its relative path."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.url = self.root.as_uri()
+
+    # -- helpers -----------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _error(self, action: str, key: str, exc: OSError) -> StorageError:
+        return StorageError(
+            f"cannot {action} '{key}' in {self.url}: {exc.strerror or exc}",
+            fix=f"check that {self.root} is on a mounted, writable file system with free space",
+        )
+
+    def _makedirs(self, directory: Path) -> None:
+        """Create ``directory`` and missing parents, each with DIR_MODE (os.makedirs would not)."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _info(key: str, st: os.stat_result) -> ObjectInfo:
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    # -- Storage -----------------------------------------------------------------------
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> PutResult:
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        digest, size = hashlib.sha256(), 0
+        try:
+            self._makedirs(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as exc:
+            raise self._error("write", key, exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:  # the iterator's own exceptions propagate unwrapped
+                    digest.update(chunk)
+                    size += len(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as exc:
+                        raise self._error("write", key, exc) from exc
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError as exc:
+                    raise self._error("write", key, exc) from exc
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # from close() or replace(): the backend failed
+                raise self._error("write", key, exc) from exc
+            raise
+        try:
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            raise self._error("write", key, exc) from exc
+        return PutResult(key, size, digest.hexdigest())
+
+    def open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return path.open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectNotFoundError(
+                f"object '{key}' not found in {self.url}", fix="check the key, e.g. with list()"
+            ) from exc
+        except OSError as exc:
+            raise self._error("read", key, exc) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as exc:
+            raise self._error("stat", key, exc) from exc
+        if st is None or not path.is_file():
+            raise ObjectNotFoundError(
+                f"object '{key}' not found in {self.url}", fix="check the key, e.g. with list()"
+            )
+        return self._info(key, st)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        base, _, tail = prefix.rpartition("/")
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        yield from self._walk(start, f"{base}/" if base else "", tail)
+
+    def _walk(self, directory: Path, key_prefix: str, name_prefix: str) -> Iterator[ObjectInfo]:
+        """Yield files in key order: sorting a directory's entries by name, with '/' appended
+        to sub-directories, orders them exactly as their full keys sort."""
+        try:
+            with os.scandir(directory) as it:
+                entries = [e for e in it if e.name.startswith(name_prefix)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise self._error("list", key_prefix or "/", exc) from exc
+        keyed = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                keyed.append((entry.name + "/", entry))
+            elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(TEMP_SUFFIX):
+                keyed.append((entry.name, entry))
+        for name, entry in sorted(keyed, key=lambda pair: pair[0]):
+            if name.endswith("/"):
+                yield from self._walk(Path(entry.path), key_prefix + name, "")
+            else:
+                try:
+                    yield self._info(key_prefix + name, entry.stat(follow_symlinks=False))
+                except FileNotFoundError:  # deleted while listing
+                    continue
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise self._error("delete", key, exc) from exc
+        # Prune now-empty parents so deleted tenants leave no directory names behind.
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def check(self) -> None:
+        probe = self.root / f".drp-check.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        try:
+            self._makedirs(self.root)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(
+                f"storage directory {self.root} is not usable: {exc.strerror or exc}",
+                fix=f"create {self.root} writable by this user (uid {os.getuid()}) "
+                "or correct DRP_STORAGE_URL",
+            ) from exc
+
+    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
+        cutoff = time.time() - older_than.total_seconds()
+        removed = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.endswith(TEMP_SUFFIX):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    if path.stat().st_mtime <= cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:  # its writer finished or another cleaner won
+                    continue
+                except OSError as exc:
+                    raise self._error("remove partial upload", name, exc) from exc
+        return removed

@@ -1,0 +1,1 @@
+"""Notifications: open-source Dagster sends none by itself."""

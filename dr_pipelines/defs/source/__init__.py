@@ -1,0 +1,1 @@
+"""The protected source database, as Dagster sees it."""

@@ -1,0 +1,4 @@
+DROP TABLE visits;
+DROP TABLE appointments;
+DROP TABLE patients;
+DROP TYPE appointment_status;

@@ -1,0 +1,2 @@
+DROP TABLE prescriptions;
+DROP TABLE clinical_notes;

@@ -1,0 +1,2 @@
+DROP VIEW patient_balances;
+DROP VIEW upcoming_appointments;

@@ -1,0 +1,168 @@
+"""The demo stack: a local PostgreSQL seeded with clinic data, and `dagster dev` over this code location.
+
+Everything lives under one folder (DRP_DEMO_DIR, default .drp/demo): the cluster, the
+storage target, the Dagster instance. `drp demo down --purge` removes all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from dr_pipelines.core.errors import ClusterError
+from dr_pipelines.core.pg.cluster import LocalCluster, port_in_use
+
+DEMO_DB = "clinic"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> DemoPaths:
+        return cls(Path(os.environ.get("DRP_DEMO_DIR", ".drp/demo")).resolve())
+
+    @property
+    def pg(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+
+def cluster_exists(paths: DemoPaths) -> bool:
+    return (paths.pg / "PG_VERSION").exists()
+
+
+def ensure_database(
+    paths: DemoPaths,
+    *,
+    clinics: int,
+    scale: float,
+    seed: int = 42,
+    port: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> LocalCluster:
+    """Create (or restart) the demo cluster and seed the clinic database once."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.root, 0o755)  # the postgres OS user must traverse it when we are root
+    if cluster_exists(paths):
+        cluster = LocalCluster.attach(paths.pg)
+        if not cluster.is_running():
+            cluster.start(retry_other_port=port is None)
+    else:
+        cluster = LocalCluster.create(paths.pg, port=port, settings={"max_wal_size": "'2GB'"})
+    if not database_exists(cluster, DEMO_DB):
+        from dr_pipelines.demo.generate import seed_demo
+
+        dsn = cluster.create_database(DEMO_DB)
+        try:
+            seed_demo(dsn, clinics=clinics, scale=scale, seed=seed, progress=progress)
+        except BaseException:
+            cluster.drop_database(DEMO_DB)  # nothing half-seeded is left for the next `demo up`
+            raise
+    return cluster
+
+
+def database_exists(cluster: LocalCluster, name: str) -> bool:
+    with psycopg.connect(cluster.dsn()) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
+    """The environment the code location runs with in the demo."""
+    return {
+        "DRP_SOURCE_DSN": cluster.dsn(DEMO_DB),
+        "DRP_STORAGE_URL": str(paths.storage),
+        "DRP_WORK_DIR": str(paths.root / "work"),
+        "DRP_SCHEDULES_RUNNING": "true",
+        "DAGSTER_HOME": str(paths.dagster_home),
+    }
+
+
+def prepare_dagster_home(paths: DemoPaths) -> None:
+    """DAGSTER_HOME with the repository's dagster.yaml (SQLite storage, telemetry off)."""
+    paths.dagster_home.mkdir(parents=True, exist_ok=True)
+    source = REPO_ROOT / "dagster.yaml"
+    target = paths.dagster_home / "dagster.yaml"
+    if source.exists():
+        shutil.copyfile(source, target)
+    else:
+        target.write_text("telemetry:\n  enabled: false\n")
+
+
+def check_ui_port(host: str, port: int) -> None:
+    """Refuse early, before any seeding, if the UI's port is taken."""
+    if port_in_use(port, host):
+        raise ClusterError(
+            f"port {port} on {host} is already in use, so the Dagster UI cannot start",
+            fix="stop whatever listens there (another `drp demo up`?) or pass --ui-port",
+        )
+
+
+def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int) -> int:
+    """Run `dagster dev` in the foreground until interrupted, then stop it and the cluster cleanly."""
+    prepare_dagster_home(paths)
+    env = {**os.environ, **demo_env(paths, cluster)}
+    workspace = REPO_ROOT / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "dr_pipelines.definitions"]
+    cmd = [sys.executable, "-m", "dagster", "dev", "-h", host, "-p", str(port), *target]
+    child = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT if workspace.exists() else None, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        _signal_group(child, signal.SIGINT)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if child.poll() is None:
+            _signal_group(child, signal.SIGINT)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
+        cluster.stop()
+    # dagster dev exits non-zero on SIGINT in some versions; an interrupt is a clean stop.
+    return 0 if code in (0, -signal.SIGINT, 130, 1) else code
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def down(paths: DemoPaths, *, purge: bool) -> str:
+    """Stop the demo cluster; with purge, remove the whole demo folder."""
+    if not paths.root.exists():
+        return "no demo here"
+    if cluster_exists(paths):
+        cluster = LocalCluster.attach(paths.pg)
+        if purge:
+            cluster.remove()
+        else:
+            cluster.stop()
+    if purge:
+        shutil.rmtree(paths.root)
+        return f"demo removed ({paths.root})"
+    return "demo cluster stopped (data kept; `drp demo up` restarts it)"

@@ -1,0 +1,77 @@
+"""Shared fixtures: real PostgreSQL clusters from our own harness, S3 over HTTP from moto's server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def work_base() -> Iterator[Path]:
+    """A scratch folder the postgres OS user can traverse (initdb runs as postgres when we are root)."""
+    base = Path(tempfile.mkdtemp(prefix="drp-tests-"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home(work_base: Path) -> Iterator[Path]:
+    """Every test sees a DAGSTER_HOME with the repository's dagster.yaml (telemetry off)."""
+    home = work_base / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    previous = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(work_base: Path) -> Iterator[LocalCluster]:
+    """One real PostgreSQL cluster for the whole session."""
+    cluster = LocalCluster.create(work_base / "pg", settings={"max_connections": "200", "max_wal_size": "'1GB'"})
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def fresh_db(pg_cluster: LocalCluster) -> Iterator[str]:
+    """An empty database per test; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = pg_cluster.create_database(name)
+    yield dsn
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def demo_template(pg_cluster: LocalCluster) -> str:
+    """A small seeded clinic database, used as a template (copying it is much faster than seeding)."""
+    from dr_pipelines.demo.generate import seed_demo
+
+    name = "demo_template"
+    seed_demo(pg_cluster.create_database(name), clinics=3, scale=0.5, seed=7)
+    return name
+
+
+@pytest.fixture
+def demo_db(pg_cluster: LocalCluster, demo_template: str) -> Iterator[str]:
+    """A fresh copy of the seeded clinic database per test; its DSN."""
+    name = f"demo_{uuid.uuid4().hex[:12]}"
+    dsn = pg_cluster.create_database(name, template=demo_template)
+    yield dsn
+    pg_cluster.drop_database(name)
