@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -31,27 +25,14 @@ EXPECTED_TABLES = {
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="drp-demo-schema-"))
-    os.chmod(base, 0o755)  # the postgres OS user must traverse it when tests run as root
-    c = LocalCluster.create(base / "pg")
-    try:
-        yield c
-    finally:
-        c.remove()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-_names = itertools.count()
+def cluster(pg_cluster: LocalCluster) -> LocalCluster:
+    """The session's cluster (conftest); databases made here are named per module."""
+    return pg_cluster
 
 
 @pytest.fixture
-def new_db(cluster: LocalCluster) -> Iterator[str]:
-    """DSN of a new, empty database (dropped afterwards)."""
-    name = f"t_{next(_names)}"
-    dsn = cluster.create_database(name)
-    yield dsn
-    cluster.drop_database(name)
+def new_db(fresh_db: str) -> str:
+    return fresh_db
 
 
 def _seeded(cluster: LocalCluster, name: str, **kwargs: object) -> str:

@@ -28,7 +28,6 @@ from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.s3 import MotoServer, free_port, run_moto_server
 
-
 MiB = 1024 * 1024
 PART = 5 * MiB  # S3's minimum part size: a 12 MiB object takes three parts
 
