@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, port_in_use
 from dr_pipelines.demo.status import demo_status
-from dr_pipelines_tests.support.procs import BIN, drp, wait_for
+from dr_pipelines_tests.support.procs import drp, wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -22,8 +25,10 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     monkeypatch.setenv("DRP_DEMO_DIR", str(demo_dir))
     log = (work_base / "demo.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "drp"), "demo", "up", "--clinics", "2", "--scale", "0.3", "--ui-port", str(ui_port)],
-        env={**os.environ, "DRP_DEMO_DIR": str(demo_dir)}, stdout=log, stderr=subprocess.STDOUT,
+        # Exactly the README's demo command (the venv already exists, so it only checks and starts).
+        [str(REPO_ROOT / "scripts" / "demo"), "--clinics", "2", "--scale", "0.3", "--ui-port", str(ui_port)],
+        env={**os.environ, "DRP_DEMO_DIR": str(demo_dir), "DRP_VENV": str(Path(sys.executable).parent.parent)},
+        stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         report = wait_for(lambda: (r := demo_status(ui_url))["ok"] and r, timeout=180, what="demo UI", interval=2)
