@@ -21,6 +21,7 @@ from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.pg.connect import parse_dsn
 
 if TYPE_CHECKING:
+    from dr_pipelines.core.retention.gfs import RetentionPolicy
     from dr_pipelines.core.storage import Storage
 
 ENV_PREFIX = "DRP_"
@@ -54,6 +55,13 @@ class Settings(BaseModel):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key; unset = boto3's default chain.")
     encryption_recipients: list[str] = Field(
         default_factory=list, description="age public keys (age1...) that can decrypt backups; comma-separated in env."
+    )
+    age_identity_file: Path | None = Field(
+        None, description="age identity (private key) file for restores; keep it off the backup host."
+    )
+    backup_retention: str = Field(
+        "last=7,daily=7,weekly=4,monthly=12,yearly=3",
+        description="GFS retention applied after each backup (restic semantics, rules OR-ed).",
     )
     rpo_minutes: int = Field(60, gt=0, description="Recovery point objective: maximum tolerated data loss.")
     rto_minutes: int = Field(240, gt=0, description="Recovery time objective: maximum time to restored and checked.")
@@ -104,6 +112,23 @@ class Settings(BaseModel):
             if not _AGE_RECIPIENT.match(r):
                 raise ValueError(f"{r[:12]!r}… is not an age public key (age1 followed by 58 bech32 characters)")
         return v
+
+    @field_validator("backup_retention")
+    @classmethod
+    def _retention_parses(cls, v: str) -> str:
+        from dr_pipelines.core.retention.gfs import RetentionPolicy
+
+        try:
+            RetentionPolicy.parse(v)
+        except ConfigError as exc:
+            raise ValueError(exc.problem) from None
+        return v
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        from dr_pipelines.core.retention.gfs import RetentionPolicy
+
+        return RetentionPolicy.parse(self.backup_retention)
 
     @field_validator("backup_cron", "verify_cron", "drill_cron")
     @classmethod

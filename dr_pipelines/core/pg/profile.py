@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+
 from dr_pipelines.core.pg.connect import connect
 
 
@@ -28,12 +30,32 @@ class DatabaseProfile:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ServerIdentity:
+    version: str
+    version_num: int
+    system_identifier: str | None  # None when the role may not read pg_control_system()
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+
+def server_identity(conn: psycopg.Connection) -> ServerIdentity:
+    version, num = conn.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int").fetchone()
+    try:
+        with conn.transaction():
+            sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        sysid = None
+    return ServerIdentity(version, num, sysid)
+
+
 def profile_database(dsn: str) -> DatabaseProfile:
     """Read-only: runs in a READ ONLY transaction so it can never change the source."""
     with connect(dsn) as conn:
         conn.read_only = True
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+        ident = server_identity(conn)
         db, size = conn.execute("SELECT current_database(), pg_database_size(current_database())").fetchone()
         has_tracking = conn.execute("SELECT to_regclass('drp.schema_migrations') IS NOT NULL").fetchone()[0]
         schema_version = (
@@ -51,4 +73,4 @@ def profile_database(dsn: str) -> DatabaseProfile:
             ORDER BY 1
             """
         ).fetchall()
-    return DatabaseProfile(version, sysid, db, size, schema_version, [TableSize(*r) for r in rows])
+    return DatabaseProfile(ident.version, ident.system_identifier or "unknown", db, size, schema_version, [TableSize(*r) for r in rows])

@@ -5,19 +5,18 @@ Domain errors are printed as one message (problem + fix) without a traceback, ex
 
 from __future__ import annotations
 
-import json
 import sys
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dr_pipelines.cli import backup as backup_cli
+from dr_pipelines.cli.common import emit_json, err, out, settings, state
 from dr_pipelines.core.errors import DrpError
-from dr_pipelines.core.settings import Settings, load_settings
 
 app = typer.Typer(help="dr_pipelines: backups, verification, restores and DR drills for PostgreSQL.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -29,19 +28,9 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(storage_app, name="storage")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
-_state: dict[str, Any] = {"config": None}
-
-
-def settings() -> Settings:
-    return load_settings(_state["config"])
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
+app.add_typer(backup_cli.backup_app, name="backup")
+app.add_typer(backup_cli.key_app, name="key")
+app.command("restore")(backup_cli.restore)
 
 def _version(value: bool) -> None:
     if value:
@@ -54,7 +43,7 @@ def _root(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file (else DRP_CONFIG).", envvar="DRP_CONFIG"),
     _v: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["config"] = config
+    state["config"] = config
 
 
 # -- config -----------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""What every `drp` command shares: settings, output (table or --json), progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from dr_pipelines.core.settings import Settings, load_settings
+
+out = Console()
+err = Console(stderr=True)
+state: dict[str, Any] = {"config": None}
+
+
+def settings() -> Settings:
+    return load_settings(state["config"])
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Any]:
+    """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int | None) -> None:
+        if phase not in tasks:
+            tasks[phase] = bars.add_task(phase, total=total)
+        bars.update(tasks[phase], completed=done, total=total if total and total >= done else None)
+
+    with bars:
+        yield update
+
+
+def identity_path(option: Path | None) -> Path:
+    from dr_pipelines.core.errors import ConfigError
+
+    path = option or settings().age_identity_file
+    if path is None:
+        raise ConfigError(
+            "no age identity given: restoring needs the backup's private key",
+            fix="pass --identity FILE or set DRP_AGE_IDENTITY_FILE",
+        )
+    return path

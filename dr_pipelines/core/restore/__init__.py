@@ -1,0 +1,1 @@
+"""Restores: fetch and prove the objects, then hand them to pg_restore."""

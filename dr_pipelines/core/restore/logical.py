@@ -1,0 +1,228 @@
+"""Restore a logical backup into a named database or a fresh local cluster.
+
+Every object is fetched to a local work file and its SHA-256 checked against the manifest
+before pg_restore touches the target: a corrupted object or a wrong key writes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
+from dr_pipelines.core.backup.logical import libpq_env
+from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.profile import server_identity
+from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.restore.fetch import fetch_object
+from dr_pipelines.core.storage import Storage
+
+Progress = Callable[[str, int, int | None], None]  # phase, done, total
+
+
+class RestoreError(DrpError):
+    """pg_restore failed, or the target is not fit to restore into."""
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    jobs: int = 2
+    schemas: Sequence[str] = ()
+    tables: Sequence[str] = ()
+    force: bool = False  # restore into a non-empty database (objects are dropped and recreated)
+    no_owner: bool = False
+    with_globals: bool = False  # apply roles from the backup first (sensible on a fresh cluster)
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    target: str
+    fetch_seconds: float
+    restore_seconds: float
+    plain_bytes: int
+    toc_entries: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def fetch_backup(
+    storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path, *, progress: Progress | None = None
+) -> dict[str, Path]:
+    """Every object of the backup, verified and decrypted, as local files by role."""
+    manifest = _manifest(entry)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    try:
+        for obj in manifest.objects:
+            dest = work_dir / obj.key.removesuffix(".zst.age")
+
+            def report(done: int, _role: str = obj.role, _total: int = obj.bytes) -> None:
+                if progress:
+                    progress(f"fetch {_role}", done, _total)
+
+            fetch_object(storage, f"{backup_prefix(entry.id)}/{obj.key}", obj, identities, dest, progress=report)
+            files[obj.role] = dest
+    except BaseException:
+        for path in files.values():
+            path.unlink(missing_ok=True)
+        raise
+    return files
+
+
+def list_contents(storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path) -> str:
+    """pg_restore --list of the backup's database object (its table of contents)."""
+    with tempfile.TemporaryDirectory(dir=_ensure(work_dir)) as tmp:
+        files = fetch_backup(storage, entry, identities, Path(tmp))
+        pg_restore = client_tool("pg_restore", _manifest(entry).source.get("server_version_num", 150000) // 10000)
+        out = subprocess.run([pg_restore, "--list", str(files["database"])], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RestoreError(f"pg_restore --list failed: {out.stderr.strip()}", fix="the dump may be damaged")
+        return out.stdout
+
+
+def restore_backup(
+    storage: Storage,
+    entry: BackupEntry,
+    identities: Sequence[object],
+    target_dsn: str,
+    *,
+    work_dir: Path,
+    options: RestoreOptions = RestoreOptions(),
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Fetch and verify every object, then pg_restore into target_dsn (which must exist)."""
+    manifest = _manifest(entry)
+    with connect(target_dsn) as conn:
+        ident = server_identity(conn)
+        if not options.force:
+            _refuse_non_empty(conn, target_dsn)
+    if ident.version_num // 10000 < manifest.source.get("server_version_num", 0) // 10000:
+        raise RestoreError(
+            f"target server {describe(target_dsn)} is PostgreSQL {ident.version}, older than the backup's source "
+            f"({manifest.source.get('server_version')})",
+            fix="restore into a server of the same major version or newer",
+        )
+    pg_restore = client_tool("pg_restore", ident.major)
+    with tempfile.TemporaryDirectory(prefix=f"restore-{entry.id}-", dir=_ensure(work_dir)) as tmp:
+        started = time.monotonic()
+        files = fetch_backup(storage, entry, identities, Path(tmp), progress=progress)
+        fetched = time.monotonic()
+        warnings: list[str] = []
+        if options.with_globals and "globals" in files:
+            warnings += _apply_globals(files["globals"], target_dsn, ident.major)
+        toc = _toc_entries(pg_restore, files["database"])
+        _pg_restore(pg_restore, files["database"], target_dsn, options, toc, progress)
+        done = time.monotonic()
+        plain = sum(p.stat().st_size for p in files.values())
+    return RestoreResult(entry.id, describe(target_dsn), fetched - started, done - fetched, plain, toc, warnings)
+
+
+def _manifest(entry: BackupEntry) -> Manifest:
+    if entry.manifest is None:
+        raise RestoreError(f"backup {entry.id} has no readable manifest", fix="choose another backup")
+    return entry.manifest
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _refuse_non_empty(conn: psycopg.Connection, dsn: str) -> None:
+    count = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+    ).fetchone()[0]
+    if count:
+        raise RestoreError(
+            f"target database {describe(dsn)} is not empty ({count} relations)",
+            fix="restore into a new database or a fresh cluster (--new-cluster), or pass --force to overwrite",
+        )
+
+
+def _toc_entries(pg_restore: str, dump: Path) -> int:
+    out = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RestoreError(f"pg_restore cannot read the dump: {out.stderr.strip()}", fix="the dump may be damaged")
+    return sum(1 for line in out.stdout.splitlines() if line and not line.startswith(";"))
+
+
+def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOptions, toc: int,
+                progress: Progress | None) -> None:
+    conninfo, env = libpq_env(target_dsn)
+    cmd = [pg_restore, "--verbose", "--exit-on-error", "--no-password", f"--jobs={max(1, options.jobs)}",
+           f"--dbname={conninfo}"]
+    if options.force:
+        cmd += ["--clean", "--if-exists"]
+    if options.no_owner:
+        cmd += ["--no-owner", "--no-privileges"]
+    for schema in options.schemas:
+        cmd.append(f"--schema={schema}")
+    for table in options.tables:
+        cmd.append(f"--table={table}")
+    cmd.append(str(dump))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    done = 0
+    for line in proc.stderr:
+        tail.append(line.rstrip())
+        if line.startswith("pg_restore: creating") or line.startswith("pg_restore: processing"):
+            done += 1
+            if progress:
+                progress("restore", min(done, toc), toc)
+    code = proc.wait()
+    if code != 0:
+        errors = [line for line in tail if "error" in line.lower()] or list(tail)
+        raise RestoreError(
+            f"pg_restore into {describe(target_dsn)} failed (exit {code}): " + " | ".join(errors[-5:]),
+            fix="read the error; roles missing on the target? use --with-globals on a fresh cluster or --no-owner",
+        )
+
+
+def _apply_globals(sql_file: Path, target_dsn: str, major: int) -> list[str]:
+    """Roles and tablespaces from pg_dumpall; 'already exists' is expected for the bootstrap role."""
+    psql = client_tool("psql", major)
+    conninfo, env = libpq_env(target_dsn)
+    out = subprocess.run([psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", f"--dbname={conninfo}",
+                          "-f", str(sql_file)], capture_output=True, text=True, env=env)
+    problems = [line for line in out.stderr.splitlines() if "ERROR" in line and "already exists" not in line]
+    if problems:
+        raise RestoreError("applying the backup's roles failed: " + " | ".join(problems[:5]), fix="check the target cluster")
+    return [line for line in out.stderr.splitlines() if "already exists" in line]
+
+
+
+
+def restore_to_new_cluster(
+    storage: Storage,
+    entry: BackupEntry,
+    identities: Sequence[object],
+    data_dir: Path,
+    *,
+    work_dir: Path,
+    port: int | None = None,
+    options: RestoreOptions = RestoreOptions(with_globals=True),
+    progress: Progress | None = None,
+) -> tuple[LocalCluster, RestoreResult]:
+    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure."""
+    database = _manifest(entry).source.get("database") or "restored"
+    cluster = LocalCluster.create(data_dir, port=port)
+    try:
+        target = cluster.create_database(database, template="template0")
+        result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options, progress=progress)
+    except BaseException:
+        cluster.remove()
+        raise
+    return cluster, result

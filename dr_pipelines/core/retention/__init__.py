@@ -1,0 +1,1 @@
+"""Retention: which backups to keep (GFS), and later data-retention policies."""

@@ -1,0 +1,143 @@
+"""Streams, not files: compress + encrypt on the way out, decrypt + decompress on the way in.
+
+Memory is bounded by a small queue of chunks whatever the payload size. The wire format is
+plain `zstd` inside plain `age`, so `age -d -i key | zstd -d` undoes it with stock tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+import pyrage
+import zstandard
+
+from dr_pipelines.core.crypto import DecryptionError
+
+READ_SIZE = 1 << 20
+QUEUE_DEPTH = 32  # chunks of up to ~64 KiB from age: a few MiB in flight at most
+_DONE = object()
+
+
+class CountingReader:
+    """Counts (and optionally hashes) the bytes read through it."""
+
+    def __init__(self, raw: BinaryIO, *, hash_it: bool = False) -> None:
+        self.raw = raw
+        self.bytes = 0
+        self._sha = hashlib.sha256() if hash_it else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.bytes += len(data)
+        if self._sha is not None:
+            self._sha.update(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(READ_SIZE):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        assert self._sha is not None
+        return self._sha.hexdigest()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _QueueWriter:
+    """A file-like sink for pyrage that hands chunks to the consumer thread, with backpressure."""
+
+    def __init__(self, q: queue.Queue, cancel: threading.Event) -> None:
+        self.q = q
+        self.cancel = cancel
+
+    def write(self, data: bytes) -> int:
+        chunk = bytes(data)
+        while True:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            try:
+                self.q.put(chunk, timeout=0.2)
+                return len(chunk)
+            except queue.Full:
+                continue
+
+    def flush(self) -> None:
+        pass
+
+
+def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2) -> Iterator[bytes]:
+    """Yield age(zstd(source)) chunks; the work runs in a thread so the consumer can upload meanwhile.
+
+    If the consumer stops early (an upload failed), the worker is cancelled and joined.
+    """
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            compressor = zstandard.ZstdCompressor(level=level, threads=threads)
+            with compressor.stream_reader(source, read_size=READ_SIZE, closefd=False) as compressed:
+                pyrage.encrypt_io(compressed, _QueueWriter(q, cancel), list(recipients))
+        except _Cancelled:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            if "_Cancelled" in repr(exc):  # pyrage wraps exceptions raised by the writer
+                return
+            failure.append(exc)
+        finally:
+            _put_until_cancelled(q, _DONE, cancel)
+
+    worker = threading.Thread(target=work, name="compress-encrypt", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        cancel.set()
+        worker.join(timeout=60)
+
+
+def _put_until_cancelled(q: queue.Queue, item: object, cancel: threading.Event) -> None:
+    while not cancel.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[object], *, what: str) -> None:
+    """Write zstd-decompressed, age-decrypted `reader` into `dest`.
+
+    A wrong identity or damaged ciphertext raises DecryptionError naming `what`.
+    """
+    decompressor = zstandard.ZstdDecompressor()
+    try:
+        with decompressor.stream_writer(dest, closefd=False) as plain:
+            pyrage.decrypt_io(reader, plain, list(identities))
+    except pyrage.DecryptError as exc:
+        raise DecryptionError(
+            f"cannot decrypt {what}: {exc}",
+            fix="use the age identity (private key) matching the backup's recipients; if it does match, the object is damaged",
+        ) from None
+    except zstandard.ZstdError as exc:
+        raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})", fix="the object is damaged") from None
