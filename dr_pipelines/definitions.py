@@ -6,6 +6,7 @@ import dagster as dg
 
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.defs.alerts import definitions as alerts
+from dr_pipelines.defs.backups import definitions as backups
 from dr_pipelines.defs.resources import drp_resource
 from dr_pipelines.defs.source import definitions as source
 
@@ -14,6 +15,7 @@ def build_definitions() -> dg.Definitions:
     settings = load_settings()
     return dg.Definitions.merge(
         source.build(settings),
+        backups.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),
     )

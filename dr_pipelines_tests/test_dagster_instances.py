@@ -44,8 +44,9 @@ def test_headless_webserver_lists_this_locations_assets(webserver: str) -> None:
     (loc,) = locations
     assert loc.error is None
     assert "source_profile" in loc.assets
-    assert loc.schedules == {"source_profile_hourly": "STOPPED"}
-    assert loc.sensors == {"run_failure_alert": "STOPPED"}
+    assert {"source_profile", "logical_backup", "backup_retention"} <= set(loc.assets)
+    assert loc.schedules == {"source_profile_hourly": "STOPPED", "logical_backup_schedule": "STOPPED"}
+    assert loc.sensors == {"run_failure_alert": "STOPPED", "rpo_breach_alert": "STOPPED"}
 
 
 @pytest.fixture

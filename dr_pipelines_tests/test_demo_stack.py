@@ -34,8 +34,10 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         report = wait_for(lambda: (r := demo_status(ui_url))["ok"] and r, timeout=180, what="demo UI", interval=2)
         assert report["database"]["clinics"] == 2
         assert "source_profile" in report["ui"]["assets"]
-        assert report["ui"]["schedules"] == {"source_profile_hourly": "RUNNING"}
-        assert report["ui"]["sensors"] == {"run_failure_alert": "RUNNING"}
+        assert set(report["ui"]["schedules"].values()) == {"RUNNING"}
+        assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])
+        assert set(report["ui"]["sensors"].values()) == {"RUNNING"}
+        assert {"run_failure_alert", "rpo_breach_alert"} <= set(report["ui"]["sensors"])
         cli = drp("demo", "status", "--ui-url", ui_url, "--json", env={"DRP_DEMO_DIR": str(demo_dir)})
         assert cli.returncode == 0, cli.stderr
     finally:

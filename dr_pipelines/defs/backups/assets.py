@@ -1,0 +1,73 @@
+"""logical_backup and backup_retention: thin wrappers over dr_pipelines.core.backup."""
+
+# No `from __future__ import annotations` here: Dagster validates the context annotation's type.
+from datetime import timedelta
+
+import dagster as dg
+
+from dr_pipelines.core.backup.logical import run_logical_backup
+from dr_pipelines.core.backup.prune import prune_backups
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.backups.history import success_rate
+from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.source.assets import source_profile
+
+BACKUP_KEY = dg.AssetKey("logical_backup")
+BACKUP_JOB = "logical_backup_job"
+
+
+def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        key=BACKUP_KEY,
+        deps=[source_profile],
+        group_name="backups",
+        kinds={"postgres"},
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=settings.rpo_minutes)),
+        tags={"drp/source": "primary"},
+        description="A logical backup (pg_dump -> zstd -> age) in storage with its manifest; freshness = RPO.",
+    )
+    def logical_backup(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
+        s = drp.settings()
+        storage = s.storage()
+        manifest = run_logical_backup(
+            s.dsn, storage, s.encryption_recipients,
+            progress=lambda phase, done, total: context.log.debug(f"{phase}: {done:,} bytes"),
+        )
+        plain = sum(o.plain_bytes or 0 for o in manifest.objects)
+        rate = success_rate(context.instance, BACKUP_JOB, days=30)
+        return dg.MaterializeResult(
+            metadata={
+                "backup_id": manifest.id,
+                "storage_uri": f"{storage.url}/backups/{manifest.id}",
+                "stored_bytes": dg.MetadataValue.int(manifest.stored_bytes),
+                "plain_bytes": dg.MetadataValue.int(plain),
+                "duration_s": dg.MetadataValue.float(round(manifest.duration_s, 2)),
+                "throughput_mib_s": dg.MetadataValue.float(round(plain / max(manifest.duration_s, 1e-6) / 2**20, 1)),
+                "tables": len(manifest.tables),
+                "rows": dg.MetadataValue.int(manifest.total_rows),
+                "restore_point": manifest.extra["snapshot_at"],
+                "success_rate_30d": rate.describe(),
+            }
+        )
+
+    @dg.asset(
+        deps=[logical_backup],
+        group_name="backups",
+        description="Applies the GFS retention policy (restic semantics); pins and the newest restorable stay.",
+    )
+    def backup_retention(drp: DrpSettingsResource) -> dg.MaterializeResult:
+        s = drp.settings()
+        result = prune_backups(s.storage(), s.retention_policy, dry_run=False)
+        table = "| backup | kept | reasons |\n|---|---|---|\n" + "\n".join(
+            f"| {d.candidate.id} | {'yes' if d.keep else 'deleted'} | {', '.join(d.reasons)} |" for d in result.decisions
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "policy": s.retention_policy.describe(),
+                "kept": len(result.kept),
+                "deleted": dg.MetadataValue.json(result.deleted),
+                "decisions": dg.MetadataValue.md(table),
+            }
+        )
+
+    return [logical_backup, backup_retention]

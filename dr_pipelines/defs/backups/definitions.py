@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import dagster as dg
+
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.backups.assets import BACKUP_JOB, BACKUP_KEY, build_assets
+from dr_pipelines.defs.backups.checks import manifest_complete, objects_present
+from dr_pipelines.defs.backups.sensors import build_sensors
+from dr_pipelines.defs.status import schedule_status
+
+
+def build(settings: Settings) -> dg.Definitions:
+    assets = build_assets(settings)
+    job = dg.define_asset_job(
+        BACKUP_JOB,
+        selection=dg.AssetSelection.assets(BACKUP_KEY).downstream(),  # backup, its checks, then retention
+        tags={"drp/source": "primary"},
+    )
+    schedule = dg.ScheduleDefinition(
+        name="logical_backup_schedule", job=job, cron_schedule=settings.backup_cron, execution_timezone="UTC",
+        default_status=schedule_status(settings),
+    )
+    return dg.Definitions(assets=assets, asset_checks=[manifest_complete, objects_present], jobs=[job],
+                          schedules=[schedule], sensors=build_sensors(settings))

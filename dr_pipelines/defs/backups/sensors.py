@@ -1,0 +1,39 @@
+"""RPO watch: open-source Dagster sends no freshness alerts, so this sensor reads storage and notifies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core.notify import notify
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.status import sensor_status
+
+
+def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
+    @dg.sensor(name="rpo_breach_alert", minimum_interval_seconds=300, default_status=sensor_status(settings),
+               description="Alerts (log + webhook) when the newest restorable backup is older than the RPO.")
+    def rpo_breach_alert(context: dg.SensorEvaluationContext, drp: DrpSettingsResource) -> dg.SkipReason:
+        s = drp.settings()
+        newest = newest_restorable(list_backups(s.storage()))
+        point = newest.restore_point if newest else None
+        age_min = (datetime.now(UTC) - point).total_seconds() / 60 if point else None
+        breached = age_min is None or age_min > s.rpo_minutes
+        state = f"{newest.id if newest else 'none'}:{'breach' if breached else 'ok'}"
+        if breached and context.cursor != state:
+            webhook = s.notify_webhook_url
+            notify(
+                "RPO breached: no restorable backup newer than the target",
+                {"newest_restorable": newest.id if newest else None,
+                 "age_minutes": round(age_min, 1) if age_min is not None else None, "rpo_minutes": s.rpo_minutes},
+                webhook_url=webhook.get_secret_value() if webhook else None,
+            )
+        context.update_cursor(state)
+        if breached:
+            return dg.SkipReason(f"RPO breached (newest restorable: {newest.id if newest else 'none'}); alert sent")
+        return dg.SkipReason(f"RPO ok: newest restorable backup is {age_min:.0f} min old (target {s.rpo_minutes})")
+
+    return [rpo_breach_alert]
