@@ -33,6 +33,7 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     try:
         report = wait_for(lambda: (r := demo_status(ui_url))["ok"] and r, timeout=180, what="demo UI", interval=2)
         assert report["database"]["clinics"] == 2
+        assert report["newest_backup"] is not None  # the demo took a first backup
         assert "source_profile" in report["ui"]["assets"]
         assert set(report["ui"]["schedules"].values()) == {"RUNNING"}
         assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])

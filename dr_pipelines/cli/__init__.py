@@ -139,6 +139,8 @@ def demo_up(
     cluster = stack.ensure_database(paths, clinics=clinics, scale=scale, port=pg_port, progress=progress)
     env = stack.demo_env(paths, cluster)
     err.print(f"demo database: {env['DRP_SOURCE_DSN']}")
+    if stack.first_backup(paths, cluster) != 0:
+        err.print("warning: the first backup failed; the UI shows the failed run")
     if no_ui:
         for key, value in env.items():
             out.print(f"export {key}='{value}'")

@@ -44,6 +44,11 @@ class DemoPaths:
     def dagster_home(self) -> Path:
         return self.root / "dagster_home"
 
+    @property
+    def key_file(self) -> Path:
+        """The demo's age identity. A real deployment keeps it off the backup host."""
+        return self.root / "keys" / "backup-key.txt"
+
 
 def cluster_exists(paths: DemoPaths) -> bool:
     return (paths.pg / "PG_VERSION").exists()
@@ -84,10 +89,22 @@ def database_exists(cluster: LocalCluster, name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+def demo_recipient(paths: DemoPaths) -> str:
+    """The demo key pair's public key, generating the pair on first use."""
+    from dr_pipelines.core.crypto import generate_identity_file, load_identities
+
+    if not paths.key_file.exists():
+        paths.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return generate_identity_file(paths.key_file)
+    return str(load_identities(paths.key_file)[0].to_public())
+
+
 def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
     """The environment the code location runs with in the demo."""
     return {
         "DRP_SOURCE_DSN": cluster.dsn(DEMO_DB),
+        "DRP_ENCRYPTION_RECIPIENTS": demo_recipient(paths),
+        "DRP_AGE_IDENTITY_FILE": str(paths.key_file),
         "DRP_STORAGE_URL": str(paths.storage),
         "DRP_WORK_DIR": str(paths.root / "work"),
         "DRP_SCHEDULES_RUNNING": "true",
@@ -113,6 +130,13 @@ def check_ui_port(host: str, port: int) -> None:
             f"port {port} on {host} is already in use, so the Dagster UI cannot start",
             fix="stop whatever listens there (another `drp demo up`?) or pass --ui-port",
         )
+
+
+def first_backup(paths: DemoPaths, cluster: LocalCluster) -> int:
+    """Materialize the backup job once in the demo instance (skipped when a backup exists)."""
+    prepare_dagster_home(paths)
+    env = {**os.environ, **demo_env(paths, cluster)}
+    return subprocess.run([sys.executable, "-m", "dr_pipelines.demo.first_backup"], env=env).returncode
 
 
 def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int) -> int:

@@ -7,8 +7,10 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
+from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.stack import DEMO_DB, DemoPaths, cluster_exists
 from dr_pipelines.demo.ui import code_locations
 
@@ -17,7 +19,7 @@ LOCATION = "dr_pipelines"
 
 def demo_status(ui_url: str) -> dict[str, Any]:
     paths = DemoPaths.default()
-    report: dict[str, Any] = {"demo_dir": str(paths.root), "database": None, "ui": None, "ok": False}
+    report: dict[str, Any] = {"demo_dir": str(paths.root), "database": None, "newest_backup": None, "ui": None, "ok": False}
     if cluster_exists(paths):
         cluster = LocalCluster.attach(paths.pg)
         db: dict[str, Any] = {"dsn": cluster.dsn(DEMO_DB), "running": cluster.is_running()}
@@ -29,6 +31,9 @@ def demo_status(ui_url: str) -> dict[str, Any]:
             except psycopg.Error as exc:
                 db["error"] = str(exc).strip().splitlines()[0]
         report["database"] = db
+    if paths.storage.exists():
+        newest = newest_restorable(list_backups(open_storage(str(paths.storage))))
+        report["newest_backup"] = newest.id if newest else None
     try:
         locations = [loc for loc in code_locations(ui_url) if loc.name == LOCATION]
         report["ui"] = {"url": ui_url, "location_loaded": bool(locations) and not locations[0].error}
@@ -50,6 +55,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print("database: stopped (run `drp demo up`)")
     else:
         console.print(f"database: up, {db.get('clinics', '?')} clinics, {db.get('size_bytes', 0):,} bytes  ({db['dsn']})")
+    console.print(f"newest backup: {report['newest_backup'] or 'none yet'}")
     ui = report["ui"]
     if ui["location_loaded"]:
         console.print(f"UI: {ui['url']} serves location '{LOCATION}' with assets {', '.join(ui['assets'])}")
