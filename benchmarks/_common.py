@@ -2,8 +2,8 @@
 
 - ``CLUSTER_SETTINGS``: the bulk-load settings every benchmark cluster uses, so numbers compare.
 - ``make_base_dir``: a temp dir the ``postgres`` OS user can traverse (we may run as root).
-- ``run_measured``: run a command as a child, returning its wall time, CPU time and peak RSS
-  (from ``wait4``, so the numbers belong to that child and the descendants it waited for).
+- ``run_measured`` / ``Launch``: run a command as a child, returning its wall time, CPU time
+  and peak RSS (measured by GNU time, so the number is the command's own, not ours).
 - ``stats``, ``machine_info``: median/min summaries and the context a result needs.
 """
 
@@ -48,18 +48,47 @@ class Measured:
 
     seconds: float  # wall clock, spawn to reap
     returncode: int
-    maxrss_kb: int  # peak RSS of the child (or of its largest waited-for descendant)
-    cpu_seconds: float  # user + system of the child and its waited-for descendants
+    maxrss_kb: int  # peak RSS of the command (or of its largest waited-for descendant)
+    cpu_seconds: float  # user + system of the command and its waited-for descendants
 
     def as_dict(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 3), "maxrss_kb": self.maxrss_kb, "cpu_seconds": round(self.cpu_seconds, 3)}
 
 
-def reap(proc: subprocess.Popen, started: float) -> Measured:
-    """wait4 the process (instead of Popen.wait) to get its own resource usage."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(time.monotonic() - started, proc.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+class Launch:
+    """Start a command so that its peak RSS can be read afterwards.
+
+    A child forked (or vforked) from this Python process inherits our RSS high-water mark:
+    wait4() on it reports max(our RSS at the fork, its own). So the command runs under GNU
+    ``/usr/bin/time`` (a ~2 MB process), which reports the command's own peak. Without it we
+    fall back to wait4 and say so (``maxrss_exact`` False).
+    """
+
+    TIME = "/usr/bin/time"
+
+    def __init__(self, cmd: Sequence[str], **popen: Any) -> None:
+        self.exact = os.access(self.TIME, os.X_OK)
+        self._out: str | None = None
+        argv = list(cmd)
+        if self.exact:
+            fd, self._out = tempfile.mkstemp(prefix="bench-time-")
+            os.close(fd)
+            argv = [self.TIME, "-f", "%M %U %S", "-o", self._out, *argv]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, **popen)
+
+    def reap(self) -> Measured:
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        seconds = time.monotonic() - self.started
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if not self._out:
+            return Measured(seconds, self.proc.returncode, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+        try:
+            last = Path(self._out).read_text().strip().splitlines()[-1]  # after "Command exited with ..." if any
+            rss, user, system = last.split()
+            return Measured(seconds, self.proc.returncode, int(rss), float(user) + float(system))
+        finally:
+            os.unlink(self._out)
 
 
 def run_measured(
@@ -71,13 +100,13 @@ def run_measured(
     capture: bool = False,
 ) -> tuple[Measured, bytes]:
     """Run cmd to completion; returns its measurements and (if capture) its stdout. stderr is inherited."""
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        list(cmd),
+    launch = Launch(
+        cmd,
         stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE if capture else stdout,
         env=env,
     )
+    proc = launch.proc
     if input_bytes is not None:
         assert proc.stdin is not None
         proc.stdin.write(input_bytes)  # small: the child reads it all before it works
@@ -87,7 +116,17 @@ def run_measured(
         assert proc.stdout is not None
         out = proc.stdout.read()
         proc.stdout.close()
-    return reap(proc, started), out
+    return launch.reap(), out
+
+
+def own_peak_rss_kb() -> int:
+    """This process's own peak RSS (VmHWM), unlike getrusage(RUSAGE_SELF), which counts the parent's pre-exec RSS."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def stats(values: Sequence[float], digits: int = 3) -> dict[str, Any]:

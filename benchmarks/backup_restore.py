@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CLUSTER_SETTINGS, make_base_dir, machine_info, reap, run_measured, stats
+from _common import CLUSTER_SETTINGS, Launch, machine_info, make_base_dir, own_peak_rss_kb, run_measured, stats
 from psycopg import sql
 
 from dr_pipelines.core.backup.logical import libpq_env
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             report["seeding"] = seeded
         report["machine"] = {**machine_info(dsn), "loadavg_end": os.getloadavg(),
                              "cluster_settings": None if args.dsn else CLUSTER_SETTINGS}
-        report["orchestrator_peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        report["orchestrator_peak_rss_kb"] = own_peak_rss_kb()
         json.dump(report, sys.stdout, indent=2)
         print()
         _summary(report)
@@ -215,14 +214,13 @@ class Bench:
         conninfo, env = libpq_env(dsn)
         with open(out, "wb") as f:
             started = time.monotonic()
-            dump = subprocess.Popen([self.pg_dump, "-Fc", "-Z", "0", f"--dbname={conninfo}"],
-                                    stdout=subprocess.PIPE, env=env)
-            assert dump.stdout is not None
-            zstd = subprocess.Popen([self.zstd, "-q", f"-T{self.args.zstd_threads}", f"-{self.args.level}"],
-                                    stdin=dump.stdout, stdout=f)
-            dump.stdout.close()
-            m_dump = reap(dump, started)
-            m_zstd = reap(zstd, started)
+            dump = Launch([self.pg_dump, "-Fc", "-Z", "0", f"--dbname={conninfo}"], stdout=subprocess.PIPE, env=env)
+            assert dump.proc.stdout is not None
+            zstd = Launch([self.zstd, "-q", f"-T{self.args.zstd_threads}", f"-{self.args.level}"],
+                          stdin=dump.proc.stdout, stdout=f)
+            dump.proc.stdout.close()
+            m_dump = dump.reap()
+            m_zstd = zstd.reap()
             seconds = time.monotonic() - started
             _check(m_dump.returncode, "pg_dump -Fc -Z 0")
             _check(m_zstd.returncode, "zstd")
@@ -404,10 +402,8 @@ def _summarise(passes: list[dict[str, Any]]) -> dict[str, Any]:
     rss = {
         "drp_backup": max(p["backup"]["drp"]["maxrss_kb"] for p in passes),
         "drp_backup_python": max(p["backup"]["drp"]["python_maxrss_kb"] for p in passes),
-        "drp_backup_tools": max(p["backup"]["drp"]["tools_maxrss_kb"] for p in passes),
         "drp_restore": max(p["restore"]["drp"]["maxrss_kb"] for p in passes),
         "drp_restore_python": max(p["restore"]["drp"]["python_maxrss_kb"] for p in passes),
-        "drp_restore_tools": max(p["restore"]["drp"]["tools_maxrss_kb"] for p in passes),
         "pg_dump": max(p["backup"]["pg_dump"]["maxrss_kb"] for p in passes),
         "floor_pg_dump": max(p["backup"]["floor"]["pg_dump"]["maxrss_kb"] for p in passes),
         "floor_zstd": max(p["backup"]["floor"]["zstd"]["maxrss_kb"] for p in passes),
@@ -506,8 +502,7 @@ def _child() -> int:
                "restore_seconds": round(result.restore_seconds, 3), "plain_bytes": result.plain_bytes,
                "toc_entries": result.toc_entries}
     out["setup_seconds"] = round(t0 - started, 3)  # imports and opening the storage, outside "seconds"
-    out["python_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["tools_maxrss_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out["python_maxrss_kb"] = own_peak_rss_kb()
     json.dump(out, sys.stdout)
     return 0
 

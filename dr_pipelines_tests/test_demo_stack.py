@@ -17,6 +17,13 @@ from dr_pipelines_tests.support.procs import drp, wait_for
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def scripts_demo(*args: str, demo_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The README's / runbook's command, as a person types it."""
+    env = {**os.environ, "DRP_DEMO_DIR": str(demo_dir), "DRP_VENV": str(Path(sys.executable).parent.parent)}
+    return subprocess.run([str(REPO_ROOT / "scripts" / "demo"), *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
 @pytest.mark.slow
 def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     demo_dir = work_base / "demo"
@@ -39,8 +46,9 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])
         assert set(report["ui"]["sensors"].values()) == {"RUNNING"}
         assert {"run_failure_alert", "rpo_breach_alert"} <= set(report["ui"]["sensors"])
-        cli = drp("demo", "status", "--ui-url", ui_url, "--json", env={"DRP_DEMO_DIR": str(demo_dir)})
+        cli = scripts_demo("status", "--ui-url", ui_url, demo_dir=demo_dir)
         assert cli.returncode == 0, cli.stderr
+        assert "serves location 'dr_pipelines'" in cli.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)
@@ -58,7 +66,7 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     status = drp("demo", "status", "--ui-url", ui_url, env={"DRP_DEMO_DIR": str(demo_dir)})
     assert status.returncode == 1  # database up, UI down: not ok
     assert "2 clinics" in status.stdout
-    purged = drp("demo", "down", "--purge", env={"DRP_DEMO_DIR": str(demo_dir)})
+    purged = scripts_demo("down", "--purge", demo_dir=demo_dir)
     assert purged.returncode == 0, purged.stderr
     assert not demo_dir.exists()
 

@@ -59,3 +59,19 @@ ensure_venv() {
     rm -f "$VENV"/.drp-installed-* && touch "$stamp"
   fi
 }
+
+# The escape-hatch tests restore with the stock age and zstd CLIs.
+ensure_interop_tools() {
+  local missing=()
+  command -v age >/dev/null 2>&1 || missing+=(age)
+  command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (for the stock-tools restore tests)" >&2
+    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
+      || echo "warning: could not install ${missing[*]}; those tests will fail in CI (apt-get install ${missing[*]})" >&2
+  else
+    echo "warning: ${missing[*]} missing; the stock-tools restore tests will be skipped (apt-get install ${missing[*]})" >&2
+  fi
+}
