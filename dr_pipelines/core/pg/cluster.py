@@ -235,9 +235,7 @@ class LocalCluster:
                 return
             raise ClusterError(f"no cluster in {self.data_dir}", fix="nothing to remove")
         with contextlib.suppress(ClusterError):
-            self.stop()
-        if self.is_running():
-            self.stop("immediate")
+            self.stop("immediate")  # its files are deleted next: no shutdown checkpoint needed
         if keep_dir:
             for child in self.data_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()

@@ -99,6 +99,7 @@ class LocalStorage(Storage):
             os.replace(tmp, path)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            self._prune_empty(path.parent)  # a failed first upload leaves no empty directory behind
             if isinstance(exc, OSError):  # from close() or replace(): the backend failed
                 raise self._error("write", key, exc) from exc
             raise
@@ -173,13 +174,16 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
         # Prune now-empty parents so deleted tenants leave no directory names behind.
-        parent = path.parent
-        while parent != self.root and self.root in parent.parents:
+        self._prune_empty(path.parent)
+
+    def _prune_empty(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents while they are empty, never the root."""
+        while directory != self.root and self.root in directory.parents:
             try:
-                parent.rmdir()
+                directory.rmdir()
             except OSError:
                 break
-            parent = parent.parent
+            directory = directory.parent
 
     def check(self) -> None:
         probe = self.root / f".drp-check.{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -207,6 +211,7 @@ class LocalStorage(Storage):
                     if path.stat().st_mtime <= cutoff:
                         path.unlink()
                         removed += 1
+                        self._prune_empty(path.parent)  # a crashed run's directory goes with its partial
                 except FileNotFoundError:  # its writer finished or another cleaner won
                     continue
                 except OSError as exc:

@@ -1,0 +1,1 @@
+"""Proof that a backup restores: verification restores, their checks, and DR drills."""

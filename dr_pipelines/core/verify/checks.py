@@ -1,0 +1,233 @@
+"""Checks run against a restored database, each with a result that names what failed.
+
+Every check compares the restore with what the manifest recorded at backup time, or with
+invariants a healthy database keeps (indexes agree with heaps, foreign keys hold,
+sequences are not behind their columns, application probes return no rows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.pg.checksums import database_checksums
+from dr_pipelines.core.pg.connect import connect
+
+MAX_ITEMS = 50  # failing items listed per check (the count is always complete)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Application SQL that must return zero rows, e.g. appointments without a patient."""
+
+    name: str
+    sql: str
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    checked: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _timed(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+    started = time.monotonic()
+    try:
+        result = fn()
+    except psycopg.Error as exc:
+        result = CheckResult(name, False, f"{name} could not run: {str(exc).strip().splitlines()[0]}")
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def run_checks(dsn: str, manifest: Manifest, probes: list[Probe] = (), *, heapallindexed: bool = True) -> list[CheckResult]:  # type: ignore[assignment]
+    """All checks, in order; a failing check never stops the others (the report must be complete)."""
+    results = [_timed("tables_present", lambda: tables_present(dsn, manifest))]
+    restored = {t.name: t for t in database_checksums(dsn, methods={t.name: t.method for t in manifest.tables})}
+    results.append(_timed("row_counts", lambda: row_counts(manifest, restored)))
+    results.append(_timed("checksums", lambda: checksums(manifest, restored)))
+    with connect(dsn, autocommit=True) as conn:
+        results.append(_timed("amcheck", lambda: amcheck(conn, heapallindexed=heapallindexed)))
+        results.append(_timed("foreign_keys", lambda: foreign_keys(conn)))
+        results.append(_timed("sequences", lambda: sequences(conn)))
+        for probe in probes:
+            results.append(_timed(f"probe:{probe.name}", lambda p=probe: run_probe(conn, p)))  # type: ignore[misc]
+    return results
+
+
+def tables_present(dsn: str, manifest: Manifest) -> CheckResult:
+    with connect(dsn) as conn:
+        missing = [
+            {"table": t.name} for t in manifest.tables
+            if conn.execute("SELECT to_regclass(%s) IS NULL", (_quoted(t.name),)).fetchone()[0]
+        ]
+    return CheckResult(
+        "tables_present", not missing,
+        f"{len(missing)} of {len(manifest.tables)} tables missing: {', '.join(m['table'] for m in missing[:5])}"
+        if missing else f"all {len(manifest.tables)} tables of the manifest were restored",
+        missing[:MAX_ITEMS], len(manifest.tables),
+    )
+
+
+def row_counts(manifest: Manifest, restored: dict) -> CheckResult:  # type: ignore[type-arg]
+    bad = []
+    for t in manifest.tables:
+        got = restored.get(t.name)
+        if got is None or got.rows != t.rows:
+            bad.append({"table": t.name, "expected": t.rows, "restored": None if got is None else got.rows})
+    return CheckResult(
+        "row_counts", not bad,
+        "; ".join(f"{b['table']}: {b['restored']} rows restored, manifest says {b['expected']}" for b in bad[:5])
+        if bad else f"row counts of {len(manifest.tables)} tables equal the manifest",
+        bad[:MAX_ITEMS], len(manifest.tables),
+    )
+
+
+def checksums(manifest: Manifest, restored: dict) -> CheckResult:  # type: ignore[type-arg]
+    bad = []
+    for t in manifest.tables:
+        got = restored.get(t.name)
+        if got is None or got.checksum != t.checksum:
+            bad.append({"table": t.name, "expected": t.checksum, "restored": None if got is None else got.checksum})
+    return CheckResult(
+        "checksums", not bad,
+        "content differs from the backup in: " + ", ".join(b["table"] for b in bad[:10])
+        if bad else f"content checksums of {len(manifest.tables)} tables equal the manifest",
+        bad[:MAX_ITEMS], len(manifest.tables),
+    )
+
+
+def amcheck(conn: psycopg.Connection, *, heapallindexed: bool) -> CheckResult:
+    """bt_index_check on every valid B-tree index (with heapallindexed: every heap tuple is in the index)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    indexes = conn.execute(
+        """
+        SELECT c.oid, format('%I.%I', n.nspname, c.relname)
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_am am ON am.oid = c.relam
+        WHERE am.amname = 'btree' AND c.relkind = 'i' AND i.indisvalid AND i.indisready AND c.relpersistence <> 't'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+        ORDER BY 2
+        """
+    ).fetchall()
+    bad = []
+    for oid, name in indexes:
+        try:
+            conn.execute("SELECT bt_index_check(%s, %s)", (oid, heapallindexed))
+        except psycopg.Error as exc:
+            bad.append({"index": name, "error": str(exc).strip().splitlines()[0]})
+    return CheckResult(
+        "amcheck", not bad,
+        "; ".join(f"{b['index']}: {b['error']}" for b in bad[:5]) if bad else f"{len(indexes)} B-tree indexes verified",
+        bad[:MAX_ITEMS], len(indexes),
+    )
+
+
+FOREIGN_KEYS_QUERY = """
+SELECT c.conname, cn.nspname, cl.relname, pn.nspname, pl.relname,
+       array(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       array(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cl.relnamespace
+JOIN pg_class pl ON pl.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pl.relnamespace
+WHERE c.contype = 'f' AND NOT cl.relispartition
+ORDER BY 2, 3, 1
+"""
+
+
+def foreign_keys(conn: psycopg.Connection) -> CheckResult:
+    """Every foreign key holds (MATCH SIMPLE: a row with a NULL key column is not checked)."""
+    constraints = conn.execute(FOREIGN_KEYS_QUERY).fetchall()
+    bad = []
+    for name, cschema, ctable, pschema, ptable, ccols, pcols in constraints:
+        query = sql.SQL(
+            "SELECT count(*) FROM {child} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
+        ).format(
+            child=sql.Identifier(cschema, ctable),
+            parent=sql.Identifier(pschema, ptable),
+            not_null=sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(col)) for col in ccols),
+            match=sql.SQL(" AND ").join(
+                sql.SQL("p.{} = c.{}").format(sql.Identifier(p), sql.Identifier(c)) for c, p in zip(ccols, pcols, strict=True)
+            ),
+        )
+        orphans = conn.execute(query).fetchone()[0]
+        if orphans:
+            bad.append({"constraint": name, "table": f"{cschema}.{ctable}", "orphans": orphans})
+    return CheckResult(
+        "foreign_keys", not bad,
+        "; ".join(f"{b['table']}.{b['constraint']}: {b['orphans']} rows without a parent" for b in bad[:5])
+        if bad else f"{len(constraints)} foreign keys hold",
+        bad[:MAX_ITEMS], len(constraints),
+    )
+
+
+SEQUENCES_QUERY = """
+SELECT format('%I.%I', sn.nspname, s.relname), tn.nspname, t.relname, a.attname, ps.last_value
+FROM pg_class s
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                AND d.deptype IN ('a', 'i')
+JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname
+WHERE s.relkind = 'S' AND a.atttypid IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype)
+ORDER BY 1
+"""
+
+
+def sequences(conn: psycopg.Connection) -> CheckResult:
+    """A sequence behind its column's max would hand out ids that already exist after a restore.
+
+    Integer columns only: a sequence owned by, say, a text invoice number has no comparable max.
+    """
+    rows = conn.execute(SEQUENCES_QUERY).fetchall()
+    bad = []
+    for seq, schema, table, column, last_value in rows:
+        top = conn.execute(
+            sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, table))
+        ).fetchone()[0]
+        if top is not None and (last_value is None or last_value < top):
+            bad.append({"sequence": seq, "column": f"{schema}.{table}.{column}", "last_value": last_value, "max": top})
+    return CheckResult(
+        "sequences", not bad,
+        "; ".join(f"{b['sequence']} is at {b['last_value']}, {b['column']} reaches {b['max']}" for b in bad[:5])
+        if bad else f"{len(rows)} sequences are at or past their columns' max",
+        bad[:MAX_ITEMS], len(rows),
+    )
+
+
+def run_probe(conn: psycopg.Connection, probe: Probe) -> CheckResult:
+    """Read-only, with a statement timeout: a probe must never change or hang the verification."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute("SET LOCAL statement_timeout = '5min'")
+        cur = conn.execute(probe.sql)
+        rows = cur.fetchmany(MAX_ITEMS)
+        more = len(rows) == MAX_ITEMS and cur.fetchone() is not None
+    # Row values may be health data: the report keeps only how many rows came back.
+    count = f"{len(rows)}{'+' if more else ''}"
+    return CheckResult(
+        f"probe:{probe.name}", not rows,
+        f"{count} rows returned (expected none)" if rows else "no rows (as expected)",
+        [{"rows": count}] if rows else [], 1,
+    )
+
+
+def _quoted(name: str) -> str:
+    schema, _, table = name.partition(".")
+    return sql.Identifier(schema, table).as_string(None)
