@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dr_pipelines.cli import backup as backup_cli
+from dr_pipelines.cli import health as health_cli
+from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, state
 from dr_pipelines.core.errors import DrpError
 
@@ -31,6 +33,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(backup_cli.backup_app, name="backup")
 app.add_typer(backup_cli.key_app, name="key")
 app.command("restore")(backup_cli.restore)
+app.command("verify")(verify_cli.verify)
+app.command("status")(verify_cli.status)
+app.add_typer(verify_cli.drill_app, name="drill")
+app.command("health")(health_cli.health)
 
 def _version(value: bool) -> None:
     if value:

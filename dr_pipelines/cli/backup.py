@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from dr_pipelines.cli.common import emit_json, err, human_bytes, identity_path, out, progress_bar, settings
+from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
 
 backup_app = typer.Typer(help="Logical backups: take, list, inspect, prune, pin.", no_args_is_help=True)
 key_app = typer.Typer(help="age keys for backup encryption.", no_args_is_help=True)
@@ -175,12 +175,11 @@ def restore(
 ) -> None:
     """Restore a backup: every object's checksum is verified before anything is written to the target."""
     from dr_pipelines.core.backup.catalog import find_backup
-    from dr_pipelines.core.crypto import load_identities
     from dr_pipelines.core.errors import ConfigError
     from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup, restore_to_new_cluster
 
     s = settings()
-    identities = load_identities(identity_path(identity))
+    identities = s.identities(identity)
     storage = s.storage()
     entry = find_backup(storage, backup_id)
     work_dir = Path(s.work_dir)

@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,8 +13,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from dr_pipelines.core.settings import Settings, load_settings
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (logs, runbooks, tests) gets wide lines instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 state: dict[str, Any] = {"config": None}
 
 
@@ -52,15 +52,3 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
 
     with bars:
         yield update
-
-
-def identity_path(option: Path | None) -> Path:
-    from dr_pipelines.core.errors import ConfigError
-
-    path = option or settings().age_identity_file
-    if path is None:
-        raise ConfigError(
-            "no age identity given: restoring needs the backup's private key",
-            fix="pass --identity FILE or set DRP_AGE_IDENTITY_FILE",
-        )
-    return path

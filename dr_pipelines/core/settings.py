@@ -23,6 +23,7 @@ from dr_pipelines.core.pg.connect import parse_dsn
 if TYPE_CHECKING:
     from dr_pipelines.core.retention.gfs import RetentionPolicy
     from dr_pipelines.core.storage import Storage
+    from dr_pipelines.core.verify.checks import Probe
 
 ENV_PREFIX = "DRP_"
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
@@ -62,6 +63,9 @@ class Settings(BaseModel):
     backup_retention: str = Field(
         "last=7,daily=7,weekly=4,monthly=12,yearly=3",
         description="GFS retention applied after each backup (restic semantics, rules OR-ed).",
+    )
+    verification_probes_file: Path | None = Field(
+        None, description="YAML list of {name, sql} probes that must return zero rows on a restored database."
     )
     rpo_minutes: int = Field(60, gt=0, description="Recovery point objective: maximum tolerated data loss.")
     rto_minutes: int = Field(240, gt=0, description="Recovery time objective: maximum time to restored and checked.")
@@ -123,6 +127,24 @@ class Settings(BaseModel):
         except ConfigError as exc:
             raise ValueError(exc.problem) from None
         return v
+
+    @property
+    def probes(self) -> list[Probe]:
+        from dr_pipelines.core.verify.checks import load_probes
+
+        return load_probes(self.verification_probes_file) if self.verification_probes_file else []
+
+    def identities(self, override: Path | None = None) -> list[object]:
+        """The age identities for reading backups: --identity, else age_identity_file."""
+        from dr_pipelines.core.crypto import load_identities
+
+        path = override or self.age_identity_file
+        if path is None:
+            raise ConfigError(
+                "no age identity given: reading backups needs the private key",
+                fix="pass --identity FILE or set DRP_AGE_IDENTITY_FILE",
+            )
+        return load_identities(path)
 
     @property
     def retention_policy(self) -> RetentionPolicy:

@@ -105,6 +105,7 @@ def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
         "DRP_SOURCE_DSN": cluster.dsn(DEMO_DB),
         "DRP_ENCRYPTION_RECIPIENTS": demo_recipient(paths),
         "DRP_AGE_IDENTITY_FILE": str(paths.key_file),
+        "DRP_VERIFICATION_PROBES_FILE": str(Path(__file__).with_name("probes.yaml")),
         "DRP_STORAGE_URL": str(paths.storage),
         "DRP_WORK_DIR": str(paths.root / "work"),
         "DRP_SCHEDULES_RUNNING": "true",

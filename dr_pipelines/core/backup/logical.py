@@ -22,6 +22,7 @@ from importlib.metadata import version as pkg_version
 import psycopg
 from psycopg import conninfo as _conninfo
 
+from dr_pipelines.core.backup.attempts import record_attempt
 from dr_pipelines.core.backup.catalog import backup_prefix, new_backup_id, remove_incomplete
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
@@ -72,10 +73,28 @@ def run_logical_backup(
     options: BackupOptions = BackupOptions(),
     progress: Progress | None = None,
 ) -> Manifest:
-    """Take one backup; return its manifest (already stored). Raises BackupError and leaves no manifest on failure."""
+    """Take one backup; return its manifest (already stored). Raises and leaves no manifest on failure.
+
+    Every attempt is recorded under attempts/ (running, then succeeded or failed), so the
+    success rate can be computed from storage alone; a killed run stays 'running'.
+    """
     age_recipients = parse_recipients(recipients)
     started = datetime.now(UTC)
     backup_id = new_backup_id(started)
+    record_attempt(storage, backup_id, started, "running")
+    try:
+        manifest = _run(dsn, storage, recipients, age_recipients, backup_id, started, options, progress)
+    except BaseException as exc:
+        problem = exc.problem if isinstance(exc, DrpError) else type(exc).__name__
+        with contextlib.suppress(Exception):
+            record_attempt(storage, backup_id, started, "failed", error=problem)
+        raise
+    record_attempt(storage, backup_id, started, "succeeded")
+    return manifest
+
+
+def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list, backup_id: str, started: datetime,
+         options: BackupOptions, progress: Progress | None) -> Manifest:
     prefix = backup_prefix(backup_id)
     with connect(dsn, autocommit=True) as conn:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKUP_LOCK_KEY,)).fetchone()[0]:

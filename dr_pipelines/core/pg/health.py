@@ -109,7 +109,7 @@ def health_report(
         conn = connect(dsn, autocommit=True, connect_timeout=connect_timeout, application_name="drp health")
     except DatabaseError as exc:
         reason = _scrub(exc.problem, params.get("password"))
-        sections = [Section("connectivity", CRITICAL, f"unreachable: {reason}",
+        sections = [Section("connectivity", CRITICAL, reason,
                             {"reachable": False, "error": reason, "connect_ms": None})]
         sections += [Section(name, UNKNOWN, "not checked: server unreachable") for name in SECTIONS[1:]]
         return HealthReport(target, checked_at, False, sections)
@@ -442,8 +442,10 @@ def _standby_replication(ctx: _Context) -> Section:
     details["wal_receiver"] = {"status": status, "sender_host": host, "sender_port": port, "slot_name": slot,
                                "last_msg_receipt_time": _iso(last_msg),
                                "seconds_since_last_msg": round(since_msg, 1) if since_msg is not None else None}
-    summary = (f"standby, WAL receiver {status} from {host}:{port}, replay delay {_duration(replay_delay)}"
-               f" (since last replayed transaction), {_bytes(behind_bytes)} received not yet replayed")
+    delay = (f"last replayed transaction {_duration(replay_delay)} ago" if replay_delay is not None
+             else "no transaction replayed since start")
+    summary = (f"standby, WAL receiver {status} from {host}:{port}, {delay},"
+               f" {_bytes(behind_bytes)} received not yet replayed")
     return Section("replication", OK if status == "streaming" else WARN, summary, details)
 
 

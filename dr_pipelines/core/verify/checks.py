@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 from psycopg import sql
 
+from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.connect import connect
@@ -28,6 +31,27 @@ class Probe:
 
     name: str
     sql: str
+
+
+def load_probes(path: Path | str) -> list[Probe]:
+    """Probes from a YAML list of {name, sql}; a malformed file is a ConfigError naming the entry."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"probes file {path} cannot be read ({type(exc).__name__})", fix="check the path") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"probes file {path} is not valid YAML", fix="fix its syntax") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"probes file {path} must be a list of {{name, sql}}", fix="see docs/verification.md")
+    probes = []
+    for i, item in enumerate(data, 1):
+        if not isinstance(item, dict) or set(item) != {"name", "sql"} or not all(isinstance(v, str) and v.strip()
+                                                                                   for v in item.values()):
+            raise ConfigError(f"probe #{i} in {path} must have exactly a non-empty 'name' and 'sql'",
+                              fix="e.g. - name: appointments_without_patient\n  sql: SELECT ...")
+        probes.append(Probe(item["name"], item["sql"]))
+    return probes
 
 
 @dataclass

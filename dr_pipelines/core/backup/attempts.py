@@ -1,0 +1,58 @@
+"""Every backup attempt, as a small record in storage: the success rate without the orchestrator.
+
+attempts/<id>.json is written 'running' at the start and rewritten 'succeeded' or 'failed'
+at the end. An attempt still 'running' long after it began was killed: it counts as failed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from dr_pipelines.core.storage import Storage
+
+PREFIX = "attempts"
+STALE_AFTER = timedelta(hours=12)  # no backup runs this long: a 'running' record this old was killed
+
+
+def record_attempt(storage: Storage, backup_id: str, started: datetime, status: str, *, error: str | None = None) -> None:
+    body = {"id": backup_id, "started_at": started.isoformat(), "status": status, "error": error,
+            "updated_at": datetime.now(UTC).isoformat()}
+    storage.put_bytes(f"{PREFIX}/{backup_id}.json", json.dumps(body).encode())
+
+
+@dataclass(frozen=True)
+class AttemptStats:
+    succeeded: int
+    failed: int
+    running: int
+    last_failure: str | None
+
+    @property
+    def rate(self) -> float | None:
+        finished = self.succeeded + self.failed
+        return self.succeeded / finished if finished else None
+
+
+def attempt_stats(storage: Storage, *, days: int = 30, now: datetime | None = None) -> AttemptStats:
+    now = now or datetime.now(UTC)
+    since = now - timedelta(days=days)
+    succeeded = failed = running = 0
+    last_failure = None
+    for obj in storage.list(PREFIX + "/"):
+        record = json.loads(storage.get_bytes(obj.key))
+        started = datetime.fromisoformat(record["started_at"])
+        if started < since:
+            continue
+        status = record["status"]
+        if status == "running" and now - started > STALE_AFTER:
+            status = "failed"
+        if status == "succeeded":
+            succeeded += 1
+        elif status == "failed":
+            failed += 1
+            last_failure = record["id"]
+        else:
+            running += 1
+    return AttemptStats(succeeded, failed, running, last_failure)

@@ -1,0 +1,91 @@
+"""The success metrics in one view, from the storage catalog alone (works with Dagster gone).
+
+Backup success rate (30 days, from attempt records), newest restorable backup age vs the
+RPO target, the last verification, the last drill and its RTO vs the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dr_pipelines.core.backup.attempts import attempt_stats
+from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.verify.drill import drill_reports
+
+DRILL_OVERDUE = timedelta(days=32)  # monthly drills, with a day's grace
+
+
+@dataclass
+class Status:
+    checked_at: str
+    storage: str
+    backups: int
+    success_rate_30d: float | None
+    attempts_30d: dict[str, int]
+    newest_restorable: str | None
+    newest_restore_point: str | None
+    newest_age_minutes: float | None
+    rpo_target_minutes: int
+    rpo_met: bool
+    last_verification: dict[str, Any] | None
+    last_drill: dict[str, Any] | None
+    rto_target_minutes: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
+    now = now or datetime.now(UTC)
+    storage = settings.storage()
+    entries = list_backups(storage)
+    newest = newest_restorable(entries)
+    point = newest.restore_point if newest else None
+    age = (now - point).total_seconds() / 60 if point else None
+    stats = attempt_stats(storage, now=now)
+    verified = [e for e in entries if e.verification]
+    last_verification = None
+    if verified:
+        latest = max(verified, key=lambda e: e.verification["finished_at"])  # type: ignore[index]
+        v = latest.verification or {}
+        last_verification = {"backup_id": latest.id, "passed": v.get("passed"), "finished_at": v.get("finished_at")}
+    drills = drill_reports(storage)
+    last_drill = None
+    if drills:
+        d = drills[-1]
+        last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "rto_seconds", "rpo_seconds",
+                                            "rto_met", "rpo_met")}
+    problems = []
+    rpo_met = age is not None and age <= settings.rpo_minutes
+    if not rpo_met:
+        problems.append("no restorable backup" if age is None else
+                        f"newest restorable backup is {age:.0f} min old, RPO target {settings.rpo_minutes} min")
+    if stats.rate is not None and stats.rate < 1:
+        problems.append(f"backup success rate {stats.rate:.1%} over 30 days (last failure {stats.last_failure})")
+    if last_verification and not last_verification["passed"]:
+        problems.append(f"last verification failed (backup {last_verification['backup_id']})")
+    if last_verification is None:
+        problems.append("no backup has been verified")
+    if last_drill is None:
+        problems.append("no DR drill has run")
+    elif not last_drill["passed"]:
+        problems.append(f"last DR drill ({last_drill['month']}) failed")
+    elif now - datetime.fromisoformat(last_drill["finished_at"]) > DRILL_OVERDUE:
+        problems.append(f"the monthly DR drill is overdue (last: {last_drill['month']})")
+    return Status(
+        checked_at=now.isoformat(), storage=storage.url, backups=sum(1 for e in entries if e.complete),
+        success_rate_30d=stats.rate,
+        attempts_30d={"succeeded": stats.succeeded, "failed": stats.failed, "running": stats.running},
+        newest_restorable=newest.id if newest else None, newest_restore_point=point.isoformat() if point else None,
+        newest_age_minutes=round(age, 1) if age is not None else None, rpo_target_minutes=settings.rpo_minutes,
+        rpo_met=rpo_met, last_verification=last_verification, last_drill=last_drill,
+        rto_target_minutes=settings.rto_minutes, problems=problems,
+    )

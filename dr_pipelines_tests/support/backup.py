@@ -1,0 +1,251 @@
+"""Helpers for the backup and restore tests: keys, fixture databases, content comparison, damage.
+
+Nothing here mocks: databases are real (the session cluster), storage is a real directory or
+moto's S3 server over HTTP, and damage is done to the stored bytes themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from pyrage import x25519
+
+from dr_pipelines.core.backup.catalog import backup_prefix
+from dr_pipelines.core.crypto import generate_identity_file, load_identities
+from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.pg.checksums import USER_TABLES_QUERY, database_checksums
+from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.schema import schema_ddl
+from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.storage.base import TEMP_SUFFIX
+from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.s3 import S3Storage
+
+# Beside the repository (in CI the repo is cloned elsewhere with shared/ next to it).
+PAGILA_DIR = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pagila"
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    """An age key pair: the recipient goes into settings, the identity file stays with the restorer."""
+
+    identity_file: Path
+    recipient: str
+
+    @property
+    def identities(self) -> list[x25519.Identity]:
+        return load_identities(self.identity_file)
+
+    @classmethod
+    def make(cls, directory: Path, name: str = "backup-key.txt") -> Keys:
+        path = directory / name
+        return cls(path, generate_identity_file(path))
+
+
+def foreign_identity() -> x25519.Identity:
+    """A valid identity that matches no backup's recipients."""
+    return x25519.Identity.generate()
+
+
+# -- fixture databases --------------------------------------------------------------------------
+
+
+def load_pagila(dsn: str) -> None:
+    """Load pagila as NOTES.md says: schema (one harmless 'plpgsql already exists'), then data strictly."""
+    psql = client_tool("psql", 15)
+    schema = subprocess.run([psql, "-X", "-q", "-d", dsn, "-f", str(PAGILA_DIR / "pagila-schema.sql")],
+                            capture_output=True, text=True)
+    errors = [line for line in schema.stderr.splitlines() if "ERROR" in line and "plpgsql" not in line]
+    assert schema.returncode == 0 and not errors, schema.stderr
+    data = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
+                           str(PAGILA_DIR / "pagila-data.sql")], capture_output=True, text=True)
+    assert data.returncode == 0, data.stderr
+
+
+def add_padding(dsn: str, mib: int) -> None:
+    """An incompressible table (random bytea, 1 MiB a row) and one large object.
+
+    The padding makes the compressed dump big enough for S3 multipart uploads; the large
+    object gives tests a way to stall pg_dump after all table data has streamed (its data
+    is read last, under a lock on pg_largeobject a test can hold).
+    """
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE zz_padding (id integer PRIMARY KEY, blob bytea NOT NULL)")
+        with conn.cursor().copy("COPY zz_padding (id, blob) FROM STDIN") as copy:
+            for i in range(mib):
+                copy.write_row((i, os.urandom(1 << 20)))
+        conn.execute("SELECT lo_from_bytea(0, 'a large object, dumped after all table data'::bytea)")
+
+
+@contextmanager
+def pg_dump_stalled_after_table_data(dsn: str) -> Iterator[psycopg.Connection]:
+    """Hold ACCESS EXCLUSIVE on pg_largeobject: a pg_dump of dsn streams every table, then waits."""
+    conn = psycopg.connect(dsn)
+    try:
+        conn.execute("LOCK TABLE pg_catalog.pg_largeobject IN ACCESS EXCLUSIVE MODE")
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def user_tables(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [f"{s}.{t}" for s, t in conn.execute(USER_TABLES_QUERY).fetchall()]
+
+
+def relation_count(dsn: str) -> int:
+    """Tables, views, sequences... outside the system schemas (what 'an empty database' means)."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+        ).fetchone()[0]
+
+
+def advisory_locks(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0]
+
+
+# -- content comparison -------------------------------------------------------------------------
+
+
+def manifest_tables(manifest: Manifest) -> dict[str, tuple[int, str]]:
+    return {t.name: (t.rows, t.checksum) for t in manifest.tables}
+
+
+def recomputed(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str]]:
+    """(rows, checksum) per table of dsn, each by the method the manifest recorded for it."""
+    methods = {t.name: t.method for t in manifest.tables}
+    return {c.name: (c.rows, c.checksum) for c in database_checksums(dsn, methods=methods)}
+
+
+def own_checksums(dsn: str) -> dict[str, tuple[int, str, str]]:
+    """(rows, checksum, method) per table, methods chosen by the database itself."""
+    return {c.name: (c.rows, c.checksum, c.method) for c in database_checksums(dsn)}
+
+
+def assert_same_schema(expected_dsn: str, actual_dsn: str) -> None:
+    expected, actual = schema_ddl(expected_dsn), schema_ddl(actual_dsn)
+    if expected != actual:
+        diff = "".join(difflib.unified_diff(expected.splitlines(keepends=True), actual.splitlines(keepends=True),
+                                            "source", "restored", n=2))
+        raise AssertionError(f"schemas differ:\n{diff[:20000]}")
+
+
+def assert_restored_equals_manifest(dsn: str, manifest: Manifest) -> None:
+    want, got = manifest_tables(manifest), recomputed(dsn, manifest)
+    if want != got:
+        diff = {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)}
+        raise AssertionError(f"restored content differs from the manifest (table: (manifest, restored)): {diff}")
+
+
+# -- storage inspection and damage ---------------------------------------------------------------
+
+
+def database_key(manifest: Manifest) -> str:
+    return f"{backup_prefix(manifest.id)}/{manifest.object('database').key}"
+
+
+def stored_keys(storage: Storage) -> list[str]:
+    return [o.key for o in storage.list("")]
+
+
+def local_files(root: Path) -> list[str]:
+    """Every file under root, partial uploads included (relative paths)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def partial_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(f"*{TEMP_SUFFIX}") if p.is_file()]
+
+
+def rewrite_object(storage: Storage, key: str, change: Callable[[bytes], bytes | None]) -> None:
+    """Replace a stored object's bytes behind the library's back (None deletes it).
+
+    Local: the file is rewritten in place. S3: get_object, then put_object with the client.
+    """
+    if isinstance(storage, LocalStorage):
+        path = storage.root.joinpath(*key.split("/"))
+        new = change(path.read_bytes())
+        if new is None:
+            path.unlink()
+        else:
+            with open(path, "r+b") as f:
+                f.write(new)
+                f.truncate()
+        return
+    assert isinstance(storage, S3Storage)
+    full = storage.prefix + key
+    body = storage.client.get_object(Bucket=storage.bucket, Key=full)["Body"].read()
+    new = change(body)
+    if new is None:
+        storage.client.delete_object(Bucket=storage.bucket, Key=full)
+    else:
+        storage.client.put_object(Bucket=storage.bucket, Key=full, Body=new)
+
+
+def flip_middle_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+
+
+def truncate_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+# -- clusters and mounts ------------------------------------------------------------------------
+
+
+def write_as_cluster_owner(path: Path, text: str) -> None:
+    """Write a file in a data directory (owned by the postgres OS user when we are root)."""
+    if os.geteuid() == 0:
+        subprocess.run(["runuser", "-u", "postgres", "--", "tee", str(path)], input=text, text=True,
+                       check=True, capture_output=True, cwd="/")
+    else:
+        path.write_text(text)
+
+
+def require_password_for(cluster: LocalCluster, role: str) -> None:
+    """Put `host all <role> 127.0.0.1/32 scram-sha-256` before the trust lines, then reload."""
+    hba = cluster.data_dir / "pg_hba.conf"
+    if os.geteuid() == 0:
+        text = subprocess.run(["runuser", "-u", "postgres", "--", "cat", str(hba)], capture_output=True,
+                              text=True, check=True, cwd="/").stdout
+    else:
+        text = hba.read_text()
+    write_as_cluster_owner(hba, f"host all {role} 127.0.0.1/32 scram-sha-256\n" + text)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_reload_conf()").fetchone()[0]
+
+
+@contextmanager
+def tmpfs(directory: Path, size: str = "1M") -> Iterator[Path]:
+    """A small tmpfs mounted on directory (needs root / CAP_SYS_ADMIN); unmounted afterwards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def remount_read_only(directory: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True, capture_output=True)
