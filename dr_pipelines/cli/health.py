@@ -85,7 +85,7 @@ def _print_text(data: dict[str, Any]) -> None:
         # Lines, not a table: query text must not be cut to a column's width.
         out.print("long-running transactions:", highlight=False)
         for t in transactions:
-            wait = f", waiting on {t['wait_event']}" if t["wait_event"] else ""
+            wait = f", waiting on {t['wait_event']}" if t["wait_event"] and t["state"] == "active" else ""
             if t["query_length"] is None:
                 query = "query not visible to this role"
             else:

@@ -115,16 +115,22 @@ def health_report(
         return HealthReport(target, checked_at, False, sections)
     connect_ms = round((time.monotonic() - started) * 1000, 1)
     with conn:
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (STATEMENT_TIMEOUT,))
-        user, superuser, read_all_stats, read_all_settings = conn.execute(
-            "SELECT current_user, rolsuper, pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),"
-            " pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')"
-            " FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
+        try:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (STATEMENT_TIMEOUT,))
+            user, superuser, read_all_stats = conn.execute(
+                "SELECT current_user, rolsuper, pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')"
+                " FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+        except psycopg.Error as exc:  # connected, but not to a PostgreSQL that answers catalog queries
+            reason = _scrub(_first_line(exc), params.get("password"))
+            sections = [Section("connectivity", CRITICAL, f"connected, but the first query failed: {reason}",
+                                {"reachable": True, "connect_ms": connect_ms, "error": reason})]
+            sections += [Section(name, UNKNOWN, "not checked: first query failed") for name in SECTIONS[1:]]
+            return HealthReport(target, checked_at, True, sections)
         sections = [Section("connectivity", OK, f"connected in {connect_ms:g} ms as {user}"
                             + (" (superuser)" if superuser else ""),
                             {"reachable": True, "connect_ms": connect_ms, "user": user, "superuser": superuser})]
-        ctx = _Context(conn, params, superuser or read_all_stats, superuser or read_all_settings)
+        ctx = _Context(conn, params, superuser or read_all_stats)
         checks: list[tuple[str, Callable[[], Section]]] = [
             ("server", lambda: _server(ctx)),
             ("databases", lambda: _databases(ctx)),
@@ -147,7 +153,6 @@ class _Context:
     conn: psycopg.Connection
     params: dict[str, str]
     sees_all_stats: bool
-    sees_all_settings: bool
     in_recovery: bool | None = None
     start_time: datetime | None = None
 
@@ -388,7 +393,8 @@ def _primary_replication(ctx: _Context) -> Section:
         ).fetchall()
     ]
     status, notes = OK, []
-    not_streaming = [s for s in standbys if s["state"] != "streaming"]
+    # Without pg_read_all_stats the state is NULL: not a finding.
+    not_streaming = [s for s in standbys if s["state"] is not None and s["state"] != "streaming"]
     if not_streaming:
         status = WARN
         notes.append(f"{len(not_streaming)} not streaming ({', '.join(str(s['state']) for s in not_streaming)})")
@@ -439,6 +445,8 @@ def _standby_replication(ctx: _Context) -> Section:
         return Section("replication", WARN, "standby without a WAL receiver (not streaming; archive recovery only?)",
                        details)
     status, host, port, slot, last_msg, since_msg = receiver
+    if status is None:
+        return Section("replication", UNKNOWN, "standby; WAL receiver details need pg_read_all_stats", details)
     details["wal_receiver"] = {"status": status, "sender_host": host, "sender_port": port, "slot_name": slot,
                                "last_msg_receipt_time": _iso(last_msg),
                                "seconds_since_last_msg": round(since_msg, 1) if since_msg is not None else None}
@@ -504,10 +512,11 @@ def _ready_segments(ctx: _Context) -> int | None:
 
 
 def _disk(ctx: _Context) -> Section:
-    if not ctx.sees_all_settings:
+    try:
+        data_dir = ctx.conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
         return Section("disk", UNKNOWN, "data directory not visible: needs superuser or pg_read_all_settings",
                        {"visible": False, "data_directory": None})
-    data_dir = ctx.conn.execute("SELECT current_setting('data_directory')").fetchone()[0]
     details: dict[str, Any] = {"visible": False, "data_directory": data_dir}
     path = Path(data_dir)
     try:
@@ -520,7 +529,8 @@ def _disk(ctx: _Context) -> Section:
     details["same_server"] = same
     if same is False:
         return Section("disk", UNKNOWN, f"{data_dir} exists here but belongs to another server", details)
-    if same is None and ctx.params.get("host", "") not in LOCAL_HOSTS and not ctx.params.get("host", "").startswith("/"):
+    host = ctx.params.get("host") or ctx.params.get("hostaddr") or ""
+    if same is None and host not in LOCAL_HOSTS and not host.startswith("/"):
         return Section("disk", UNKNOWN, f"{data_dir} exists here but the server is remote (could not confirm)",
                        details)
     usage = shutil.disk_usage(path)
@@ -529,7 +539,7 @@ def _disk(ctx: _Context) -> Section:
                     "percent_free": free_pct})
     status = _disk_status(free_pct)
     summary = f"{data_dir}: {free_pct}% free ({_bytes(usage.free)} of {_bytes(usage.total)})"
-    wal = _wal_disk(path, usage.total)
+    wal = _wal_disk(path)
     if wal is not None:
         details["wal_directory"] = wal
         status = _worst(status, _disk_status(wal["percent_free"]))
@@ -558,7 +568,7 @@ def _same_server(ctx: _Context, data_dir: Path) -> bool | None:
     return port == server_port and abs(started - ctx.start_time.timestamp()) <= 2
 
 
-def _wal_disk(data_dir: Path, data_total: int) -> dict[str, Any] | None:
+def _wal_disk(data_dir: Path) -> dict[str, Any] | None:
     """pg_wal when it lives on another file system (a symlink at initdb --waldir)."""
     try:
         wal = (data_dir / "pg_wal").resolve()
