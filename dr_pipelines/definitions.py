@@ -7,8 +7,11 @@ import dagster as dg
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.defs.alerts import definitions as alerts
 from dr_pipelines.defs.backups import definitions as backups
+from dr_pipelines.defs.drills import definitions as drills
 from dr_pipelines.defs.resources import drp_resource
 from dr_pipelines.defs.source import definitions as source
+from dr_pipelines.defs.status_view import definitions as status_view
+from dr_pipelines.defs.verification import definitions as verification
 
 
 def build_definitions() -> dg.Definitions:
@@ -16,6 +19,9 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
         source.build(settings),
         backups.build(settings),
+        verification.build(settings),
+        drills.build(settings),
+        status_view.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),
     )

@@ -44,9 +44,12 @@ def test_headless_webserver_lists_this_locations_assets(webserver: str) -> None:
     (loc,) = locations
     assert loc.error is None
     assert "source_profile" in loc.assets
-    assert {"source_profile", "logical_backup", "backup_retention"} <= set(loc.assets)
-    assert loc.schedules == {"source_profile_hourly": "STOPPED", "logical_backup_schedule": "STOPPED"}
-    assert loc.sensors == {"run_failure_alert": "STOPPED", "rpo_breach_alert": "STOPPED"}
+    assert set(loc.assets) == {"source_profile", "logical_backup", "backup_retention", "backup_verification",
+                               "dr_drill", "dr_status"}
+    assert set(loc.schedules) == {"source_profile_hourly", "logical_backup_schedule", "verification_schedule",
+                                  "dr_drill_schedule", "dr_status_hourly"}
+    assert set(loc.sensors) == {"run_failure_alert", "rpo_breach_alert"}
+    assert set(loc.schedules.values()) | set(loc.sensors.values()) == {"STOPPED"}  # Dagster's default
 
 
 @pytest.fixture

@@ -139,5 +139,12 @@ def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[ob
             f"cannot decrypt {what}: {exc}",
             fix="use the age identity (private key) matching the backup's recipients; if it does match, the object is damaged",
         ) from None
+    except OSError as exc:
+        if "decryption error" not in str(exc):  # pyrage's word for a damaged payload chunk
+            raise
+        raise DecryptionError(
+            f"cannot decrypt {what}: the ciphertext is damaged (authentication failed)",
+            fix="the object is corrupted: use another backup",
+        ) from None
     except zstandard.ZstdError as exc:
         raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})", fix="the object is damaged") from None

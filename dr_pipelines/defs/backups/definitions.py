@@ -13,7 +13,7 @@ def build(settings: Settings) -> dg.Definitions:
     assets = build_assets(settings)
     job = dg.define_asset_job(
         BACKUP_JOB,
-        selection=dg.AssetSelection.assets(BACKUP_KEY).downstream(),  # backup, its checks, then retention
+        selection=dg.AssetSelection.assets(BACKUP_KEY, "backup_retention"),  # backup, its checks, then retention
         tags={"drp/source": "primary"},
     )
     schedule = dg.ScheduleDefinition(

@@ -1,0 +1,1 @@
+"""Weekly verification restores in Dagster: prove the newest backup restores, block on failure."""

@@ -1,0 +1,64 @@
+"""backup_verification: restore the newest backup into a throwaway cluster and check it.
+
+A failed verification is recorded in the catalog (the backup stops counting as restorable),
+fails the blocking check, so the run fails and run_failure_alert notifies.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+from dr_pipelines.core.backup.catalog import find_backup
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.verify.restore import verify_backup
+from dr_pipelines.defs.backups.assets import BACKUP_KEY
+from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.status import schedule_status
+
+# No `from __future__ import annotations` here: Dagster validates the context annotation's type.
+
+VERIFICATION_KEY = dg.AssetKey("backup_verification")
+
+
+@dg.asset(key=VERIFICATION_KEY, deps=[BACKUP_KEY], group_name="verification", kinds={"postgres"},
+          tags={"drp/source": "primary"})
+def backup_verification(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
+    """Restore the newest restorable backup and prove it: rows, checksums, amcheck, FKs, sequences, probes."""
+    s = drp.settings()
+    storage = s.storage()
+    entry = find_backup(storage, None)
+    report = verify_backup(storage, entry, s.identities(), Path(s.work_dir), probes=s.probes,
+                           progress=lambda phase, done, total: None)
+    context.log.info(report.summary())
+    return dg.MaterializeResult(
+        metadata={
+            "backup_id": entry.id,
+            "backup_verified": report.passed,
+            "failed_checks": ", ".join(c.name for c in report.failed_checks) or ("restore" if report.error else "none"),
+            "error": report.error or "none",
+            "fetch_seconds": dg.MetadataValue.float(round(report.fetch_seconds, 2)),
+            "restore_seconds": dg.MetadataValue.float(round(report.restore_seconds, 2)),
+            "checks_seconds": dg.MetadataValue.float(round(report.checks_seconds, 2)),
+            "checks": dg.MetadataValue.md(report.to_markdown()),
+        }
+    )
+
+
+@dg.asset_check(asset=VERIFICATION_KEY, blocking=True, description="The newest backup restored and passed every check.")
+def verification_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(VERIFICATION_KEY)
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    passed = bool(meta.get("backup_verified") and meta["backup_verified"].value)
+    return dg.AssetCheckResult(
+        passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={k: meta[k].value for k in ("backup_id", "failed_checks", "error") if k in meta},
+    )
+
+
+def build(settings: Settings) -> dg.Definitions:
+    job = dg.define_asset_job("verification_job", selection=dg.AssetSelection.assets(VERIFICATION_KEY),
+                              tags={"drp/source": "primary"})
+    schedule = dg.ScheduleDefinition(name="verification_schedule", job=job, cron_schedule=settings.verify_cron,
+                                     execution_timezone="UTC", default_status=schedule_status(settings))
+    return dg.Definitions(assets=[backup_verification], asset_checks=[verification_passed], jobs=[job],
+                          schedules=[schedule])
