@@ -26,9 +26,9 @@ class BackupNotFoundError(DrpError):
 
 
 def new_backup_id(now: datetime | None = None) -> str:
-    """Sortable by time, unique across concurrent hosts: 20261127T180102Z-3fa9."""
+    """Sortable by time to the millisecond, unique across hosts: 20261127T180102.123Z-3fa9."""
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(2)
 
 
 def backup_prefix(backup_id: str) -> str:

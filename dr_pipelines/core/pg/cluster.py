@@ -26,6 +26,7 @@ from dr_pipelines.core.pg.binaries import PgBinaries, find_pg_binaries
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
+MAX_SOCKET_PATH = 107  # sun_path limit (Linux): a longer socket path makes the server refuse to start
 
 
 def free_port(host: str = HOST) -> int:
@@ -158,7 +159,9 @@ class LocalCluster:
             {
                 "port": str(self.port),
                 "listen_addresses": f"'{HOST}'",
-                "unix_socket_directories": f"'{self.socket_dir}'",
+                # Clients connect over TCP; a data directory too deep for a socket path gets no socket.
+                "unix_socket_directories": f"'{self.socket_dir}'"
+                if len(os.fsencode(f"{self.socket_dir}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH else "''",
                 "fsync": "on",
                 **self.settings,
             }

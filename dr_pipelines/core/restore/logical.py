@@ -158,13 +158,20 @@ def _toc_entries(pg_restore: str, dump: Path) -> int:
     return sum(1 for line in out.stdout.splitlines() if line and not line.startswith(";"))
 
 
+_HARMLESS_CLEAN_ERROR = "cannot drop inherited constraint"
+
+
 def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOptions, toc: int,
                 progress: Progress | None) -> None:
     conninfo, env = libpq_env(target_dsn)
-    cmd = [pg_restore, "--verbose", "--exit-on-error", "--no-password", f"--jobs={max(1, options.jobs)}",
-           f"--dbname={conninfo}"]
+    cmd = [pg_restore, "--verbose", "--no-password", f"--jobs={max(1, options.jobs)}", f"--dbname={conninfo}"]
     if options.force:
+        # --clean drops each partition's copy of an inherited constraint, which PostgreSQL refuses
+        # (dropping the parent's removes it anyway): those errors must not stop the restore, so
+        # pg_restore runs on and every other error still fails it (below).
         cmd += ["--clean", "--if-exists"]
+    else:
+        cmd.append("--exit-on-error")
     if options.no_owner:
         cmd += ["--no-owner", "--no-privileges"]
     for schema in options.schemas:
@@ -175,18 +182,23 @@ def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOp
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
+    failures: list[str] = []  # errors that count (with --force, pg_restore goes on after an error)
     done = 0
     for line in proc.stderr:
         tail.append(line.rstrip())
+        if line.startswith("pg_restore: error:") and not (options.force and _HARMLESS_CLEAN_ERROR in line):
+            failures.append(line.rstrip())
         if line.startswith("pg_restore: creating") or line.startswith("pg_restore: processing"):
             done += 1
             if progress:
                 progress("restore", min(done, toc), toc)
     code = proc.wait()
-    if code != 0:
-        errors = [line for line in tail if "error" in line.lower()] or list(tail)
+    if code != 0 and (failures or not options.force):
+        # The first errors are the cause (later ones often follow from it); else the log's tail.
+        errors = failures[:3] + [f"({len(failures) - 3} more errors)"] if len(failures) > 3 else failures
+        errors = errors or ([line for line in tail if "error" in line.lower()] or list(tail))[-5:]
         raise RestoreError(
-            f"pg_restore into {describe(target_dsn)} failed (exit {code}): " + " | ".join(errors[-5:]),
+            f"pg_restore into {describe(target_dsn)} failed (exit {code}): " + " | ".join(errors),
             fix="read the error; roles missing on the target? use --with-globals on a fresh cluster or --no-owner",
         )
 

@@ -63,8 +63,7 @@ def build(settings: Settings) -> dg.Definitions:
             metadata={k: meta[k].value for k in ("backup_id", "rto_minutes", "rpo_minutes") if k in meta},
         )
 
-    job = dg.define_asset_job("dr_drill_job", selection=dg.AssetSelection.assets(DRILL_KEY), partitions_def=MONTHS,
-                              tags={"drp/source": "primary"})
+    job = dg.define_asset_job("dr_drill_job", selection=dg.AssetSelection.assets(DRILL_KEY), tags={"drp/source": "primary"})
 
     @dg.schedule(name="dr_drill_schedule", job=job, cron_schedule=settings.drill_cron, execution_timezone="UTC",
                  default_status=schedule_status(settings))
