@@ -56,7 +56,8 @@ def verification_passed(context: dg.AssetCheckExecutionContext) -> dg.AssetCheck
 
 
 def build(settings: Settings) -> dg.Definitions:
-    job = dg.define_asset_job("verification_job", selection=dg.AssetSelection.assets(VERIFICATION_KEY),
+    # The status is refreshed after a verification; a failed (blocking) check stops it, and the run fails.
+    job = dg.define_asset_job("verification_job", selection=dg.AssetSelection.assets(VERIFICATION_KEY, "dr_status"),
                               tags={"drp/source": "primary"})
     schedule = dg.ScheduleDefinition(name="verification_schedule", job=job, cron_schedule=settings.verify_cron,
                                      execution_timezone="UTC", default_status=schedule_status(settings))
