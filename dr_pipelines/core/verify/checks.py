@@ -19,7 +19,7 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.manifest import Manifest
-from dr_pipelines.core.pg.checksums import database_checksums
+from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
 from dr_pipelines.core.pg.connect import connect
 
 MAX_ITEMS = 50  # failing items listed per check (the count is always complete)
@@ -106,12 +106,18 @@ def tables_present(dsn: str, manifest: Manifest) -> CheckResult:
     )
 
 
-def row_counts(manifest: Manifest, restored: dict) -> CheckResult:  # type: ignore[type-arg]
+def _differences(manifest: Manifest, restored: dict[str, TableChecksum], field: str) -> list[dict[str, Any]]:
+    """Tables whose `field` (rows or checksum) differs between the manifest and the restore."""
     bad = []
     for t in manifest.tables:
         got = restored.get(t.name)
-        if got is None or got.rows != t.rows:
-            bad.append({"table": t.name, "expected": t.rows, "restored": None if got is None else got.rows})
+        if got is None or getattr(got, field) != getattr(t, field):
+            bad.append({"table": t.name, "expected": getattr(t, field), "restored": getattr(got, field, None)})
+    return bad
+
+
+def row_counts(manifest: Manifest, restored: dict[str, TableChecksum]) -> CheckResult:
+    bad = _differences(manifest, restored, "rows")
     return CheckResult(
         "row_counts", not bad,
         "; ".join(f"{b['table']}: {b['restored']} rows restored, manifest says {b['expected']}" for b in bad[:5])
@@ -120,12 +126,8 @@ def row_counts(manifest: Manifest, restored: dict) -> CheckResult:  # type: igno
     )
 
 
-def checksums(manifest: Manifest, restored: dict) -> CheckResult:  # type: ignore[type-arg]
-    bad = []
-    for t in manifest.tables:
-        got = restored.get(t.name)
-        if got is None or got.checksum != t.checksum:
-            bad.append({"table": t.name, "expected": t.checksum, "restored": None if got is None else got.checksum})
+def checksums(manifest: Manifest, restored: dict[str, TableChecksum]) -> CheckResult:
+    bad = _differences(manifest, restored, "checksum")
     return CheckResult(
         "checksums", not bad,
         "content differs from the backup in: " + ", ".join(b["table"] for b in bad[:10])
