@@ -14,7 +14,15 @@ from pathlib import Path
 
 from dr_pipelines.core.backup.catalog import VERIFICATION_NAME, BackupEntry, backup_prefix
 from dr_pipelines.core.crypto import DecryptionError
-from dr_pipelines.core.errors import ClusterError, ConfigError, DatabaseError, DrpError, PostgresNotFoundError
+from dr_pipelines.core.errors import (
+    ClusterError,
+    ConfigError,
+    DatabaseError,
+    DrpError,
+    ObjectNotFoundError,
+    PostgresNotFoundError,
+    StorageError,
+)
 from dr_pipelines.core.pg.cluster import ephemeral_cluster
 from dr_pipelines.core.restore.logical import Progress, RestoreOptions, restore_backup
 from dr_pipelines.core.storage import Storage
@@ -66,7 +74,11 @@ def verify_backup(
         if "No matching keys" in exc.problem:
             raise  # a key problem, not a backup problem
         error = exc.problem
-    except DrpError as exc:  # corrupt or missing object, pg_restore failure: the backup is not restorable
+    except StorageError as exc:
+        if not isinstance(exc, ObjectNotFoundError):
+            raise  # an outage of the storage says nothing about the backup
+        error = exc.problem
+    except DrpError as exc:  # corrupt object, pg_restore failure: the backup is not restorable
         error = exc.problem
     report = VerificationReport(entry.id, started, datetime.now(UTC), fetch_s, restore_s, checks_s, checks, error)
     if record:
