@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -58,6 +59,8 @@ from dr_pipelines_tests.support.backup import (
     advisory_locks,
     assert_restored_equals_manifest,
     assert_same_schema,
+    attempt_records,
+    backup_keys,
     database_key,
     flip_middle_byte,
     foreign_identity,
@@ -124,17 +127,19 @@ def source_db(request: pytest.FixtureRequest, pg_cluster: LocalCluster) -> Itera
 
 @pytest.fixture(scope="module")
 def big_template(pg_cluster: LocalCluster) -> Iterator[str]:
-    """A larger clinic database (~40 MB) plus 24 MiB of incompressible padding and a large object.
+    """A larger clinic database (~40 MB) plus 48 MiB of incompressible padding and a large object.
 
-    The compressed dump (~29 MB) crosses S3's multipart threshold while pg_dump is stalled on
-    its large object, and overflows a 1 MiB disk. Only ever used as a template.
+    The compressed dump is ~55 MB. While pg_dump is stalled on its large object, zstd holds
+    back up to ~20 MB of the stream's tail (its worker jobs wait for more input), so the size
+    ensures that well over S3's 8 MiB part size has reached storage by then. It also overflows
+    a 1 MiB disk. Only ever used as a template.
     """
     from dr_pipelines.demo.generate import seed_demo
 
     name = f"big_{uuid.uuid4().hex[:8]}"
     dsn = pg_cluster.create_database(name)
     seed_demo(dsn, clinics=4, scale=6, seed=11)
-    add_padding(dsn, mib=24)
+    add_padding(dsn, mib=48)
     yield name
     pg_cluster.drop_database(name)
 
@@ -203,7 +208,9 @@ def test_manifest_describes_exactly_what_is_stored_and_holds_no_secret(
 
     # Exactly the listed objects plus the manifest, each with the recorded size and SHA-256.
     keys_stored = stored_keys(storage)
-    assert sorted(keys_stored) == sorted([f"{prefix}/{o.key}" for o in manifest.objects] + [f"{prefix}/manifest.json"])
+    assert attempt_records(storage) == {manifest.id: "succeeded"}
+    expected = [f"{prefix}/{o.key}" for o in manifest.objects] + [f"{prefix}/manifest.json"]
+    assert sorted(backup_keys(storage)) == sorted(expected)
     assert {o.role for o in manifest.objects} == {"database", "globals"}
     for obj in manifest.objects:
         key = f"{prefix}/{obj.key}"
@@ -221,6 +228,7 @@ def test_manifest_describes_exactly_what_is_stored_and_holds_no_secret(
     assert "AGE-SECRET-KEY" not in raw.upper() and secret_line not in raw
     assert password not in raw
     assert not any(password in k for k in keys_stored) and password not in storage.url
+    assert password not in storage.get_bytes(f"attempts/{manifest.id}.json").decode()
 
     # Where it came from, and the instant it captured.
     with psycopg.connect(demo_db) as conn:
@@ -249,6 +257,8 @@ def test_writes_during_a_backup_do_not_leak_into_it(
     name = f"snap_{uuid.uuid4().hex[:8]}"
     dsn = pg_cluster.create_database(name, template=big_template)
     try:
+        with psycopg.connect(dsn) as conn:  # ~30 MB of dump is plenty here: progress comes every 8 MiB
+            conn.execute("DELETE FROM zz_padding WHERE id >= 8")
         before = own_checksums(dsn)
         storage = LocalStorage(tmp_path / "storage")
         started, resume = threading.Event(), threading.Event()
@@ -380,6 +390,17 @@ def test_non_empty_target_is_refused_unless_forced(demo_db: str, keys: Keys, tmp
         restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work")
     assert own_checksums(demo_db) == changed  # refused: nothing was touched
 
+    # Forced, a real problem still fails the restore (here: an object of the target's own depends
+    # on a table the backup replaces)...
+    with psycopg.connect(demo_db) as conn:
+        conn.execute("CREATE VIEW local_report AS SELECT count(*) AS n FROM patients")
+    with pytest.raises(RestoreError, match="depend"):
+        restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
+                       options=RestoreOptions(force=True))
+    with psycopg.connect(demo_db) as conn:
+        conn.execute("DROP VIEW local_report")
+
+    # ...and once it is gone, the forced restore overwrites the data with the backup's.
     restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
                    options=RestoreOptions(force=True))
     assert_restored_equals_manifest(demo_db, manifest)
@@ -436,7 +457,7 @@ class FailingDisk(LocalStorage):
         return super().put_stream(key, failing())
 
 
-@pytest.mark.parametrize(("fail_on", "fail_after"), [("database.dump.zst.age", 64 << 10), ("globals.sql.zst.age", 0)])
+@pytest.mark.parametrize(("fail_on", "fail_after"), [("database.dump.zst.age", 100 << 10), ("globals.sql.zst.age", 0)])
 def test_storage_failure_mid_upload_leaves_nothing(
     demo_db: str, keys: Keys, tmp_path: Path, fail_on: str, fail_after: int
 ) -> None:
@@ -447,9 +468,13 @@ def test_storage_failure_mid_upload_leaves_nothing(
     assert fail_on in str(caught.value)
     if fail_on.startswith("database"):
         assert disk.partial_bytes_at_failure, "the failure should strike while a partial upload is on disk"
-    # No manifest, no object (the database dump already stored is deleted again), no partial file.
+    # No manifest, no object (the database dump already stored is deleted again), no partial file:
+    # only the record that this attempt failed.
     assert list_backups(disk) == []
-    assert list(root.rglob("*")) == []
+    (attempt_id, status), = attempt_records(disk).items()
+    assert status == "failed"
+    assert local_files(root) == [f"attempts/{attempt_id}.json"]
+    assert not (root / "backups").exists()
     # The lock was released and there is nothing to clean up for the next run.
     manifest = run_logical_backup(demo_db, LocalStorage(root), [keys.recipient])
     assert manifest.extra["cleaned_up"] == []
@@ -471,6 +496,9 @@ def test_kill_9_mid_upload_leaves_no_backup_and_the_next_run_cleans_up(
 
         def in_flight() -> list:
             return partial_files(root)
+
+        def in_flight_bytes() -> int:
+            return sum(p.stat().st_size for p in partial_files(root))
     else:
         server = request.getfixturevalue("s3_server")
         bucket = server.create_bucket()
@@ -488,16 +516,16 @@ def test_kill_9_mid_upload_leaves_no_backup_and_the_next_run_cleans_up(
         proc = subprocess.Popen([str(BIN / "drp"), "backup", "run", "--json"], env={**os.environ, **env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            def stalled_mid_upload() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"drp backup run ended early ({proc.returncode}): {proc.communicate()}")
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, f"drp backup run ended early ({proc.returncode}): {proc.communicate()}"
                 waiting = probe.execute("SELECT count(*) FROM pg_locks WHERE NOT granted"
                                         " AND relation = 'pg_catalog.pg_largeobject'::regclass").fetchone()[0]
-                return bool(waiting and in_flight())
-
-            wait_for(stalled_mid_upload, timeout=120, what="a backup stalled mid-upload", interval=0.05)
-            if backend == "local":
-                assert sum(p.stat().st_size for p in in_flight()) > 8 << 20  # table data did flow
+                # Locally, wait for the pipeline to catch up with pg_dump (S3 shows nothing before 8 MiB).
+                if waiting and in_flight() and (backend != "local" or in_flight_bytes() > 8 << 20):
+                    break
+                assert time.monotonic() < deadline, "the backup never stalled mid-upload"
+                time.sleep(0.05)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
         finally:
@@ -522,11 +550,13 @@ def test_kill_9_mid_upload_leaves_no_backup_and_the_next_run_cleans_up(
     entries = list_backups(storage)
     assert [(e.id, e.complete) for e in entries] == [(new_id, True)]
     assert in_flight() == []
+    assert {k.split("/")[1] for k in backup_keys(storage)} == {new_id}
     if backend == "local":
         assert [p.name for p in (root / "backups").iterdir()] == [new_id]
-    else:
-        listed_keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-        assert listed_keys and all(k.startswith(f"{S3_PREFIX}/backups/{new_id}/") for k in listed_keys)
+    # The killed attempt stays on record as never finished; the new one succeeded.
+    attempts = attempt_records(storage)
+    assert attempts.pop(new_id) == "succeeded"
+    assert list(attempts.values()) == ["running"]
 
     # And the new backup restores to exactly what it recorded.
     manifest = entries[0].manifest
@@ -544,7 +574,8 @@ def test_second_backup_is_refused_while_one_holds_the_lock(demo_db: str, keys: K
         holder.execute("SELECT pg_advisory_lock(%s)", (BACKUP_LOCK_KEY,))
         with pytest.raises(BackupError, match=r"another backup of 127\.0\.0\.1:\d+/\w+ is running"):
             run_logical_backup(demo_db, storage, [keys.recipient])
-        assert stored_keys(storage) == []
+        assert backup_keys(storage) == []
+        assert list(attempt_records(storage).values()) == ["failed"]
         holder.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
     assert run_logical_backup(demo_db, storage, [keys.recipient]).tables
 
@@ -557,7 +588,8 @@ def test_unreachable_source_is_named_and_writes_nothing(keys: Keys, tmp_path: Pa
     storage = LocalStorage(tmp_path / "storage")
     with pytest.raises(DatabaseError, match=f"127.0.0.1:{port}"):
         run_logical_backup(f"host=127.0.0.1 port={port} dbname=clinic user=postgres", storage, [keys.recipient])
-    assert local_files(tmp_path / "storage") == []
+    assert backup_keys(storage) == []  # nothing but the record of the failed attempt
+    assert list(attempt_records(storage).values()) == ["failed"]
 
 
 def test_wrong_password_is_a_clear_error_without_the_password(work_base: Path, keys: Keys, tmp_path: Path) -> None:
@@ -577,13 +609,17 @@ def test_wrong_password_is_a_clear_error_without_the_password(work_base: Path, k
         with pytest.raises(DatabaseError, match="password authentication failed") as caught:
             run_logical_backup(f"{base} password={wrong}", storage, [keys.recipient])
         assert wrong not in str(caught.value) and right not in str(caught.value)
-        assert local_files(tmp_path / "storage") == []
+        assert backup_keys(storage) == []
+        assert list(attempt_records(storage).values()) == ["failed"]
+        assert not any(wrong in (tmp_path / "storage" / f).read_text() for f in local_files(tmp_path / "storage"))
 
         # With the right password the backup works (pg_dump gets it from the environment, not argv).
         manifest = run_logical_backup(f"{base} password={right}", storage, [keys.recipient])
         assert manifest_tables(manifest)["public.secrets_kept"][0] == 100
-        text = storage.get_bytes(f"{backup_prefix(manifest.id)}/manifest.json").decode()
-        assert right not in text and wrong not in text
+        for key in stored_keys(storage):
+            if key.endswith(".json"):
+                text = storage.get_bytes(key).decode()
+                assert right not in text and wrong not in text, key
     finally:
         cluster.remove()
 
@@ -595,7 +631,9 @@ def test_full_disk_fails_cleanly(big_db: str, keys: Keys, work_base: Path) -> No
             run_logical_backup(big_db, storage, [keys.recipient])
         assert "fix:" in str(caught.value)
         assert list_backups(storage) == []
-        assert list(mount.rglob("*")) == []  # no manifest, no object, no partial file
+        assert backup_keys(storage) == [] and partial_files(mount) == []  # no manifest, no object, no partial
+        assert not (mount / "backups").exists()
+        assert list(attempt_records(storage).values()) == ["failed"]  # written once the space was freed
 
 
 def test_read_only_storage_is_a_clear_storage_error(demo_db: str, keys: Keys, work_base: Path) -> None:
@@ -618,7 +656,7 @@ def test_no_recipients_is_a_config_error(demo_db: str, tmp_path: Path) -> None:
     assert "drp key generate" in str(caught.value)
     with pytest.raises(ConfigError, match="not a valid age public key"):
         run_logical_backup(demo_db, storage, ["age1notakey"])
-    assert local_files(tmp_path / "storage") == []
+    assert local_files(tmp_path / "storage") == []  # refused before anything, even an attempt record
 
 
 def test_pg_dump_older_than_the_server_is_refused() -> None:

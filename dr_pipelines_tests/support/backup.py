@@ -7,6 +7,7 @@ moto's S3 server over HTTP, and damage is done to the stored bytes themselves.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -115,8 +116,12 @@ def relation_count(dsn: str) -> int:
 
 
 def advisory_locks(dsn: str) -> int:
+    """Advisory locks held in dsn's database (a backup holds one while it runs)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()[0]
 
 
 # -- content comparison -------------------------------------------------------------------------
@@ -161,6 +166,17 @@ def database_key(manifest: Manifest) -> str:
 
 def stored_keys(storage: Storage) -> list[str]:
     return [o.key for o in storage.list("")]
+
+
+def backup_keys(storage: Storage) -> list[str]:
+    """Keys under backups/ (attempt records under attempts/ left out)."""
+    return [k for k in stored_keys(storage) if k.startswith("backups/")]
+
+
+def attempt_records(storage: Storage) -> dict[str, str]:
+    """Backup id -> status ("running", "succeeded", "failed") of every recorded attempt."""
+    records = [json.loads(storage.get_bytes(k)) for k in stored_keys(storage) if k.startswith("attempts/")]
+    return {r["id"]: r["status"] for r in records}
 
 
 def local_files(root: Path) -> list[str]:
