@@ -23,9 +23,13 @@ cluster, dropped again after it is checked (same number of relations as the sour
 Fairness: one unrecorded warm-up pass first (OS caches cannot be dropped), then --repeat
 passes with the order of the variants rotated; before each timed operation a CHECKPOINT and
 a sync flush what the previous one left. drp operations run in a child Python process
-each (this script with --child), so their peak RSS is per operation; the tools' peak RSS is
-reported for reference. --rss-scales seeds smaller demo databases and runs one drp backup
-and restore on each, to show that peak memory does not grow with the database.
+each (this script with --child), so their peak RSS is per operation; every command runs
+under GNU time, which reports its own peak RSS (the tools' are reported for reference).
+--rss-scales seeds smaller demo databases and runs one drp backup and restore on each, to
+show that peak memory does not grow with the database.
+
+The baselines are fixed; --drp-jobs, --drp-zstd-threads and --drp-level change drp's options
+only, and --backup-only skips the restores, for profiling.
 
 Prints one JSON document on stdout and a short summary on stderr.
 """
@@ -45,16 +49,19 @@ from typing import Any
 from _common import CLUSTER_SETTINGS, Launch, machine_info, make_base_dir, own_peak_rss_kb, run_measured, stats
 from psycopg import sql
 
-from dr_pipelines.core.backup.logical import libpq_env
+from dr_pipelines.core.backup.logical import BackupOptions, libpq_env
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.connect import connect, redact_dsn, with_dbname
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.restore.logical import RestoreOptions
 from dr_pipelines.demo import generate as gen
 
 TARGETS = {"backup_vs_floor": 1.25, "restore_vs_pg_restore": 1.15, "size_vs_floor": 1.0}
 BACKUP_VARIANTS = ("pg_dump", "floor", "drp", "drp_nochecksums")
 RESTORE_VARIANTS = ("pg_restore", "drp", "floor")
+FLOOR_ZSTD = ["-T2", "-3"]  # the pipeline floor: pg_dump -Fc -Z 0 | zstd -T2 -3 > file
+BASELINE_JOBS = 2  # pg_restore -j 2
 USER_RELATIONS = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
@@ -76,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="unrecorded passes before the measured ones")
     parser.add_argument("--rss-scales", type=float, nargs="*", default=None,
                         help="also seed these scales and compare drp peak RSS (default: scale/5; none to skip)")
-    parser.add_argument("--jobs", type=int, default=2, help="pg_restore --jobs for every restore variant")
-    parser.add_argument("--zstd-threads", type=int, default=2, help="zstd threads for the floor and drp")
-    parser.add_argument("--level", type=int, default=3, help="zstd level for the floor and drp")
+    # The baselines are fixed (zstd -T2 -3, pg_restore -j 2); these tune drp only, to profile it.
+    parser.add_argument("--drp-jobs", type=int, default=RestoreOptions().jobs, help="RestoreOptions(jobs=...)")
+    parser.add_argument("--drp-zstd-threads", type=int, default=BackupOptions().zstd_threads,
+                        help="BackupOptions(zstd_threads=...)")
+    parser.add_argument("--drp-level", type=int, default=BackupOptions().compression_level,
+                        help="BackupOptions(compression_level=...)")
+    parser.add_argument("--backup-only", action="store_true", help="time the backup variants only")
     parser.add_argument("--base-dir", type=Path, default=Path("/var/tmp"),
                         help="where the cluster, dumps, storage and work files go (one disk)")
     parser.add_argument("--skip-floor-restore", action="store_true", help="do not time the floor restore reference")
@@ -105,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         report["params"] = {
             "dsn": redact_dsn(args.dsn) if args.dsn else None, "clinics": None if args.dsn else args.clinics,
             "scale": None if args.dsn else args.scale, "seed": args.seed, "repeat": args.repeat,
-            "warmup": args.warmup, "jobs": args.jobs, "zstd_threads": args.zstd_threads, "level": args.level,
+            "warmup": args.warmup, "drp_jobs": args.drp_jobs, "drp_zstd_threads": args.drp_zstd_threads,
+            "drp_level": args.drp_level, "backup_only": args.backup_only, "floor": FLOOR_ZSTD,
+            "pg_restore_jobs": BASELINE_JOBS,
             "rss_scales": rss_scales, "base_dir": str(args.base_dir),
         }
         if seeded:
@@ -161,7 +174,8 @@ class Bench:
         passes = []
         for i in range(-args.warmup, args.repeat):
             order_b = _rotate(BACKUP_VARIANTS, i)
-            order_r = _rotate(tuple(v for v in RESTORE_VARIANTS if v != "floor" or not args.skip_floor_restore), i)
+            order_r = () if args.backup_only else _rotate(
+                tuple(v for v in RESTORE_VARIANTS if v != "floor" or not args.skip_floor_restore), i)
             label = "warm-up" if i < 0 else f"repeat {i + 1}/{args.repeat}"
             print(f"[bench] {label}: backups {', '.join(order_b)}; restores {', '.join(order_r)}", file=sys.stderr)
             result = self._pass(dsn, order_b, order_r, source_relations)
@@ -216,8 +230,7 @@ class Bench:
             started = time.monotonic()
             dump = Launch([self.pg_dump, "-Fc", "-Z", "0", f"--dbname={conninfo}"], stdout=subprocess.PIPE, env=env)
             assert dump.proc.stdout is not None
-            zstd = Launch([self.zstd, "-q", f"-T{self.args.zstd_threads}", f"-{self.args.level}"],
-                          stdin=dump.proc.stdout, stdout=f)
+            zstd = Launch([self.zstd, "-q", *FLOOR_ZSTD], stdin=dump.proc.stdout, stdout=f)
             dump.proc.stdout.close()
             m_dump = dump.reap()
             m_zstd = zstd.reap()
@@ -236,8 +249,8 @@ class Bench:
         storage = self._path("storage")
         storage.mkdir()
         m, child = self._child({"op": "backup", "dsn": dsn, "storage": str(storage), "recipient": self.recipient,
-                                "checksums": checksums, "level": self.args.level,
-                                "zstd_threads": self.args.zstd_threads})
+                                "checksums": checksums, "level": self.args.drp_level,
+                                "zstd_threads": self.args.drp_zstd_threads})
         on_disk = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file())
         return {**child, "process_seconds": round(m.seconds, 3), "maxrss_kb": m.maxrss_kb,
                 "cpu_seconds": round(m.cpu_seconds, 3), "bytes": on_disk, "storage": str(storage)}
@@ -267,14 +280,14 @@ class Bench:
         work = self._path("work")
         m, child = self._child({"op": "restore", "storage": backups["drp"]["storage"], "backup_id": backups["drp"]["id"],
                                 "identity": str(self.identity), "target_dsn": with_dbname(self.admin, target),
-                                "work_dir": str(work), "jobs": self.args.jobs})
+                                "work_dir": str(work), "jobs": self.args.drp_jobs})
         shutil.rmtree(work, ignore_errors=True)
         return {**child, "process_seconds": round(m.seconds, 3), "maxrss_kb": m.maxrss_kb,
                 "cpu_seconds": round(m.cpu_seconds, 3)}
 
     def _pg_restore_into(self, dump: Path, target: str):  # type: ignore[no-untyped-def]
         conninfo, env = libpq_env(with_dbname(self.admin, target))
-        m, _ = run_measured([self.pg_restore, f"--jobs={self.args.jobs}", f"--dbname={conninfo}", str(dump)], env=env)
+        m, _ = run_measured([self.pg_restore, f"--jobs={BASELINE_JOBS}", f"--dbname={conninfo}", str(dump)], env=env)
         _check(m.returncode, f"pg_restore of {dump.name}")
         return m
 
@@ -282,12 +295,15 @@ class Bench:
 
     def _rss_by_size(self, dsn: str, db_size: int, passes: list[dict[str, Any]],
                      scales: list[float]) -> list[dict[str, Any]]:
+        def peak(kind: str, key: str) -> int | None:
+            found = [p[kind]["drp"][key] for p in passes if "drp" in p[kind]]
+            return max(found) if found else None
+
         rows = [{
             "database": "benchmark", "size_bytes": db_size,
-            "backup_maxrss_kb": max(p["backup"]["drp"]["maxrss_kb"] for p in passes),
-            "backup_python_maxrss_kb": max(p["backup"]["drp"]["python_maxrss_kb"] for p in passes),
-            "restore_maxrss_kb": max(p["restore"]["drp"]["maxrss_kb"] for p in passes),
-            "restore_python_maxrss_kb": max(p["restore"]["drp"]["python_maxrss_kb"] for p in passes),
+            "backup_maxrss_kb": peak("backup", "maxrss_kb"), "backup_python_maxrss_kb": peak("backup", "python_maxrss_kb"),
+            "restore_maxrss_kb": peak("restore", "maxrss_kb"),
+            "restore_python_maxrss_kb": peak("restore", "python_maxrss_kb"),
         }]
         for scale in scales:
             name = self._fresh_db(f"rss_{scale}".replace(".", "_"))
@@ -295,15 +311,18 @@ class Bench:
             print(f"[bench] memory: seeding scale {scale} into {name}", file=sys.stderr)
             seeded = _seed(small, self.args.clinics, scale, self.args.seed)
             backup = self._backup_drp(small)
-            target = self._fresh_db("rss_restore")
-            restore = self._restore_drp({"drp": backup}, target)
-            self._drop_db(target)
+            restore: dict[str, Any] = {}
+            if not self.args.backup_only:
+                target = self._fresh_db("rss_restore")
+                restore = self._restore_drp({"drp": backup}, target)
+                self._drop_db(target)
             shutil.rmtree(backup["storage"], ignore_errors=True)
             rows.append({
                 "database": f"demo scale {scale}", "size_bytes": self._db_size(small), "seeding": seeded,
                 "backup_maxrss_kb": backup["maxrss_kb"], "backup_python_maxrss_kb": backup["python_maxrss_kb"],
-                "restore_maxrss_kb": restore["maxrss_kb"], "restore_python_maxrss_kb": restore["python_maxrss_kb"],
-                "backup_seconds": backup["seconds"], "restore_seconds": restore["seconds"],
+                "restore_maxrss_kb": restore.get("maxrss_kb"),
+                "restore_python_maxrss_kb": restore.get("python_maxrss_kb"),
+                "backup_seconds": backup["seconds"], "restore_seconds": restore.get("seconds"),
             })
             self._drop_db(name)
         return rows
@@ -369,11 +388,15 @@ def _summarise(passes: list[dict[str, Any]]) -> dict[str, Any]:
     backup = {v: stats(series("backup", v)) for v in BACKUP_VARIANTS}
     backup["floor_with_fsync"] = stats([a + b for a, b in zip(series("backup", "floor"),
                                                               series("backup", "floor", "fsync_seconds"), strict=True)])
+    for v in ("drp", "drp_nochecksums"):
+        backup[f"{v}_dump_phase"] = stats(series("backup", v, "dump_seconds"))
+        backup[f"{v}_after_dump_phase"] = stats(series("backup", v, "after_dump_seconds"))
     backup["drp_checksum_cost"] = stats([a - b for a, b in zip(series("backup", "drp"),
                                                                series("backup", "drp_nochecksums"), strict=True)])
     restore = {v: stats(series("restore", v)) for v in RESTORE_VARIANTS if series("restore", v)}
-    restore["drp_fetch"] = stats(series("restore", "drp", "fetch_seconds"))
-    restore["drp_pg_restore"] = stats(series("restore", "drp", "restore_seconds"))
+    if restore:
+        restore["drp_fetch"] = stats(series("restore", "drp", "fetch_seconds"))
+        restore["drp_pg_restore"] = stats(series("restore", "drp", "restore_seconds"))
     sizes = {v: passes[-1]["backup"][v]["bytes"] for v in BACKUP_VARIANTS}
     sizes["drp_database_object"] = passes[-1]["backup"]["drp"]["objects"]["database"]["bytes"]
     sizes["plain_dump_uncompressed"] = passes[-1]["backup"]["drp"]["objects"]["database"]["plain_bytes"]
@@ -391,29 +414,34 @@ def _summarise(passes: list[dict[str, Any]]) -> dict[str, Any]:
         "backup_nochecksums_vs_floor": ratio(backup["drp_nochecksums"], backup["floor"]),
         "backup_vs_pg_dump": ratio(backup["drp"], backup["pg_dump"]),
         "floor_vs_pg_dump": ratio(backup["floor"], backup["pg_dump"]),
-        "restore_vs_pg_restore": {**ratio(restore["drp"], restore["pg_restore"]),
-                                  "paired_median": paired("restore", "drp", "pg_restore")},
         "size_vs_floor": round(sizes["drp"] / sizes["floor"], 4),
         "size_database_object_vs_floor": round(sizes["drp_database_object"] / sizes["floor"], 4),
         "size_vs_pg_dump": round(sizes["drp"] / sizes["pg_dump"], 4),
     }
+    if restore:
+        ratios["restore_vs_pg_restore"] = {**ratio(restore["drp"], restore["pg_restore"]),
+                                           "paired_median": paired("restore", "drp", "pg_restore")}
     if "floor" in restore:
         ratios["restore_vs_floor_restore"] = ratio(restore["drp"], restore["floor"])
+    def peak(kind: str, variant: str, part: str | None = None) -> int | None:
+        found = [(p[kind][variant][part] if part else p[kind][variant])["maxrss_kb"] for p in passes
+                 if variant in p[kind]]
+        return max(found) if found else None
+
+    def peak_python(kind: str) -> int | None:
+        found = [p[kind]["drp"]["python_maxrss_kb"] for p in passes if "drp" in p[kind]]
+        return max(found) if found else None
+
     rss = {
-        "drp_backup": max(p["backup"]["drp"]["maxrss_kb"] for p in passes),
-        "drp_backup_python": max(p["backup"]["drp"]["python_maxrss_kb"] for p in passes),
-        "drp_restore": max(p["restore"]["drp"]["maxrss_kb"] for p in passes),
-        "drp_restore_python": max(p["restore"]["drp"]["python_maxrss_kb"] for p in passes),
-        "pg_dump": max(p["backup"]["pg_dump"]["maxrss_kb"] for p in passes),
-        "floor_pg_dump": max(p["backup"]["floor"]["pg_dump"]["maxrss_kb"] for p in passes),
-        "floor_zstd": max(p["backup"]["floor"]["zstd"]["maxrss_kb"] for p in passes),
-        "pg_restore": max(p["restore"]["pg_restore"]["maxrss_kb"] for p in passes),
+        "drp_backup": peak("backup", "drp"), "drp_backup_python": peak_python("backup"),
+        "drp_restore": peak("restore", "drp"), "drp_restore_python": peak_python("restore"),
+        "pg_dump": peak("backup", "pg_dump"), "floor_pg_dump": peak("backup", "floor", "pg_dump"),
+        "floor_zstd": peak("backup", "floor", "zstd"), "pg_restore": peak("restore", "pg_restore"),
     }
-    targets = {
-        "backup_vs_floor": ratios["backup_vs_floor"]["median"],
-        "restore_vs_pg_restore": ratios["restore_vs_pg_restore"]["median"],
-        "size_vs_floor": ratios["size_vs_floor"],
-    }
+    targets = {"backup_vs_floor": ratios["backup_vs_floor"]["median"]}
+    if restore:
+        targets["restore_vs_pg_restore"] = ratios["restore_vs_pg_restore"]["median"]
+    targets["size_vs_floor"] = ratios["size_vs_floor"]
     return {
         "backup_seconds": backup,
         "restore_seconds": restore,
@@ -427,20 +455,26 @@ def _summarise(passes: list[dict[str, Any]]) -> dict[str, Any]:
 def _summary(report: dict[str, Any]) -> None:
     b, r, s = report["backup_seconds"], report["restore_seconds"], report["bytes"]
     mb = 2**20
+
+    def mib(kb: int | None) -> str:
+        return "-" if kb is None else f"{kb / 1024:.0f}"
+
     lines = [
         f"database {report['database']['size_mb']} MiB, {report['params']['repeat']} repeats (median / min seconds)",
         "backup:  " + ", ".join(f"{v} {b[v]['median']:.2f}/{b[v]['min']:.2f}" for v in BACKUP_VARIANTS)
         + f"; floor fsync +{b['floor_with_fsync']['median'] - b['floor']['median']:.2f}",
-        "restore: " + ", ".join(f"{v} {r[v]['median']:.2f}/{r[v]['min']:.2f}" for v in RESTORE_VARIANTS if v in r)
-        + f"; drp = fetch {r['drp_fetch']['median']:.2f} + pg_restore {r['drp_pg_restore']['median']:.2f}",
-        "size:    " + ", ".join(f"{v} {s[v] / mb:.1f} MiB" for v in BACKUP_VARIANTS),
     ]
+    if r:
+        lines.append("restore: " + ", ".join(f"{v} {r[v]['median']:.2f}/{r[v]['min']:.2f}" for v in RESTORE_VARIANTS
+                                             if v in r)
+                     + f"; drp = fetch {r['drp_fetch']['median']:.2f} + pg_restore {r['drp_pg_restore']['median']:.2f}")
+    lines.append("size:    " + ", ".join(f"{v} {s[v] / mb:.1f} MiB" for v in BACKUP_VARIANTS))
     for name, t in report["targets"].items():
         lines.append(f"target {name}: {t['value']:.3f} (<= {t['target']}) {'met' if t['met'] else 'MISSED'}")
-    lines.append("peak RSS MiB (drp backup / restore, whole process tree; python alone): " + "; ".join(
-        f"{row['database']} {row['size_bytes'] / mb:.0f} MiB: {row['backup_maxrss_kb'] / 1024:.0f} / "
-        f"{row['restore_maxrss_kb'] / 1024:.0f} ({row['backup_python_maxrss_kb'] / 1024:.0f} / "
-        f"{row['restore_python_maxrss_kb'] / 1024:.0f})"
+    lines.append("peak RSS MiB of drp backup / restore (process tree; the Python process alone): " + "; ".join(
+        f"{row['database']} ({row['size_bytes'] / mb:.0f} MiB) {mib(row['backup_maxrss_kb'])} / "
+        f"{mib(row['restore_maxrss_kb'])} ({mib(row['backup_python_maxrss_kb'])} / "
+        f"{mib(row['restore_python_maxrss_kb'])})"
         for row in report["rss_by_size"]))
     print("\n".join(lines), file=sys.stderr)
 
@@ -460,6 +494,8 @@ def _check(code: int, what: str) -> None:
 
 def _log(what: str, result: dict[str, Any]) -> None:
     extra = ""
+    if "dump_seconds" in result:
+        extra = f" (dump stream {result['dump_seconds']:.2f} + after {result['after_dump_seconds']:.2f})"
     if "fetch_seconds" in result:
         extra = f" (fetch {result['fetch_seconds']:.2f} + pg_restore {result['restore_seconds']:.2f})"
     print(f"[bench]   {what}: {result['seconds']:.2f}s{extra}, peak RSS {result['maxrss_kb'] / 1024:.0f} MiB",
@@ -480,10 +516,22 @@ def _child() -> int:
 
         options = BackupOptions(compression_level=config["level"], zstd_threads=config["zstd_threads"],
                                 checksums=config["checksums"])
+        dump_done: list[float] = []
+
+        def progress(phase: str, done: int, expected: int | None) -> None:
+            if phase == "database":  # called every 8 MiB and once when the dump stream ends
+                dump_done[:] = [time.monotonic()]
+
         t0 = time.monotonic()
-        manifest = run_logical_backup(config["dsn"], storage, [config["recipient"]], options=options)
+        manifest = run_logical_backup(config["dsn"], storage, [config["recipient"]], options=options,
+                                      progress=progress)
+        t1 = time.monotonic()
         out: dict[str, Any] = {
-            "seconds": round(time.monotonic() - t0, 3), "id": manifest.id, "stored_bytes": manifest.stored_bytes,
+            "seconds": round(t1 - t0, 3),
+            # until pg_dump's stream is consumed; after: the object's fsync, pg_dumpall, waiting for the
+            # checksums, the manifest
+            "dump_seconds": round(dump_done[0] - t0, 3), "after_dump_seconds": round(t1 - dump_done[0], 3),
+            "id": manifest.id, "stored_bytes": manifest.stored_bytes,
             "objects": {o.role: {"bytes": o.bytes, "plain_bytes": o.plain_bytes} for o in manifest.objects},
             "tables_checksummed": len(manifest.tables),
         }

@@ -22,25 +22,15 @@ import platform
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+from _common import CLUSTER_SETTINGS, make_base_dir
 
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.demo import generate as gen
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
-
-# Cluster settings for a bulk load: fewer checkpoints, room for the indexes in memory.
-# Durability settings stay at their defaults (fsync on, synchronous_commit on, logged tables).
-CLUSTER_SETTINGS = {
-    "max_wal_size": "'8GB'",
-    "checkpoint_timeout": "'30min'",
-    "shared_buffers": "'1GB'",
-    "maintenance_work_mem": "'512MB'",
-    "wal_buffers": "'64MB'",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare: drop secondary indexes and FKs before loading, recreate them after")
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="drp-bench-", dir=args.base_dir))
-    os.chmod(base, 0o755)  # the postgres OS user must reach the data directory when we are root
+    base = make_base_dir("drp-bench-", args.base_dir)  # mode 755: the postgres OS user must reach it
     settings = {} if args.default_settings else CLUSTER_SETTINGS
     cluster = LocalCluster.create(base / "pg", settings=settings)
     try:

@@ -122,3 +122,17 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_folder_of_symlinks_resolves_to_the_real_bin_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Some images link initdb/pg_ctl/postgres into /usr/local/bin; pg_basebackup & co live only in the real folder."""
+    real = binaries.find_pg_binaries().bin_dir
+    for tool in binaries.SERVER_TOOLS:
+        (tmp_path / tool).symlink_to(real / tool)
+    binaries.find_pg_binaries.cache_clear()
+    monkeypatch.setenv("DRP_PG_BIN_DIR", str(tmp_path))
+    try:
+        assert binaries.find_pg_binaries().bin_dir == real
+        assert binaries.find_pg_binaries().tool("pg_basebackup").startswith(str(real))
+    finally:
+        binaries.find_pg_binaries.cache_clear()

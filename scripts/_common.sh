@@ -22,6 +22,7 @@ find_pg_bindir() {
   for d in "${DRP_PG_BIN_DIR:-}" "$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)")" \
            "$(pg_config --bindir 2>/dev/null || true)" $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -nr); do
     [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] || continue
+    d="$(dirname "$(readlink -f "$d/initdb")")"  # a folder of symlinks lacks pg_basebackup & co
     local major
     major="$("$d/postgres" --version | sed -E 's/[^0-9]*([0-9]+).*/\1/')"
     if [ "${major:-0}" -ge 15 ]; then echo "$d"; return 0; fi

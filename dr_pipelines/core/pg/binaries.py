@@ -87,10 +87,13 @@ def find_pg_binaries() -> PgBinaries:
     (newest first). Raises PostgresNotFoundError naming where it looked and how to fix it.
     """
     looked: list[str] = []
-    for bin_dir in _candidates():
-        looked.append(str(bin_dir))
-        if not all((bin_dir / tool).exists() for tool in SERVER_TOOLS):
+    for candidate in _candidates():
+        looked.append(str(candidate))
+        if not all((candidate / tool).exists() for tool in SERVER_TOOLS):
             continue
+        # A folder of symlinks (e.g. /usr/local/bin -> /usr/lib/postgresql/15/bin) lacks the other tools
+        # (pg_basebackup, pg_restore, ...): use the folder the real initdb lives in.
+        bin_dir = (candidate / "initdb").resolve().parent
         major = _major_of(bin_dir)
         if major is not None and major >= MIN_SERVER_MAJOR:
             return PgBinaries(bin_dir=bin_dir, major=major)

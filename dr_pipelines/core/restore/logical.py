@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -24,6 +24,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.restore.archive import add_data_offsets
 from dr_pipelines.core.restore.fetch import fetch_object
 from dr_pipelines.core.storage import Storage
 
@@ -120,6 +121,9 @@ def restore_backup(
         warnings: list[str] = []
         if options.with_globals and "globals" in files:
             warnings += _apply_globals(files["globals"], target_dsn, ident.major)
+        if options.jobs > 1 and add_data_offsets(files["database"]) is None:
+            warnings.append("the archive's data offsets could not be added: restoring with one job")
+            options = replace(options, jobs=1)
         toc = _toc_entries(pg_restore, files["database"])
         _pg_restore(pg_restore, files["database"], target_dsn, options, toc, progress)
         done = time.monotonic()
