@@ -13,7 +13,6 @@ restores with one job.
 
 from __future__ import annotations
 
-import mmap
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -59,40 +58,58 @@ class _Reader:
 
     def skip_chunks(self) -> None:
         """Skip a data block's chunks: with -Z0 there is one per row, so this is the hot loop."""
-        if self.int_size != 4 or not isinstance(self.f, _MappedFile):
+        if self.int_size != 4 or not isinstance(self.f, _WindowedFile):
             while (n := self.int()) != 0:
                 if n < 0:
                     raise ArchiveFormatError("negative chunk length")
                 self.f.seek(n, 1)
             return
-        view, pos, end, unpack = self.f.view, self.f.pos, len(self.f.view), _SIGN_LEN.unpack_from
+        f, unpack = self.f, _SIGN_LEN.unpack_from
+        pos = f.pos
         while True:
-            if pos + 5 > end:
-                raise ArchiveFormatError("unexpected end of archive")
-            sign, n = unpack(view, pos)
+            off = pos - f.start
+            if off < 0 or off + 5 > len(f.buf):
+                f.pos = pos
+                f.fill(5)
+                off = 0
+                if len(f.buf) < 5:
+                    raise ArchiveFormatError("unexpected end of archive")
+            sign, n = unpack(f.buf, off)
             pos += 5
             if n == 0:
                 break
             if sign:
                 raise ArchiveFormatError("negative chunk length")
             pos += n
-        if pos > end:
-            raise ArchiveFormatError("unexpected end of archive")
-        self.f.pos = pos
+        f.pos = pos
 
 
 _SIGN_LEN = struct.Struct("<BI")
 
 
-class _MappedFile:
-    """The read/seek/tell subset the parser needs, over an mmap (no per-call I/O overhead)."""
+class _WindowedFile:
+    """read/seek/tell over a sliding 8 MiB window: cheap small reads, memory flat whatever the file size."""
 
-    def __init__(self, view: mmap.mmap) -> None:
-        self.view = view
+    WINDOW = 8 << 20
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.start = 0
+        self.buf = b""
         self.pos = 0
 
+    def fill(self, n: int) -> None:
+        """Load the window at pos, holding at least n bytes if the file has them."""
+        self.raw.seek(self.pos)
+        self.start = self.pos
+        self.buf = self.raw.read(max(n, self.WINDOW))
+
     def read(self, n: int) -> bytes:
-        data = self.view[self.pos : self.pos + n]
+        off = self.pos - self.start
+        if off < 0 or off + n > len(self.buf):
+            self.fill(n)
+            off = 0
+        data = self.buf[off : off + n]
         self.pos += len(data)
         return data
 
@@ -103,7 +120,7 @@ class _MappedFile:
         return self.pos
 
 
-def data_offsets(f: BinaryIO | _MappedFile) -> tuple[int, dict[int, tuple[int, int]], dict[int, int]]:
+def data_offsets(f: BinaryIO | _WindowedFile) -> tuple[int, dict[int, tuple[int, int]], dict[int, int]]:
     """(offset size, dumpId -> (position of its offset field, its state), dumpId -> data block position)."""
     r = _Reader(f)
     if f.read(5) != MAGIC:
@@ -159,13 +176,10 @@ def add_data_offsets(path: Path) -> int | None:
     Nothing is written unless the whole file parsed.
     """
     with open(path, "r+b") as f:
-        if f.seek(0, 2) == 0:
+        try:
+            off_size, fields, blocks = data_offsets(_WindowedFile(f))
+        except ArchiveFormatError:
             return None
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            try:
-                off_size, fields, blocks = data_offsets(_MappedFile(view))
-            except ArchiveFormatError:
-                return None
         written = 0
         for dump_id, (position, state) in fields.items():
             if state == OFFSET_NOT_SET and dump_id in blocks:
