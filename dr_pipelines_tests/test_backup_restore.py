@@ -105,6 +105,8 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 @pytest.fixture(scope="module")
 def pagila_template(pg_cluster: LocalCluster) -> Iterator[str]:
     if not (PAGILA_DIR / "pagila-schema.sql").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the pagila fixture is not at {PAGILA_DIR}: CI must provide shared/ beside the repository")
         pytest.skip(f"the pagila fixture is not at {PAGILA_DIR} (shared/ beside the repository)")
     name = f"pagila_{uuid.uuid4().hex[:8]}"
     load_pagila(pg_cluster.create_database(name))

@@ -31,7 +31,8 @@ from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 
 # Beside the repository (in CI the repo is cloned elsewhere with shared/ next to it).
-PAGILA_DIR = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pagila"
+# shared/ lies beside the repository (here and in CI); DRP_PAGILA_DIR points elsewhere.
+PAGILA_DIR = Path(os.environ.get("DRP_PAGILA_DIR", Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pagila"))
 
 
 # -- keys ---------------------------------------------------------------------------------------
