@@ -51,6 +51,7 @@ class Keys:
 
     @classmethod
     def make(cls, directory: Path, name: str = "backup-key.txt") -> Keys:
+        directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
         return cls(path, generate_identity_file(path))
 

@@ -13,7 +13,6 @@ import dataclasses
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -27,6 +26,7 @@ from dr_pipelines.core.restore.logical import restore_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import compress_encrypt
+from dr_pipelines_tests.support.backup import Keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_PROBES = REPO_ROOT / "dr_pipelines" / "demo" / "probes.yaml"
@@ -40,25 +40,7 @@ CHANGE_ONE_PATIENT = "UPDATE public.patients SET given_name = given_name || 'x' 
 DELETE_ONE_PRESCRIPTION = "DELETE FROM public.prescriptions WHERE id = (SELECT min(id) FROM public.prescriptions)"
 
 
-@dataclass(frozen=True)
-class AgeKey:
-    """An age key pair: the identity file for restores, the recipient for backups."""
-
-    identity_file: Path
-    recipient: str
-
-    @property
-    def identities(self) -> list[x25519.Identity]:
-        return [x25519.Identity.from_str(self.identity_file.read_text().strip())]
-
-    @classmethod
-    def make(cls, directory: Path, name: str = "backup-key.txt") -> AgeKey:
-        directory.mkdir(parents=True, exist_ok=True)
-        identity = x25519.Identity.generate()
-        path = directory / name
-        path.write_text(f"{identity}\n")
-        path.chmod(0o600)
-        return cls(path, str(identity.to_public()))
+AgeKey = Keys  # one key-pair helper for every test module
 
 
 def clone_storage(source: Path, target: Path) -> LocalStorage:
