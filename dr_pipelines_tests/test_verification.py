@@ -430,7 +430,7 @@ def test_load_probes_rejects_a_bad_file_naming_the_entry(tmp_path: Path, text: s
 
 
 def test_load_probes_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_probes(tmp_path / "absent.yaml")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyrage
 from pyrage import x25519
 
-from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.errors import ConfigError, DrpError, read_config_text
 
 
 class DecryptionError(DrpError):
@@ -38,12 +38,7 @@ def parse_recipients(recipients: list[str]) -> list[x25519.Recipient]:
 def load_identities(path: Path | str) -> list[x25519.Identity]:
     """Read an age identity file (as written by age-keygen or `drp key generate`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"age identity file {path} does not exist", fix="pass --identity with the backup key file") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"age identity file {path} cannot be read ({type(exc).__name__})", fix="check the path and permissions") from None
+    text = read_config_text(path, "age identity file", missing_fix="pass --identity with the backup key file")
     identities = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

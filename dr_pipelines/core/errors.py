@@ -6,6 +6,8 @@ must be complete on its own. Never put secrets (passwords, keys, tokens) in one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class DrpError(Exception):
     """Base of every error this project raises on purpose."""
@@ -48,3 +50,13 @@ class ObjectNotFoundError(StorageError):
 
 class MigrationError(DrpError):
     """A migration is malformed, edited after being applied, or failed to apply."""
+
+
+def read_config_text(path: Path, what: str, *, missing_fix: str) -> str:
+    """A small text file a person pointed us at (settings, key, probes), or a ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist", fix=missing_fix) from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({type(exc).__name__})", fix="check the path and its permissions") from None

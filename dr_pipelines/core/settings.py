@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.errors import ConfigError, read_config_text
 from dr_pipelines.core.pg.connect import parse_dsn
 
 if TYPE_CHECKING:
@@ -223,12 +223,7 @@ def load_settings(config_path: Path | str | None = None, env: Mapping[str, str] 
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"settings file {path} does not exist", fix="create it or correct DRP_CONFIG / --config") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"settings file {path} cannot be read ({type(exc).__name__})", fix="check the path and its permissions") from None
+    text = read_config_text(path, "settings file", missing_fix="create it or correct DRP_CONFIG / --config")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

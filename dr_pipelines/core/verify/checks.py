@@ -17,7 +17,7 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.errors import ConfigError, read_config_text
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
 from dr_pipelines.core.pg.connect import connect
@@ -36,10 +36,9 @@ class Probe:
 def load_probes(path: Path | str) -> list[Probe]:
     """Probes from a YAML list of {name, sql}; a malformed file is a ConfigError naming the entry."""
     path = Path(path)
+    text = read_config_text(path, "probes file", missing_fix="correct DRP_VERIFICATION_PROBES_FILE")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"probes file {path} cannot be read ({type(exc).__name__})", fix="check the path") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"probes file {path} is not valid YAML", fix="fix its syntax") from None
     if not isinstance(data, list):

@@ -1,0 +1,189 @@
+"""The export audit trail: ``drp.export_audit``, append-only, enforced by the database itself.
+
+Every export attempt leaves rows here:
+
+- an attempt that starts streaming first appends a ``started`` row, then a ``succeeded`` or
+  ``failed`` row (same ``attempt_id``); a crash between the two leaves the ``started`` row,
+  so an export that may have written data is never invisible;
+- an attempt refused before any data is read (unknown tenant, rate limit, bad request)
+  appends one ``refused`` row.
+
+Append-only is enforced in PostgreSQL, not by convention: a trigger raises on UPDATE,
+DELETE and TRUNCATE (it fires for the table owner and superusers too), and UPDATE, DELETE
+and TRUNCATE are revoked from PUBLIC. Application roles get INSERT and SELECT only. A
+superuser or the owner can still drop the trigger (DDL): that is visible in the DDL log
+and outside what a table can protect itself from.
+
+The rate limit counts ``started`` rows (successful, failed and crashed exports all count;
+refusals do not) per tenant over the last hour, under a transaction-level advisory lock
+so two concurrent exports cannot both squeeze under the limit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+
+from dr_pipelines.core.errors import DrpError
+
+TABLE = "drp.export_audit"
+STATUSES = ("started", "succeeded", "failed", "refused")
+_LOCK_KEY = 0x6472_705F_6578  # "drp_ex": serialises DDL and rate-limit checks
+
+AUDIT_DDL = """
+CREATE SCHEMA IF NOT EXISTS drp;
+
+CREATE TABLE IF NOT EXISTS drp.export_audit (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    attempt_id       uuid        NOT NULL,
+    export_id        text,
+    status           text        NOT NULL CHECK (status IN ('started', 'succeeded', 'failed', 'refused')),
+    requester        text        NOT NULL,
+    tenant_ids       text[]      NOT NULL,
+    root_table       text        NOT NULL,
+    tables           text[]      NOT NULL DEFAULT '{}',
+    formats          text[]      NOT NULL DEFAULT '{}',
+    rows             bigint,
+    bytes            bigint,
+    manifest_sha256  text        CHECK (manifest_sha256 IS NULL OR manifest_sha256 ~ '^[0-9a-f]{64}$'),
+    destination      text,
+    error            text,
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz,
+    recorded_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    recorded_by      name        NOT NULL DEFAULT current_user
+);
+
+CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
+CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
+
+CREATE OR REPLACE FUNCTION drp.export_audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'drp.export_audit is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'audit rows are never changed or removed; append a new row instead';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER export_audit_no_update_delete
+    BEFORE UPDATE OR DELETE ON drp.export_audit
+    FOR EACH ROW EXECUTE FUNCTION drp.export_audit_append_only();
+
+CREATE OR REPLACE TRIGGER export_audit_no_truncate
+    BEFORE TRUNCATE ON drp.export_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION drp.export_audit_append_only();
+
+REVOKE UPDATE, DELETE, TRUNCATE ON drp.export_audit FROM PUBLIC;
+"""
+
+
+class AuditError(DrpError):
+    """The audit table cannot be created or written: no export runs without its audit row."""
+
+
+@dataclass
+class AuditRecord:
+    requester: str
+    tenant_ids: list[str]
+    root_table: str
+    started_at: datetime
+    attempt_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    export_id: str | None = None
+    status: str = "new"  # not yet in the table; append() takes one of STATUSES
+    tables: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    rows: int | None = None
+    bytes: int | None = None
+    manifest_sha256: str | None = None
+    destination: str | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
+def ensure_audit_table(conn: psycopg.Connection) -> None:
+    """Create drp.export_audit with its append-only trigger and revocations (idempotent).
+
+    If the table and both triggers already exist nothing is run, so a role without DDL
+    rights (INSERT and SELECT only) can export once an administrator has set it up.
+    """
+    present = conn.execute(
+        "SELECT to_regclass('drp.export_audit') IS NOT NULL AND (SELECT count(*) FROM pg_trigger"
+        " WHERE tgrelid = to_regclass('drp.export_audit') AND tgenabled <> 'D' AND tgname IN"
+        " ('export_audit_no_update_delete', 'export_audit_no_truncate')) = 2"
+    ).fetchone()[0]
+    if present:
+        return
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(AUDIT_DDL)
+    except psycopg.Error as exc:
+        raise AuditError(
+            f"cannot create the export audit table {TABLE}: {str(exc).strip()}",
+            fix="run the export once as a role allowed to create schema drp, or create it with ensure_audit_table",
+        ) from None
+
+
+_INSERT = """
+INSERT INTO drp.export_audit (attempt_id, export_id, status, requester, tenant_ids, root_table, tables, formats,
+                              rows, bytes, manifest_sha256, destination, error, started_at, finished_at)
+VALUES (%(attempt_id)s, %(export_id)s, %(status)s, %(requester)s, %(tenant_ids)s, %(root_table)s, %(tables)s,
+        %(formats)s, %(rows)s, %(bytes)s, %(manifest_sha256)s, %(destination)s, %(error)s, %(started_at)s,
+        %(finished_at)s)
+"""
+
+
+def append(conn: psycopg.Connection, record: AuditRecord) -> None:
+    """Append one row for ``record`` as it is now (its status included)."""
+    if record.status not in STATUSES:
+        raise ValueError(f"unknown audit status {record.status!r}")
+    try:
+        with conn.transaction():
+            conn.execute(_INSERT, vars(record))
+    except psycopg.Error as exc:
+        raise AuditError(
+            f"cannot write to the export audit table {TABLE}: {str(exc).strip()}",
+            fix="grant the exporting role INSERT and SELECT on drp.export_audit",
+        ) from None
+
+
+def recent_attempts(conn: psycopg.Connection, tenant_id: str, window: timedelta = timedelta(hours=1)) -> int:
+    """Exports of ``tenant_id`` started within ``window`` (refusals not counted)."""
+    return conn.execute(
+        "SELECT count(*) FROM drp.export_audit WHERE status = 'started' AND tenant_ids @> ARRAY[%s]::text[]"
+        " AND started_at > clock_timestamp() - %s",
+        (tenant_id, window),
+    ).fetchone()[0]
+
+
+class RateLimitedError(DrpError):
+    """A tenant has had its allowance of exports in the current window."""
+
+
+def start_attempt(
+    conn: psycopg.Connection,
+    record: AuditRecord,
+    *,
+    max_per_hour: int | None,
+) -> None:
+    """Check the per-tenant rate limit and append the ``started`` row, atomically.
+
+    Raises RateLimitedError (nothing appended) if a tenant is over its allowance.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        if max_per_hour is not None:
+            for tenant in record.tenant_ids:
+                n = recent_attempts(conn, tenant)
+                if n >= max_per_hour:
+                    raise RateLimitedError(
+                        f"tenant {tenant} has been exported {n} times in the last hour (limit {max_per_hour})",
+                        fix="wait for the window to pass, or raise the limit deliberately "
+                        "(DRP_EXPORT_MAX_PER_HOUR) if this volume is expected",
+                    )
+        record.status = "started"
+        conn.execute(_INSERT, vars(record))

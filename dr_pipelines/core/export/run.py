@@ -1,0 +1,400 @@
+"""Export one or more tenants (clinics) as CSV, JSON Lines and Parquet, from one consistent snapshot.
+
+The flow of ``export_tenants``:
+
+1. ``drp.export_audit`` is ensured; from here on every outcome leaves an audit row.
+2. One ``REPEATABLE READ, READ ONLY`` transaction is opened: every table (and the scope,
+   the tenant check and the row counts) is read from its single snapshot. Text output
+   settings are pinned in it and the tenant ids are bound once, as a parameter, with
+   ``set_config('drp.export_tenants', %s, true)``; every query reads them back with
+   ``current_setting`` (COPY cannot take parameters). No tenant id is ever formatted
+   into SQL.
+3. Unknown tenant ids are refused (``UnknownTenantError``), then the per-tenant rate limit
+   is checked and the ``started`` audit row appended (``RateLimitedError`` if over).
+4. Each tenant-owned table is streamed once per format to
+   ``exports/<export_id>/<schema.table>.<ext>`` (``Storage.put_stream``; Parquet through
+   a temporary file). Row counts per table and an order-independent content checksum
+   (as in core/pg/checksums.py, over the tenant's rows only) are computed in the same
+   snapshot; every format's own row count must equal it.
+5. ``manifest.json`` (kind "export") is written last: it is the commit. On failure the
+   objects already written are removed (best effort) and no manifest exists.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.export import audit
+from dr_pipelines.core.export.formats import (
+    EXTENSIONS,
+    FORMATS,
+    MEDIA_TYPES,
+    RowCount,
+    csv_columns,
+    csv_stream,
+    file_chunks,
+    jsonl_columns,
+    jsonl_stream,
+    parquet_plan,
+    remove_quietly,
+    table_columns,
+    write_parquet,
+)
+from dr_pipelines.core.export.scope import (
+    TENANTS_SETTING,
+    Scope,
+    TableScope,
+    discover_scope,
+    tenant_array,
+    tenant_select,
+)
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
+from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
+from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.storage import Storage
+
+PREFIX = "exports"
+DEFAULT_MAX_PER_HOUR = 10
+
+Progress = Callable[[str, int, int | None], None]
+
+
+class ExportError(DrpError):
+    """An export failed; nothing was committed (no manifest)."""
+
+
+class ExportRefusedError(ExportError):
+    """An export was refused before any tenant data was read."""
+
+    exit_code = 4
+
+
+class UnknownTenantError(ExportRefusedError):
+    """A requested tenant id does not exist (or is not a valid key)."""
+
+
+class RateLimitedError(ExportRefusedError, audit.RateLimitedError):
+    """Too many exports of a tenant in the last hour."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    formats: tuple[str, ...] = FORMATS
+    root: str = "public.clinics"
+    key_column: str = "id"
+    exclude: tuple[str, ...] = ()
+    requester: str | None = None  # default: the OS user
+    max_per_hour: int | None = DEFAULT_MAX_PER_HOUR  # per tenant; None disables the limit
+    batch_rows: int = 65_536  # Parquet row group size (and rows held in memory at once)
+    presign_expiry_s: int | None = None  # S3 only: also return presigned GET URLs valid this long
+    work_dir: Path | None = None  # for Parquet temporary files (default: the system temp dir)
+
+
+@dataclass
+class ExportResult:
+    export_id: str
+    prefix: str  # exports/<export_id>
+    storage_url: str
+    manifest: Manifest
+    manifest_key: str
+    manifest_sha256: str
+    scope: Scope
+    urls: dict[str, str] = field(default_factory=dict)  # key -> presigned URL (S3, if asked)
+
+
+def new_export_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(3)
+
+
+def export_prefix(export_id: str) -> str:
+    return f"{PREFIX}/{export_id}"
+
+
+def object_name(table: str, fmt: str) -> str:
+    """'public.patients' -> 'public.patients.csv'; anything unsafe in a key is percent-encoded."""
+    return f"{quote(table, safe='')}.{EXTENSIONS[fmt]}"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, DrpError):
+        return exc.problem[:2000]
+    return f"{type(exc).__name__}: {str(exc).strip()}"[:2000]
+
+
+def _parse_formats(formats: tuple[str, ...] | list[str]) -> list[str]:
+    wanted = [f.strip().lower() for f in formats if f.strip()]
+    unknown = sorted(set(wanted) - set(FORMATS))
+    if not wanted or unknown:
+        raise ConfigError(
+            f"unknown export format(s): {', '.join(unknown) or '(none given)'}",
+            fix=f"choose from {', '.join(FORMATS)}",
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def export_tenants(
+    dsn: str,
+    storage: Storage,
+    tenant_ids: list[str] | list[int] | tuple[Any, ...],
+    options: ExportOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export the rows of ``tenant_ids`` (and nothing else) from every tenant-owned table."""
+    options = options or ExportOptions()
+    started = datetime.now(UTC)
+    requested = [str(t).strip() for t in tenant_ids]
+    record = audit.AuditRecord(
+        requester=options.requester or getpass.getuser(), tenant_ids=requested, root_table=options.root,
+        started_at=started, formats=[f.strip().lower() for f in options.formats], destination=storage.url,
+    )
+    with connect(dsn, autocommit=True) as audit_conn:
+        audit.ensure_audit_table(audit_conn)
+        written: list[str] = []
+        try:
+            result = _run(dsn, storage, requested, options, record, audit_conn, written, progress)
+        except BaseException as exc:
+            for key in written:  # best effort: no half bundle of health data lingers
+                try:
+                    storage.delete(key)
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+            # Refused: turned away before any tenant data was read (unknown tenant, rate limit,
+            # a bad request). Anything else, before or after the start, is a failure.
+            refused = isinstance(exc, ExportRefusedError) or (
+                isinstance(exc, ConfigError) and record.status != "started")
+            _finish(audit_conn, record, "refused" if refused else "failed", exc)
+            raise
+        record.status = "succeeded"
+        record.finished_at = datetime.now(UTC)
+        audit.append(audit_conn, record)
+        return result
+
+
+def _finish(conn: psycopg.Connection, record: audit.AuditRecord, status: str, exc: BaseException) -> None:
+    record.status = status
+    record.error = _error_text(exc)
+    record.finished_at = datetime.now(UTC)
+    audit.append(conn, record)
+
+
+def _run(
+    dsn: str,
+    storage: Storage,
+    requested: list[str],
+    options: ExportOptions,
+    record: audit.AuditRecord,
+    audit_conn: psycopg.Connection,
+    written: list[str],
+    progress: Progress | None,
+) -> ExportResult:
+    formats = _parse_formats(options.formats)
+    record.formats = formats
+    if not requested or any(not t for t in requested):
+        raise ConfigError("no tenant id given (or an empty one)", fix="pass at least one tenant id, e.g. --clinic 1")
+    if options.batch_rows < 1:
+        raise ConfigError(f"batch_rows must be positive, not {options.batch_rows}", fix="use e.g. 65536")
+    presign = options.presign_expiry_s
+    if presign is not None and not (hasattr(storage, "client") and hasattr(storage, "bucket")):
+        raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
+    export_id = new_export_id(record.started_at)
+    prefix = export_prefix(export_id)
+    record.export_id = export_id
+
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            info = conn.execute(
+                "SELECT statement_timestamp(), current_database(), current_setting('server_version')"
+            ).fetchone()
+            snapshot_at, database, server_version = info
+            for name, value in RENDER_SETTINGS.items():
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
+            scope = discover_scope(conn, root=options.root, key_column=options.key_column, exclude=options.exclude)
+            record.root_table = scope.root
+            record.tables = scope.names
+            tenants = _check_tenants(conn, scope, requested)
+            record.tenant_ids = tenants
+            schema_version = _schema_version(conn)
+
+            try:
+                audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
+            except audit.RateLimitedError as exc:
+                raise RateLimitedError(exc.problem, exc.fix) from None
+
+            objects: list[ObjectEntry] = []
+            tables: list[TableEntry] = []
+            total_files = len(scope.tables) * len(formats)
+            done = 0
+            for t in scope.tables:
+                rows, checksum, method = _tenant_checksum(conn, scope, t)
+                tables.append(TableEntry(t.name, rows, checksum, method))
+                columns = table_columns(conn, t.schema, t.table)
+                for fmt in formats:
+                    key = f"{prefix}/{object_name(t.name, fmt)}"
+                    got, put = _write_one(conn, storage, scope, t, columns, fmt, key, options, written)
+                    if got != rows:
+                        raise ExportError(
+                            f"{fmt} export of {t.name} has {got} rows, the snapshot count is {rows}",
+                            fix="this is a bug in drp's export: report it with the table's definition",
+                        )
+                    objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256, format=fmt))
+                    done += 1
+                    if progress:
+                        progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
+
+    finished = datetime.now(UTC)
+    manifest = Manifest(
+        kind="export", id=export_id, started_at=record.started_at, finished_at=finished,
+        objects=objects, tables=tables,
+        source={"database": database, "server": describe(dsn), "server_version": server_version},
+        tools={"pyarrow": _pyarrow_version()} if "parquet" in formats else {},
+        extra={
+            "tenant_root": {"table": scope.root, "key_column": scope.key_column, "key_type": scope.key_type},
+            "tenant_ids": tenants,
+            "formats": formats,
+            "media_types": {f: MEDIA_TYPES[f] for f in formats},
+            "requester": record.requester,
+            "snapshot_at": snapshot_at.isoformat(),
+            "schema_version": schema_version,
+            "scope": [ts.as_dict() for ts in scope.tables],
+            "excluded_tables": [e.as_dict() for e in scope.excluded],
+            "conventions": {
+                "csv": "COPY CSV with header, UTF-8; NULL is an unquoted empty field, the empty string is \"\"; "
+                       "timestamps ISO 8601 (timestamptz with offset, UTC); bytea base64; arrays as PostgreSQL "
+                       "literals; jsonb as JSON text",
+                "jsonl": "one JSON object per row; numeric as exact strings; bytea base64; jsonb nested; "
+                         "arrays as JSON arrays; timestamps ISO 8601",
+                "parquet": "numeric(p,s) as decimal128(p,s) (string if unconstrained or p > 38); timestamptz as "
+                           "timestamp[us, UTC]; jsonb as string; arrays as lists; bytea as binary",
+                "checksum": "per table, over the tenant's rows only, as in core/pg/checksums.py",
+            },
+        },
+    )
+    manifest_key = write_manifest(storage, prefix, manifest)
+    written.append(manifest_key)
+    manifest_sha = hashlib.sha256(manifest.to_json().encode()).hexdigest()
+    record.rows = manifest.total_rows
+    record.bytes = manifest.stored_bytes
+    record.manifest_sha256 = manifest_sha
+    urls: dict[str, str] = {}
+    if presign is not None:
+        for key in [f"{prefix}/{o.key}" for o in objects] + [manifest_key]:
+            urls[key] = _presign(storage, key, presign)
+    return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls)
+
+
+def _check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> list[str]:
+    """Bind the tenant ids and return them canonical and distinct; refuse invalid or unknown ones."""
+    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, requested))
+    try:
+        with conn.transaction():
+            canonical = conn.execute(sql.SQL(
+                "SELECT array_agg(DISTINCT tenant.id::text) FROM unnest({}) AS tenant(id)").format(
+                tenant_array(scope.key_type))).fetchone()[0]
+    except (psycopg.errors.DataException, psycopg.errors.InvalidTextRepresentation):
+        raise UnknownTenantError(
+            f"tenant id(s) {', '.join(map(repr, requested))} are not all valid {scope.key_type} values "
+            f"of {scope.root}.{scope.key_column}",
+            fix=f"pass existing {scope.root}.{scope.key_column} values",
+        ) from None
+    root_schema, root_table = scope.root.split(".", 1)
+    missing = [r[0] for r in conn.execute(
+        sql.SQL("SELECT tenant.id::text FROM unnest({}) AS tenant(id)"
+                " WHERE NOT EXISTS (SELECT 1 FROM {} AS r WHERE r.{} = tenant.id) ORDER BY 1").format(tenant_array(scope.key_type), sql.Identifier(root_schema, root_table),
+                                      sql.Identifier(scope.key_column))).fetchall()]
+    if missing:
+        raise UnknownTenantError(
+            f"unknown tenant id(s) {', '.join(map(repr, missing))}: no such row in {scope.root}",
+            fix=f"check the id(s) against {scope.root}.{scope.key_column}; nothing was exported",
+        )
+    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, sorted(canonical)))
+    return sorted(canonical)
+
+
+def _schema_version(conn: psycopg.Connection) -> int | None:
+    if conn.execute("SELECT to_regclass('drp.schema_migrations') IS NULL").fetchone()[0]:
+        return None
+    return conn.execute("SELECT max(version) FROM drp.schema_migrations").fetchone()[0]
+
+
+# The whole-row alias is distinctive: a bare name would resolve to a column of that name first.
+_CHECKSUM = {
+    "record": "SELECT count(*), coalesce(sum(hash_record_extended(drp_export_row, 0)::numeric), 0)"
+              " FROM ({}) AS drp_export_row",
+    "text": "SELECT count(*), coalesce(sum(hashtextextended(drp_export_row::text, 0)::numeric), 0)"
+            " FROM ({}) AS drp_export_row",
+}
+
+
+def _tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
+    """Rows and checksum of the tenant's rows, comparable with table_checksum() on a restored copy."""
+    method = "text" if conn.execute(OID_HASHED_QUERY, (t.schema, t.table)).fetchone()[0] else "record"
+    query = tenant_select(t, scope)
+    if method == "record":
+        try:
+            with conn.transaction():
+                rows, total = conn.execute(sql.SQL(_CHECKSUM["record"]).format(query)).fetchone()
+                return rows, f"{int(total) % (1 << 64):016x}", "record"
+        except psycopg.errors.UndefinedFunction:
+            method = "text"
+    rows, total = conn.execute(sql.SQL(_CHECKSUM["text"]).format(query)).fetchone()
+    return rows, f"{int(total) % (1 << 64):016x}", method
+
+
+def _write_one(conn: psycopg.Connection, storage: Storage, scope: Scope, t: TableScope, columns: list[Any],
+               fmt: str, key: str, options: ExportOptions, written: list[str]) -> tuple[int, Any]:
+    counter = RowCount()
+    cursor_name = f"drp_export_{secrets.token_hex(4)}"
+    if fmt == "csv":
+        with conn.cursor() as cur:
+            written.append(key)
+            put = storage.put_stream(key, csv_stream(cur, tenant_select(t, scope, csv_columns(columns)), counter))
+        return counter.rows if counter.rows is not None else -1, put
+    if fmt == "jsonl":
+        written.append(key)
+        put = storage.put_stream(key, jsonl_stream(conn, tenant_select(t, scope, jsonl_columns(columns)), counter,
+                                                   cursor_name))
+        return counter.rows if counter.rows is not None else -1, put
+    select, schema = parquet_plan(columns)
+    with tempfile.TemporaryDirectory(prefix="drp-export-", dir=options.work_dir) as tmp:
+        path = Path(tmp) / "table.parquet"
+        try:
+            rows = write_parquet(conn, tenant_select(t, scope, select), schema, path, cursor_name,
+                                 batch_rows=options.batch_rows)
+            written.append(key)
+            put = storage.put_stream(key, file_chunks(path))
+        finally:
+            remove_quietly(path)
+    return rows, put
+
+
+def _presign(storage: Storage, key: str, expiry: int) -> str:
+    client = storage.client  # type: ignore[attr-defined]
+    return client.generate_presigned_url(
+        "get_object",
+        Params={"Bucket": storage.bucket, "Key": storage.prefix + key},  # type: ignore[attr-defined]
+        ExpiresIn=expiry,
+    )
+
+
+def _pyarrow_version() -> str:
+    import pyarrow
+
+    return str(pyarrow.__version__)
