@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dr_pipelines.cli import backup as backup_cli
+from dr_pipelines.cli import export as export_cli
 from dr_pipelines.cli import health as health_cli
 from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, state
@@ -37,6 +38,7 @@ app.command("verify")(verify_cli.verify)
 app.command("status")(verify_cli.status)
 app.add_typer(verify_cli.drill_app, name="drill")
 app.command("health")(health_cli.health)
+app.command("export")(export_cli.export)
 
 def _version(value: bool) -> None:
     if value:

@@ -26,7 +26,7 @@ import getpass
 import hashlib
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -365,12 +365,12 @@ def _write_one(conn: psycopg.Connection, storage: Storage, scope: Scope, t: Tabl
     if fmt == "csv":
         with conn.cursor() as cur:
             written.append(key)
-            put = storage.put_stream(key, csv_stream(cur, tenant_select(t, scope, csv_columns(columns)), counter))
+            put = _put(conn, storage, key, csv_stream(cur, tenant_select(t, scope, csv_columns(columns)), counter))
         return counter.rows if counter.rows is not None else -1, put
     if fmt == "jsonl":
         written.append(key)
-        put = storage.put_stream(key, jsonl_stream(conn, tenant_select(t, scope, jsonl_columns(columns)), counter,
-                                                   cursor_name))
+        put = _put(conn, storage, key, jsonl_stream(conn, tenant_select(t, scope, jsonl_columns(columns)), counter,
+                                                    cursor_name))
         return counter.rows if counter.rows is not None else -1, put
     select, schema = parquet_plan(columns)
     with tempfile.TemporaryDirectory(prefix="drp-export-", dir=options.work_dir) as tmp:
@@ -383,6 +383,26 @@ def _write_one(conn: psycopg.Connection, storage: Storage, scope: Scope, t: Tabl
         finally:
             remove_quietly(path)
     return rows, put
+
+
+def _put(conn: psycopg.Connection, storage: Storage, key: str, chunks: Generator[bytes, None, None]) -> Any:
+    """put_stream a generator reading from ``conn``; if storage fails midway, stop the query first.
+
+    A COPY or cursor left open mid-stream would make the transaction's ROLLBACK wait
+    forever: cancel the statement, then close the generator (ending the COPY), then re-raise.
+    """
+    try:
+        return storage.put_stream(key, chunks)
+    except BaseException:
+        try:
+            conn.cancel_safe(timeout=10)
+        except Exception:  # noqa: BLE001 - the storage error is what matters
+            pass
+        try:
+            chunks.close()
+        except Exception:  # noqa: BLE001
+            pass
+        raise
 
 
 def _presign(storage: Storage, key: str, expiry: int) -> str:

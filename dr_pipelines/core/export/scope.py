@@ -245,7 +245,7 @@ def discover_scope(
                     path[child] = (hop, *path[parent])
                     next_level.append(child)
                 elif depth[child] == depth[parent] + 1 and path[child][0] != hop:
-                    route = " -> ".join([hop.child, *[h.parent for h in path[parent]]])
+                    route = " -> ".join([hop.child, hop.parent, *[h.parent for h in path[parent]]])
                     alternatives.setdefault(child, []).append(f"{route} ({hop.constraint})")
         level = sorted(next_level, key=lambda o: by_oid[o][0])
         frontier_order += level

@@ -1,0 +1,114 @@
+"""`drp export`: one or more clinics' data as Parquet, CSV and JSON Lines, audited, to storage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dr_pipelines.cli.common import emit_json, err, human_bytes, out, settings
+from dr_pipelines.core.errors import ConfigError
+
+RATE_LIMIT_ENV = "DRP_EXPORT_MAX_PER_HOUR"
+
+
+def _max_per_hour() -> int | None:
+    """Per-tenant exports per hour: DRP_EXPORT_MAX_PER_HOUR (0 = no limit), else the default."""
+    from dr_pipelines.core.export.run import DEFAULT_MAX_PER_HOUR
+
+    raw = os.environ.get(RATE_LIMIT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PER_HOUR
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{RATE_LIMIT_ENV}={raw!r} is not a whole number",
+                          fix="set it to e.g. 10 (exports per tenant per hour), or 0 for no limit") from None
+    if value < 0:
+        raise ConfigError(f"{RATE_LIMIT_ENV} must be >= 0, not {value}", fix="use 0 for no limit")
+    return value or None
+
+
+@contextmanager
+def _files_progress(enabled: bool) -> Iterator[Any]:
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False)
+    task = bars.add_task("export", total=None)
+
+    def update(name: str, done: int, total: int | None) -> None:
+        bars.update(task, completed=done, total=total, description=f"export {name}")
+
+    with bars:
+        yield update
+
+
+def export(
+    clinic: list[str] = typer.Option(..., "--clinic", help="Clinic (tenant) id to export; repeat for several."),
+    formats: str = typer.Option("parquet,csv,jsonl", "--format", help="Comma-separated: parquet, csv, jsonl."),
+    to: Optional[str] = typer.Option(None, "--to", help="Storage URL (default: the configured storage_url)."),
+    requester: Optional[str] = typer.Option(None, "--requester", help="Who asked (default: the OS user); audited."),
+    root: str = typer.Option("public.clinics", "--root", help="Tenant root table (schema.table)."),
+    key: str = typer.Option("id", "--key", help="Tenant key column of the root table."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Also leave out this table (schema.table; repeatable)."),
+    presign: Optional[int] = typer.Option(None, "--presign-expiry", min=1, max=604800,
+                                          help="S3 only: print presigned download URLs valid this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Export clinics' rows (and no other clinic's) from one snapshot; manifest last; every attempt audited."""
+    from dr_pipelines.core.export.run import ExportOptions, export_tenants
+    from dr_pipelines.core.storage import open_storage
+
+    s = settings()
+    if to:
+        def secret(value: Any) -> str | None:
+            return value.get_secret_value() if value else None
+
+        storage = open_storage(to, s3_endpoint_url=s.s3_endpoint_url, s3_region=s.s3_region,
+                               s3_access_key=secret(s.s3_access_key_id), s3_secret_key=secret(s.s3_secret_access_key))
+    else:
+        storage = s.storage()
+    options = ExportOptions(
+        formats=tuple(f for f in formats.split(",") if f.strip()), root=root, key_column=key, exclude=tuple(exclude),
+        requester=requester, max_per_hour=_max_per_hour(), presign_expiry_s=presign, work_dir=None,
+    )
+    with _files_progress(not as_json) as progress:
+        result = export_tenants(s.dsn, storage, clinic, options, progress=progress)
+    m = result.manifest
+    summary = {
+        "export_id": result.export_id,
+        "uri": f"{result.storage_url.rstrip('/')}/{result.prefix}",
+        "manifest": result.manifest_key,
+        "manifest_sha256": result.manifest_sha256,
+        "tenant_ids": m.extra["tenant_ids"],
+        "formats": m.extra["formats"],
+        "snapshot_at": m.extra["snapshot_at"],
+        "tables": [{"table": t.name, "rows": t.rows} for t in m.tables],
+        "excluded_tables": m.extra["excluded_tables"],
+        "objects": len(m.objects),
+        "rows": m.total_rows,
+        "bytes": m.stored_bytes,
+        "urls": result.urls,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(f"export {result.export_id}: {len(m.tables)} tables, {m.total_rows:,} rows, "
+              f"{human_bytes(m.stored_bytes)} in {m.duration_s:.1f}s -> {summary['uri']}", highlight=False)
+    table = Table("table", "rows")
+    for t in m.tables:
+        table.add_row(t.name, f"{t.rows:,}")
+    out.print(table)
+    if m.extra["excluded_tables"]:
+        out.print("not exported: " + ", ".join(f"{e['table']} ({e['reason']})" for e in m.extra["excluded_tables"]),
+                  highlight=False)
+    out.print(f"manifest sha256 {result.manifest_sha256}", highlight=False)
+    for k, url in result.urls.items():
+        out.print(f"{k}: {url}", highlight=False, soft_wrap=True)
