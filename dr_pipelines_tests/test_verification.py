@@ -10,7 +10,6 @@ flipped in storage; checks are broken on a real restored database.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from dr_pipelines.core.backup.catalog import backup_prefix, list_backups, newest
 from dr_pipelines.core.backup.logical import DATABASE_OBJECT, run_logical_backup
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.restore.logical import restore_backup
 from dr_pipelines.core.settings import load_settings
@@ -42,9 +40,10 @@ from dr_pipelines_tests.support.verification import (
     DELETE_ONE_PRESCRIPTION,
     DEMO_PROBE_NAMES,
     DEMO_PROBES,
-    AgeKey,
+    Good,
     clone_storage,
     entry_for,
+    good_backup,
     leftover_clusters,
     reap_clusters,
     tamper_backup,
@@ -54,33 +53,10 @@ from dr_pipelines_tests.support.verification import (
 # -- fixtures -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Good:
-    """One good backup of a demo database, in a storage directory tests clone before changing."""
-
-    base: Path
-    key: AgeKey
-    storage_dir: Path
-    manifest: Manifest
-    source_dsn: str
-
-    def clone(self, target: Path) -> LocalStorage:
-        return clone_storage(self.storage_dir, target)
-
-
 @pytest.fixture(scope="module")
 def good(pg_cluster: LocalCluster, demo_template: str, work_base: Path) -> Iterator[Good]:
-    base = work_base / f"verification-{uuid.uuid4().hex[:8]}"
-    base.mkdir(mode=0o755)
-    key = AgeKey.make(base / "keys")
-    name = f"vsrc_{uuid.uuid4().hex[:10]}"
-    dsn = pg_cluster.create_database(name, template=demo_template)
-    try:
-        manifest = run_logical_backup(dsn, LocalStorage(base / "storage"), [key.recipient])
-        yield Good(base, key, base / "storage", manifest, dsn)
-    finally:
-        pg_cluster.drop_database(name)
-        shutil.rmtree(base, ignore_errors=True)
+    with good_backup(pg_cluster, demo_template, work_base, "vsrc") as backup:
+        yield backup
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from dr_pipelines.core.backup.catalog import backup_prefix
-from dr_pipelines.core.backup.logical import run_logical_backup
-from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines_tests.support.procs import drp
@@ -27,37 +23,23 @@ from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
     DEMO_PROBES,
     AgeKey,
+    Good,
     clone_storage,
     entry_for,
+    good_backup,
     reap_clusters,
     tamper_backup,
     work_dir_under,
 )
 
-
-@dataclass(frozen=True)
-class Source:
-    base: Path
-    key: AgeKey
-    storage_dir: Path
-    manifest: Manifest
-    dsn: str
+Source = Good
 
 
 @pytest.fixture(scope="module")
 def source(pg_cluster: LocalCluster, demo_template: str, work_base: Path) -> Iterator[Source]:
     """A copy of the demo database and one good backup of it."""
-    base = work_base / f"vcli-{uuid.uuid4().hex[:8]}"
-    base.mkdir(mode=0o755)
-    key = AgeKey.make(base / "keys")
-    name = f"vcli_{uuid.uuid4().hex[:10]}"
-    dsn = pg_cluster.create_database(name, template=demo_template)
-    try:
-        manifest = run_logical_backup(dsn, LocalStorage(base / "storage"), [key.recipient])
-        yield Source(base, key, base / "storage", manifest, dsn)
-    finally:
-        pg_cluster.drop_database(name)
-        shutil.rmtree(base, ignore_errors=True)
+    with good_backup(pg_cluster, demo_template, work_base, "vcli") as backup:
+        yield backup
 
 
 @dataclass
@@ -76,7 +58,7 @@ def env(source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     storage = clone_storage(source.storage_dir, tmp_path / "storage")
     work = work_dir_under(source.base)
     variables = {
-        "DRP_SOURCE_DSN": source.dsn,
+        "DRP_SOURCE_DSN": source.source_dsn,
         "DRP_STORAGE_URL": str(storage.root),
         "DRP_ENCRYPTION_RECIPIENTS": source.key.recipient,
         "DRP_AGE_IDENTITY_FILE": str(source.key.identity_file),

@@ -9,16 +9,20 @@ disagree with the content: exactly what a verification restore exists to catch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from pyrage import x25519
 
 from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix, list_backups
+from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.manifest import Manifest, write_manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.tools import client_tool
@@ -126,3 +130,33 @@ def tamper_backup(storage: Storage, entry: BackupEntry, key: AgeKey, cluster: Lo
     tampered = dataclasses.replace(manifest, objects=objects)
     write_manifest(storage, backup_prefix(manifest.id), tampered)
     return tampered
+
+
+@dataclass(frozen=True)
+class Good:
+    """One good backup of a demo database, in a storage directory tests clone before changing."""
+
+    base: Path
+    key: Keys
+    storage_dir: Path
+    manifest: Manifest
+    source_dsn: str
+
+    def clone(self, target: Path) -> LocalStorage:
+        return clone_storage(self.storage_dir, target)
+
+
+@contextlib.contextmanager
+def good_backup(pg_cluster: LocalCluster, demo_template: str, work_base: Path, prefix: str) -> Iterator[Good]:
+    """A copy of the demo database and one good backup of it; both removed afterwards."""
+    base = work_base / f"{prefix}-{uuid.uuid4().hex[:8]}"
+    base.mkdir(mode=0o755)
+    key = Keys.make(base / "keys")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    dsn = pg_cluster.create_database(name, template=demo_template)
+    try:
+        manifest = run_logical_backup(dsn, LocalStorage(base / "storage"), [key.recipient])
+        yield Good(base, key, base / "storage", manifest, dsn)
+    finally:
+        pg_cluster.drop_database(name)
+        shutil.rmtree(base, ignore_errors=True)
