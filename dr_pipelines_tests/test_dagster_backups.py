@@ -14,7 +14,7 @@ from dr_pipelines.core.storage import open_storage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
 from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines_tests.support.webhook import webhook_receiver
+from dr_pipelines_tests.support.webhook import alerts_for_failed_run, webhook_receiver
 
 RETENTION_KEY = dg.AssetKey("backup_retention")
 
@@ -124,13 +124,7 @@ def test_run_failure_sensor_alerts(monkeypatch: pytest.MonkeyPatch, backup_env: 
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("logical_backup_job").execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-    with webhook_receiver() as (url, received):
-        context = dg.build_run_status_sensor_context(
-            sensor_name="run_failure_alert", dagster_instance=instance, dagster_run=result.dagster_run,
-            dagster_event=failure, resources={"drp": DrpSettingsResource(notify_webhook_url=url)},
-        ).for_run_failure()
-        defs.resolve_sensor_def("run_failure_alert")(context)
+    received = alerts_for_failed_run(defs, instance, result)
     assert len(received) == 1
     assert "logical_backup_job" in received[0]["title"]
     assert "hunter2" not in str(received[0])

@@ -16,7 +16,6 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.drills.definitions import DRILL_KEY
-from dr_pipelines.defs.resources import DrpSettingsResource
 from dr_pipelines.defs.verification.definitions import VERIFICATION_KEY
 from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
@@ -27,7 +26,7 @@ from dr_pipelines_tests.support.verification import (
     tamper_backup,
     work_dir_under,
 )
-from dr_pipelines_tests.support.webhook import webhook_receiver
+from dr_pipelines_tests.support.webhook import alerts_for_failed_run
 
 
 @dataclass
@@ -135,13 +134,7 @@ def test_failed_verification_blocks_fails_the_run_and_alerts(
     assert newest_restorable(list_backups(env.storage)) is None  # recorded: no longer counted as restorable
     assert leftover_clusters(env.work) == []
 
-    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-    with webhook_receiver() as (url, received):
-        context = dg.build_run_status_sensor_context(
-            sensor_name="run_failure_alert", dagster_instance=instance, dagster_run=result.dagster_run,
-            dagster_event=failure, resources={"drp": DrpSettingsResource(notify_webhook_url=url)},
-        ).for_run_failure()
-        defs.resolve_sensor_def("run_failure_alert")(context)
+    received = alerts_for_failed_run(defs, instance, result)
     assert len(received) == 1
     assert received[0]["title"] == "dr_pipelines run failed: verification_job"
     assert received[0]["details"]["run_id"] == result.run_id

@@ -32,3 +32,19 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def alerts_for_failed_run(defs: Any, instance: Any, result: Any) -> list[dict[str, Any]]:
+    """Evaluate run_failure_alert on a failed in-process run; the JSON bodies the webhook received."""
+    import dagster as dg
+
+    from dr_pipelines.defs.resources import DrpSettingsResource
+
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    with webhook_receiver() as (url, received):
+        context = dg.build_run_status_sensor_context(
+            sensor_name="run_failure_alert", dagster_instance=instance, dagster_run=result.dagster_run,
+            dagster_event=failure, resources={"drp": DrpSettingsResource(notify_webhook_url=url)},
+        ).for_run_failure()
+        defs.resolve_sensor_def("run_failure_alert")(context)
+    return received
