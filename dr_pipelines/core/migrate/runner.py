@@ -18,7 +18,6 @@ from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.files import Migration, discover
 from dr_pipelines.core.pg.connect import connect
 
-SCHEMA = "drp"
 ADVISORY_LOCK_KEY = 0x6472_705F_6D69  # "drp_mi": one migration runner per database at a time
 
 TRACKING_DDL = """
