@@ -30,3 +30,29 @@ def test_export_cli_json_and_clean_refusal(demo_db: str, tmp_path: Path) -> None
 
     bad = drp("export", "--clinic", "1", "--format", "xlsx", env=env)
     assert bad.returncode == 2 and "xlsx" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_cli_selected_tables_as_a_verified_zip(demo_db: str, tmp_path: Path) -> None:
+    import hashlib
+    import zipfile
+
+    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store")}
+    result = drp("export", "--clinic", "2", "--format", "csv,parquet", "--table", "public.patients",
+                 "--table", "appointments", "--zip", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [t["table"] for t in summary["tables"]] == ["public.patients", "public.appointments"]
+    storage = LocalStorage(tmp_path / "store")
+    prefix = f"exports/{summary['export_id']}"
+    manifest = read_manifest(storage, prefix)
+    bundle = next(o for o in manifest.objects if o.role == "bundle")
+    with zipfile.ZipFile(storage.open(f"{prefix}/{bundle.key}")) as zf:
+        inner = json.loads(zf.read("manifest.json"))
+        files = [o for o in manifest.objects if o.role == "table"]
+        assert sorted(zf.namelist()) == sorted([o.key for o in files] + ["manifest.json"])
+        for o in files:  # byte-identical to the stored files the manifest describes
+            assert hashlib.sha256(zf.read(o.key)).hexdigest() == o.sha256
+    assert inner["id"] == manifest.id and len(inner["objects"]) == len(files) == 4
+
+    unknown = drp("export", "--clinic", "2", "--table", "public.no_such", env=env)
+    assert unknown.returncode == 2 and "public.no_such" in unknown.stderr and "Traceback" not in unknown.stderr

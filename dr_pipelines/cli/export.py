@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -12,26 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, settings
-from dr_pipelines.core.errors import ConfigError
-
-RATE_LIMIT_ENV = "DRP_EXPORT_MAX_PER_HOUR"
-
-
-def _max_per_hour() -> int | None:
-    """Per-tenant exports per hour: DRP_EXPORT_MAX_PER_HOUR (0 = no limit), else the default."""
-    from dr_pipelines.core.export.run import DEFAULT_MAX_PER_HOUR
-
-    raw = os.environ.get(RATE_LIMIT_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_MAX_PER_HOUR
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{RATE_LIMIT_ENV}={raw!r} is not a whole number",
-                          fix="set it to e.g. 10 (exports per tenant per hour), or 0 for no limit") from None
-    if value < 0:
-        raise ConfigError(f"{RATE_LIMIT_ENV} must be >= 0, not {value}", fix="use 0 for no limit")
-    return value or None
 
 
 @contextmanager
@@ -55,29 +34,26 @@ def export(
     formats: str = typer.Option("parquet,csv,jsonl", "--format", help="Comma-separated: parquet, csv, jsonl."),
     to: Optional[str] = typer.Option(None, "--to", help="Storage URL (default: the configured storage_url)."),
     requester: Optional[str] = typer.Option(None, "--requester", help="Who asked (default: the OS user); audited."),
-    root: str = typer.Option("public.clinics", "--root", help="Tenant root table (schema.table)."),
-    key: str = typer.Option("id", "--key", help="Tenant key column of the root table."),
+    tables: list[str] = typer.Option([], "--table", help="Only this table (schema.table; repeatable). Default: all."),
+    zip_bundle: bool = typer.Option(False, "--zip", help="Also write one zip holding every file and the manifest."),
+    root: Optional[str] = typer.Option(None, "--root", help="Tenant root table (default: export_tenant_root)."),
+    key: Optional[str] = typer.Option(None, "--key", help="Tenant key column (default: export_tenant_key)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Also leave out this table (schema.table; repeatable)."),
     presign: Optional[int] = typer.Option(None, "--presign-expiry", min=1, max=604800,
-                                          help="S3 only: print presigned download URLs valid this many seconds."),
+                                          help="S3: presigned URL lifetime (default: export_presign_expiry_seconds)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Export clinics' rows (and no other clinic's) from one snapshot; manifest last; every attempt audited."""
     from dr_pipelines.core.export.run import ExportOptions, export_tenants
-    from dr_pipelines.core.storage import open_storage
 
     s = settings()
-    if to:
-        def secret(value: Any) -> str | None:
-            return value.get_secret_value() if value else None
-
-        storage = open_storage(to, s3_endpoint_url=s.s3_endpoint_url, s3_region=s.s3_region,
-                               s3_access_key=secret(s.s3_access_key_id), s3_secret_key=secret(s.s3_secret_access_key))
-    else:
-        storage = s.storage()
+    storage = s.storage(to)
+    on_s3 = hasattr(storage, "bucket")
     options = ExportOptions(
-        formats=tuple(f for f in formats.split(",") if f.strip()), root=root, key_column=key, exclude=tuple(exclude),
-        requester=requester, max_per_hour=_max_per_hour(), presign_expiry_s=presign, work_dir=None,
+        formats=tuple(f for f in formats.split(",") if f.strip()), root=root or s.export_tenant_root,
+        key_column=key or s.export_tenant_key, exclude=tuple(s.export_exclude_tables) + tuple(exclude),
+        tables=tuple(tables), requester=requester, max_per_hour=s.export_max_per_hour or None,
+        presign_expiry_s=(presign or s.export_presign_expiry_seconds) if on_s3 else presign, zip_bundle=zip_bundle,
     )
     with _files_progress(not as_json) as progress:
         result = export_tenants(s.dsn, storage, clinic, options, progress=progress)

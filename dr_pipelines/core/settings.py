@@ -77,6 +77,16 @@ class Settings(BaseModel):
     )
     work_dir: Path = Field(Path(".drp/work"), description="Scratch space for throwaway clusters (must be world-traversable when root).")
     notify_webhook_url: SecretStr | None = Field(None, description="Optional webhook for alerts (RPO breach, failed runs).")
+    export_tenant_root: str = Field("public.clinics", description="Tenant root table (schema.table) that scopes exports.")
+    export_tenant_key: str = Field("id", description="Tenant key column of the root table.")
+    export_exclude_tables: list[str] = Field(
+        default_factory=list, description="Tables (schema.table) never exported; comma-separated in env."
+    )
+    export_max_per_hour: int = Field(10, ge=0, description="Exports per tenant per hour (audited attempts); 0 = no limit.")
+    export_presign_expiry_seconds: int = Field(
+        3600, ge=1, le=604800, description="Lifetime of presigned download URLs for exports on S3."
+    )
+    analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
 
     @field_validator("source_dsn")
     @classmethod
@@ -102,7 +112,7 @@ class Settings(BaseModel):
             raise ValueError("expected http://host:port or https://host")
         return v
 
-    @field_validator("encryption_recipients", mode="before")
+    @field_validator("encryption_recipients", "export_exclude_tables", mode="before")
     @classmethod
     def _split_recipients(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -152,7 +162,7 @@ class Settings(BaseModel):
 
         return RetentionPolicy.parse(self.backup_retention)
 
-    @field_validator("backup_cron", "verify_cron", "drill_cron")
+    @field_validator("backup_cron", "verify_cron", "drill_cron", "analytics_export_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
         return _check_cron(v)
@@ -164,15 +174,15 @@ class Settings(BaseModel):
         """The source DSN in clear, for connecting only: never log it."""
         return self.source_dsn.get_secret_value()
 
-    def storage(self) -> Storage:
-        """The configured storage backend (credentials from settings, else boto3's default chain)."""
+    def storage(self, url: str | None = None) -> Storage:
+        """The configured storage backend, or ``url`` with the same S3 endpoint and credentials."""
         from dr_pipelines.core.storage import open_storage
 
         def secret(value: SecretStr | None) -> str | None:
             return value.get_secret_value() if value else None
 
         return open_storage(
-            self.storage_url,
+            url or self.storage_url,
             s3_endpoint_url=self.s3_endpoint_url,
             s3_region=self.s3_region,
             s3_access_key=secret(self.s3_access_key_id),

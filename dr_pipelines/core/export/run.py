@@ -38,6 +38,7 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export import audit
+from dr_pipelines.core.export.bundle import zip_bundle
 from dr_pipelines.core.export.formats import (
     EXTENSIONS,
     FORMATS,
@@ -100,7 +101,10 @@ class ExportOptions:
     max_per_hour: int | None = DEFAULT_MAX_PER_HOUR  # per tenant; None disables the limit
     batch_rows: int = 65_536  # Parquet row group size (and rows held in memory at once)
     presign_expiry_s: int | None = None  # S3 only: also return presigned GET URLs valid this long
-    work_dir: Path | None = None  # for Parquet temporary files (default: the system temp dir)
+    work_dir: Path | None = None  # for Parquet and zip temporary files (default: the system temp dir)
+    tables: tuple[str, ...] = ()  # only these tenant-owned tables (schema.table); empty = all
+    zip_bundle: bool = False  # also write <export_id>.zip: every file plus the manifest, read back and verified
+    prefix: str | None = None  # where the bundle goes (default exports/<export_id>)
 
 
 @dataclass
@@ -212,7 +216,7 @@ def _run(
     if presign is not None and not (hasattr(storage, "client") and hasattr(storage, "bucket")):
         raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
     export_id = new_export_id(record.started_at)
-    prefix = export_prefix(export_id)
+    prefix = options.prefix.strip("/") + f"/{export_id}" if options.prefix else export_prefix(export_id)
     record.export_id = export_id
 
     with connect(dsn) as conn:
@@ -228,7 +232,8 @@ def _run(
             conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
             scope = discover_scope(conn, root=options.root, key_column=options.key_column, exclude=options.exclude)
             record.root_table = scope.root
-            record.tables = scope.names
+            selected = _select_tables(scope, options.tables)
+            record.tables = [t.name for t in selected]
             tenants = _check_tenants(conn, scope, requested)
             record.tenant_ids = tenants
             schema_version = _schema_version(conn)
@@ -240,9 +245,9 @@ def _run(
 
             objects: list[ObjectEntry] = []
             tables: list[TableEntry] = []
-            total_files = len(scope.tables) * len(formats)
+            total_files = len(selected) * len(formats)
             done = 0
-            for t in scope.tables:
+            for t in selected:
                 rows, checksum, method = _tenant_checksum(conn, scope, t)
                 tables.append(TableEntry(t.name, rows, checksum, method))
                 columns = table_columns(conn, t.schema, t.table)
@@ -273,7 +278,8 @@ def _run(
             "requester": record.requester,
             "snapshot_at": snapshot_at.isoformat(),
             "schema_version": schema_version,
-            "scope": [ts.as_dict() for ts in scope.tables],
+            "scope": [ts.as_dict() for ts in selected],
+            "tables_requested": list(options.tables) or "all",
             "excluded_tables": [e.as_dict() for e in scope.excluded],
             "conventions": {
                 "csv": "COPY CSV with header, UTF-8; NULL is an unquoted empty field, the empty string is \"\"; "
@@ -287,6 +293,10 @@ def _run(
             },
         },
     )
+    if options.zip_bundle:
+        bundle = zip_bundle(storage, prefix, manifest, work_dir=options.work_dir)
+        written.append(f"{prefix}/{bundle.key}")
+        manifest.objects.append(bundle)
     manifest_key = write_manifest(storage, prefix, manifest)
     written.append(manifest_key)
     manifest_sha = hashlib.sha256(manifest.to_json().encode()).hexdigest()
@@ -298,6 +308,20 @@ def _run(
         for key in [f"{prefix}/{o.key}" for o in objects] + [manifest_key]:
             urls[key] = _presign(storage, key, presign)
     return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls)
+
+
+def _select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:
+    """The tenant-owned tables to export: all, or the requested ones (each must be in scope)."""
+    if not wanted:
+        return list(scope.tables)
+    names = [w.strip() if "." in w else f"public.{w.strip()}" for w in wanted]
+    unknown = [n for n in names if n not in scope.names]
+    if unknown:
+        excluded = {e.name: e.reason for e in scope.excluded}
+        why = "; ".join(f"{n}: {excluded.get(n, 'no such table')}" for n in unknown)
+        raise ConfigError(f"table(s) not exportable for a tenant: {why}",
+                          fix=f"choose among the tenant-owned tables: {', '.join(scope.names)}")
+    return [scope.table(n) for n in dict.fromkeys(names)]
 
 
 def _check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> list[str]:
