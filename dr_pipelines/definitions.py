@@ -8,6 +8,7 @@ from dr_pipelines.core.settings import load_settings
 from dr_pipelines.defs.alerts import definitions as alerts
 from dr_pipelines.defs.backups import definitions as backups
 from dr_pipelines.defs.drills import definitions as drills
+from dr_pipelines.defs.exports import definitions as exports
 from dr_pipelines.defs.resources import drp_resource
 from dr_pipelines.defs.source import definitions as source
 from dr_pipelines.defs.status_view import definitions as status_view
@@ -21,6 +22,7 @@ def build_definitions() -> dg.Definitions:
         backups.build(settings),
         verification.build(settings),
         drills.build(settings),
+        exports.build(settings),
         status_view.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),

@@ -215,6 +215,8 @@ def _run(
     presign = options.presign_expiry_s
     if presign is not None and not (hasattr(storage, "client") and hasattr(storage, "bucket")):
         raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
+    if options.work_dir is not None:
+        Path(options.work_dir).mkdir(parents=True, exist_ok=True)
     export_id = new_export_id(record.started_at)
     prefix = options.prefix.strip("/") + f"/{export_id}" if options.prefix else export_prefix(export_id)
     record.export_id = export_id

@@ -174,6 +174,19 @@ def split_name(name: str) -> tuple[str, str]:
     return (schema, table) if dot else ("public", schema)
 
 
+def tenant_keys(conn: psycopg.Connection, root: str = "public.clinics", key_column: str = "id") -> list[str]:
+    """Every tenant's key as text, in key order (Dagster keeps one partition per tenant from this)."""
+    schema, table = split_name(root)
+    try:
+        with conn.transaction():
+            rows = conn.execute(sql.SQL("SELECT {key}::text FROM {root} ORDER BY {key}").format(
+                key=sql.Identifier(key_column), root=sql.Identifier(schema, table))).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        raise ScopeError(f"tenant root {root}.{key_column} does not exist in this database",
+                         fix="set export_tenant_root / export_tenant_key to the table and column naming tenants") from None
+    return [r[0] for r in rows]
+
+
 def discover_scope(
     conn: psycopg.Connection,
     *,
