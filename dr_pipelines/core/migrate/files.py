@@ -1,8 +1,10 @@
 """Migration files on disk.
 
-Convention: ``NNNN_description.sql`` is the up script of version NNNN; an optional
-``NNNN_description.down.sql`` undoes it. A first line ``-- drp:no-transaction`` runs the
-script outside a transaction (needed for CREATE INDEX CONCURRENTLY).
+Convention: ``NNNN_description.sql`` is the up script of version NNNN (4+ digits, lower-case
+description); an optional ``NNNN_description.down.sql`` undoes it. A first line
+``-- drp:no-transaction`` runs the script (up or down) statement by statement outside a
+transaction (needed for CREATE INDEX CONCURRENTLY). Versions need not be contiguous but must
+only grow: a new file older than the newest applied version is refused.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from dr_pipelines.core.errors import MigrationError
+from dr_pipelines.core.migrate.fingerprint import Statement, fingerprint, split_statements
 
 _NAME = re.compile(r"^(?P<version>\d{4,})_(?P<description>[a-z0-9_]+)\.sql$")
 _DOWN = re.compile(r"^(?P<version>\d{4,})_(?P<description>[a-z0-9_]+)\.down\.sql$")
@@ -31,10 +35,32 @@ class Migration:
     def sha256(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Formatting-insensitive (see fingerprint.py): an edit that changes only layout keeps it."""
+        return fingerprint(self.sql, self.path.name)
+
     @property
     def transactional(self) -> bool:
-        first = self.sql.lstrip().splitlines()[0] if self.sql.strip() else ""
-        return first.strip().lower() != NO_TRANSACTION_MARK
+        return is_transactional(self.sql)
+
+    @property
+    def statements(self) -> list[Statement]:
+        return split_statements(self.sql, self.path.name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def down_sql(self) -> str | None:
+        return self.down_path.read_text(encoding="utf-8") if self.down_path else None
+
+
+def is_transactional(sql: str) -> bool:
+    """False when the script's first line is ``-- drp:no-transaction``."""
+    first = sql.lstrip().splitlines()[0] if sql.strip() else ""
+    return first.strip().lower() != NO_TRANSACTION_MARK
 
 
 def discover(directory: Path | str) -> list[Migration]:

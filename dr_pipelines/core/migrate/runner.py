@@ -1,122 +1,133 @@
-"""The minimal runner: apply pending migrations in order, one transaction each, recording sha256.
+"""The migration runner's entry points: migrate, status, baseline, repair.
 
-An advisory lock keeps two runners from applying at once; an applied migration whose file
-changed since is refused (its checksum no longer matches), as is an unknown applied version.
+`migrate` is the plain engine (the demo and tests use it); `service.apply_migrations` adds
+lint and the pre-migration backup in front of it for the CLI and Dagster. Every function
+that writes holds the advisory lock (tracking.runner_lock).
 """
 
 from __future__ import annotations
 
 import getpass
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import psycopg
+from typing import Any
 
 from dr_pipelines.core.errors import MigrationError
+from dr_pipelines.core.migrate.apply import ApplyOptions, Log, Progress, apply_pending, fill_fingerprints
 from dr_pipelines.core.migrate.files import Migration, discover
+from dr_pipelines.core.migrate.tracking import (
+    APPLICATION_NAME,
+    AppliedMigration,
+    applied,
+    ensure_tracking,
+    runner_lock,
+)
+from dr_pipelines.core.migrate.validate import Drift, blocking, compare
 from dr_pipelines.core.pg.connect import connect
 
-ADVISORY_LOCK_KEY = 0x6472_705F_6D69  # "drp_mi": one migration runner per database at a time
-
-TRACKING_DDL = """
-CREATE SCHEMA IF NOT EXISTS drp;
-CREATE TABLE IF NOT EXISTS drp.schema_migrations (
-    version      integer PRIMARY KEY,
-    description  text        NOT NULL,
-    sha256       text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
-    applied_by   text        NOT NULL,
-    applied_at   timestamptz NOT NULL DEFAULT now(),
-    duration_ms  integer     NOT NULL
-);
-"""
-
-
-@dataclass(frozen=True)
-class AppliedMigration:
-    version: int
-    description: str
-    sha256: str
-
-
-def applied(conn: psycopg.Connection) -> dict[int, AppliedMigration]:
-    """What the tracking table says is applied (empty if it does not exist yet)."""
-    exists = conn.execute("SELECT to_regclass('drp.schema_migrations') IS NOT NULL").fetchone()[0]
-    if not exists:
-        return {}
-    rows = conn.execute("SELECT version, description, sha256 FROM drp.schema_migrations ORDER BY version").fetchall()
-    return {r[0]: AppliedMigration(*r) for r in rows}
-
-
-def pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[Migration]:
-    """Migrations not applied yet; raises if an applied one was edited or has vanished."""
-    done = applied(conn)
-    on_disk = {m.version: m for m in migrations}
-    for version, row in done.items():
-        m = on_disk.get(version)
-        if m is None:
-            raise MigrationError(
-                f"version {version} ({row.description}) is applied in the database but its file is missing",
-                fix="restore the migration file from version control",
-            )
-        if m.sha256 != row.sha256:
-            raise MigrationError(
-                f"migration {m.path.name} was edited after it was applied (sha256 {row.sha256[:12]}… in the database, "
-                f"{m.sha256[:12]}… on disk)",
-                fix="revert the edit and add a new migration for the change",
-            )
-    newest = max(done, default=0)
-    todo = [m for m in migrations if m.version not in done]
-    late = [m for m in todo if m.version < newest]
-    if late:
-        raise MigrationError(
-            f"migration {late[0].path.name} is older than the newest applied version {newest}",
-            fix="renumber it after the newest applied version",
-        )
-    return todo
+__all__ = ["AppliedMigration", "MigrationStatus", "baseline", "migrate", "repair", "status"]
 
 
 def migrate(
     dsn: str,
     directory: Path | str,
     *,
-    progress: Callable[[Migration, float], None] | None = None,
+    progress: Progress | None = None,
+    options: ApplyOptions = ApplyOptions(),
+    log: Log | None = None,
 ) -> list[Migration]:
     """Apply every pending migration in order; returns what was applied."""
-    migrations = discover(directory)
-    done: list[Migration] = []
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
-        try:
-            with conn.transaction():
-                conn.execute(TRACKING_DDL)
-            for m in pending(conn, migrations):
-                started = time.monotonic()
-                try:
-                    if m.transactional:
-                        with conn.transaction():
-                            conn.execute(m.sql)
-                            _record(conn, m, started)
-                    else:
-                        conn.execute(m.sql)
-                        _record(conn, m, started)
-                except psycopg.Error as exc:
-                    raise MigrationError(
-                        f"migration {m.path.name} failed: {str(exc).strip()}",
-                        fix="fix the SQL; a transactional migration was rolled back and can be re-run",
-                    ) from None
-                done.append(m)
-                if progress:
-                    progress(m, time.monotonic() - started)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
-    return done
+    return apply_pending(dsn, discover(directory), options, progress=progress, log=log)
 
 
-def _record(conn: psycopg.Connection, m: Migration, started: float) -> None:
-    conn.execute(
-        "INSERT INTO drp.schema_migrations (version, description, sha256, applied_by, duration_ms)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (m.version, m.description, m.sha256, getpass.getuser(), int((time.monotonic() - started) * 1000)),
+@dataclass
+class MigrationStatus:
+    current_version: int | None  # newest applied; None when nothing is tracked
+    applied: list[AppliedMigration]
+    pending: list[Migration]
+    drift: list[Drift] = field(default_factory=list)  # everything but "pending"
+
+    @property
+    def ok(self) -> bool:
+        """Nothing pending and nothing blocking (what the Dagster check asks)."""
+        return not self.pending and not blocking(self.drift)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "current_version": self.current_version,
+            "ok": self.ok,
+            "applied": [a.as_dict() for a in self.applied],
+            "pending": [{"version": m.version, "name": m.name, "transactional": m.transactional,
+                         "has_down": m.down_path is not None} for m in self.pending],
+            "drift": [d.as_dict() for d in self.drift],
+        }
+
+
+def status(dsn: str, migrations: list[Migration]) -> MigrationStatus:
+    """Read-only: what is applied, what is pending, what drifted (no lock, no writes)."""
+    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+        record = applied(conn)
+    drift = compare(migrations, record)
+    pending_versions = {d.version for d in drift if d.kind == "pending"}
+    return MigrationStatus(
+        current_version=max(record, default=None),
+        applied=list(record.values()),
+        pending=[m for m in migrations if m.version in pending_versions],
+        drift=[d for d in drift if d.kind != "pending"],
     )
+
+
+def baseline(dsn: str, migrations: list[Migration], version: int, *, by: str | None = None) -> list[Migration]:
+    """Adopt a database whose schema already is at `version`: record 1..version as applied, run nothing."""
+    chosen = [m for m in migrations if m.version <= version]
+    if not any(m.version == version for m in migrations):
+        raise MigrationError(f"there is no migration file with version {version}",
+                             fix="baseline to a version that exists in the migrations directory")
+    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+        with runner_lock(conn):
+            ensure_tracking(conn)
+            record = applied(conn)
+            if record:
+                raise MigrationError(
+                    f"the database already tracks migrations (newest applied: {max(record)})",
+                    fix="baseline is only for a database without migration history; use `drp migrate validate`",
+                )
+            with conn.transaction():
+                for m in chosen:
+                    conn.execute(
+                        "INSERT INTO drp.schema_migrations (version, description, sha256, fingerprint, applied_by,"
+                        " duration_ms, baselined) VALUES (%s, %s, %s, %s, %s, 0, true)",
+                        (m.version, m.description, m.sha256, m.fingerprint, by or getpass.getuser()),
+                    )
+    return chosen
+
+
+def repair(dsn: str, migrations: list[Migration], versions: list[int], *, by: str | None = None) -> list[Migration]:
+    """Accept reviewed edits: the named applied versions take the files' sha256 and fingerprint, with who and when."""
+    if not versions:
+        raise MigrationError("repair needs the versions to accept", fix="pass --version N (repeatable)")
+    on_disk = {m.version: m for m in migrations}
+    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
+        with runner_lock(conn):
+            ensure_tracking(conn)
+            record = applied(conn)
+            unknown = [v for v in versions if v not in record]
+            no_file = [v for v in versions if v not in on_disk]
+            if unknown or no_file:
+                raise MigrationError(
+                    f"cannot repair: {'not applied: ' + str(unknown) if unknown else ''}"
+                    f"{'; ' if unknown and no_file else ''}{'no file: ' + str(no_file) if no_file else ''}",
+                    fix="repair only accepts changed files of applied versions; see `drp migrate validate`",
+                )
+            fill_fingerprints(conn, migrations, record)
+            repaired = []
+            with conn.transaction():
+                for v in sorted(set(versions)):
+                    m = on_disk[v]
+                    conn.execute(
+                        "UPDATE drp.schema_migrations SET sha256 = %s, fingerprint = %s, description = %s,"
+                        " repaired_by = %s, repaired_at = now() WHERE version = %s",
+                        (m.sha256, m.fingerprint, m.description, by or getpass.getuser(), v),
+                    )
+                    repaired.append(m)
+    return repaired
