@@ -111,6 +111,7 @@ class StatementInfo:
     rewrites: bool  # rewrites the whole table
     scans: bool  # full scan under the lock (validation, index build)
     destructive: bool  # loses data or breaks running code
+    work: tuple[str, ...] = ()  # what takes time under the lock: "rewrite", "index-build", "scan", "fk-validation"
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class LintReport:
     statements: list[StatementInfo]
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)  # e.g. "squawk not found; skipped"
+    transactional: bool = True  # one transaction: every lock is held until the file commits
 
     @property
     def blocking(self) -> list[Finding]:
@@ -140,7 +142,7 @@ class LintReport:
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "statements": [asdict(s) for s in self.statements],
                 "findings": [asdict(f) for f in self.findings], "notes": list(self.notes),
-                "blocking": len(self.blocking)}
+                "blocking": len(self.blocking), "transactional": self.transactional}
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
                 severity = INFO
             if rule not in config.disabled_rules:
                 findings.append(Finding(rule, severity, message, fix, line, index, allowed.get(rule)))
-    report = LintReport(path, statements, findings)
+    report = LintReport(path, statements, findings, transactional=transactional)
     if config.use_squawk:
         _merge_squawk(report, sql, transactional, lines, config)
     report.findings.sort(key=lambda f: (f.line, f.statement_index, f.source, f.rule))
@@ -281,6 +283,15 @@ class _Stmt:
     scans: bool = False
     destructive: bool = False
     issues: list[Issue] = field(default_factory=list)
+    work: list[str] = field(default_factory=list)
+
+    def does(self, work: str) -> None:
+        """Note time-consuming work under the lock (rewrite, index-build, scan, fk-validation)."""
+        self.work.append(work)
+        if work == "rewrite":
+            self.rewrites = True
+        else:
+            self.scans = True
 
     def lock(self, table: str, mode: str) -> None:
         self.locks[table] = locks.strongest([self.locks.get(table), mode]) or mode
@@ -307,7 +318,7 @@ class _Walker:
         mode = locks.strongest(list(st.locks.values()))
         self._lock_timeout_rule(st, mode)
         info = StatementInfo(index, line, text, _kind(node), mode, tuple(st.locks), st.rewrites, st.scans,
-                             st.destructive)
+                             st.destructive, tuple(dict.fromkeys(st.work)))
         return info, st.issues
 
     def _lock_timeout_rule(self, st: _Stmt, mode: str | None) -> None:
@@ -372,11 +383,11 @@ class _Walker:
         name = _qualified(node.relation)
         if node.concurrent:
             self._existing(node.relation, st, locks.SHARE_UPDATE_EXCLUSIVE)
-            st.scans = True
+            st.does("index-build")
             self._refuse_in_transaction(st, f"CREATE INDEX CONCURRENTLY on {name}")
             return
         if self._existing(node.relation, st, locks.SHARE):
-            st.scans = True
+            st.does("index-build")
             self._flag(st, "create-index-not-concurrently",
                        f"CREATE {'UNIQUE ' if node.unique else ''}INDEX {node.idxname or '(unnamed)'} on existing table {name} "
                        "blocks writes to it for the whole index build",
@@ -448,14 +459,14 @@ class _Walker:
         mode = locks.ACCESS_EXCLUSIVE if full else locks.SHARE_UPDATE_EXCLUSIVE
         for rv in rels:
             if self._existing(rv, st, mode):
-                st.rewrites, st.scans = full, not full
+                st.does("rewrite" if full else "scan")
                 if full:
                     self._flag(st, "vacuum-full", f"VACUUM FULL {_qualified(rv)} rewrites it under ACCESS EXCLUSIVE",
                                "use pg_repack (online), or plain VACUUM outside a migration")
 
     def _ClusterStmt(self, node: ast.ClusterStmt, st: _Stmt) -> None:
         if self._existing(node.relation, st, locks.ACCESS_EXCLUSIVE):
-            st.rewrites = True
+            st.does("rewrite")
             self._flag(st, "cluster", f"CLUSTER {_qualified(node.relation)} rewrites it under ACCESS EXCLUSIVE",
                        "use pg_repack --order-by (online) outside a migration")
 
@@ -465,10 +476,10 @@ class _Walker:
             return
         if concurrent:
             self._existing(node.relation, st, locks.SHARE_UPDATE_EXCLUSIVE)
-            st.scans = True
+            st.does("index-build")
             self._refuse_in_transaction(st, "REINDEX CONCURRENTLY")
         elif self._existing(node.relation, st, locks.SHARE):
-            st.scans = True
+            st.does("index-build")
             self._flag(st, "reindex-not-concurrently",
                        f"REINDEX {_qualified(node.relation)} blocks writes, and reads that use the index, while it "
                        "rebuilds", "REINDEX (CONCURRENTLY) in its own migration whose first line is "
@@ -485,7 +496,7 @@ class _Walker:
     def _RefreshMatViewStmt(self, node: ast.RefreshMatViewStmt, st: _Stmt) -> None:
         mode = locks.EXCLUSIVE if node.concurrent else locks.ACCESS_EXCLUSIVE
         if self._existing(node.relation, st, mode):
-            st.rewrites = True
+            st.does("rewrite")
 
     def _dml(self, node: Any, st: _Stmt) -> None:
         self._existing(node.relation, st, locks.ROW_EXCLUSIVE)
@@ -544,7 +555,7 @@ class _Walker:
             self._alter_type(name, cmd, st)
         elif sub == AT.AT_SetNotNull:
             if (name, cmd.name) not in self.not_null_proven:
-                st.scans = True
+                st.does("scan")
                 self._flag(st, "set-not-null-without-check",
                            f"SET NOT NULL on {name}.{cmd.name} scans every row under ACCESS EXCLUSIVE",
                            f"first ADD CONSTRAINT {cmd.name}_not_null CHECK ({cmd.name} IS NOT NULL) NOT VALID, then "
@@ -552,7 +563,7 @@ class _Walker:
         elif sub == AT.AT_AddConstraint and con is not None:
             self._add_constraint(name, con, st)
         elif sub == AT.AT_ValidateConstraint:
-            st.scans = True  # under SHARE UPDATE EXCLUSIVE: reads and writes go on
+            st.does("scan")  # under SHARE UPDATE EXCLUSIVE: reads and writes go on
         elif sub == AT.AT_DropColumn:
             st.destructive = True
             self._flag(st, "drop-column", f"DROP COLUMN {cmd.name} of {name} loses its data and breaks code that "
@@ -560,15 +571,15 @@ class _Walker:
                        "first deploy code that no longer uses the column, then drop it in a later migration with "
                        "-- drp:allow drop-column reason: <why>")
         elif sub in (AT.AT_SetLogged, AT.AT_SetUnLogged, AT.AT_SetAccessMethod, AT.AT_SetTableSpace):
-            st.rewrites = True
+            st.does("rewrite")
         elif sub == AT.AT_AttachPartition:
-            st.scans = True  # the partition is scanned unless a CHECK constraint proves the bound
+            st.does("scan")  # the partition is scanned unless a CHECK constraint proves the bound
 
     def _add_column(self, table: str, col: ast.ColumnDef, st: _Stmt) -> None:
         for con in col.constraints or ():
             if con.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
                 what = "an identity column" if con.contype == ConstrType.CONSTR_IDENTITY else "a stored generated column"
-                st.rewrites = True
+                st.does("rewrite")
                 self._flag(st, "add-column-volatile-default",
                            f"ADD COLUMN {col.colname} to {table} as {what} computes a value per row: the table is "
                            "rewritten under ACCESS EXCLUSIVE",
@@ -576,7 +587,8 @@ class _Walker:
             elif con.contype == ConstrType.CONSTR_DEFAULT:
                 volatile, unknown = _volatility(con.raw_expr)
                 if volatile or unknown:
-                    st.rewrites = st.rewrites or bool(volatile)
+                    if volatile:
+                        st.does("rewrite")
                     names = ", ".join(sorted(volatile or unknown))
                     self._flag(st, "add-column-volatile-default",
                                f"{'' if volatile else '~'}ADD COLUMN {col.colname} to {table} with default {names}(): "
@@ -595,7 +607,7 @@ class _Walker:
                        "(varchar(n) to varchar(m>n) or text, numeric(p,s) to numeric(p'>p,s) or numeric)",
                        "run the impact estimate against the database (it checks the live type)")
             return
-        st.rewrites = True
+        st.does("rewrite")
         using = " with USING" if col.raw_default is not None else ""
         self._flag(st, "alter-column-type-rewrite",
                    f"ALTER COLUMN {cmd.name} of {table} TYPE {target}{using} rewrites the table and rebuilds its "
@@ -605,7 +617,7 @@ class _Walker:
     def _add_constraint(self, table: str, con: ast.Constraint, st: _Stmt) -> None:
         ct = con.contype
         if ct in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK) and not con.skip_validation:
-            st.scans = True
+            st.does("fk-validation" if ct == ConstrType.CONSTR_FOREIGN else "scan")
             what = "FOREIGN KEY" if ct == ConstrType.CONSTR_FOREIGN else "CHECK"
             blocked = "writes to both tables" if ct == ConstrType.CONSTR_FOREIGN else "reads and writes"
             self._flag(st, "add-constraint-without-not-valid",
@@ -614,7 +626,7 @@ class _Walker:
                        "(it takes only SHARE UPDATE EXCLUSIVE)")
         elif ct in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY, ConstrType.CONSTR_EXCLUSION) \
                 and not con.indexname:
-            st.scans = True
+            st.does("index-build")
             what = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMARY KEY"}.get(ct, "EXCLUDE")
             self._flag(st, "add-unique-without-index",
                        f"ADD {what} on {table} builds its index under ACCESS EXCLUSIVE (reads and writes blocked)",
