@@ -17,6 +17,8 @@ from rich.table import Table
 from dr_pipelines.cli import backup as backup_cli
 from dr_pipelines.cli import export as export_cli
 from dr_pipelines.cli import health as health_cli
+from dr_pipelines.cli import migrate as migrate_cli
+from dr_pipelines.cli import retention as retention_cli
 from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, state
 from dr_pipelines.core.errors import DrpError
@@ -39,6 +41,9 @@ app.command("status")(verify_cli.status)
 app.add_typer(verify_cli.drill_app, name="drill")
 app.command("health")(health_cli.health)
 app.command("export")(export_cli.export)
+app.add_typer(migrate_cli.migrate_app, name="migrate")
+app.add_typer(retention_cli.retention_app, name="retention")
+app.add_typer(retention_cli.archive_app, name="archive")
 
 def _version(value: bool) -> None:
     if value:

@@ -13,6 +13,7 @@ BASIC = {
                          "INSERT INTO accounts VALUES (1, 'a'), (2, 'b');\n",
     "0001_accounts.down.sql": "DROP TABLE accounts;\n",
     "0002_accounts_email.sql": "ALTER TABLE accounts ADD COLUMN email text;\n"
+                               "-- drp:allow create-index-not-concurrently reason: two rows\n"
                                "CREATE INDEX accounts_email_idx ON accounts (email);\n",
     "0002_accounts_email.down.sql": "DROP INDEX accounts_email_idx;\nALTER TABLE accounts DROP COLUMN email;\n",
     "0003_orders.sql": "CREATE TABLE orders (id bigint PRIMARY KEY, account_id bigint REFERENCES accounts);\n",
