@@ -20,6 +20,7 @@ import psycopg
 
 from dr_pipelines.core.migrate.apply import ApplyOptions, Log, first_line, set_timeouts
 from dr_pipelines.core.migrate.files import Migration
+from dr_pipelines.core.migrate.fingerprint import Statement
 from dr_pipelines.core.migrate.tracking import APPLICATION_NAME, applied, runner_lock
 from dr_pipelines.core.migrate.validate import compare, refuse_on_drift
 from dr_pipelines.core.pg.connect import connect
@@ -117,35 +118,41 @@ def dry_run_on_target(dsn: str, migrations: list[Migration], options: ApplyOptio
 def run_statements(conn: psycopg.Connection, pid: int, m: Migration, held: set[Lock], report: DryRunReport) -> bool:
     """Run m's statements inside the caller's transaction; False (and report.error) on the first failure."""
     for stmt in m.statements:
-        started = time.monotonic()
-        try:
-            conn.execute(stmt.sql)
-        except psycopg.Error as exc:
-            report.error = f"{m.name} line {stmt.line}: {first_line(exc)}"
+        seconds = _timed(conn, m, stmt, report)
+        if seconds is None:
             return False
-        seconds = time.monotonic() - started
         now = {Lock(r, mode) for r, mode in conn.execute(OWN_LOCKS, (pid,)).fetchall()}
-        report.statements.append(StatementRun(m.name, stmt.index, stmt.line, _short(stmt.sql), seconds,
-                                              sorted(now - held, key=lambda lk: (lk.relation, lk.mode))))
+        _record(report, m, stmt, seconds, now - held, transactional=True)
         held |= now
     return True
 
 
 def run_outside_transaction(conn: psycopg.Connection, sampler_dsn: str, m: Migration, report: DryRunReport) -> bool:
     """Run a no-transaction migration statement by statement, sampling its locks from a second connection."""
-    pid = conn.info.backend_pid
     for stmt in m.statements:
-        with LockSampler(sampler_dsn, pid) as sampler:
-            started = time.monotonic()
-            try:
-                conn.execute(stmt.sql)
-            except psycopg.Error as exc:
-                report.error = f"{m.name} line {stmt.line}: {first_line(exc)}"
-                return False
-            seconds = time.monotonic() - started
-        report.statements.append(StatementRun(m.name, stmt.index, stmt.line, _short(stmt.sql), seconds,
-                                              sorted(sampler.seen, key=lambda lk: (lk.relation, lk.mode)), False))
+        with LockSampler(sampler_dsn, conn.info.backend_pid) as sampler:
+            seconds = _timed(conn, m, stmt, report)
+        if seconds is None:
+            return False
+        _record(report, m, stmt, seconds, sampler.seen, transactional=False)
     return True
+
+
+def _timed(conn: psycopg.Connection, m: Migration, stmt: Statement, report: DryRunReport) -> float | None:
+    """Seconds the statement took, or None with report.error set."""
+    started = time.monotonic()
+    try:
+        conn.execute(stmt.sql)
+    except psycopg.Error as exc:
+        report.error = f"{m.name} line {stmt.line}: {first_line(exc)}"
+        return None
+    return time.monotonic() - started
+
+
+def _record(report: DryRunReport, m: Migration, stmt: Statement, seconds: float, locks: set[Lock], *,
+            transactional: bool) -> None:
+    report.statements.append(StatementRun(m.name, stmt.index, stmt.line, _short(stmt.sql), seconds,
+                                          sorted(locks, key=lambda lk: (lk.relation, lk.mode)), transactional))
 
 
 class LockSampler:
