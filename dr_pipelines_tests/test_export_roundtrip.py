@@ -169,6 +169,24 @@ def test_type_conventions_in_every_format(demo_db: str, tmp_path: Path) -> None:
         assert _by(table.to_pylist(), "id", ids["appointment"])["status"] == "no_show"
 
 
+NASTY = 'quote " backslash \\ tab\t newline\n CR\r x01\x01 x02\x02 comma, semicolon; \u00e9\u4e2d \U0001f600'
+
+
+def test_control_characters_and_quotes_survive_every_text_format(demo_db: str, tmp_path: Path) -> None:
+    """JSON Lines is COPY CSV with quote and delimiter bytes JSON never holds raw: prove it with those bytes."""
+    storage = LocalStorage(tmp_path / "store")
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        pid = conn.execute("UPDATE patients SET family_name = %s WHERE id = (SELECT min(id) FROM patients"
+                           " WHERE clinic_id = 1) RETURNING id", (NASTY,)).fetchone()[0]
+        result = export_tenants(demo_db, storage, [1], ExportOptions(formats=("csv", "jsonl"), max_per_hour=None,
+                                                                     tables=("public.patients",)))
+        rows = read_jsonl(storage, object_key(result, "public.patients", "jsonl"))
+        assert _by(rows, "id", pid)["family_name"] == NASTY
+        assert len(rows) == conn.execute("SELECT count(*) FROM patients WHERE clinic_id = 1").fetchone()[0]
+        via_copy = read_csv_via_copy(conn, storage, object_key(result, "public.patients", "csv"))
+        assert _by(via_copy, "id", pid)["family_name"] == NASTY
+
+
 def test_s3_export_with_presigned_urls(demo_db: str, s3_server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
     import requests
 

@@ -15,8 +15,12 @@ The flow of ``export_tenants``:
    ``exports/<export_id>/<schema.table>.<ext>`` (``Storage.put_stream``; Parquet through
    a temporary file). Row counts per table and an order-independent content checksum
    (as in core/pg/checksums.py, over the tenant's rows only) are computed in the same
-   snapshot; every format's own row count must equal it.
-5. ``manifest.json`` (kind "export") is written last: it is the commit. On failure the
+   snapshot, by a second session that adopted it (``pg_export_snapshot``) and works while
+   the table streams (core/export/sessions.py); every format's own row count must equal it.
+   Parquet is read through a third session on the snapshot, an ADBC one (Arrow batches).
+5. With ``zip_bundle``, every file is read back, checked against its sha256 and zipped
+   with a copy of the manifest (core/export/bundle.py).
+6. ``manifest.json`` (kind "export") is written last: it is the commit. On failure the
    objects already written are removed (best effort) and no manifest exists.
 """
 
@@ -27,6 +31,8 @@ import hashlib
 import secrets
 import tempfile
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +58,7 @@ from dr_pipelines.core.export.formats import (
     parquet_plan,
     remove_quietly,
     table_columns,
-    write_parquet,
+    write_parquet_batches,
 )
 from dr_pipelines.core.export.scope import (
     TENANTS_SETTING,
@@ -62,6 +68,7 @@ from dr_pipelines.core.export.scope import (
     tenant_array,
     tenant_select,
 )
+from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
@@ -245,26 +252,38 @@ def _run(
             except audit.RateLimitedError as exc:
                 raise RateLimitedError(exc.problem, exc.fix) from None
 
+            snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            settings = session_settings(TENANTS_SETTING, conn.execute(
+                "SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0])
             objects: list[ObjectEntry] = []
             tables: list[TableEntry] = []
             total_files = len(selected) * len(formats)
             done = 0
-            for t in selected:
-                rows, checksum, method = _tenant_checksum(conn, scope, t)
-                tables.append(TableEntry(t.name, rows, checksum, method))
-                columns = table_columns(conn, t.schema, t.table)
-                for fmt in formats:
-                    key = f"{prefix}/{object_name(t.name, fmt)}"
-                    got, put = _write_one(conn, storage, scope, t, columns, fmt, key, options, written)
-                    if got != rows:
-                        raise ExportError(
-                            f"{fmt} export of {t.name} has {got} rows, the snapshot count is {rows}",
-                            fix="this is a bug in drp's export: report it with the table's definition",
-                        )
-                    objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256, format=fmt))
-                    done += 1
-                    if progress:
-                        progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
+            with ExitStack() as stack:
+                twin = stack.enter_context(checksum_session(dsn, snapshot_id, settings))
+                arrow = stack.enter_context(arrow_session(dsn, snapshot_id, settings)) if "parquet" in formats else None
+                pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-export-checksum"))
+                for t in selected:
+                    checksum = pool.submit(_tenant_checksum, twin, scope, t)  # beside the stream, same snapshot
+                    columns = table_columns(conn, t.schema, t.table)
+                    counts = {}
+                    for fmt in formats:
+                        key = f"{prefix}/{object_name(t.name, fmt)}"
+                        counts[fmt], put = _write_one(conn, arrow, storage, scope, t, columns, fmt, key, options,
+                                                      written)
+                        objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256,
+                                                   format=fmt))
+                        done += 1
+                        if progress:
+                            progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
+                    rows, digest, method = checksum.result()
+                    tables.append(TableEntry(t.name, rows, digest, method))
+                    for fmt, got in counts.items():
+                        if got != rows:
+                            raise ExportError(
+                                f"{fmt} export of {t.name} has {got} rows, the snapshot count is {rows}",
+                                fix="this is a bug in drp's export: report it with the table's definition",
+                            )
 
     finished = datetime.now(UTC)
     manifest = Manifest(
@@ -384,26 +403,21 @@ def _tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> t
     return rows, f"{int(total) % (1 << 64):016x}", method
 
 
-def _write_one(conn: psycopg.Connection, storage: Storage, scope: Scope, t: TableScope, columns: list[Any],
-               fmt: str, key: str, options: ExportOptions, written: list[str]) -> tuple[int, Any]:
+def _write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Scope, t: TableScope,
+               columns: list[Any], fmt: str, key: str, options: ExportOptions, written: list[str]) -> tuple[int, Any]:
     counter = RowCount()
-    cursor_name = f"drp_export_{secrets.token_hex(4)}"
-    if fmt == "csv":
-        with conn.cursor() as cur:
-            written.append(key)
-            put = _put(conn, storage, key, csv_stream(cur, tenant_select(t, scope, csv_columns(columns)), counter))
-        return counter.rows if counter.rows is not None else -1, put
-    if fmt == "jsonl":
+    if fmt in ("csv", "jsonl"):
+        stream = csv_stream if fmt == "csv" else jsonl_stream
+        render = csv_columns if fmt == "csv" else jsonl_columns
         written.append(key)
-        put = _put(conn, storage, key, jsonl_stream(conn, tenant_select(t, scope, jsonl_columns(columns)), counter,
-                                                    cursor_name))
+        put = _put(conn, storage, key, stream(conn, tenant_select(t, scope, render(columns)), counter))
         return counter.rows if counter.rows is not None else -1, put
     select, schema = parquet_plan(columns)
     with tempfile.TemporaryDirectory(prefix="drp-export-", dir=options.work_dir) as tmp:
         path = Path(tmp) / "table.parquet"
         try:
-            rows = write_parquet(conn, tenant_select(t, scope, select), schema, path, cursor_name,
-                                 batch_rows=options.batch_rows)
+            arrow.execute(tenant_select(t, scope, select).as_string(conn))
+            rows = write_parquet_batches(arrow.fetch_record_batch(), schema, path, batch_rows=options.batch_rows)
             written.append(key)
             put = storage.put_stream(key, file_chunks(path))
         finally:
@@ -412,21 +426,13 @@ def _write_one(conn: psycopg.Connection, storage: Storage, scope: Scope, t: Tabl
 
 
 def _put(conn: psycopg.Connection, storage: Storage, key: str, chunks: Generator[bytes, None, None]) -> Any:
-    """put_stream a generator reading from ``conn``; if storage fails midway, stop the query first.
-
-    A COPY or cursor left open mid-stream would make the transaction's ROLLBACK wait
-    forever: cancel the statement, then close the generator (ending the COPY), then re-raise.
-    """
+    """put_stream a COPY generator; if storage fails midway, close it (cancelling the COPY) and re-raise."""
     try:
         return storage.put_stream(key, chunks)
     except BaseException:
         try:
-            conn.cancel_safe(timeout=10)
-        except Exception:  # noqa: BLE001 - the storage error is what matters
-            pass
-        try:
             chunks.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the storage error is what matters
             pass
         raise
 
