@@ -68,6 +68,9 @@ class Settings(BaseModel):
     verification_probes_file: Path | None = Field(
         None, description="YAML list of {name, sql} probes that must return zero rows on a restored database."
     )
+    retention_policies_file: Path | None = Field(
+        None, description="YAML data-retention policies (drp retention, the retention assets); see docs/retention.md."
+    )
     rpo_minutes: int = Field(60, gt=0, description="Recovery point objective: maximum tolerated data loss.")
     rto_minutes: int = Field(240, gt=0, description="Recovery time objective: maximum time to restored and checked.")
     backup_cron: str = Field("0 2 * * *", description="When the backup schedule runs (cron, UTC).")

@@ -1,0 +1,435 @@
+"""Enforce the retention policies: archive, verify, then delete, resumable after a crash at any point.
+
+Per table, under an advisory lock (one run per table at a time):
+
+1. **Resume.** Unfinished segments from an earlier run are finished first: ``pending``
+   ones (the crash came before their manifest) are removed from storage and abandoned,
+   ``written`` ones are verified, ``verified`` ones are deleted from ``next_offset`` on.
+2. **Archive.** Month by month (oldest first), for every tenant whose rule archives, the
+   expired rows not under a legal hold are written in segments of at most
+   ``segment_rows`` rows (primary-key order), each stored, then read back and verified.
+3. **Delete.** For a partitioned table whose month fills one leaf partition exactly
+   (count and checksum of the partition equal the sum of the month's verified segments),
+   the partition is detached and dropped in one transaction. Otherwise rows are deleted in
+   batches of ``batch_size`` by primary key, only if their hash still equals the archived
+   one and no hold covers them now; each batch commits with its journal counters.
+
+Tenants whose rule is ``delete`` lose expired rows in batches without an archive; ``keep``
+touches nothing. Held rows are never selected and every hold that kept rows is reported.
+
+Test-only fault injection: ``DRP_TEST_PAUSE_AT=after-write`` (objects and manifest stored,
+segment still pending), ``after-archive`` (a segment verified, nothing deleted) or ``mid-delete`` (one delete batch committed, more to come) makes the
+process print ``DRP_TEST_PAUSED <point>`` on stderr and sleep, so a test can kill -9 it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.export.scope import tenant_filter
+from dr_pipelines.core.lifecycle import journal
+from dr_pipelines.core.lifecycle.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule, bind
+from dr_pipelines.core.lifecycle.segment import (
+    ALIAS,
+    ArchiveError,
+    bind_tenant,
+    fetched,
+    from_clause,
+    month_bounds,
+    new_segment_id,
+    parquet_keys,
+    pk_tuple,
+    remove_objects,
+    row_hash,
+    segment_prefix,
+    select_to_parquet,
+    store,
+    table_method,
+    ts_value,
+    verify,
+)
+from dr_pipelines.core.manifest import ManifestError
+from dr_pipelines.core.pg.checksums import pin_render_settings
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.storage import Storage
+
+PAUSE_ENV = "DRP_TEST_PAUSE_AT"
+DEFAULT_BATCH = 1_000
+DEFAULT_SEGMENT_ROWS = 100_000
+LOCK_TIMEOUT = "5s"
+
+Progress = Callable[[str, int, int | None], None]
+
+
+class RetentionBusyError(DrpError):
+    """Another retention run holds the table's lock."""
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    tables: tuple[str, ...] = ()  # empty: every table with a policy
+    tenants: tuple[str, ...] = ()  # empty: every tenant
+    months: tuple[date, ...] = ()  # empty: every month with expired rows
+    as_of: datetime | None = None  # the clock the periods count back from (default: the server's now())
+    batch_size: int = DEFAULT_BATCH
+    segment_rows: int = DEFAULT_SEGMENT_ROWS
+    partition_drop: bool = True
+    run_id: str | None = None
+    work_dir: Path | None = None
+
+
+@dataclass
+class HeldSkip:
+    table: str
+    tenant_id: str
+    rows: int
+    holds: list[int]
+
+
+@dataclass
+class TableResult:
+    table: str
+    archived_rows: int = 0
+    deleted_rows: int = 0  # archived rows deleted (batches or partitions)
+    deleted_unarchived: int = 0  # rows of `delete` rules
+    kept_changed: int = 0  # archived, but changed or held by the time of the delete: left in place
+    bytes: int = 0
+    segments: int = 0
+    resumed: int = 0
+    abandoned: int = 0
+    batches: int = 0
+    longest_batch_s: float = 0.0
+    partitions_dropped: list[str] = field(default_factory=list)
+    held: list[HeldSkip] = field(default_factory=list)
+
+    def batch(self, seconds: float) -> None:
+        self.batches += 1
+        self.longest_batch_s = max(self.longest_batch_s, seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["held"] = [vars(h) for h in self.held]
+        d["longest_batch_s"] = round(self.longest_batch_s, 4)
+        return d
+
+
+@dataclass
+class ApplyResult:
+    run_id: str
+    as_of: datetime
+    tables: list[TableResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "tables": [t.as_dict() for t in self.tables]}
+
+
+def pause_point(point: str) -> None:
+    if os.environ.get(PAUSE_ENV) == point:
+        sys.stderr.write(f"DRP_TEST_PAUSED {point}\n")
+        sys.stderr.flush()
+        time.sleep(3600)
+
+
+def prepare(conn: psycopg.Connection) -> None:
+    """Session setup shared by every retention connection (pinned rendering: the text checksum needs it)."""
+    pin_render_settings(conn)
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
+
+
+def resolve_as_of(conn: psycopg.Connection, as_of: datetime | None) -> datetime:
+    return as_of or conn.execute("SELECT statement_timestamp()").fetchone()[0]
+
+
+def cutoff_for(conn: psycopg.Connection, as_of: datetime, rule: Rule) -> datetime | None:
+    if rule.period is None:
+        return None
+    return conn.execute("SELECT %s::timestamptz - %s::interval", (as_of, rule.period.interval)).fetchone()[0]
+
+
+def apply_policies(dsn: str, storage: Storage, policies: Policies, options: ApplyOptions | None = None, *,
+                   progress: Progress | None = None) -> ApplyResult:
+    """Enforce ``policies`` (or the tables in ``options.tables``) and return what was done."""
+    options = options or ApplyOptions()
+    if options.batch_size < 1 or options.segment_rows < 1:
+        raise ConfigError("batch size and segment rows must be positive", fix="use e.g. --batch-size 1000")
+    run_id = options.run_id or uuid.uuid4().hex
+    with connect(dsn, autocommit=True) as conn:
+        prepare(conn)
+        ensure_holds_table(conn)
+        journal.ensure_journal_table(conn)
+        bound = bind(conn, policies, tables=list(options.tables) or None)
+        as_of = resolve_as_of(conn, options.as_of)
+        results = []
+        for bt in bound.tables.values():
+            if not _lock(conn, bt.name):
+                raise RetentionBusyError(f"another retention run is working on {bt.name}",
+                                         fix="wait for it to finish (a crashed run's lock is released with its session)")
+            try:
+                results.append(_TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run())
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
+        return ApplyResult(run_id, as_of, results)
+
+
+def _lock(conn: psycopg.Connection, table: str) -> bool:
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"drp.retention:{table}",)).fetchone()[0])
+
+
+class _TableRun:
+    def __init__(self, conn: psycopg.Connection, storage: Storage, bound: Bound, bt: BoundTable,
+                 options: ApplyOptions, run_id: str, as_of: datetime, progress: Progress | None) -> None:
+        self.conn, self.storage, self.bound, self.bt = conn, storage, bound, bt
+        self.options, self.run_id, self.as_of, self.progress = options, run_id, as_of, progress
+        self.result = TableResult(bt.name)
+        self.method = table_method(conn, bt)
+        self.columns: set[str] | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> TableResult:
+        for seg in journal.segments(self.conn, table=self.bt.name, states=journal.UNFINISHED):
+            self.result.resumed += 1
+            self._finish(seg)
+        tenants = [self.bound.tenant(t) for t in self.options.tenants] if self.options.tenants else self.bound.tenants
+        months: dict[date, list[tuple[str, str, datetime, HoldFilter]]] = {}
+        for tenant in tenants:
+            rule = self.bt.policy.rule_for(tenant.id, tenant.jurisdiction)
+            if rule.action == "keep":
+                continue
+            cutoff = cutoff_for(self.conn, self.as_of, rule)
+            assert cutoff is not None
+            holds = hold_filter(self.conn, self.bt.name, tenant.id, self._columns())
+            self._report_held(tenant.id, cutoff, holds)
+            if holds.everything:
+                continue
+            if rule.action == "delete":
+                self._delete_unarchived(tenant.id, cutoff, holds)
+                continue
+            for month in self._expired_months(tenant.id, cutoff, holds):
+                months.setdefault(month, []).append((tenant.id, rule.describe(), cutoff, holds))
+        for month in sorted(months):
+            done = []
+            for tenant_id, rule_text, cutoff, holds in months[month]:
+                done += self._archive(tenant_id, month, rule_text, cutoff, holds)
+            for seg in self._drop_partition(month, done):
+                self._delete_batches(seg)
+        return self.result
+
+    def _columns(self) -> set[str]:
+        if self.columns is None:
+            self.columns = table_columns(self.conn, self.bt.name)
+        return self.columns
+
+    def _finish(self, seg: journal.Segment) -> None:
+        if seg.storage_url != self.storage.url:
+            raise ArchiveError(f"segment {seg.id} of {seg.table_name} was written to {seg.storage_url}, not to "
+                               f"{self.storage.url}", fix="run retention against the storage it started with")
+        if seg.state == "pending":
+            self._abandon(seg.id, seg.prefix, "interrupted before its manifest was written")
+            return
+        if seg.state == "written":
+            try:
+                verify(self.conn, self.storage, self.bt, seg.prefix, rows=seg.rows or 0, checksum=seg.checksum or "",
+                       work_dir=self.options.work_dir)
+            except (ArchiveError, ManifestError) as exc:
+                self._abandon(seg.id, seg.prefix, exc.problem)
+                return
+            journal.advance(self.conn, seg.id, "verified")
+        self._delete_batches(seg)
+
+    def _abandon(self, seg_id: str, prefix: str, why: str) -> None:
+        remove_objects(self.storage, prefix)
+        journal.advance(self.conn, seg_id, "abandoned", error=why[:2000])
+        self.result.abandoned += 1
+
+    # -- selection --------------------------------------------------------------------------------
+
+    def _report_held(self, tenant_id: str, cutoff: datetime, holds: HoldFilter) -> None:
+        if not holds.holds:
+            return
+        bind_tenant(self.conn, tenant_id)
+        cond = sql.SQL("true") if holds.everything else holds.held_expr(ALIAS)
+        n = self.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} AND {} < %s AND {}").format(
+            from_clause(self.bt), tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS),
+            sql.Identifier(ALIAS, self.bt.policy.timestamp_column), cond), (ts_value(self.bt, cutoff),)).fetchone()[0]
+        if n:
+            self.result.held.append(HeldSkip(self.bt.name, tenant_id, n, [h.id for h in holds.holds]))
+
+    def _expired_months(self, tenant_id: str, cutoff: datetime, holds: HoldFilter) -> list[date]:
+        bind_tenant(self.conn, tenant_id)
+        ts = sql.Identifier(ALIAS, self.bt.policy.timestamp_column)
+        utc = sql.SQL(" AT TIME ZONE 'UTC'") if self.bt.timestamp_type == "timestamp with time zone" else sql.SQL("")
+        rows = self.conn.execute(sql.SQL(
+            "SELECT DISTINCT date_trunc('month', {}{})::date FROM {} WHERE {} AND {} < %s AND NOT {} ORDER BY 1").format(
+            ts, utc, from_clause(self.bt), tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), ts,
+            holds.held_expr(ALIAS)), (ts_value(self.bt, cutoff),)).fetchall()
+        wanted = set(self.options.months)
+        return [r[0] for r in rows if not wanted or r[0] in wanted]
+
+    # -- archive ----------------------------------------------------------------------------------
+
+    def _archive(self, tenant_id: str, month: date, rule_text: str, cutoff: datetime,
+                 holds: HoldFilter) -> list[journal.Segment]:
+        m0, m1 = month_bounds(month)
+        params = {"cutoff": ts_value(self.bt, cutoff), "m0": ts_value(self.bt, m0), "m1": ts_value(self.bt, m1)}
+        predicate = (f"{self.bt.scope.describe()} = {tenant_id} AND {self.bt.policy.timestamp_column} < "
+                     f"{cutoff.isoformat()} AND {self.bt.policy.timestamp_column} in [{m0:%Y-%m-%d}, {m1:%Y-%m-%d})"
+                     + (f" AND NOT held by {', '.join(str(h.id) for h in holds.partial)}" if holds.partial else ""))
+        after: tuple[Any, ...] | None = None
+        done: list[journal.Segment] = []
+        while True:
+            with tempfile.TemporaryDirectory(prefix="drp-archive-", dir=self.options.work_dir) as tmp:
+                with self.conn.transaction():
+                    bind_tenant(self.conn, tenant_id)
+                    written = select_to_parquet(self.conn, self.bt, self.method, holds.held_expr(ALIAS), params, after,
+                                                self.options.segment_rows, Path(tmp) / "rows.parquet")
+                if written.rows == 0:
+                    return done
+                seg_id = new_segment_id()
+                prefix = segment_prefix(self.bt.name, tenant_id, month, seg_id)
+                journal.insert_pending(self.conn, {
+                    "id": seg_id, "run_id": self.run_id, "table_name": self.bt.name, "tenant_id": tenant_id,
+                    "month": month, "storage_url": self.storage.url, "prefix": prefix, "cutoff": cutoff,
+                    "predicate": predicate, "rule": rule_text})
+                nbytes, sha = store(self.storage, prefix, written, {
+                    "table": self.bt.name, "method": self.method, "tenant_id": tenant_id, "month": month.isoformat(),
+                    "cutoff": cutoff.isoformat(), "as_of": self.as_of.isoformat(), "rule": rule_text,
+                    "predicate": predicate, "primary_key": list(self.bt.pk),
+                    "timestamp_column": self.bt.policy.timestamp_column, "row_hash_column": "__drp_row_hash",
+                    "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]})
+                pause_point("after-write")
+                journal.advance(self.conn, seg_id, "written", rows=written.rows, bytes=nbytes, sha256=sha,
+                                checksum=written.checksum, method=self.method)
+            verify(self.conn, self.storage, self.bt, prefix, rows=written.rows, checksum=written.checksum,
+                   work_dir=self.options.work_dir)
+            journal.advance(self.conn, seg_id, "verified")
+            self.result.archived_rows += written.rows
+            self.result.bytes += nbytes
+            self.result.segments += 1
+            if self.progress:
+                self.progress(f"archive {self.bt.name}", self.result.archived_rows, None)
+            pause_point("after-archive")
+            (seg,) = [s for s in journal.segments(self.conn, table=self.bt.name, tenant_id=tenant_id,
+                                                  states=("verified",)) if s.id == seg_id]
+            done.append(seg)
+            after = written.last_pk
+            if written.rows < self.options.segment_rows:
+                return done
+
+    # -- delete -----------------------------------------------------------------------------------
+
+    def _delete_batches(self, seg: journal.Segment) -> None:
+        """Delete a verified segment's rows by primary key, hash-guarded, hold-aware, batch by batch."""
+        holds = hold_filter(self.conn, self.bt.name, seg.tenant_id, self._columns())
+        if holds.everything:  # a hold placed after the archive: nothing of this tenant's table may go
+            self._close(seg, kept=(seg.rows or 0) - seg.deleted_rows - seg.kept_rows)
+            return
+        arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in (*self.bt.pk_types, "bigint"))
+        names = [sql.Identifier(f"k{i}") for i in range(len(self.bt.pk))]
+
+        stmt = sql.SQL(
+            "DELETE FROM {} USING unnest({}) AS drp_keys({}, h) WHERE {} = ({}) AND {} = drp_keys.h AND {} AND NOT {}"
+        ).format(from_clause(self.bt), arrays, sql.SQL(", ").join(names), pk_tuple(self.bt),
+                 sql.SQL(", ").join(sql.SQL("drp_keys.{}").format(n) for n in names), row_hash(self.method),
+                 tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), holds.held_expr(ALIAS))
+        with fetched(self.storage, seg.prefix, self.options.work_dir) as (_manifest, path):
+            for end, keys, hashes in parquet_keys(path, self.bt, self.options.batch_size, seg.next_offset):
+                started = time.monotonic()
+                with self.conn.transaction():
+                    bind_tenant(self.conn, seg.tenant_id)
+                    deleted = self.conn.execute(stmt, (*keys, hashes)).rowcount
+                    seconds = time.monotonic() - started
+                    journal.record_batch(self.conn, seg.id, deleted=deleted, kept=len(hashes) - deleted,
+                                         next_offset=end, seconds=seconds)
+                self.result.batch(time.monotonic() - started)
+                self.result.deleted_rows += deleted
+                self.result.kept_changed += len(hashes) - deleted
+                if self.progress:
+                    self.progress(f"delete {self.bt.name}", self.result.deleted_rows, None)
+                if end < (seg.rows or 0):
+                    pause_point("mid-delete")
+        journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
+
+    def _close(self, seg: journal.Segment, kept: int) -> None:
+        with self.conn.transaction():
+            journal.record_batch(self.conn, seg.id, deleted=0, kept=kept, next_offset=seg.rows or 0, seconds=0.0)
+        journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
+        self.result.kept_changed += kept
+
+    def _drop_partition(self, month: date, segs: list[journal.Segment]) -> list[journal.Segment]:
+        """Detach and drop the month's leaf partition if it holds exactly the verified segments; else leave them."""
+        if not (self.bt.partitioned and self.options.partition_drop and segs):
+            return segs
+        m0, m1 = month_bounds(month)
+        ts = sql.Identifier(self.bt.policy.timestamp_column)
+        parts = self.conn.execute(sql.SQL(
+            "SELECT DISTINCT tableoid FROM {} WHERE {} >= %s AND {} < %s").format(self.bt.ident, ts, ts),
+            (ts_value(self.bt, m0), ts_value(self.bt, m1))).fetchall()
+        if len(parts) != 1:
+            return segs
+        oid = parts[0][0]
+        schema, name, bound_expr, parent = self.conn.execute(
+            "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhparent FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_inherits i ON i.inhrelid = c.oid"
+            " WHERE c.oid = %s AND c.relkind = 'r'", (oid,)).fetchone() or (None, None, None, None)
+        own_oid = self.conn.execute("SELECT %s::regclass::oid", (self.bt.ident.as_string(self.conn),)).fetchone()[0]
+        if name is None or bound_expr == "DEFAULT" or parent != own_oid:
+            return segs
+        want_rows = sum(s.rows or 0 for s in segs)
+        want_sum = sum(int(s.checksum or "0", 16) for s in segs) % (1 << 64)
+        part = sql.Identifier(schema, name)
+        started = time.monotonic()
+        try:
+            with self.conn.transaction() as tx:
+                self.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.bt.ident, part))
+                rows, total = self.conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}")
+                                                .format(row_hash(self.method), part, sql.Identifier(ALIAS))).fetchone()
+                if rows != want_rows or int(total) % (1 << 64) != want_sum:
+                    raise psycopg.Rollback(tx)  # the partition holds other rows too: batch deletes instead
+                self.conn.execute(sql.SQL("DROP TABLE {}").format(part))
+                seconds = time.monotonic() - started
+                for s in segs:
+                    journal.record_batch(self.conn, s.id, deleted=s.rows or 0, kept=0, next_offset=s.rows or 0,
+                                         seconds=seconds)
+                    self.conn.execute("UPDATE drp.archive_segments SET state = 'deleted', removed_by = 'partition'"
+                                      " WHERE id = %s", (s.id,))
+        except psycopg.errors.LockNotAvailable:
+            return segs
+        if rows != want_rows or int(total) % (1 << 64) != want_sum:
+            return segs
+        self.result.batch(time.monotonic() - started)
+        self.result.deleted_rows += want_rows
+        self.result.partitions_dropped.append(f"{schema}.{name}")
+        return []
+
+    def _delete_unarchived(self, tenant_id: str, cutoff: datetime, holds: HoldFilter) -> None:
+        """`delete` rules: expired, unheld rows go in primary-key batches, no archive."""
+        ts = sql.Identifier(ALIAS, self.bt.policy.timestamp_column)
+        pk_plain = sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in self.bt.pk))
+        stmt = sql.SQL("DELETE FROM {} WHERE {} IN (SELECT {} FROM {} WHERE {} AND {} < %s AND NOT {} LIMIT %s)").format(
+            self.bt.ident if self.bt.partitioned else sql.SQL("ONLY {}").format(self.bt.ident), pk_plain,
+            sql.SQL(", ").join(sql.Identifier(ALIAS, c) for c in self.bt.pk), from_clause(self.bt), tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), ts,
+            holds.held_expr(ALIAS))
+        while True:
+            started = time.monotonic()
+            with self.conn.transaction():
+                bind_tenant(self.conn, tenant_id)
+                n = self.conn.execute(stmt, (ts_value(self.bt, cutoff), self.options.batch_size)).rowcount
+            self.result.batch(time.monotonic() - started)
+            self.result.deleted_unarchived += n
+            if n < self.options.batch_size:
+                return

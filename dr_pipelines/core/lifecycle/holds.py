@@ -1,0 +1,240 @@
+"""Legal holds: rows that must not be archived or deleted, whatever the policy says.
+
+A hold names a tenant and optionally a table and a predicate (a boolean SQL expression over
+that table's columns). Without a table it holds every row of the tenant; with a table and
+no predicate, every row of that table for the tenant. Released holds stay in the table
+(released_by/at) as the record of who held what and when.
+
+Predicates are user SQL, so they are the one place where text typed by a person becomes
+part of a query. They are parsed with PostgreSQL's own parser (pglast) and accepted only
+as one boolean expression built from column references of the held table, constants,
+comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS [NOT] NULL, CASE, COALESCE, casts to plain
+types and a short list of immutable functions. Subqueries, other functions (anything
+with side effects or access to other data), parameters, qualified names and system
+columns are refused. They are validated when placed and again whenever applied; a hold
+whose predicate no longer validates holds the whole table for its tenant (fail safe).
+A NULL predicate result holds the row too.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import DrpError
+
+HOLDS_DDL = """
+CREATE SCHEMA IF NOT EXISTS drp;
+CREATE TABLE IF NOT EXISTS drp.legal_holds (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   text        NOT NULL,
+    table_name  text,
+    predicate   text        CHECK (predicate IS NULL OR table_name IS NOT NULL),
+    reason      text        NOT NULL CHECK (reason <> ''),
+    placed_by   text        NOT NULL,
+    placed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    released_by text,
+    released_at timestamptz,
+    CHECK ((released_by IS NULL) = (released_at IS NULL))
+);
+CREATE INDEX IF NOT EXISTS legal_holds_active_idx ON drp.legal_holds (tenant_id) WHERE released_at IS NULL;
+"""
+_LOCK_KEY = 0x6472_705F_6C68  # "drp_lh": serialises the DDL
+
+ALLOWED_FUNCTIONS = frozenset({
+    "lower", "upper", "length", "char_length", "btrim", "ltrim", "rtrim", "substr", "substring", "abs",
+    "date_trunc", "date_part", "extract", "coalesce", "nullif", "greatest", "least", "starts_with",
+})
+ALLOWED_TYPES = frozenset({
+    "text", "varchar", "int2", "int4", "int8", "integer", "bigint", "smallint", "numeric", "bool", "boolean",
+    "date", "timestamp", "timestamptz", "interval", "float4", "float8", "jsonb", "bpchar", "char",
+})
+_ALLOWED_NODES = frozenset({
+    "A_Expr", "BoolExpr", "ColumnRef", "A_Const", "String", "Integer", "Float", "Boolean", "BitString",
+    "NullTest", "BooleanTest", "TypeCast", "TypeName", "CaseExpr", "CaseWhen", "CoalesceExpr", "MinMaxExpr",
+    "NullIfExpr", "FuncCall", "A_ArrayExpr", "SQLValueFunction", "RowExpr",
+})
+
+
+class HoldError(DrpError):
+    """A legal hold is malformed, unsafe, or does not exist."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: int
+    tenant_id: str
+    table_name: str | None
+    predicate: str | None
+    reason: str
+    placed_by: str
+    placed_at: datetime
+    released_by: str | None = None
+    released_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
+
+    def describe(self) -> str:
+        what = self.table_name or "all tables"
+        cond = f" where {self.predicate}" if self.predicate else ""
+        return f"hold {self.id} ({what}{cond}): {self.reason}"
+
+
+def ensure_holds_table(conn: psycopg.Connection) -> None:
+    from dr_pipelines.core.lifecycle.journal import ensure_table
+
+    ensure_table(conn, "drp.legal_holds", HOLDS_DDL, _LOCK_KEY)
+
+
+def validate_predicate(predicate: str, columns: set[str]) -> str:
+    """Return the predicate if it is one safe boolean expression over ``columns``; else HoldError."""
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+    from pglast.visitors import Visitor
+
+    text = predicate.strip()
+    if not text:
+        raise HoldError("the hold predicate is empty", fix="leave it out to hold the whole table, or write an expression")
+    try:
+        stmts = parse_sql(f"SELECT 1 WHERE {text}")
+    except ParseError as exc:
+        raise HoldError(f"the hold predicate does not parse: {exc}", fix="write one boolean SQL expression") from None
+    stmt = stmts[0].stmt if len(stmts) == 1 else None
+    if (not isinstance(stmt, ast.SelectStmt) or stmt.whereClause is None or stmt.fromClause or stmt.groupClause
+            or stmt.havingClause or stmt.sortClause or stmt.limitCount or len(stmt.targetList or ()) != 1):
+        raise HoldError(f"the hold predicate {text!r} is not a single boolean expression",
+                        fix="write only a condition, e.g. entity = 'patient' AND entity_id = 42")
+    problems: list[str] = []
+
+    class Check(Visitor):  # type: ignore[misc]
+        def visit(self, ancestors: object, node: object) -> None:
+            kind = type(node).__name__
+            if kind not in _ALLOWED_NODES:
+                problems.append("subqueries are not allowed" if kind == "SubLink" else f"{kind} is not allowed")
+            elif isinstance(node, ast.FuncCall):
+                name = ".".join(str(getattr(n, "sval", n)) for n in node.funcname)
+                if name.removeprefix("pg_catalog.") not in ALLOWED_FUNCTIONS:
+                    problems.append(f"function {name}() is not allowed")
+            elif isinstance(node, ast.TypeName):
+                name = str(getattr(node.names[-1], "sval", ""))
+                if name not in ALLOWED_TYPES:
+                    problems.append(f"cast to {name} is not allowed")
+            elif isinstance(node, ast.ColumnRef):
+                parts = [getattr(f, "sval", None) for f in node.fields]
+                if len(parts) != 1 or parts[0] is None:
+                    problems.append("only plain column names are allowed (no table prefix, no *)")
+                elif parts[0] not in columns:
+                    problems.append(f"unknown column {parts[0]!r}")
+
+    Check()(stmt.whereClause)
+    if problems:
+        raise HoldError(f"the hold predicate {text!r} is refused: {'; '.join(dict.fromkeys(problems))}",
+                        fix="use columns of the held table, constants, comparisons, AND/OR/NOT and simple functions")
+    return text
+
+
+def table_columns(conn: psycopg.Connection, table: str) -> set[str]:
+    ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)).fetchone()[0]:
+        raise HoldError(f"unknown table {table}", fix="name an existing table as schema.table")
+    return {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+                                       " AND attnum > 0 AND NOT attisdropped", (ident,)).fetchall()}
+
+
+def place_hold(conn: psycopg.Connection, tenant_id: str, reason: str, *, table: str | None = None,
+               predicate: str | None = None, placed_by: str | None = None) -> Hold:
+    """Record a hold (validated first); effective for every later archive and delete."""
+    ensure_holds_table(conn)
+    if not reason.strip():
+        raise HoldError("a legal hold needs a reason", fix="say why, e.g. the case or request number")
+    if predicate is not None and table is None:
+        raise HoldError("a hold predicate needs a table", fix="pass the table the predicate is about")
+    if table is not None:
+        table = table if "." in table else f"public.{table}"
+        cols = table_columns(conn, table)
+        if predicate is not None:
+            predicate = validate_predicate(predicate, cols)
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO drp.legal_holds (tenant_id, table_name, predicate, reason, placed_by) VALUES (%s, %s, %s, %s, %s)"
+            " RETURNING *", (str(tenant_id), table, predicate, reason.strip(), placed_by or getpass.getuser())).fetchone()
+    return Hold(*row)
+
+
+def release_hold(conn: psycopg.Connection, hold_id: int, *, released_by: str | None = None) -> Hold:
+    ensure_holds_table(conn)
+    with conn.transaction():
+        row = conn.execute("UPDATE drp.legal_holds SET released_by = %s, released_at = clock_timestamp()"
+                           " WHERE id = %s AND released_at IS NULL RETURNING *",
+                           (released_by or getpass.getuser(), hold_id)).fetchone()
+    if row is None:
+        raise HoldError(f"no active legal hold {hold_id}", fix="list holds with `drp retention hold list`")
+    return Hold(*row)
+
+
+def list_holds(conn: psycopg.Connection, *, active_only: bool = True, tenant_id: str | None = None) -> list[Hold]:
+    ensure_holds_table(conn)
+    rows = conn.execute("SELECT * FROM drp.legal_holds WHERE (NOT %s OR released_at IS NULL)"
+                        " AND (%s::text IS NULL OR tenant_id = %s) ORDER BY id",
+                        (active_only, tenant_id, tenant_id)).fetchall()
+    return [Hold(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class HoldFilter:
+    """What the active holds mean for one table and tenant."""
+
+    whole: tuple[Hold, ...]  # holds on every row (no predicate, or a predicate that no longer validates)
+    partial: tuple[Hold, ...]  # holds with a valid predicate
+
+    @property
+    def everything(self) -> bool:
+        return bool(self.whole)
+
+    @property
+    def holds(self) -> tuple[Hold, ...]:
+        return self.whole + self.partial
+
+    def held_expr(self, alias: str) -> sql.Composable:
+        """True for a held row of ``alias`` (only meaningful when not ``everything``)."""
+        if not self.partial:
+            return sql.SQL("false")
+        # The predicate's bare column names resolve against the only table in scope: wrap it in a
+        # sub-select over the row alias so a predicate can never see another relation.
+        parts = [sql.SQL("(({}) IS NOT FALSE)").format(sql.SQL(h.predicate)) for h in self.partial]  # type: ignore[arg-type]
+        return sql.SQL("(SELECT {} FROM (SELECT {}.*) AS drp_hold_row)").format(
+            sql.SQL(" OR ").join(parts), sql.Identifier(alias))
+
+
+def hold_filter(conn: psycopg.Connection, table: str, tenant_id: str, columns: set[str] | None = None) -> HoldFilter:
+    """The active holds on ``table`` for ``tenant_id``, predicates re-validated (invalid = whole table).
+
+    Creates nothing: a dry run must leave the database as it found it.
+    """
+    if not conn.execute("SELECT to_regclass('drp.legal_holds') IS NOT NULL").fetchone()[0]:
+        return HoldFilter((), ())
+    rows = conn.execute("SELECT * FROM drp.legal_holds WHERE released_at IS NULL AND tenant_id = %s"
+                        " AND (table_name IS NULL OR table_name = %s) ORDER BY id", (str(tenant_id), table)).fetchall()
+    if not rows:
+        return HoldFilter((), ())
+    columns = columns if columns is not None else table_columns(conn, table)
+    whole, partial = [], []
+    for hold in (Hold(*r) for r in rows):
+        if hold.predicate is None:
+            whole.append(hold)
+            continue
+        try:
+            validate_predicate(hold.predicate, columns)
+        except HoldError:
+            whole.append(hold)
+        else:
+            partial.append(hold)
+    return HoldFilter(tuple(whole), tuple(partial))
+

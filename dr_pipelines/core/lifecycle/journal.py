@@ -1,0 +1,146 @@
+"""The segment journal ``drp.archive_segments``: where every archive-then-delete stands.
+
+A segment is one batch of a table's rows for one tenant and one month, archived as one
+Parquet object with its manifest. Its state only moves forward::
+
+    pending --(Parquet + manifest stored)--> written --(read back, checksum equal)--> verified
+        --(every batch deleted, or the partition dropped)--> deleted
+    pending | written --(object missing or wrong: objects removed)--> abandoned
+
+Rows are deleted only from a ``verified`` segment, and each delete batch updates the
+segment's counters (deleted_rows, next_offset) in the same transaction as the DELETE, so
+after a crash the journal says exactly which rows are gone. A run first finishes the
+unfinished segments it finds (resume), then selects new rows, so rows of an unfinished
+segment are never selected into a second one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+
+STATES = ("pending", "written", "verified", "deleted", "abandoned")
+UNFINISHED = ("pending", "written", "verified")
+
+JOURNAL_DDL = """
+CREATE SCHEMA IF NOT EXISTS drp;
+CREATE TABLE IF NOT EXISTS drp.archive_segments (
+    id            text        PRIMARY KEY,
+    run_id        text        NOT NULL,
+    table_name    text        NOT NULL,
+    tenant_id     text        NOT NULL,
+    month         date        NOT NULL,
+    state         text        NOT NULL CHECK (state IN ('pending', 'written', 'verified', 'deleted', 'abandoned')),
+    storage_url   text        NOT NULL,
+    prefix        text        NOT NULL,
+    cutoff        timestamptz NOT NULL,
+    predicate     text        NOT NULL,
+    rule          text        NOT NULL,
+    rows          bigint,
+    bytes         bigint,
+    sha256        text,
+    checksum      text,
+    method        text,
+    deleted_rows  bigint      NOT NULL DEFAULT 0,
+    kept_rows     bigint      NOT NULL DEFAULT 0,
+    next_offset   bigint      NOT NULL DEFAULT 0,
+    batches       integer     NOT NULL DEFAULT 0,
+    longest_batch_s double precision NOT NULL DEFAULT 0,
+    removed_by    text        CHECK (removed_by IN ('batches', 'partition')),
+    error         text,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS archive_segments_unfinished_idx ON drp.archive_segments (table_name, created_at)
+    WHERE state IN ('pending', 'written', 'verified');
+CREATE INDEX IF NOT EXISTS archive_segments_lookup_idx ON drp.archive_segments (table_name, tenant_id, month);
+"""
+_LOCK_KEY = 0x6472_705F_6A72  # "drp_jr": serialises the DDL
+
+
+@dataclass
+class Segment:
+    id: str
+    run_id: str
+    table_name: str
+    tenant_id: str
+    month: date
+    state: str
+    storage_url: str
+    prefix: str
+    cutoff: datetime
+    predicate: str
+    rule: str
+    rows: int | None
+    bytes: int | None
+    sha256: str | None
+    checksum: str | None
+    method: str | None
+    deleted_rows: int
+    kept_rows: int
+    next_offset: int
+    batches: int
+    longest_batch_s: float
+    removed_by: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, date | datetime) else v) for k, v in vars(self).items()}
+
+
+def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) -> None:
+    """Run ``ddl`` (idempotent) unless ``table`` exists, under an advisory lock against concurrent runs."""
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        conn.execute(ddl)
+
+
+def ensure_journal_table(conn: psycopg.Connection) -> None:
+    ensure_table(conn, "drp.archive_segments", JOURNAL_DDL, _LOCK_KEY)
+
+
+def insert_pending(conn: psycopg.Connection, seg: dict[str, Any]) -> None:
+    """Record a segment before anything is written to storage (a crash leaves it pending: cleaned up)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO drp.archive_segments (id, run_id, table_name, tenant_id, month, state, storage_url, prefix,"
+            " cutoff, predicate, rule) VALUES (%(id)s, %(run_id)s, %(table_name)s, %(tenant_id)s, %(month)s, 'pending',"
+            " %(storage_url)s, %(prefix)s, %(cutoff)s, %(predicate)s, %(rule)s)", seg)
+
+
+def advance(conn: psycopg.Connection, seg_id: str, state: str, **fields: Any) -> None:
+    """Move a segment to ``state`` and set ``fields`` (one transaction)."""
+    assert state in STATES
+    sets = ", ".join(f"{k} = %({k})s" for k in fields)  # keys are ours, never user input
+    with conn.transaction():
+        conn.execute(f"UPDATE drp.archive_segments SET state = %(state)s, updated_at = clock_timestamp()"
+                     f"{', ' + sets if sets else ''} WHERE id = %(id)s", {"state": state, "id": seg_id, **fields})
+
+
+def record_batch(conn: psycopg.Connection, seg_id: str, *, deleted: int, kept: int, next_offset: int,
+                 seconds: float) -> None:
+    """Count one delete batch; call inside the DELETE's transaction so the two commit together."""
+    conn.execute(
+        "UPDATE drp.archive_segments SET deleted_rows = deleted_rows + %s, kept_rows = kept_rows + %s,"
+        " next_offset = %s, batches = batches + 1, longest_batch_s = greatest(longest_batch_s, %s),"
+        " updated_at = clock_timestamp() WHERE id = %s", (deleted, kept, next_offset, seconds, seg_id))
+
+
+def segments(conn: psycopg.Connection, *, table: str | None = None, tenant_id: str | None = None,
+             states: tuple[str, ...] = STATES, run_id: str | None = None) -> list[Segment]:
+    ensure_journal_table(conn)
+    rows = conn.execute(
+        "SELECT id, run_id, table_name, tenant_id, month, state, storage_url, prefix, cutoff, predicate, rule, rows,"
+        " bytes, sha256, checksum, method, deleted_rows, kept_rows, next_offset, batches, longest_batch_s, removed_by,"
+        " error, created_at, updated_at FROM drp.archive_segments"
+        " WHERE (%(t)s::text IS NULL OR table_name = %(t)s) AND (%(n)s::text IS NULL OR tenant_id = %(n)s)"
+        " AND state = ANY (%(s)s) AND (%(r)s::text IS NULL OR run_id = %(r)s) ORDER BY created_at, id",
+        {"t": table, "n": tenant_id, "s": list(states), "r": run_id}).fetchall()
+    return [Segment(*r) for r in rows]

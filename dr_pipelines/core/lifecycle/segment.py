@@ -1,0 +1,296 @@
+"""One archive segment: select expired rows into Parquet, store it with a manifest, read it back to verify.
+
+The archiving query computes, next to each row, the row's hash in PostgreSQL (the
+per-row term of core/pg/checksums.py, stored in the Parquet column ``__drp_row_hash``).
+Their sum is the segment's content checksum; the hashes also guard the delete: a row is
+deleted only if its hash still equals the archived one (a row changed after archiving
+stays in the database).
+
+Verification never trusts the writer: the object is fetched from storage with its SHA-256
+recomputed, its rows are loaded into a temporary table (COPY; temporary tables write no
+WAL), and PostgreSQL recomputes count and checksum there, and checks that every row
+belongs to the segment's tenant, month and cutoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.export.formats import parquet_plan, table_columns
+from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
+from dr_pipelines.core.lifecycle.policy import BoundTable
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
+from dr_pipelines.core.storage import Storage
+
+PREFIX = "archives"
+DATA_NAME = "rows.parquet"
+HASH_COLUMN = "__drp_row_hash"
+ALIAS = "drp_row"
+_MOD = 1 << 64
+PARQUET_BATCH = 10_000
+
+
+class ArchiveError(DrpError):
+    """An archive segment could not be written or does not verify; no row was deleted for it."""
+
+
+def row_hash(method: str, alias: str = ALIAS) -> sql.Composable:
+    """The per-row term of the table checksum (core/pg/checksums.py), as a signed bigint."""
+    if method == "record":
+        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
+    return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
+
+
+def checksum_hex(total: int) -> str:
+    return f"{int(total) % _MOD:016x}"
+
+
+def table_method(conn: psycopg.Connection, bt: BoundTable) -> str:
+    """`record` unless a column type hashes by OID or has no hash function (then `text`)."""
+    from dr_pipelines.core.pg.checksums import default_method
+
+    method = default_method(conn, bt.scope.schema, bt.scope.table)
+    if method == "record":
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SELECT {} FROM {} AS {} LIMIT 1").format(
+                    row_hash("record"), bt.ident, sql.Identifier(ALIAS))).fetchall()
+        except psycopg.errors.UndefinedFunction:
+            method = "text"
+    return method
+
+
+def bind_tenant(conn: psycopg.Connection, tenant_id: str) -> None:
+    """Bind the tenant for tenant_filter() (read back with current_setting; never formatted into SQL)."""
+    conn.execute("SELECT set_config(%s, %s::text[]::text, false)", (TENANTS_SETTING, [str(tenant_id)]))
+
+
+def ts_value(bt: BoundTable, value: datetime) -> Any:
+    """A UTC instant as the timestamp column's type wants it."""
+    if bt.timestamp_type == "date":
+        return value.date()
+    if bt.timestamp_type == "timestamp without time zone":
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def month_bounds(month: date) -> tuple[datetime, datetime]:
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    end = datetime(month.year + (month.month == 12), month.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def segment_prefix(table: str, tenant_id: str, month: date, segment_id: str) -> str:
+    return f"{PREFIX}/{quote(table, safe='')}/tenant={quote(str(tenant_id), safe='')}/month={month:%Y-%m}/{segment_id}"
+
+
+def new_segment_id() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond:06d}Z-" + secrets.token_hex(3)
+
+
+def selection_where(bt: BoundTable, held: sql.Composable) -> sql.Composable:
+    """Rows of the bound tenant, of one month, older than the cutoff, not held. Parameters: cutoff, m0, m1."""
+    ts = sql.Identifier(ALIAS, bt.policy.timestamp_column)
+    return sql.SQL("{} AND {} < %(cutoff)s AND {} >= %(m0)s AND {} < %(m1)s AND NOT {}").format(
+        tenant_filter(bt.scope, bt.tenant_scope, ALIAS), ts, ts, ts, held)
+
+
+def pk_tuple(bt: BoundTable, alias: str = ALIAS) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(alias, c) for c in bt.pk))
+
+
+def from_clause(bt: BoundTable) -> sql.Composable:
+    only = sql.SQL("") if bt.partitioned else sql.SQL("ONLY ")
+    return sql.SQL("{}{} AS {}").format(only, bt.ident, sql.Identifier(ALIAS))
+
+
+@dataclass
+class Written:
+    path: Path
+    rows: int
+    checksum: str
+    last_pk: tuple[Any, ...] | None
+
+
+def select_to_parquet(conn: psycopg.Connection, bt: BoundTable, method: str, held: sql.Composable,
+                      params: dict[str, Any], after_pk: tuple[Any, ...] | None, limit: int, path: Path) -> Written:
+    """Write up to ``limit`` selected rows (in primary-key order, after ``after_pk``) to ``path``."""
+    import pyarrow as pa
+
+    columns = table_columns(conn, bt.scope.schema, bt.scope.table)
+    select, schema = parquet_plan(columns)
+    schema = schema.append(pa.field(HASH_COLUMN, pa.int64(), nullable=False))
+    where = selection_where(bt, held)
+    args = dict(params, limit=limit)
+    if after_pk is not None:
+        where = sql.SQL("{} AND {} > ({})").format(where, pk_tuple(bt), sql.SQL(", ").join(
+            sql.SQL("%(k{}_)s::{}").format(sql.SQL(str(i)), sql.SQL(t)) for i, t in enumerate(bt.pk_types)))
+        args.update({f"k{i}_": v for i, v in enumerate(after_pk)})
+    # parquet_plan's select list reads from alias "t": the inner query keeps the row alias distinctive.
+    query = sql.SQL("SELECT {}, t.{} FROM (SELECT {}.*, {} AS {} FROM {} WHERE {} ORDER BY {} LIMIT %(limit)s) AS t"
+                    " ORDER BY {}").format(
+        select, sql.Identifier(HASH_COLUMN), sql.Identifier(ALIAS), row_hash(method), sql.Identifier(HASH_COLUMN),
+        from_clause(bt), where, sql.SQL(", ").join(sql.Identifier(ALIAS, c) for c in bt.pk),
+        sql.SQL(", ").join(sql.Identifier("t", c) for c in bt.pk))
+    return _stream_to_parquet(conn, query, args, schema, path, [schema.get_field_index(c) for c in bt.pk])
+
+
+def _stream_to_parquet(conn: psycopg.Connection, query: sql.Composable, args: dict[str, Any], schema: Any, path: Path,
+                       pk_at: list[int]) -> Written:
+    """Server-side cursor -> Parquet row groups; sums the hashes and remembers the last key while streaming."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, total, last = 0, 0, None
+    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer, \
+            conn.cursor(name=f"drp_archive_{secrets.token_hex(4)}") as cur:
+        cur.itersize = PARQUET_BATCH
+        cur.execute(query, args)
+        while batch := cur.fetchmany(PARQUET_BATCH):
+            columns = list(zip(*batch, strict=True))
+            arrays = [pa.array(list(v), type=f.type) for v, f in zip(columns, schema, strict=True)]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema), row_group_size=PARQUET_BATCH)
+            rows += len(batch)
+            total += sum(columns[-1])
+            last = tuple(batch[-1][i] for i in pk_at)
+    return Written(path, rows, checksum_hex(total), last)
+
+
+def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict[str, Any]) -> tuple[int, str]:
+    """Upload the Parquet file, then the manifest (last: it is the commit); returns (bytes, sha256)."""
+    from dr_pipelines.core.export.formats import file_chunks
+
+    started = datetime.now(UTC)
+    put = storage.put_stream(f"{prefix}/{DATA_NAME}", file_chunks(written.path))
+    m = Manifest(
+        kind="archive", id=prefix.rsplit("/", 1)[1], started_at=started, finished_at=datetime.now(UTC),
+        objects=[ObjectEntry(DATA_NAME, "table", put.size, put.sha256, format="parquet")],
+        tables=[TableEntry(manifest_fields["table"], written.rows, written.checksum, manifest_fields["method"])],
+        tools={"pyarrow": _pyarrow_version()}, extra=manifest_fields,
+    )
+    write_manifest(storage, prefix, m)
+    return put.size, put.sha256
+
+
+@contextmanager
+def fetched(storage: Storage, prefix: str, work_dir: Path | None = None) -> Iterator[tuple[Manifest, Path]]:
+    """The segment's manifest and its Parquet file in a temporary file, SHA-256 and size checked."""
+    manifest = read_manifest(storage, prefix)
+    entry = manifest.object("table")
+    with tempfile.TemporaryDirectory(prefix="drp-archive-", dir=work_dir) as tmp:
+        path = Path(tmp) / DATA_NAME
+        digest, size = hashlib.sha256(), 0
+        with open(path, "wb") as f:
+            for chunk in storage.iter_chunks(f"{prefix}/{entry.key}"):
+                digest.update(chunk)
+                size += len(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != entry.sha256 or size != entry.bytes:
+            raise ArchiveError(f"archive object {storage.url}/{prefix}/{entry.key} does not match its manifest "
+                               f"({size} bytes, sha256 {digest.hexdigest()[:12]}…; manifest: {entry.bytes} bytes, "
+                               f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+        yield manifest, path
+
+
+def load_parquet(conn: psycopg.Connection, path: Path, target: sql.Composable, columns: list[str]) -> int:
+    """COPY the Parquet file's ``columns`` into ``target``, streaming row groups; returns rows."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(target, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with conn.cursor() as cur, cur.copy(stmt) as copy:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, columns=columns):
+            for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                copy.write_row(row)
+            rows += batch.num_rows
+    return rows
+
+
+def scratch_copy(conn: psycopg.Connection, bt_ident: sql.Identifier, path: Path) -> tuple[sql.Identifier, list[str]]:
+    """A temporary table shaped like the archived table (dropped at commit), filled from the Parquet file."""
+    import pyarrow.parquet as pq
+
+    name = sql.Identifier(f"drp_verify_{secrets.token_hex(4)}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(name, bt_ident))
+    columns = [c for c in pq.ParquetFile(path).schema_arrow.names if c != HASH_COLUMN]
+    load_parquet(conn, path, name, columns)
+    return name, columns
+
+
+def checksum_of(conn: psycopg.Connection, relation: sql.Composable, method: str) -> tuple[int, str]:
+    rows, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}").format(
+        row_hash(method), relation, sql.Identifier(ALIAS))).fetchone()
+    return int(rows), checksum_hex(int(total))
+
+
+def verify(conn: psycopg.Connection, storage: Storage, bt: BoundTable, prefix: str, *, rows: int, checksum: str,
+           work_dir: Path | None = None) -> Manifest:
+    """Read the segment back from storage and prove it holds exactly the archived rows, of one tenant and month."""
+    with fetched(storage, prefix, work_dir) as (manifest, path), conn.transaction():
+        table = manifest.tables[0]
+        extra = manifest.extra
+        if (table.rows, table.checksum) != (rows, checksum):
+            raise ArchiveError(f"manifest of {prefix} says {table.rows} rows / {table.checksum}, the journal "
+                               f"{rows} / {checksum}", fix="the archive is not the one written; it is not trusted")
+        scratch, _ = scratch_copy(conn, bt.ident, path)
+        got = checksum_of(conn, scratch, table.method)
+        if got != (rows, checksum):
+            raise ArchiveError(f"archive {prefix} reads back as {got[0]} rows / {got[1]}, expected {rows} / {checksum}",
+                               fix="the Parquet file does not hold the archived rows; no row was deleted for it")
+        bind_tenant(conn, extra["tenant_id"])
+        m0, m1 = month_bounds(date.fromisoformat(extra["month"]))
+        ts = sql.Identifier(ALIAS, bt.policy.timestamp_column)
+        stray = conn.execute(sql.SQL("SELECT count(*) FROM {} AS {} WHERE NOT ({} AND {} < %(cutoff)s AND {} >= %(m0)s"
+                                     " AND {} < %(m1)s)").format(
+            scratch, sql.Identifier(ALIAS), tenant_filter(bt.scope, bt.tenant_scope, ALIAS), ts, ts, ts),
+            {"cutoff": ts_value(bt, datetime.fromisoformat(extra["cutoff"])), "m0": ts_value(bt, m0),
+             "m1": ts_value(bt, m1)}).fetchone()[0]
+        if stray:
+            raise ArchiveError(f"archive {prefix} holds {stray} row(s) outside tenant {extra['tenant_id']}, month "
+                               f"{extra['month']} or the cutoff", fix="this is a bug in drp: report it; nothing was deleted")
+        return manifest
+
+
+def remove_objects(storage: Storage, prefix: str) -> None:
+    """Delete a segment's objects, manifest first (so a half-removed segment is never mistaken for an archive)."""
+    from dr_pipelines.core.manifest import MANIFEST_NAME
+
+    storage.delete(f"{prefix}/{MANIFEST_NAME}")
+    for info in list(storage.list(prefix + "/")):
+        storage.delete(info.key)
+
+
+def parquet_keys(path: Path, bt: BoundTable, batch_size: int, offset: int) -> Iterator[tuple[int, list[list[Any]],
+                                                                                             list[int]]]:
+    """(offset after the batch, primary-key columns, row hashes) per ``batch_size`` rows, from row ``offset`` on."""
+    import pyarrow.parquet as pq
+
+    pos = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=[*bt.pk, HASH_COLUMN]):
+        start, end = pos, pos + batch.num_rows
+        pos = end
+        if end <= offset:
+            continue
+        skip = max(0, offset - start)
+        keys = [batch.column(c).to_pylist()[skip:] for c in bt.pk]
+        yield end, keys, batch.column(HASH_COLUMN).to_pylist()[skip:]
+
+
+def _pyarrow_version() -> str:
+    import pyarrow
+
+    return str(pyarrow.__version__)
