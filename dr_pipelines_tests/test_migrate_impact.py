@@ -84,3 +84,13 @@ def test_a_partitioned_table_counts_its_partitions_and_a_missing_table_is_named(
     assert audit.rows == count > 0 and audit.bytes > 0 and audit.seconds > 0
     (missing,) = _estimate(demo_db, "CREATE INDEX ON not_there_yet (a);")
     assert missing.rows == 0 and missing.seconds == 0 and "not in the database yet" in missing.text
+
+
+def test_set_not_null_scan_is_spared_by_a_validated_check(demo_db: str) -> None:
+    sql = "ALTER TABLE appointments ALTER COLUMN status SET NOT NULL;"
+    (scan,) = _estimate(demo_db, sql)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE appointments ADD CONSTRAINT status_nn CHECK (status IS NOT NULL)")
+    (spared,) = _estimate(demo_db, sql)
+    assert scan.seconds > 0 and "full scan" in scan.text
+    assert spared.seconds == 0 and "spares the scan" in spared.text
