@@ -10,6 +10,7 @@ from dr_pipelines.defs.backups import definitions as backups
 from dr_pipelines.defs.drills import definitions as drills
 from dr_pipelines.defs.exports import definitions as exports
 from dr_pipelines.defs.resources import drp_resource
+from dr_pipelines.defs.retention import definitions as retention
 from dr_pipelines.defs.source import definitions as source
 from dr_pipelines.defs.status_view import definitions as status_view
 from dr_pipelines.defs.verification import definitions as verification
@@ -23,6 +24,7 @@ def build_definitions() -> dg.Definitions:
         verification.build(settings),
         drills.build(settings),
         exports.build(settings),
+        retention.build(settings),
         status_view.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),

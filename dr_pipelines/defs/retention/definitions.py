@@ -1,0 +1,116 @@
+"""An archival asset per retention policy: each monthly partition is that month's enforcement pass.
+
+Partition ``2026-03-01`` runs retention as of the end of March 2026 (or now, if earlier):
+rows older than their rule's period at that instant are archived, verified and deleted.
+Backfilling an old partition enforces as of then, which never removes more than a later
+pass would. Three checks ride on each materialization (yielded with it, so they see the
+same run): nothing expired remains outside legal holds, every row archived in the run was
+deleted, and every archive of the run still matches its manifest in storage.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
+from dr_pipelines.core.lifecycle.journal import segments
+from dr_pipelines.core.lifecycle.plan import plan
+from dr_pipelines.core.lifecycle.policy import Policies, TablePolicy, load_policies
+from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched
+from dr_pipelines.core.manifest import ManifestError
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.status import schedule_status
+
+# No `from __future__ import annotations` here: Dagster validates the context annotation's type.
+
+MONTHS = dg.MonthlyPartitionsDefinition(start_date="2026-01-01", end_offset=1)  # the current month runs
+RETENTION_CRON = "0 3 1 * *"  # 03:00 UTC on the 1st: the new month's pass
+GROUP = "retention"
+CHECKS = ("no_expired_rows_remain", "archived_equals_deleted", "archive_manifests_verify")
+
+
+def asset_key(table: str) -> dg.AssetKey:
+    return dg.AssetKey(["retention", table.replace(".", "__")])
+
+
+def as_of_for(partition_key: str, now: datetime | None = None) -> datetime:
+    """The partition's end, or now if the month is still running."""
+    end = MONTHS.time_window_for_partition_key(partition_key).end
+    return min(end, now or datetime.now(UTC))
+
+
+def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinition:
+    key = asset_key(policy.table)
+
+    @dg.asset(
+        key=key, partitions_def=MONTHS, group_name=GROUP, kinds={"postgres", "parquet"},
+        description=f"Retention of {policy.table}: {policy.rule.describe()}, by {policy.timestamp_column}; "
+                    f"{len(policy.overrides)} override(s).",
+        check_specs=[dg.AssetCheckSpec(name, asset=key) for name in CHECKS],
+    )
+    def archival(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
+        s = drp.settings()
+        storage = s.storage()
+        as_of = as_of_for(context.partition_key)
+        result = apply_policies(s.dsn, storage, policies, ApplyOptions(tables=(policy.table,), as_of=as_of,
+                                                                       run_id=context.run.run_id))
+        t = result.tables[0]
+        remaining = sum(p.to_delete for p in plan(s.dsn, policies, tables=[policy.table], as_of=as_of))
+        with connect(s.dsn) as conn:
+            segs = segments(conn, table=policy.table, run_id=context.run.run_id)
+        archived = sum(x.rows or 0 for x in segs if x.state != "abandoned")
+        deleted = sum(x.deleted_rows for x in segs)
+        bad = []
+        for x in segs:
+            if x.state == "abandoned":
+                continue
+            try:
+                with fetched(storage, x.prefix) as (manifest, _path):
+                    if manifest.tables[0].rows != x.rows or manifest.tables[0].checksum != x.checksum:
+                        bad.append(x.id)
+            except (ArchiveError, ManifestError):
+                bad.append(x.id)
+        context.log.info(f"{policy.table} as of {as_of:%Y-%m-%d}: archived {t.archived_rows}, deleted "
+                         f"{t.deleted_rows + t.deleted_unarchived}, held {sum(h.rows for h in t.held)}")
+        return dg.MaterializeResult(
+            metadata={
+                "as_of": as_of.isoformat(), "rows_archived": t.archived_rows, "rows_deleted": t.deleted_rows,
+                "rows_deleted_without_archive": t.deleted_unarchived, "rows_kept_changed_or_held": t.kept_changed,
+                "bytes": t.bytes, "segments": t.segments, "batches": t.batches,
+                "longest_batch_seconds": dg.MetadataValue.float(round(t.longest_batch_s, 4)),
+                "partitions_dropped": ", ".join(t.partitions_dropped) or "none",
+                "held_skips": dg.MetadataValue.json([vars(h) for h in t.held]),
+                "storage": storage.url,
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name="no_expired_rows_remain", passed=remaining == 0,
+                                    metadata={"expired_rows_outside_holds": remaining}),
+                dg.AssetCheckResult(check_name="archived_equals_deleted", passed=archived == deleted,
+                                    metadata={"archived": archived, "deleted": deleted}),
+                dg.AssetCheckResult(check_name="archive_manifests_verify", passed=not bad,
+                                    metadata={"archives": len(segs), "failed": ", ".join(bad) or "none"}),
+            ],
+        )
+
+    return archival
+
+
+def build(settings: Settings) -> dg.Definitions:
+    if settings.retention_policies_file is None:
+        return dg.Definitions()
+    policies = load_policies(settings.retention_policies_file)
+    assets = [_archival_asset(p, policies) for p in policies.tables.values()
+              if {p.rule.action, *(o.action for o in p.overrides if o.action)} != {"keep"}]
+    if not assets:
+        return dg.Definitions()
+    job = dg.define_asset_job("retention_job", selection=dg.AssetSelection.groups(GROUP))
+
+    @dg.schedule(name="retention_schedule", job=job, cron_schedule=RETENTION_CRON, execution_timezone="UTC",
+                 default_status=schedule_status(settings))
+    def retention_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        month = context.scheduled_execution_time.strftime("%Y-%m-01")
+        return dg.RunRequest(run_key=f"retention-{month}", partition_key=month)
+
+    return dg.Definitions(assets=assets, jobs=[job], schedules=[retention_schedule])
