@@ -120,7 +120,8 @@ def test_type_conventions_in_every_format(demo_db: str, tmp_path: Path) -> None:
         assert _by(patients, "external_id", "TYPES-EMPTY")["middle_name"] == ""
         assert _by(patients, "external_id", "TYPES-NULL")["middle_name"] is None
         row = _by(patients, "external_id", "TYPES-EMPTY")
-        assert row["created_at"] == "2024-03-05T04:07:08.123456+00:00"
+        assert row["created_at"] == "2024-03-05 04:07:08.123456+00"  # DateStyle ISO, UTC
+        assert datetime.fromisoformat(row["created_at"]) == TS_UTC
         assert json.loads(row["contact"]) == CONTACT
         assert row["date_of_birth"] == "1980-02-29"
         prescriptions = read_csv_via_copy(conn, storage, key("prescriptions", "csv"))

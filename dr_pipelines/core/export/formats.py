@@ -15,9 +15,9 @@ NULL          unquoted empty field          null                             nul
 numeric       exact text (``12.50``)        JSON string (``"12.50"``),       decimal128(p, s) for numeric(p, s) with
                                             exact (JSON numbers are floats   p <= 38, else string
                                             to most readers)
-timestamptz   ISO 8601 with offset          ISO 8601 with offset             timestamp[us, tz=UTC]
-              (``2024-01-01T09:30:00+00:00``, UTC)
-timestamp     ISO 8601 without offset       ISO 8601 without offset          timestamp[us]
+timestamptz   ISO, UTC, space separator     ISO 8601 with offset             timestamp[us, tz=UTC]
+              (``2024-01-01 09:30:00+00``)  (``2024-01-01T09:30:00+00:00``)
+timestamp     ISO without offset            ISO 8601 without offset          timestamp[us]
 date          ``YYYY-MM-DD``                ``"YYYY-MM-DD"``                 date32
 jsonb/json    JSON text                     nested JSON value                string (JSON text)
 arrays        PostgreSQL literal ``{a,b}``  JSON array                       list<element> (numeric/text-like
@@ -116,12 +116,16 @@ def _as(expr: sql.Composable, col: Column) -> sql.Composable:
 
 
 def csv_columns(columns: list[Column]) -> sql.Composable:
-    """Select list for CSV: timestamps as ISO 8601 (with offset for timestamptz), bytea as base64."""
+    """Select list for CSV: bytea as base64; everything else in PostgreSQL's own (ISO) text output.
+
+    Timestamps stay in DateStyle ISO (``2024-03-05 04:07:08.123456+00``, UTC): ISO 8601 with
+    a space separator (RFC 3339 allows it), what COPY and pg_dump write and what CSV readers
+    (Python's fromisoformat, Arrow, spreadsheets) parse; re-rendering with a ``T`` cost a
+    third of the export's time.
+    """
     out = []
     for col in columns:
-        if col.base_oid in (TIMESTAMPTZ, TIMESTAMP):
-            expr = sql.SQL("to_json({}) #>> '{{}}'").format(_c(col))
-        elif col.base_oid == BYTEA:
+        if col.base_oid == BYTEA:
             expr = _base64(_c(col))
         else:
             expr = _c(col)

@@ -304,7 +304,7 @@ def _run(
             "excluded_tables": [e.as_dict() for e in scope.excluded],
             "conventions": {
                 "csv": "COPY CSV with header, UTF-8; NULL is an unquoted empty field, the empty string is \"\"; "
-                       "timestamps ISO 8601 (timestamptz with offset, UTC); bytea base64; arrays as PostgreSQL "
+                       "timestamps in DateStyle ISO, UTC (2024-03-05 04:07:08.123456+00); bytea base64; arrays as PostgreSQL "
                        "literals; jsonb as JSON text",
                 "jsonl": "one JSON object per row; numeric as exact strings; bytea base64; jsonb nested; "
                          "arrays as JSON arrays; timestamps ISO 8601",
