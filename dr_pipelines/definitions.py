@@ -9,6 +9,7 @@ from dr_pipelines.defs.alerts import definitions as alerts
 from dr_pipelines.defs.backups import definitions as backups
 from dr_pipelines.defs.drills import definitions as drills
 from dr_pipelines.defs.exports import definitions as exports
+from dr_pipelines.defs.migrations import definitions as migrations
 from dr_pipelines.defs.resources import drp_resource
 from dr_pipelines.defs.retention import definitions as retention
 from dr_pipelines.defs.source import definitions as source
@@ -24,6 +25,7 @@ def build_definitions() -> dg.Definitions:
         verification.build(settings),
         drills.build(settings),
         exports.build(settings),
+        migrations.build(settings),
         retention.build(settings),
         status_view.build(settings),
         alerts.build(settings),

@@ -11,13 +11,14 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.dryrun import Lock, dry_run_on_target
 from dr_pipelines.core.migrate.files import discover
+from dr_pipelines.core.migrate.runner import migrate
 from dr_pipelines.core.migrate.service import dry_run
 from dr_pipelines.core.pg.schema import schema_ddl
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines_tests.support.backup import Keys, own_checksums
-from dr_pipelines_tests.support.migrations import tracking_rows, write_migrations
+from dr_pipelines_tests.support.migrations import BASIC, tracking_rows, write_migrations
 from dr_pipelines_tests.support.verification import leftover_clusters, work_dir_under
 
 # A migration on the demo schema that rewrites, indexes and updates: every kind of trace a dry-run must undo.
@@ -29,8 +30,8 @@ ALTER_APPOINTMENTS = {
     "0007_appointment_room.down.sql": "DROP TABLE rooms;\nALTER TABLE appointments DROP COLUMN room;\n",
 }
 CONCURRENT_INDEX = {
-    "0008_patients_dob_idx.sql": "-- drp:no-transaction\n"
-                                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS patients_dob_idx ON patients (date_of_birth);\n",
+    "0004_accounts_name_idx.sql": "-- drp:no-transaction\n"
+                                  "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_name_idx ON accounts (name);\n",
 }
 
 
@@ -72,27 +73,30 @@ def test_dry_run_reports_the_failing_statement(demo_db: str, tmp_path: Path) -> 
 
 
 def test_no_transaction_dry_run_needs_a_backup_then_uses_a_throwaway_restore(
-    demo_db: str, tmp_path: Path, work_base: Path
+    fresh_db: str, tmp_path: Path, work_base: Path
 ) -> None:
     keys = Keys.make(tmp_path / "keys")
     storage_dir, work_dir = tmp_path / "storage", work_dir_under(work_base)
-    settings = load_settings(env={"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(storage_dir),
+    settings = load_settings(env={"DRP_SOURCE_DSN": fresh_db, "DRP_STORAGE_URL": str(storage_dir),
                                   "DRP_ENCRYPTION_RECIPIENTS": keys.recipient,
                                   "DRP_AGE_IDENTITY_FILE": str(keys.identity_file), "DRP_WORK_DIR": str(work_dir)})
-    migrations = discover(demo_dir_with(tmp_path, {**ALTER_APPOINTMENTS, **CONCURRENT_INDEX}))
+    directory = write_migrations(tmp_path / "migrations", {k: v for k, v in BASIC.items() if not k.startswith("0003")})
+    migrate(fresh_db, directory)
+    write_migrations(directory, {"0003_orders.sql": BASIC["0003_orders.sql"], **CONCURRENT_INDEX})
+    migrations = discover(directory)
     with pytest.raises(MigrationError, match="holds no restorable backup") as info:
         dry_run(settings, migrations)
     assert "drp backup run" in str(info.value)
 
-    run_logical_backup(demo_db, open_storage(str(storage_dir)), [keys.recipient])
-    schema = schema_ddl(demo_db)
+    run_logical_backup(fresh_db, open_storage(str(storage_dir)), [keys.recipient])
+    schema = schema_ddl(fresh_db)
     events: list[str] = []
     report = dry_run(settings, migrations, log=events.append)
     assert report.ok, report.error
     assert report.where.startswith("restore of backup ") and not report.rolled_back
-    assert report.migrations == ["0007_appointment_room.sql", "0008_patients_dob_idx.sql"]
+    assert report.migrations == ["0003_orders.sql", "0004_accounts_name_idx.sql"]
     concurrent = report.statements[-1]
     assert not concurrent.transactional and concurrent.sql.startswith("CREATE INDEX CONCURRENTLY")
     assert any("cannot run in a transaction" in e for e in events)
-    assert schema_ddl(demo_db) == schema  # the target was never touched
+    assert schema_ddl(fresh_db) == schema  # the target was never touched
     assert leftover_clusters(work_dir) == []

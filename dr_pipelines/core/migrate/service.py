@@ -67,6 +67,7 @@ def apply_migrations(
     migrations: list[Migration],
     *,
     backup: bool = True,
+    backup_id: str | None = None,
     allow_lint_errors: bool = False,
     target_version: int | None = None,
     applied_by: str | None = None,
@@ -74,7 +75,10 @@ def apply_migrations(
     log: Log | None = None,
     backup_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> ApplyOutcome:
-    """Lint -> pre-migration backup -> apply, for the pending migrations up to target_version."""
+    """Lint -> pre-migration backup -> apply, for the pending migrations up to target_version.
+
+    backup_id: a pre-migration backup taken already (Dagster's backup op); recorded, none taken.
+    """
     current = status(settings.dsn, migrations)
     refuse_on_drift(current.drift)  # before lint and backup: an edited history stops everything
     todo = [m for m in current.pending if target_version is None or m.version <= target_version]
@@ -87,8 +91,7 @@ def apply_migrations(
         for r in reports:
             for f in r.blocking:
                 log(f"lint error allowed: {_name(r)} line {f.line}: [{f.rule}] {f.message}")
-    backup_id = None
-    if backup:
+    if backup and backup_id is None:
         from dr_pipelines.core.backup.logical import BackupOptions
         from dr_pipelines.core.backup.service import backup_now
 
