@@ -90,6 +90,12 @@ def test_baseline_and_dry_run_from_the_cli(env: dict[str, str]) -> None:
             conn.execute((directory / name).read_text())
     assert drp_json("baseline", "--version", "2", env=env) == {"baselined": ["0001_accounts.sql",
                                                                              "0002_accounts_email.sql"]}
+    plan = drp_json("plan", env=env)
+    assert plan["current_version"] == 2 and [p["name"] for p in plan["pending"]] == ["0003_orders.sql"]
+    (pending,) = plan["pending"]
+    assert pending["lint"]["statements"][0]["kind"] == "CREATE TABLE"
+    assert {i["table"] for i in pending["impact"]} <= {"accounts", "public.accounts"}
+    assert "0003_orders.sql" in ok(run("migrate", "plan", env=env)).stdout
     before = schema_ddl(fresh_db)
     report = drp_json("dry-run", env=env)
     assert report["ok"] and report["migrations"] == ["0003_orders.sql"] and report["rolled_back"]
