@@ -7,6 +7,7 @@ must be complete on its own. Never put secrets (passwords, keys, tokens) in one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class DrpError(Exception):
@@ -60,3 +61,16 @@ def read_config_text(path: Path, what: str, *, missing_fix: str) -> str:
         raise ConfigError(f"{what} {path} does not exist", fix=missing_fix) from None
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} {path} cannot be read ({type(exc).__name__})", fix="check the path and its permissions") from None
+
+
+def read_config_yaml(path: Path, what: str, *, missing_fix: str) -> Any:
+    """A YAML file a person pointed us at, parsed; a ConfigError naming the line if it is not YAML."""
+    import yaml
+
+    text = read_config_text(path, what, missing_fix=missing_fix)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}", fix="fix the syntax") from None

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from dr_pipelines.core.errors import ConfigError, read_config_text
+from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.pg.connect import parse_dsn
 
 if TYPE_CHECKING:
@@ -241,13 +240,7 @@ def load_settings(config_path: Path | str | None = None, env: Mapping[str, str] 
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    text = read_config_text(path, "settings file", missing_fix="create it or correct DRP_CONFIG / --config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"settings file {path} is not valid YAML{where}", fix="fix the syntax") from None
+    data = read_config_yaml(path, "settings file", missing_fix="create it or correct DRP_CONFIG / --config")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from psycopg import sql
 
-from dr_pipelines.core.errors import ConfigError, read_config_text
+from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.export.scope import Scope, TableScope, discover_scope
 
 ACTIONS = ("archive-then-delete", "delete", "keep")
@@ -128,14 +127,8 @@ class Policies:
 
 
 def load_policies(path: Path) -> Policies:
-    text = read_config_text(Path(path), "retention policy file",
+    data = read_config_yaml(Path(path), "retention policy file",
                             missing_fix="create it (see docs/retention.md) or correct DRP_RETENTION_POLICIES_FILE")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise PolicyError(f"retention policy file {path} is not valid YAML{where}", fix="fix the syntax") from None
     return parse_policies(data, source=str(path))
 
 
