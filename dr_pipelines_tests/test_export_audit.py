@@ -13,6 +13,7 @@ import pytest
 from dr_pipelines.core.errors import StorageError
 from dr_pipelines.core.export.audit import ensure_audit_table
 from dr_pipelines.core.export.run import (
+    ExportError,
     ExportOptions,
     RateLimitedError,
     UnknownTenantError,
@@ -74,6 +75,19 @@ def test_failure_is_audited_and_leaves_no_bundle(demo_db: str, tmp_path: Path) -
     assert failed["attempt_id"] == started["attempt_id"]
     assert "no space left" in failed["error"] and failed["manifest_sha256"] is None
     assert list(storage.list("")) == []  # the one object written was removed again
+
+
+@pytest.mark.timeout(60)  # a failure while batches are prefetched must not hang on the reader thread
+def test_parquet_failure_mid_table_is_audited_and_leaves_nothing(demo_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(demo_db, autocommit=True) as conn:  # NaN fits numeric(12,2) but no Parquet decimal
+        conn.execute("UPDATE invoices SET total = 'NaN' WHERE id = (SELECT max(id) FROM invoices WHERE clinic_id = 2)")
+    storage = LocalStorage(tmp_path / "store")
+    with pytest.raises(ExportError, match="public.invoices cannot be written as Parquet") as raised:
+        export_tenants(demo_db, storage, [2], ExportOptions(formats=("parquet",), max_per_hour=None))
+    assert "CSV or JSON Lines" in raised.value.fix
+    started, failed = audit_rows(demo_db)
+    assert (started["status"], failed["status"]) == ("started", "failed") and "Parquet" in failed["error"]
+    assert list(storage.list("")) == []
 
 
 def test_unknown_or_invalid_tenant_is_refused_and_audited(demo_db: str, tmp_path: Path) -> None:

@@ -38,7 +38,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,8 +281,9 @@ def write_parquet_batches(reader: Any, schema: Any, path: Path, batch_rows: int 
     import pyarrow.parquet as pq
 
     rows = 0
-    with pq.ParquetWriter(str(path), _with_conventions(schema), compression="zstd") as writer:
-        for batch in reader:
+    with pq.ParquetWriter(str(path), _with_conventions(schema), compression="zstd") as writer, \
+            prefetched(reader) as batches:
+        for batch in batches:
             arrays = []
             for column, field in zip(batch.columns, schema, strict=True):
                 if isinstance(column.type, pa.ExtensionType):
@@ -288,6 +292,53 @@ def write_parquet_batches(reader: Any, schema: Any, path: Path, batch_rows: int 
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=writer.schema), row_group_size=batch_rows)
             rows += batch.num_rows
     return rows
+
+
+@contextmanager
+def prefetched(reader: Iterable[Any], depth: int = 2) -> Iterator[Iterator[Any]]:
+    """Iterate ``reader`` in a background thread, ``depth`` batches ahead.
+
+    The server and the driver produce the next batch while this thread encodes the last
+    one (Arrow and Parquet release the GIL). Leaving early stops the reader thread before
+    returning, so the caller may close the connection behind it.
+    """
+    ready: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def pump() -> None:
+        try:
+            for batch in reader:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            ready.put(exc)
+
+    def consume() -> Iterator[Any]:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=pump, name="drp-export-prefetch", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _with_conventions(schema: Any) -> Any:

@@ -417,7 +417,13 @@ def _write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Sc
         path = Path(tmp) / "table.parquet"
         try:
             arrow.execute(tenant_select(t, scope, select).as_string(conn))
-            rows = write_parquet_batches(arrow.fetch_record_batch(), schema, path, batch_rows=options.batch_rows)
+            try:
+                rows = write_parquet_batches(arrow.fetch_record_batch(), schema, path, batch_rows=options.batch_rows)
+            except ValueError as exc:  # pyarrow.ArrowInvalid: a value with no exact Parquet form
+                raise ExportError(f"{t.name} cannot be written as Parquet: {str(exc).strip()[:300]}",
+                                  fix="export this table as CSV or JSON Lines (they carry every value: NaN, "
+                                      "infinite timestamps, multi-dimensional arrays), or leave it out with "
+                                      "--exclude") from None
             written.append(key)
             put = storage.put_stream(key, file_chunks(path))
         finally:
