@@ -213,3 +213,16 @@ def test_no_transaction_migration_runs_statement_by_statement(fresh_db: str, mig
     assert table_exists(fresh_db, "orders_account_idx")
     rollback(fresh_db, discover(mig_dir), 3)
     assert not table_exists(fresh_db, "orders_account_idx") and versions(fresh_db) == [1, 2, 3]
+
+
+def test_statement_timeout_and_half_applied_no_transaction_migration(fresh_db: str, mig_dir: Path) -> None:
+    migrate(fresh_db, mig_dir)
+    write_migrations(mig_dir, {"0004_slow.sql": "SELECT pg_sleep(2);\n"})
+    with pytest.raises(MigrationError, match="ran longer than statement_timeout 0.2s"):
+        migrate(fresh_db, mig_dir, options=ApplyOptions(statement_timeout_s=0.2))
+    (mig_dir / "0004_slow.sql").write_text("-- drp:no-transaction\nCREATE INDEX CONCURRENTLY accounts_name_idx ON "
+                                           "accounts (name);\nCREATE INDEX CONCURRENTLY accounts_name_idx ON accounts (name);\n")
+    with pytest.raises(MigrationError, match="0004_slow.sql failed at line 3: .*already exists") as info:
+        migrate(fresh_db, mig_dir)
+    assert "earlier statements are committed" in str(info.value)
+    assert versions(fresh_db) == [1, 2, 3] and table_exists(fresh_db, "accounts_name_idx")
