@@ -36,10 +36,15 @@ def _progress(m: Any, seconds: float) -> None:
     err.print(f"  done {escape(m.name)} in {seconds:.2f}s", highlight=False)
 
 
+def _row(table: Table, *cells: object) -> None:
+    """Cells are data, not rich markup: a lint message may contain [brackets]."""
+    table.add_row(*(escape(str(c)) for c in cells))
+
+
 def _drift_table(drift: list[Any]) -> None:
     table = Table("version", "file", "finding", "severity", "fix")
     for d in drift:
-        table.add_row(str(d.version), d.name, d.message, d.severity, d.fix)
+        _row(table, d.version, d.name, d.message, d.severity, d.fix)
     out.print(table)
 
 
@@ -56,10 +61,10 @@ def status_cmd(directory: Optional[Path] = typer.Option(None, "--dir", help=DIR_
     table = Table("version", "description", "applied at (UTC)", "by", "ms", "backup", "note")
     for a in st.applied:
         note = "baselined" if a.baselined else (f"repaired by {a.repaired_by}" if a.repaired_by else "")
-        table.add_row(str(a.version), a.description, f"{a.applied_at:%Y-%m-%d %H:%M:%S}" if a.applied_at else "",
-                      a.applied_by or "", str(a.duration_ms or 0), a.backup_id or "", note)
+        _row(table, a.version, a.description, f"{a.applied_at:%Y-%m-%d %H:%M:%S}" if a.applied_at else "",
+             a.applied_by or "", a.duration_ms or 0, a.backup_id or "", note)
     for m in st.pending:
-        table.add_row(str(m.version), m.description, "[yellow]pending[/]", "", "", "", "" if m.down_path else "no down")
+        _row(table, m.version, m.description, "pending", "", "", "", "" if m.down_path else "no down script")
     out.print(table)
     if st.drift:
         _drift_table(st.drift)
@@ -99,7 +104,7 @@ def _print_findings(reports: list[Any]) -> None:
         name = Path(r.path).name if r.path else ""
         for f in r.findings:
             severity = f"{f.severity} (suppressed: {f.suppressed})" if f.suppressed else f.severity
-            table.add_row(name, str(f.line), severity, f"{f.rule} [{f.source}]", f.message, f.fix)
+            _row(table, name, f.line, severity, f"{f.rule} [{f.source}]", f.message, f.fix)
     out.print(table)
     errors = sum(len(r.blocking) for r in reports)
     out.print(f"{len(reports)} file(s), {sum(len(r.findings) for r in reports)} finding(s), {errors} blocking error(s)")
@@ -126,7 +131,7 @@ def plan_cmd(directory: Optional[Path] = typer.Option(None, "--dir", help=DIR_HE
         out.print(f"[bold]{escape(m.name)}[/]{'' if m.transactional else ' (no transaction)'}"
                   f"{'' if m.down_path else ' [yellow](no down script)[/]'}")
         for i in item.impacts:
-            out.print(f"  [{i.severity}] {escape(i.text)}", highlight=False)
+            out.print(escape(f"  [{i.severity}] {i.text}"), highlight=False)
         _print_findings([item.lint])
 
 
@@ -143,10 +148,10 @@ def dry_run_cmd(directory: Optional[Path] = typer.Option(None, "--dir", help=DIR
         table = Table("migration", "line", "statement", "seconds", "locks taken")
         for s in report.statements:
             locks = ", ".join(f"{lk.mode} on {lk.relation}" for lk in s.locks)
-            table.add_row(s.migration, str(s.line), s.sql, f"{s.seconds:.3f}", locks)
+            _row(table, s.migration, s.line, s.sql, f"{s.seconds:.3f}", locks)
         out.print(table)
         undone = "rolled back" if report.rolled_back else "the throwaway cluster was removed"
-        out.print(f"dry-run on {report.where}: {len(report.migrations)} migration(s), {report.seconds:.2f}s, {undone}")
+        out.print(f"dry-run on {escape(report.where)}: {len(report.migrations)} migration(s), {report.seconds:.2f}s, {undone}")
         if report.error:
             out.print(f"[red]failed:[/] {escape(report.error)}")
     if not report.ok:
