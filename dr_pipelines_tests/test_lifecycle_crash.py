@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from dr_pipelines.core.lifecycle.journal import segments
+from dr_pipelines.core.lifecycle.segment import fetched
 from dr_pipelines.core.storage.local import LocalStorage
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, assert_union, content
+from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, archive_prefixes, assert_union, content
 from dr_pipelines_tests.support.procs import BIN, drp
 
 TABLES = ("public.audit_log", "public.clinical_notes")
@@ -73,3 +75,34 @@ def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(point: str, demo
     storage = LocalStorage(store)
     for table, original in before.items():
         assert assert_union(demo_db, storage, table, original) > 0
+
+
+def test_a_row_changed_between_archive_and_delete_stays(demo_db: str, tmp_path: Path) -> None:
+    policy = tmp_path / "retention.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "tables": {"public.clinical_notes": POLICY["tables"][
+        "public.clinical_notes"]}}))
+    store = tmp_path / "store"
+    env = _env(demo_db, store, policy)
+    _run_until_paused(env, "after-archive", ["--as-of", AS_OF.isoformat()])
+    with psycopg.connect(demo_db) as conn:
+        (seg,) = segments(conn, states=("verified",))
+        changed = conn.execute("UPDATE clinical_notes SET body = body || ' (amended)' WHERE id = (SELECT min(id)"
+                               " FROM clinical_notes WHERE clinic_id = %s::bigint AND created_at < %s AND"
+                               " created_at >= %s AND created_at < %s::date + interval '1 month') RETURNING id",
+                               (seg.tenant_id, seg.cutoff, seg.month, seg.month)).fetchone()[0]
+    rerun = drp("retention", "apply", "--json", "--as-of", AS_OF.isoformat(), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    with psycopg.connect(demo_db) as conn:
+        (done,) = [s for s in segments(conn) if s.id == seg.id]
+        body = conn.execute("SELECT body FROM clinical_notes WHERE id = %s", (changed,)).fetchone()
+    assert done.state == "deleted" and done.kept_rows == 1 and done.deleted_rows == (done.rows or 0) - 1
+    # The amended version was not deleted on the strength of the old archive; still expired, it went
+    # into a later segment of its own (both versions are archived: see docs/retention.md, known limits).
+    assert body is None
+    versions = []
+    for prefix in archive_prefixes(LocalStorage(store), "public.clinical_notes"):
+        with fetched(LocalStorage(store), prefix) as (_m, path):
+            rows = pq.read_table(path, columns=["id", "body"]).to_pylist()
+        versions += [(prefix, r["body"]) for r in rows if r["id"] == changed]
+    assert len(versions) == 2 and versions[0][0] != versions[1][0]
+    assert sorted(b.endswith("(amended)") for _p, b in versions) == [False, True]

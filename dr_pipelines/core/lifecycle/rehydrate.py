@@ -112,7 +112,13 @@ def restore_archives(dsn: str, storage: Storage, table: str, tenant_id: str, per
             conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)").format(target, source))
         columns = _insertable(conn, target)
         for n, info in enumerate(found, start=1):
-            _restore_one(conn, storage, source, target, columns, info, work_dir)
+            try:
+                _restore_one(conn, storage, source, target, columns, info, work_dir)
+            except psycopg.Error as exc:
+                raise ArchiveError(f"archive {info.prefix} cannot be inserted into {target.as_string(conn)}: "
+                                   f"{str(exc).strip().splitlines()[0]}",
+                                   fix="nothing of this archive was inserted; restore into a side table (--into), "
+                                   "or recreate the partition its month needs") from None
             if progress:
                 progress(f"restore {table}", n, len(found))
     return found
