@@ -145,11 +145,12 @@ def dry_run_cmd(directory: Optional[Path] = typer.Option(None, "--dir", help=DIR
     if as_json:
         emit_json(report.as_dict())
     else:
-        table = Table("migration", "line", "statement", "seconds", "locks taken")
-        for s in report.statements:
-            locks = ", ".join(f"{lk.mode} on {lk.relation}" for lk in s.locks)
-            _row(table, s.migration, s.line, s.sql, f"{s.seconds:.3f}", locks)
-        out.print(table)
+        if report.statements:
+            table = Table("migration", "line", "statement", "seconds", "locks taken")
+            for s in report.statements:
+                locks = ", ".join(f"{lk.mode} on {lk.relation}" for lk in s.locks)
+                _row(table, s.migration, s.line, s.sql, f"{s.seconds:.3f}", locks)
+            out.print(table)
         undone = "rolled back" if report.rolled_back else "the throwaway cluster was removed"
         out.print(f"dry-run on {escape(report.where)}: {len(report.migrations)} migration(s), {report.seconds:.2f}s, {undone}")
         if report.error:

@@ -36,8 +36,11 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
         cursor = directory_digest(migrations)
         if cursor == context.cursor:
             return dg.SkipReason(f"no new migration files (newest version {cursor.split(':')[0]})")
+        try:
+            pending = status(s.dsn, migrations).pending
+        except DrpError as exc:  # cursor kept: the next tick looks again
+            return dg.SkipReason(f"new migration files, but the database is not reachable: {exc.problem}")
         context.update_cursor(cursor)
-        pending = status(s.dsn, migrations).pending
         if not pending:
             return dg.SkipReason("migration files changed, nothing pending")
         return dg.RunRequest(run_key=cursor, run_config={"dry_run": True},
