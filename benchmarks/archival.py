@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clinics", type=int, default=gen.BENCHMARK_CLINICS)
     parser.add_argument("--scale", type=float, default=gen.BENCHMARK_SCALE)
-    parser.add_argument("--period", default="10 months", help="retention period (10 months: 2024 expires)")
+    parser.add_argument("--period", default="8 months", help="retention period (8 months: 2024-01..2025-02 expire)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--base-dir", type=Path, default=None)
     args = parser.parse_args(argv)
