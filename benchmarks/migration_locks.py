@@ -8,7 +8,8 @@ Each case is a migration statement that does work under its lock (a rewrite, an 
 a validating scan, a foreign-key validation). It is linted and estimated from the live sizes,
 then run inside a transaction on the database and timed from just before the statement to
 just after it (the lock is taken at its start and held to the end: no other session competes),
-then rolled back, so the database is unchanged and reusable. Before each run: CHECKPOINT.
+then rolled back, so the database is unchanged and reusable. Before each run: CHECKPOINT; each
+case runs --warmup times unrecorded first, so every case meets the same (warm) caches.
 
 Prints one JSON document on stdout (cases with estimate, measured median, ratio) and a summary
 on stderr. ``--calibrate`` also prints the ``Calibration`` that would make each kind of work's
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=gen.BENCHMARK_SCALE)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per case (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="unrecorded runs per case first (caches)")
     parser.add_argument("--base-dir", type=Path, default=Path("/var/tmp"), help="where the throwaway cluster goes")
     parser.add_argument("--keep", action="store_true", help="leave the seeded cluster running; print its DSN")
     parser.add_argument("--only", nargs="*", help="run the cases whose name contains one of these words")
@@ -89,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"seeded the demo database in {seeding} s")
         cases = {k: v for k, v in CASES.items() if not args.only or any(w in k for w in args.only)}
         load_start = _uptime()
-        results = [_case(dsn, name, setup, stmt, args.repeat) for name, (setup, stmt) in cases.items()]
+        results = [_case(dsn, name, setup, stmt, args.repeat, args.warmup) for name, (setup, stmt) in cases.items()]
         report: dict[str, Any] = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "database_bytes": _db_size(dsn), "cases": results,
             "calibration_used": dataclasses.asdict(DEFAULT_CALIBRATION),
             "calibration_implied": dataclasses.asdict(implied(results)),
             "params": {"dsn": redact_dsn(args.dsn) if args.dsn else None, "clinics": args.clinics,
-                       "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "seeding_seconds": seeding},
+                       "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup, "seeding_seconds": seeding},
             "machine": {**machine_info(dsn), "uptime_start": load_start, "uptime_end": _uptime(),
                         "cluster_settings": None if args.dsn else CLUSTER_SETTINGS},
         }
@@ -115,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _case(dsn: str, name: str, setup: tuple[str, ...], stmt: str, repeat: int) -> dict[str, Any]:
+def _case(dsn: str, name: str, setup: tuple[str, ...], stmt: str, repeat: int, warmup: int) -> dict[str, Any]:
     report = lint_sql(stmt, config=LINT)
     info = report.statements[0]
     with connect(dsn, autocommit=True) as conn:
         impact = estimate(conn, report)[0]
     measured = []
-    for _ in range(repeat):
+    for _ in range(warmup + repeat):
         with connect(dsn, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         with connect(dsn) as conn:  # one transaction, rolled back: the database is left as it was
@@ -131,6 +133,7 @@ def _case(dsn: str, name: str, setup: tuple[str, ...], stmt: str, repeat: int) -
             conn.execute(stmt)
             measured.append(time.monotonic() - started)
             conn.rollback()
+    measured = measured[warmup:]
     median = statistics.median(measured)
     row = {"case": name, "sql": stmt, "lock": info.lock, "work": list(info.work), "table": impact.table,
            "rows": impact.rows, "bytes": impact.bytes, "findings": [f.rule for f in report.findings],
