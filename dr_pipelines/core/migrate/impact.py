@@ -204,7 +204,7 @@ def _widens(old: str, old_mod: int, new: str, new_mods: tuple[int, ...]) -> bool
 
 def _impact(info: StatementInfo, table: str, size: _Size, work: list[str], notes: list[str], own: float,
             later: float, thresholds: ImpactThresholds) -> Impact:
-    lock = info.lock or locks.ACCESS_SHARE
+    lock = info.lock_on(table) or locks.ACCESS_SHARE
     blocks = locks.blocks(lock)
     held = own + later
     if not size.exists:

@@ -112,6 +112,11 @@ class StatementInfo:
     scans: bool  # full scan under the lock (validation, index build)
     destructive: bool  # loses data or breaks running code
     work: tuple[str, ...] = ()  # what takes time under the lock: "rewrite", "index-build", "scan", "fk-validation"
+    table_locks: tuple[tuple[str, str], ...] = ()  # (table, mode) per table: e.g. FK or ATTACH PARTITION
+
+    def lock_on(self, table: str) -> str | None:
+        """The mode this statement takes on one of its tables."""
+        return dict(self.table_locks).get(table, self.lock)
 
 
 @dataclass(frozen=True)
@@ -318,7 +323,7 @@ class _Walker:
         mode = locks.strongest(list(st.locks.values()))
         self._lock_timeout_rule(st, mode)
         info = StatementInfo(index, line, text, _kind(node), mode, tuple(st.locks), st.rewrites, st.scans,
-                             st.destructive, tuple(dict.fromkeys(st.work)))
+                             st.destructive, tuple(dict.fromkeys(st.work)), tuple(st.locks.items()))
         return info, st.issues
 
     def _lock_timeout_rule(self, st: _Stmt, mode: str | None) -> None:
@@ -526,8 +531,12 @@ class _Walker:
             if not new:
                 st.lock(name, mode)
             con = cmd.def_ if isinstance(cmd.def_, ast.Constraint) else None
-            if con is not None and con.contype == ConstrType.CONSTR_FOREIGN:
-                self._existing(con.pktable, st, locks.SHARE_ROW_EXCLUSIVE)
+            inline = cmd.def_.constraints or () if isinstance(cmd.def_, ast.ColumnDef) else ()
+            for c in (con, *inline):  # a foreign key locks the referenced table too
+                if c is not None and c.contype == ConstrType.CONSTR_FOREIGN:
+                    self._existing(c.pktable, st, locks.SHARE_ROW_EXCLUSIVE)
+            if isinstance(cmd.def_, ast.PartitionCmd):  # the partition attached or detached
+                self._existing(cmd.def_.name, st, locks.ACCESS_EXCLUSIVE)
             self._remember_check(name, cmd, con)
             if not new:
                 self._alter_cmd(name, cmd, con, st)
