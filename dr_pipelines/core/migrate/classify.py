@@ -487,8 +487,13 @@ def _alter_lock(cmd: ast.AlterTableCmd) -> str:
     return locks.ACCESS_EXCLUSIVE
 
 
+_SQL_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real", "float8": "double precision",
+              "bool": "boolean", "bpchar": "char"}
+
+
 def _type_name(tn: ast.TypeName) -> str:
-    base = tn.names[-1].sval
+    """As a person writes it: 'integer', 'varchar(200)' (the parser says int4, pg_catalog.varchar)."""
+    base = _SQL_NAMES.get(tn.names[-1].sval, tn.names[-1].sval)
     mods = [str(getattr(m.val, "ival", "")) for m in tn.typmods or () if isinstance(m, ast.A_Const)]
     return f"{base}({','.join(mods)})" if mods else base
 
