@@ -100,6 +100,8 @@ def test_place_hold_validates_against_the_table(demo_db: str) -> None:
     with psycopg.connect(demo_db, autocommit=True) as conn:
         with pytest.raises(HoldError, match="unknown column"):
             place_hold(conn, "1", "case 1", table="audit_log", predicate="colour = 'red'")
+        with pytest.raises(HoldError, match="unknown tenant"):
+            place_hold(conn, "999", "case 1", table="audit_log")
         with pytest.raises(HoldError, match="needs a table"):
             place_hold(conn, "1", "case 1", predicate="entity = 'x'")
         assert place_hold(conn, "1", "case 1", table="audit_log", predicate="entity = 'x'").table_name == \

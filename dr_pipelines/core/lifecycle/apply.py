@@ -29,7 +29,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -115,6 +116,15 @@ class TableResult:
     longest_batch_s: float = 0.0
     partitions_dropped: list[str] = field(default_factory=list)
     held: list[HeldSkip] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"archive": 0.0, "verify": 0.0, "delete": 0.0})
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.monotonic() - started
 
     def batch(self, seconds: float) -> None:
         self.batches += 1
@@ -124,6 +134,7 @@ class TableResult:
         d = dict(vars(self))
         d["held"] = [vars(h) for h in self.held]
         d["longest_batch_s"] = round(self.longest_batch_s, 4)
+        d["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
         return d
 
 
@@ -292,7 +303,8 @@ class _TableRun:
         after: tuple[Any, ...] | None = None
         done: list[journal.Segment] = []
         while True:
-            with tempfile.TemporaryDirectory(prefix="drp-archive-", dir=self.options.work_dir) as tmp:
+            with tempfile.TemporaryDirectory(prefix="drp-archive-", dir=self.options.work_dir) as tmp, \
+                    self.result.timed("archive"):
                 with self.conn.transaction():
                     bind_tenant(self.conn, tenant_id)
                     written = select_to_parquet(self.conn, self.bt, self.method, holds.held_expr(ALIAS), params, after,
@@ -314,8 +326,9 @@ class _TableRun:
                 pause_point("after-write")
                 journal.advance(self.conn, seg_id, "written", rows=written.rows, bytes=nbytes, sha256=sha,
                                 checksum=written.checksum, method=self.method)
-            verify(self.conn, self.storage, self.bt, prefix, rows=written.rows, checksum=written.checksum,
-                   work_dir=self.options.work_dir)
+            with self.result.timed("verify"):
+                verify(self.conn, self.storage, self.bt, prefix, rows=written.rows, checksum=written.checksum,
+                       work_dir=self.options.work_dir)
             journal.advance(self.conn, seg_id, "verified")
             self.result.archived_rows += written.rows
             self.result.bytes += nbytes
@@ -341,17 +354,22 @@ class _TableRun:
         arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in (*self.bt.pk_types, "bigint"))
         names = [sql.Identifier(f"k{i}") for i in range(len(self.bt.pk))]
 
+        ts = sql.Identifier(ALIAS, self.bt.policy.timestamp_column)
+        # The month bounds are redundant with the keys and hashes, but let PostgreSQL prune partitions.
         stmt = sql.SQL(
-            "DELETE FROM {} USING unnest({}) AS drp_keys({}, h) WHERE {} = ({}) AND {} = drp_keys.h AND {} AND NOT {}"
+            "DELETE FROM {} USING unnest({}) AS drp_keys({}, h) WHERE {} = ({}) AND {} = drp_keys.h AND {}"
+            " AND {} >= %s AND {} < %s AND NOT {}"
         ).format(from_clause(self.bt), arrays, sql.SQL(", ").join(names), pk_tuple(self.bt),
                  sql.SQL(", ").join(sql.SQL("drp_keys.{}").format(n) for n in names), row_hash(self.method),
-                 tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), holds.held_expr(ALIAS))
-        with fetched(self.storage, seg.prefix, self.options.work_dir) as (_manifest, path):
+                 tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), ts, ts, holds.held_expr(ALIAS))
+        m0, m1 = (ts_value(self.bt, b) for b in month_bounds(seg.month))
+        with fetched(self.storage, seg.prefix, self.options.work_dir) as (_manifest, path), \
+                self.result.timed("delete"):
             for end, keys, hashes in parquet_keys(path, self.bt, self.options.batch_size, seg.next_offset):
                 started = time.monotonic()
                 with self.conn.transaction():
                     bind_tenant(self.conn, seg.tenant_id)
-                    deleted = self.conn.execute(stmt, (*keys, hashes)).rowcount
+                    deleted = self.conn.execute(stmt, (*keys, hashes, m0, m1)).rowcount
                     seconds = time.monotonic() - started
                     journal.record_batch(self.conn, seg.id, deleted=deleted, kept=len(hashes) - deleted,
                                          next_offset=end, seconds=seconds)
@@ -394,7 +412,7 @@ class _TableRun:
         part = sql.Identifier(schema, name)
         started = time.monotonic()
         try:
-            with self.conn.transaction() as tx:
+            with self.result.timed("delete"), self.conn.transaction() as tx:
                 self.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.bt.ident, part))
                 rows, total = self.conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}")
                                                 .format(row_hash(self.method), part, sql.Identifier(ALIAS))).fetchone()
@@ -426,7 +444,7 @@ class _TableRun:
             holds.held_expr(ALIAS))
         while True:
             started = time.monotonic()
-            with self.conn.transaction():
+            with self.result.timed("delete"), self.conn.transaction():
                 bind_tenant(self.conn, tenant_id)
                 n = self.conn.execute(stmt, (ts_value(self.bt, cutoff), self.options.batch_size)).rowcount
             self.result.batch(time.monotonic() - started)

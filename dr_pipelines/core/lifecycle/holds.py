@@ -149,9 +149,15 @@ def table_columns(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def place_hold(conn: psycopg.Connection, tenant_id: str, reason: str, *, table: str | None = None,
-               predicate: str | None = None, placed_by: str | None = None) -> Hold:
+               predicate: str | None = None, placed_by: str | None = None,
+               tenant_root: tuple[str, str] = ("public.clinics", "id")) -> Hold:
     """Record a hold (validated first); effective for every later archive and delete."""
     ensure_holds_table(conn)
+    root = sql.Identifier(*tenant_root[0].split(".", 1))
+    if conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {}::text = %s)").format(
+            root, sql.Identifier(tenant_root[1])), (str(tenant_id),)).fetchone()[0]:
+        raise HoldError(f"unknown tenant {tenant_id!r}: no such row in {tenant_root[0]}",
+                        fix=f"pass an existing {tenant_root[0]}.{tenant_root[1]} value")
     if not reason.strip():
         raise HoldError("a legal hold needs a reason", fix="say why, e.g. the case or request number")
     if predicate is not None and table is None:
