@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             "calibration_used": dataclasses.asdict(DEFAULT_CALIBRATION),
             "calibration_implied": dataclasses.asdict(implied(results)),
             "params": {"dsn": redact_dsn(args.dsn) if args.dsn else None, "clinics": args.clinics,
-                       "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup, "seeding_seconds": seeding},
+                       "scale": args.scale, "seed": args.seed, "repeat": args.repeat, "warmup": args.warmup,
+                       "seeding_seconds": seeding},
             "machine": {**machine_info(dsn), "uptime_start": load_start, "uptime_end": _uptime(),
                         "cluster_settings": None if args.dsn else CLUSTER_SETTINGS},
         }

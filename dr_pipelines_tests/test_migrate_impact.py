@@ -33,7 +33,8 @@ def test_rewrite_reports_the_lock_the_live_rows_and_the_size(demo_db: str) -> No
     assert impact.as_dict()["seconds"] == impact.seconds
 
 
-@pytest.mark.parametrize(("warn", "error", "severity"), [(1e6, 2e6, "info"), (0.0, 1e6, "warning"), (0.0, 0.0, "error")])
+@pytest.mark.parametrize(("warn", "error", "severity"),
+                         [(1e6, 2e6, "info"), (0.0, 1e6, "warning"), (0.0, 0.0, "error")])
 def test_severity_follows_the_thresholds(demo_db: str, warn: float, error: float, severity: str) -> None:
     (impact,) = _estimate(demo_db, REWRITE, thresholds=ImpactThresholds(warn_seconds=warn, error_seconds=error))
     assert impact.severity == severity

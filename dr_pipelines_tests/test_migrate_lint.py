@@ -189,6 +189,16 @@ def test_the_demo_migrations_have_no_blocking_findings() -> None:
         assert report.as_dict()["blocking"] == 0
 
 
+def test_lint_migration_reads_the_no_transaction_mark(tmp_path: Path) -> None:
+    (tmp_path / "0007_status_index.sql").write_text(
+        NO_TX + "SET lock_timeout = '2s';\n"
+        "CREATE INDEX CONCURRENTLY appointments_status_idx ON appointments (status);\n")
+    (migration,) = discover(tmp_path)
+    report = lint_migration(migration, OURS)
+    assert not report.transactional and report.findings == []
+    assert report.statements[1].lock == "SHARE UPDATE EXCLUSIVE" and report.statements[1].work == ("index-build",)
+
+
 def _squawk() -> str | None:
     return shutil.which("squawk") or shutil.which("squawk", path=str(Path(sys.executable).parent))
 
@@ -226,6 +236,9 @@ LOCK_CASES = [
     ("clinics", "ALTER TABLE visits ADD COLUMN clinic2 bigint REFERENCES clinics (id)"),
     ("audit_log", "ALTER TABLE audit_log DETACH PARTITION audit_log_y2024m01"),
     ("audit_log_y2024m01", "ALTER TABLE audit_log DETACH PARTITION audit_log_y2024m01"),
+    ("audit_log", "CREATE TABLE audit_log_y2026m01 PARTITION OF audit_log "
+                  "FOR VALUES FROM ('2026-01-01') TO ('2026-02-01')"),
+    ("appointments", "REINDEX TABLE appointments"),
 ]
 
 

@@ -220,7 +220,8 @@ class Walker:
         if self._existing(node.relation, st, locks.SHARE):
             st.does("index-build")
             self._flag(st, "create-index-not-concurrently",
-                       f"CREATE {'UNIQUE ' if node.unique else ''}INDEX {node.idxname or '(unnamed)'} on existing table {name} "
+                       f"CREATE {'UNIQUE ' if node.unique else ''}INDEX {node.idxname or '(unnamed)'} on existing "
+                       f"table {name} "
                        "blocks writes to it for the whole index build",
                        "CREATE INDEX CONCURRENTLY in its own migration whose first line is -- drp:no-transaction")
 
@@ -274,7 +275,8 @@ class Walker:
         elif kind in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW):
             st.destructive = True
             self._flag(st, "rename-table", f"RENAME of {name} to {node.newname} breaks code that uses the old name",
-                       "rename, then CREATE VIEW <old name> AS SELECT * FROM <new name> until no code uses the old name")
+                       "rename, then CREATE VIEW <old name> AS SELECT * FROM <new name> until no code uses the "
+                       "old name")
 
     def _TruncateStmt(self, node: ast.TruncateStmt, st: _Stmt) -> None:
         for rv in node.relations or ():
@@ -413,7 +415,8 @@ class Walker:
     def _add_column(self, table: str, col: ast.ColumnDef, st: _Stmt) -> None:
         for con in col.constraints or ():
             if con.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
-                what = "an identity column" if con.contype == ConstrType.CONSTR_IDENTITY else "a stored generated column"
+                identity = con.contype == ConstrType.CONSTR_IDENTITY
+                what = "an identity column" if identity else "a stored generated column"
                 st.does("rewrite")
                 self._flag(st, "add-column-volatile-default",
                            f"ADD COLUMN {col.colname} to {table} as {what} computes a value per row: the table is "

@@ -55,6 +55,7 @@ SQUAWK_SAME_AS = {
 SQUAWK_EXCLUDED = ("prefer-robust-stmts", "require-statement-timeout", "transaction-nesting")
 
 _ALLOW = re.compile(r"^--\s*drp:allow\s+(?P<rules>[a-z0-9-]+(?:\s*,\s*[a-z0-9-]+)*)\s*(?P<rest>.*)$", re.I)
+_PARSER_MAJOR = pglast.parser.get_postgresql_version()[0]
 _REASON = re.compile(r"^reason\s*:\s*(?P<reason>\S.*)$", re.I)
 
 
@@ -113,7 +114,7 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
         line = _line_of(starts, max(0, min(offset, len(sql))))
         raise MigrationError(
             f"{path or 'migration SQL'}, line {line}: PostgreSQL's parser says: {message}",
-            fix=f"correct the SQL near line {line} (parsed with PostgreSQL {pglast.parser.get_postgresql_version()[0]}'s "
+            fix=f"correct the SQL near line {line} (parsed with PostgreSQL {_PARSER_MAJOR}'s "
                 "grammar); nothing was run",
         ) from None
     walker = Walker(transactional)
