@@ -2,7 +2,7 @@
 
 Lint says which lock each statement takes and what work it does under it (rewrite, index
 build, scan, foreign-key validation); here that meets the database: rows (pg_class.reltuples,
-else pg_stat_user_tables.n_live_tup), heap and total size (a partitioned table counts all its
+else pg_stat_all_tables.n_live_tup), heap and total size (a partitioned table counts all its
 partitions), and throughputs measured on this machine by ``benchmarks/migration_locks.py
 --calibrate``. In a transactional migration a lock is held until the file commits, so a
 statement's estimate includes the statements after it. Read-only: nothing is executed.
@@ -34,9 +34,9 @@ class Calibration:
     measured: str = "defaults"  # where the numbers come from
 
 
-# The defaults above: three runs of benchmarks/migration_locks.py on the 1 GB demo, 2026-11-27, reference
+# The defaults above: four runs of benchmarks/migration_locks.py on the 1 GB demo, 2026-11-27, reference
 # machine (2 cores, PostgreSQL 15, load 3-4 from other jobs), rounded toward the slower runs (an estimate
-# that is too low is the worse error). docs/benchmarks.md "Migration lock impact" has the numbers.
+# that is too low is the worse error), checked by a fifth. docs/benchmarks.md "Migration lock impact".
 DEFAULT_CALIBRATION = Calibration(measured="benchmarks/migration_locks.py, 2026-11-27, 2 cores")
 
 
