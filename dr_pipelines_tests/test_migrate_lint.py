@@ -82,6 +82,9 @@ CORPUS: dict[str, tuple[str, str]] = {
     "suppression-without-reason": (
         "-- drp:allow truncate\nTRUNCATE audit_log;",
         "-- drp:allow truncate reason: staging data, reloaded nightly\nTRUNCATE audit_log;"),
+    "suppression-unused": (
+        "-- drp:allow truncate reason: copied from the statement above\nALTER TABLE visits DROP COLUMN ended_at;",
+        "-- drp:allow drop-column, no-lock-timeout reason: unused since v12\nALTER TABLE visits DROP COLUMN ended_at;"),
 }
 
 
@@ -213,6 +216,17 @@ def test_squawk_findings_are_merged_without_duplicates() -> None:
     assert "prefer-bigint-over-int" in [f.rule for f in theirs]
     assert not {f.rule for f in theirs} & {"require-concurrent-index-creation", "require-lock-timeout"}
     assert all(f.severity != "error" and f.statement_index == 1 for f in theirs)
+
+
+@pytest.mark.skipif(_squawk() is None, reason="squawk-cli not installed")
+def test_suppressions_work_for_squawk_rules_and_typos_are_reported() -> None:
+    sql = "SET lock_timeout = '2s';\n-- drp:allow prefer-bigint-over-int, prefer-bigint-over-in reason: a small counter\n" \
+          "ALTER TABLE visits ADD COLUMN n int;\n"
+    report = lint_sql(sql, config=LintConfig())
+    assert {(f.rule, f.suppressed) for f in report.findings} == {
+        ("prefer-bigint-over-int", "a small counter"), ("suppression-unused", None)}
+    (unused,) = [f for f in report.findings if f.rule == "suppression-unused"]
+    assert "prefer-bigint-over-in " in unused.message and unused.line == 3
 
 
 # What PostgreSQL really takes, read from pg_locks inside a rolled-back transaction.

@@ -43,6 +43,7 @@ RULES: dict[str, tuple[str, str]] = {
     "no-lock-timeout": (ERROR, "a strong lock requested without lock_timeout queues every query behind it"),
     "do-block-not-analysed": (INFO, "the statements inside a DO block are not visible to lint"),
     "suppression-without-reason": (ERROR, "a drp:allow comment must say why"),
+    "suppression-unused": (WARNING, "a drp:allow comment that matches no finding of its statement"),
 }
 
 # Functions whose value differs per row: as a new column's default they force a rewrite.

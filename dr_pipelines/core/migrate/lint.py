@@ -120,6 +120,7 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
     walker = Walker(transactional)
     statements: list[StatementInfo] = []
     findings: list[Finding] = []
+    allowances: dict[int, dict[str, str]] = {}
     lines = sql.splitlines()
     for index, raw_stmt in enumerate(raw):
         begin = _skip_space_and_comments(sql, raw_stmt.stmt_location)
@@ -129,6 +130,7 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
         info, issues = walker.visit(raw_stmt.stmt, index, line, text)
         statements.append(info)
         allowed, bad = _suppressions(lines, line, index)
+        allowances[index] = allowed
         findings.extend(bad)
         for rule, message, fix in issues:
             severity = RULES[rule][0]
@@ -139,8 +141,8 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
             if rule not in config.disabled_rules:
                 findings.append(Finding(rule, severity, message, fix, line, index, allowed.get(rule)))
     report = LintReport(path, statements, findings, transactional=transactional)
-    if config.use_squawk:
-        _merge_squawk(report, sql, transactional, lines, config)
+    squawk_ran = config.use_squawk and _merge_squawk(report, sql, transactional, lines, config)
+    report.findings.extend(_unused_suppressions(report, allowances, squawk_ran, config))
     report.findings.sort(key=lambda f: (f.line, f.statement_index, f.source, f.rule))
     return report
 
@@ -193,15 +195,32 @@ def _suppressions(lines: list[str], line: int, index: int) -> tuple[dict[str, st
     return allowed, bad
 
 
+def _unused_suppressions(report: LintReport, allowances: dict[int, dict[str, str]], squawk_ran: bool,
+                         config: LintConfig) -> list[Finding]:
+    """A drp:allow that matches nothing is a typo or outlived its statement; both hide the next real finding."""
+    out = []
+    for info in report.statements:
+        fired = {f.rule for f in report.findings if f.statement_index == info.index} | set(config.disabled_rules)
+        for rule in allowances.get(info.index, {}):
+            if rule in fired or (rule not in RULES and not squawk_ran):  # maybe a squawk rule: cannot tell
+                continue
+            out.append(Finding("suppression-unused", WARNING,
+                               f"drp:allow {rule} above line {info.line} matches no finding of that statement",
+                               "remove it, or correct the rule id (see docs/migrations.md)", info.line, info.index))
+    return out
+
+
 # -- squawk, a second opinion ---------------------------------------------------------------
 
 
-def _merge_squawk(report: LintReport, sql: str, transactional: bool, lines: list[str], config: LintConfig) -> None:
-    """Add squawk's findings that none of ours covers, as warnings (info for style): never blocking."""
+def _merge_squawk(report: LintReport, sql: str, transactional: bool, lines: list[str], config: LintConfig) -> bool:
+    """Add squawk's findings that none of ours covers, as warnings (info for style): never blocking.
+
+    False if squawk is missing or failed (a note says so)."""
     exe = shutil.which("squawk") or shutil.which("squawk", path=str(Path(sys.executable).parent))  # venv's bin
     if exe is None:
         report.notes.append("squawk not found on PATH: its second opinion was skipped")
-        return
+        return False
     cmd = [exe, "--reporter", "json", "--stdin-filepath", report.path or "migration.sql",
            *(f"--exclude={r}" for r in SQUAWK_EXCLUDED)]
     if transactional:
@@ -211,7 +230,7 @@ def _merge_squawk(report: LintReport, sql: str, transactional: bool, lines: list
         items = json.loads(out.stdout or "[]")
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         report.notes.append(f"squawk failed ({type(exc).__name__}): its second opinion was skipped")
-        return
+        return False
     starts = [s.line for s in report.statements]
     for item in items:
         rule = str(item.get("rule_name", "squawk"))
@@ -225,3 +244,4 @@ def _merge_squawk(report: LintReport, sql: str, transactional: bool, lines: list
         report.findings.append(Finding(rule, severity, str(item.get("message", "")).strip(),
                                        str(item.get("help") or "see squawk's documentation for this rule"),
                                        stmt_line, index, allowed.get(rule), source="squawk"))
+    return True
