@@ -177,6 +177,14 @@ def test_lock_timeout_rule_is_a_warning_for_brief_write_locks() -> None:
     assert "SHARE ROW EXCLUSIVE on clinics" in finding.message
 
 
+def test_lock_timeout_rule_escalates_once_when_a_later_lock_is_worse() -> None:
+    report = lint_sql("CREATE TABLE t (c bigint REFERENCES clinics (id));\nALTER TABLE visits ADD COLUMN n text;\n"
+                      "ALTER TABLE patients ADD COLUMN n text;\n", config=OURS)
+    assert [(f.rule, f.severity, f.line) for f in report.findings] == [
+        ("no-lock-timeout", "warning", 1), ("no-lock-timeout", "error", 2)]
+    assert _rules("SET lock_timeout = 0;\nALTER TABLE visits ADD COLUMN n text;") == {"no-lock-timeout"}
+
+
 def test_syntax_error_names_file_and_line() -> None:
     with pytest.raises(MigrationError) as info:
         lint_sql("SELECT 1;\n\nALTER TABLE appointments ADD COLUMN;\n", path="0007_bad.sql")

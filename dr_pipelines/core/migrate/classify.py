@@ -136,7 +136,7 @@ class Walker:
         self.transactional = transactional
         self.created: set[tuple[str | None, str]] = set()  # (schema, name) of tables created in this file
         self.lock_timeout = False
-        self.lock_timeout_flagged = False
+        self.lock_timeout_flagged: bool | None = None  # None: not yet; False: as a warning; True: as an error
         self.checks: dict[tuple[str, str], str] = {}  # (table, constraint) -> column of a CHECK (col IS NOT NULL)
         self.not_null_proven: set[tuple[str, str]] = set()  # (table, column) with a validated such CHECK
 
@@ -154,11 +154,14 @@ class Walker:
         return info, st.issues
 
     def _lock_timeout_rule(self, st: _Stmt, mode: str | None) -> None:
+        """Once per file (one SET at the top fixes all), again if a later statement is worse than the first."""
         if self.lock_timeout or self.lock_timeout_flagged or not locks.is_strong(mode):
             return
-        self.lock_timeout_flagged = True  # once per file: one SET at the top fixes all
-        tables = ", ".join(st.locks)
         severe = mode == locks.ACCESS_EXCLUSIVE or st.rewrites or st.scans
+        if self.lock_timeout_flagged is False and not severe:
+            return
+        self.lock_timeout_flagged = severe
+        tables = ", ".join(st.locks)
         st.issues.append((
             "no-lock-timeout",
             f"{'' if severe else '~'}{mode} on {tables} is requested without lock_timeout: while it waits for running "
@@ -190,7 +193,7 @@ class Walker:
         if node.kind == VariableSetKind.VAR_SET_VALUE and node.args:
             val = node.args[0].val
             value = getattr(val, "sval", None) or getattr(val, "ival", None)
-            self.lock_timeout = str(value).strip() not in ("0", "", "None")
+            self.lock_timeout = str(value).strip().lower() not in ("0", "0s", "0ms", "", "none")
         else:  # RESET, SET ... TO DEFAULT
             self.lock_timeout = False
 
