@@ -108,8 +108,13 @@ def hold_place(tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
     from dr_pipelines.core.lifecycle.holds import place_hold
     from dr_pipelines.core.pg.connect import connect
 
-    with connect(settings().dsn, autocommit=True) as conn:
-        hold = place_hold(conn, tenant, reason, table=table, predicate=where, placed_by=by)
+    s = settings()
+    root = ("public.clinics", "id")
+    if s.retention_policies_file is not None:  # the policies name the tenant root
+        p = _policies(s.retention_policies_file)
+        root = (p.tenant_root, p.tenant_key)
+    with connect(s.dsn, autocommit=True) as conn:
+        hold = place_hold(conn, tenant, reason, table=table, predicate=where, placed_by=by, tenant_root=root)
     emit_json(hold.as_dict()) if as_json else out.print(f"placed {hold.describe()}", highlight=False)
 
 

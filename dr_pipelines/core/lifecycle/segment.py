@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import DrpError
-from dr_pipelines.core.export.formats import parquet_plan, table_columns
+from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
 from dr_pipelines.core.lifecycle.policy import BoundTable
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
@@ -130,6 +130,7 @@ def select_to_parquet(conn: psycopg.Connection, bt: BoundTable, method: str, hel
                       params: dict[str, Any], after_pk: tuple[Any, ...] | None, limit: int, path: Path) -> Written:
     """Write up to ``limit`` selected rows (in primary-key order, after ``after_pk``) to ``path``."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     columns = table_columns(conn, bt.scope.schema, bt.scope.table)
     select, schema = parquet_plan(columns)
@@ -146,27 +147,13 @@ def select_to_parquet(conn: psycopg.Connection, bt: BoundTable, method: str, hel
         select, sql.Identifier(HASH_COLUMN), sql.Identifier(ALIAS), row_hash(method), sql.Identifier(HASH_COLUMN),
         from_clause(bt), where, sql.SQL(", ").join(sql.Identifier(ALIAS, c) for c in bt.pk),
         sql.SQL(", ").join(sql.Identifier("t", c) for c in bt.pk))
-    return _stream_to_parquet(conn, query, args, schema, path, [schema.get_field_index(c) for c in bt.pk])
-
-
-def _stream_to_parquet(conn: psycopg.Connection, query: sql.Composable, args: dict[str, Any], schema: Any, path: Path,
-                       pk_at: list[int]) -> Written:
-    """Server-side cursor -> Parquet row groups; sums the hashes and remembers the last key while streaming."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows, total, last = 0, 0, None
-    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer, \
-            conn.cursor(name=f"drp_archive_{secrets.token_hex(4)}") as cur:
-        cur.itersize = PARQUET_BATCH
-        cur.execute(query, args)
-        while batch := cur.fetchmany(PARQUET_BATCH):
-            columns = list(zip(*batch, strict=True))
-            arrays = [pa.array(list(v), type=f.type) for v, f in zip(columns, schema, strict=True)]
-            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema), row_group_size=PARQUET_BATCH)
-            rows += len(batch)
-            total += sum(columns[-1])
-            last = tuple(batch[-1][i] for i in pk_at)
+    rows = write_parquet(conn, query, schema, path, f"drp_archive_{secrets.token_hex(4)}", batch_rows=PARQUET_BATCH,
+                         params=args)
+    # The checksum and the last key come from the file just written (three columns, read locally).
+    total, last = 0, None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, columns=[*bt.pk, HASH_COLUMN]):
+        total += sum(batch.column(HASH_COLUMN).to_pylist())
+        last = tuple(batch.column(c)[batch.num_rows - 1].as_py() for c in bt.pk) if batch.num_rows else last
     return Written(path, rows, checksum_hex(total), last)
 
 
