@@ -144,6 +144,7 @@ def test_statement_info_classifies() -> None:
     (attach,) = lint_sql("ALTER TABLE audit_log ATTACH PARTITION old_audit DEFAULT;", config=OURS).statements
     assert attach.lock == "ACCESS EXCLUSIVE" and attach.lock_on("audit_log") == "SHARE UPDATE EXCLUSIVE"
     assert attach.lock_on("old_audit") == "ACCESS EXCLUSIVE" and attach.work == ("scan",)
+    assert attach.tables == ("old_audit", "audit_log")  # the scanned one first: the impact estimate times it
     assert report.findings == [f for f in report.findings if f.rule != "no-lock-timeout"]
 
 

@@ -255,8 +255,9 @@ class Walker:
             rv = ast.RangeVar(schemaname=schema or None, relname=rel)
             if self._existing(rv, st, locks.ACCESS_EXCLUSIVE):
                 st.destructive = True
-                what = "TABLE" if kind == ObjectType.OBJECT_TABLE else "VIEW"
-                self._flag(st, "drop-table", f"DROP {what} {n} loses its data and breaks code that still uses it",
+                what = {ObjectType.OBJECT_VIEW: "VIEW", ObjectType.OBJECT_MATVIEW: "MATERIALIZED VIEW"}.get(kind, "TABLE")
+                loses = "" if kind == ObjectType.OBJECT_VIEW else "loses its data and "
+                self._flag(st, "drop-table", f"DROP {what} {n} {loses}breaks code that still uses it",
                            "first deploy code that no longer uses it, take a backup, then drop it in a later "
                            "migration with -- drp:allow drop-table reason: <why>")
 
@@ -359,16 +360,15 @@ class Walker:
         new = self._is_new(rv)
         name = _qualified(rv)
         for cmd in node.cmds or ():
-            mode = _alter_lock(cmd)
+            if isinstance(cmd.def_, ast.PartitionCmd):  # the partition attached or detached: first, it is scanned
+                self._existing(cmd.def_.name, st, locks.ACCESS_EXCLUSIVE)
             if not new:
-                st.lock(name, mode)
+                st.lock(name, _alter_lock(cmd))
             con = cmd.def_ if isinstance(cmd.def_, ast.Constraint) else None
             inline = cmd.def_.constraints or () if isinstance(cmd.def_, ast.ColumnDef) else ()
             for c in (con, *inline):  # a foreign key locks the referenced table too
                 if c is not None and c.contype == ConstrType.CONSTR_FOREIGN:
                     self._existing(c.pktable, st, locks.SHARE_ROW_EXCLUSIVE)
-            if isinstance(cmd.def_, ast.PartitionCmd):  # the partition attached or detached
-                self._existing(cmd.def_.name, st, locks.ACCESS_EXCLUSIVE)
             self._remember_check(name, cmd, con)
             if not new:
                 self._alter_cmd(name, cmd, con, st)
