@@ -8,6 +8,7 @@ the original rows by count and content checksum, with no primary key in two arch
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -22,7 +23,9 @@ import yaml
 
 from dr_pipelines.core.lifecycle.journal import segments
 from dr_pipelines.core.lifecycle.segment import fetched
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, archive_prefixes, assert_union, content
 from dr_pipelines_tests.support.procs import BIN, drp
 
@@ -54,12 +57,7 @@ def _run_until_paused(env: dict[str, str], point: str, args: list[str], timeout:
         proc.wait()
 
 
-@pytest.mark.parametrize("point", ["after-write", "after-archive", "mid-delete"])
-def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(point: str, demo_db: str, tmp_path: Path) -> None:
-    policy = tmp_path / "retention.yaml"
-    policy.write_text(yaml.safe_dump(POLICY))
-    store = tmp_path / "store"
-    env = _env(demo_db, store, policy)
+def _check_crash_then_rerun(point: str, demo_db: str, env: dict[str, str], storage: Storage) -> None:
     before = {t: content(demo_db, t) for t in TABLES}
     args = ["--as-of", AS_OF.isoformat(), "--batch-size", "7", "--segment-rows", "60"]
     _run_until_paused(env, point, args)
@@ -68,13 +66,31 @@ def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(point: str, demo
     assert states & {"pending", "verified"}  # the kill left unfinished work behind
     rerun = drp("retention", "apply", "--json", *args, env=env)
     assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["tables"][0]["resumed"] >= 1
     with psycopg.connect(demo_db) as conn:
         assert {s.state for s in segments(conn)} <= {"deleted", "abandoned"}
         audit = [s for s in segments(conn, table="public.audit_log") if s.state == "deleted"]
     assert all(s.deleted_rows == s.rows for s in audit)  # archived count == deleted count, per segment
-    storage = LocalStorage(store)
     for table, original in before.items():
         assert assert_union(demo_db, storage, table, original) > 0
+
+
+@pytest.mark.parametrize("point", ["after-write", "after-archive", "mid-delete"])
+def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(point: str, demo_db: str, tmp_path: Path) -> None:
+    policy = tmp_path / "retention.yaml"
+    policy.write_text(yaml.safe_dump(POLICY))
+    store = tmp_path / "store"
+    _check_crash_then_rerun(point, demo_db, _env(demo_db, store, policy), LocalStorage(store))
+
+
+@pytest.mark.parametrize("point", ["after-write", "mid-delete"])
+def test_kill_9_on_s3(point: str, demo_db: str, tmp_path: Path, s3_server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
+    policy = tmp_path / "retention.yaml"
+    policy.write_text(yaml.safe_dump(POLICY))
+    env = {**_env(demo_db, tmp_path, policy), "DRP_STORAGE_URL": f"s3://{s3_bucket}/retention",
+           "DRP_S3_ENDPOINT_URL": s3_server.endpoint_url, "DRP_S3_REGION": s3_server.region,
+           "DRP_S3_ACCESS_KEY_ID": s3_server.access_key, "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key}
+    _check_crash_then_rerun(point, demo_db, env, S3Storage(s3_bucket, "retention", **s3_server.storage_kwargs()))
 
 
 def test_a_row_changed_between_archive_and_delete_stays(demo_db: str, tmp_path: Path) -> None:
