@@ -116,6 +116,13 @@ def test_check_constraint_without_not_valid_is_flagged_too() -> None:
         "ALTER TABLE appointments ADD CONSTRAINT reason_len CHECK (length(reason) < 500) NOT VALID;")
 
 
+@pytest.mark.parametrize("column", ["n bigserial", "n bigint GENERATED ALWAYS AS IDENTITY",
+                                    "n numeric GENERATED ALWAYS AS (dose * 2) STORED"])
+def test_columns_computed_per_row_rewrite(column: str) -> None:
+    report = lint_sql(f"ALTER TABLE prescriptions ADD COLUMN {column};", config=OURS)
+    assert "add-column-volatile-default" in {f.rule for f in report.blocking} and report.statements[0].rewrites
+
+
 @pytest.mark.parametrize("expr", ["random()", "clock_timestamp()", "nextval('s')"])
 def test_volatile_defaults(expr: str) -> None:
     report = lint_sql(f"ALTER TABLE visits ADD COLUMN x text DEFAULT {expr}::text;", config=OURS)

@@ -58,6 +58,7 @@ NON_VOLATILE_FUNCTIONS = frozenset({
     "rpad", "concat", "coalesce", "jsonb_build_object", "json_build_object", "to_jsonb", "make_interval",
     "date_trunc", "timezone", "array_length", "abs", "round", "greatest", "least", "md5", "btrim", "trim",
 })
+_SERIALS = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
 # Target types that can be a binary-compatible widening (no rewrite) of a narrower live column type.
 WIDENING_TARGETS = frozenset({"text", "varchar", "numeric", "varbit", "citext"})
 _SET_CONFIG_LOCK_TIMEOUT = re.compile(r"set_config\s*\(\s*'lock_timeout'\s*,\s*'(?P<value>[^']*)'", re.I)
@@ -417,10 +418,11 @@ class Walker:
             st.does("scan")  # the partition is scanned unless a CHECK constraint proves the bound
 
     def _add_column(self, table: str, col: ast.ColumnDef, st: _Stmt) -> None:
-        for con in col.constraints or ():
-            if con.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
-                identity = con.contype == ConstrType.CONSTR_IDENTITY
-                what = "an identity column" if identity else "a stored generated column"
+        serial = type_parts(col.typeName)[0] in _SERIALS  # a nextval() default per row
+        for con in (*(col.constraints or ()), *((None,) if serial else ())):
+            if con is None or con.contype in (ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED):
+                what = ("a serial column" if con is None else "an identity column"
+                        if con.contype == ConstrType.CONSTR_IDENTITY else "a stored generated column")
                 st.does("rewrite")
                 self._flag(st, "add-column-volatile-default",
                            f"ADD COLUMN {col.colname} to {table} as {what} computes a value per row: the table is "
