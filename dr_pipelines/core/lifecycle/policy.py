@@ -24,7 +24,7 @@ twice, is a conflict and refused: the file must mean one thing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +327,3 @@ def _tenants(conn: psycopg.Connection, policies: Policies, scope: Scope) -> tupl
         sql.Identifier(scope.key_column), jur, sql.Identifier(schema, table), sql.Identifier(scope.key_column))).fetchall()
     return tuple(Tenant(r[0], r[1]) for r in rows)
 
-
-def with_rule(policy: TablePolicy, rule: Rule) -> TablePolicy:
-    """A copy with another base rule (benchmarks and tests vary one knob)."""
-    return replace(policy, rule=rule)
