@@ -44,11 +44,15 @@ def test_headless_webserver_lists_this_locations_assets(webserver: str) -> None:
     (loc,) = locations
     assert loc.error is None
     assert "source_profile" in loc.assets
-    assert set(loc.assets) == {"source_profile", "logical_backup", "backup_retention", "backup_verification",
-                               "dr_drill", "dr_status"}
-    assert set(loc.schedules) == {"source_profile_hourly", "logical_backup_schedule", "verification_schedule",
-                                  "dr_drill_schedule", "dr_status_hourly"}
-    assert set(loc.sensors) == {"run_failure_alert", "rpo_breach_alert"}
+    # The UI shows exactly what the code location defines (loaded here with the same settings).
+    defs = build_definitions()
+    assert set(loc.assets) == {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {"logical_backup", "backup_verification", "dr_drill", "dr_status", "tenant_export", "analytics_export",
+            "schema_migrations"} <= set(loc.assets)
+    assert set(loc.schedules) == {s.name for s in defs.schedules or []}
+    assert set(loc.sensors) == {s.name for s in defs.sensors or []}
+    assert {"logical_backup_schedule", "verification_schedule", "dr_drill_schedule"} <= set(loc.schedules)
+    assert {"run_failure_alert", "rpo_breach_alert", "clinic_partitions_sync"} <= set(loc.sensors)
     assert set(loc.schedules.values()) | set(loc.sensors.values()) == {"STOPPED"}  # Dagster's default
 
 
