@@ -8,7 +8,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
+from dr_pipelines.core.lifecycle.apply import ApplyOptions, RetentionBusyError, apply_policies
 from dr_pipelines.core.lifecycle.holds import place_hold, release_hold
 from dr_pipelines.core.lifecycle.journal import segments
 from dr_pipelines.core.lifecycle.plan import plan
@@ -143,3 +143,19 @@ def test_s3_archive_round_trip(demo_db: str, s3_server, s3_bucket: str) -> None:
                                                                        segment_rows=40, batch_size=25))
     assert result.tables[0].segments > 1
     assert assert_union(demo_db, storage, table, original) == result.tables[0].archived_rows
+
+
+def test_one_run_per_table_at_a_time(demo_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(demo_db, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext(%s))", ("drp.retention:public.audit_log",))
+        with pytest.raises(RetentionBusyError, match="another retention run"):
+            apply_policies(demo_db, LocalStorage(tmp_path / "store"), policies(), ApplyOptions(as_of=AS_OF))
+
+
+def test_a_partition_with_kept_rows_is_not_dropped(demo_db: str, tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    original = content(demo_db, "public.audit_log")
+    result = apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
+    (audit,) = result.tables
+    assert audit.partitions_dropped == [] and audit.archived_rows == audit.deleted_rows > 0  # tenant 3 keeps
+    assert assert_union(demo_db, storage, "public.audit_log", original) == audit.archived_rows
