@@ -159,3 +159,26 @@ def test_a_partition_with_kept_rows_is_not_dropped(demo_db: str, tmp_path: Path)
     (audit,) = result.tables
     assert audit.partitions_dropped == [] and audit.archived_rows == audit.deleted_rows > 0  # tenant 3 keeps
     assert assert_union(demo_db, storage, "public.audit_log", original) == audit.archived_rows
+
+
+def test_a_table_two_hops_from_the_tenant_is_archived_per_tenant(demo_db: str, tmp_path: Path) -> None:
+    """note_tags has no clinic_id: its tenant comes through clinical_notes (the export's FK-graph scope)."""
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.note_tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                     " note_id bigint NOT NULL REFERENCES clinical_notes (id), tag text NOT NULL,"
+                     " tagged_at timestamptz NOT NULL)")
+        conn.execute("INSERT INTO note_tags (note_id, tag, tagged_at) SELECT id, 'tag-' || (id % 5), created_at"
+                     " FROM clinical_notes")
+    storage = LocalStorage(tmp_path / "store")
+    original = content(demo_db, "public.note_tags")
+    tags = policies(**{"public.note_tags": {"timestamp_column": "tagged_at", "period": "16 months",
+                                            "action": "archive-then-delete"}})
+    result = apply_policies(demo_db, storage, tags, ApplyOptions(as_of=AS_OF, tables=("public.note_tags",)))
+    assert result.tables[0].archived_rows > 0
+    assert assert_union(demo_db, storage, "public.note_tags", original) == result.tables[0].archived_rows
+    with psycopg.connect(demo_db) as conn:
+        owner = dict(conn.execute("SELECT id, clinic_id FROM clinical_notes").fetchall())
+    for a in list_archives(storage, table="public.note_tags"):
+        with fetched(storage, a.prefix) as (_m, path):
+            notes = pq.read_table(path, columns=["note_id"]).column("note_id").to_pylist()
+        assert {owner[n] for n in notes} == {int(a.tenant_id)}
