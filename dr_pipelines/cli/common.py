@@ -9,7 +9,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from dr_pipelines.core.settings import Settings, load_settings
 
@@ -36,13 +44,17 @@ def human_bytes(n: float) -> str:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Any]:
-    """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal."""
+def progress_bar(enabled: bool = True, *, unit: str = "bytes") -> Iterator[Any]:
+    """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal.
+
+    ``unit`` "bytes" shows sizes and speed; anything else ("rows") shows plain counts.
+    """
     if not enabled or not err.is_terminal:
         yield None
         return
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
+    amount = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), *amount, TimeElapsedColumn(), console=err,
+                    transient=False)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int | None) -> None:

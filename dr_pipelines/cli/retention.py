@@ -79,7 +79,7 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
                            segment_rows=segment_rows, partition_drop=not no_partition_drop)
-    with progress_bar(not as_json) as progress:
+    with progress_bar(not as_json, unit="rows") as progress:
         result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
     if as_json:
         emit_json(result.as_dict())
@@ -182,7 +182,7 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
     from dr_pipelines.core.lifecycle.rehydrate import parse_period, restore_archives
 
     s = settings()
-    with progress_bar(not as_json) as progress:
+    with progress_bar(not as_json, unit="archives") as progress:
         done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress)
     summary = {"table": table, "into": into or table, "tenant": tenant, "archives": len(done),
                "rows": sum(a.rows for a in done), "prefixes": [a.prefix for a in done]}
