@@ -182,3 +182,14 @@ def test_a_table_two_hops_from_the_tenant_is_archived_per_tenant(demo_db: str, t
         with fetched(storage, a.prefix) as (_m, path):
             notes = pq.read_table(path, columns=["note_id"]).column("note_id").to_pylist()
         assert {owner[n] for n in notes} == {int(a.tenant_id)}
+
+
+def test_a_row_that_cannot_be_archived_stops_the_table_with_a_clear_error(demo_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO audit_log (clinic_id, action, entity, occurred_at) VALUES (1, 'read', 'x', '-infinity')")
+    storage = LocalStorage(tmp_path / "store")
+    original = content(demo_db, "public.audit_log")
+    with pytest.raises(ArchiveError, match="retention of public.audit_log stopped") as info:
+        apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
+    assert "re-run" in str(info.value) or "run again" in str(info.value)
+    assert_union(demo_db, storage, "public.audit_log", original)  # nothing lost on the way

@@ -191,6 +191,11 @@ def apply_policies(dsn: str, storage: Storage, policies: Policies, options: Appl
                                          fix="wait for it to finish (a crashed run's lock is released with its session)")
             try:
                 results.append(_TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run())
+            except psycopg.Error as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ArchiveError(f"retention of {bt.name} stopped: {reason}",
+                                   fix="no row was deleted without a verified archive; fix the cause and run "
+                                   "again: the run resumes where this one stopped") from exc
             finally:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
         return ApplyResult(run_id, as_of, results)
