@@ -138,6 +138,8 @@ def lint_sql(sql: str, *, path: str | None = None, transactional: bool = True,
                 severity, message = WARNING, message[1:]
             if rule == "no-lock-timeout" and config.runner_sets_lock_timeout:
                 severity = INFO
+                fix = ("drp migrate apply sets lock_timeout (migration_lock_timeout) and retries; set it in the file "
+                       "only if it is also applied by other tools")
             if rule not in config.disabled_rules:
                 findings.append(Finding(rule, severity, message, fix, line, index, allowed.get(rule)))
     report = LintReport(path, statements, findings, transactional=transactional)
