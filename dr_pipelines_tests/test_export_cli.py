@@ -22,6 +22,7 @@ def test_export_cli_json_and_clean_refusal(demo_db: str, tmp_path: Path) -> None
     manifest = read_manifest(storage, f"exports/{summary['export_id']}")
     assert manifest.extra["requester"] == "dpo@example.org"
     assert manifest.total_rows == summary["rows"] > 0
+    assert {(t.method, t.checksum) for t in manifest.tables} == {("none", "")}  # content checksums are opt-in
     assert not (tmp_path / "default").exists()
 
     refused = drp("export", "--clinic", "424242", env=env)
@@ -38,7 +39,7 @@ def test_export_cli_selected_tables_as_a_verified_zip(demo_db: str, tmp_path: Pa
 
     env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store")}
     result = drp("export", "--clinic", "2", "--format", "csv,parquet", "--table", "public.patients",
-                 "--table", "appointments", "--zip", "--json", env=env)
+                 "--table", "appointments", "--zip", "--checksums", "--json", env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert [t["table"] for t in summary["tables"]] == ["public.patients", "public.appointments"]
@@ -53,6 +54,7 @@ def test_export_cli_selected_tables_as_a_verified_zip(demo_db: str, tmp_path: Pa
         for o in files:  # byte-identical to the stored files the manifest describes
             assert hashlib.sha256(zf.read(o.key)).hexdigest() == o.sha256
     assert inner["id"] == manifest.id and len(inner["objects"]) == len(files) == 4
+    assert all(t.method in ("record", "text") and len(t.checksum) == 16 for t in manifest.tables)
 
     unknown = drp("export", "--clinic", "2", "--table", "public.no_such", env=env)
     assert unknown.returncode == 2 and "public.no_such" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -32,7 +32,8 @@ def test_parquet_export_loads_into_a_fresh_database_unchanged(demo_db: str, fres
         clinic_id = conn.execute("SELECT id FROM clinics WHERE slug = %s", (TRICKY_CLINIC_SLUG,)).fetchone()[0]
     # Small row groups, so that the streaming path (many row groups per file) is what is tested.
     result = export_tenants(demo_db, storage, [clinic_id],
-                            ExportOptions(formats=("parquet",), max_per_hour=None, batch_rows=97))
+                            ExportOptions(formats=("parquet",), max_per_hour=None, batch_rows=97,
+                                          content_checksums=True))
     manifest = {t.name: t for t in result.manifest.tables}
     audit_log = pq.ParquetFile(io.BytesIO(storage.get_bytes(object_key(result, "public.audit_log", "parquet"))))
     assert audit_log.metadata.num_row_groups == -(-manifest["public.audit_log"].rows // 97) > 1

@@ -36,6 +36,8 @@ def export(
     requester: Optional[str] = typer.Option(None, "--requester", help="Who asked (default: the OS user); audited."),
     tables: list[str] = typer.Option([], "--table", help="Only this table (schema.table; repeatable). Default: all."),
     zip_bundle: bool = typer.Option(False, "--zip", help="Also write one zip holding every file and the manifest."),
+    checksums: bool = typer.Option(False, "--checksums",
+                                   help="Also checksum each table's rows in the database (as restores are checked)."),
     root: Optional[str] = typer.Option(None, "--root", help="Tenant root table (default: export_tenant_root)."),
     key: Optional[str] = typer.Option(None, "--key", help="Tenant key column (default: export_tenant_key)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Also leave out this table (schema.table; repeatable)."),
@@ -54,6 +56,7 @@ def export(
         key_column=key or s.export_tenant_key, exclude=tuple(s.export_exclude_tables) + tuple(exclude),
         tables=tuple(tables), requester=requester, max_per_hour=s.export_max_per_hour or None,
         presign_expiry_s=(presign or s.export_presign_expiry_seconds) if on_s3 else presign, zip_bundle=zip_bundle,
+        content_checksums=checksums,
     )
     with _files_progress(not as_json) as progress:
         result = export_tenants(s.dsn, storage, clinic, options, progress=progress)

@@ -11,6 +11,9 @@ verification recomputes the same one:
   column type that has no hash function (json, point, xml, ...) or whose hash depends on
   OIDs that differ after a restore (enums hash their label's OID; oid and reg* types).
 
+``sum()`` of bigint hashes is exact (PostgreSQL accumulates in 128 bits and returns numeric),
+so the hashes are summed as they are; casting each to numeric first cost ~7% more.
+
 Equal values hash equally, so a change that keeps values equal (numeric 1.0 -> 1.00) is
 not a change to either method.
 """
@@ -37,8 +40,8 @@ RENDER_SETTINGS = {
 _MOD = 1 << 64
 
 CHECKSUM_QUERIES = {
-    "record": sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)::numeric), 0) FROM {} AS t"),
-    "text": sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} AS t"),
+    "record": sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0) FROM {} AS t"),
+    "text": sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} AS t"),
 }
 
 USER_TABLES_QUERY = """

@@ -29,6 +29,7 @@ class TenantExportConfig(dg.Config):
     tables: list[str] = Field(default=[], description="schema.table names; empty = every tenant-owned table")
     requester: str = Field(default="", description="who asked (e.g. the DPO's email); default: the Dagster run")
     zip_bundle: bool = Field(default=False, description="also write one zip with every file and the manifest")
+    content_checksums: bool = Field(default=False, description="also checksum each table's rows in the database")
 
 
 def _options(s: Settings, **overrides: Any) -> ExportOptions:
@@ -68,6 +69,7 @@ def build(settings: Settings) -> dg.Definitions:
         requester = config.requester.strip() or f"dagster run {context.run_id}"
         options = _options(s, formats=tuple(config.formats), tables=tuple(config.tables), requester=requester,
                            max_per_hour=s.export_max_per_hour or None, zip_bundle=config.zip_bundle,
+                           content_checksums=config.content_checksums,
                            presign_expiry_s=s.export_presign_expiry_seconds if hasattr(storage, "bucket") else None)
         result = export_tenants(s.dsn, storage, [context.partition_key], options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
