@@ -61,13 +61,18 @@ def run_baseline(dsn: str, script: str) -> dict:  # type: ignore[type-arg]
     return measured.as_dict()
 
 
-def run_drp(dsn: str, fmt: str, target: Path) -> dict:  # type: ignore[type-arg]
+VARIANTS = {"csv": ("csv",), "parquet": ("parquet",), "jsonl": ("jsonl",),
+            "csv+checksums": ("csv", "--checksums"), "parquet+checksums": ("parquet", "--checksums")}
+
+
+def run_drp(dsn: str, variant: str, target: Path) -> dict:  # type: ignore[type-arg]
     env = {**os.environ, "DRP_SOURCE_DSN": dsn, "DRP_EXPORT_MAX_PER_HOUR": "0", "DRP_STORAGE_URL": str(target)}
-    launch = Launch([str(BIN / "drp"), "export", "--clinic", CLINIC, "--format", fmt, "--json"], env=env,
+    fmt, *extra = VARIANTS[variant]
+    launch = Launch([str(BIN / "drp"), "export", "--clinic", CLINIC, "--format", fmt, *extra, "--json"], env=env,
                     stdout=subprocess.PIPE)
     out = launch.proc.stdout.read()  # type: ignore[union-attr]
     measured = launch.reap()
-    assert measured.returncode == 0, f"drp export --format {fmt} failed"
+    assert measured.returncode == 0, f"drp export {variant} failed"
     summary = json.loads(out)
     shutil.rmtree(target, ignore_errors=True)
     return measured.as_dict() | {"rows": summary["rows"], "bytes": summary["bytes"]}
@@ -80,17 +85,17 @@ def bench_size(cluster: LocalCluster, base: Path, scale: float, repeat: int) -> 
     gen.seed_demo(dsn, clinics=2, scale=scale, seed=SEED)
     seeded = time.monotonic() - t0
     script, rows = baseline_script(dsn)
-    runs: dict[str, list[dict]] = {"copy": [], "csv": [], "parquet": [], "jsonl": []}  # type: ignore[type-arg]
+    runs: dict[str, list[dict]] = {"copy": []} | {v: [] for v in VARIANTS}  # type: ignore[type-arg]
     for _ in range(repeat):
         runs["copy"].append(run_baseline(dsn, script))
-        for fmt in ("csv", "parquet", "jsonl"):
-            runs[fmt].append(run_drp(dsn, fmt, base / f"out-{fmt}"))
+        for fmt in VARIANTS:
+            runs[fmt].append(run_drp(dsn, fmt, base / "out"))
             assert runs[fmt][-1]["rows"] == rows, (fmt, runs[fmt][-1]["rows"], rows)
     copy_s = stats([r["seconds"] for r in runs["copy"]])["median"]
     result = {"scale": scale, "clinic_rows": rows, "seed_seconds": round(seeded, 1),
               "copy": {"seconds": stats([r["seconds"] for r in runs["copy"]]),
                        "rows_per_second": round(rows / copy_s)}}
-    for fmt in ("csv", "parquet", "jsonl"):
+    for fmt in VARIANTS:
         secs = stats([r["seconds"] for r in runs[fmt]])
         result[fmt] = {"seconds": secs, "rows_per_second": round(rows / secs["median"]),
                        "throughput_vs_copy": round(copy_s / secs["median"], 3),
@@ -119,7 +124,7 @@ def main() -> int:
         for s in sizes:
             print(f"{s['clinic_rows']:,} rows: COPY {s['copy']['rows_per_second']:,} rows/s; " + "; ".join(
                 f"{f} {s[f]['throughput_vs_copy']:.2f}x COPY, {s[f]['peak_rss_mib']} MiB" for f in
-                ("csv", "parquet", "jsonl")), file=sys.stderr)
+                VARIANTS), file=sys.stderr)
         return 0
     finally:
         cluster.remove()
