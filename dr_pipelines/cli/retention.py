@@ -165,10 +165,13 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
     if as_json:
         emit_json([a.as_dict() for a in found])
         return
-    t = Table("table", "tenant", "month", "rows", "bytes", "archive")
+    t = Table("table", "tenant", "month", "rows", "kept", "bytes", "archive")
     for a in found:
-        t.add_row(a.table, a.tenant_id, a.month, f"{a.rows:,}", human_bytes(a.bytes), a.prefix)
+        t.add_row(a.table, a.tenant_id, a.month, f"{a.rows:,}", f"{a.kept:,}", human_bytes(a.bytes), a.prefix)
     out.print(t)
+    if any(a.kept for a in found):
+        err.print("kept: archived rows that were not deleted (changed after the archive, or held); the database or "
+                  "a later archive holds them, and restore skips them", highlight=False)
 
 
 @archive_app.command("restore")
@@ -185,11 +188,15 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
     with progress_bar(not as_json, unit="archives") as progress:
         done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress)
     summary = {"table": table, "into": into or table, "tenant": tenant, "archives": len(done),
-               "rows": sum(a.rows for a in done), "prefixes": [a.prefix for a in done]}
+               "rows": sum(a.rows - a.kept for a in done), "skipped_kept": sum(a.kept for a in done),
+               "prefixes": [a.prefix for a in done]}
     if as_json:
         emit_json(summary)
         return
+    skipped = summary["skipped_kept"]
     out.print(f"restored {summary['rows']:,} rows from {len(done)} archive(s) into {summary['into']}; "
-              "each matched its manifest", highlight=False)
+              + (f"skipped {skipped:,} row(s) never deleted (listed in kept.json: the database or a later archive "
+                 "holds them); each matched its manifest minus those" if skipped else "each matched its manifest"),
+              highlight=False)
     if not into:
         err.print("note: these rows are past retention again; place a legal hold if they must stay", highlight=False)

@@ -1,7 +1,8 @@
 """Shared helpers for the data-retention tests (no tests here): a policy, and the union check.
 
 The union check is the invariant the crash tests prove: every original row is either still
-in the table or in exactly one archive. Content is compared with PostgreSQL's own hashes
+in the table or in exactly one archive's effective rows (its rows minus those its kept.json
+lists as never deleted). Content is compared with PostgreSQL's own hashes
 (core/pg/checksums.py): archives are read back from storage into a scratch table first.
 """
 
@@ -11,11 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-import pyarrow.parquet as pq
 from psycopg import sql
 
 from dr_pipelines.core.lifecycle.policy import Policies, parse_policies
-from dr_pipelines.core.lifecycle.segment import PREFIX, checksum_of, fetched, scratch_copy
+from dr_pipelines.core.lifecycle.segment import PREFIX, checksum_of, drop_kept, fetched, read_kept, scratch_copy
 from dr_pipelines.core.manifest import MANIFEST_NAME
 from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
 from dr_pipelines.core.storage import Storage
@@ -58,7 +58,8 @@ def archive_prefixes(storage: Storage, table: str) -> list[str]:
 def archived(dsn: str, storage: Storage, table: str) -> tuple[int, int, dict[str, set[Any]]]:
     """(rows, checksum sum, primary keys per archive) of every archive of ``table``, read back from storage.
 
-    Asserts along the way that no primary key is in two archives.
+    Counts each archive's effective rows: its kept rows (kept.json) are checked and taken out.
+    Asserts along the way that each archive matches its manifest and no primary key is in two archives.
     """
     schema, name = table.split(".", 1)
     rows, total, seen, keys = 0, 0, set(), {}
@@ -70,7 +71,13 @@ def archived(dsn: str, storage: Storage, table: str) -> tuple[int, int, dict[str
                 n, checksum = checksum_of(conn, scratch, manifest.tables[0].method)
                 assert (n, checksum) == (manifest.tables[0].rows, manifest.tables[0].checksum), prefix
                 pk = manifest.extra["primary_key"]
-                got = set(zip(*(pq.read_table(path, columns=pk).column(c).to_pylist() for c in pk), strict=True))
+                kept = read_kept(storage, prefix, pk)
+                if kept:
+                    drop_kept(conn, scratch, kept, pk, manifest.tables[0].method)
+                    n, checksum = checksum_of(conn, scratch, manifest.tables[0].method)
+                    assert n == manifest.tables[0].rows - kept.rows
+                got = set(conn.execute(sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, pk)), scratch)).fetchall())
                 assert not (got & seen), f"rows of {prefix} are also in another archive"
                 seen |= got
                 keys[prefix] = got

@@ -12,7 +12,10 @@ Per table, under an advisory lock (one run per table at a time):
    (count and checksum of the partition equal the sum of the month's verified segments),
    the partition is detached and dropped in one transaction. Otherwise rows are deleted in
    batches of ``batch_size`` by primary key, only if their hash still equals the archived
-   one and no hold covers them now; each batch commits with its journal counters.
+   one and no hold covers them now; each batch commits with its journal counters and the
+   keys of the rows it kept (``drp.archive_kept``). Before a segment is marked deleted, its
+   kept rows are stored next to its manifest (``kept.json``): the archive says by itself
+   which of its rows were never removed (a later run may archive their current version).
 
 Tenants whose rule is ``delete`` lose expired rows in batches without an archive; ``keep``
 touches nothing. Held rows are never selected and every hold that kept rows is reported.
@@ -47,12 +50,14 @@ from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule
 from dr_pipelines.core.lifecycle.segment import (
     ALIAS,
     ArchiveError,
+    Kept,
     bind_tenant,
     fetched,
     from_clause,
     month_bounds,
     new_segment_id,
     parquet_keys,
+    pk_text,
     pk_tuple,
     remove_objects,
     row_hash,
@@ -62,6 +67,7 @@ from dr_pipelines.core.lifecycle.segment import (
     table_method,
     ts_value,
     verify,
+    write_kept,
 )
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
@@ -351,47 +357,65 @@ class _TableRun:
     # -- delete -----------------------------------------------------------------------------------
 
     def _delete_batches(self, seg: journal.Segment) -> None:
-        """Delete a verified segment's rows by primary key, hash-guarded, hold-aware, batch by batch."""
+        """Delete a verified segment's rows by primary key, hash-guarded, hold-aware, batch by batch.
+
+        The rows a batch keeps (changed since the archive, or held now) are recorded in
+        drp.archive_kept in the batch's transaction; kept.json is written from there before the
+        segment is marked deleted.
+        """
         holds = hold_filter(self.conn, self.bt.name, seg.tenant_id, self._columns())
-        if holds.everything:  # a hold placed after the archive: nothing of this tenant's table may go
-            self._close(seg, kept=(seg.rows or 0) - seg.deleted_rows - seg.kept_rows)
-            return
+        # A whole hold placed after the archive: nothing of this tenant's table may go, every row is kept.
+        held = sql.SQL("true") if holds.everything else holds.held_expr(ALIAS)
         arrays = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in (*self.bt.pk_types, "bigint"))
         names = [sql.Identifier(f"k{i}") for i in range(len(self.bt.pk))]
+        keys_tuple = sql.SQL(", ").join(sql.SQL("drp_keys.{}").format(n) for n in names)
+        gone = [sql.Identifier(f"g{i}") for i in range(len(self.bt.pk))]
 
         ts = sql.Identifier(ALIAS, self.bt.policy.timestamp_column)
         # The month bounds are redundant with the keys and hashes, but let PostgreSQL prune partitions.
         stmt = sql.SQL(
-            "DELETE FROM {} USING unnest({}) AS drp_keys({}, h) WHERE {} = ({}) AND {} = drp_keys.h AND {}"
-            " AND {} >= %s AND {} < %s AND NOT {}"
-        ).format(from_clause(self.bt), arrays, sql.SQL(", ").join(names), pk_tuple(self.bt),
-                 sql.SQL(", ").join(sql.SQL("drp_keys.{}").format(n) for n in names), row_hash(self.method),
-                 tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), ts, ts, holds.held_expr(ALIAS))
+            "WITH drp_keys AS MATERIALIZED (SELECT * FROM unnest({}) AS u({}, h)),"
+            " gone AS (DELETE FROM {} USING drp_keys WHERE {} = ({}) AND {} = drp_keys.h AND {}"
+            " AND {} >= %s AND {} < %s AND NOT {} RETURNING {}),"
+            " kept AS (INSERT INTO drp.archive_kept (segment_id, pk, row_hash) SELECT %s, {}, drp_keys.h FROM drp_keys"
+            " WHERE NOT EXISTS (SELECT FROM gone WHERE ({}) = ({})) RETURNING 1)"
+            " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM kept)"
+        ).format(arrays, sql.SQL(", ").join(names), from_clause(self.bt), pk_tuple(self.bt), keys_tuple,
+                 row_hash(self.method), tenant_filter(self.bt.scope, self.bt.tenant_scope, ALIAS), ts, ts, held,
+                 sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(ALIAS, c), g)
+                                    for c, g in zip(self.bt.pk, gone, strict=True)),
+                 pk_text([f"k{i}" for i in range(len(self.bt.pk))], "drp_keys"),
+                 sql.SQL(", ").join(sql.SQL("gone.{}").format(g) for g in gone), keys_tuple)
         m0, m1 = (ts_value(self.bt, b) for b in month_bounds(seg.month))
-        with fetched(self.storage, seg.prefix, self.options.work_dir) as (_manifest, path), \
+        with fetched(self.storage, seg.prefix, self.options.work_dir) as (manifest, path), \
                 self.result.timed("delete"):
             for end, keys, hashes in parquet_keys(path, self.bt, self.options.batch_size, seg.next_offset):
                 started = time.monotonic()
                 with self.conn.transaction():
                     bind_tenant(self.conn, seg.tenant_id)
-                    deleted = self.conn.execute(stmt, (*keys, hashes, m0, m1)).rowcount
+                    deleted, kept = self.conn.execute(stmt, (*keys, hashes, m0, m1, seg.id)).fetchone()
                     seconds = time.monotonic() - started
-                    journal.record_batch(self.conn, seg.id, deleted=deleted, kept=len(hashes) - deleted,
-                                         next_offset=end, seconds=seconds)
+                    journal.record_batch(self.conn, seg.id, deleted=deleted, kept=kept, next_offset=end,
+                                         seconds=seconds)
                 self.result.batch(time.monotonic() - started)
                 self.result.deleted_rows += deleted
-                self.result.kept_changed += len(hashes) - deleted
+                self.result.kept_changed += kept
                 if self.progress:
                     self.progress(f"delete {self.bt.name}", self.result.deleted_rows, None)
                 if end < (seg.rows or 0):
                     pause_point("mid-delete")
+            self._store_kept(seg, manifest.extra["primary_key"])
         journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
 
-    def _close(self, seg: journal.Segment, kept: int) -> None:
-        with self.conn.transaction():
-            journal.record_batch(self.conn, seg.id, deleted=0, kept=kept, next_offset=seg.rows or 0, seconds=0.0)
-        journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
-        self.result.kept_changed += kept
+    def _store_kept(self, seg: journal.Segment, primary_key: list[str]) -> None:
+        """Write the segment's kept.json from the journal (idempotent: the same bytes on a re-run)."""
+        count, entries = journal.kept(self.conn, seg.id)
+        if len(entries) != count:
+            raise ArchiveError(f"segment {seg.id} counts {count} kept row(s) but the journal lists {len(entries)}",
+                               fix="this is a bug in drp: report it; the segment stays unfinished")
+        if entries:
+            write_kept(self.storage, seg.prefix, Kept([k for k, _h in entries], [h for _k, h in entries]),
+                       segment_id=seg.id, table=self.bt.name, primary_key=primary_key)
 
     def _drop_partition(self, month: date, segs: list[journal.Segment]) -> list[journal.Segment]:
         """Detach and drop the month's leaf partition if it holds exactly the verified segments; else leave them."""

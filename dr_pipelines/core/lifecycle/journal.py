@@ -9,7 +9,10 @@ Parquet object with its manifest. Its state only moves forward::
 
 Rows are deleted only from a ``verified`` segment, and each delete batch updates the
 segment's counters (deleted_rows, next_offset) in the same transaction as the DELETE, so
-after a crash the journal says exactly which rows are gone. A run first finishes the
+after a crash the journal says exactly which rows are gone. The rows a batch kept (changed
+since the archive, or held now) are recorded in ``drp.archive_kept`` in that same
+transaction; when the segment is done they go to storage next to its manifest
+(``kept.json``), so an archive says by itself which of its rows were never removed. A run first finishes the
 unfinished segments it finds (resume), then selects new rows, so rows of an unfinished
 segment are never selected into a second one.
 """
@@ -58,6 +61,17 @@ CREATE INDEX IF NOT EXISTS archive_segments_unfinished_idx ON drp.archive_segmen
     WHERE state IN ('pending', 'written', 'verified');
 CREATE INDEX IF NOT EXISTS archive_segments_lookup_idx ON drp.archive_segments (table_name, tenant_id, month);
 """
+# The archived rows a delete batch left in place (changed since the archive, or held now): one row
+# each, inserted in the batch's transaction. pk: the primary key's values as text (rendered under
+# core/pg/checksums.RENDER_SETTINGS); row_hash: the archived version's hash (__drp_row_hash).
+KEPT_DDL = """
+CREATE TABLE IF NOT EXISTS drp.archive_kept (
+    segment_id    text        NOT NULL REFERENCES drp.archive_segments (id),
+    pk            jsonb       NOT NULL,
+    row_hash      bigint      NOT NULL,
+    PRIMARY KEY (segment_id, pk)
+);
+"""
 _LOCK_KEY = 0x6472_705F_6A72  # "drp_jr": serialises the DDL
 
 
@@ -93,6 +107,25 @@ class Segment:
         return {k: (v.isoformat() if isinstance(v, date | datetime) else v) for k, v in vars(self).items()}
 
 
+@dataclass(frozen=True)
+class Balance:
+    """Rows archived by some segments, kept in place (changed or held by the delete), and deleted."""
+
+    archived: int
+    kept: int
+    deleted: int
+
+    @property
+    def ok(self) -> bool:
+        """Every archived row was deleted unless the journal (and its kept.json) says it was kept."""
+        return self.archived - self.kept == self.deleted
+
+
+def balance(segs: list[Segment]) -> Balance:
+    live = [s for s in segs if s.state != "abandoned"]
+    return Balance(sum(s.rows or 0 for s in live), sum(s.kept_rows for s in live), sum(s.deleted_rows for s in live))
+
+
 def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) -> None:
     """Run ``ddl`` (idempotent) unless ``table`` exists, under an advisory lock against concurrent runs."""
     if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
@@ -104,6 +137,7 @@ def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) 
 
 def ensure_journal_table(conn: psycopg.Connection) -> None:
     ensure_table(conn, "drp.archive_segments", JOURNAL_DDL, _LOCK_KEY)
+    ensure_table(conn, "drp.archive_kept", KEPT_DDL, _LOCK_KEY)  # separate: journals older than the table
 
 
 def insert_pending(conn: psycopg.Connection, seg: dict[str, Any]) -> None:
@@ -131,6 +165,14 @@ def record_batch(conn: psycopg.Connection, seg_id: str, *, deleted: int, kept: i
         "UPDATE drp.archive_segments SET deleted_rows = deleted_rows + %s, kept_rows = kept_rows + %s,"
         " next_offset = %s, batches = batches + 1, longest_batch_s = greatest(longest_batch_s, %s),"
         " updated_at = clock_timestamp() WHERE id = %s", (deleted, kept, next_offset, seconds, seg_id))
+
+
+def kept(conn: psycopg.Connection, seg_id: str) -> tuple[int, list[tuple[list[str], int]]]:
+    """The segment's kept_rows counter and its kept rows' (primary key as text, archived row hash), by key."""
+    (count,) = conn.execute("SELECT kept_rows FROM drp.archive_segments WHERE id = %s", (seg_id,)).fetchone()
+    rows = conn.execute("SELECT pk, row_hash FROM drp.archive_kept WHERE segment_id = %s ORDER BY pk",
+                        (seg_id,)).fetchall()
+    return int(count), [(list(pk), int(h)) for pk, h in rows]
 
 
 def segments(conn: psycopg.Connection, *, table: str | None = None, tenant_id: str | None = None,

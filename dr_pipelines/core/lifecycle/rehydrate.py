@@ -8,6 +8,11 @@ in the target with the archive's primary keys are hashed again and must equal th
 manifest: a restore that does not match is rolled back. Rows whose primary key is already
 in the target are refused (nothing is overwritten).
 
+An archive's rows listed in its ``kept.json`` (archived, but changed or held by the time of
+the delete, so never removed: the database or a later archive holds them) are skipped:
+they are taken out of the loaded copy, must be exactly the listed rows by content, and
+the restored rows must then equal the manifest minus them (count and checksum).
+
 Rows restored into the live table are old enough to be archived again by the next run:
 place a legal hold on them first if they must stay (`drp retention hold place`).
 """
@@ -15,7 +20,7 @@ place a legal hold on them first if they must stay (`drp retention hold place`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,14 @@ from psycopg import sql
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.lifecycle.segment import (
     ALIAS,
+    KEPT_NAME,
     PREFIX,
     ArchiveError,
+    checksum_hex,
     checksum_of,
+    drop_kept,
     fetched,
+    read_kept,
     row_hash,
     scratch_copy,
 )
@@ -51,6 +60,7 @@ class ArchiveInfo:
     checksum: str
     cutoff: str
     predicate: str
+    kept: int = 0  # rows listed in kept.json: never deleted, skipped by restore
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -79,10 +89,12 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
         if tenant_id is not None:
             prefix += f"tenant={quote(str(tenant_id), safe='')}/"
     out = []
-    for info in storage.list(prefix):
-        if not info.key.endswith("/" + MANIFEST_NAME):
+    listed = [info.key for info in storage.list(prefix)]
+    with_kept = {key.rsplit("/", 1)[0] for key in listed if key.endswith("/" + KEPT_NAME)}
+    for key in listed:
+        if not key.endswith("/" + MANIFEST_NAME):
             continue
-        seg = info.key.rsplit("/", 1)[0]
+        seg = key.rsplit("/", 1)[0]
         m = read_manifest(storage, seg)
         x = m.extra
         if tenant_id is not None and x.get("tenant_id") != str(tenant_id):
@@ -90,8 +102,10 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
         month = date.fromisoformat(x["month"])
         if period and not (period[0] <= month <= period[1]):
             continue
+        kept = read_kept(storage, seg, x["primary_key"]) if seg in with_kept else None
         out.append(ArchiveInfo(seg, m.tables[0].name, x["tenant_id"], x["month"][:7], m.tables[0].rows,
-                               m.stored_bytes, m.tables[0].checksum, x["cutoff"], x["predicate"]))
+                               m.stored_bytes, m.tables[0].checksum, x["cutoff"], x["predicate"],
+                               kept.rows if kept else 0))
     return out
 
 
@@ -113,7 +127,7 @@ def restore_archives(dsn: str, storage: Storage, table: str, tenant_id: str, per
         columns = _insertable(conn, target)
         for n, info in enumerate(found, start=1):
             try:
-                _restore_one(conn, storage, source, target, columns, info, work_dir)
+                found[n - 1] = replace(info, kept=_restore_one(conn, storage, source, target, columns, info, work_dir))
             except psycopg.Error as exc:
                 raise ArchiveError(f"archive {info.prefix} cannot be inserted into {target.as_string(conn)}: "
                                    f"{str(exc).strip().splitlines()[0]}",
@@ -131,12 +145,18 @@ def _insertable(conn: psycopg.Connection, target: sql.Identifier) -> list[str]:
 
 
 def _restore_one(conn: psycopg.Connection, storage: Storage, source: sql.Identifier, target: sql.Identifier,
-                 columns: list[str], info: ArchiveInfo, work_dir: Path | None) -> None:
+                 columns: list[str], info: ArchiveInfo, work_dir: Path | None) -> int:
+    """Restore one archive in one transaction; returns how many of its rows were skipped as kept."""
     with fetched(storage, info.prefix, work_dir) as (manifest, path), conn.transaction():
         entry = manifest.tables[0]
         scratch, _ = scratch_copy(conn, source, path)
         if checksum_of(conn, scratch, entry.method) != (entry.rows, entry.checksum):
             raise ArchiveError(f"archive {info.prefix} does not match its manifest", fix="it cannot be restored as is")
+        expected = (entry.rows, entry.checksum)
+        kept = read_kept(storage, info.prefix, manifest.extra["primary_key"])
+        if kept:  # never deleted: the database or a later archive holds them
+            drop_kept(conn, scratch, kept, manifest.extra["primary_key"], entry.method)
+            expected = (entry.rows - kept.rows, checksum_hex(int(entry.checksum, 16) - int(kept.checksum, 16)))
         pk = sql.SQL(", ").join(map(sql.Identifier, manifest.extra["primary_key"]))
         matching = sql.SQL("SELECT * FROM {} WHERE ({}) IN (SELECT {} FROM {})").format(target, pk, pk, scratch)
         present = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS x").format(matching)).fetchone()[0]
@@ -148,7 +168,9 @@ def _restore_one(conn: psycopg.Connection, storage: Storage, source: sql.Identif
             target, cols, cols, scratch))
         rows, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM ({}) AS {}").format(
             row_hash(entry.method), matching, sql.Identifier(ALIAS))).fetchone()
-        if (rows, f"{int(total) % (1 << 64):016x}") != (entry.rows, entry.checksum):
-            raise ArchiveError(f"rows restored from {info.prefix} do not match its manifest after insertion "
-                               f"({rows} rows)", fix="the target's definition differs from the archived table's; "
+        if (rows, checksum_hex(int(total))) != expected:
+            raise ArchiveError(f"rows restored from {info.prefix} do not match its manifest"
+                               f"{' minus its kept rows' if kept else ''} after insertion ({rows} rows)",
+                               fix="the target's definition differs from the archived table's; "
                                "restore into a side table (--into)")
+        return kept.rows if kept else 0

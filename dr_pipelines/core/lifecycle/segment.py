@@ -10,11 +10,17 @@ Verification never trusts the writer: the object is fetched from storage with it
 recomputed, its rows are loaded into a temporary table (COPY; temporary tables write no
 WAL), and PostgreSQL recomputes count and checksum there, and checks that every row
 belongs to the segment's tenant, month and cutoff.
+
+Rows archived but not deleted (changed since, or held by the time of the delete) are listed
+in a sidecar ``kept.json`` next to the manifest, written when the segment's deletion is
+done: the archive's *effective* rows are its rows minus those (the database, or a later
+archive, holds the kept ones). No ``kept.json``: every row of the archive was removed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +43,7 @@ from dr_pipelines.core.storage import Storage
 
 PREFIX = "archives"
 DATA_NAME = "rows.parquet"
+KEPT_NAME = "kept.json"
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
 _MOD = 1 << 64
@@ -281,6 +288,80 @@ def parquet_keys(path: Path, bt: BoundTable, batch_size: int, offset: int) -> It
         skip = max(0, offset - start)
         keys = [batch.column(c).to_pylist()[skip:] for c in bt.pk]
         yield end, keys, batch.column(HASH_COLUMN).to_pylist()[skip:]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Rows of an archive that were not deleted: primary keys (values as text) and archived row hashes."""
+
+    keys: list[list[str]]
+    row_hashes: list[int]
+
+    @property
+    def rows(self) -> int:
+        return len(self.keys)
+
+    @property
+    def checksum(self) -> str:
+        return checksum_hex(sum(self.row_hashes))
+
+    @property
+    def sha256(self) -> str:
+        """Of the canonical JSON of [keys, row_hashes]."""
+        return hashlib.sha256(json.dumps([self.keys, self.row_hashes], separators=(",", ":")).encode()).hexdigest()
+
+
+def pk_text(pk: list[str], alias: str = ALIAS) -> sql.Composable:
+    """The primary key as a jsonb array of its values as text: how kept rows are named (journal and kept.json)."""
+    return sql.SQL("jsonb_build_array({})").format(
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c)) for c in pk))
+
+
+def write_kept(storage: Storage, prefix: str, kept: Kept, *, segment_id: str, table: str, primary_key: list[str]) -> None:
+    """Store ``kept.json`` (deterministic: a re-run writes the same bytes) and read it back."""
+    body = json.dumps({
+        "kind": "archive-kept", "version": 1, "segment_id": segment_id, "table": table, "primary_key": primary_key,
+        "rows": kept.rows, "checksum": kept.checksum, "sha256": kept.sha256,
+        "note": "rows of rows.parquet that were not deleted (changed after the archive, or under a legal hold): "
+                "the database or a later archive holds them; restore skips them",
+        "keys": kept.keys, "row_hashes": kept.row_hashes}, indent=None, separators=(",", ":")).encode()
+    storage.put_bytes(f"{prefix}/{KEPT_NAME}", body)
+    if storage.get_bytes(f"{prefix}/{KEPT_NAME}") != body:
+        raise ArchiveError(f"{storage.url}/{prefix}/{KEPT_NAME} does not read back as written",
+                           fix="check the storage; the segment stays unfinished and a re-run writes it again")
+
+
+def read_kept(storage: Storage, prefix: str, primary_key: list[str]) -> Kept | None:
+    """The archive's kept rows (None: all its rows were removed), checked against their own count and SHA-256."""
+    key = f"{prefix}/{KEPT_NAME}"
+    if not storage.exists(key):
+        return None
+    try:
+        doc = json.loads(storage.get_bytes(key))
+        kept = Kept([[str(v) for v in k] for k in doc["keys"]], [int(h) for h in doc["row_hashes"]])
+        ok = (doc["kind"] == "archive-kept" and doc["primary_key"] == primary_key and doc["rows"] == kept.rows
+              == len(kept.row_hashes) and doc["sha256"] == kept.sha256 and doc["checksum"] == kept.checksum)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ArchiveError(f"{storage.url}/{key} is malformed or does not match its own count and SHA-256",
+                           fix="the list of rows never deleted cannot be trusted: restore into a side table (--into) "
+                           "and compare with the live table by primary key")
+    return kept
+
+
+def drop_kept(conn: psycopg.Connection, relation: sql.Composable, kept: Kept, primary_key: list[str],
+              method: str) -> None:
+    """Remove the kept rows from a loaded copy of the archive; they must be exactly the ones listed, by content."""
+    removed, total = conn.execute(sql.SQL(
+        "WITH gone AS (DELETE FROM {} AS {} WHERE {} IN (SELECT jsonb_array_elements(%s::jsonb)) RETURNING {} AS h)"
+        " SELECT count(*), coalesce(sum(h::numeric), 0) FROM gone").format(
+        relation, sql.Identifier(ALIAS), pk_text(primary_key), row_hash(method)),
+        (json.dumps(kept.keys),)).fetchone()
+    if (removed, checksum_hex(int(total))) != (kept.rows, kept.checksum):
+        raise ArchiveError(f"the archive holds {removed} of the {kept.rows} rows its kept.json lists (or other "
+                           "versions of them)", fix="the archive and its kept.json do not belong together; restore "
+                           "into a side table (--into) and compare by primary key")
 
 
 def _pyarrow_version() -> str:

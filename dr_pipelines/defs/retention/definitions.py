@@ -5,7 +5,9 @@ rows older than their rule's period at that instant are archived, verified and d
 Backfilling an old partition enforces as of then, which never removes more than a later
 pass would. Three checks ride on each materialization (yielded with it, so they see the
 same run): nothing expired remains outside legal holds, every row archived in the run was
-deleted, and every archive of the run still matches its manifest in storage.
+deleted unless it was kept (changed since its archive or held by then: archived - kept ==
+deleted), and every archive of the run still matches its manifest in storage, with its
+kept rows listed next to it (kept.json).
 """
 
 from datetime import UTC, datetime
@@ -13,10 +15,10 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
-from dr_pipelines.core.lifecycle.journal import segments
+from dr_pipelines.core.lifecycle.journal import balance, segments
 from dr_pipelines.core.lifecycle.plan import plan
 from dr_pipelines.core.lifecycle.policy import Policies, TablePolicy, load_policies
-from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched
+from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched, read_kept
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.settings import Settings
@@ -60,15 +62,16 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
         remaining = sum(p.to_delete for p in plan(s.dsn, policies, tables=[policy.table], as_of=as_of))
         with connect(s.dsn) as conn:
             segs = segments(conn, table=policy.table, run_id=context.run.run_id)
-        archived = sum(x.rows or 0 for x in segs if x.state != "abandoned")
-        deleted = sum(x.deleted_rows for x in segs)
+        rows = balance(segs)
         bad = []
         for x in segs:
             if x.state == "abandoned":
                 continue
             try:
                 with fetched(storage, x.prefix) as (manifest, _path):
-                    if manifest.tables[0].rows != x.rows or manifest.tables[0].checksum != x.checksum:
+                    listed = read_kept(storage, x.prefix, manifest.extra["primary_key"])
+                    if manifest.tables[0].rows != x.rows or manifest.tables[0].checksum != x.checksum or (
+                            x.state == "deleted" and (listed.rows if listed else 0) != x.kept_rows):
                         bad.append(x.id)
             except (ArchiveError, ManifestError):
                 bad.append(x.id)
@@ -87,8 +90,9 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
             check_results=[
                 dg.AssetCheckResult(check_name="no_expired_rows_remain", passed=remaining == 0,
                                     metadata={"expired_rows_outside_holds": remaining}),
-                dg.AssetCheckResult(check_name="archived_equals_deleted", passed=archived == deleted,
-                                    metadata={"archived": archived, "deleted": deleted}),
+                dg.AssetCheckResult(check_name="archived_equals_deleted", passed=rows.ok,
+                                    metadata={"archived": rows.archived, "kept_changed_or_held": rows.kept,
+                                              "deleted": rows.deleted}),
                 dg.AssetCheckResult(check_name="archive_manifests_verify", passed=not bad,
                                     metadata={"archives": len(segs), "failed": ", ".join(bad) or "none"}),
             ],
