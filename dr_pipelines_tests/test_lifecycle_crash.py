@@ -172,3 +172,26 @@ def test_a_hold_placed_between_archive_and_delete_keeps_every_row_and_lists_them
         # A real mismatch still fails the check: the journal forgets what it kept.
         conn.execute("UPDATE drp.archive_segments SET kept_rows = 0 WHERE id = %s", (seg.id,))
         assert not balance(segments(conn)).ok
+
+
+def test_kept_rows_survive_a_kill_9_in_the_middle_of_the_delete(demo_db: str, tmp_path: Path) -> None:
+    """The kept keys commit with their batch: a crash between batches loses none of them."""
+    env, storage, seg = _paused_after_first_archive(demo_db, tmp_path)
+    with psycopg.connect(demo_db) as conn:
+        first, last = conn.execute(
+            "UPDATE clinical_notes SET body = body || ' (amended)' WHERE id IN (SELECT unnest(ARRAY[min(id), max(id)])"
+            " FROM clinical_notes WHERE clinic_id = %s::bigint AND created_at < %s AND created_at >= %s"
+            " AND created_at < %s::date + interval '1 month') RETURNING id",
+            (seg.tenant_id, seg.cutoff, seg.month, seg.month)).fetchall()
+    current = content(demo_db, "public.clinical_notes")
+    _run_until_paused(env, "mid-delete", ["--as-of", AS_OF.isoformat(), "--batch-size", "1"])
+    with psycopg.connect(demo_db) as conn:
+        (mid,) = [s for s in segments(conn) if s.id == seg.id]
+        listed = conn.execute("SELECT pk FROM drp.archive_kept WHERE segment_id = %s", (seg.id,)).fetchall()
+    assert mid.state == "verified" and mid.next_offset == 1 and mid.kept_rows == 1
+    assert listed == [([str(min(first[0], last[0]))],)] and read_kept(storage, seg.prefix, ["id"]) is None
+    rerun = drp("retention", "apply", "--json", "--as-of", AS_OF.isoformat(), env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    kept = read_kept(storage, seg.prefix, ["id"])
+    assert kept is not None and sorted(kept.keys) == sorted([[str(first[0])], [str(last[0])]])
+    assert assert_union(demo_db, storage, "public.clinical_notes", current) > 0
