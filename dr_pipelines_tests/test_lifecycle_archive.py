@@ -95,9 +95,12 @@ def test_legal_hold_is_respected_and_reported(demo_db: str, tmp_path: Path) -> N
     with psycopg.connect(demo_db, autocommit=True) as conn:
         whole = place_hold(conn, "1", "litigation 2025-17", table="public.clinical_notes")
         part = place_hold(conn, "2", "patient request #88", table="public.audit_log",
-                          predicate="entity = 'patient' AND action IN ('read', 'update')")
+                          # '%' as LIKE wildcard and modulo: the predicate goes into parameterized queries
+                          predicate="entity = 'patient' AND (action LIKE 're%' OR action = 'update') AND id % 1 = 0")
         held_audit = conn.execute("SELECT count(*) FROM audit_log WHERE clinic_id = 2 AND entity = 'patient'"
                                   " AND action IN ('read', 'update')").fetchone()[0]
+        assert held_audit == conn.execute("SELECT count(*) FROM audit_log WHERE clinic_id = 2 AND entity = 'patient'"
+                                          " AND (action LIKE 're%' OR action = 'update')").fetchone()[0]
         notes_1 = conn.execute("SELECT count(*) FROM clinical_notes WHERE clinic_id = 1").fetchone()[0]
     assert held_audit > 0
     result = apply_policies(demo_db, storage, policies(), ApplyOptions(

@@ -214,7 +214,10 @@ class HoldFilter:
             return sql.SQL("false")
         # The predicate's bare column names resolve against the only table in scope: wrap it in a
         # sub-select over the row alias so a predicate can never see another relation.
-        parts = [sql.SQL("(({}) IS NOT FALSE)").format(sql.SQL(h.predicate)) for h in self.partial]  # type: ignore[arg-type]
+        # Every query this goes into is executed with parameters, so a literal '%' (a LIKE wildcard,
+        # the modulo operator) must be doubled or psycopg would read it as a placeholder.
+        parts = [sql.SQL("(({}) IS NOT FALSE)").format(sql.SQL(h.predicate.replace("%", "%%")))  # type: ignore[union-attr]
+                 for h in self.partial]
         return sql.SQL("(SELECT {} FROM (SELECT {}.*) AS drp_hold_row)").format(
             sql.SQL(" OR ").join(parts), sql.Identifier(alias))
 
