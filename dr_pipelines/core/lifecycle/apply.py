@@ -123,6 +123,9 @@ class TableResult:
     partitions_dropped: list[str] = field(default_factory=list)
     held: list[HeldSkip] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: {"archive": 0.0, "verify": 0.0, "delete": 0.0})
+    # Journal totals over every segment this run created or resumed (resumed ones were archived by an
+    # earlier run, so archived_rows above does not count them): archived == deleted + kept when all is well.
+    balance: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -223,9 +226,20 @@ class _TableRun:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> TableResult:
+        resumed = set()
         for seg in journal.segments(self.conn, table=self.bt.name, states=journal.UNFINISHED):
             self.result.resumed += 1
+            resumed.add(seg.id)
             self._finish(seg)
+        self._enforce()
+        touched = [s for s in journal.segments(self.conn, table=self.bt.name)
+                   if s.run_id == self.run_id or s.id in resumed]
+        totals = journal.balance(touched)
+        self.result.balance = {"segments": len(touched), "archived": totals.archived, "deleted": totals.deleted,
+                               "kept": totals.kept, "ok": totals.ok}
+        return self.result
+
+    def _enforce(self) -> None:
         tenants = [self.bound.tenant(t) for t in self.options.tenants] if self.options.tenants else self.bound.tenants
         months: dict[date, list[tuple[str, str, datetime, HoldFilter]]] = {}
         for tenant in tenants:
@@ -249,7 +263,6 @@ class _TableRun:
                 done += self._archive(tenant_id, month, rule_text, cutoff, holds)
             for seg in self._drop_partition(month, done):
                 self._delete_batches(seg)
-        return self.result
 
     def _columns(self) -> set[str]:
         if self.columns is None:
