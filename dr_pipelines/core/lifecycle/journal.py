@@ -24,6 +24,7 @@ from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 STATES = ("pending", "written", "verified", "deleted", "abandoned")
 UNFINISHED = ("pending", "written", "verified")
@@ -152,10 +153,11 @@ def insert_pending(conn: psycopg.Connection, seg: dict[str, Any]) -> None:
 def advance(conn: psycopg.Connection, seg_id: str, state: str, **fields: Any) -> None:
     """Move a segment to ``state`` and set ``fields`` (one transaction)."""
     assert state in STATES
-    sets = ", ".join(f"{k} = %({k})s" for k in fields)  # keys are ours, never user input
+    sets = [sql.SQL(", {} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields]
     with conn.transaction():
-        conn.execute(f"UPDATE drp.archive_segments SET state = %(state)s, updated_at = clock_timestamp()"
-                     f"{', ' + sets if sets else ''} WHERE id = %(id)s", {"state": state, "id": seg_id, **fields})
+        conn.execute(sql.SQL("UPDATE drp.archive_segments SET state = %(state)s, updated_at = clock_timestamp(){}"
+                             " WHERE id = %(id)s").format(sql.SQL("").join(sets)),
+                     {"state": state, "id": seg_id, **fields})
 
 
 def record_batch(conn: psycopg.Connection, seg_id: str, *, deleted: int, kept: int, next_offset: int,
