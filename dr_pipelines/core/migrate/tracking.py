@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from dr_pipelines.core.errors import MigrationError
 
@@ -77,7 +78,8 @@ def applied(conn: psycopg.Connection) -> dict[int, AppliedMigration]:
         "SELECT attname FROM pg_attribute WHERE attrelid = 'drp.schema_migrations'::regclass AND attnum > 0"
         " AND NOT attisdropped").fetchall()}
     columns = [c for c in _COLUMNS if c in present]
-    query = f"SELECT {', '.join(columns)} FROM drp.schema_migrations ORDER BY version"  # names from _COLUMNS only
+    query = sql.SQL("SELECT {} FROM drp.schema_migrations ORDER BY version").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns))
     return {row[0]: AppliedMigration(**dict(zip(columns, row, strict=True))) for row in conn.execute(query).fetchall()}
 
 
