@@ -32,6 +32,10 @@ def test_plan_hold_apply_list_restore(demo_db: str, tmp_path: Path) -> None:
     assert table["archived_rows"] > 0 and table["archived_rows"] == table["deleted_rows"]
     assert table["held"][0]["tenant_id"] == "2" and table["held"][0]["holds"] == [json.loads(hold.stdout)["id"]]
 
+    text = drp("retention", "apply", "--table", "public.audit_log", *when, env=env)  # as a person reads it
+    assert text.returncode == 0, text.stderr
+    assert "public.audit_log:" in text.stdout and ": balanced" in text.stdout and "Traceback" not in text.stderr
+
     listed = json.loads(drp("archive", "list", "--json", "--table", "public.clinical_notes", env=env).stdout)
     assert listed and {a["tenant_id"] for a in listed} == {"1", "3"}
     months = sorted(a["month"] for a in listed if a["tenant_id"] == "1")

@@ -92,6 +92,11 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
                   ", ".join(r.partitions_dropped))
     out.print(t)
     for r in result.tables:
+        b = r.balance
+        if b and b["segments"]:
+            state = "balanced" if b["ok"] else "NOT BALANCED: see docs/retention.md"
+            out.print(f"{r.table}: {b['segments']} segment(s) of this run (new and resumed): archived {b['archived']:,}"
+                      f" = deleted {b['deleted']:,} + kept {b['kept']:,}: {state}", highlight=False)
         for h in r.held:
             err.print(f"held: {h.table} tenant {h.tenant_id}: {h.rows:,} expired row(s) kept by hold(s) "
                       f"{', '.join(map(str, h.holds))}", highlight=False)
