@@ -52,6 +52,9 @@ def test_ephemeral_cluster_removed_on_error(work_base: Path) -> None:
             raise RuntimeError("boom")
     assert not (work_base / "ephemeral").exists()
     with socket.socket() as s:
+        # SO_REUSEADDR: a connection the server closed may sit in TIME_WAIT on that port; Linux still
+        # refuses the bind if anything listens there, which is what this checks.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))  # nobody listens there any more
 
 
