@@ -99,7 +99,7 @@ def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: i
                 return
             failure.append(exc)
         finally:
-            _put_until_cancelled(q, _DONE, cancel)
+            put_until_cancelled(q, _DONE, cancel)
 
     worker = threading.Thread(target=work, name="compress-encrypt", daemon=True)
     worker.start()
@@ -116,7 +116,8 @@ def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: i
         worker.join(timeout=60)
 
 
-def _put_until_cancelled(q: queue.Queue, item: object, cancel: threading.Event) -> None:
+def put_until_cancelled(q: queue.Queue, item: object, cancel: threading.Event) -> None:
+    """Put ``item`` on a bounded queue, giving up once ``cancel`` is set (the consumer has left)."""
     while not cancel.is_set():
         try:
             q.put(item, timeout=0.2)

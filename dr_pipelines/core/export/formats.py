@@ -50,6 +50,8 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import ExecStatus
 
+from dr_pipelines.core.stream import put_until_cancelled
+
 FORMATS = ("parquet", "csv", "jsonl")
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv", "jsonl": "application/jsonl"}
@@ -309,17 +311,12 @@ def prefetched(reader: Iterable[Any], depth: int = 2) -> Iterator[Iterator[Any]]
     def pump() -> None:
         try:
             for batch in reader:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
                 if stop.is_set():
                     return
-            ready.put(done)
+                put_until_cancelled(ready, batch, stop)
+            put_until_cancelled(ready, done, stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            ready.put(exc)
+            put_until_cancelled(ready, exc, stop)
 
     def consume() -> Iterator[Any]:
         while (item := ready.get()) is not done:
@@ -333,11 +330,6 @@ def prefetched(reader: Iterable[Any], depth: int = 2) -> Iterator[Iterator[Any]]
         yield consume()
     finally:
         stop.set()
-        while thread.is_alive():
-            try:
-                ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
         thread.join()
 
 

@@ -19,9 +19,8 @@ import psycopg
 from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.files import Migration
 from dr_pipelines.core.migrate.fingerprint import split_statements
-from dr_pipelines.core.migrate.tracking import APPLICATION_NAME, applied, ensure_tracking, runner_lock
+from dr_pipelines.core.migrate.tracking import applied, runner_session
 from dr_pipelines.core.migrate.validate import compare, refuse_on_drift
-from dr_pipelines.core.pg.connect import connect
 
 Progress = Callable[[Migration, float], None]  # after each migration: (migration, seconds)
 Log = Callable[[str], None]  # human-readable events: starting, retrying
@@ -50,26 +49,23 @@ def apply_pending(
 ) -> list[Migration]:
     """Apply every pending migration (up to options.target_version) in order; returns what was applied."""
     done: list[Migration] = []
-    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-        with runner_lock(conn, wait_seconds=options.runner_wait_s):
-            ensure_tracking(conn)
-            record = applied(conn)
-            fill_fingerprints(conn, migrations, record)
-            drift = compare(migrations, record)
-            refuse_on_drift(drift)
-            todo = [m for m in migrations if m.version not in record
-                    and (options.target_version is None or m.version <= options.target_version)]
-            for i, m in enumerate(todo, 1):
-                if log:
-                    log(f"applying {m.name} ({i}/{len(todo)}{'' if m.transactional else ', no transaction'})")
-                started = time.monotonic()
-                if m.transactional:
-                    _apply_transactional(conn, m, options, log)
-                else:
-                    _apply_statements(conn, m, options)
-                done.append(m)
-                if progress:
-                    progress(m, time.monotonic() - started)
+    with runner_session(dsn, wait_seconds=options.runner_wait_s) as (conn, record):
+        fill_fingerprints(conn, migrations, record)
+        drift = compare(migrations, record)
+        refuse_on_drift(drift)
+        todo = [m for m in migrations if m.version not in record
+                and (options.target_version is None or m.version <= options.target_version)]
+        for i, m in enumerate(todo, 1):
+            if log:
+                log(f"applying {m.name} ({i}/{len(todo)}{'' if m.transactional else ', no transaction'})")
+            started = time.monotonic()
+            if m.transactional:
+                _apply_transactional(conn, m, options, log)
+            else:
+                _apply_statements(conn, m, options)
+            done.append(m)
+            if progress:
+                progress(m, time.monotonic() - started)
     return done
 
 

@@ -16,9 +16,8 @@ import psycopg
 from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.apply import ApplyOptions, Log, in_transaction_with_retries, outside_transaction
 from dr_pipelines.core.migrate.files import Migration, is_transactional
-from dr_pipelines.core.migrate.tracking import APPLICATION_NAME, applied, ensure_tracking, runner_lock
+from dr_pipelines.core.migrate.tracking import runner_session
 from dr_pipelines.core.migrate.validate import compare
-from dr_pipelines.core.pg.connect import connect
 
 
 def rollback_plan(migrations: list[Migration], applied_versions: list[int], target_version: int) -> list[Migration]:
@@ -51,24 +50,21 @@ def rollback(
 ) -> list[Migration]:
     """Undo every applied migration newer than target_version; returns what was undone (newest first)."""
     undone: list[Migration] = []
-    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-        with runner_lock(conn, wait_seconds=options.runner_wait_s):
-            ensure_tracking(conn)
-            record = applied(conn)
-            plan = rollback_plan(migrations, list(record), target_version)
-            planned = {m.version for m in plan}
-            edited = [d for d in compare(migrations, record) if d.version in planned and d.kind == "edited"]
-            if edited:
-                raise MigrationError(f"cannot roll back: {edited[0].message}",
-                                     fix="its down script may not match what ran; revert the edit or `drp migrate repair`")
-            for i, m in enumerate(plan, 1):
-                if log:
-                    log(f"rolling back {m.name} ({i}/{len(plan)})")
-                started = time.monotonic()
-                _undo(conn, m, options, log)
-                undone.append(m)
-                if progress:
-                    progress(m, time.monotonic() - started)
+    with runner_session(dsn, wait_seconds=options.runner_wait_s) as (conn, record):
+        plan = rollback_plan(migrations, list(record), target_version)
+        planned = {m.version for m in plan}
+        edited = [d for d in compare(migrations, record) if d.version in planned and d.kind == "edited"]
+        if edited:
+            raise MigrationError(f"cannot roll back: {edited[0].message}",
+                                 fix="its down script may not match what ran; revert the edit or `drp migrate repair`")
+        for i, m in enumerate(plan, 1):
+            if log:
+                log(f"rolling back {m.name} ({i}/{len(plan)})")
+            started = time.monotonic()
+            _undo(conn, m, options, log)
+            undone.append(m)
+            if progress:
+                progress(m, time.monotonic() - started)
     return undone
 
 

@@ -19,8 +19,7 @@ from dr_pipelines.core.migrate.tracking import (
     APPLICATION_NAME,
     AppliedMigration,
     applied,
-    ensure_tracking,
-    runner_lock,
+    runner_session,
 )
 from dr_pipelines.core.migrate.validate import Drift, blocking, compare
 from dr_pipelines.core.pg.connect import connect
@@ -83,22 +82,19 @@ def baseline(dsn: str, migrations: list[Migration], version: int, *, by: str | N
     if not any(m.version == version for m in migrations):
         raise MigrationError(f"there is no migration file with version {version}",
                              fix="baseline to a version that exists in the migrations directory")
-    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-        with runner_lock(conn):
-            ensure_tracking(conn)
-            record = applied(conn)
-            if record:
-                raise MigrationError(
-                    f"the database already tracks migrations (newest applied: {max(record)})",
-                    fix="baseline is only for a database without migration history; use `drp migrate validate`",
+    with runner_session(dsn) as (conn, record):
+        if record:
+            raise MigrationError(
+                f"the database already tracks migrations (newest applied: {max(record)})",
+                fix="baseline is only for a database without migration history; use `drp migrate validate`",
+            )
+        with conn.transaction():
+            for m in chosen:
+                conn.execute(
+                    "INSERT INTO drp.schema_migrations (version, description, sha256, fingerprint, applied_by,"
+                    " duration_ms, baselined) VALUES (%s, %s, %s, %s, %s, 0, true)",
+                    (m.version, m.description, m.sha256, m.fingerprint, by or getpass.getuser()),
                 )
-            with conn.transaction():
-                for m in chosen:
-                    conn.execute(
-                        "INSERT INTO drp.schema_migrations (version, description, sha256, fingerprint, applied_by,"
-                        " duration_ms, baselined) VALUES (%s, %s, %s, %s, %s, 0, true)",
-                        (m.version, m.description, m.sha256, m.fingerprint, by or getpass.getuser()),
-                    )
     return chosen
 
 
@@ -107,27 +103,24 @@ def repair(dsn: str, migrations: list[Migration], versions: list[int], *, by: st
     if not versions:
         raise MigrationError("repair needs the versions to accept", fix="pass --version N (repeatable)")
     on_disk = {m.version: m for m in migrations}
-    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn:
-        with runner_lock(conn):
-            ensure_tracking(conn)
-            record = applied(conn)
-            unknown = [v for v in versions if v not in record]
-            no_file = [v for v in versions if v not in on_disk]
-            if unknown or no_file:
-                raise MigrationError(
-                    f"cannot repair: {'not applied: ' + str(unknown) if unknown else ''}"
-                    f"{'; ' if unknown and no_file else ''}{'no file: ' + str(no_file) if no_file else ''}",
-                    fix="repair only accepts changed files of applied versions; see `drp migrate validate`",
+    with runner_session(dsn) as (conn, record):
+        unknown = [v for v in versions if v not in record]
+        no_file = [v for v in versions if v not in on_disk]
+        if unknown or no_file:
+            raise MigrationError(
+                f"cannot repair: {'not applied: ' + str(unknown) if unknown else ''}"
+                f"{'; ' if unknown and no_file else ''}{'no file: ' + str(no_file) if no_file else ''}",
+                fix="repair only accepts changed files of applied versions; see `drp migrate validate`",
+            )
+        fill_fingerprints(conn, migrations, record)
+        repaired = []
+        with conn.transaction():
+            for v in sorted(set(versions)):
+                m = on_disk[v]
+                conn.execute(
+                    "UPDATE drp.schema_migrations SET sha256 = %s, fingerprint = %s, description = %s,"
+                    " repaired_by = %s, repaired_at = now() WHERE version = %s",
+                    (m.sha256, m.fingerprint, m.description, by or getpass.getuser(), v),
                 )
-            fill_fingerprints(conn, migrations, record)
-            repaired = []
-            with conn.transaction():
-                for v in sorted(set(versions)):
-                    m = on_disk[v]
-                    conn.execute(
-                        "UPDATE drp.schema_migrations SET sha256 = %s, fingerprint = %s, description = %s,"
-                        " repaired_by = %s, repaired_at = now() WHERE version = %s",
-                        (m.sha256, m.fingerprint, m.description, by or getpass.getuser(), v),
-                    )
-                    repaired.append(m)
+                repaired.append(m)
     return repaired

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import MigrationError
+from dr_pipelines.core.pg.connect import connect
 
 ADVISORY_LOCK_KEY = 0x6472_705F_6D69  # "drp_mi": one migration runner per database at a time
 APPLICATION_NAME = "drp migrate"
@@ -111,6 +112,15 @@ def runner_lock(conn: psycopg.Connection, *, wait_seconds: float = 0.0) -> Itera
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+@contextmanager
+def runner_session(dsn: str, *, wait_seconds: float = 0.0) -> Iterator[tuple[psycopg.Connection, dict]]:
+    """An autocommit connection holding the runner lock, the tracking table ensured; yields it and what is applied."""
+    with connect(dsn, autocommit=True, application_name=APPLICATION_NAME) as conn, \
+            runner_lock(conn, wait_seconds=wait_seconds):
+        ensure_tracking(conn)
+        yield conn, applied(conn)
 
 
 def _holder(conn: psycopg.Connection) -> str:
