@@ -104,3 +104,32 @@ def test_storage_check_ok_on_s3(s3_server, s3_bucket) -> None:  # type: ignore[n
     result = drp("storage", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert f"s3://{s3_bucket}/backups" in result.stdout
+
+
+def test_db_profile_sizes_plain_and_partitioned_tables(fresh_db: str) -> None:
+    """Every table gets its real size and (after ANALYZE) its row count, partitioned or not."""
+    import psycopg
+
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE plain (id int PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO plain SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g")
+        conn.execute("CREATE TABLE parted (id int, at date) PARTITION BY RANGE (at)")
+        conn.execute("CREATE TABLE parted_2025 PARTITION OF parted FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+        conn.execute("CREATE TABLE parted_2026 PARTITION OF parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        conn.execute("INSERT INTO parted SELECT g, date '2025-06-01' + (g % 400) FROM generate_series(1, 3000) g")
+        conn.execute("CREATE TABLE never_analyzed (id int)")
+        conn.execute("ANALYZE plain, parted")
+        sizes = dict(conn.execute(
+            "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname IN ('plain', 'never_analyzed')"
+        ).fetchall())
+        sizes["parted"] = conn.execute(
+            "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('parted')").fetchone()[0]
+    result = drp("db", "profile", "--json", env={"DRP_SOURCE_DSN": fresh_db})
+    assert result.returncode == 0, result.stderr
+    tables = {t["name"]: t for t in json.loads(result.stdout)["tables"]}
+    assert set(tables) == {"public.plain", "public.parted", "public.never_analyzed"}  # partitions fold into parents
+    assert (tables["public.plain"]["bytes"], tables["public.plain"]["estimated_rows"]) == (sizes["plain"], 5000)
+    assert tables["public.plain"]["bytes"] > 500_000
+    assert (tables["public.parted"]["bytes"], tables["public.parted"]["estimated_rows"]) == (sizes["parted"], 3000)
+    assert tables["public.never_analyzed"]["bytes"] == sizes["never_analyzed"]
+    assert tables["public.never_analyzed"]["estimated_rows"] == 0
