@@ -62,10 +62,9 @@ def fresh_db(pg_cluster: LocalCluster) -> Iterator[str]:
 def demo_template(pg_cluster: LocalCluster) -> str:
     """A small seeded clinic database, used as a template (copying it is much faster than seeding)."""
     from dr_pipelines.demo.generate import seed_demo
+    from dr_pipelines_tests.support.backup import template_database
 
-    name = "demo_template"
-    seed_demo(pg_cluster.create_database(name), clinics=3, scale=0.5, seed=7)
-    return name
+    return template_database(pg_cluster, "demo_template", lambda dsn: seed_demo(dsn, clinics=3, scale=0.5, seed=7))
 
 
 @pytest.fixture
