@@ -130,6 +130,8 @@ def test_cli_in_a_second_terminal_sees_the_demo(work_base: Path) -> None:
             return subprocess.run([str(REPO_ROOT / "scripts" / "drp"), *args], cwd=elsewhere, env=env,
                                   capture_output=True, text=True, timeout=120)
 
+        readme = (REPO_ROOT / "README.md").read_text()
+        assert "```bash\nscripts/drp status\nscripts/drp backup list\nscripts/drp health\n```" in readme  # as tested
         status = json.loads(scripts_drp("status", "--json").stdout)
         assert status["newest_restorable"] == backup and status["backups"] == 1
         assert status["storage"] == f"file://{demo_dir / 'storage'}"
