@@ -52,6 +52,10 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])
         assert set(report["ui"]["sensors"].values()) == {"RUNNING"}
         assert {"run_failure_alert", "rpo_breach_alert"} <= set(report["ui"]["sensors"])
+        # A second terminal while the UI runs (the README's CLI section; details in the test below).
+        listed = subprocess.run([str(REPO_ROOT / "scripts" / "drp"), "backup", "list"], capture_output=True, text=True,
+                                env=second_terminal_env(DRP_DEMO_DIR=str(demo_dir)), timeout=120)
+        assert listed.returncode == 0 and report["newest_backup"] in listed.stdout, listed.stderr
         cli = scripts_demo("status", "--ui-url", ui_url, demo_dir=demo_dir)
         assert cli.returncode == 0, cli.stderr
         assert "serves location 'dr_pipelines'" in cli.stdout

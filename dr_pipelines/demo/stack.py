@@ -133,10 +133,13 @@ def write_cli_settings(paths: DemoPaths, cluster: LocalCluster) -> Path:
     target = paths.settings_file
     scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# Written by `drp demo up` for `drp` in this checkout; see README (The CLI).\n")
-        yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(scratch, target)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("# Written by `drp demo up` for `drp` in this checkout; see README (The CLI).\n")
+            yaml.safe_dump(data, f, sort_keys=False)
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
     return target
 
 
