@@ -41,6 +41,18 @@ def dagster_home(work_base: Path) -> Iterator[Path]:
         os.environ["DAGSTER_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_checkout_demo(work_base: Path) -> Iterator[None]:
+    """`drp` in tests never picks up a demo started in the developer's checkout (./.drp/demo/drp.yaml)."""
+    previous = os.environ.get("DRP_DEMO_DIR")
+    os.environ["DRP_DEMO_DIR"] = str(work_base / "no-demo-here")
+    yield
+    if previous is None:
+        os.environ.pop("DRP_DEMO_DIR", None)
+    else:
+        os.environ["DRP_DEMO_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def pg_cluster(work_base: Path) -> Iterator[LocalCluster]:
     """One real PostgreSQL cluster for the whole session."""
