@@ -41,6 +41,18 @@ def dagster_home(work_base: Path) -> Iterator[Path]:
         os.environ["DAGSTER_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_checkout_demo(work_base: Path) -> Iterator[None]:
+    """`drp` in tests never picks up a demo started in the developer's checkout (./.drp/demo/drp.yaml)."""
+    previous = os.environ.get("DRP_DEMO_DIR")
+    os.environ["DRP_DEMO_DIR"] = str(work_base / "no-demo-here")
+    yield
+    if previous is None:
+        os.environ.pop("DRP_DEMO_DIR", None)
+    else:
+        os.environ["DRP_DEMO_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def pg_cluster(work_base: Path) -> Iterator[LocalCluster]:
     """One real PostgreSQL cluster for the whole session."""
@@ -62,10 +74,9 @@ def fresh_db(pg_cluster: LocalCluster) -> Iterator[str]:
 def demo_template(pg_cluster: LocalCluster) -> str:
     """A small seeded clinic database, used as a template (copying it is much faster than seeding)."""
     from dr_pipelines.demo.generate import seed_demo
+    from dr_pipelines_tests.support.backup import template_database
 
-    name = "demo_template"
-    seed_demo(pg_cluster.create_database(name), clinics=3, scale=0.5, seed=7)
-    return name
+    return template_database(pg_cluster, "demo_template", lambda dsn: seed_demo(dsn, clinics=3, scale=0.5, seed=7))
 
 
 @pytest.fixture

@@ -53,7 +53,6 @@ from dr_pipelines.core.storage import PutResult, Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.backup import (
-    PAGILA_DIR,
     Keys,
     add_padding,
     advisory_locks,
@@ -72,9 +71,11 @@ from dr_pipelines_tests.support.backup import (
     pg_dump_stalled_after_table_data,
     relation_count,
     remount_read_only,
+    require_pagila,
     require_password_for,
     rewrite_object,
     stored_keys,
+    template_database,
     tmpfs,
     truncate_half,
     user_tables,
@@ -104,12 +105,8 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 
 @pytest.fixture(scope="module")
 def pagila_template(pg_cluster: LocalCluster) -> Iterator[str]:
-    if not (PAGILA_DIR / "pagila-schema.sql").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"the pagila fixture is not at {PAGILA_DIR}: CI must provide shared/ beside the repository")
-        pytest.skip(f"the pagila fixture is not at {PAGILA_DIR} (shared/ beside the repository)")
-    name = f"pagila_{uuid.uuid4().hex[:8]}"
-    load_pagila(pg_cluster.create_database(name))
+    require_pagila()
+    name = template_database(pg_cluster, f"pagila_{uuid.uuid4().hex[:8]}", load_pagila)
     yield name
     pg_cluster.drop_database(name)
 

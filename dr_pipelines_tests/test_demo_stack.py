@@ -38,7 +38,13 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        report = wait_for(lambda: (r := demo_status(ui_url))["ok"] and r, timeout=180, what="demo UI", interval=2)
+        # The URL is announced only once the UI serves the location: asked right then, it answers.
+        announced = f"Dagster UI: {ui_url}"
+        wait_for(lambda: announced in (work_base / "demo.log").read_text(), timeout=180, what="UI URL", interval=0.2)
+        report = demo_status(ui_url)
+        assert report["ok"], report
+        printed = (work_base / "demo.log").read_text()
+        assert printed.index("starting the Dagster UI") < printed.index(announced)
         assert report["database"]["clinics"] == 2
         assert report["newest_backup"] is not None  # the demo took a first backup
         assert "source_profile" in report["ui"]["assets"]
@@ -46,6 +52,10 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])
         assert set(report["ui"]["sensors"].values()) == {"RUNNING"}
         assert {"run_failure_alert", "rpo_breach_alert"} <= set(report["ui"]["sensors"])
+        # A second terminal while the UI runs (the README's CLI section; details in the test below).
+        listed = subprocess.run([str(REPO_ROOT / "scripts" / "drp"), "backup", "list"], capture_output=True, text=True,
+                                env=second_terminal_env(DRP_DEMO_DIR=str(demo_dir)), timeout=120)
+        assert listed.returncode == 0 and report["newest_backup"] in listed.stdout, listed.stderr
         cli = scripts_demo("status", "--ui-url", ui_url, demo_dir=demo_dir)
         assert cli.returncode == 0, cli.stderr
         assert "serves location 'dr_pipelines'" in cli.stdout
@@ -85,3 +95,70 @@ def test_demo_ui_port_in_use_is_a_clean_error(work_base: Path) -> None:
     assert f"port {port}" in result.stderr and "--ui-port" in result.stderr
     assert "Traceback" not in result.stderr
     assert not demo_dir.exists()  # refused before anything was created
+
+
+def second_terminal_env(**extra: str) -> dict[str, str]:
+    """A new terminal: none of the demo's DRP_* variables (scripts/drp finds the venv through DRP_VENV here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRP_") and k != "DAGSTER_HOME"}
+    return {**env, "DRP_VENV": str(Path(sys.executable).parent.parent), **extra}
+
+
+def test_cli_in_a_second_terminal_sees_the_demo(work_base: Path) -> None:
+    """The README: while the demo runs, `scripts/drp status | backup list | health` (or `drp` in the
+    checkout) use the demo's database and storage, not the defaults (localhost:5432, ./.drp/storage)."""
+    import json
+    import stat
+
+    from dr_pipelines.core.backup.catalog import list_backups
+    from dr_pipelines.core.storage import open_storage
+
+    checkout = work_base / "checkout"  # the demo as scripts/demo makes it: ./.drp/demo of the checkout
+    checkout.mkdir()
+    demo_dir = checkout / ".drp" / "demo"
+    up = subprocess.run([str(Path(sys.executable).parent / "drp"), "demo", "up", "--no-ui", "--clinics", "1",
+                         "--scale", "0.1"], cwd=checkout, env=second_terminal_env(DRP_PG_BIN_DIR=os.environ.get(
+                             "DRP_PG_BIN_DIR", "")), capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        port = LocalCluster.attach(demo_dir / "pg").port
+        settings_file = demo_dir / "drp.yaml"
+        assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
+        assert "password" not in settings_file.read_text() and "AGE-SECRET-KEY" not in settings_file.read_text()
+        (backup,) = [e.id for e in list_backups(open_storage(str(demo_dir / "storage"))) if e.complete]
+
+        elsewhere = work_base / "elsewhere"  # scripts/drp works from any directory
+        elsewhere.mkdir(exist_ok=True)
+        env = second_terminal_env(DRP_DEMO_DIR=str(demo_dir))
+
+        def scripts_drp(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(REPO_ROOT / "scripts" / "drp"), *args], cwd=elsewhere, env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        readme = (REPO_ROOT / "README.md").read_text()
+        assert "```bash\nscripts/drp status\nscripts/drp backup list\nscripts/drp health\n```" in readme  # as tested
+        status = json.loads(scripts_drp("status", "--json").stdout)
+        assert status["newest_restorable"] == backup and status["backups"] == 1
+        assert status["storage"] == f"file://{demo_dir / 'storage'}"
+        listed = scripts_drp("backup", "list")
+        assert listed.returncode == 0 and backup in listed.stdout, listed.stderr
+        health = scripts_drp("health", "--json")
+        report = json.loads(health.stdout)
+        assert report["reachable"] and report["target"] == f"127.0.0.1:{port}/clinic", health.stderr
+        assert "clinic" in {d["name"] for d in report["sections"]["databases"]["databases"]}
+        shown = scripts_drp("config", "show")
+        assert f"settings from: defaults < {settings_file} (the demo started in this checkout)" in shown.stdout
+
+        # `drp` itself, in the checkout, does the same; any DRP_* setting or DRP_CONFIG turns the demo file off.
+        bare = subprocess.run([str(Path(sys.executable).parent / "drp"), "status", "--json"], cwd=checkout,
+                              env=second_terminal_env(), capture_output=True, text=True, timeout=120)
+        assert json.loads(bare.stdout)["newest_restorable"] == backup, bare.stderr
+        assert "using the demo's settings" in bare.stderr
+        other = subprocess.run([str(REPO_ROOT / "scripts" / "drp"), "config", "show", "--json"], cwd=elsewhere,
+                               env={**env, "DRP_STORAGE_URL": str(work_base / "other")}, capture_output=True,
+                               text=True, timeout=60)
+        shown_other = json.loads(other.stdout)
+        assert shown_other["storage_url"] == str(work_base / "other")
+        assert shown_other["source_dsn"] == "user=postgres dbname=clinic host=127.0.0.1 port=5432"  # the default
+    finally:
+        purged = drp("demo", "down", "--purge", env={"DRP_DEMO_DIR": str(demo_dir)})
+    assert purged.returncode == 0, purged.stderr

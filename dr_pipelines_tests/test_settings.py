@@ -71,6 +71,22 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
         load_settings(config, env={})
 
 
+def test_duplicate_key_names_key_and_both_lines(tmp_path: Path) -> None:
+    """A repeated key used to be silently last-wins: the first value vanished without a word."""
+    config = tmp_path / "drp.yaml"
+    config.write_text("rpo_minutes: 30\nstorage_url: /srv/backups\n# later, someone appends:\nrpo_minutes: 600\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, env={})
+    assert err.value.problem == f"settings file {config} has duplicate key 'rpo_minutes' at line 4 (first at line 1)"
+    assert "keep one" in (err.value.fix or "")
+    nested = tmp_path / "policies.yaml"  # the same loader guards nested mappings of every config file
+    nested.write_text("policies:\n  - name: a\n    table: t\n    table: u\n")
+    from dr_pipelines.core.errors import read_config_yaml
+
+    with pytest.raises(ConfigError, match=r"duplicate key 'table' at line 4 \(first at line 3\)"):
+        read_config_yaml(nested, "policy file", missing_fix="-")
+
+
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml", env={})

@@ -20,7 +20,7 @@ from dr_pipelines.cli import health as health_cli
 from dr_pipelines.cli import migrate as migrate_cli
 from dr_pipelines.cli import retention as retention_cli
 from dr_pipelines.cli import verify as verify_cli
-from dr_pipelines.cli.common import emit_json, err, out, settings, state
+from dr_pipelines.cli.common import emit_json, err, out, settings, settings_origin, state
 from dr_pipelines.core.errors import DrpError
 
 app = typer.Typer(help="dr_pipelines: backups, verification, restores and DR drills for PostgreSQL.",
@@ -69,6 +69,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Machine-read
     if as_json:
         emit_json(described)
         return
+    out.print(f"settings from: {settings_origin()}")
     table = Table("key", "value")
     for key, value in described.items():
         table.add_row(key, "" if value is None else str(value))
@@ -152,14 +153,24 @@ def demo_up(
     cluster = stack.ensure_database(paths, clinics=clinics, scale=scale, port=pg_port, progress=progress)
     env = stack.demo_env(paths, cluster)
     err.print(f"demo database: {env['DRP_SOURCE_DSN']}")
+    err.print(f"demo settings for drp: {stack.write_cli_settings(paths, cluster)}  (in a second terminal: scripts/drp status)")
     if stack.first_backup(paths, cluster) != 0:
         err.print("warning: the first backup failed; the UI shows the failed run")
     if no_ui:
         for key, value in env.items():
             out.print(f"export {key}='{value}'")
         return
-    err.print(f"Dagster UI: http://{ui_host}:{ui_port}  (Ctrl-C stops the demo)")
-    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port))
+    err.print(f"starting the Dagster UI on port {ui_port} …")
+
+    def waiting(seconds: float) -> None:
+        err.print(f"  waiting for the Dagster UI to load the code location ({seconds:.0f} s)")
+
+    def ready(url: str, problem: str | None) -> None:
+        if problem:
+            err.print(f"warning: the Dagster UI answers but the code location failed to load: {escape(problem[:500])}")
+        err.print(f"Dagster UI: {url}  (Ctrl-C stops the demo)")
+
+    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting))
 
 
 @demo_app.command("down")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -19,16 +21,48 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from dr_pipelines.core.settings import Settings, load_settings
+from dr_pipelines.core.settings import FIELDS, Settings, env_name, load_settings
 
 # Piped output (logs, runbooks, tests) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-state: dict[str, Any] = {"config": None}
+state: dict[str, Any] = {"config": None, "demo_noted": False}
 
 
 def settings() -> Settings:
-    return load_settings(state["config"])
+    return load_settings(config_file())
+
+
+def _env_overrides() -> list[str]:
+    return [env_name(f) for f in FIELDS if env_name(f) in os.environ]
+
+
+def config_file() -> Path | None:
+    """--config / DRP_CONFIG; else, with no DRP_* setting either, the demo's settings file when a
+    demo was started here (`drp demo up` writes it), so `drp status` in a second terminal sees the demo.
+    """
+    if state["config"] or _env_overrides():
+        return state["config"]
+    from dr_pipelines.demo.stack import cli_settings_file
+
+    demo = cli_settings_file()
+    if demo is not None and not state["demo_noted"]:
+        state["demo_noted"] = True
+        err.print(f"note: using the demo's settings from {demo} (set DRP_CONFIG or DRP_* to use others)")
+    return demo
+
+
+def settings_origin() -> str:
+    """Where the effective settings came from, later wins (for `drp config show`)."""
+    parts = ["defaults"]
+    path = config_file()
+    if path is not None:
+        demo = state["config"] is None
+        parts.append(f"{path}{' (the demo started in this checkout)' if demo else ''}")
+    overrides = _env_overrides()
+    if overrides:
+        parts.append("environment " + ", ".join(overrides))
+    return " < ".join(parts)
 
 
 def emit_json(data: Any) -> None:

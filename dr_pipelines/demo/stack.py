@@ -19,6 +19,7 @@ import psycopg
 
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import LocalCluster, port_in_use
+from dr_pipelines.demo.ui import wait_until_served
 
 DEMO_DB = "clinic"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,11 @@ class DemoPaths:
     @property
     def dagster_home(self) -> Path:
         return self.root / "dagster_home"
+
+    @property
+    def settings_file(self) -> Path:
+        """The demo's settings for `drp` in a second terminal (see cli_settings_file)."""
+        return self.root / "drp.yaml"
 
     @property
     def key_file(self) -> Path:
@@ -113,6 +119,36 @@ def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
     }
 
 
+def write_cli_settings(paths: DemoPaths, cluster: LocalCluster) -> Path:
+    """Write the demo's settings where `drp` finds them (DemoPaths.settings_file), 0600, atomically.
+
+    Rewritten at every `demo up`: the cluster may come back on another port. No secret in it:
+    the demo cluster trusts local connections, and the key is referenced by path.
+    """
+    import yaml
+
+    env = demo_env(paths, cluster)
+    data = {name.removeprefix("DRP_").lower(): value for name, value in env.items()
+            if name.startswith("DRP_") and name != "DRP_SCHEDULES_RUNNING"}
+    target = paths.settings_file
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("# Written by `drp demo up` for `drp` in this checkout; see README (The CLI).\n")
+            yaml.safe_dump(data, f, sort_keys=False)
+        os.replace(scratch, target)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return target
+
+
+def cli_settings_file() -> Path | None:
+    """The demo's settings file when there is a demo here (DRP_DEMO_DIR, else ./.drp/demo), else None."""
+    path = DemoPaths.default().settings_file
+    return path if path.is_file() else None
+
+
 def prepare_dagster_home(paths: DemoPaths) -> None:
     """DAGSTER_HOME with the repository's dagster.yaml (SQLite storage, telemetry off)."""
     paths.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -140,8 +176,13 @@ def first_backup(paths: DemoPaths, cluster: LocalCluster) -> int:
     return subprocess.run([sys.executable, "-m", "dr_pipelines.demo.first_backup"], env=env).returncode
 
 
-def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int) -> int:
-    """Run `dagster dev` in the foreground until interrupted, then stop it and the cluster cleanly."""
+def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
+           on_ready: Callable[[str, str | None], None], waiting: Callable[[float], None]) -> int:
+    """Run `dagster dev` in the foreground until interrupted, then stop it and the cluster cleanly.
+
+    on_ready(url, problem) is called once the UI answers (problem set if the location failed to
+    load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet.
+    """
     prepare_dagster_home(paths)
     env = {**os.environ, **demo_env(paths, cluster)}
     workspace = REPO_ROOT / "workspace.yaml"
@@ -154,6 +195,10 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int) -> 
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+        served = wait_until_served(url, alive=lambda: child.poll() is None, waiting=waiting)
+        if served is not None:
+            on_ready(f"http://{host}:{port}", served.error)
         code = child.wait()
     finally:
         for s, handler in previous.items():

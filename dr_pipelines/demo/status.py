@@ -12,9 +12,7 @@ from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.stack import DEMO_DB, DemoPaths, cluster_exists
-from dr_pipelines.demo.ui import code_locations
-
-LOCATION = "dr_pipelines"
+from dr_pipelines.demo.ui import LOCATION, code_locations
 
 
 def demo_status(ui_url: str) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dr_pipelines.core.errors import DrpError
+
+LOCATION = "dr_pipelines"  # the code location the demo serves
 
 LOCATIONS_QUERY = """
 {
@@ -58,9 +62,9 @@ def graphql(url: str, query: str, timeout: float = 10) -> dict:
     return payload["data"]
 
 
-def code_locations(url: str) -> list[LocationInfo]:
+def code_locations(url: str, timeout: float = 10) -> list[LocationInfo]:
     """Every code location the webserver loaded, with its assets, schedules and sensors."""
-    data = graphql(url, LOCATIONS_QUERY)["workspaceOrError"]
+    data = graphql(url, LOCATIONS_QUERY, timeout=timeout)["workspaceOrError"]
     if data["__typename"] != "Workspace":
         raise DrpError(f"Dagster workspace failed to load: {data.get('message')}", fix="check the webserver log")
     out = []
@@ -75,3 +79,26 @@ def code_locations(url: str) -> list[LocationInfo]:
             info.sensors.update({s["name"]: s["sensorState"]["status"] for s in repo["sensors"]})
         out.append(info)
     return out
+
+
+def wait_until_served(url: str, *, alive: Callable[[], bool], waiting: Callable[[float], None],
+                      interval: float = 0.5, report_every: float = 5.0) -> LocationInfo | None:
+    """Poll the UI's GraphQL API until it serves LOCATION (loaded, or failed with its error).
+
+    `dagster dev` takes seconds to bind and load the location; the URL is announced only after
+    this returns. None if the UI process died first (alive() turned false).
+    """
+    start = last_report = time.monotonic()
+    while alive():
+        try:
+            ours = [loc for loc in code_locations(url, timeout=2) if loc.name == LOCATION]
+            if ours and (ours[0].assets or ours[0].error):
+                return ours[0]
+        except DrpError:
+            pass  # not listening yet, or still loading the workspace
+        now = time.monotonic()
+        if now - last_report >= report_every:
+            waiting(now - start)
+            last_report = now
+        time.sleep(interval)
+    return None

@@ -10,12 +10,15 @@ import difflib
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pytest
+from psycopg import sql
 from pyrage import x25519
 
 from dr_pipelines.core.backup.catalog import backup_prefix
@@ -30,8 +33,8 @@ from dr_pipelines.core.storage.base import TEMP_SUFFIX
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 
-# Beside the repository (in CI the repo is cloned elsewhere with shared/ next to it).
-# shared/ lies beside the repository (here and in CI); DRP_PAGILA_DIR points elsewhere.
+# shared/ lies beside the repository in CI (and in the team's checkouts), not in a user's plain
+# clone: require_pagila() skips there. DRP_PAGILA_DIR points elsewhere.
 PAGILA_DIR = Path(os.environ.get("DRP_PAGILA_DIR", Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pagila"))
 
 
@@ -64,8 +67,40 @@ def foreign_identity() -> x25519.Identity:
 # -- fixture databases --------------------------------------------------------------------------
 
 
+def require_pagila() -> Path:
+    """PAGILA_DIR, or skip the calling test naming the missing path (CI must have it: fail there)."""
+    missing = [f for f in ("pagila-schema.sql", "pagila-data.sql") if not (PAGILA_DIR / f).is_file()]
+    if missing:
+        reason = f"the pagila fixture is not at {PAGILA_DIR} (no {', '.join(missing)}): shared/ lies beside the " \
+                 "repository in CI, not in a plain clone; set DRP_PAGILA_DIR to run these tests"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ". CI must provide it")
+        pytest.skip(reason)
+    return PAGILA_DIR
+
+
+def template_database(cluster: LocalCluster, name: str, build: Callable[[str], None]) -> str:
+    """The database `name`, built once per cluster for copying: built under a scratch name and
+    renamed only when build(dsn) completed, so a failed build leaves nothing a later test would copy."""
+    from dr_pipelines.demo.stack import database_exists
+
+    if database_exists(cluster, name):
+        return name
+    scratch = f"{name[:40]}_building_{uuid.uuid4().hex[:8]}"
+    dsn = cluster.create_database(scratch)
+    try:
+        build(dsn)
+    except BaseException:
+        cluster.drop_database(scratch)
+        raise
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(scratch), sql.Identifier(name)))
+    return name
+
+
 def load_pagila(dsn: str) -> None:
     """Load pagila as NOTES.md says: schema (one harmless 'plpgsql already exists'), then data strictly."""
+    require_pagila()
     psql = client_tool("psql", 15)
     schema = subprocess.run([psql, "-X", "-q", "-d", dsn, "-f", str(PAGILA_DIR / "pagila-schema.sql")],
                             capture_output=True, text=True)

@@ -20,17 +20,15 @@ from dr_pipelines.core.export.formats import EXTENSIONS
 from dr_pipelines.core.export.run import ExportResult, object_name
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import Storage
-from dr_pipelines_tests.support.backup import load_pagila
+from dr_pipelines_tests.support.backup import load_pagila, require_pagila, template_database
 
 PAGILA_TEMPLATE = "export_pagila_template"
 
 
 def pagila_database(cluster: LocalCluster) -> tuple[str, str]:
-    """A fresh copy of pagila (loaded once per cluster into a template); (name, dsn)."""
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PAGILA_TEMPLATE,)).fetchone()
-    if not exists:
-        load_pagila(cluster.create_database(PAGILA_TEMPLATE))
+    """A fresh copy of pagila (loaded once per cluster into a template); (name, dsn). Skips without it."""
+    require_pagila()
+    template_database(cluster, PAGILA_TEMPLATE, load_pagila)
     name = f"pagila_{uuid.uuid4().hex[:10]}"
     return name, cluster.create_database(name, template=PAGILA_TEMPLATE)
 

@@ -61,13 +61,19 @@ def profile_database(dsn: str) -> DatabaseProfile:
         schema_version = (
             conn.execute("SELECT max(version) FROM drp.schema_migrations").fetchone()[0] if has_tracking else None
         )
+        # pg_partition_tree() is empty for a plain table, so each table's members are its
+        # partition tree plus (for a plain table) itself; partitions fold into their root.
         rows = conn.execute(
             """
-            SELECT format('%I.%I', n.nspname, c.relname),
-                   (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)::bigint,
-                   (SELECT coalesce(sum(greatest(pc.reltuples, 0)), 0)
-                      FROM pg_partition_tree(c.oid) t JOIN pg_class pc ON pc.oid = t.relid WHERE t.isleaf)::bigint
+            SELECT format('%I.%I', n.nspname, c.relname), s.bytes, s.estimated_rows
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN LATERAL (
+                SELECT coalesce(sum(pg_total_relation_size(m.relid)), 0)::bigint AS bytes,
+                       coalesce(sum(greatest(pc.reltuples, 0)) FILTER (WHERE m.isleaf), 0)::bigint AS estimated_rows
+                FROM (SELECT t.relid, t.isleaf FROM pg_partition_tree(c.oid) t
+                      UNION SELECT c.oid, true WHERE c.relkind = 'r') m
+                JOIN pg_class pc ON pc.oid = m.relid
+            ) s
             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
             ORDER BY 1

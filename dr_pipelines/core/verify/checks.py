@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from psycopg import sql
 
-from dr_pipelines.core.errors import ConfigError, read_config_text
+from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
 from dr_pipelines.core.pg.connect import connect
@@ -36,11 +35,7 @@ class Probe:
 def load_probes(path: Path | str) -> list[Probe]:
     """Probes from a YAML list of {name, sql}; a malformed file is a ConfigError naming the entry."""
     path = Path(path)
-    text = read_config_text(path, "probes file", missing_fix="correct DRP_VERIFICATION_PROBES_FILE")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"probes file {path} is not valid YAML", fix="fix its syntax") from None
+    data = read_config_yaml(path, "probes file", missing_fix="correct DRP_VERIFICATION_PROBES_FILE")
     if not isinstance(data, list):
         raise ConfigError(f"probes file {path} must be a list of {{name, sql}}", fix="see docs/verification.md")
     probes = []
