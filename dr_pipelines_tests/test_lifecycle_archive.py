@@ -8,7 +8,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, RetentionBusyError, apply_policies
+from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, RetentionBusyError, apply_policies
 from dr_pipelines.core.lifecycle.holds import place_hold, release_hold
 from dr_pipelines.core.lifecycle.journal import segments
 from dr_pipelines.core.lifecycle.plan import plan
@@ -151,8 +151,10 @@ def test_s3_archive_round_trip(demo_db: str, s3_server, s3_bucket: str) -> None:
 def test_one_run_per_table_at_a_time(demo_db: str, tmp_path: Path) -> None:
     with psycopg.connect(demo_db, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(hashtext(%s))", ("drp.retention:public.audit_log",))
-        with pytest.raises(RetentionBusyError, match="another retention run"):
+        with pytest.raises(ApplyIncompleteError, match="another retention run") as info:
             apply_policies(demo_db, LocalStorage(tmp_path / "store"), policies(), ApplyOptions(as_of=AS_OF))
+    assert isinstance(info.value.failures[0], RetentionBusyError)
+    assert [t.table for t in info.value.result.tables] == ["public.clinical_notes", "public.payments"]  # still ran
 
 
 def test_a_partition_with_kept_rows_is_not_dropped(demo_db: str, tmp_path: Path) -> None:

@@ -74,13 +74,21 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
                                                  help="Delete in batches even where a whole partition expired."),
           as_json: bool = _JSON) -> None:
     """Archive expired rows to storage, verify them, then delete them (resuming an interrupted run first)."""
-    from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
+    from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, apply_policies
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
                            segment_rows=segment_rows, partition_drop=not no_partition_drop)
-    with progress_bar(not as_json, unit="rows") as progress:
-        result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
+    try:
+        with progress_bar(not as_json, unit="rows") as progress:
+            result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
+    except ApplyIncompleteError as exc:  # the other tables ran: show what they did, then the error
+        _show_apply(exc.result, as_json)
+        raise
+    _show_apply(result, as_json)
+
+
+def _show_apply(result: Any, as_json: bool) -> None:
     if as_json:
         emit_json(result.as_dict())
         return

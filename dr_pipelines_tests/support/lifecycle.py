@@ -9,6 +9,7 @@ lists as never deleted). Content is compared with PostgreSQL's own hashes
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,15 @@ from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
 from dr_pipelines.core.storage import Storage
 
 AS_OF = datetime(2025, 11, 1, tzinfo=UTC)  # the demo data's "today"
+
+
+def key_env(tmp_path: Path) -> dict[str, str]:
+    """A fresh age key pair for archives: the settings (environment) that encrypt to it and read with it."""
+    from dr_pipelines.core.crypto import generate_identity_file
+
+    path = tmp_path / "archive-key.txt"
+    public = generate_identity_file(path)
+    return {"DRP_ENCRYPTION_RECIPIENTS": public, "DRP_AGE_IDENTITY_FILE": str(path)}
 
 POLICY: dict[str, Any] = {
     "version": 1,

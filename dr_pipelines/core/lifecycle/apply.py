@@ -193,21 +193,43 @@ def apply_policies(dsn: str, storage: Storage, policies: Policies, options: Appl
         journal.ensure_journal_table(conn)
         bound = bind(conn, policies, tables=list(options.tables) or None)
         as_of = resolve_as_of(conn, options.as_of)
-        results = []
-        for bt in bound.tables.values():
-            if not _lock(conn, bt.name):
-                raise RetentionBusyError(f"another retention run is working on {bt.name}",
-                                         fix="wait for it to finish (a crashed run's lock is released with its session)")
+        results, failures = [], []
+        for bt in bound.tables.values():  # one table's failure is reported, the others still run
             try:
-                results.append(_TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run())
-            except psycopg.Error as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ArchiveError(f"retention of {bt.name} stopped: {reason}",
-                                   fix="no row was deleted without a verified archive; fix the cause and run "
-                                   "again: the run resumes where this one stopped") from exc
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
-        return ApplyResult(run_id, as_of, results)
+                results.append(_run_table(conn, storage, bound, bt, options, run_id, as_of, progress))
+            except DrpError as exc:
+                failures.append(exc)
+        result = ApplyResult(run_id, as_of, results)
+        if failures:
+            raise ApplyIncompleteError(failures, result)
+        return result
+
+
+class ApplyIncompleteError(ArchiveError):
+    """Retention stopped on some tables; ``result`` holds what the other tables did."""
+
+    def __init__(self, failures: list[DrpError], result: ApplyResult) -> None:
+        self.failures, self.result = failures, result
+        done = ", ".join(t.table for t in result.tables)
+        super().__init__("; ".join(f.problem for f in failures) + (f" (done: {done})" if done else ""),
+                         fix="; ".join(dict.fromkeys(f.fix for f in failures if f.fix)))
+
+
+def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: BoundTable, options: ApplyOptions,
+               run_id: str, as_of: datetime, progress: Progress | None) -> TableResult:
+    """One table's run under its advisory lock; a database error becomes an ArchiveError naming the table."""
+    if not _lock(conn, bt.name):
+        raise RetentionBusyError(f"another retention run is working on {bt.name}",
+                                 fix="wait for it to finish (a crashed run's lock is released with its session)")
+    try:
+        return _TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run()
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArchiveError(f"retention of {bt.name} stopped: {reason}",
+                           fix="no row was deleted without a verified archive; fix the cause and run "
+                           "again: the run resumes where this one stopped") from exc
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
 
 
 def _lock(conn: psycopg.Connection, table: str) -> bool:
