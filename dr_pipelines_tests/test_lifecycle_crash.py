@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -31,7 +28,7 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, archive_prefixes, assert_union, content, policies
-from dr_pipelines_tests.support.procs import BIN, drp
+from dr_pipelines_tests.support.procs import drp, start_paused
 
 TABLES = ("public.audit_log", "public.clinical_notes")
 
@@ -41,24 +38,9 @@ def _env(dsn: str, store: Path, policy: Path) -> dict[str, str]:
 
 
 def _run_until_paused(env: dict[str, str], point: str, args: list[str], timeout: float = 60) -> None:
-    proc = subprocess.Popen([str(BIN / "drp"), "retention", "apply", "--json", *args],
-                            env={**os.environ, **env, "DRP_TEST_PAUSE_AT": point},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.monotonic() + timeout, ""
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-            if ready:
-                line = proc.stderr.readline()  # type: ignore[union-attr]
-                seen += line
-                if f"DRP_TEST_PAUSED {point}" in line:
-                    return
-                if not line and proc.poll() is not None:
-                    break
-        pytest.fail(f"apply never reached {point}: {seen[-2000:]}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_paused(["retention", "apply", "--json", *args], env, point, timeout)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _check_crash_then_rerun(point: str, demo_db: str, env: dict[str, str], storage: Storage) -> None:

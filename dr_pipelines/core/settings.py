@@ -93,6 +93,14 @@ class Settings(BaseModel):
     export_presign_expiry_seconds: int = Field(
         3600, ge=1, le=604800, description="Lifetime of presigned download URLs for exports on S3."
     )
+    export_ttl_days: int = Field(
+        7, ge=0, description="Exports (under exports/) are deleted this many days after they finished, by the "
+        "exports' own housekeeping (audited); 0 = kept until removed by hand."
+    )
+    export_sweep_after_minutes: float = Field(
+        15, ge=0, description="An export unfinished this long whose process is gone is swept (files removed, "
+        "audited abandoned) by the exports' housekeeping."
+    )
     analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
 
     @field_validator("source_dsn")

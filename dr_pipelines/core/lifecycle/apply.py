@@ -27,8 +27,6 @@ process print ``DRP_TEST_PAUSED <point>`` on stderr and sleep, so a test can kil
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 import uuid
@@ -44,6 +42,7 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.scope import tenant_filter
+from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.lifecycle import journal
 from dr_pipelines.core.lifecycle.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
 from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule, bind
@@ -74,7 +73,6 @@ from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.storage import Storage
 
-PAUSE_ENV = "DRP_TEST_PAUSE_AT"
 DEFAULT_BATCH = 1_000
 DEFAULT_SEGMENT_ROWS = 100_000
 LOCK_TIMEOUT = "5s"
@@ -155,13 +153,6 @@ class ApplyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "tables": [t.as_dict() for t in self.tables]}
-
-
-def pause_point(point: str) -> None:
-    if os.environ.get(PAUSE_ENV) == point:
-        sys.stderr.write(f"DRP_TEST_PAUSED {point}\n")
-        sys.stderr.flush()
-        time.sleep(3600)
 
 
 def prepare(conn: psycopg.Connection) -> None:
