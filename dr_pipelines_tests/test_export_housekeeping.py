@@ -10,18 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from dr_pipelines.core.export.run import ExportOptions, export_tenants
 from dr_pipelines.core.manifest import MANIFEST_NAME, read_manifest
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.export import audit_rows
 from dr_pipelines_tests.support.procs import drp, start_paused
-
-
-def audit_rows(dsn: str) -> list[dict]:
-    with psycopg.connect(dsn) as conn:
-        cur = conn.execute("SELECT * FROM drp.export_audit ORDER BY id")
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def test_a_killed_export_is_swept_and_closed_as_abandoned(demo_db: str, tmp_path: Path) -> None:
@@ -81,3 +76,20 @@ def test_exports_older_than_the_time_to_live_are_deleted_and_audited(demo_db: st
 
     kept = export_tenants(demo_db, storage, [1], replace(options, ttl_days=None))  # TTL off: nothing expires
     assert kept.swept.expired == [] and read_manifest(storage, recent.prefix)
+
+
+def test_an_audit_table_of_an_earlier_release_accepts_the_new_statuses(fresh_db: str) -> None:
+    from dr_pipelines.core.export import audit
+
+    old_ddl = audit.AUDIT_DDL.split("-- Named, and replaced")[0].replace(
+        "status           text        NOT NULL,",
+        "status           text        NOT NULL CHECK (status IN ('started', 'succeeded', 'failed', 'refused')),")
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(old_ddl)
+        record = audit.AuditRecord("dpo", ["1"], "public.clinics", datetime.now(UTC), export_id="x",
+                                   status="abandoned")
+        with pytest.raises(audit.AuditError, match="export_audit_status_check"):
+            audit.append(conn, record)
+        audit.ensure_audit_table(conn)
+        audit.append(conn, record)
+        assert conn.execute("SELECT status FROM drp.export_audit").fetchall() == [("abandoned",)]

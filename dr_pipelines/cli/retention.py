@@ -78,7 +78,7 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
-                           segment_rows=segment_rows, partition_drop=not no_partition_drop)
+                           segment_rows=segment_rows, partition_drop=not no_partition_drop, keys=s.archive_keys())
     try:
         with progress_bar(not as_json, unit="rows") as progress:
             result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
@@ -173,8 +173,9 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
     """List archives in storage (read from their manifests; the database is not needed)."""
     from dr_pipelines.core.lifecycle.rehydrate import list_archives, parse_period
 
-    found = list_archives(settings().storage(), table=table, tenant_id=tenant,
-                          period=parse_period(period) if period else None)
+    s = settings()
+    found = list_archives(s.storage(), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
+                          identities=s.archive_keys().identities)
     if as_json:
         emit_json([a.as_dict() for a in found])
         return
@@ -193,13 +194,16 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
                     period: str = typer.Option(..., "--period", help="YYYY-MM or YYYY-MM..YYYY-MM."),
                     into: Optional[str] = typer.Option(None, "--into", help="A side table to restore into instead "
                                                        "(created like the table if missing)."),
+                    identity: Optional[Path] = typer.Option(None, "--identity", help="age identity file to decrypt "
+                                                            "archives (default: age_identity_file)."),
                     as_json: bool = _JSON) -> None:
     """Bring archived rows back into their table (or a side table), checked against each manifest."""
     from dr_pipelines.core.lifecycle.rehydrate import parse_period, restore_archives
 
     s = settings()
     with progress_bar(not as_json, unit="archives") as progress:
-        done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress)
+        done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress,
+                                identities=s.archive_keys(identity).identities)
     summary = {"table": table, "into": into or table, "tenant": tenant, "archives": len(done),
                "rows": sum(a.rows - a.kept for a in done), "skipped_kept": sum(a.kept for a in done),
                "prefixes": [a.prefix for a in done]}

@@ -49,6 +49,7 @@ from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule
 from dr_pipelines.core.lifecycle.segment import (
     ALIAS,
     ArchiveError,
+    ArchiveKeys,
     Kept,
     bind_tenant,
     fetched,
@@ -95,6 +96,7 @@ class ApplyOptions:
     partition_drop: bool = True
     run_id: str | None = None
     work_dir: Path | None = None
+    keys: ArchiveKeys = ArchiveKeys()  # archives are sealed to its recipients, read back with its identities
 
 
 @dataclass
@@ -183,6 +185,8 @@ def apply_policies(dsn: str, storage: Storage, policies: Policies, options: Appl
         ensure_holds_table(conn)
         journal.ensure_journal_table(conn)
         bound = bind(conn, policies, tables=list(options.tables) or None)
+        if any(bt.policy.may_archive for bt in bound.tables.values()):
+            options.keys.check_for_archiving()  # before anything: no plaintext archive, no unverifiable one
         as_of = resolve_as_of(conn, options.as_of)
         results, failures = [], []
         for bt in bound.tables.values():  # one table's failure is reported, the others still run
@@ -292,7 +296,7 @@ class _TableRun:
         if seg.state == "written":
             try:
                 verify(self.conn, self.storage, self.bt, seg.prefix, rows=seg.rows or 0, checksum=seg.checksum or "",
-                       work_dir=self.options.work_dir)
+                       work_dir=self.options.work_dir, identities=self.options.keys.identities)
             except (ArchiveError, ManifestError) as exc:
                 self._abandon(seg.id, seg.prefix, exc.problem)
                 return
@@ -359,13 +363,14 @@ class _TableRun:
                     "cutoff": cutoff.isoformat(), "as_of": self.as_of.isoformat(), "rule": rule_text,
                     "predicate": predicate, "primary_key": list(self.bt.pk),
                     "timestamp_column": self.bt.policy.timestamp_column, "row_hash_column": "__drp_row_hash",
-                    "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]})
+                    "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]},
+                    self.options.keys)
                 pause_point("after-write")
                 journal.advance(self.conn, seg_id, "written", rows=written.rows, bytes=nbytes, sha256=sha,
                                 checksum=written.checksum, method=self.method)
             with self.result.timed("verify"):
                 verify(self.conn, self.storage, self.bt, prefix, rows=written.rows, checksum=written.checksum,
-                       work_dir=self.options.work_dir)
+                       work_dir=self.options.work_dir, identities=self.options.keys.identities)
             journal.advance(self.conn, seg_id, "verified")
             self.result.archived_rows += written.rows
             self.result.bytes += nbytes
@@ -413,7 +418,8 @@ class _TableRun:
                  pk_text([f"k{i}" for i in range(len(self.bt.pk))], "drp_keys"),
                  sql.SQL(", ").join(sql.SQL("gone.{}").format(g) for g in gone), keys_tuple)
         m0, m1 = (ts_value(self.bt, b) for b in month_bounds(seg.month))
-        with fetched(self.storage, seg.prefix, self.options.work_dir) as (manifest, path), \
+        with fetched(self.storage, seg.prefix, self.options.work_dir,
+                     identities=self.options.keys.identities) as (manifest, path), \
                 self.result.timed("delete"):
             for end, keys, hashes in parquet_keys(path, self.bt, self.options.batch_size, seg.next_offset):
                 started = time.monotonic()
@@ -430,18 +436,18 @@ class _TableRun:
                     self.progress(f"delete {self.bt.name}", self.result.deleted_rows, None)
                 if end < (seg.rows or 0):
                     pause_point("mid-delete")
-            self._store_kept(seg, manifest.extra["primary_key"])
+            self._store_kept(seg, manifest.extra["primary_key"], (manifest.encryption or {}).get("recipients", ()))
         journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
 
-    def _store_kept(self, seg: journal.Segment, primary_key: list[str]) -> None:
-        """Write the segment's kept.json from the journal (idempotent: the same bytes on a re-run)."""
+    def _store_kept(self, seg: journal.Segment, primary_key: list[str], recipients: list[str]) -> None:
+        """Write the segment's kept.json from the journal (idempotent), sealed as its archive is."""
         count, entries = journal.kept(self.conn, seg.id)
         if len(entries) != count:
             raise ArchiveError(f"segment {seg.id} counts {count} kept row(s) but the journal lists {len(entries)}",
                                fix="this is a bug in drp: report it; the segment stays unfinished")
         if entries:
             write_kept(self.storage, seg.prefix, Kept([k for k, _h in entries], [h for _k, h in entries]),
-                       segment_id=seg.id, table=self.bt.name, primary_key=primary_key)
+                       segment_id=seg.id, table=self.bt.name, primary_key=primary_key, recipients=recipients)
 
     def _drop_partition(self, month: date, segs: list[journal.Segment]) -> list[journal.Segment]:
         """Detach and drop the month's leaf partition if it holds exactly the verified segments; else leave them."""
