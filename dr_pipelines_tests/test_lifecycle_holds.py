@@ -75,3 +75,20 @@ def test_one_table_failing_does_not_stop_the_others(demo_db: str, tmp_path: Path
     with psycopg.connect(demo_db) as conn:
         assert conn.execute("SELECT count(*) FROM clinical_notes WHERE created_at < %s::timestamptz"
                             " - interval '16 months'", (AS_OF,)).fetchone()[0] == 0
+
+
+def test_a_hold_failing_at_run_time_stops_only_its_table_in_plan_and_apply(demo_db: str, tmp_path: Path) -> None:
+    policy = tmp_path / "retention.yaml"
+    policy.write_text(yaml.safe_dump(POLICY))
+    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
+           "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+    when = ["--as-of", AS_OF.isoformat()]
+    with psycopg.connect(demo_db, autocommit=True) as conn:  # valid SQL, but it divides by zero on every row
+        place_hold(conn, "1", "case 14", table="public.audit_log", predicate="entity_id / 0 = 1")
+    planned = drp("retention", "plan", "--json", *when, env=env)
+    assert planned.returncode == 1 and "Traceback" not in planned.stderr, planned.stderr
+    assert "plan of public.audit_log failed: division by zero" in planned.stderr
+    assert {p["table"] for p in json.loads(planned.stdout)} == {"public.clinical_notes", "public.payments"}
+    applied = drp("retention", "apply", "--json", *when, env=env)
+    assert applied.returncode == 1 and "retention of public.audit_log stopped: division by zero" in applied.stderr
+    assert {t["table"] for t in json.loads(applied.stdout)["tables"]} == {"public.clinical_notes", "public.payments"}

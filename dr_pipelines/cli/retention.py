@@ -51,10 +51,19 @@ def _as_of(raw: Optional[str]) -> datetime | None:
 def plan(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenant: list[str] = _TENANT,
          as_of: Optional[str] = _AS_OF, as_json: bool = _JSON) -> None:
     """Dry run: per table and tenant, rows that would be archived, deleted or kept by a hold, and why."""
+    from dr_pipelines.core.lifecycle.plan import PlanIncompleteError
     from dr_pipelines.core.lifecycle.plan import plan as make_plan
 
-    lines = make_plan(settings().dsn, _policies(policies), tables=table or None, tenants=tenant or None,
-                      as_of=_as_of(as_of))
+    try:
+        lines = make_plan(settings().dsn, _policies(policies), tables=table or None, tenants=tenant or None,
+                          as_of=_as_of(as_of))
+    except PlanIncompleteError as exc:  # the other tables were planned: show them, then the error
+        _show_plan(exc.lines, as_json)
+        raise
+    _show_plan(lines, as_json)
+
+
+def _show_plan(lines: list[Any], as_json: bool) -> None:
     if as_json:
         emit_json([line.as_dict() for line in lines])
         return
