@@ -45,7 +45,7 @@ TABLES = ("public.audit_log", "public.clinical_notes")
 
 def _env(dsn: str, store: Path, policy: Path) -> dict[str, str]:
     return {"DRP_SOURCE_DSN": dsn, "DRP_STORAGE_URL": str(store), "DRP_RETENTION_POLICIES_FILE": str(policy),
-            **key_env(store.parent)}
+            **key_env(policy.parent)}
 
 
 def _run_until_paused(env: dict[str, str], point: str, args: list[str], timeout: float = 60) -> None:
