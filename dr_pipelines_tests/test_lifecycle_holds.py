@@ -14,11 +14,16 @@ from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
 from dr_pipelines_tests.support.procs import drp
 
 
-def test_a_trailing_comment_is_not_stored_and_cannot_break_plan_or_apply(demo_db: str, tmp_path: Path) -> None:
+def _env(demo_db: str, tmp_path: Path) -> dict[str, str]:
+    """`drp retention` settings: the demo policy, local storage, archive keys."""
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-           "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+    return {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
+            "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+
+
+def test_a_trailing_comment_is_not_stored_and_cannot_break_plan_or_apply(demo_db: str, tmp_path: Path) -> None:
+    env = _env(demo_db, tmp_path)
     when = ["--as-of", AS_OF.isoformat()]
     with psycopg.connect(demo_db, autocommit=True) as conn:
         hold = place_hold(conn, "1", "case 12", table="public.audit_log",
@@ -57,10 +62,7 @@ def test_a_trailing_comment_is_not_stored_and_cannot_break_plan_or_apply(demo_db
 
 
 def test_one_table_failing_does_not_stop_the_others(demo_db: str, tmp_path: Path) -> None:
-    policy = tmp_path / "retention.yaml"
-    policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-           "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+    env = _env(demo_db, tmp_path)
     with psycopg.connect(demo_db, autocommit=True) as conn:  # a timestamp Parquet cannot hold: audit_log fails
         conn.execute("INSERT INTO audit_log (clinic_id, action, entity, occurred_at) VALUES (1, 'read', 'x', '-infinity')")
         expired_notes = conn.execute("SELECT count(*) FROM clinical_notes WHERE created_at < %s::timestamptz"
@@ -78,10 +80,7 @@ def test_one_table_failing_does_not_stop_the_others(demo_db: str, tmp_path: Path
 
 
 def test_a_hold_failing_at_run_time_stops_only_its_table_in_plan_and_apply(demo_db: str, tmp_path: Path) -> None:
-    policy = tmp_path / "retention.yaml"
-    policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-           "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+    env = _env(demo_db, tmp_path)
     when = ["--as-of", AS_OF.isoformat()]
     with psycopg.connect(demo_db, autocommit=True) as conn:  # valid SQL, but it divides by zero on every row
         place_hold(conn, "1", "case 14", table="public.audit_log", predicate="entity_id / 0 = 1")
