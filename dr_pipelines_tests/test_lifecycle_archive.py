@@ -8,7 +8,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, RetentionBusyError, apply_policies
+from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, RetentionBusyError, apply_policies
 from dr_pipelines.core.lifecycle.holds import place_hold, release_hold
 from dr_pipelines.core.lifecycle.journal import segments
 from dr_pipelines.core.lifecycle.plan import plan
@@ -17,7 +17,7 @@ from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, archived, assert_union, content, policies
+from dr_pipelines_tests.support.lifecycle import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
 
 
 def test_archive_verify_delete_keeps_every_row_somewhere(demo_db: str, tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_archive_verify_delete_keeps_every_row_somewhere(demo_db: str, tmp_path:
     before = {t: content(demo_db, t) for t in ("public.audit_log", "public.clinical_notes")}
     everyone = policies(**{"public.audit_log": {**POLICY["tables"]["public.audit_log"], "overrides": [
         {"jurisdiction": "IE", "period": "20 months"}]}})
-    result = apply_policies(demo_db, storage, everyone, ApplyOptions(as_of=AS_OF, batch_size=50))
+    result = apply_policies(demo_db, storage, everyone, ApplyOptions(keys=KEYS, as_of=AS_OF, batch_size=50))
     by_table = {t.table: t for t in result.tables}
     audit = by_table["public.audit_log"]
     assert audit.archived_rows > 0 and audit.archived_rows == audit.deleted_rows
@@ -35,7 +35,7 @@ def test_archive_verify_delete_keeps_every_row_somewhere(demo_db: str, tmp_path:
     assert by_table["public.payments"].deleted_unarchived > 0
     with psycopg.connect(demo_db) as conn:
         assert {s.state for s in segments(conn)} == {"deleted"}
-    again = apply_policies(demo_db, storage, everyone, ApplyOptions(as_of=AS_OF))
+    again = apply_policies(demo_db, storage, everyone, ApplyOptions(keys=KEYS, as_of=AS_OF))
     assert all(t.archived_rows == 0 and t.deleted_rows == 0 for t in again.tables)
 
 
@@ -43,31 +43,31 @@ def test_rehydrate_round_trip_into_table_and_side_table(demo_db: str, tmp_path: 
     storage = LocalStorage(tmp_path / "store")
     table = "public.clinical_notes"
     original = content(demo_db, table)
-    result = apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=(table,)))
+    result = apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=(table,)))
     assert result.tables[0].archived_rows > 0
     assert content(demo_db, table) != original
-    archives = list_archives(storage, table=table)
+    archives = list_archives(storage, identities=ID, table=table)
     tenants = sorted({a.tenant_id for a in archives})
     months = sorted(a.month for a in archives)
     period = parse_period(f"{months[0]}..{months[-1]}")
     side = "public.notes_rehydrated"
     for tenant in tenants:
-        restore_archives(demo_db, storage, table, tenant, period, into=side)
+        restore_archives(demo_db, storage, table, tenant, period, into=side, identities=ID)
     assert content(demo_db, side) == (result.tables[0].archived_rows, archived(demo_db, storage, table)[1])
     for tenant in tenants:
-        restore_archives(demo_db, storage, table, tenant, period)
+        restore_archives(demo_db, storage, table, tenant, period, identities=ID)
     assert content(demo_db, table) == original
     with pytest.raises(ArchiveError, match="already in"):
-        restore_archives(demo_db, storage, table, tenants[0], period)
+        restore_archives(demo_db, storage, table, tenants[0], period, identities=ID)
 
 
 def test_archive_of_a_tenant_holds_only_that_tenants_rows(demo_db: str, tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
-    apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
-    archives = list_archives(storage, table="public.audit_log")
+    apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.audit_log",)))
+    archives = list_archives(storage, identities=ID, table="public.audit_log")
     assert {a.tenant_id for a in archives} == {"1", "2"}  # tenant 3 keeps its audit log
     for a in archives:
-        with fetched(storage, a.prefix) as (_m, path):
+        with fetched(storage, a.prefix, identities=ID) as (_m, path):
             assert set(pq.read_table(path, columns=["clinic_id"]).column("clinic_id").to_pylist()) == {int(a.tenant_id)}
         assert f"tenant={a.tenant_id}/" in a.prefix
 
@@ -78,7 +78,7 @@ def test_per_tenant_and_jurisdiction_overrides(demo_db: str, tmp_path: Path) -> 
         jur = dict(conn.execute("SELECT id::text, jurisdiction FROM clinics").fetchall())
         kept_before = conn.execute("SELECT count(*) FROM audit_log WHERE clinic_id = 3").fetchone()[0]
     assert jur["2"] == "IE"
-    apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
+    apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.audit_log",)))
     with psycopg.connect(demo_db) as conn:
         oldest = dict(conn.execute("SELECT clinic_id::text, min(occurred_at) FROM audit_log GROUP BY 1").fetchall())
         assert conn.execute("SELECT count(*) FROM audit_log WHERE clinic_id = 3").fetchone()[0] == kept_before
@@ -103,7 +103,7 @@ def test_legal_hold_is_respected_and_reported(demo_db: str, tmp_path: Path) -> N
                                           " AND (action LIKE 're%' OR action = 'update')").fetchone()[0]
         notes_1 = conn.execute("SELECT count(*) FROM clinical_notes WHERE clinic_id = 1").fetchone()[0]
     assert held_audit > 0
-    result = apply_policies(demo_db, storage, policies(), ApplyOptions(
+    result = apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS,
         as_of=AS_OF, tables=("public.audit_log", "public.clinical_notes")))
     skips = {(h.table, h.tenant_id): h for t in result.tables for h in t.held}
     assert skips[("public.clinical_notes", "1")].holds == [whole.id]
@@ -116,7 +116,7 @@ def test_legal_hold_is_respected_and_reported(demo_db: str, tmp_path: Path) -> N
     assert keys and not any("tenant=1/" in prefix for prefix in keys)
     with psycopg.connect(demo_db, autocommit=True) as conn:
         release_hold(conn, whole.id)
-    after = apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.clinical_notes",)))
+    after = apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.clinical_notes",)))
     assert after.tables[0].archived_rows > 0 and not after.tables[0].held
 
 
@@ -142,7 +142,7 @@ def test_s3_archive_round_trip(demo_db: str, s3_server, s3_bucket: str) -> None:
     storage = S3Storage(s3_bucket, "retention", **s3_server.storage_kwargs())
     table = "public.audit_log"
     original = content(demo_db, table)
-    result = apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=(table,),
+    result = apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=(table,),
                                                                        segment_rows=40, batch_size=25))
     assert result.tables[0].segments > 1
     assert assert_union(demo_db, storage, table, original) == result.tables[0].archived_rows
@@ -151,14 +151,16 @@ def test_s3_archive_round_trip(demo_db: str, s3_server, s3_bucket: str) -> None:
 def test_one_run_per_table_at_a_time(demo_db: str, tmp_path: Path) -> None:
     with psycopg.connect(demo_db, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(hashtext(%s))", ("drp.retention:public.audit_log",))
-        with pytest.raises(RetentionBusyError, match="another retention run"):
-            apply_policies(demo_db, LocalStorage(tmp_path / "store"), policies(), ApplyOptions(as_of=AS_OF))
+        with pytest.raises(ApplyIncompleteError, match="another retention run") as info:
+            apply_policies(demo_db, LocalStorage(tmp_path / "store"), policies(), ApplyOptions(keys=KEYS, as_of=AS_OF))
+    assert isinstance(info.value.failures[0], RetentionBusyError)
+    assert [t.table for t in info.value.result.tables] == ["public.clinical_notes", "public.payments"]  # still ran
 
 
 def test_a_partition_with_kept_rows_is_not_dropped(demo_db: str, tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
     original = content(demo_db, "public.audit_log")
-    result = apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
+    result = apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.audit_log",)))
     (audit,) = result.tables
     assert audit.partitions_dropped == [] and audit.archived_rows == audit.deleted_rows > 0  # tenant 3 keeps
     assert assert_union(demo_db, storage, "public.audit_log", original) == audit.archived_rows
@@ -176,13 +178,13 @@ def test_a_table_two_hops_from_the_tenant_is_archived_per_tenant(demo_db: str, t
     original = content(demo_db, "public.note_tags")
     tags = policies(**{"public.note_tags": {"timestamp_column": "tagged_at", "period": "16 months",
                                             "action": "archive-then-delete"}})
-    result = apply_policies(demo_db, storage, tags, ApplyOptions(as_of=AS_OF, tables=("public.note_tags",)))
+    result = apply_policies(demo_db, storage, tags, ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.note_tags",)))
     assert result.tables[0].archived_rows > 0
     assert assert_union(demo_db, storage, "public.note_tags", original) == result.tables[0].archived_rows
     with psycopg.connect(demo_db) as conn:
         owner = dict(conn.execute("SELECT id, clinic_id FROM clinical_notes").fetchall())
-    for a in list_archives(storage, table="public.note_tags"):
-        with fetched(storage, a.prefix) as (_m, path):
+    for a in list_archives(storage, identities=ID, table="public.note_tags"):
+        with fetched(storage, a.prefix, identities=ID) as (_m, path):
             notes = pq.read_table(path, columns=["note_id"]).column("note_id").to_pylist()
         assert {owner[n] for n in notes} == {int(a.tenant_id)}
 
@@ -193,6 +195,6 @@ def test_a_row_that_cannot_be_archived_stops_the_table_with_a_clear_error(demo_d
     storage = LocalStorage(tmp_path / "store")
     original = content(demo_db, "public.audit_log")
     with pytest.raises(ArchiveError, match="retention of public.audit_log stopped") as info:
-        apply_policies(demo_db, storage, policies(), ApplyOptions(as_of=AS_OF, tables=("public.audit_log",)))
+        apply_policies(demo_db, storage, policies(), ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.audit_log",)))
     assert "re-run" in str(info.value) or "run again" in str(info.value)
     assert_union(demo_db, storage, "public.audit_log", original)  # nothing lost on the way

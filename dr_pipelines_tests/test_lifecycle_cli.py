@@ -7,14 +7,14 @@ from pathlib import Path
 
 import yaml
 
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY
+from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
 from dr_pipelines_tests.support.procs import drp
 
 
 def test_plan_hold_apply_list_restore(demo_db: str, tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
+    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path),
            "DRP_RETENTION_POLICIES_FILE": str(policy)}
     when = ["--as-of", AS_OF.isoformat()]
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -30,35 +27,31 @@ from dr_pipelines.core.lifecycle.segment import fetched, read_kept
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, archive_prefixes, assert_union, content, policies
-from dr_pipelines_tests.support.procs import BIN, drp
+from dr_pipelines_tests.support.lifecycle import (
+    AS_OF,
+    ID,
+    KEYS,
+    POLICY,
+    archive_prefixes,
+    assert_union,
+    content,
+    key_env,
+    policies,
+)
+from dr_pipelines_tests.support.procs import drp, start_paused
 
 TABLES = ("public.audit_log", "public.clinical_notes")
 
 
 def _env(dsn: str, store: Path, policy: Path) -> dict[str, str]:
-    return {"DRP_SOURCE_DSN": dsn, "DRP_STORAGE_URL": str(store), "DRP_RETENTION_POLICIES_FILE": str(policy)}
+    return {"DRP_SOURCE_DSN": dsn, "DRP_STORAGE_URL": str(store), "DRP_RETENTION_POLICIES_FILE": str(policy),
+            **key_env(policy.parent)}
 
 
 def _run_until_paused(env: dict[str, str], point: str, args: list[str], timeout: float = 60) -> None:
-    proc = subprocess.Popen([str(BIN / "drp"), "retention", "apply", "--json", *args],
-                            env={**os.environ, **env, "DRP_TEST_PAUSE_AT": point},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.monotonic() + timeout, ""
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-            if ready:
-                line = proc.stderr.readline()  # type: ignore[union-attr]
-                seen += line
-                if f"DRP_TEST_PAUSED {point}" in line:
-                    return
-                if not line and proc.poll() is not None:
-                    break
-        pytest.fail(f"apply never reached {point}: {seen[-2000:]}")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_paused(["retention", "apply", "--json", *args], env, point, timeout)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _check_crash_then_rerun(point: str, demo_db: str, env: dict[str, str], storage: Storage) -> None:
@@ -128,14 +121,14 @@ def test_a_row_changed_between_archive_and_delete_stays_and_is_listed_as_kept(de
         body = conn.execute("SELECT body FROM clinical_notes WHERE id = %s", (changed,)).fetchone()
         assert balance(segments(conn)).ok  # the Dagster check: archived - kept == deleted
     assert done.state == "deleted" and done.kept_rows == 1 and done.deleted_rows == (done.rows or 0) - 1
-    kept = read_kept(storage, done.prefix, ["id"])
+    kept = read_kept(storage, done.prefix, ["id"], identities=ID)
     assert kept is not None and kept.keys == [[str(changed)]]  # storage says which archived row stayed
     # The amended version was not deleted on the strength of the old archive; still expired, it went
     # into a later segment of its own. Both versions are in Parquet files ...
     assert body is None
     versions = []
     for prefix in archive_prefixes(storage, "public.clinical_notes"):
-        with fetched(storage, prefix) as (_m, path):
+        with fetched(storage, prefix, identities=ID) as (_m, path):
             rows = pq.read_table(path, columns=["id", "body"]).to_pylist()
         versions += [(prefix, r["body"]) for r in rows if r["id"] == changed]
     assert len(versions) == 2 and versions[0][0] != versions[1][0]
@@ -144,7 +137,7 @@ def test_a_row_changed_between_archive_and_delete_stays_and_is_listed_as_kept(de
     # rows by content, no primary key in two archives (asserted inside).
     assert assert_union(demo_db, storage, "public.clinical_notes", current) > 0
     # Restoring every archive of the tenant does not conflict, skips the old version and says so.
-    months = sorted(a.month for a in list_archives(storage, table="public.clinical_notes", tenant_id=seg.tenant_id))
+    months = sorted(a.month for a in list_archives(storage, identities=ID, table="public.clinical_notes", tenant_id=seg.tenant_id))
     restored = drp("archive", "restore", "--table", "public.clinical_notes", "--tenant", seg.tenant_id, "--period",
                    f"{months[0]}..{months[-1]}", "--into", "notes_back", "--json", env=env)
     assert restored.returncode == 0, restored.stderr
@@ -159,13 +152,15 @@ def test_a_hold_placed_between_archive_and_delete_keeps_every_row_and_lists_them
     with psycopg.connect(demo_db, autocommit=True) as conn:
         hold = place_hold(conn, seg.tenant_id, "late litigation", table="public.clinical_notes")
     notes = policies()
-    options = ApplyOptions(as_of=AS_OF, tables=("public.clinical_notes",))
+    options = ApplyOptions(keys=KEYS, as_of=AS_OF, tables=("public.clinical_notes",))
     apply_policies(demo_db, storage, notes, options)
     with psycopg.connect(demo_db, autocommit=True) as conn:
         (done,) = [s for s in segments(conn) if s.id == seg.id]
         assert done.state == "deleted" and done.deleted_rows == 0 and done.kept_rows == done.rows
-        kept = read_kept(storage, done.prefix, ["id"])
+        kept = read_kept(storage, done.prefix, ["id"], identities=ID)
         assert kept is not None and kept.rows == done.rows
+        sealed = storage.get_bytes(f"{done.prefix}/kept.json.zst.age")  # it lists row keys: sealed as the archive
+        assert sealed.startswith(b"age-encryption.org/v1") and not storage.exists(f"{done.prefix}/kept.json")
         assert balance(segments(conn)).ok
         assert_union(demo_db, storage, "public.clinical_notes", original)  # the held rows are in no effective set
         release_hold(conn, hold.id)
@@ -192,9 +187,9 @@ def test_kept_rows_survive_a_kill_9_in_the_middle_of_the_delete(demo_db: str, tm
         (mid,) = [s for s in segments(conn) if s.id == seg.id]
         listed = conn.execute("SELECT pk FROM drp.archive_kept WHERE segment_id = %s", (seg.id,)).fetchall()
     assert mid.state == "verified" and mid.next_offset == 1 and mid.kept_rows == 1
-    assert listed == [([str(min(first[0], last[0]))],)] and read_kept(storage, seg.prefix, ["id"]) is None
+    assert listed == [([str(min(first[0], last[0]))],)] and read_kept(storage, seg.prefix, ["id"], identities=ID) is None
     rerun = drp("retention", "apply", "--json", "--as-of", AS_OF.isoformat(), env=env)
     assert rerun.returncode == 0, rerun.stderr
-    kept = read_kept(storage, seg.prefix, ["id"])
+    kept = read_kept(storage, seg.prefix, ["id"], identities=ID)
     assert kept is not None and sorted(kept.keys) == sorted([[str(first[0])], [str(last[0])]])
     assert assert_union(demo_db, storage, "public.clinical_notes", current) > 0

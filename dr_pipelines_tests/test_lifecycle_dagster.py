@@ -12,7 +12,7 @@ import yaml
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.defs.resources import DrpSettingsResource
 from dr_pipelines.defs.retention import definitions as retention
-from dr_pipelines_tests.support.lifecycle import POLICY
+from dr_pipelines_tests.support.lifecycle import POLICY, key_env
 
 
 def test_an_asset_per_policy_and_a_stopped_schedule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_materializing_a_month_archives_and_passes_its_checks(monkeypatch: pytes
                                                               tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
+    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path),
            "DRP_RETENTION_POLICIES_FILE": str(policy)}
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -78,7 +78,10 @@ def test_policies_that_do_not_fit_the_database_are_refused(demo_db: str, table: 
     "details ->> 'ip' IS NOT NULL",
 ])
 def test_safe_predicates_pass(predicate: str) -> None:
-    assert validate_predicate(predicate, COLUMNS) == predicate
+    """Returned (and stored) in the parser's rendering: a cast is spelled CAST, and that form is a fixed point."""
+    deparsed = validate_predicate(predicate, COLUMNS)
+    assert deparsed == predicate.replace("'2024-06-01'::timestamptz", "CAST('2024-06-01' AS timestamptz)")
+    assert validate_predicate(deparsed + "  -- a note", COLUMNS) == deparsed
 
 
 @pytest.mark.parametrize(("predicate", "message"), [

@@ -11,7 +11,7 @@ import psycopg
 import yaml
 
 from dr_pipelines.core.lifecycle.holds import list_holds
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY
+from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
 from dr_pipelines_tests.support.procs import BIN
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "data-retention.md"
@@ -24,7 +24,7 @@ def test_data_retention_runbook_runs(demo_db: str, tmp_path: Path, pg_cluster) -
     policy.write_text(yaml.safe_dump(POLICY))
     psql_dir = Path(shutil.which("psql") or pg_cluster.binaries.bin_dir / "psql").parent
     env = {**os.environ, "PATH": f"{BIN}:{psql_dir}:{os.environ['PATH']}", "DRP_SOURCE_DSN": demo_db,
-           "DRP_STORAGE_URL": str(tmp_path / "store"), "DRP_RETENTION_POLICIES_FILE": str(policy),
+           "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path), "DRP_RETENTION_POLICIES_FILE": str(policy),
            "TABLE": "public.audit_log", "TENANT": "1", "PERIOD": "2024-01..2024-04", "AS_OF": AS_OF.isoformat()}
     script = "\n".join(re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), flags=re.S))
     run = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -45,6 +45,9 @@ def test_recipients_comma_separated_in_env() -> None:
         ({"DRP_S3_ENDPOINT_URL": "localhost:9000"}, "s3_endpoint_url", "http://host:port"),
         ({"DRP_ENCRYPTION_RECIPIENTS": "ssh-rsa AAAA"}, "encryption_recipients", "not an age public key"),
         ({"DRP_SCHEDULES_RUNNING": "perhaps"}, "schedules_running", "valid boolean"),
+        ({"DRP_S3_SSE": "aes"}, "s3_sse", "AES256 (SSE-S3), aws:kms (SSE-KMS) or none"),
+        ({"DRP_S3_SSE_KMS_KEY_ID": "key-1"}, "s3_sse_kms_key_id", "s3_sse is not aws:kms"),
+        ({"DRP_EXPORT_TTL_DAYS": "-1"}, "export_ttl_days", "greater than or equal to 0"),
     ],
 )
 def test_invalid_values_name_key_source_and_expectation(env: dict[str, str], key: str, expected: str) -> None:
@@ -55,6 +58,12 @@ def test_invalid_values_name_key_source_and_expectation(env: dict[str, str], key
     assert expected in message
     assert "environment variable DRP_" in message
     assert "fix:" in message
+
+
+def test_encryption_at_rest_defaults() -> None:
+    s = load_settings(env={})
+    assert (s.s3_sse, s.s3_sse_kms_key_id, s.export_ttl_days, s.archive_allow_plaintext) == ("AES256", None, 7, False)
+    assert s.archive_keys().recipients == () and s.archive_keys().identities == ()
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Optional
 
 import typer
@@ -56,7 +57,8 @@ def export(
         key_column=key or s.export_tenant_key, exclude=tuple(s.export_exclude_tables) + tuple(exclude),
         tables=tuple(tables), requester=requester, max_per_hour=s.export_max_per_hour or None,
         presign_expiry_s=(presign or s.export_presign_expiry_seconds) if on_s3 else presign, zip_bundle=zip_bundle,
-        content_checksums=checksums,
+        content_checksums=checksums, ttl_days=s.export_ttl_days or None,
+        sweep_after=timedelta(minutes=s.export_sweep_after_minutes),
     )
     with _files_progress(not as_json) as progress:
         result = export_tenants(s.dsn, storage, clinic, options, progress=progress)
@@ -75,6 +77,7 @@ def export(
         "rows": m.total_rows,
         "bytes": m.stored_bytes,
         "urls": result.urls,
+        "housekeeping": result.swept.as_dict(),
     }
     if as_json:
         emit_json(summary)
@@ -89,5 +92,40 @@ def export(
         out.print("not exported: " + ", ".join(f"{e['table']} ({e['reason']})" for e in m.extra["excluded_tables"]),
                   highlight=False)
     out.print(f"manifest sha256 {result.manifest_sha256}", highlight=False)
+    _print_swept(result.swept)
     for k, url in result.urls.items():
         out.print(f"{k}: {url}", highlight=False, soft_wrap=True)
+
+
+def _print_swept(swept: Any) -> None:
+    if swept.abandoned or swept.expired:
+        err.print(f"housekeeping: removed {swept.objects_removed} object(s): "
+                  f"{len(swept.abandoned)} abandoned export(s) {', '.join(swept.abandoned)}; "
+                  f"{len(swept.expired)} expired export(s) {', '.join(swept.expired)}", highlight=False)
+    for problem in swept.skipped:
+        err.print(f"housekeeping skipped {problem}", highlight=False)
+
+
+def sweep(
+    to: Optional[str] = typer.Option(None, "--to", help="Storage URL (default: the configured storage_url)."),
+    older_than: Optional[float] = typer.Option(
+        None, "--older-than", min=0, help="Minutes an unfinished export must be old (its process gone) to be swept "
+        "(default: export_sweep_after_minutes)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Exports' housekeeping on its own: remove dead exports' partial files (audited abandoned), and exports
+    older than export_ttl_days (audited expired)."""
+    from dr_pipelines.core.export.housekeeping import sweep_exports
+    from dr_pipelines.core.pg.connect import connect
+
+    s = settings()
+    with connect(s.dsn, autocommit=True) as conn:
+        after = s.export_sweep_after_minutes if older_than is None else older_than
+        swept = sweep_exports(conn, s.storage(to), stale_after=timedelta(minutes=after),
+                              ttl=timedelta(days=s.export_ttl_days) if s.export_ttl_days else None)
+    if as_json:
+        emit_json(swept.as_dict())
+        return
+    _print_swept(swept)
+    if not (swept.abandoned or swept.expired):
+        out.print("housekeeping: nothing to remove", highlight=False)

@@ -51,10 +51,19 @@ def _as_of(raw: Optional[str]) -> datetime | None:
 def plan(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenant: list[str] = _TENANT,
          as_of: Optional[str] = _AS_OF, as_json: bool = _JSON) -> None:
     """Dry run: per table and tenant, rows that would be archived, deleted or kept by a hold, and why."""
+    from dr_pipelines.core.lifecycle.plan import PlanIncompleteError
     from dr_pipelines.core.lifecycle.plan import plan as make_plan
 
-    lines = make_plan(settings().dsn, _policies(policies), tables=table or None, tenants=tenant or None,
-                      as_of=_as_of(as_of))
+    try:
+        lines = make_plan(settings().dsn, _policies(policies), tables=table or None, tenants=tenant or None,
+                          as_of=_as_of(as_of))
+    except PlanIncompleteError as exc:  # the other tables were planned: show them, then the error
+        _show_plan(exc.lines, as_json)
+        raise
+    _show_plan(lines, as_json)
+
+
+def _show_plan(lines: list[Any], as_json: bool) -> None:
     if as_json:
         emit_json([line.as_dict() for line in lines])
         return
@@ -74,13 +83,21 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
                                                  help="Delete in batches even where a whole partition expired."),
           as_json: bool = _JSON) -> None:
     """Archive expired rows to storage, verify them, then delete them (resuming an interrupted run first)."""
-    from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
+    from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, apply_policies
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
-                           segment_rows=segment_rows, partition_drop=not no_partition_drop)
-    with progress_bar(not as_json, unit="rows") as progress:
-        result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
+                           segment_rows=segment_rows, partition_drop=not no_partition_drop, keys=s.archive_keys())
+    try:
+        with progress_bar(not as_json, unit="rows") as progress:
+            result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
+    except ApplyIncompleteError as exc:  # the other tables ran: show what they did, then the error
+        _show_apply(exc.result, as_json)
+        raise
+    _show_apply(result, as_json)
+
+
+def _show_apply(result: Any, as_json: bool) -> None:
     if as_json:
         emit_json(result.as_dict())
         return
@@ -165,8 +182,9 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
     """List archives in storage (read from their manifests; the database is not needed)."""
     from dr_pipelines.core.lifecycle.rehydrate import list_archives, parse_period
 
-    found = list_archives(settings().storage(), table=table, tenant_id=tenant,
-                          period=parse_period(period) if period else None)
+    s = settings()
+    found = list_archives(s.storage(), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
+                          identities=s.archive_keys().identities)
     if as_json:
         emit_json([a.as_dict() for a in found])
         return
@@ -185,13 +203,16 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
                     period: str = typer.Option(..., "--period", help="YYYY-MM or YYYY-MM..YYYY-MM."),
                     into: Optional[str] = typer.Option(None, "--into", help="A side table to restore into instead "
                                                        "(created like the table if missing)."),
+                    identity: Optional[Path] = typer.Option(None, "--identity", help="age identity file to decrypt "
+                                                            "archives (default: age_identity_file)."),
                     as_json: bool = _JSON) -> None:
     """Bring archived rows back into their table (or a side table), checked against each manifest."""
     from dr_pipelines.core.lifecycle.rehydrate import parse_period, restore_archives
 
     s = settings()
     with progress_bar(not as_json, unit="archives") as progress:
-        done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress)
+        done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress,
+                                identities=s.archive_keys(identity).identities)
     summary = {"table": table, "into": into or table, "tenant": tenant, "archives": len(done),
                "rows": sum(a.rows - a.kept for a in done), "skipped_kept": sum(a.kept for a in done),
                "prefixes": [a.prefix for a in done]}

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.pg.connect import parse_dsn
 
 if TYPE_CHECKING:
+    from dr_pipelines.core.lifecycle.segment import ArchiveKeys
     from dr_pipelines.core.retention.gfs import RetentionPolicy
     from dr_pipelines.core.storage import Storage
     from dr_pipelines.core.verify.checks import Probe
@@ -54,11 +55,20 @@ class Settings(BaseModel):
     s3_region: str | None = Field(None, description="S3 region.")
     s3_access_key_id: SecretStr | None = Field(None, description="S3 access key; unset = boto3's default chain.")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key; unset = boto3's default chain.")
+    s3_sse: str = Field(
+        "AES256", description="S3 server-side encryption of every object drp writes: AES256 (SSE-S3), aws:kms "
+        "(SSE-KMS, with s3_sse_kms_key_id or the bucket's default key) or none (an endpoint without SSE)."
+    )
+    s3_sse_kms_key_id: str | None = Field(None, description="KMS key id or ARN for s3_sse=aws:kms.")
     encryption_recipients: list[str] = Field(
         default_factory=list, description="age public keys (age1...) that can decrypt backups; comma-separated in env."
     )
     age_identity_file: Path | None = Field(
         None, description="age identity (private key) file for restores; keep it off the backup host."
+    )
+    archive_allow_plaintext: bool = Field(
+        False, description="Let data-retention archives be stored unencrypted when no encryption_recipients are "
+        "set (by default archiving is refused then: health data is never stored in plaintext)."
     )
     backup_retention: str = Field(
         "last=7,daily=7,weekly=4,monthly=12,yearly=3",
@@ -93,6 +103,14 @@ class Settings(BaseModel):
     export_presign_expiry_seconds: int = Field(
         3600, ge=1, le=604800, description="Lifetime of presigned download URLs for exports on S3."
     )
+    export_ttl_days: int = Field(
+        7, ge=0, description="Exports (under exports/) are deleted this many days after they finished, by the "
+        "exports' own housekeeping (audited); 0 = kept until removed by hand."
+    )
+    export_sweep_after_minutes: float = Field(
+        15, ge=0, description="An export unfinished this long whose process is gone is swept (files removed, "
+        "audited abandoned) by the exports' housekeeping."
+    )
     analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
 
     @field_validator("source_dsn")
@@ -117,6 +135,20 @@ class Settings(BaseModel):
     def _endpoint_form(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("expected http://host:port or https://host")
+        return v
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _sse_kind(cls, v: str) -> str:
+        if v not in ("none", "AES256", "aws:kms"):
+            raise ValueError("expected AES256 (SSE-S3), aws:kms (SSE-KMS) or none")
+        return v
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _kms_key_needs_kms(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v and info.data.get("s3_sse") != "aws:kms":
+            raise ValueError("set, but s3_sse is not aws:kms: the key would be ignored")
         return v
 
     @field_validator("encryption_recipients", "export_exclude_tables", mode="before")
@@ -163,6 +195,14 @@ class Settings(BaseModel):
             )
         return load_identities(path)
 
+    def archive_keys(self, identity: Path | None = None) -> ArchiveKeys:
+        """What archives are sealed to (encryption_recipients) and read back with (the identity, if configured)."""
+        from dr_pipelines.core.lifecycle.segment import ArchiveKeys
+
+        has_identity = identity is not None or self.age_identity_file is not None
+        return ArchiveKeys(tuple(self.encryption_recipients),
+                           tuple(self.identities(identity)) if has_identity else (), self.archive_allow_plaintext)
+
     @property
     def retention_policy(self) -> RetentionPolicy:
         from dr_pipelines.core.retention.gfs import RetentionPolicy
@@ -194,6 +234,8 @@ class Settings(BaseModel):
             s3_region=self.s3_region,
             s3_access_key=secret(self.s3_access_key_id),
             s3_secret_key=secret(self.s3_secret_access_key),
+            s3_sse=None if self.s3_sse == "none" else self.s3_sse,
+            s3_sse_kms_key_id=self.s3_sse_kms_key_id if self.s3_sse == "aws:kms" else None,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -25,6 +25,14 @@ from dr_pipelines_tests.support.backup import load_pagila, require_pagila, templ
 PAGILA_TEMPLATE = "export_pagila_template"
 
 
+def audit_rows(dsn: str) -> list[dict[str, Any]]:
+    """Every row of drp.export_audit, oldest first, as dicts."""
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute("SELECT * FROM drp.export_audit ORDER BY id")
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
 def pagila_database(cluster: LocalCluster) -> tuple[str, str]:
     """A fresh copy of pagila (loaded once per cluster into a template); (name, dsn). Skips without it."""
     require_pagila()

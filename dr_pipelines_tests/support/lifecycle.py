@@ -9,18 +9,42 @@ lists as never deleted). Content is compared with PostgreSQL's own hashes
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from pyrage import x25519
 
 from dr_pipelines.core.lifecycle.policy import Policies, parse_policies
-from dr_pipelines.core.lifecycle.segment import PREFIX, checksum_of, drop_kept, fetched, read_kept, scratch_copy
+from dr_pipelines.core.lifecycle.segment import (
+    PREFIX,
+    ArchiveKeys,
+    checksum_of,
+    drop_kept,
+    fetched,
+    read_kept,
+    scratch_copy,
+)
 from dr_pipelines.core.manifest import MANIFEST_NAME
 from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
 from dr_pipelines.core.storage import Storage
 
 AS_OF = datetime(2025, 11, 1, tzinfo=UTC)  # the demo data's "today"
+
+
+_IDENTITY = x25519.Identity.generate()  # one key pair for the test session: archives are always sealed
+KEYS = ArchiveKeys((str(_IDENTITY.to_public()),), (_IDENTITY,))
+ID = KEYS.identities  # what reads the archives back
+
+
+def key_env(tmp_path: Path) -> dict[str, str]:
+    """The settings (environment) that seal archives to KEYS and read them with its identity (a 0600 file)."""
+    path = tmp_path / "archive-key.txt"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(f"# test key\n{_IDENTITY}\n")
+    return {"DRP_ENCRYPTION_RECIPIENTS": KEYS.recipients[0], "DRP_AGE_IDENTITY_FILE": str(path)}
 
 POLICY: dict[str, Any] = {
     "version": 1,
@@ -66,12 +90,12 @@ def archived(dsn: str, storage: Storage, table: str) -> tuple[int, int, dict[str
     with psycopg.connect(dsn) as conn:
         pin_render_settings(conn)
         for prefix in archive_prefixes(storage, table):
-            with fetched(storage, prefix) as (manifest, path), conn.transaction():
+            with fetched(storage, prefix, identities=ID) as (manifest, path), conn.transaction():
                 scratch, _ = scratch_copy(conn, sql.Identifier(schema, name), path)
                 n, checksum = checksum_of(conn, scratch, manifest.tables[0].method)
                 assert (n, checksum) == (manifest.tables[0].rows, manifest.tables[0].checksum), prefix
                 pk = manifest.extra["primary_key"]
-                kept = read_kept(storage, prefix, pk)
+                kept = read_kept(storage, prefix, pk, identities=ID)
                 if kept:
                     drop_kept(conn, scratch, kept, pk, manifest.tables[0].method)
                     n, checksum = checksum_of(conn, scratch, manifest.tables[0].method)

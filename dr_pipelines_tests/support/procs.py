@@ -34,3 +34,24 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interv
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s (last error: {last!r})")
+
+
+def start_paused(args: list[str], env: dict[str, str], point: str, timeout: float = 60) -> subprocess.Popen[str]:
+    """Start `drp args` with DRP_TEST_PAUSE_AT=point and return it once paused there (alive: the caller kills it)."""
+    import select
+
+    proc = subprocess.Popen([str(BIN / "drp"), *args], env={**os.environ, **env, "DRP_TEST_PAUSE_AT": point},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            seen += line
+            if f"DRP_TEST_PAUSED {point}" in line:
+                return proc
+            if not line and proc.poll() is not None:
+                break
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"drp {' '.join(args)} never reached {point}: {seen[-2000:]}")

@@ -30,7 +30,9 @@ import psycopg
 from dr_pipelines.core.errors import DrpError
 
 TABLE = "drp.export_audit"
-STATUSES = ("started", "succeeded", "failed", "refused")
+# abandoned: a started export whose process died (no manifest), closed by housekeeping (core/export/housekeeping.py);
+# expired: a finished export deleted by housekeeping after its time-to-live.
+STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired")
 _LOCK_KEY = 0x6472_705F_6578  # "drp_ex": serialises DDL and rate-limit checks
 
 AUDIT_DDL = """
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS drp.export_audit (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     attempt_id       uuid        NOT NULL,
     export_id        text,
-    status           text        NOT NULL CHECK (status IN ('started', 'succeeded', 'failed', 'refused')),
+    status           text        NOT NULL,
     requester        text        NOT NULL,
     tenant_ids       text[]      NOT NULL,
     root_table       text        NOT NULL,
@@ -56,6 +58,11 @@ CREATE TABLE IF NOT EXISTS drp.export_audit (
     recorded_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     recorded_by      name        NOT NULL DEFAULT current_user
 );
+
+-- Named, and replaced when this list grows (tables created by earlier releases allow fewer statuses).
+ALTER TABLE drp.export_audit DROP CONSTRAINT IF EXISTS export_audit_status_check;
+ALTER TABLE drp.export_audit ADD CONSTRAINT export_audit_status_check
+    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired'));
 
 CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
 CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
@@ -107,13 +114,17 @@ class AuditRecord:
 def ensure_audit_table(conn: psycopg.Connection) -> None:
     """Create drp.export_audit with its append-only trigger and revocations (idempotent).
 
-    If the table and both triggers already exist nothing is run, so a role without DDL
-    rights (INSERT and SELECT only) can export once an administrator has set it up.
+    If the table, both triggers and the current status list already exist nothing is run, so
+    a role without DDL rights (INSERT and SELECT only) can export once an administrator has set
+    it up.
     """
     present = conn.execute(
         "SELECT to_regclass('drp.export_audit') IS NOT NULL AND (SELECT count(*) FROM pg_trigger"
         " WHERE tgrelid = to_regclass('drp.export_audit') AND tgenabled <> 'D' AND tgname IN"
         " ('export_audit_no_update_delete', 'export_audit_no_truncate')) = 2"
+        " AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('drp.export_audit')"
+        " AND conname = 'export_audit_status_check' AND pg_get_constraintdef(oid) LIKE %s)",
+        ("%'expired'%",),
     ).fetchone()[0]
     if present:
         return

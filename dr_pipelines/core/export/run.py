@@ -2,14 +2,19 @@
 
 The flow of ``export_tenants``:
 
-1. ``drp.export_audit`` is ensured; from here on every outcome leaves an audit row.
+1. ``drp.export_audit`` is ensured; from here on every outcome leaves an audit row. The
+   exports' housekeeping runs first (core/export/housekeeping.py): dead exports' partial
+   files are removed and closed as ``abandoned``, exports past their time-to-live deleted.
 2. One ``REPEATABLE READ, READ ONLY`` transaction is opened: every table (and the scope,
    the tenant check and the row counts) is read from its single snapshot. Text output
    settings are pinned in it and the tenant ids are bound once, as a parameter, with
    ``set_config('drp.export_tenants', %s, true)``; every query reads them back with
    ``current_setting`` (COPY cannot take parameters). No tenant id is ever formatted
    into SQL.
-3. Unknown tenant ids are refused (``UnknownTenantError``), then the per-tenant rate limit
+3. Tenant ids that do not round-trip exactly through the key's type (``FRANCE`` into a
+   ``char(3)`` key reads back ``FRA``; ``99999999999999999999`` is no bigint), as PostgreSQL
+   itself casts them, are refused, as are unknown ones (``UnknownTenantError``). Then the
+   export's lock is taken (it marks it running for housekeeping), the per-tenant rate limit
    is checked and the ``started`` audit row appended (``RateLimitedError`` if over).
 4. Each tenant-owned table is streamed once per format to
    ``exports/<export_id>/<schema.table>.<ext>`` (``Storage.put_stream``; Parquet through
@@ -34,7 +39,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,6 +65,13 @@ from dr_pipelines.core.export.formats import (
     table_columns,
     write_parquet_batches,
 )
+from dr_pipelines.core.export.housekeeping import (
+    DEFAULT_STALE_AFTER,
+    PREFIX,
+    Swept,
+    hold_export_lock,
+    sweep_exports,
+)
 from dr_pipelines.core.export.scope import (
     TENANTS_SETTING,
     Scope,
@@ -69,13 +81,14 @@ from dr_pipelines.core.export.scope import (
     tenant_select,
 )
 from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
+from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.storage import Storage
 
-PREFIX = "exports"
 DEFAULT_MAX_PER_HOUR = 10
+DEFAULT_TTL_DAYS = 7
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -115,6 +128,9 @@ class ExportOptions:
     # Also checksum each table's tenant rows in the database (what a restored copy is checked with).
     # Off by default: on two cores the extra scan costs ~30% of CSV throughput; row counts are always checked.
     content_checksums: bool = False
+    # Housekeeping before the export: finished exports older than this are deleted (None: kept).
+    ttl_days: int | None = DEFAULT_TTL_DAYS
+    sweep_after: timedelta = DEFAULT_STALE_AFTER  # ... and unfinished exports this old, their process gone, swept
 
 
 @dataclass
@@ -127,6 +143,7 @@ class ExportResult:
     manifest_sha256: str
     scope: Scope
     urls: dict[str, str] = field(default_factory=dict)  # key -> presigned URL (S3, if asked)
+    swept: Swept = field(default_factory=Swept)  # what the housekeeping before it removed
 
 
 def new_export_id(now: datetime | None = None) -> str:
@@ -227,6 +244,8 @@ def _run(
         raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
     if options.work_dir is not None:
         Path(options.work_dir).mkdir(parents=True, exist_ok=True)
+    swept = sweep_exports(audit_conn, storage, stale_after=options.sweep_after,
+                          ttl=timedelta(days=options.ttl_days) if options.ttl_days is not None else None)
     export_id = new_export_id(record.started_at)
     prefix = options.prefix.strip("/") + f"/{export_id}" if options.prefix else export_prefix(export_id)
     record.export_id = export_id
@@ -250,6 +269,7 @@ def _run(
             record.tenant_ids = tenants
             schema_version = _schema_version(conn)
 
+            hold_export_lock(audit_conn, export_id)  # released by the server if this process dies
             try:
                 audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
             except audit.RateLimitedError as exc:
@@ -278,6 +298,8 @@ def _run(
                         objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256,
                                                    format=fmt))
                         done += 1
+                        if done == 1:
+                            pause_point("export-after-first-file")
                         if progress:
                             progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
                     rows, digest, method = checksum.result()
@@ -333,7 +355,7 @@ def _run(
     if presign is not None:
         for key in [f"{prefix}/{o.key}" for o in objects] + [manifest_key]:
             urls[key] = _presign(storage, key, presign)
-    return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls)
+    return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls, swept)
 
 
 def _select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:
@@ -352,18 +374,11 @@ def _select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:
 
 def _check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> list[str]:
     """Bind the tenant ids and return them canonical and distinct; refuse invalid or unknown ones."""
+    _refuse_inexact(conn, scope, requested)
     conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, requested))
-    try:
-        with conn.transaction():
-            canonical = conn.execute(sql.SQL(
-                "SELECT array_agg(DISTINCT tenant.id::text) FROM unnest({}) AS tenant(id)").format(
-                tenant_array(scope.key_type))).fetchone()[0]
-    except (psycopg.errors.DataException, psycopg.errors.InvalidTextRepresentation):
-        raise UnknownTenantError(
-            f"tenant id(s) {', '.join(map(repr, requested))} are not all valid {scope.key_type} values "
-            f"of {scope.root}.{scope.key_column}",
-            fix=f"pass existing {scope.root}.{scope.key_column} values",
-        ) from None
+    canonical = conn.execute(sql.SQL(
+        "SELECT array_agg(DISTINCT tenant.id::text) FROM unnest({}) AS tenant(id)").format(
+        tenant_array(scope.key_type))).fetchone()[0]
     root_schema, root_table = scope.root.split(".", 1)
     missing = [r[0] for r in conn.execute(
         sql.SQL("SELECT tenant.id::text FROM unnest({}) AS tenant(id)"
@@ -376,6 +391,32 @@ def _check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str])
         )
     conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, sorted(canonical)))
     return sorted(canonical)
+
+
+def _refuse_inexact(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> None:
+    """Refuse ids that PostgreSQL cannot cast to the key's type, or that do not read back exactly as given.
+
+    A cast may succeed and still change the value (char(3) truncates 'FRANCE' to 'FRA'): the
+    export would then be of another tenant than the one asked for. The value is a parameter;
+    only the type name, from the catalog (format_type), is part of the SQL.
+    """
+    check = sql.SQL("SELECT %s::{}::text = %s").format(sql.SQL(scope.key_type))
+    bad = []
+    for value in dict.fromkeys(requested):
+        try:
+            with conn.transaction():
+                exact = conn.execute(check, (value, value)).fetchone()[0]
+        except psycopg.DataError:  # invalid input syntax, out of range, too long for varchar(n), ...
+            exact = False
+        if not exact:
+            bad.append(value)
+    if bad:
+        raise UnknownTenantError(
+            f"tenant id(s) {', '.join(repr(b[:64]) for b in bad)} are not {scope.key_type} values as written "
+            f"(of {scope.root}.{scope.key_column}): PostgreSQL cannot read them as that type, or reads them as "
+            "another value",
+            fix=f"pass {scope.root}.{scope.key_column} values exactly as the database shows them (its ::text form)",
+        )
 
 
 def _schema_version(conn: psycopg.Connection) -> int | None:

@@ -27,8 +27,6 @@ process print ``DRP_TEST_PAUSED <point>`` on stderr and sleep, so a test can kil
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 import uuid
@@ -44,12 +42,14 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.scope import tenant_filter
+from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.lifecycle import journal
 from dr_pipelines.core.lifecycle.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
 from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule, bind
 from dr_pipelines.core.lifecycle.segment import (
     ALIAS,
     ArchiveError,
+    ArchiveKeys,
     Kept,
     bind_tenant,
     fetched,
@@ -74,7 +74,6 @@ from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.storage import Storage
 
-PAUSE_ENV = "DRP_TEST_PAUSE_AT"
 DEFAULT_BATCH = 1_000
 DEFAULT_SEGMENT_ROWS = 100_000
 LOCK_TIMEOUT = "5s"
@@ -97,6 +96,7 @@ class ApplyOptions:
     partition_drop: bool = True
     run_id: str | None = None
     work_dir: Path | None = None
+    keys: ArchiveKeys = ArchiveKeys()  # archives are sealed to its recipients, read back with its identities
 
 
 @dataclass
@@ -157,13 +157,6 @@ class ApplyResult:
         return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "tables": [t.as_dict() for t in self.tables]}
 
 
-def pause_point(point: str) -> None:
-    if os.environ.get(PAUSE_ENV) == point:
-        sys.stderr.write(f"DRP_TEST_PAUSED {point}\n")
-        sys.stderr.flush()
-        time.sleep(3600)
-
-
 def prepare(conn: psycopg.Connection) -> None:
     """Session setup shared by every retention connection (pinned rendering: the text checksum needs it)."""
     pin_render_settings(conn)
@@ -192,22 +185,46 @@ def apply_policies(dsn: str, storage: Storage, policies: Policies, options: Appl
         ensure_holds_table(conn)
         journal.ensure_journal_table(conn)
         bound = bind(conn, policies, tables=list(options.tables) or None)
+        if any(bt.policy.may_archive for bt in bound.tables.values()):
+            options.keys.check_for_archiving()  # before anything: no plaintext archive, no unverifiable one
         as_of = resolve_as_of(conn, options.as_of)
-        results = []
-        for bt in bound.tables.values():
-            if not _lock(conn, bt.name):
-                raise RetentionBusyError(f"another retention run is working on {bt.name}",
-                                         fix="wait for it to finish (a crashed run's lock is released with its session)")
+        results, failures = [], []
+        for bt in bound.tables.values():  # one table's failure is reported, the others still run
             try:
-                results.append(_TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run())
-            except psycopg.Error as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ArchiveError(f"retention of {bt.name} stopped: {reason}",
-                                   fix="no row was deleted without a verified archive; fix the cause and run "
-                                   "again: the run resumes where this one stopped") from exc
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
-        return ApplyResult(run_id, as_of, results)
+                results.append(_run_table(conn, storage, bound, bt, options, run_id, as_of, progress))
+            except DrpError as exc:
+                failures.append(exc)
+        result = ApplyResult(run_id, as_of, results)
+        if failures:
+            raise ApplyIncompleteError(failures, result)
+        return result
+
+
+class ApplyIncompleteError(ArchiveError):
+    """Retention stopped on some tables; ``result`` holds what the other tables did."""
+
+    def __init__(self, failures: list[DrpError], result: ApplyResult) -> None:
+        self.failures, self.result = failures, result
+        done = ", ".join(t.table for t in result.tables)
+        super().__init__("; ".join(f.problem for f in failures) + (f" (done: {done})" if done else ""),
+                         fix="; ".join(dict.fromkeys(f.fix for f in failures if f.fix)))
+
+
+def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: BoundTable, options: ApplyOptions,
+               run_id: str, as_of: datetime, progress: Progress | None) -> TableResult:
+    """One table's run under its advisory lock; a database error becomes an ArchiveError naming the table."""
+    if not _lock(conn, bt.name):
+        raise RetentionBusyError(f"another retention run is working on {bt.name}",
+                                 fix="wait for it to finish (a crashed run's lock is released with its session)")
+    try:
+        return _TableRun(conn, storage, bound, bt, options, run_id, as_of, progress).run()
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArchiveError(f"retention of {bt.name} stopped: {reason}",
+                           fix="no row was deleted without a verified archive; fix the cause and run "
+                           "again: the run resumes where this one stopped") from exc
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
 
 
 def _lock(conn: psycopg.Connection, table: str) -> bool:
@@ -279,7 +296,7 @@ class _TableRun:
         if seg.state == "written":
             try:
                 verify(self.conn, self.storage, self.bt, seg.prefix, rows=seg.rows or 0, checksum=seg.checksum or "",
-                       work_dir=self.options.work_dir)
+                       work_dir=self.options.work_dir, identities=self.options.keys.identities)
             except (ArchiveError, ManifestError) as exc:
                 self._abandon(seg.id, seg.prefix, exc.problem)
                 return
@@ -346,13 +363,14 @@ class _TableRun:
                     "cutoff": cutoff.isoformat(), "as_of": self.as_of.isoformat(), "rule": rule_text,
                     "predicate": predicate, "primary_key": list(self.bt.pk),
                     "timestamp_column": self.bt.policy.timestamp_column, "row_hash_column": "__drp_row_hash",
-                    "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]})
+                    "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]},
+                    self.options.keys)
                 pause_point("after-write")
                 journal.advance(self.conn, seg_id, "written", rows=written.rows, bytes=nbytes, sha256=sha,
                                 checksum=written.checksum, method=self.method)
             with self.result.timed("verify"):
                 verify(self.conn, self.storage, self.bt, prefix, rows=written.rows, checksum=written.checksum,
-                       work_dir=self.options.work_dir)
+                       work_dir=self.options.work_dir, identities=self.options.keys.identities)
             journal.advance(self.conn, seg_id, "verified")
             self.result.archived_rows += written.rows
             self.result.bytes += nbytes
@@ -400,7 +418,8 @@ class _TableRun:
                  pk_text([f"k{i}" for i in range(len(self.bt.pk))], "drp_keys"),
                  sql.SQL(", ").join(sql.SQL("gone.{}").format(g) for g in gone), keys_tuple)
         m0, m1 = (ts_value(self.bt, b) for b in month_bounds(seg.month))
-        with fetched(self.storage, seg.prefix, self.options.work_dir) as (manifest, path), \
+        with fetched(self.storage, seg.prefix, self.options.work_dir,
+                     identities=self.options.keys.identities) as (manifest, path), \
                 self.result.timed("delete"):
             for end, keys, hashes in parquet_keys(path, self.bt, self.options.batch_size, seg.next_offset):
                 started = time.monotonic()
@@ -417,18 +436,18 @@ class _TableRun:
                     self.progress(f"delete {self.bt.name}", self.result.deleted_rows, None)
                 if end < (seg.rows or 0):
                     pause_point("mid-delete")
-            self._store_kept(seg, manifest.extra["primary_key"])
+            self._store_kept(seg, manifest.extra["primary_key"], (manifest.encryption or {}).get("recipients", ()))
         journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
 
-    def _store_kept(self, seg: journal.Segment, primary_key: list[str]) -> None:
-        """Write the segment's kept.json from the journal (idempotent: the same bytes on a re-run)."""
+    def _store_kept(self, seg: journal.Segment, primary_key: list[str], recipients: list[str]) -> None:
+        """Write the segment's kept.json from the journal (idempotent), sealed as its archive is."""
         count, entries = journal.kept(self.conn, seg.id)
         if len(entries) != count:
             raise ArchiveError(f"segment {seg.id} counts {count} kept row(s) but the journal lists {len(entries)}",
                                fix="this is a bug in drp: report it; the segment stays unfinished")
         if entries:
             write_kept(self.storage, seg.prefix, Kept([k for k, _h in entries], [h for _k, h in entries]),
-                       segment_id=seg.id, table=self.bt.name, primary_key=primary_key)
+                       segment_id=seg.id, table=self.bt.name, primary_key=primary_key, recipients=recipients)
 
     def _drop_partition(self, month: date, segs: list[journal.Segment]) -> list[journal.Segment]:
         """Detach and drop the month's leaf partition if it holds exactly the verified segments; else leave them."""

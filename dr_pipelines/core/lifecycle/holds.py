@@ -11,15 +11,17 @@ as one boolean expression built from column references of the held table, consta
 comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS [NOT] NULL, CASE, COALESCE, casts to plain
 types and a short list of immutable functions. Subqueries, other functions (anything
 with side effects or access to other data), parameters, qualified names and system
-columns are refused. They are validated when placed and again whenever applied; a hold
-whose predicate no longer validates holds the whole table for its tenant (fail safe).
-A NULL predicate result holds the row too.
+columns are refused. What is stored and applied is the parser's own rendering of the
+expression (deparsed): a trailing ``-- comment`` or other text the parser skips never
+reaches a query. They are validated when placed and again whenever applied (holds stored
+by an earlier release are deparsed then too); a hold whose predicate no longer validates
+holds the whole table for its tenant (fail safe). A NULL predicate result holds the row too.
 """
 
 from __future__ import annotations
 
 import getpass
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import psycopg
@@ -94,9 +96,14 @@ def ensure_holds_table(conn: psycopg.Connection) -> None:
 
 
 def validate_predicate(predicate: str, columns: set[str]) -> str:
-    """Return the predicate if it is one safe boolean expression over ``columns``; else HoldError."""
+    """The predicate, deparsed, if it is one safe boolean expression over ``columns``; else HoldError.
+
+    The deparsed form (not the text typed) is what is stored and put into queries: comments and
+    anything else the parser skips are gone, so the expression cannot swallow the SQL around it.
+    """
     from pglast import ast, parse_sql
     from pglast.parser import ParseError
+    from pglast.stream import RawStream
     from pglast.visitors import Visitor
 
     text = predicate.strip()
@@ -137,7 +144,7 @@ def validate_predicate(predicate: str, columns: set[str]) -> str:
     if problems:
         raise HoldError(f"the hold predicate {text!r} is refused: {'; '.join(dict.fromkeys(problems))}",
                         fix="use columns of the held table, constants, comparisons, AND/OR/NOT and simple functions")
-    return text
+    return str(RawStream()(stmt.whereClause))
 
 
 def table_columns(conn: psycopg.Connection, table: str) -> set[str]:
@@ -240,10 +247,8 @@ def hold_filter(conn: psycopg.Connection, table: str, tenant_id: str, columns: s
             whole.append(hold)
             continue
         try:
-            validate_predicate(hold.predicate, columns)
+            partial.append(replace(hold, predicate=validate_predicate(hold.predicate, columns)))
         except HoldError:
             whole.append(hold)
-        else:
-            partial.append(hold)
     return HoldFilter(tuple(whole), tuple(partial))
 

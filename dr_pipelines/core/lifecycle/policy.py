@@ -98,6 +98,11 @@ class TablePolicy:
     rule: Rule
     overrides: tuple[Override, ...] = ()
 
+    @property
+    def may_archive(self) -> bool:
+        """Whether any tenant's rule archives (then archives must be encryptable and readable back)."""
+        return "archive-then-delete" in {self.rule.action, *(o.action or self.rule.action for o in self.overrides)}
+
     def rule_for(self, tenant: str, jurisdiction: str | None) -> Rule:
         """Tenant override, else jurisdiction override, else the table's rule; missing fields inherit."""
         for key, label in (("tenant", f"tenant {tenant}"), ("jurisdiction", f"jurisdiction {jurisdiction}")):

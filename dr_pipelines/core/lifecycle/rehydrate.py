@@ -13,13 +13,16 @@ the delete, so never removed: the database or a later archive holds them) are sk
 they are taken out of the loaded copy, must be exactly the listed rows by content, and
 the restored rows must then equal the manifest minus them (count and checksum).
 
+Sealed archives (age, see core/lifecycle/segment.py) are decrypted with the identity; older
+plaintext archives (no ``encryption`` in their manifest) restore as they are.
+
 Rows restored into the live table are old enough to be archived again by the next run:
 place a legal hold on them first if they must stay (`drp retention hold place`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -34,6 +37,7 @@ from dr_pipelines.core.lifecycle.segment import (
     ALIAS,
     KEPT_NAME,
     PREFIX,
+    SEALED,
     ArchiveError,
     checksum_hex,
     checksum_of,
@@ -81,8 +85,11 @@ def parse_period(period: str) -> tuple[date, date]:
 
 
 def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str | None = None,
-                  period: tuple[date, date] | None = None) -> list[ArchiveInfo]:
-    """Archives in storage (manifests: the commit), filtered; the database is not consulted."""
+                  period: tuple[date, date] | None = None, identities: Sequence[object] = ()) -> list[ArchiveInfo]:
+    """Archives in storage (manifests: the commit), filtered; the database is not consulted.
+
+    Counting an archive's kept rows reads its kept.json: a sealed one needs ``identities``.
+    """
     prefix = f"{PREFIX}/"
     if table:
         prefix += f"{quote(table if '.' in table else f'public.{table}', safe='')}/"
@@ -90,7 +97,8 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
             prefix += f"tenant={quote(str(tenant_id), safe='')}/"
     out = []
     listed = [info.key for info in storage.list(prefix)]
-    with_kept = {key.rsplit("/", 1)[0] for key in listed if key.endswith("/" + KEPT_NAME)}
+    with_kept = {key.rsplit("/", 1)[0] for key in listed
+                 if key.endswith("/" + KEPT_NAME) or key.endswith("/" + KEPT_NAME + SEALED)}
     for key in listed:
         if not key.endswith("/" + MANIFEST_NAME):
             continue
@@ -102,7 +110,7 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
         month = date.fromisoformat(x["month"])
         if period and not (period[0] <= month <= period[1]):
             continue
-        kept = read_kept(storage, seg, x["primary_key"]) if seg in with_kept else None
+        kept = read_kept(storage, seg, x["primary_key"], identities=identities) if seg in with_kept else None
         out.append(ArchiveInfo(seg, m.tables[0].name, x["tenant_id"], x["month"][:7], m.tables[0].rows,
                                m.stored_bytes, m.tables[0].checksum, x["cutoff"], x["predicate"],
                                kept.rows if kept else 0))
@@ -111,10 +119,11 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
 
 def restore_archives(dsn: str, storage: Storage, table: str, tenant_id: str, period: tuple[date, date], *,
                      into: str | None = None, work_dir: Path | None = None,
-                     progress: Callable[[str, int, int | None], None] | None = None) -> list[ArchiveInfo]:
+                     progress: Callable[[str, int, int | None], None] | None = None,
+                     identities: Sequence[object] = ()) -> list[ArchiveInfo]:
     """Insert the archived rows of ``table`` for ``tenant_id`` in ``period`` into the table (or ``into``)."""
     table = table if "." in table else f"public.{table}"
-    found = list_archives(storage, table=table, tenant_id=tenant_id, period=period)
+    found = list_archives(storage, table=table, tenant_id=tenant_id, period=period, identities=identities)
     if not found:
         raise ArchiveError(f"no archive of {table} for tenant {tenant_id} in {period[0]:%Y-%m}..{period[1]:%Y-%m} "
                            f"in {storage.url}", fix="list what exists with `drp archive list`")
@@ -127,7 +136,8 @@ def restore_archives(dsn: str, storage: Storage, table: str, tenant_id: str, per
         columns = _insertable(conn, target)
         for n, info in enumerate(found, start=1):
             try:
-                found[n - 1] = replace(info, kept=_restore_one(conn, storage, source, target, columns, info, work_dir))
+                found[n - 1] = replace(info, kept=_restore_one(conn, storage, source, target, columns, info, work_dir,
+                                                               identities))
             except psycopg.Error as exc:
                 raise ArchiveError(f"archive {info.prefix} cannot be inserted into {target.as_string(conn)}: "
                                    f"{str(exc).strip().splitlines()[0]}",
@@ -145,15 +155,15 @@ def _insertable(conn: psycopg.Connection, target: sql.Identifier) -> list[str]:
 
 
 def _restore_one(conn: psycopg.Connection, storage: Storage, source: sql.Identifier, target: sql.Identifier,
-                 columns: list[str], info: ArchiveInfo, work_dir: Path | None) -> int:
+                 columns: list[str], info: ArchiveInfo, work_dir: Path | None, identities: Sequence[object]) -> int:
     """Restore one archive in one transaction; returns how many of its rows were skipped as kept."""
-    with fetched(storage, info.prefix, work_dir) as (manifest, path), conn.transaction():
+    with fetched(storage, info.prefix, work_dir, identities=identities) as (manifest, path), conn.transaction():
         entry = manifest.tables[0]
         scratch, _ = scratch_copy(conn, source, path)
         if checksum_of(conn, scratch, entry.method) != (entry.rows, entry.checksum):
             raise ArchiveError(f"archive {info.prefix} does not match its manifest", fix="it cannot be restored as is")
         expected = (entry.rows, entry.checksum)
-        kept = read_kept(storage, info.prefix, manifest.extra["primary_key"])
+        kept = read_kept(storage, info.prefix, manifest.extra["primary_key"], identities=identities)
         if kept:  # never deleted: the database or a later archive holds them
             drop_kept(conn, scratch, kept, manifest.extra["primary_key"], entry.method)
             expected = (entry.rows - kept.rows, checksum_hex(int(entry.checksum, 16) - int(kept.checksum, 16)))

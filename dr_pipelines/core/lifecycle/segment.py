@@ -15,15 +15,25 @@ Rows archived but not deleted (changed since, or held by the time of the delete)
 in a sidecar ``kept.json`` next to the manifest, written when the segment's deletion is
 done: the archive's *effective* rows are its rows minus those (the database, or a later
 archive, holds the kept ones). No ``kept.json``: every row of the archive was removed.
+
+Archives hold years of health data: they are sealed with age to the configured recipients
+(``ArchiveKeys``), as backups are (core/stream.py: zstd inside age, readable with stock
+``age -d -i key | zstd -d``). The Parquet object becomes ``rows.parquet.zst.age`` and
+``kept.json`` (it lists primary keys) ``kept.json.zst.age``; the manifest records the
+recipients (``encryption``), and its SHA-256 is of the stored (sealed) bytes. Reading an
+archive back (verify, delete, restore) decrypts it with the identity into a 0600 scratch
+file. Archives written before encryption (no ``encryption`` in the manifest) still read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -34,7 +44,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
 from dr_pipelines.core.lifecycle.policy import BoundTable
@@ -44,6 +54,8 @@ from dr_pipelines.core.storage import Storage
 PREFIX = "archives"
 DATA_NAME = "rows.parquet"
 KEPT_NAME = "kept.json"
+SEALED = ".zst.age"  # suffix of an age-encrypted (zstd inside) object
+SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
 _MOD = 1 << 64
@@ -52,6 +64,50 @@ PARQUET_BATCH = 10_000
 
 class ArchiveError(DrpError):
     """An archive segment could not be written or does not verify; no row was deleted for it."""
+
+
+@dataclass(frozen=True)
+class ArchiveKeys:
+    """How archives are sealed (age recipients, public keys as text) and read back (age identities)."""
+
+    recipients: tuple[str, ...] = ()
+    identities: tuple[object, ...] = ()
+    allow_plaintext: bool = False  # an explicit setting: archive without encryption
+
+    def check_for_archiving(self) -> None:
+        """Refuse to archive in plaintext (unless allowed), or without the identity verify reads back with."""
+        if not self.recipients and not self.allow_plaintext:
+            raise ConfigError(
+                "no encryption recipients are configured: archives of health data are never stored in plaintext",
+                fix="set DRP_ENCRYPTION_RECIPIENTS (the age public keys backups use) and DRP_AGE_IDENTITY_FILE; "
+                "only to archive unencrypted on purpose, set DRP_ARCHIVE_ALLOW_PLAINTEXT=true",
+            )
+        if self.recipients and not self.identities:
+            raise ConfigError(
+                "archives are verified by decrypting them back from storage, and no age identity is configured",
+                fix="set DRP_AGE_IDENTITY_FILE to the private key matching DRP_ENCRYPTION_RECIPIENTS",
+            )
+
+
+def _needs_identities(identities: Sequence[object], what: str) -> Sequence[object]:
+    if not identities:
+        raise ConfigError(f"{what} is encrypted: reading it needs the age identity (private key)",
+                          fix="set DRP_AGE_IDENTITY_FILE (or pass the identity) to the key matching the archive's "
+                          "recipients (listed in its manifest)")
+    return identities
+
+
+def _seal(source: Any, recipients: Sequence[str]) -> Iterator[bytes]:
+    """age(zstd(source)) chunks, to ``recipients`` (the backup's mechanism, core/stream.py)."""
+    from dr_pipelines.core.crypto import parse_recipients
+    from dr_pipelines.core.stream import compress_encrypt
+
+    return compress_encrypt(source, parse_recipients(list(recipients)), level=SEAL_LEVEL, threads=1)
+
+
+def _private_file(path: Path) -> Any:
+    """A new file only its owner can read: decrypted health data in scratch space."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def row_hash(method: str, alias: str = ALIAS) -> sql.Composable:
@@ -164,31 +220,54 @@ def select_to_parquet(conn: psycopg.Connection, bt: BoundTable, method: str, hel
     return Written(path, rows, checksum_hex(total), last)
 
 
-def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict[str, Any]) -> tuple[int, str]:
-    """Upload the Parquet file, then the manifest (last: it is the commit); returns (bytes, sha256)."""
+def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict[str, Any],
+          keys: ArchiveKeys) -> tuple[int, str]:
+    """Upload the Parquet file (sealed to ``keys.recipients``), then the manifest (last: the commit).
+
+    Returns the stored object's (bytes, sha256).
+    """
     from dr_pipelines.core.export.formats import file_chunks
 
+    keys.check_for_archiving()
     started = datetime.now(UTC)
-    put = storage.put_stream(f"{prefix}/{DATA_NAME}", file_chunks(written.path))
+    if keys.recipients:
+        with open(written.path, "rb") as plain:
+            name = DATA_NAME + SEALED
+            put = storage.put_stream(f"{prefix}/{name}", _seal(plain, keys.recipients))
+    else:
+        name = DATA_NAME
+        put = storage.put_stream(f"{prefix}/{name}", file_chunks(written.path))
     m = Manifest(
         kind="archive", id=prefix.rsplit("/", 1)[1], started_at=started, finished_at=datetime.now(UTC),
-        objects=[ObjectEntry(DATA_NAME, "table", put.size, put.sha256, format="parquet")],
+        objects=[ObjectEntry(name, "table", put.size, put.sha256, plain_bytes=written.path.stat().st_size,
+                             format="parquet")],
         tables=[TableEntry(manifest_fields["table"], written.rows, written.checksum, manifest_fields["method"])],
         tools={"pyarrow": _pyarrow_version()}, extra=manifest_fields,
+        compression={"algorithm": "zstd", "level": SEAL_LEVEL} if keys.recipients else None,
+        encryption={"algorithm": "age-x25519", "recipients": list(keys.recipients)} if keys.recipients else None,
     )
     write_manifest(storage, prefix, m)
     return put.size, put.sha256
 
 
 @contextmanager
-def fetched(storage: Storage, prefix: str, work_dir: Path | None = None) -> Iterator[tuple[Manifest, Path]]:
-    """The segment's manifest and its Parquet file in a temporary file, SHA-256 and size checked."""
+def fetched(storage: Storage, prefix: str, work_dir: Path | None = None, *,
+            identities: Sequence[object] = ()) -> Iterator[tuple[Manifest, Path]]:
+    """The segment's manifest and its Parquet file in a temporary file, SHA-256 and size checked.
+
+    A sealed archive is checked as stored, then decrypted with ``identities`` into a 0600 file.
+    """
+    from dr_pipelines.core.stream import decrypt_decompress
+
     manifest = read_manifest(storage, prefix)
     entry = manifest.object("table")
     with tempfile.TemporaryDirectory(prefix="drp-archive-", dir=work_dir) as tmp:
         path = Path(tmp) / DATA_NAME
+        stored = Path(tmp) / entry.key if manifest.encryption else path
+        if manifest.encryption:
+            _needs_identities(identities, f"archive {prefix}")
         digest, size = hashlib.sha256(), 0
-        with open(path, "wb") as f:
+        with _private_file(stored) as f:
             for chunk in storage.iter_chunks(f"{prefix}/{entry.key}"):
                 digest.update(chunk)
                 size += len(chunk)
@@ -197,6 +276,10 @@ def fetched(storage: Storage, prefix: str, work_dir: Path | None = None) -> Iter
             raise ArchiveError(f"archive object {storage.url}/{prefix}/{entry.key} does not match its manifest "
                                f"({size} bytes, sha256 {digest.hexdigest()[:12]}…; manifest: {entry.bytes} bytes, "
                                f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+        if manifest.encryption:  # the bytes are the ones written: a failure now is the key's
+            with open(stored, "rb") as sealed, _private_file(path) as plain:
+                decrypt_decompress(sealed, plain, identities, what=f"archive {prefix}")
+            stored.unlink()
         yield manifest, path
 
 
@@ -238,9 +321,9 @@ def checksum_of(conn: psycopg.Connection, relation: sql.Composable, method: str)
 
 
 def verify(conn: psycopg.Connection, storage: Storage, bt: BoundTable, prefix: str, *, rows: int, checksum: str,
-           work_dir: Path | None = None) -> Manifest:
+           work_dir: Path | None = None, identities: Sequence[object] = ()) -> Manifest:
     """Read the segment back from storage and prove it holds exactly the archived rows, of one tenant and month."""
-    with fetched(storage, prefix, work_dir) as (manifest, path), conn.transaction():
+    with fetched(storage, prefix, work_dir, identities=identities) as (manifest, path), conn.transaction():
         table = manifest.tables[0]
         extra = manifest.extra
         if (table.rows, table.checksum) != (rows, checksum):
@@ -317,27 +400,47 @@ def pk_text(pk: list[str], alias: str = ALIAS) -> sql.Composable:
         sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c)) for c in pk))
 
 
-def write_kept(storage: Storage, prefix: str, kept: Kept, *, segment_id: str, table: str, primary_key: list[str]) -> None:
-    """Store ``kept.json`` (deterministic: a re-run writes the same bytes) and read it back."""
+def write_kept(storage: Storage, prefix: str, kept: Kept, *, segment_id: str, table: str, primary_key: list[str],
+               recipients: Sequence[str] = ()) -> None:
+    """Store ``kept.json`` (sealed to ``recipients``, as its archive) and read it back.
+
+    Plaintext it is deterministic (a re-run writes the same bytes); sealed, a re-run replaces it.
+    """
     body = json.dumps({
         "kind": "archive-kept", "version": 1, "segment_id": segment_id, "table": table, "primary_key": primary_key,
         "rows": kept.rows, "checksum": kept.checksum, "sha256": kept.sha256,
         "note": "rows of rows.parquet that were not deleted (changed after the archive, or under a legal hold): "
                 "the database or a later archive holds them; restore skips them",
         "keys": kept.keys, "row_hashes": kept.row_hashes}, indent=None, separators=(",", ":")).encode()
-    storage.put_bytes(f"{prefix}/{KEPT_NAME}", body)
-    if storage.get_bytes(f"{prefix}/{KEPT_NAME}") != body:
-        raise ArchiveError(f"{storage.url}/{prefix}/{KEPT_NAME} does not read back as written",
+    key = f"{prefix}/{KEPT_NAME}"
+    if recipients:
+        key += SEALED
+        body = b"".join(_seal(io.BytesIO(body), recipients))
+    storage.put_bytes(key, body)
+    if storage.get_bytes(key) != body:
+        raise ArchiveError(f"{storage.url}/{key} does not read back as written",
                            fix="check the storage; the segment stays unfinished and a re-run writes it again")
 
 
-def read_kept(storage: Storage, prefix: str, primary_key: list[str]) -> Kept | None:
+def read_kept(storage: Storage, prefix: str, primary_key: list[str], *,
+              identities: Sequence[object] = ()) -> Kept | None:
     """The archive's kept rows (None: all its rows were removed), checked against their own count and SHA-256."""
+    from dr_pipelines.core.stream import decrypt_decompress
+
     key = f"{prefix}/{KEPT_NAME}"
-    if not storage.exists(key):
+    if storage.exists(key + SEALED):
+        key += SEALED
+        plain = io.BytesIO()
+        with storage.open(key) as sealed:
+            decrypt_decompress(sealed, plain, _needs_identities(identities, f"{storage.url}/{key}"),
+                               what=f"{storage.url}/{key}")
+        text = plain.getvalue()
+    elif storage.exists(key):
+        text = storage.get_bytes(key)
+    else:
         return None
     try:
-        doc = json.loads(storage.get_bytes(key))
+        doc = json.loads(text)
         kept = Kept([[str(v) for v in k] for k in doc["keys"]], [int(h) for h in doc["row_hashes"]])
         ok = (doc["kind"] == "archive-kept" and doc["primary_key"] == primary_key and doc["rows"] == kept.rows
               == len(kept.row_hashes) and doc["sha256"] == kept.sha256 and doc["checksum"] == kept.checksum)

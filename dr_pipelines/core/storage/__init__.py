@@ -20,6 +20,8 @@ def open_storage(
     s3_region: str | None = None,
     s3_access_key: str | None = None,
     s3_secret_key: str | None = None,
+    s3_sse: str | None = None,
+    s3_sse_kms_key_id: str | None = None,
 ) -> Storage:
     """Build the backend a storage URL names; credentials never travel inside the URL."""
     if not url or not url.strip():
@@ -60,6 +62,8 @@ def open_storage(
             region=s3_region,
             access_key=s3_access_key,
             secret_key=s3_secret_key,
+            sse=s3_sse,
+            sse_kms_key_id=s3_sse_kms_key_id,
         )
     raise ConfigError(
         f"unsupported storage URL scheme {scheme!r}", fix=f"use one of: {_FORMS}"

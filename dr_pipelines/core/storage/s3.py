@@ -101,6 +101,8 @@ class S3Storage(Storage):
         part_size: int = PART_SIZE,
         connect_timeout: float = 10,
         max_attempts: int = 5,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         if (access_key is None) != (secret_key is None):
             raise ConfigError(
@@ -125,6 +127,10 @@ class S3Storage(Storage):
                 raise ConfigError(exc.problem.replace("storage key", "S3 prefix"), fix=exc.fix) from exc
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
+        # Server-side encryption asked for on every object written (AES256 = SSE-S3, aws:kms = SSE-KMS).
+        self.sse_args: dict[str, str] = {"ServerSideEncryption": sse} if sse else {}
+        if sse and sse_kms_key_id:
+            self.sse_args["SSEKMSKeyId"] = sse_kms_key_id
         self.part_size = part_size
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._where = f"at {_safe_url(endpoint_url)}" if endpoint_url else "on AWS S3"
@@ -225,7 +231,7 @@ class S3Storage(Storage):
                 while len(buffer) > self.part_size:
                     if upload_id is None:
                         upload_id = self._call(
-                            "create_multipart_upload", "upload", key, Key=full
+                            "create_multipart_upload", "upload", key, Key=full, **self.sse_args
                         )["UploadId"]
                     with memoryview(buffer) as view:
                         part = bytes(view[: self.part_size])
@@ -233,7 +239,7 @@ class S3Storage(Storage):
                     upload_part(part)
                     del part
             if upload_id is None:
-                self._call("put_object", "upload", key, Key=full, Body=bytes(buffer))
+                self._call("put_object", "upload", key, Key=full, Body=bytes(buffer), **self.sse_args)
             else:
                 upload_part(bytes(buffer))
                 self._call(

@@ -34,7 +34,8 @@ class TenantExportConfig(dg.Config):
 
 def _options(s: Settings, **overrides: Any) -> ExportOptions:
     return ExportOptions(root=s.export_tenant_root, key_column=s.export_tenant_key,
-                         exclude=tuple(s.export_exclude_tables), work_dir=s.work_dir, **overrides)
+                         exclude=tuple(s.export_exclude_tables), work_dir=s.work_dir,
+                         ttl_days=s.export_ttl_days or None, **overrides)
 
 
 def _metadata(result: ExportResult) -> dict[str, Any]:

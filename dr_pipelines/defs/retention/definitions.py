@@ -56,8 +56,9 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
         s = drp.settings()
         storage = s.storage()
         as_of = as_of_for(context.partition_key)
+        keys = s.archive_keys()
         result = apply_policies(s.dsn, storage, policies, ApplyOptions(tables=(policy.table,), as_of=as_of,
-                                                                       run_id=context.run.run_id))
+                                                                       run_id=context.run.run_id, keys=keys))
         t = result.tables[0]
         remaining = sum(p.to_delete for p in plan(s.dsn, policies, tables=[policy.table], as_of=as_of))
         with connect(s.dsn) as conn:
@@ -68,8 +69,8 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
             if x.state == "abandoned":
                 continue
             try:
-                with fetched(storage, x.prefix) as (manifest, _path):
-                    listed = read_kept(storage, x.prefix, manifest.extra["primary_key"])
+                with fetched(storage, x.prefix, identities=keys.identities) as (manifest, _path):
+                    listed = read_kept(storage, x.prefix, manifest.extra["primary_key"], identities=keys.identities)
                     if manifest.tables[0].rows != x.rows or manifest.tables[0].checksum != x.checksum or (
                             x.state == "deleted" and (listed.rows if listed else 0) != x.kept_rows):
                         bad.append(x.id)
