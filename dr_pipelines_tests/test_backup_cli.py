@@ -27,6 +27,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines_tests.support.backup import (
     Keys,
+    add_padding,
     assert_restored_equals_manifest,
     database_key,
     flip_middle_byte,
@@ -35,7 +36,9 @@ from dr_pipelines_tests.support.backup import (
     relation_count,
     rewrite_object,
 )
+from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.procs import BIN
+from dr_pipelines_tests.support.s3 import MotoServer
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -231,3 +234,32 @@ def test_restore_errors_are_clean(
     damaged = run("restore", "latest", "--target", fresh_db, *identity, env=env)
     assert_clean_error(damaged, database_key(manifest), "corrupted")
     assert relation_count(fresh_db) == 0  # none of the failures wrote anything
+
+
+# -- S3 faults ----------------------------------------------------------------------------------
+
+
+def test_backup_run_to_s3_through_a_dropping_link_fails_cleanly(
+    env: dict[str, str], demo_db: str, s3_server: MotoServer
+) -> None:
+    """Each connection is reset after 64 KiB: small requests pass, every part upload dies midway.
+
+    Before the fix the message was right but the process then died of SIGABRT (exit 134):
+    the compress-encrypt worker thread was left running inside pyrage at interpreter exit.
+    """
+    add_padding(demo_db, 12)  # > one 8 MiB part after zstd: a multipart upload
+    bucket = s3_server.create_bucket()
+    client = s3_server.client()
+    with fault_proxy(s3_server.endpoint_url, drop_after=64 * 1024, lifetime=240) as proxy:
+        env = {**env, "DRP_STORAGE_URL": f"s3://{bucket}/prod", "DRP_S3_ENDPOINT_URL": proxy.url,
+               "DRP_S3_REGION": s3_server.region, "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
+               "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key, "PYTHONFAULTHANDLER": "1"}
+        result = run("backup", "run", "--no-prune", env=env, timeout=240)
+    assert proxy.drops > 0
+    assert result.returncode not in (0, 134, -6), f"exit {result.returncode}\n{result.stderr}"
+    assert_clean_error(result, "connection to the S3 endpoint", "broke off while trying to upload", "database.dump.zst.age")
+    assert "Fatal Python error" not in result.stderr
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    stored = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in stored if k.startswith("prod/backups/") and not k.endswith("SOURCE.json")], stored
+    assert [k for k in stored if k.startswith("prod/attempts/")], stored  # the failure itself is recorded

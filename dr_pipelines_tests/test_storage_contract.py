@@ -10,6 +10,8 @@ import hashlib
 import os
 import random
 import stat as stat_mod
+import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
@@ -26,6 +28,7 @@ from dr_pipelines.core.storage import Storage, open_storage
 from dr_pipelines.core.storage.base import TEMP_SUFFIX
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.s3 import MotoServer, free_port, run_moto_server
 
 MiB = 1024 * 1024
@@ -460,3 +463,49 @@ def test_s3_correct_credentials_work_on_the_auth_server(
     )
     storage.put_bytes("k", b"x")
     assert storage.get_bytes("k") == b"x"
+
+
+_PUT_THROUGH_PROXY = """
+import os, subprocess, sys
+from pyrage import x25519
+from dr_pipelines.core.errors import StorageError
+from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.stream import compress_encrypt
+
+bucket, endpoint, producer = sys.argv[1:4]
+storage = S3Storage(bucket, "p", endpoint_url=endpoint, region=os.environ["AWS_DEFAULT_REGION"],
+                    access_key=os.environ["TEST_S3_KEY"], secret_key=os.environ["TEST_S3_SECRET"],
+                    part_size=5 << 20, max_attempts=2)
+if producer == "threaded":  # what a backup does: a worker thread compresses and encrypts a pipe
+    source = subprocess.Popen(["head", "-c", str(24 << 20), "/dev/urandom"], stdout=subprocess.PIPE)
+    chunks = compress_encrypt(source.stdout, [x25519.Identity.generate().to_public()])
+else:
+    chunks = (os.urandom(1 << 20) for _ in range(24))
+try:
+    storage.put_stream("backups/x/database.dump.zst.age", chunks)
+except StorageError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("producer", ["threaded", "generator"])
+def test_s3_put_stream_through_a_dropping_link_exits_cleanly(s3_server: MotoServer, producer: str) -> None:
+    """A connection reset mid multipart upload: a clear error, the upload aborted, and a clean exit.
+
+    In a subprocess, because the failure showed only at interpreter exit: a compress-encrypt
+    worker left blocked in pyrage was killed by finalization, and the process died of SIGABRT.
+    """
+    bucket = s3_server.create_bucket()
+    env = {**os.environ, "AWS_DEFAULT_REGION": s3_server.region, "TEST_S3_KEY": s3_server.access_key,
+           "TEST_S3_SECRET": s3_server.secret_key}
+    with fault_proxy(s3_server.endpoint_url, drop_after=64 * 1024, lifetime=120) as proxy:
+        result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _PUT_THROUGH_PROXY, bucket, proxy.url,
+                                 producer], capture_output=True, text=True, timeout=120, env=env)
+    assert proxy.drops > 0
+    assert result.returncode == 3, f"exit {result.returncode}: {result.stderr[-3000:]}"
+    assert "broke off while trying to upload 'backups/x/database.dump.zst.age'" in result.stderr
+    assert "Fatal Python error" not in result.stderr
+    client = s3_server.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0

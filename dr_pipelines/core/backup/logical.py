@@ -187,14 +187,17 @@ def _stream_command(
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
         assert proc.stdout is not None
         reader = CountingReader(proc.stdout)
+        chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
         try:
-            chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
             result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
+            # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
+            # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
+            chunks.close()
             proc.stdout.close()
         code = proc.wait()
         if code != 0:

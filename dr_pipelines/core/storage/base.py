@@ -7,6 +7,7 @@ written, so a crash mid-upload can never be mistaken for a good backup.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,18 @@ def _key_problem(key: str, *, allow_empty_last: bool) -> str | None:
     return None
 
 
+def close_chunks(chunks: Iterable[bytes]) -> None:
+    """Close a failed upload's chunk generator so its producer (a worker thread, a COPY) stops now.
+
+    Left open, a producer thread blocked inside native code (zstd, pyrage) outlives the error
+    and is killed at interpreter exit, which aborts the process instead of exiting cleanly.
+    """
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # the upload's own error is what the caller needs
+            close()
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe, portable object key, else raise InvalidKeyError.
 
@@ -97,8 +110,8 @@ class Storage(ABC):
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         """Store the concatenated chunks atomically, hashing while streaming (constant memory).
 
-        If the iterator or the backend fails, nothing becomes visible under ``key`` and any
-        previous object under ``key`` is left intact.
+        If the iterator or the backend fails, nothing becomes visible under ``key``, any
+        previous object under ``key`` is left intact, and the iterator is closed (close_chunks).
         """
 
     def put_bytes(self, key: str, data: bytes) -> PutResult:

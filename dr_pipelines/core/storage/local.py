@@ -22,6 +22,7 @@ from dr_pipelines.core.storage.base import (
     ObjectInfo,
     PutResult,
     Storage,
+    close_chunks,
     validate_key,
     validate_prefix,
 )
@@ -98,6 +99,7 @@ class LocalStorage(Storage):
                     raise self._error("write", key, exc) from exc
             os.replace(tmp, path)
         except BaseException as exc:
+            close_chunks(chunks)
             tmp.unlink(missing_ok=True)
             self._prune_empty(path.parent)  # a failed first upload leaves no empty directory behind
             if isinstance(exc, OSError):  # from close() or replace(): the backend failed

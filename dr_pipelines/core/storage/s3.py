@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    HTTPClientError,
     NoCredentialsError,
 )
 from botocore.exceptions import (
@@ -33,6 +34,7 @@ from dr_pipelines.core.storage.base import (
     ObjectInfo,
     PutResult,
     Storage,
+    close_chunks,
     validate_key,
     validate_prefix,
 )
@@ -156,6 +158,13 @@ class S3Storage(Storage):
                 fix="check DRP_S3_ENDPOINT_URL, that the S3 service is running, "
                 "and the network/firewall between here and it",
             ) from exc
+        if isinstance(exc, HTTPClientError):  # connected, then the connection broke off or timed out
+            raise StorageError(
+                f"the connection to the S3 endpoint {self._where} broke off while trying to {action} {target} "
+                f"({type(exc).__name__}, after retries)",
+                fix="check the network path to the S3 endpoint (proxies, load balancers, firewalls), then "
+                "run again: nothing partial was kept",
+            ) from exc
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
@@ -241,6 +250,7 @@ class S3Storage(Storage):
                     Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts},
                 )
         except BaseException:
+            close_chunks(chunks)
             if upload_id is not None:
                 try:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
