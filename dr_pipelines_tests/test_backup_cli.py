@@ -7,16 +7,20 @@ and in the databases, not only in the printed output. Errors must be one clean m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from dr_pipelines.core.backup.catalog import backup_prefix, list_backups
@@ -24,15 +28,19 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.crypto import load_identities
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.backup import (
     Keys,
     add_padding,
     assert_restored_equals_manifest,
     database_key,
     flip_middle_byte,
+    leave_partial_upload,
     manifest_tables,
     own_checksums,
+    partial_uploads,
     relation_count,
     rewrite_object,
 )
@@ -251,9 +259,7 @@ def test_backup_run_to_s3_through_a_dropping_link_fails_cleanly(
     bucket = s3_server.create_bucket()
     client = s3_server.client()
     with fault_proxy(s3_server.endpoint_url, drop_after=64 * 1024, lifetime=240) as proxy:
-        env = {**env, "DRP_STORAGE_URL": f"s3://{bucket}/prod", "DRP_S3_ENDPOINT_URL": proxy.url,
-               "DRP_S3_REGION": s3_server.region, "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
-               "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key, "PYTHONFAULTHANDLER": "1"}
+        env = {**env, **_s3_env(s3_server, bucket, proxy.url), "PYTHONFAULTHANDLER": "1"}
         result = run("backup", "run", "--no-prune", env=env, timeout=240)
     assert proxy.drops > 0
     assert result.returncode not in (0, 134, -6), f"exit {result.returncode}\n{result.stderr}"
@@ -263,3 +269,98 @@ def test_backup_run_to_s3_through_a_dropping_link_fails_cleanly(
     stored = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert not [k for k in stored if k.startswith("prod/backups/") and not k.endswith("SOURCE.json")], stored
     assert [k for k in stored if k.startswith("prod/attempts/")], stored  # the failure itself is recorded
+
+
+# -- writers side by side -----------------------------------------------------------------------
+
+
+def _s3_env(server: MotoServer, bucket: str, endpoint_url: str | None = None) -> dict[str, str]:
+    return {"DRP_STORAGE_URL": f"s3://{bucket}/prod", "DRP_S3_ENDPOINT_URL": endpoint_url or server.endpoint_url,
+            "DRP_S3_REGION": server.region, "DRP_S3_ACCESS_KEY_ID": server.access_key,
+            "DRP_S3_SECRET_ACCESS_KEY": server.secret_key}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_starting_backup_spares_other_writers_and_cleans_its_dead_uploads(
+    backend: str, env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An export mid-upload survives a backup starting beside it; a killed backup's upload is cleaned.
+
+    Before the fix the backup's start-up cleanup swept the whole storage root: it deleted the
+    export's temp file (local) or aborted its multipart upload (S3), and the export failed.
+    """
+    if backend == "local":
+        storage: Storage = LocalStorage(tmp_path / "storage")
+    else:
+        server: MotoServer = request.getfixturevalue("s3_server")
+        bucket = server.create_bucket()
+        env = {**env, **_s3_env(server, bucket)}
+        storage = S3Storage(bucket, "prod", part_size=5 << 20, **server.storage_kwargs())
+    # What a backup killed mid-upload leaves (its process and lock are gone): provably dead.
+    dead = "backups/20261130T000000.000Z-dead/database.dump.zst.age"
+    leave_partial_upload(storage, dead)
+
+    block = os.urandom(1 << 20)
+    paused, resume = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def export_rows() -> Iterator[bytes]:
+        for _ in range(6):  # 6 MiB: a temp file locally, an open multipart upload with one part on S3
+            yield block
+        paused.set()
+        resume.wait(180)
+        yield block
+
+    def export() -> None:
+        try:
+            outcome["put"] = storage.put_stream("exports/20261130-x/public.patients.csv", export_rows())
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=export)
+    writer.start()
+    try:
+        assert paused.wait(60)
+        assert partial_uploads(storage) == sorted([dead, "exports/20261130-x/public.patients.csv"])
+        summary = json.loads(ok(run("backup", "run", "--json", "--no-prune", env=env)).stdout)
+    finally:
+        resume.set()
+        writer.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["put"].sha256 == hashlib.sha256(block * 7).hexdigest()
+    assert hashlib.sha256(storage.get_bytes("exports/20261130-x/public.patients.csv")).hexdigest() == outcome["put"].sha256
+    assert partial_uploads(storage) == []  # the dead backup's upload went, the export's completed
+    assert [e.id for e in list_backups(storage) if e.complete] == [summary["id"]]
+
+
+def test_one_source_database_per_backup_prefix(env: dict[str, str], demo_db: str, fresh_db: str, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    first = json.loads(ok(run("backup", "run", "--json", "--no-prune", env=env)).stdout)["id"]
+    with psycopg.connect(demo_db) as conn:
+        sysid, database = conn.execute("SELECT system_identifier::text, current_database() FROM pg_control_system()"
+                                       ).fetchone()
+    source = json.loads((root / "backups/SOURCE.json").read_text())
+    assert (source["system_identifier"], source["database"]) == (sysid, database)
+    assert "password" not in json.dumps(source) and source["server"].endswith(f"/{database}")
+    other_db = psycopg.conninfo.conninfo_to_dict(fresh_db)["dbname"]
+
+    def refused(dsn: str) -> None:
+        result = run("backup", "run", "--no-prune", env={**env, "DRP_SOURCE_DSN": dsn})
+        assert_clean_error(result, f"database '{database}'", f"database '{other_db}'",
+                           "one backup prefix holds one source database", "its own prefix or bucket")
+        assert [e.id for e in list_backups(LocalStorage(root)) if e.complete] == [first]
+
+    refused(fresh_db)
+    # A prefix from before SOURCE.json existed: its manifests name the source.
+    (root / "backups/SOURCE.json").unlink()
+    refused(fresh_db)
+    assert not (root / "backups/SOURCE.json").exists()
+    ok(run("backup", "run", "--no-prune", env=env))  # the rightful source claims it again
+    assert {k: v for k, v in json.loads((root / "backups/SOURCE.json").read_text()).items() if k != "claimed_at"} == {
+        k: v for k, v in source.items() if k != "claimed_at"}
+
+    # Same database name on another cluster (the prefix recorded a different system identifier).
+    (root / "backups/SOURCE.json").write_text(json.dumps({**source, "system_identifier": "7000000000000000001"}))
+    result = run("backup", "run", "--no-prune", env=env)
+    assert_clean_error(result, "system identifier 7000000000000000001", f"system identifier {sysid}")
+    assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 2

@@ -2,6 +2,7 @@
 
 Layout: ``backups/<id>/`` holds the objects, ``manifest.json`` (written last: no manifest
 means not a backup) and optionally ``pin.json`` (legal hold). Ids sort by time.
+``backups/SOURCE.json`` names the one source database the prefix belongs to.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
@@ -19,10 +20,15 @@ from dr_pipelines.core.storage import Storage
 PREFIX = "backups"
 PIN_NAME = "pin.json"
 VERIFICATION_NAME = "verification.json"  # written by verification restores: {"passed": bool, ...}
+SOURCE_NAME = "SOURCE.json"  # {"system_identifier", "database", "server", "claimed_at"}
 
 
 class BackupNotFoundError(DrpError):
     """No restorable backup with that id (or none at all)."""
+
+
+class SourceMismatchError(DrpError):
+    """The backup prefix belongs to another source database."""
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -131,17 +137,75 @@ def find_backup(storage: Storage, backup_id: str | None) -> BackupEntry:
 def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -> list[str]:
     """Delete the leftovers of interrupted runs (ids without a manifest, partial uploads); return the ids removed.
 
-    Only call this holding the source's backup lock: then no writer of this storage prefix is
-    alive, and every partial upload is garbage whatever its age (one source per prefix).
+    Only call this holding the source's backup lock on a prefix claimed for that source
+    (claim_source): then no backup writer of backups/ is alive, so manifest-less sets and
+    partial uploads into them are garbage whatever their age. Partial uploads into committed
+    backups (a pin or verification being written) go only once stale, and nothing outside
+    backups/ (a running export, an archive) is touched: their writers hold no lock we hold.
     """
+    entries = list_backups(storage)
+    committed = {e.id for e in entries if e.committed}
     removed = []
-    for entry in list_backups(storage):
+    for entry in entries:
         if not entry.committed and entry.id not in keep and entry.pin is None:
             for name in entry.keys:
                 storage.delete(f"{backup_prefix(entry.id)}/{name}")
             removed.append(entry.id)
-    storage.cleanup_incomplete(older_than=timedelta(0))
+
+    def by_a_dead_backup(key: str) -> bool:
+        parts = key.split("/")
+        return len(parts) >= 3 and parts[1] not in committed and parts[1] not in keep
+
+    storage.cleanup_incomplete(f"{PREFIX}/", dead=by_a_dead_backup)
     return removed
+
+
+def claim_source(storage: Storage, *, system_identifier: str | None, database: str, server: str) -> None:
+    """Bind the backups/ prefix to one source database on first use; refuse any other afterwards.
+
+    remove_incomplete's rule (no other writer alive while we hold the source's lock) holds
+    only with one source per prefix, and `latest` must never pick another database's backup.
+    A prefix from before SOURCE.json existed is checked against its backups' manifests.
+    """
+    key = f"{PREFIX}/{SOURCE_NAME}"
+    try:
+        recorded = json.loads(storage.get_bytes(key))
+    except ObjectNotFoundError:
+        recorded = None
+    except ValueError:
+        raise SourceMismatchError(
+            f"{storage.url}/{key} is not valid JSON: cannot tell which source database this prefix belongs to",
+            fix=f"check that {storage.url} is the right storage target; if it is, remove {key} "
+            "(the next backup records its source again)",
+        ) from None
+    mine = {"system_identifier": system_identifier, "database": database, "server": server}
+    claimed = recorded is not None
+    if recorded is None:
+        manifests = [e.manifest for e in list_backups(storage) if e.manifest]
+        recorded = manifests[-1].source if manifests else None
+    if recorded is not None and not _same_source(recorded, mine):
+        raise SourceMismatchError(
+            f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
+            f"{_describe_source(mine)}: one backup prefix holds one source database",
+            fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>); "
+            f"only if this server replaced the recorded one (a restore or upgrade changes the system identifier), "
+            f"remove {key} so the next backup claims the prefix",
+        )
+    if not claimed:
+        storage.put_bytes(key, json.dumps({**mine, "claimed_at": datetime.now(UTC).isoformat()}).encode())
+
+
+def _same_source(recorded: dict[str, Any], mine: dict[str, Any]) -> bool:
+    """Same database name, and the same cluster where both system identifiers are known."""
+    if recorded.get("database") != mine["database"]:
+        return False
+    theirs, ours = recorded.get("system_identifier"), mine["system_identifier"]
+    return theirs is None or ours is None or str(theirs) == str(ours)
+
+
+def _describe_source(source: dict[str, Any]) -> str:
+    return (f"database {source.get('database')!r} on {source.get('server') or 'an unnamed server'} "
+            f"(system identifier {source.get('system_identifier') or 'unknown'})")
 
 
 def delete_backup(storage: Storage, entry: BackupEntry) -> None:

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import backup_prefix, new_backup_id, remove_incomplete
+from dr_pipelines.core.backup.catalog import backup_prefix, claim_source, new_backup_id, remove_incomplete
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
@@ -102,10 +102,11 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
                 f"another backup of {describe(dsn)} is running",
                 fix="wait for it to finish (backups of one database never overlap)",
             )
-        removed = remove_incomplete(storage)
         ident = server_identity(conn)
-        db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         database = conn.execute("SELECT current_database()").fetchone()[0]
+        claim_source(storage, system_identifier=ident.system_identifier, database=database, server=describe(dsn))
+        removed = remove_incomplete(storage)
+        db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         pg_dump = client_tool("pg_dump", ident.major)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
@@ -19,6 +19,10 @@ from dr_pipelines.core.errors import ObjectNotFoundError, StorageError
 # Suffix of the local backend's in-flight files. Refused in keys on every backend so that
 # a key can never be confused with (or hidden as) a partial upload, and keys stay portable.
 TEMP_SUFFIX = ".partial"
+
+# A partial upload with no write for this long has lost its writer: a live writer moves a
+# local temp file's mtime with every write and adds an S3 part every few MiB.
+STALE_UPLOAD = timedelta(hours=1)
 
 
 class InvalidKeyError(StorageError, ValueError):
@@ -163,10 +167,16 @@ class Storage(ABC):
         """Fail early, with a fix, if the backend is unreachable or not writable."""
 
     @abstractmethod
-    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
-        """Remove partial uploads left by crashed writers, older than ``older_than``; return how many.
+    def cleanup_incomplete(
+        self, prefix: str, older_than: timedelta = STALE_UPLOAD, *, dead: Callable[[str], bool] | None = None
+    ) -> int:
+        """Remove partial uploads under ``prefix`` whose writer is gone; return how many.
 
-        The age threshold keeps uploads that are still in progress elsewhere alive.
+        A writer is gone when its upload saw no write for ``older_than`` (local: the temp
+        file's mtime; S3: the newest part, else the start), or when ``dead(key)`` says so for
+        the key being written: a caller holding the lock every writer of those keys holds
+        knows they are dead. The prefix keeps one writer's cleanup out of other writers'
+        areas (a backup's out of a running export's).
         """
 
     def __repr__(self) -> str:

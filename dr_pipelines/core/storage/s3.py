@@ -11,7 +11,7 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, NoReturn, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +30,7 @@ from botocore.exceptions import (
 
 from dr_pipelines.core.errors import ConfigError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage.base import (
+    STALE_UPLOAD,
     InvalidKeyError,
     ObjectInfo,
     PutResult,
@@ -286,24 +287,44 @@ class S3Storage(Storage):
     def check(self) -> None:
         self._call("head_bucket", "access", None)
 
-    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
+    def cleanup_incomplete(
+        self, prefix: str, older_than: timedelta = STALE_UPLOAD, *, dead: Callable[[str], bool] | None = None
+    ) -> int:
+        validate_prefix(prefix)
         cutoff = datetime.now(UTC) - older_than
         removed = 0
         # Listed in full first: aborting while paginating could shift the page markers.
         uploads = [
-            *self._pages("list_multipart_uploads", "list uploads", "Uploads", Prefix=self.prefix)
+            *self._pages("list_multipart_uploads", "list uploads", "Uploads", Prefix=self.prefix + prefix)
         ]
         for upload in uploads:
-            if upload["Initiated"] <= cutoff:
-                try:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                        continue  # finished or aborted meanwhile
-                    self._raise(exc, "abort partial upload", upload["Key"][len(self.prefix):])
-                except BotoCoreError as exc:
-                    self._raise(exc, "abort partial upload", upload["Key"][len(self.prefix):])
-                removed += 1
+            key = upload["Key"][len(self.prefix):]
+            if not (dead is not None and dead(key)) and not self._idle_since(upload, cutoff):
+                continue
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    continue  # finished or aborted meanwhile
+                self._raise(exc, "abort partial upload", key)
+            except BotoCoreError as exc:
+                self._raise(exc, "abort partial upload", key)
+            removed += 1
         return removed
+
+    def _idle_since(self, upload: dict[str, Any], cutoff: datetime) -> bool:
+        """Whether a multipart upload saw no activity after ``cutoff``: S3 keeps no heartbeat
+        but the upload's start and each part's time, and a live writer adds a part every few MiB."""
+        if upload["Initiated"] > cutoff:
+            return False
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+        try:
+            return all(part["LastModified"] <= cutoff for page in pages for part in page.get("Parts", []))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return False  # completed or aborted meanwhile: nothing to remove
+            self._raise(exc, "list parts of", upload["Key"][len(self.prefix):])
+        except BotoCoreError as exc:
+            self._raise(exc, "list parts of", upload["Key"][len(self.prefix):])
