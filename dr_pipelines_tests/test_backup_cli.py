@@ -17,13 +17,14 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from dr_pipelines.core.backup.catalog import backup_prefix, list_backups
+from dr_pipelines.core.backup.catalog import VERIFICATION_NAME, backup_prefix, list_backups
 from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.crypto import load_identities
 from dr_pipelines.core.manifest import Manifest
@@ -31,6 +32,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.verify.report import VerificationReport
 from dr_pipelines_tests.support.backup import (
     Keys,
     add_padding,
@@ -364,3 +366,51 @@ def test_one_source_database_per_backup_prefix(env: dict[str, str], demo_db: str
     result = run("backup", "run", "--no-prune", env=env)
     assert_clean_error(result, "system identifier 7000000000000000001", f"system identifier {sysid}")
     assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 2
+
+
+# -- catalog honesty ----------------------------------------------------------------------------
+
+
+def test_backup_list_shows_verification_state_and_damaged_manifests(
+    env: dict[str, str], demo_db: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Restorable in principle is not verified; a manifest that is not JSON is listed as damaged, never dropped."""
+    storage = LocalStorage(tmp_path / "storage")
+    unverified, verified, failed, broken = (run_logical_backup(demo_db, storage, [keys.recipient]).id for _ in range(4))
+    finished = datetime(2026, 11, 30, 21, 15, tzinfo=UTC)
+    for backup_id, error in ((verified, None), (failed, "pg_restore failed (exit 1): invalid page in block 7")):
+        report = VerificationReport(backup_id, finished - timedelta(minutes=3), finished, 1.0, 2.0, 0.5, [], error)
+        storage.put_bytes(f"{backup_prefix(backup_id)}/{VERIFICATION_NAME}", report.to_json().encode())
+    manifest_path = tmp_path / "storage" / backup_prefix(broken) / "manifest.json"
+    manifest_path.write_bytes(manifest_path.read_bytes()[:200])  # cut short: no longer JSON
+
+    listed = ok(run("backup", "list", "--json", env=env))
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert list(rows) == [unverified, verified, failed, broken]
+    assert {i: (r["status"], r["verification"], r["verified_at"]) for i, r in rows.items()} == {
+        unverified: ("complete", "unverified", None),
+        verified: ("complete", "verified", finished.isoformat()),
+        failed: ("complete", "failed", finished.isoformat()),
+        broken: ("damaged", "unverified", None),
+    }
+    assert "is malformed" in rows[broken]["error"] and rows[broken]["restore_point"] is None
+    # Neither the damaged nor the failed backup is ever the one a restore would take.
+    assert [i for i, r in rows.items() if r["newest_restorable"]] == [verified]
+    assert f"warning: backup {broken} is damaged and not restorable" in listed.stderr
+
+    text = ok(run("backup", "list", env=env))
+    lines = {i: next(line for line in text.stdout.splitlines() if i in line) for i in rows}
+    assert "unverified" in lines[unverified]
+    assert "verified 2026-11-30 21:15" in lines[verified] and "newest restorable" in lines[verified]
+    assert "FAILED 2026-11-30 21:15" in lines[failed]
+    assert "damaged" in lines[broken] and "restorable" not in lines[broken]
+    assert f"warning: backup {broken} is damaged" in text.stderr
+
+    status = run("status", "--json", env=env)
+    assert status.returncode == 1
+    st = json.loads(status.stdout)
+    assert st["damaged"] == [broken] and st["backups"] == 3 and st["newest_restorable"] == verified
+    assert f"1 damaged backup(s), manifest unreadable: {broken}" in st["problems"]
+    human = run("status", env=env)
+    assert human.returncode == 1 and "3 complete, 1 DAMAGED" in human.stdout
+    assert_clean_error(run("backup", "show", broken, env=env), f"backup {broken} is damaged")

@@ -67,6 +67,22 @@ class BackupEntry:
         return "complete" if self.manifest else "incomplete"
 
     @property
+    def verification_state(self) -> str:
+        """'verified' or 'failed' as the last verification restore recorded it, else 'unverified'.
+
+        A backup with a manifest is restorable in principle; only a verification proves it.
+        """
+        passed = (self.verification or {}).get("passed")
+        if passed is True:
+            return "verified"
+        return "failed" if passed is False else "unverified"
+
+    @property
+    def verified_at(self) -> str | None:
+        """When the last verification restore of this backup finished (ISO), if there was one."""
+        return (self.verification or {}).get("finished_at") if self.verification_state != "unverified" else None
+
+    @property
     def restore_point(self) -> datetime | None:
         """The snapshot time: what a restore of this backup brings back."""
         if not self.manifest:
@@ -76,7 +92,12 @@ class BackupEntry:
 
 
 def list_backups(storage: Storage) -> list[BackupEntry]:
-    """Every backup id under backups/, oldest first, complete or not."""
+    """Every backup id under backups/, oldest first, complete or not.
+
+    A manifest that does not read (not JSON, malformed) makes a 'damaged' entry, never a
+    silent omission; an unreadable pin still pins (deleting is the unsafe guess) and an
+    unreadable verification record leaves the backup unverified.
+    """
     groups: dict[str, list[tuple[str, int]]] = {}
     for obj in storage.list(PREFIX + "/"):
         parts = obj.key.split("/")
@@ -86,21 +107,34 @@ def list_backups(storage: Storage) -> list[BackupEntry]:
     entries = []
     for backup_id in sorted(groups):
         names = [n for n, _ in groups[backup_id]]
-        manifest, error, pin = None, None, None
+        manifest, error, pin, verification = None, None, None, None
         if MANIFEST_NAME in names:
             try:
                 manifest = read_manifest(storage, backup_prefix(backup_id))
             except (ManifestError, ObjectNotFoundError) as exc:
                 error = str(exc)
         if PIN_NAME in names:
-            pin = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{PIN_NAME}"))
-        verification = None
+            pin = _read_record(storage, backup_id, PIN_NAME) or {"reason": f"({PIN_NAME} is unreadable)"}
         if VERIFICATION_NAME in names:
-            verification = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{VERIFICATION_NAME}"))
+            verification = _read_record(storage, backup_id, VERIFICATION_NAME)
         entries.append(
             BackupEntry(backup_id, manifest, pin, names, sum(s for _, s in groups[backup_id]), error, verification)
         )
     return entries
+
+
+def _read_record(storage: Storage, backup_id: str, name: str) -> dict[str, Any] | None:
+    """A small JSON record beside a backup, or None if it is gone or does not parse as an object."""
+    try:
+        record = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{name}"))
+    except (ObjectNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def damaged(entries: list[BackupEntry]) -> list[BackupEntry]:
+    """Backups whose manifest was written but no longer reads: never restorable, always reported."""
+    return [e for e in entries if e.error]
 
 
 def restorable(entries: list[BackupEntry]) -> list[BackupEntry]:
