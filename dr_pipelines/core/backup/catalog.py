@@ -172,7 +172,7 @@ def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -
     """Delete the leftovers of interrupted runs (ids without a manifest, partial uploads); return the ids removed.
 
     Only call this holding the source's backup lock on a prefix claimed for that source
-    (claim_source): then no backup writer of backups/ is alive, so manifest-less sets and
+    (check_source): then no backup writer of backups/ is alive, so manifest-less sets and
     partial uploads into them are garbage whatever their age. Partial uploads into committed
     backups (a pin or verification being written) go only once stale, and nothing outside
     backups/ (a running export, an archive) is touched: their writers hold no lock we hold.
@@ -194,39 +194,50 @@ def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -
     return removed
 
 
-def claim_source(storage: Storage, *, system_identifier: str | None, database: str, server: str) -> None:
-    """Bind the backups/ prefix to one source database on first use; refuse any other afterwards.
+def check_source(storage: Storage, source: dict[str, Any]) -> None:
+    """Refuse a backup of ``source`` into a prefix that holds another source database's backups.
 
     remove_incomplete's rule (no other writer alive while we hold the source's lock) holds
     only with one source per prefix, and `latest` must never pick another database's backup.
-    A prefix from before SOURCE.json existed is checked against its backups' manifests.
+    The prefix's source is backups/SOURCE.json, or for a prefix from before that record
+    existed, its newest manifest's source.
     """
+    recorded = _recorded_source(storage)
+    if recorded is None:
+        manifests = [e.manifest for e in list_backups(storage) if e.manifest]
+        recorded = manifests[-1].source if manifests else None
+    if recorded is not None and not _same_source(recorded, source):
+        raise SourceMismatchError(
+            f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
+            f"{_describe_source(source)}: one backup prefix holds one source database",
+            fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>); "
+            "only if this server replaced the recorded one (a restore or upgrade changes the system identifier), "
+            f"remove {PREFIX}/{SOURCE_NAME} so the next backup claims the prefix",
+        )
+
+
+def record_source(storage: Storage, source: dict[str, Any]) -> None:
+    """After a prefix's first committed backup, record whose backups it holds (check_source reads it)."""
+    if _recorded_source(storage) is None:
+        record = {k: source.get(k) for k in ("system_identifier", "database", "server")}
+        storage.put_bytes(f"{PREFIX}/{SOURCE_NAME}", json.dumps({**record, "claimed_at": datetime.now(UTC).isoformat()}).encode())
+
+
+def _recorded_source(storage: Storage) -> dict[str, Any] | None:
     key = f"{PREFIX}/{SOURCE_NAME}"
     try:
         recorded = json.loads(storage.get_bytes(key))
     except ObjectNotFoundError:
-        recorded = None
+        return None
     except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
         raise SourceMismatchError(
-            f"{storage.url}/{key} is not valid JSON: cannot tell which source database this prefix belongs to",
+            f"{storage.url}/{key} is not a JSON object: cannot tell which source database this prefix belongs to",
             fix=f"check that {storage.url} is the right storage target; if it is, remove {key} "
             "(the next backup records its source again)",
-        ) from None
-    mine = {"system_identifier": system_identifier, "database": database, "server": server}
-    claimed = recorded is not None
-    if recorded is None:
-        manifests = [e.manifest for e in list_backups(storage) if e.manifest]
-        recorded = manifests[-1].source if manifests else None
-    if recorded is not None and not _same_source(recorded, mine):
-        raise SourceMismatchError(
-            f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
-            f"{_describe_source(mine)}: one backup prefix holds one source database",
-            fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>); "
-            f"only if this server replaced the recorded one (a restore or upgrade changes the system identifier), "
-            f"remove {key} so the next backup claims the prefix",
         )
-    if not claimed:
-        storage.put_bytes(key, json.dumps({**mine, "claimed_at": datetime.now(UTC).isoformat()}).encode())
+    return recorded
 
 
 def _same_source(recorded: dict[str, Any], mine: dict[str, Any]) -> bool:

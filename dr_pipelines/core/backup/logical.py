@@ -23,7 +23,13 @@ import psycopg
 from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import backup_prefix, claim_source, new_backup_id, remove_incomplete
+from dr_pipelines.core.backup.catalog import (
+    backup_prefix,
+    check_source,
+    new_backup_id,
+    record_source,
+    remove_incomplete,
+)
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
@@ -104,7 +110,8 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
             )
         ident = server_identity(conn)
         database = conn.execute("SELECT current_database()").fetchone()[0]
-        claim_source(storage, system_identifier=ident.system_identifier, database=database, server=describe(dsn))
+        check_source(storage, {"system_identifier": ident.system_identifier, "database": database,
+                               "server": describe(dsn)})
         removed = remove_incomplete(storage)
         db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         pg_dump = client_tool("pg_dump", ident.major)
@@ -168,6 +175,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         },
     )
     write_manifest(storage, prefix, manifest)  # the commit point
+    record_source(storage, manifest.source)
     return manifest
 
 
