@@ -361,11 +361,20 @@ def test_one_source_database_per_backup_prefix(env: dict[str, str], demo_db: str
     assert {k: v for k, v in json.loads((root / "backups/SOURCE.json").read_text()).items() if k != "claimed_at"} == {
         k: v for k, v in source.items() if k != "claimed_at"}
 
-    # Same database name on another cluster (the prefix recorded a different system identifier).
+    # Another database is refused even when the operator says the source was replaced.
+    assert_clean_error(run("backup", "run", "--no-prune", "--source-replaced", env={**env, "DRP_SOURCE_DSN": fresh_db}),
+                       "one backup prefix holds one source database")
+
+    # Same database name on another cluster (the prefix recorded a different system identifier):
+    # refused, unless the operator says this cluster replaced that one (a DR restore).
     (root / "backups/SOURCE.json").write_text(json.dumps({**source, "system_identifier": "7000000000000000001"}))
     result = run("backup", "run", "--no-prune", env=env)
-    assert_clean_error(result, "system identifier 7000000000000000001", f"system identifier {sysid}")
+    assert_clean_error(result, "system identifier 7000000000000000001", f"system identifier {sysid}",
+                       "--source-replaced")
     assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 2
+    ok(run("backup", "run", "--no-prune", "--source-replaced", env=env))
+    assert json.loads((root / "backups/SOURCE.json").read_text())["system_identifier"] == sysid
+    assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 3
 
 
 # -- catalog honesty ----------------------------------------------------------------------------

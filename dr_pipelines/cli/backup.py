@@ -47,13 +47,17 @@ def backup_run(
     no_globals: bool = typer.Option(False, "--no-globals", help="Skip pg_dumpall --globals-only (roles)."),
     role_passwords: bool = typer.Option(False, "--role-passwords", help="Include role password hashes."),
     level: int = typer.Option(3, min=1, max=19, help="zstd compression level."),
+    source_replaced: bool = typer.Option(
+        False, "--source-replaced",
+        help="This cluster replaced the one the storage prefix records (e.g. restored after a loss): rebind the prefix."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Take a logical backup now (pg_dump -> zstd -> age -> storage, manifest last), then apply retention."""
     from dr_pipelines.core.backup.logical import BackupOptions
     from dr_pipelines.core.backup.service import backup_now
 
-    options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords)
+    options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
+                            source_replaced=source_replaced)
     with progress_bar(not as_json) as progress:
         outcome = backup_now(settings(), options=options, progress=progress, prune=not no_prune)
     m = outcome.manifest

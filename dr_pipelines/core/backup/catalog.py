@@ -194,33 +194,39 @@ def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -
     return removed
 
 
-def check_source(storage: Storage, source: dict[str, Any]) -> None:
+def check_source(storage: Storage, source: dict[str, Any], *, replaced: bool = False) -> None:
     """Refuse a backup of ``source`` into a prefix that holds another source database's backups.
 
     remove_incomplete's rule (no other writer alive while we hold the source's lock) holds
     only with one source per prefix, and `latest` must never pick another database's backup.
     The prefix's source is backups/SOURCE.json, or for a prefix from before that record
-    existed, its newest manifest's source.
+    existed, its newest manifest's source. ``replaced``: the operator says this cluster
+    replaced the recorded one (after a restore the system identifier is new); the database
+    name must still match.
     """
     recorded = _recorded_source(storage)
     if recorded is None:
         manifests = [e.manifest for e in list_backups(storage) if e.manifest]
         recorded = manifests[-1].source if manifests else None
-    if recorded is not None and not _same_source(recorded, source):
-        raise SourceMismatchError(
-            f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
-            f"{_describe_source(source)}: one backup prefix holds one source database",
-            fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>); "
-            "only if this server replaced the recorded one (a restore or upgrade changes the system identifier), "
-            f"remove {PREFIX}/{SOURCE_NAME} so the next backup claims the prefix",
-        )
+    if recorded is None or _same_source(recorded, source):
+        return
+    if replaced and recorded.get("database") == source["database"]:
+        return
+    raise SourceMismatchError(
+        f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
+        f"{_describe_source(source)}: one backup prefix holds one source database",
+        fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>)"
+        + ("; if this cluster replaced the recorded one (restored after losing it), run "
+           "`drp backup run --source-replaced` once" if recorded.get("database") == source["database"] else ""),
+    )
 
 
-def record_source(storage: Storage, source: dict[str, Any]) -> None:
-    """After a prefix's first committed backup, record whose backups it holds (check_source reads it)."""
-    if _recorded_source(storage) is None:
+def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = False) -> None:
+    """After a prefix's first committed backup (or one from a replacing cluster), record whose backups it holds."""
+    if replaced or _recorded_source(storage) is None:
         record = {k: source.get(k) for k in ("system_identifier", "database", "server")}
-        storage.put_bytes(f"{PREFIX}/{SOURCE_NAME}", json.dumps({**record, "claimed_at": datetime.now(UTC).isoformat()}).encode())
+        record["claimed_at"] = datetime.now(UTC).isoformat()
+        storage.put_bytes(f"{PREFIX}/{SOURCE_NAME}", json.dumps(record).encode())
 
 
 def _recorded_source(storage: Storage) -> dict[str, Any] | None:

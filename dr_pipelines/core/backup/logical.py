@@ -59,6 +59,7 @@ class BackupOptions:
     include_globals: bool = True
     role_passwords: bool = False  # pg_dumpall without password hashes unless asked
     checksums: bool = True
+    source_replaced: bool = False  # this cluster replaced the prefix's recorded one (a DR restore): rebind the prefix
 
 
 def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
@@ -111,7 +112,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         ident = server_identity(conn)
         database = conn.execute("SELECT current_database()").fetchone()[0]
         check_source(storage, {"system_identifier": ident.system_identifier, "database": database,
-                               "server": describe(dsn)})
+                               "server": describe(dsn)}, replaced=options.source_replaced)
         removed = remove_incomplete(storage)
         db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         pg_dump = client_tool("pg_dump", ident.major)
@@ -175,7 +176,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         },
     )
     write_manifest(storage, prefix, manifest)  # the commit point
-    record_source(storage, manifest.source)
+    record_source(storage, manifest.source, replaced=options.source_replaced)
     return manifest
 
 
