@@ -7,35 +7,48 @@ and in the databases, not only in the printed output. Errors must be one clean m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from dr_pipelines.core.backup.catalog import backup_prefix, list_backups
+from dr_pipelines.core.backup.catalog import VERIFICATION_NAME, backup_prefix, list_backups
 from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.crypto import load_identities
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.verify.report import VerificationReport
 from dr_pipelines_tests.support.backup import (
     Keys,
+    add_padding,
     assert_restored_equals_manifest,
     database_key,
     flip_middle_byte,
+    leave_partial_upload,
     manifest_tables,
     own_checksums,
+    partial_uploads,
     relation_count,
     rewrite_object,
 )
+from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.procs import BIN
+from dr_pipelines_tests.support.s3 import MotoServer
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -231,3 +244,182 @@ def test_restore_errors_are_clean(
     damaged = run("restore", "latest", "--target", fresh_db, *identity, env=env)
     assert_clean_error(damaged, database_key(manifest), "corrupted")
     assert relation_count(fresh_db) == 0  # none of the failures wrote anything
+
+
+# -- S3 faults ----------------------------------------------------------------------------------
+
+
+def test_backup_run_to_s3_through_a_dropping_link_fails_cleanly(
+    env: dict[str, str], demo_db: str, s3_server: MotoServer
+) -> None:
+    """Each connection is reset after 64 KiB: small requests pass, every part upload dies midway.
+
+    Before the fix the message was right but the process then died of SIGABRT (exit 134):
+    the compress-encrypt worker thread was left running inside pyrage at interpreter exit.
+    """
+    add_padding(demo_db, 12)  # > one 8 MiB part after zstd: a multipart upload
+    bucket = s3_server.create_bucket()
+    client = s3_server.client()
+    with fault_proxy(s3_server.endpoint_url, drop_after=64 * 1024, lifetime=240) as proxy:
+        env = {**env, **_s3_env(s3_server, bucket, proxy.url), "PYTHONFAULTHANDLER": "1"}
+        result = run("backup", "run", "--no-prune", env=env, timeout=240)
+    assert proxy.drops > 0
+    assert result.returncode not in (0, 134, -6), f"exit {result.returncode}\n{result.stderr}"
+    assert_clean_error(result, "connection to the S3 endpoint", "broke off while trying to upload", "database.dump.zst.age")
+    assert "Fatal Python error" not in result.stderr
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    stored = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in stored if k.startswith("prod/backups/") and not k.endswith("SOURCE.json")], stored
+    assert [k for k in stored if k.startswith("prod/attempts/")], stored  # the failure itself is recorded
+
+
+# -- writers side by side -----------------------------------------------------------------------
+
+
+def _s3_env(server: MotoServer, bucket: str, endpoint_url: str | None = None) -> dict[str, str]:
+    return {"DRP_STORAGE_URL": f"s3://{bucket}/prod", "DRP_S3_ENDPOINT_URL": endpoint_url or server.endpoint_url,
+            "DRP_S3_REGION": server.region, "DRP_S3_ACCESS_KEY_ID": server.access_key,
+            "DRP_S3_SECRET_ACCESS_KEY": server.secret_key}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_starting_backup_spares_other_writers_and_cleans_its_dead_uploads(
+    backend: str, env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An export mid-upload survives a backup starting beside it; a killed backup's upload is cleaned.
+
+    Before the fix the backup's start-up cleanup swept the whole storage root: it deleted the
+    export's temp file (local) or aborted its multipart upload (S3), and the export failed.
+    """
+    if backend == "local":
+        storage: Storage = LocalStorage(tmp_path / "storage")
+    else:
+        server: MotoServer = request.getfixturevalue("s3_server")
+        bucket = server.create_bucket()
+        env = {**env, **_s3_env(server, bucket)}
+        storage = S3Storage(bucket, "prod", part_size=5 << 20, **server.storage_kwargs())
+    # What a backup killed mid-upload leaves (its process and lock are gone): provably dead.
+    dead = "backups/20261130T000000.000Z-dead/database.dump.zst.age"
+    leave_partial_upload(storage, dead)
+
+    block = os.urandom(1 << 20)
+    paused, resume = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def export_rows() -> Iterator[bytes]:
+        for _ in range(6):  # 6 MiB: a temp file locally, an open multipart upload with one part on S3
+            yield block
+        paused.set()
+        resume.wait(180)
+        yield block
+
+    def export() -> None:
+        try:
+            outcome["put"] = storage.put_stream("exports/20261130-x/public.patients.csv", export_rows())
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+
+    writer = threading.Thread(target=export)
+    writer.start()
+    try:
+        assert paused.wait(60)
+        assert partial_uploads(storage) == sorted([dead, "exports/20261130-x/public.patients.csv"])
+        summary = json.loads(ok(run("backup", "run", "--json", "--no-prune", env=env)).stdout)
+    finally:
+        resume.set()
+        writer.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["put"].sha256 == hashlib.sha256(block * 7).hexdigest()
+    assert hashlib.sha256(storage.get_bytes("exports/20261130-x/public.patients.csv")).hexdigest() == outcome["put"].sha256
+    assert partial_uploads(storage) == []  # the dead backup's upload went, the export's completed
+    assert [e.id for e in list_backups(storage) if e.complete] == [summary["id"]]
+
+
+def test_one_source_database_per_backup_prefix(env: dict[str, str], demo_db: str, fresh_db: str, tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    first = json.loads(ok(run("backup", "run", "--json", "--no-prune", env=env)).stdout)["id"]
+    with psycopg.connect(demo_db) as conn:
+        sysid, database = conn.execute("SELECT system_identifier::text, current_database() FROM pg_control_system()"
+                                       ).fetchone()
+    source = json.loads((root / "backups/SOURCE.json").read_text())
+    assert (source["system_identifier"], source["database"]) == (sysid, database)
+    assert "password" not in json.dumps(source) and source["server"].endswith(f"/{database}")
+    other_db = psycopg.conninfo.conninfo_to_dict(fresh_db)["dbname"]
+
+    def refused(dsn: str) -> None:
+        result = run("backup", "run", "--no-prune", env={**env, "DRP_SOURCE_DSN": dsn})
+        assert_clean_error(result, f"database '{database}'", f"database '{other_db}'",
+                           "one backup prefix holds one source database", "its own prefix or bucket")
+        assert [e.id for e in list_backups(LocalStorage(root)) if e.complete] == [first]
+
+    refused(fresh_db)
+    # A prefix from before SOURCE.json existed: its manifests name the source.
+    (root / "backups/SOURCE.json").unlink()
+    refused(fresh_db)
+    assert not (root / "backups/SOURCE.json").exists()
+    ok(run("backup", "run", "--no-prune", env=env))  # the rightful source claims it again
+    assert {k: v for k, v in json.loads((root / "backups/SOURCE.json").read_text()).items() if k != "claimed_at"} == {
+        k: v for k, v in source.items() if k != "claimed_at"}
+
+    # Another database is refused even when the operator says the source was replaced.
+    assert_clean_error(run("backup", "run", "--no-prune", "--source-replaced", env={**env, "DRP_SOURCE_DSN": fresh_db}),
+                       "one backup prefix holds one source database")
+
+    # Same database name on another cluster (the prefix recorded a different system identifier):
+    # refused, unless the operator says this cluster replaced that one (a DR restore).
+    (root / "backups/SOURCE.json").write_text(json.dumps({**source, "system_identifier": "7000000000000000001"}))
+    result = run("backup", "run", "--no-prune", env=env)
+    assert_clean_error(result, "system identifier 7000000000000000001", f"system identifier {sysid}",
+                       "--source-replaced")
+    assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 2
+    ok(run("backup", "run", "--no-prune", "--source-replaced", env=env))
+    assert json.loads((root / "backups/SOURCE.json").read_text())["system_identifier"] == sysid
+    assert len([e for e in list_backups(LocalStorage(root)) if e.complete]) == 3
+
+
+# -- catalog honesty ----------------------------------------------------------------------------
+
+
+def test_backup_list_shows_verification_state_and_damaged_manifests(
+    env: dict[str, str], demo_db: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Restorable in principle is not verified; a manifest that is not JSON is listed as damaged, never dropped."""
+    storage = LocalStorage(tmp_path / "storage")
+    unverified, verified, failed, broken = (run_logical_backup(demo_db, storage, [keys.recipient]).id for _ in range(4))
+    finished = datetime(2026, 11, 30, 21, 15, tzinfo=UTC)
+    for backup_id, error in ((verified, None), (failed, "pg_restore failed (exit 1): invalid page in block 7")):
+        report = VerificationReport(backup_id, finished - timedelta(minutes=3), finished, 1.0, 2.0, 0.5, [], error)
+        storage.put_bytes(f"{backup_prefix(backup_id)}/{VERIFICATION_NAME}", report.to_json().encode())
+    manifest_path = tmp_path / "storage" / backup_prefix(broken) / "manifest.json"
+    manifest_path.write_bytes(manifest_path.read_bytes()[:200])  # cut short: no longer JSON
+
+    listed = ok(run("backup", "list", "--json", env=env))
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert list(rows) == [unverified, verified, failed, broken]
+    assert {i: (r["status"], r["verification"], r["verified_at"]) for i, r in rows.items()} == {
+        unverified: ("complete", "unverified", None),
+        verified: ("complete", "verified", finished.isoformat()),
+        failed: ("complete", "failed", finished.isoformat()),
+        broken: ("damaged", "unverified", None),
+    }
+    assert "is malformed" in rows[broken]["error"] and rows[broken]["restore_point"] is None
+    # Neither the damaged nor the failed backup is ever the one a restore would take.
+    assert [i for i, r in rows.items() if r["newest_restorable"]] == [verified]
+    assert f"warning: backup {broken} is damaged and not restorable" in listed.stderr
+
+    text = ok(run("backup", "list", env=env))
+    lines = {i: next(line for line in text.stdout.splitlines() if i in line) for i in rows}
+    assert "unverified" in lines[unverified]
+    assert "verified 2026-11-30 21:15" in lines[verified] and "newest restorable" in lines[verified]
+    assert "FAILED 2026-11-30 21:15" in lines[failed]
+    assert "damaged" in lines[broken] and "restorable" not in lines[broken]
+    assert f"warning: backup {broken} is damaged" in text.stderr
+
+    status = run("status", "--json", env=env)
+    assert status.returncode == 1
+    st = json.loads(status.stdout)
+    assert st["damaged"] == [broken] and st["backups"] == 3 and st["newest_restorable"] == verified
+    assert f"1 damaged backup(s), manifest unreadable: {broken}" in st["problems"]
+    human = run("status", env=env)
+    assert human.returncode == 1 and "3 complete, 1 DAMAGED" in human.stdout
+    assert_clean_error(run("backup", "show", broken, env=env), f"backup {broken} is damaged")

@@ -551,7 +551,7 @@ def test_kill_9_mid_upload_leaves_no_backup_and_the_next_run_cleans_up(
     assert in_flight() == []
     assert {k.split("/")[1] for k in backup_keys(storage)} == {new_id}
     if backend == "local":
-        assert [p.name for p in (root / "backups").iterdir()] == [new_id]
+        assert {p.name for p in (root / "backups").iterdir()} == {"SOURCE.json", new_id}
     # The killed attempt stays on record as never finished; the new one succeeded.
     attempts = attempt_records(storage)
     assert attempts.pop(new_id) == "succeeded"

@@ -10,6 +10,8 @@ import hashlib
 import os
 import random
 import stat as stat_mod
+import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
@@ -26,6 +28,8 @@ from dr_pipelines.core.storage import Storage, open_storage
 from dr_pipelines.core.storage.base import TEMP_SUFFIX
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines_tests.support.backup import leave_partial_upload, partial_uploads
+from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.s3 import MotoServer, free_port, run_moto_server
 
 MiB = 1024 * 1024
@@ -46,29 +50,6 @@ def sha(data: bytes) -> str:
 
 def keys(storage: Storage, prefix: str = "") -> list[str]:
     return [info.key for info in storage.list(prefix)]
-
-
-def leftovers(storage: Storage) -> list[str]:
-    """Partial uploads as the backend itself sees them (temp files / multipart uploads)."""
-    if isinstance(storage, LocalStorage):
-        return sorted(str(p) for p in storage.root.rglob(f"*{TEMP_SUFFIX}"))
-    assert isinstance(storage, S3Storage)
-    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
-    return sorted(u["Key"] for u in uploads)
-
-
-def make_leftover(storage: Storage) -> None:
-    """Leave behind what a writer killed mid-upload would leave."""
-    if isinstance(storage, LocalStorage):
-        (storage.root / "sub").mkdir(parents=True, exist_ok=True)
-        (storage.root / "sub" / f".obj.{uuid.uuid4().hex}{TEMP_SUFFIX}").write_bytes(b"half")
-    else:
-        assert isinstance(storage, S3Storage)
-        full = storage.prefix + "sub/obj"
-        upload = storage.client.create_multipart_upload(Bucket=storage.bucket, Key=full)
-        storage.client.upload_part(
-            Bucket=storage.bucket, Key=full, UploadId=upload["UploadId"], PartNumber=1, Body=b"half"
-        )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -215,23 +196,29 @@ def test_failing_chunk_iterator_leaves_nothing(storage: Storage, fail_after: int
     assert keys(storage) == ["t/dump"]
     assert storage.get_bytes("t/dump") == b"previous good backup"
     assert not storage.exists("t/new")
-    assert leftovers(storage) == []
+    assert partial_uploads(storage) == []
 
 
-def test_cleanup_incomplete_removes_abandoned_uploads(storage: Storage) -> None:
+def test_cleanup_incomplete_is_scoped_to_its_prefix_and_to_dead_writers(storage: Storage) -> None:
     storage.put_bytes("sub/keep", b"complete")
-    make_leftover(storage)
-    assert len(leftovers(storage)) == 1
+    for key in ("sub/obj", "subway/obj", "other/obj"):
+        leave_partial_upload(storage, key)
+    assert partial_uploads(storage) == ["other/obj", "sub/obj", "subway/obj"]
     assert keys(storage) == ["sub/keep"]
 
-    # Younger than the threshold: its writer may still be running. (moto reports every
-    # upload as initiated in 2010, so the default 1 h is checked on the local backend only.)
-    assert storage.cleanup_incomplete(older_than=timedelta(days=36500)) == 0
-    assert len(leftovers(storage)) == 1
+    # Written to just now: their writers may still be running. (moto dates every upload's
+    # start in 2010: on S3 it is the part just uploaded that shows the writer is alive.)
+    assert storage.cleanup_incomplete("") == 0
+    assert storage.cleanup_incomplete("", older_than=timedelta(days=36500)) == 0
+    assert len(partial_uploads(storage)) == 3
+
+    # A caller that knows a writer is dead (it holds the lock that writer held) removes its upload only.
+    assert storage.cleanup_incomplete("sub/", dead=lambda key: key.startswith("sub/")) == 1
+    assert partial_uploads(storage) == ["other/obj", "subway/obj"]
 
     time.sleep(0.01)
-    assert storage.cleanup_incomplete(older_than=timedelta(0)) == 1
-    assert leftovers(storage) == []
+    assert storage.cleanup_incomplete("other/", older_than=timedelta(0)) == 1
+    assert partial_uploads(storage) == ["subway/obj"]
     assert storage.get_bytes("sub/keep") == b"complete"
 
 
@@ -257,7 +244,7 @@ def test_put_stream_memory_does_not_grow_with_object_size(storage: Storage) -> N
 def test_check_passes(storage: Storage) -> None:
     storage.check()
     assert keys(storage) == []  # the check leaves nothing behind
-    assert leftovers(storage) == []
+    assert partial_uploads(storage) == []
 
 
 # -- local backend -----------------------------------------------------------------------
@@ -292,7 +279,7 @@ def test_local_cleanup_removes_old_temp_files_only(tmp_path: Path) -> None:
     os.utime(old, (two_hours_ago, two_hours_ago))
 
     assert keys(storage) == ["d/obj"]
-    assert storage.cleanup_incomplete() == 1
+    assert storage.cleanup_incomplete("") == 1
     assert not old.exists() and fresh.exists()
 
 
@@ -312,7 +299,7 @@ def test_local_write_failure_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="'a/b'") as info:
         storage.put_bytes("a/b", b"cannot: 'a' is a file")
     assert info.value.fix
-    assert leftovers(storage) == []
+    assert partial_uploads(storage) == []
 
 
 # -- open_storage ------------------------------------------------------------------------
@@ -370,6 +357,17 @@ def test_s3_uses_multipart_only_above_one_part(s3_server: MotoServer, s3_bucket:
     client = s3_server.client()
     assert "-" not in client.head_object(Bucket=s3_bucket, Key="one-part")["ETag"]
     assert client.head_object(Bucket=s3_bucket, Key="three-parts")["ETag"].endswith('-3"')
+
+
+def test_s3_cleanup_takes_the_newest_part_as_the_writers_heartbeat(s3_server: MotoServer, s3_bucket: str) -> None:
+    storage = S3Storage(s3_bucket, "repo", **s3_server.storage_kwargs())
+    storage.client.create_multipart_upload(Bucket=s3_bucket, Key="repo/a/never-got-a-part")
+    leave_partial_upload(storage, "a/busy")  # a part uploaded just now
+    started = {u["Key"]: u["Initiated"] for u in storage.client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]}
+    assert all(t < datetime.now(UTC) - timedelta(hours=1) for t in started.values())  # moto: 2010
+
+    assert storage.cleanup_incomplete("a/") == 1
+    assert partial_uploads(storage) == ["a/busy"]
 
 
 def test_s3_list_skips_foreign_keys(s3_server: MotoServer, s3_bucket: str) -> None:
@@ -460,3 +458,49 @@ def test_s3_correct_credentials_work_on_the_auth_server(
     )
     storage.put_bytes("k", b"x")
     assert storage.get_bytes("k") == b"x"
+
+
+_PUT_THROUGH_PROXY = """
+import os, subprocess, sys
+from pyrage import x25519
+from dr_pipelines.core.errors import StorageError
+from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.stream import compress_encrypt
+
+bucket, endpoint, producer = sys.argv[1:4]
+storage = S3Storage(bucket, "p", endpoint_url=endpoint, region=os.environ["AWS_DEFAULT_REGION"],
+                    access_key=os.environ["TEST_S3_KEY"], secret_key=os.environ["TEST_S3_SECRET"],
+                    part_size=5 << 20, max_attempts=2)
+if producer == "threaded":  # what a backup does: a worker thread compresses and encrypts a pipe
+    source = subprocess.Popen(["head", "-c", str(24 << 20), "/dev/urandom"], stdout=subprocess.PIPE)
+    chunks = compress_encrypt(source.stdout, [x25519.Identity.generate().to_public()])
+else:
+    chunks = (os.urandom(1 << 20) for _ in range(24))
+try:
+    storage.put_stream("backups/x/database.dump.zst.age", chunks)
+except StorageError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("producer", ["threaded", "generator"])
+def test_s3_put_stream_through_a_dropping_link_exits_cleanly(s3_server: MotoServer, producer: str) -> None:
+    """A connection reset mid multipart upload: a clear error, the upload aborted, and a clean exit.
+
+    In a subprocess, because the failure showed only at interpreter exit: a compress-encrypt
+    worker left blocked in pyrage was killed by finalization, and the process died of SIGABRT.
+    """
+    bucket = s3_server.create_bucket()
+    env = {**os.environ, "AWS_DEFAULT_REGION": s3_server.region, "TEST_S3_KEY": s3_server.access_key,
+           "TEST_S3_SECRET": s3_server.secret_key}
+    with fault_proxy(s3_server.endpoint_url, drop_after=64 * 1024, lifetime=120) as proxy:
+        result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _PUT_THROUGH_PROXY, bucket, proxy.url,
+                                 producer], capture_output=True, text=True, timeout=120, env=env)
+    assert proxy.drops > 0
+    assert result.returncode == 3, f"exit {result.returncode}: {result.stderr[-3000:]}"
+    assert "broke off while trying to upload 'backups/x/database.dump.zst.age'" in result.stderr
+    assert "Fatal Python error" not in result.stderr
+    client = s3_server.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0

@@ -28,8 +28,17 @@ def _entry_row(e: Any, newest_id: str | None) -> dict[str, Any]:
         "rows": m.total_rows if m else None,
         "pinned": e.pin is not None,
         "verified": (e.verification or {}).get("passed"),
+        "verification": e.verification_state,
+        "verified_at": e.verified_at,
+        "error": e.error,
         "newest_restorable": e.id == newest_id,
     }
+
+
+def _verification_cell(r: dict[str, Any]) -> str:
+    """unverified / verified <time> / FAILED <time>: restorable in principle is not proven restorable."""
+    when = (r["verified_at"] or "")[:16].replace("T", " ")
+    return {"verified": f"verified {when}", "failed": f"FAILED {when}"}.get(r["verification"], "unverified")
 
 
 @backup_app.command("run")
@@ -38,13 +47,17 @@ def backup_run(
     no_globals: bool = typer.Option(False, "--no-globals", help="Skip pg_dumpall --globals-only (roles)."),
     role_passwords: bool = typer.Option(False, "--role-passwords", help="Include role password hashes."),
     level: int = typer.Option(3, min=1, max=19, help="zstd compression level."),
+    source_replaced: bool = typer.Option(
+        False, "--source-replaced",
+        help="This cluster replaced the one the storage prefix records (e.g. restored after a loss): rebind the prefix."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Take a logical backup now (pg_dump -> zstd -> age -> storage, manifest last), then apply retention."""
     from dr_pipelines.core.backup.logical import BackupOptions
     from dr_pipelines.core.backup.service import backup_now
 
-    options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords)
+    options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
+                            source_replaced=source_replaced)
     with progress_bar(not as_json) as progress:
         outcome = backup_now(settings(), options=options, progress=progress, prune=not no_prune)
     m = outcome.manifest
@@ -68,22 +81,25 @@ def backup_list(
     all_: bool = typer.Option(False, "--all", help="Also show incomplete (interrupted) sets."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """The backups in storage, oldest first."""
-    from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+    """The backups in storage, oldest first, with each one's verification state; damaged ones are listed and warned about."""
+    from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
 
     entries = list_backups(settings().storage())
     newest = newest_restorable(entries)
-    rows = [_entry_row(e, newest.id if newest else None) for e in entries if all_ or e.complete]
+    rows = [_entry_row(e, newest.id if newest else None) for e in entries if all_ or e.complete or e.error]
+    for e in damaged(entries):
+        err.print(f"warning: backup {e.id} is damaged and not restorable: {e.error}", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "restore point (UTC)", "size", "duration", "tables", "rows", "status", "pinned", "verified", "")
+    table = Table("id", "restore point (UTC)", "size", "duration", "tables", "rows", "status", "pinned", "verification", "")
     for r in rows:
         table.add_row(
             r["id"], (r["restore_point"] or "")[:19].replace("T", " "), human_bytes(r["bytes"]),
             f"{r['duration_s']}s" if r["duration_s"] is not None else "", str(r["tables"] or ""),
             f"{r['rows']:,}" if r["rows"] is not None else "", r["status"], "yes" if r["pinned"] else "",
-            {True: "passed", False: "FAILED", None: ""}[r["verified"]], "newest restorable" if r["newest_restorable"] else "",
+            "" if r["status"] == "damaged" else _verification_cell(r),
+            "newest restorable" if r["newest_restorable"] else "",
         )
     out.print(table)
 

@@ -101,7 +101,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     else:
         rate = f"{st.success_rate_30d:.1%}" if st.success_rate_30d is not None else "n/a"
         out.print(f"storage:            {st.storage}")
-        out.print(f"backups:            {st.backups} complete; success rate 30d {rate} "
+        damaged = f", {len(st.damaged)} DAMAGED" if st.damaged else ""
+        out.print(f"backups:            {st.backups} complete{damaged}; success rate 30d {rate} "
                   f"({st.attempts_30d['succeeded']} ok, {st.attempts_30d['failed']} failed)")
         age = f"{st.newest_age_minutes} min old" if st.newest_age_minutes is not None else "none"
         out.print(f"newest restorable:  {st.newest_restorable or 'none'} ({age}; RPO target {st.rpo_target_minutes} min: "

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dr_pipelines.core.backup.attempts import attempt_stats
-from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.drill import drill_reports
 
@@ -23,6 +23,7 @@ class Status:
     checked_at: str
     storage: str
     backups: int
+    damaged: list[str]  # ids whose manifest no longer reads: never restorable
     success_rate_30d: float | None
     attempts_30d: dict[str, int]
     newest_restorable: str | None
@@ -54,7 +55,7 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
     verified = [e for e in entries if e.verification]
     last_verification = None
     if verified:
-        latest = max(verified, key=lambda e: e.verification["finished_at"])  # type: ignore[index]
+        latest = max(verified, key=lambda e: str((e.verification or {}).get("finished_at") or ""))
         v = latest.verification or {}
         last_verification = {"backup_id": latest.id, "passed": v.get("passed"), "finished_at": v.get("finished_at")}
     drills = drill_reports(storage)
@@ -64,6 +65,9 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
         last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "rto_seconds", "rpo_seconds",
                                             "rto_met", "rpo_met")}
     problems = []
+    broken = [e.id for e in damaged(entries)]
+    if broken:
+        problems.append(f"{len(broken)} damaged backup(s), manifest unreadable: {', '.join(broken)}")
     rpo_met = age is not None and age <= settings.rpo_minutes
     if not rpo_met:
         problems.append("no restorable backup" if age is None else
@@ -81,7 +85,7 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
     elif now - datetime.fromisoformat(last_drill["finished_at"]) > DRILL_OVERDUE:
         problems.append(f"the monthly DR drill is overdue (last: {last_drill['month']})")
     return Status(
-        checked_at=now.isoformat(), storage=storage.url, backups=sum(1 for e in entries if e.complete),
+        checked_at=now.isoformat(), storage=storage.url, backups=sum(1 for e in entries if e.complete), damaged=broken,
         success_rate_30d=stats.rate,
         attempts_30d={"succeeded": stats.succeeded, "failed": stats.failed, "running": stats.running},
         newest_restorable=newest.id if newest else None, newest_restore_point=point.isoformat() if point else None,

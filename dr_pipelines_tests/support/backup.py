@@ -206,8 +206,8 @@ def stored_keys(storage: Storage) -> list[str]:
 
 
 def backup_keys(storage: Storage) -> list[str]:
-    """Keys under backups/ (attempt records under attempts/ left out)."""
-    return [k for k in stored_keys(storage) if k.startswith("backups/")]
+    """Keys of backup sets, backups/<id>/... (attempt records and the prefix's SOURCE.json left out)."""
+    return [k for k in stored_keys(storage) if k.startswith("backups/") and k.count("/") >= 2]
 
 
 def attempt_records(storage: Storage) -> dict[str, str]:
@@ -223,6 +223,29 @@ def local_files(root: Path) -> list[str]:
 
 def partial_files(root: Path) -> list[Path]:
     return [p for p in root.rglob(f"*{TEMP_SUFFIX}") if p.is_file()]
+
+
+def partial_uploads(storage: Storage) -> list[str]:
+    """The keys of partial uploads as the backend itself sees them (temp files / multipart uploads)."""
+    if isinstance(storage, LocalStorage):
+        return sorted(str(storage._partial_key(p.parent, p.name)) for p in partial_files(storage.root))
+    assert isinstance(storage, S3Storage)
+    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
+    return sorted(u["Key"].removeprefix(storage.prefix) for u in uploads)
+
+
+def leave_partial_upload(storage: Storage, key: str) -> None:
+    """Leave behind what a writer killed mid-upload of ``key`` would leave (written just now)."""
+    if isinstance(storage, LocalStorage):
+        directory, _, name = key.rpartition("/")
+        (storage.root / directory).mkdir(parents=True, exist_ok=True)
+        (storage.root / directory / f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}").write_bytes(b"half")
+    else:
+        assert isinstance(storage, S3Storage)
+        full = storage.prefix + key
+        upload = storage.client.create_multipart_upload(Bucket=storage.bucket, Key=full)
+        storage.client.upload_part(Bucket=storage.bucket, Key=full, UploadId=upload["UploadId"], PartNumber=1,
+                                   Body=b"half")
 
 
 def rewrite_object(storage: Storage, key: str, change: Callable[[bytes], bytes | None]) -> None:

@@ -2,6 +2,7 @@
 
 Layout: ``backups/<id>/`` holds the objects, ``manifest.json`` (written last: no manifest
 means not a backup) and optionally ``pin.json`` (legal hold). Ids sort by time.
+``backups/SOURCE.json`` names the one source database the prefix belongs to.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
@@ -19,10 +20,15 @@ from dr_pipelines.core.storage import Storage
 PREFIX = "backups"
 PIN_NAME = "pin.json"
 VERIFICATION_NAME = "verification.json"  # written by verification restores: {"passed": bool, ...}
+SOURCE_NAME = "SOURCE.json"  # {"system_identifier", "database", "server", "claimed_at"}
 
 
 class BackupNotFoundError(DrpError):
     """No restorable backup with that id (or none at all)."""
+
+
+class SourceMismatchError(DrpError):
+    """The backup prefix belongs to another source database."""
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -61,6 +67,22 @@ class BackupEntry:
         return "complete" if self.manifest else "incomplete"
 
     @property
+    def verification_state(self) -> str:
+        """'verified' or 'failed' as the last verification restore recorded it, else 'unverified'.
+
+        A backup with a manifest is restorable in principle; only a verification proves it.
+        """
+        passed = (self.verification or {}).get("passed")
+        if passed is True:
+            return "verified"
+        return "failed" if passed is False else "unverified"
+
+    @property
+    def verified_at(self) -> str | None:
+        """When the last verification restore of this backup finished (ISO), if there was one."""
+        return (self.verification or {}).get("finished_at") if self.verification_state != "unverified" else None
+
+    @property
     def restore_point(self) -> datetime | None:
         """The snapshot time: what a restore of this backup brings back."""
         if not self.manifest:
@@ -70,7 +92,12 @@ class BackupEntry:
 
 
 def list_backups(storage: Storage) -> list[BackupEntry]:
-    """Every backup id under backups/, oldest first, complete or not."""
+    """Every backup id under backups/, oldest first, complete or not.
+
+    A manifest that does not read (not JSON, malformed) makes a 'damaged' entry, never a
+    silent omission; an unreadable pin still pins (deleting is the unsafe guess) and an
+    unreadable verification record leaves the backup unverified.
+    """
     groups: dict[str, list[tuple[str, int]]] = {}
     for obj in storage.list(PREFIX + "/"):
         parts = obj.key.split("/")
@@ -80,21 +107,34 @@ def list_backups(storage: Storage) -> list[BackupEntry]:
     entries = []
     for backup_id in sorted(groups):
         names = [n for n, _ in groups[backup_id]]
-        manifest, error, pin = None, None, None
+        manifest, error, pin, verification = None, None, None, None
         if MANIFEST_NAME in names:
             try:
                 manifest = read_manifest(storage, backup_prefix(backup_id))
             except (ManifestError, ObjectNotFoundError) as exc:
                 error = str(exc)
         if PIN_NAME in names:
-            pin = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{PIN_NAME}"))
-        verification = None
+            pin = _read_record(storage, backup_id, PIN_NAME) or {"reason": f"({PIN_NAME} is unreadable)"}
         if VERIFICATION_NAME in names:
-            verification = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{VERIFICATION_NAME}"))
+            verification = _read_record(storage, backup_id, VERIFICATION_NAME)
         entries.append(
             BackupEntry(backup_id, manifest, pin, names, sum(s for _, s in groups[backup_id]), error, verification)
         )
     return entries
+
+
+def _read_record(storage: Storage, backup_id: str, name: str) -> dict[str, Any] | None:
+    """A small JSON record beside a backup, or None if it is gone or does not parse as an object."""
+    try:
+        record = json.loads(storage.get_bytes(f"{backup_prefix(backup_id)}/{name}"))
+    except (ObjectNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def damaged(entries: list[BackupEntry]) -> list[BackupEntry]:
+    """Backups whose manifest was written but no longer reads: never restorable, always reported."""
+    return [e for e in entries if e.error]
 
 
 def restorable(entries: list[BackupEntry]) -> list[BackupEntry]:
@@ -131,17 +171,92 @@ def find_backup(storage: Storage, backup_id: str | None) -> BackupEntry:
 def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -> list[str]:
     """Delete the leftovers of interrupted runs (ids without a manifest, partial uploads); return the ids removed.
 
-    Only call this holding the source's backup lock: then no writer of this storage prefix is
-    alive, and every partial upload is garbage whatever its age (one source per prefix).
+    Only call this holding the source's backup lock on a prefix claimed for that source
+    (check_source): then no backup writer of backups/ is alive, so manifest-less sets and
+    partial uploads into them are garbage whatever their age. Partial uploads into committed
+    backups (a pin or verification being written) go only once stale, and nothing outside
+    backups/ (a running export, an archive) is touched: their writers hold no lock we hold.
     """
+    entries = list_backups(storage)
+    committed = {e.id for e in entries if e.committed}
     removed = []
-    for entry in list_backups(storage):
+    for entry in entries:
         if not entry.committed and entry.id not in keep and entry.pin is None:
             for name in entry.keys:
                 storage.delete(f"{backup_prefix(entry.id)}/{name}")
             removed.append(entry.id)
-    storage.cleanup_incomplete(older_than=timedelta(0))
+
+    def by_a_dead_backup(key: str) -> bool:
+        parts = key.split("/")
+        return len(parts) >= 3 and parts[1] not in committed and parts[1] not in keep
+
+    storage.cleanup_incomplete(f"{PREFIX}/", dead=by_a_dead_backup)
     return removed
+
+
+def check_source(storage: Storage, source: dict[str, Any], *, replaced: bool = False) -> None:
+    """Refuse a backup of ``source`` into a prefix that holds another source database's backups.
+
+    remove_incomplete's rule (no other writer alive while we hold the source's lock) holds
+    only with one source per prefix, and `latest` must never pick another database's backup.
+    The prefix's source is backups/SOURCE.json, or for a prefix from before that record
+    existed, its newest manifest's source. ``replaced``: the operator says this cluster
+    replaced the recorded one (after a restore the system identifier is new); the database
+    name must still match.
+    """
+    recorded = _recorded_source(storage)
+    if recorded is None:
+        manifests = [e.manifest for e in list_backups(storage) if e.manifest]
+        recorded = manifests[-1].source if manifests else None
+    if recorded is None or _same_source(recorded, source):
+        return
+    if replaced and recorded.get("database") == source["database"]:
+        return
+    raise SourceMismatchError(
+        f"{storage.url} holds backups of {_describe_source(recorded)}; this backup is of "
+        f"{_describe_source(source)}: one backup prefix holds one source database",
+        fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>)"
+        + ("; if this cluster replaced the recorded one (restored after losing it), run "
+           "`drp backup run --source-replaced` once" if recorded.get("database") == source["database"] else ""),
+    )
+
+
+def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = False) -> None:
+    """After a prefix's first committed backup (or one from a replacing cluster), record whose backups it holds."""
+    if replaced or _recorded_source(storage) is None:
+        record = {k: source.get(k) for k in ("system_identifier", "database", "server")}
+        record["claimed_at"] = datetime.now(UTC).isoformat()
+        storage.put_bytes(f"{PREFIX}/{SOURCE_NAME}", json.dumps(record).encode())
+
+
+def _recorded_source(storage: Storage) -> dict[str, Any] | None:
+    key = f"{PREFIX}/{SOURCE_NAME}"
+    try:
+        recorded = json.loads(storage.get_bytes(key))
+    except ObjectNotFoundError:
+        return None
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise SourceMismatchError(
+            f"{storage.url}/{key} is not a JSON object: cannot tell which source database this prefix belongs to",
+            fix=f"check that {storage.url} is the right storage target; if it is, remove {key} "
+            "(the next backup records its source again)",
+        )
+    return recorded
+
+
+def _same_source(recorded: dict[str, Any], mine: dict[str, Any]) -> bool:
+    """Same database name, and the same cluster where both system identifiers are known."""
+    if recorded.get("database") != mine["database"]:
+        return False
+    theirs, ours = recorded.get("system_identifier"), mine["system_identifier"]
+    return theirs is None or ours is None or str(theirs) == str(ours)
+
+
+def _describe_source(source: dict[str, Any]) -> str:
+    return (f"database {source.get('database')!r} on {source.get('server') or 'an unnamed server'} "
+            f"(system identifier {source.get('system_identifier') or 'unknown'})")
 
 
 def delete_backup(storage: Storage, entry: BackupEntry) -> None:

@@ -23,7 +23,13 @@ import psycopg
 from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import backup_prefix, new_backup_id, remove_incomplete
+from dr_pipelines.core.backup.catalog import (
+    backup_prefix,
+    check_source,
+    new_backup_id,
+    record_source,
+    remove_incomplete,
+)
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
@@ -53,6 +59,7 @@ class BackupOptions:
     include_globals: bool = True
     role_passwords: bool = False  # pg_dumpall without password hashes unless asked
     checksums: bool = True
+    source_replaced: bool = False  # this cluster replaced the prefix's recorded one (a DR restore): rebind the prefix
 
 
 def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
@@ -102,10 +109,12 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
                 f"another backup of {describe(dsn)} is running",
                 fix="wait for it to finish (backups of one database never overlap)",
             )
-        removed = remove_incomplete(storage)
         ident = server_identity(conn)
-        db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         database = conn.execute("SELECT current_database()").fetchone()[0]
+        check_source(storage, {"system_identifier": ident.system_identifier, "database": database,
+                               "server": describe(dsn)}, replaced=options.source_replaced)
+        removed = remove_incomplete(storage)
+        db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         pg_dump = client_tool("pg_dump", ident.major)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -167,6 +176,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         },
     )
     write_manifest(storage, prefix, manifest)  # the commit point
+    record_source(storage, manifest.source, replaced=options.source_replaced)
     return manifest
 
 
@@ -187,14 +197,17 @@ def _stream_command(
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
         assert proc.stdout is not None
         reader = CountingReader(proc.stdout)
+        chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
         try:
-            chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
             result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
+            # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
+            # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
+            chunks.close()
             proc.stdout.close()
         code = proc.wait()
         if code != 0:

@@ -7,8 +7,9 @@ written, so a crash mid-upload can never be mistaken for a good backup.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
@@ -18,6 +19,10 @@ from dr_pipelines.core.errors import ObjectNotFoundError, StorageError
 # Suffix of the local backend's in-flight files. Refused in keys on every backend so that
 # a key can never be confused with (or hidden as) a partial upload, and keys stay portable.
 TEMP_SUFFIX = ".partial"
+
+# A partial upload with no write for this long has lost its writer: a live writer moves a
+# local temp file's mtime with every write and adds an S3 part every few MiB.
+STALE_UPLOAD = timedelta(hours=1)
 
 
 class InvalidKeyError(StorageError, ValueError):
@@ -56,6 +61,18 @@ def _key_problem(key: str, *, allow_empty_last: bool) -> str | None:
         if segment in ("", ".", ".."):
             return f"has an empty, '.' or '..' segment ({segment!r})"
     return None
+
+
+def close_chunks(chunks: Iterable[bytes]) -> None:
+    """Close a failed upload's chunk generator so its producer (a worker thread, a COPY) stops now.
+
+    Left open, a producer thread blocked inside native code (zstd, pyrage) outlives the error
+    and is killed at interpreter exit, which aborts the process instead of exiting cleanly.
+    """
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # the upload's own error is what the caller needs
+            close()
 
 
 def validate_key(key: str) -> str:
@@ -97,8 +114,8 @@ class Storage(ABC):
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         """Store the concatenated chunks atomically, hashing while streaming (constant memory).
 
-        If the iterator or the backend fails, nothing becomes visible under ``key`` and any
-        previous object under ``key`` is left intact.
+        If the iterator or the backend fails, nothing becomes visible under ``key``, any
+        previous object under ``key`` is left intact, and the iterator is closed (close_chunks).
         """
 
     def put_bytes(self, key: str, data: bytes) -> PutResult:
@@ -150,10 +167,16 @@ class Storage(ABC):
         """Fail early, with a fix, if the backend is unreachable or not writable."""
 
     @abstractmethod
-    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
-        """Remove partial uploads left by crashed writers, older than ``older_than``; return how many.
+    def cleanup_incomplete(
+        self, prefix: str, older_than: timedelta = STALE_UPLOAD, *, dead: Callable[[str], bool] | None = None
+    ) -> int:
+        """Remove partial uploads under ``prefix`` whose writer is gone; return how many.
 
-        The age threshold keeps uploads that are still in progress elsewhere alive.
+        A writer is gone when its upload saw no write for ``older_than`` (local: the temp
+        file's mtime; S3: the newest part, else the start), or when ``dead(key)`` says so for
+        the key being written: a caller holding the lock every writer of those keys holds
+        knows they are dead. The prefix keeps one writer's cleanup out of other writers'
+        areas (a backup's out of a running export's).
         """
 
     def __repr__(self) -> str:

@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 from dr_pipelines.core.errors import ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage.base import (
+    STALE_UPLOAD,
     TEMP_SUFFIX,
     ObjectInfo,
     PutResult,
     Storage,
+    close_chunks,
     validate_key,
     validate_prefix,
 )
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# put_stream's temp file for "<dir>/<name>" is "<dir>/.<name>.<uuid hex>.partial".
+_TEMP_NAME = re.compile(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX))
 
 
 class LocalStorage(Storage):
@@ -98,6 +103,7 @@ class LocalStorage(Storage):
                     raise self._error("write", key, exc) from exc
             os.replace(tmp, path)
         except BaseException as exc:
+            close_chunks(chunks)
             tmp.unlink(missing_ok=True)
             self._prune_empty(path.parent)  # a failed first upload leaves no empty directory behind
             if isinstance(exc, OSError):  # from close() or replace(): the backend failed
@@ -199,21 +205,35 @@ class LocalStorage(Storage):
                 "or correct DRP_STORAGE_URL",
             ) from exc
 
-    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
+    def cleanup_incomplete(
+        self, prefix: str, older_than: timedelta = STALE_UPLOAD, *, dead: Callable[[str], bool] | None = None
+    ) -> int:
+        validate_prefix(prefix)
         cutoff = time.time() - older_than.total_seconds()
+        base = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*base.split("/")) if base else self.root
         removed = 0
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(start):
+            directory = Path(dirpath)
             for name in files:
-                if not name.endswith(TEMP_SUFFIX):
+                key = self._partial_key(directory, name)
+                if key is None or not key.startswith(prefix):
                     continue
-                path = Path(dirpath, name)
+                path = directory / name
                 try:
-                    if path.stat().st_mtime <= cutoff:
+                    if path.stat().st_mtime <= cutoff or (dead is not None and dead(key)):
                         path.unlink()
                         removed += 1
-                        self._prune_empty(path.parent)  # a crashed run's directory goes with its partial
+                        self._prune_empty(directory)  # a crashed run's directory goes with its partial
                 except FileNotFoundError:  # its writer finished or another cleaner won
                     continue
                 except OSError as exc:
                     raise self._error("remove partial upload", name, exc) from exc
         return removed
+
+    def _partial_key(self, directory: Path, name: str) -> str | None:
+        """The key a temp file is being written for, or None if it is not one of ours."""
+        match = _TEMP_NAME.fullmatch(name)
+        if match is None:
+            return None
+        return "/".join((*directory.relative_to(self.root).parts, match.group(1)))

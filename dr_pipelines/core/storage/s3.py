@@ -11,7 +11,7 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, NoReturn, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    HTTPClientError,
     NoCredentialsError,
 )
 from botocore.exceptions import (
@@ -29,10 +30,12 @@ from botocore.exceptions import (
 
 from dr_pipelines.core.errors import ConfigError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage.base import (
+    STALE_UPLOAD,
     InvalidKeyError,
     ObjectInfo,
     PutResult,
     Storage,
+    close_chunks,
     validate_key,
     validate_prefix,
 )
@@ -162,6 +165,13 @@ class S3Storage(Storage):
                 fix="check DRP_S3_ENDPOINT_URL, that the S3 service is running, "
                 "and the network/firewall between here and it",
             ) from exc
+        if isinstance(exc, HTTPClientError):  # connected, then the connection broke off or timed out
+            raise StorageError(
+                f"the connection to the S3 endpoint {self._where} broke off while trying to {action} {target} "
+                f"({type(exc).__name__}, after retries)",
+                fix="check the network path to the S3 endpoint (proxies, load balancers, firewalls), then "
+                "run again: nothing partial was kept",
+            ) from exc
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
@@ -247,6 +257,7 @@ class S3Storage(Storage):
                     Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts},
                 )
         except BaseException:
+            close_chunks(chunks)
             if upload_id is not None:
                 try:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
@@ -282,24 +293,44 @@ class S3Storage(Storage):
     def check(self) -> None:
         self._call("head_bucket", "access", None)
 
-    def cleanup_incomplete(self, older_than: timedelta = timedelta(hours=1)) -> int:
+    def cleanup_incomplete(
+        self, prefix: str, older_than: timedelta = STALE_UPLOAD, *, dead: Callable[[str], bool] | None = None
+    ) -> int:
+        validate_prefix(prefix)
         cutoff = datetime.now(UTC) - older_than
         removed = 0
         # Listed in full first: aborting while paginating could shift the page markers.
         uploads = [
-            *self._pages("list_multipart_uploads", "list uploads", "Uploads", Prefix=self.prefix)
+            *self._pages("list_multipart_uploads", "list uploads", "Uploads", Prefix=self.prefix + prefix)
         ]
         for upload in uploads:
-            if upload["Initiated"] <= cutoff:
-                try:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                        continue  # finished or aborted meanwhile
-                    self._raise(exc, "abort partial upload", upload["Key"][len(self.prefix):])
-                except BotoCoreError as exc:
-                    self._raise(exc, "abort partial upload", upload["Key"][len(self.prefix):])
-                removed += 1
+            key = upload["Key"][len(self.prefix):]
+            if not (dead is not None and dead(key)) and not self._idle_since(upload, cutoff):
+                continue
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    continue  # finished or aborted meanwhile
+                self._raise(exc, "abort partial upload", key)
+            except BotoCoreError as exc:
+                self._raise(exc, "abort partial upload", key)
+            removed += 1
         return removed
+
+    def _idle_since(self, upload: dict[str, Any], cutoff: datetime) -> bool:
+        """Whether a multipart upload saw no activity after ``cutoff``: S3 keeps no heartbeat
+        but the upload's start and each part's time, and a live writer adds a part every few MiB."""
+        if upload["Initiated"] > cutoff:
+            return False
+        pages = self.client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+        try:
+            return all(part["LastModified"] <= cutoff for page in pages for part in page.get("Parts", []))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return False  # completed or aborted meanwhile: nothing to remove
+            self._raise(exc, "list parts of", upload["Key"][len(self.prefix):])
+        except BotoCoreError as exc:
+            self._raise(exc, "list parts of", upload["Key"][len(self.prefix):])
