@@ -53,6 +53,11 @@ from dr_pipelines.core.storage import PutResult, Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.backup import (
+    HOSTILE_COMMENT,
+    HOSTILE_SEQUENCE,
+    HOSTILE_SETTINGS,
+    HOSTILE_TABLE,
+    HOSTILE_UNICODE_TABLE,
     PAGILA_DIR,
     Keys,
     add_padding,
@@ -61,7 +66,9 @@ from dr_pipelines_tests.support.backup import (
     assert_same_schema,
     attempt_records,
     backup_keys,
+    create_hostile_schema,
     database_key,
+    database_state,
     flip_middle_byte,
     foreign_identity,
     load_pagila,
@@ -193,6 +200,57 @@ def test_round_trip_restores_the_exact_schema_and_content(
     assert_same_schema(source_db, fresh_db)
     assert_restored_equals_manifest(fresh_db, manifest)
     assert local_files(tmp_path / "work") == []  # no decrypted dump left behind
+
+
+@pytest.fixture
+def hostile_db(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A database of hostile names and everything besides table rows a dump carries (support/backup.py)."""
+    name = f"hostile_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    create_hostile_schema(dsn)
+    yield dsn
+    pg_cluster.drop_database(name)
+
+
+def test_hostile_schema_round_trips_exactly_in_both_restore_modes(
+    hostile_db: str, keys: Keys, work_base: Path, tmp_path: Path, fresh_db: str
+) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    manifest = run_logical_backup(hostile_db, storage, [keys.recipient])
+    source = database_state(hostile_db)
+
+    # The manifest records what the dump holds besides table rows, exactly.
+    assert {HOSTILE_TABLE, HOSTILE_UNICODE_TABLE} <= set(manifest_tables(manifest))
+    sequences = {s.name: (s.last_value, s.is_called, s.moved_to) for s in manifest.sequences or []}
+    assert sequences[HOSTILE_SEQUENCE] == (500, False, None)
+    assert sequences['public.Tricky "Name"_id_seq'] == (301, False, None)
+    assert source["sequences"][HOSTILE_SEQUENCE] == (500, False)
+    assert sorted(lo.bytes for lo in manifest.large_objects or []) == [0, 256 * 40, (4 << 20) + 123]
+    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
+    assert views == {"Schéma ünï.mv peuplée": (True, 100), 'public.mv "vide"': (False, None)}
+    assert manifest.database_properties is not None
+    assert manifest.database_properties.comment == HOSTILE_COMMENT
+    assert manifest.database_properties.settings == sorted(HOSTILE_SETTINGS) == source["settings"]
+
+    entry = find_backup(storage, manifest.id)
+    data_dir = new_cluster_dir(work_base)
+    cluster = None
+    try:
+        cluster, _ = restore_to_new_cluster(storage, entry, keys.identities, data_dir, work_dir=tmp_path / "work")
+        restored = cluster.dsn(manifest.source["database"])
+        assert_same_schema(hostile_db, restored)
+        assert_restored_equals_manifest(restored, manifest)
+        assert database_state(restored) == source
+    finally:
+        if cluster is not None:
+            cluster.remove()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    result = restore_backup(storage, entry, keys.identities, fresh_db, work_dir=tmp_path / "work")
+    assert result.warnings == [] and result.checked_tables == len(manifest.tables)
+    assert_same_schema(hostile_db, fresh_db)
+    assert_restored_equals_manifest(fresh_db, manifest)
+    assert database_state(fresh_db) == source
 
 
 # -- 2. the manifest ----------------------------------------------------------------------------
