@@ -218,39 +218,41 @@ def test_hostile_schema_round_trips_exactly_in_both_restore_modes(
     storage = LocalStorage(tmp_path / "storage")
     manifest = run_logical_backup(hostile_db, storage, [keys.recipient])
     source = database_state(hostile_db)
-
-    # The manifest records what the dump holds besides table rows, exactly.
-    assert {HOSTILE_TABLE, HOSTILE_UNICODE_TABLE} <= set(manifest_tables(manifest))
-    sequences = {s.name: (s.last_value, s.is_called, s.moved_to) for s in manifest.sequences or []}
-    assert sequences[HOSTILE_SEQUENCE] == (500, False, None)
-    assert sequences['public.Tricky "Name"_id_seq'] == (301, False, None)
     assert source["sequences"][HOSTILE_SEQUENCE] == (500, False)
-    assert sorted(lo.bytes for lo in manifest.large_objects or []) == [0, 256 * 40, (4 << 20) + 123]
-    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
-    assert views == {"Schéma ünï.mv peuplée": (True, 100), 'public.mv "vide"': (False, None)}
-    assert manifest.database_properties is not None
-    assert manifest.database_properties.comment == HOSTILE_COMMENT
-    assert manifest.database_properties.settings == sorted(HOSTILE_SETTINGS) == source["settings"]
+    assert source["comment"] == HOSTILE_COMMENT and source["settings"] == sorted(HOSTILE_SETTINGS)
 
+    # Sequences, large objects, materialized views, the database's comment and settings: all as they were.
     entry = find_backup(storage, manifest.id)
     data_dir = new_cluster_dir(work_base)
     cluster = None
     try:
         cluster, _ = restore_to_new_cluster(storage, entry, keys.identities, data_dir, work_dir=tmp_path / "work")
         restored = cluster.dsn(manifest.source["database"])
+        assert database_state(restored) == source
         assert_same_schema(hostile_db, restored)
         assert_restored_equals_manifest(restored, manifest)
-        assert database_state(restored) == source
     finally:
         if cluster is not None:
             cluster.remove()
         shutil.rmtree(data_dir, ignore_errors=True)
 
     result = restore_backup(storage, entry, keys.identities, fresh_db, work_dir=tmp_path / "work")
-    assert result.warnings == [] and result.checked_tables == len(manifest.tables)
+    assert database_state(fresh_db) == source
     assert_same_schema(hostile_db, fresh_db)
     assert_restored_equals_manifest(fresh_db, manifest)
-    assert database_state(fresh_db) == source
+    assert result.warnings == [] and result.checked_tables == len(manifest.tables)
+
+    # The manifest records all of it, exactly.
+    assert {HOSTILE_TABLE, HOSTILE_UNICODE_TABLE} <= set(manifest_tables(manifest))
+    sequences = {s.name: (s.last_value, s.is_called, s.moved_to) for s in manifest.sequences or []}
+    assert sequences[HOSTILE_SEQUENCE] == (500, False, None)
+    assert sequences['public.Tricky "Name"_id_seq'] == (301, False, None)
+    assert sorted(lo.bytes for lo in manifest.large_objects or []) == [0, 256 * 40, (4 << 20) + 123]
+    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
+    assert views == {"Schéma ünï.mv peuplée": (True, 100), 'public.mv "vide"': (False, None)}
+    assert manifest.database_properties is not None
+    assert manifest.database_properties.comment == HOSTILE_COMMENT
+    assert manifest.database_properties.settings == source["settings"]
 
 
 # -- 2. the manifest ----------------------------------------------------------------------------
@@ -454,15 +456,16 @@ def test_non_empty_target_is_refused_unless_forced(demo_db: str, keys: Keys, tmp
     # on a table the backup replaces)...
     with psycopg.connect(demo_db) as conn:
         conn.execute("CREATE VIEW local_report AS SELECT count(*) AS n FROM patients")
+    # (demo_db is the backup's own source: forcing alone is refused, see test_backup_cli.py)
     with pytest.raises(RestoreError, match="depend"):
         restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
-                       options=RestoreOptions(force=True))
+                       options=RestoreOptions(force=True, overwrite_source=True))
     with psycopg.connect(demo_db) as conn:
         conn.execute("DROP VIEW local_report")
 
     # ...and once it is gone, the forced restore overwrites the data with the backup's.
     restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
-                   options=RestoreOptions(force=True))
+                   options=RestoreOptions(force=True, overwrite_source=True))
     assert_restored_equals_manifest(demo_db, manifest)
 
 

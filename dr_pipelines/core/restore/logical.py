@@ -115,10 +115,10 @@ def restore_backup(
     manifest = _manifest(entry)
     with connect(target_dsn) as conn:
         ident = server_identity(conn)
-        if not options.overwrite_source:
-            _refuse_source(conn, ident.system_identifier, target_dsn, manifest)
         if not options.force:
-            _refuse_non_empty(conn, target_dsn)
+            _refuse_non_empty(conn, target_dsn)  # the source never is empty: refused here already
+        elif not options.overwrite_source:
+            _refuse_source(conn, ident.system_identifier, target_dsn, manifest)
     if ident.version_num // 10000 < manifest.source.get("server_version_num", 0) // 10000:
         raise RestoreError(
             f"target server {describe(target_dsn)} is PostgreSQL {ident.version}, older than the backup's source "
