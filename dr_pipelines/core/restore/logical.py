@@ -256,11 +256,11 @@ def _restore_database_properties(target_dsn: str, manifest: Manifest) -> list[st
     with connect(target_dsn, autocommit=True) as conn:
         try:
             apply_database_properties(conn, manifest.database_properties)
-        except psycopg.errors.InsufficientPrivilege as exc:
+        except psycopg.Error as exc:
             raise RestoreError(
                 f"cannot restore the database's comment and settings on {describe(target_dsn)}: "
                 f"{str(exc).strip().splitlines()[0]}",
-                fix="restore as the target database's owner or a superuser",
+                fix="restore as the target database's owner (a superuser for superuser-only settings)",
             ) from None
     return []
 
