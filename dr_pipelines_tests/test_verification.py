@@ -9,6 +9,7 @@ flipped in storage; checks are broken on a real restored database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -70,13 +71,20 @@ def work(good: Good) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def restored_template(good: Good, pg_cluster: LocalCluster) -> Iterator[str]:
     """The good backup restored once into a database of the session cluster; its name."""
-    name = f"vrestored_{uuid.uuid4().hex[:10]}"
+    with restored_into(pg_cluster, good, "vrestored") as (name, _):
+        yield name
+
+
+@contextlib.contextmanager
+def restored_into(pg_cluster: LocalCluster, backup: Good, prefix: str) -> Iterator[tuple[str, str]]:
+    """`backup` restored into a new database of the session cluster: (name, DSN); dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template="template0")
     try:
-        storage = LocalStorage(good.storage_dir)
-        restore_backup(storage, entry_for(storage, good.manifest.id), good.key.identities, dsn,
-                       work_dir=good.base / "scratch")
-        yield name
+        storage = LocalStorage(backup.storage_dir)
+        restore_backup(storage, entry_for(storage, backup.manifest.id), backup.key.identities, dsn,
+                       work_dir=backup.base / "scratch")
+        yield name, dsn
     finally:
         pg_cluster.drop_database(name)
 
@@ -306,15 +314,8 @@ def hostile(pg_cluster: LocalCluster, demo_template: str, work_base: Path) -> It
 @pytest.fixture
 def hostile_restored(hostile: Good, pg_cluster: LocalCluster) -> Iterator[str]:
     """The hostile backup restored into a database of the session cluster, for the test to break; its DSN."""
-    name = f"hrestored_{uuid.uuid4().hex[:10]}"
-    dsn = pg_cluster.create_database(name, template="template0")
-    try:
-        storage = LocalStorage(hostile.storage_dir)
-        restore_backup(storage, entry_for(storage, hostile.manifest.id), hostile.key.identities, dsn,
-                       work_dir=hostile.base / "scratch")
+    with restored_into(pg_cluster, hostile, "hrestored") as (_, dsn):
         yield dsn
-    finally:
-        pg_cluster.drop_database(name)
 
 
 def test_sequences_at_is_called_false_large_objects_and_views_verify_as_passed(
