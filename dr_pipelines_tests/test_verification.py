@@ -35,6 +35,7 @@ from dr_pipelines.core.verify.checks import CheckResult, Probe, load_probes, run
 from dr_pipelines.core.verify.drill import drill_reports, run_drill
 from dr_pipelines.core.verify.report import DrillReport, VerificationReport
 from dr_pipelines.core.verify.restore import verify_backup
+from dr_pipelines_tests.support.backup import Keys
 from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
     CORE_CHECKS,
@@ -334,6 +335,36 @@ def test_sequences_at_is_called_false_large_objects_and_views_verify_as_passed(
     assert checks["large_objects"].checked == 3 and checks["materialized_views"].checked == 2
     assert checks["database_properties"].detail == "database comment and 3 settings restored"
     assert newest_restorable(list_backups(storage)).id == hostile.manifest.id  # type: ignore[union-attr]
+
+
+def test_a_view_whose_query_is_not_immutable_is_checked_for_being_populated_only(
+    pg_cluster: LocalCluster, work_base: Path, tmp_path: Path
+) -> None:
+    """A restore refreshes materialized views: one that reads now() can never hold the backup's rows."""
+    name = f"vnow_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz NOT NULL)")
+            conn.execute("INSERT INTO visits SELECT g, '2026-01-01'::timestamptz + g * interval '1 day'"
+                         " FROM generate_series(1, 50) g")
+            conn.execute("CREATE MATERIALIZED VIEW refreshed AS SELECT now() AS at, count(*) AS n FROM visits")
+            conn.execute("CREATE MATERIALIZED VIEW upcoming AS SELECT id FROM visits WHERE at > current_date")
+            conn.execute("CREATE MATERIALIZED VIEW per_month AS SELECT date_trunc('month', at AT TIME ZONE 'UTC') AS m,"
+                         " count(*) FROM visits GROUP BY 1")
+        key = Keys.make(tmp_path / "keys")
+        storage = LocalStorage(tmp_path / "storage")
+        manifest = run_logical_backup(dsn, storage, [key.recipient])
+    finally:
+        pg_cluster.drop_database(name)
+    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
+    assert views == {"public.per_month": (True, 2), "public.refreshed": (True, None), "public.upcoming": (True, None)}
+
+    work = work_dir_under(work_base)
+    report = verify_backup(storage, entry_for(storage, manifest.id), key.identities, work)
+    assert reap_clusters(work) == []
+    assert report.passed, report.summary()
+    assert by_name(report.checks)["materialized_views"].checked == 3
 
 
 @pytest.mark.parametrize(

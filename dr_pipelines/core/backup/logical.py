@@ -247,8 +247,11 @@ def _fix_for(message: str) -> str:
 
 def _sequence_entries(before: dict[str, tuple[int, bool]], after: dict[str, tuple[int, bool]]) -> list[SequenceEntry]:
     """Sequences as read before and after pg_dump read them (nextval is not transactional)."""
-    return [SequenceEntry(name, value, called, None if after.get(name, state) == state else list(after[name]))
-            for name, state in before.items() for value, called in [state]]
+    entries = []
+    for name, (value, called) in before.items():
+        later = after.get(name, (value, called))
+        entries.append(SequenceEntry(name, value, called, None if later == (value, called) else list(later)))
+    return entries
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,15 @@ def materialized_views(conn: psycopg.Connection, *, evaluate: bool) -> list[Matv
 
     With `evaluate` (at backup time) the content is what the view's query yields now, i.e.
     what pg_restore's REFRESH will produce from the dumped tables; without it (on a restore),
-    the rows the view holds.
+    the rows the view holds. A query that calls a function that is not immutable (now(),
+    random(), current_date) yields other rows when the restore refreshes it: its content is
+    not recorded (rows None), only whether it is populated.
     """
     out = []
     for schema, name, populated in conn.execute(_USER_RELATIONS_QUERY, ("m",)).fetchall():
         method = default_method(conn, schema, name)
-        if not populated:
-            out.append(MatviewEntry(qualified(schema, name), False, None, None, method))
+        if not populated or (evaluate and not _reproducible(conn, schema, name)):
+            out.append(MatviewEntry(qualified(schema, name), populated, None, None, method))
             continue
         source: sql.Composable = sql.Identifier(schema, name)
         if evaluate:
@@ -85,6 +87,21 @@ def materialized_views(conn: psycopg.Connection, *, evaluate: bool) -> list[Matv
         result = relation_checksum(conn, qualified(schema, name), source, method)
         out.append(MatviewEntry(result.name, True, result.rows, result.checksum, result.method))
     return out
+
+
+# Function references in a stored query tree (pg_rewrite.ev_action); SQL value functions are CURRENT_DATE & co.
+_FUNCTION_REFS = re.compile(r":(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)")
+
+
+def _reproducible(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether the view's query calls only immutable functions (so a REFRESH elsewhere yields the same rows)."""
+    tree = conn.execute("SELECT ev_action::text FROM pg_rewrite WHERE ev_class = %s::regclass",
+                        (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]
+    if "SQLVALUEFUNCTION" in tree:
+        return False
+    oids = sorted({int(oid) for oid in _FUNCTION_REFS.findall(tree)})
+    return conn.execute("SELECT coalesce(bool_and(provolatile = 'i'), true) FROM pg_proc WHERE oid = ANY(%s)",
+                        (oids,)).fetchone()[0]
 
 
 def _view_query(conn: psycopg.Connection, schema: str, name: str) -> str:
