@@ -17,12 +17,14 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dr_pipelines.core.backup.catalog import VERIFICATION_NAME, backup_prefix, list_backups
 from dr_pipelines.core.backup.logical import run_logical_backup
@@ -44,11 +46,13 @@ from dr_pipelines_tests.support.backup import (
     own_checksums,
     partial_uploads,
     relation_count,
+    require_password_for,
     rewrite_object,
 )
 from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.procs import BIN
 from dr_pipelines_tests.support.s3 import MotoServer
+from dr_pipelines_tests.support.verification import CHANGE_ONE_PATIENT, entry_for, tamper_backup
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -423,3 +427,125 @@ def test_backup_list_shows_verification_state_and_damaged_manifests(
     human = run("status", env=env)
     assert human.returncode == 1 and "3 complete, 1 DAMAGED" in human.stdout
     assert_clean_error(run("backup", "show", broken, env=env), f"backup {broken} is damaged")
+def test_restore_checks_every_table_against_the_manifest_and_names_the_one_that_differs(
+    env: dict[str, str], keys: Keys, demo_db: str, fresh_db: str, pg_cluster: LocalCluster, demo_template: str,
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    manifest = run_logical_backup(demo_db, storage, [keys.recipient])
+    identity = ["--identity", str(keys.identity_file)]
+
+    # A good restore says what it checked.
+    report = json.loads(ok(run("restore", manifest.id, "--target", fresh_db, *identity, "--json", env=env)).stdout)
+    assert report["checked_tables"] == len(manifest.tables) > 20
+    text = ok(run("restore", manifest.id, "--target", fresh_db, "--force", *identity, env=env)).stdout
+    assert f"row counts and checksums of {len(manifest.tables)} tables equal the manifest" in text
+
+    # A dump whose patients differ from what the manifest recorded (a real pg_dump, stored like a backup).
+    tamper_backup(storage, entry_for(storage, manifest.id), keys, pg_cluster, tmp_path, CHANGE_ONE_PATIENT,
+                  same_content_as=demo_template)
+    failed = run("restore", manifest.id, "--target", fresh_db, "--force", *identity, env=env)
+    assert_clean_error(failed, "public.patients", "does not match", "--no-check")
+    assert "public.clinics" not in failed.stderr  # only the table that differs is named
+
+    report = json.loads(ok(run("restore", manifest.id, "--target", fresh_db, "--force", "--no-check", *identity,
+                               "--json", env=env)).stdout)
+    assert report["checked_tables"] is None
+    assert "not checked against the manifest" in ok(run("restore", manifest.id, "--target", fresh_db, "--force",
+                                                         "--no-check", *identity, env=env)).stdout
+
+
+def test_restore_of_a_table_the_backup_does_not_have_is_an_error(
+    env: dict[str, str], keys: Keys, demo_db: str, fresh_db: str, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    manifest = run_logical_backup(demo_db, storage, [keys.recipient])
+    identity = ["--identity", str(keys.identity_file)]
+    for args, message in [
+        (["--table", "no_such_table"], "has no table 'no_such_table'"),
+        (["--table", "public.patients"], "has no table 'public.patients'"),  # pg_restore -t takes no schema
+        (["--table", "Patients"], "has no table 'Patients'"),  # names are case-sensitive
+        (["--schema", "nope", "--table", "patients"], "has no schema 'nope'"),
+    ]:
+        assert_clean_error(run("restore", manifest.id, "--target", fresh_db, *args, *identity, env=env), message)
+        assert relation_count(fresh_db) == 0
+
+    report = json.loads(ok(run("restore", manifest.id, "--target", fresh_db, "--table", "patients", *identity,
+                               "--json", env=env)).stdout)
+    assert report["checked_tables"] == 1
+    assert_restored_equals_manifest(fresh_db, replace(manifest, tables=[t for t in manifest.tables
+                                                                        if t.name == "public.patients"]))
+
+
+def test_restore_over_the_source_database_is_refused_unless_explicitly_meant(
+    env: dict[str, str], keys: Keys, demo_db: str, tmp_path: Path
+) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    manifest = run_logical_backup(demo_db, storage, [keys.recipient])
+    with psycopg.connect(demo_db) as conn:  # written after the backup: a restore over the source loses it
+        conn.execute("UPDATE clinics SET name = 'Renamed after the backup' WHERE id = (SELECT min(id) FROM clinics)")
+    identity = ["--identity", str(keys.identity_file)]
+
+    refused = run("restore", manifest.id, "--target", demo_db, "--force", *identity, env=env)
+    assert_clean_error(refused, "is the database this backup was taken from", manifest.source["system_identifier"],
+                       "losing every change made since", manifest.extra["snapshot_at"], "--overwrite-source")
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT count(*) FROM clinics WHERE name = 'Renamed after the backup'").fetchone()[0] == 1
+
+    ok(run("restore", manifest.id, "--target", demo_db, "--force", "--overwrite-source", *identity, env=env))
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT count(*) FROM clinics WHERE name = 'Renamed after the backup'").fetchone()[0] == 0
+    assert_restored_equals_manifest(demo_db, manifest)
+
+
+def _argv_watch(proc: subprocess.Popen[str]) -> dict[int, tuple[list[str], dict[str, str]]]:
+    """argv and environment of every process on the machine while proc runs (pid -> (argv, env))."""
+    seen: dict[int, tuple[list[str], dict[str, str]]] = {}
+    while proc.poll() is None:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            seen[int(pid)] = (argv, dict(e.partition("=")[::2] for e in environ if "=" in e))
+    return seen
+
+
+def test_restore_target_password_never_reaches_any_argv(
+    env: dict[str, str], keys: Keys, demo_db: str, pg_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    password = f"Pw-{uuid.uuid4().hex[:12]}-in-env-only"
+    role, database = f"restorer_{uuid.uuid4().hex[:6]}", f"pwtarget_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+    try:
+        require_password_for(pg_cluster, role)
+        target = pg_cluster.dsn(database, user=role)
+        storage = LocalStorage(tmp_path / "storage")
+        manifest = run_logical_backup(demo_db, storage, [keys.recipient])
+        args = ["restore", manifest.id, "--no-owner", "--identity", str(keys.identity_file), "--json"]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DRP_")}
+
+        # Without the password the restore fails (the target really needs it)...
+        assert_clean_error(run(*args, env={**env, "DRP_RESTORE_TARGET": target}), "password")
+
+        # ...and from DRP_RESTORE_TARGET it works, with the password in no process's argv.
+        proc = subprocess.Popen([str(BIN / "drp"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**base, **env, "DRP_RESTORE_TARGET": f"{target} password={password}"})
+        seen = _argv_watch(proc)
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert json.loads(stdout)["checked_tables"] == len(manifest.tables)
+        assert password not in stdout + stderr
+        restores = [(argv, environ) for argv, environ in seen.values() if argv[0].endswith("pg_restore")
+                    and any(database in a for a in argv)]
+        assert restores, "pg_restore was never seen running"
+        assert all(environ.get("PGPASSWORD") == password for _, environ in restores)  # it travels by env
+        assert [argv for argv, _ in seen.values() if any(password in a for a in argv)] == []
+        assert_restored_equals_manifest(target + f" password={password}", manifest)
+    finally:
+        pg_cluster.drop_database(database)
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -52,7 +52,13 @@ from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage import PutResult, Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.verify.checks import sequence_values
 from dr_pipelines_tests.support.backup import (
+    HOSTILE_COMMENT,
+    HOSTILE_SEQUENCE,
+    HOSTILE_SETTINGS,
+    HOSTILE_TABLE,
+    HOSTILE_UNICODE_TABLE,
     Keys,
     add_padding,
     advisory_locks,
@@ -60,7 +66,9 @@ from dr_pipelines_tests.support.backup import (
     assert_same_schema,
     attempt_records,
     backup_keys,
+    create_hostile_schema,
     database_key,
+    database_state,
     flip_middle_byte,
     foreign_identity,
     load_pagila,
@@ -111,15 +119,28 @@ def pagila_template(pg_cluster: LocalCluster) -> Iterator[str]:
     pg_cluster.drop_database(name)
 
 
-@pytest.fixture(params=["demo", "pagila"])
+@pytest.fixture(params=["demo", "pagila", "hostile"])
 def source_db(request: pytest.FixtureRequest, pg_cluster: LocalCluster) -> Iterator[str]:
-    """Our clinic schema, or pagila (a schema we did not write): a fresh copy per test."""
+    """Our clinic schema, pagila (a schema we did not write), or hostile names and objects: a fresh copy per test."""
     if request.param == "demo":
         yield request.getfixturevalue("demo_db")
+        return
+    if request.param == "hostile":
+        yield request.getfixturevalue("hostile_db")
         return
     template = request.getfixturevalue("pagila_template")
     name = f"pagila_{uuid.uuid4().hex[:12]}"
     dsn = pg_cluster.create_database(name, template=template)
+    yield dsn
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def hostile_db(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A database of hostile names and everything besides table rows a dump carries (support/backup.py)."""
+    name = f"hostile_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    create_hostile_schema(dsn)
     yield dsn
     pg_cluster.drop_database(name)
 
@@ -167,7 +188,9 @@ def test_round_trip_restores_the_exact_schema_and_content(
     # The manifest's checksums are the source's own (same methods, chosen by the source).
     source = own_checksums(source_db)
     assert {t.name: (t.rows, t.checksum, t.method) for t in manifest.tables} == source
-    assert sum(rows for rows, _, _ in source.values()) > 1000
+    assert sum(rows for rows, _, _ in source.values()) > 400
+    # Sequence states, large objects, materialized views, the database's comment and settings.
+    besides_rows = database_state(source_db)
 
     entry = find_backup(storage, "latest")
     assert entry.id == manifest.id
@@ -177,6 +200,7 @@ def test_round_trip_restores_the_exact_schema_and_content(
         cluster, result = restore_to_new_cluster(storage, entry, keys.identities, data_dir, work_dir=tmp_path / "work")
         restored = cluster.dsn(manifest.source["database"])
         assert result.backup_id == manifest.id and result.toc_entries > 0
+        assert database_state(restored) == besides_rows
         assert_same_schema(source_db, restored)
         assert_restored_equals_manifest(restored, manifest)
     finally:
@@ -186,10 +210,32 @@ def test_round_trip_restores_the_exact_schema_and_content(
     assert not data_dir.exists()
 
     # And into an existing, empty database of a running server.
-    restore_backup(storage, entry, keys.identities, fresh_db, work_dir=tmp_path / "work")
+    result = restore_backup(storage, entry, keys.identities, fresh_db, work_dir=tmp_path / "work")
+    assert result.warnings == [] and result.checked_tables == len(manifest.tables)
+    assert database_state(fresh_db) == besides_rows
     assert_same_schema(source_db, fresh_db)
     assert_restored_equals_manifest(fresh_db, manifest)
     assert local_files(tmp_path / "work") == []  # no decrypted dump left behind
+
+
+def test_manifest_records_sequence_states_large_objects_views_and_database_properties(
+    hostile_db: str, keys: Keys, tmp_path: Path
+) -> None:
+    manifest = run_logical_backup(hostile_db, LocalStorage(tmp_path / "storage"), [keys.recipient])
+    source = database_state(hostile_db)
+    assert source["sequences"][HOSTILE_SEQUENCE] == (500, False)
+
+    assert {HOSTILE_TABLE, HOSTILE_UNICODE_TABLE} <= set(manifest_tables(manifest))
+    sequences = {s.name: (s.last_value, s.is_called, s.moved_to) for s in manifest.sequences or []}
+    assert sequences[HOSTILE_SEQUENCE] == (500, False, None)
+    assert sequences['public.Tricky "Name"_id_seq'] == (301, False, None)
+    assert {name: (value, called) for name, (value, called, _) in sequences.items()} == source["sequences"]
+    assert sorted(lo.bytes for lo in manifest.large_objects or []) == [0, 256 * 40, (4 << 20) + 123]
+    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
+    assert views == {"Schéma ünï.mv peuplée": (True, 100), 'public.mv "vide"': (False, None)}
+    assert manifest.database_properties is not None
+    assert manifest.database_properties.comment == HOSTILE_COMMENT == source["comment"]
+    assert manifest.database_properties.settings == sorted(HOSTILE_SETTINGS) == source["settings"]
 
 
 # -- 2. the manifest ----------------------------------------------------------------------------
@@ -316,6 +362,15 @@ def test_writes_during_a_backup_do_not_leak_into_it(
         restored_rows = {t: rows for t, (rows, _) in manifest_tables(manifest).items()}
         assert restored_rows["public.patients"] != live["public.patients"][0]
         assert "public.leak_probe" not in user_tables(fresh_db)
+
+        # Sequences are not transactional: the patients' one moved while pg_dump ran, and the manifest
+        # says between which states; the restore is within them, so verification passes.
+        moved = {s.name: s for s in manifest.sequences or [] if s.moved_to}
+        assert set(moved) == {"public.patients_id_seq"}, moved
+        assert moved["public.patients_id_seq"].moved_to[0] == moved["public.patients_id_seq"].last_value + clinics
+        with psycopg.connect(fresh_db, autocommit=True) as conn:
+            result = sequence_values(conn, manifest)
+        assert result.passed and result.checked == len(manifest.sequences or []) > 5, result.detail
     finally:
         pg_cluster.drop_database(name)
 
@@ -393,15 +448,16 @@ def test_non_empty_target_is_refused_unless_forced(demo_db: str, keys: Keys, tmp
     # on a table the backup replaces)...
     with psycopg.connect(demo_db) as conn:
         conn.execute("CREATE VIEW local_report AS SELECT count(*) AS n FROM patients")
+    # (demo_db is the backup's own source: forcing alone is refused, see test_backup_cli.py)
     with pytest.raises(RestoreError, match="depend"):
         restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
-                       options=RestoreOptions(force=True))
+                       options=RestoreOptions(force=True, overwrite_source=True))
     with psycopg.connect(demo_db) as conn:
         conn.execute("DROP VIEW local_report")
 
     # ...and once it is gone, the forced restore overwrites the data with the backup's.
     restore_backup(storage, entry, keys.identities, demo_db, work_dir=tmp_path / "work",
-                   options=RestoreOptions(force=True))
+                   options=RestoreOptions(force=True, overwrite_source=True))
     assert_restored_equals_manifest(demo_db, manifest)
 
 

@@ -9,6 +9,7 @@ flipped in storage; checks are broken on a real restored database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from dr_pipelines.core.verify.checks import CheckResult, Probe, load_probes, run
 from dr_pipelines.core.verify.drill import drill_reports, run_drill
 from dr_pipelines.core.verify.report import DrillReport, VerificationReport
 from dr_pipelines.core.verify.restore import verify_backup
+from dr_pipelines_tests.support.backup import Keys
 from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
     CORE_CHECKS,
@@ -70,13 +72,20 @@ def work(good: Good) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def restored_template(good: Good, pg_cluster: LocalCluster) -> Iterator[str]:
     """The good backup restored once into a database of the session cluster; its name."""
-    name = f"vrestored_{uuid.uuid4().hex[:10]}"
+    with restored_into(pg_cluster, good, "vrestored") as (name, _):
+        yield name
+
+
+@contextlib.contextmanager
+def restored_into(pg_cluster: LocalCluster, backup: Good, prefix: str) -> Iterator[tuple[str, str]]:
+    """`backup` restored into a new database of the session cluster: (name, DSN); dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template="template0")
     try:
-        storage = LocalStorage(good.storage_dir)
-        restore_backup(storage, entry_for(storage, good.manifest.id), good.key.identities, dsn,
-                       work_dir=good.base / "scratch")
-        yield name
+        storage = LocalStorage(backup.storage_dir)
+        restore_backup(storage, entry_for(storage, backup.manifest.id), backup.key.identities, dsn,
+                       work_dir=backup.base / "scratch")
+        yield name, dsn
     finally:
         pg_cluster.drop_database(name)
 
@@ -148,7 +157,9 @@ def test_good_backup_verifies_every_check_and_leaves_no_cluster(good: Good, work
     expected = [*CORE_CHECKS, *(f"probe:{n}" for n in DEMO_PROBE_NAMES)]
     assert [c.name for c in report.checks] == expected
     checks = by_name(report.checks)
-    assert all(c.passed and c.checked > 0 and c.failures == [] for c in report.checks)
+    assert all(c.passed and c.failures == [] for c in report.checks)
+    # The demo has no large objects or materialized views (the hostile schema's test has both).
+    assert all(c.checked > 0 for c in report.checks if c.name not in ("large_objects", "materialized_views"))
     assert checks["tables_present"].checked == len(good.manifest.tables) > 20
     assert checks["amcheck"].checked > 50 and checks["foreign_keys"].checked > 10 and checks["sequences"].checked > 5
     assert report.restore_seconds > 0 and report.finished_at > report.started_at
@@ -286,11 +297,125 @@ def test_sequence_behind_its_column_fails_naming_it(good: Good, restored: str) -
 
     checks = run_checks(restored, good.manifest)
 
-    assert failed_names(checks) == {"sequences"}
+    assert failed_names(checks) == {"sequences", "sequence_values"}  # behind its column, and not as backed up
     result = by_name(checks)["sequences"]
     assert sequence == "public.patients_id_seq"
-    assert result.failures == [{"sequence": sequence, "column": "public.patients.id", "last_value": 1, "max": top}]
+    assert result.failures == [{"sequence": sequence, "column": "public.patients.id", "last_value": 1,
+                                "is_called": True, "max": top}]
     assert result.detail == f"{sequence} is at 1, public.patients.id reaches {top}"
+
+
+@pytest.fixture(scope="module")
+def hostile(pg_cluster: LocalCluster, demo_template: str, work_base: Path) -> Iterator[Good]:
+    """A good backup of the demo plus the hostile schema (is_called-false sequences, large objects, views...)."""
+    with good_backup(pg_cluster, demo_template, work_base, "vhostile", hostile=True) as backup:
+        yield backup
+
+
+@pytest.fixture
+def hostile_restored(hostile: Good, pg_cluster: LocalCluster) -> Iterator[str]:
+    """The hostile backup restored into a database of the session cluster, for the test to break; its DSN."""
+    with restored_into(pg_cluster, hostile, "hrestored") as (_, dsn):
+        yield dsn
+
+
+def test_sequences_at_is_called_false_large_objects_and_views_verify_as_passed(
+    hostile: Good, tmp_path: Path
+) -> None:
+    """setval(seq, n, false) leaves pg_sequences.last_value NULL: a correct backup must still pass, and stay `latest`."""
+    storage = hostile.clone(tmp_path / "storage")
+    work = work_dir_under(hostile.base)
+    report = verify_backup(storage, entry_for(storage, hostile.manifest.id), hostile.key.identities, work)
+    assert reap_clusters(work) == []
+
+    assert report.passed, report.summary()
+    checks = by_name(report.checks)
+    assert [c.name for c in report.checks] == list(CORE_CHECKS)
+    assert checks["sequence_values"].checked == len(hostile.manifest.sequences or []) > 5
+    assert checks["large_objects"].checked == 3 and checks["materialized_views"].checked == 2
+    assert checks["database_properties"].detail == "database comment and 3 settings restored"
+    assert newest_restorable(list_backups(storage)).id == hostile.manifest.id  # type: ignore[union-attr]
+
+
+def test_a_view_whose_query_is_not_immutable_is_checked_for_being_populated_only(
+    pg_cluster: LocalCluster, work_base: Path, tmp_path: Path
+) -> None:
+    """A restore refreshes materialized views: one that reads now() can never hold the backup's rows."""
+    name = f"vnow_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz NOT NULL)")
+            conn.execute("INSERT INTO visits SELECT g, '2026-01-01'::timestamptz + g * interval '1 day'"
+                         " FROM generate_series(1, 50) g")
+            conn.execute("CREATE MATERIALIZED VIEW refreshed AS SELECT now() AS at, count(*) AS n FROM visits")
+            conn.execute("CREATE MATERIALIZED VIEW upcoming AS SELECT id FROM visits WHERE at > current_date")
+            conn.execute("CREATE MATERIALIZED VIEW per_month AS SELECT date_trunc('month', at AT TIME ZONE 'UTC') AS m,"
+                         " count(*) FROM visits GROUP BY 1")
+        key = Keys.make(tmp_path / "keys")
+        storage = LocalStorage(tmp_path / "storage")
+        manifest = run_logical_backup(dsn, storage, [key.recipient])
+    finally:
+        pg_cluster.drop_database(name)
+    views = {m.name: (m.populated, m.rows) for m in manifest.materialized_views or []}
+    assert views == {"public.per_month": (True, 2), "public.refreshed": (True, None), "public.upcoming": (True, None)}
+
+    work = work_dir_under(work_base)
+    report = verify_backup(storage, entry_for(storage, manifest.id), key.identities, work)
+    assert reap_clusters(work) == []
+    assert report.passed, report.summary()
+    assert by_name(report.checks)["materialized_views"].checked == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "check", "named"),
+    [
+        ("SELECT setval('\"Schéma ünï\".\"séq \"\"odd\"\"\"', 500, true)", "sequence_values", 'Schéma ünï.séq "odd"'),
+        ("SELECT lo_put((SELECT max(oid) FROM pg_largeobject_metadata), 5, 'x')", "large_objects", None),
+        ("SELECT lo_unlink((SELECT min(oid) FROM pg_largeobject_metadata))", "large_objects", None),
+        ('REFRESH MATERIALIZED VIEW "mv ""vide"""', "materialized_views", 'public.mv "vide"'),
+        ('DELETE FROM "Tricky ""Name""" WHERE id = 3', "materialized_views", "Schéma ünï.mv peuplée"),
+        ("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET work_mem', current_database()); END $$",
+         "database_properties", "work_mem=7MB"),
+        ("DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS NULL', current_database()); END $$",
+         "database_properties", "Clinic data"),
+    ],
+)
+def test_restored_state_besides_rows_that_differs_fails_naming_it(
+    hostile: Good, hostile_restored: str, change: str, check: str, named: str | None
+) -> None:
+    assert {c.name for c in run_checks(hostile_restored, hostile.manifest) if not c.passed} == set()
+    with psycopg.connect(hostile_restored, autocommit=True) as conn:
+        conn.execute(change)
+        if check == "materialized_views" and "DELETE" in change:
+            conn.execute('REFRESH MATERIALIZED VIEW "Schéma ünï"."mv peuplée"')
+    checks = run_checks(hostile_restored, hostile.manifest)
+
+    assert check in failed_names(checks)
+    assert failed_names(checks) <= {check, "row_counts", "checksums"}
+    result = by_name(checks)[check]
+    if check == "large_objects":
+        assert len(result.failures) == 1 and str(result.failures[0]["oid"]) in result.detail
+    else:
+        assert named is not None and named in result.detail
+
+
+def test_an_older_manifest_without_the_new_fields_verifies_and_says_not_recorded(hostile: Good, tmp_path: Path) -> None:
+    storage = hostile.clone(tmp_path / "storage")
+    key = f"{backup_prefix(hostile.manifest.id)}/manifest.json"
+    data = json.loads(storage.get_bytes(key))
+    for field in ("sequences", "large_objects", "materialized_views", "database_properties"):
+        del data[field]
+    storage.put_bytes(key, json.dumps(data).encode())
+    work = work_dir_under(hostile.base)
+    report = verify_backup(storage, entry_for(storage, hostile.manifest.id), hostile.key.identities, work)
+    assert reap_clusters(work) == []
+
+    assert report.passed, report.summary()
+    checks = by_name(report.checks)
+    for name in ("sequence_values", "large_objects", "materialized_views", "database_properties"):
+        assert checks[name].passed and "not recorded" in checks[name].detail, checks[name]
+    assert checks["sequences"].passed  # the is_called-false sequences are not "behind" either
 
 
 def test_orphan_rows_fail_foreign_keys_naming_the_constraint_and_count(good: Good, restored: str) -> None:

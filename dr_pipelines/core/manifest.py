@@ -42,6 +42,50 @@ class TableEntry:
     method: str = "record"  # see core/pg/checksums.py
 
 
+@dataclass(frozen=True)
+class SequenceEntry:
+    """A sequence's state as pg_dump dumped it: `last_value` and `is_called` (setval's third argument).
+
+    Sequences are not transactional, so they are read before and after pg_dump; `moved_to`
+    holds the later (last_value, is_called) when nextval ran meanwhile, else None (exact).
+    """
+
+    name: str
+    last_value: int
+    is_called: bool
+    moved_to: list[Any] | None = None
+
+
+@dataclass(frozen=True)
+class LargeObjectEntry:
+    oid: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MatviewEntry:
+    """A materialized view; `rows`/`checksum` are what its query yields in the snapshot (None if unpopulated).
+
+    pg_restore does not copy a materialized view's rows, it refreshes it from the restored
+    tables: that, not the possibly stale stored rows, is what a restore must reproduce.
+    """
+
+    name: str
+    populated: bool
+    rows: int | None = None
+    checksum: str | None = None
+    method: str = "record"
+
+
+@dataclass(frozen=True)
+class DatabaseProperties:
+    """COMMENT ON DATABASE and ALTER DATABASE ... SET (as pg_db_role_setting stores them, "name=value")."""
+
+    comment: str | None
+    settings: list[str]
+
+
 @dataclass
 class Manifest:
     kind: str  # "logical-backup", "export", "archive"
@@ -55,6 +99,11 @@ class Manifest:
     compression: dict[str, Any] | None = None
     encryption: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # None: not recorded (manifests written before these fields existed, or checksums off).
+    sequences: list[SequenceEntry] | None = None
+    large_objects: list[LargeObjectEntry] | None = None
+    materialized_views: list[MatviewEntry] | None = None
+    database_properties: DatabaseProperties | None = None
 
     @property
     def stored_bytes(self) -> int:
@@ -103,11 +152,20 @@ class Manifest:
                 compression=data.get("compression"),
                 encryption=data.get("encryption"),
                 extra=data.get("extra", {}),
+                sequences=_entries(SequenceEntry, data.get("sequences")),
+                large_objects=_entries(LargeObjectEntry, data.get("large_objects")),
+                materialized_views=_entries(MatviewEntry, data.get("materialized_views")),
+                database_properties=(DatabaseProperties(**data["database_properties"])
+                                     if data.get("database_properties") is not None else None),
             )
         except ManifestError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise ManifestError(f"manifest {where} is malformed ({exc})", fix="the artifact cannot be trusted; use another") from None
+
+
+def _entries(cls: type, items: list[dict[str, Any]] | None) -> list[Any] | None:
+    return None if items is None else [cls(**item) for item in items]
 
 
 def write_manifest(storage: Storage, prefix: str, manifest: Manifest) -> str:

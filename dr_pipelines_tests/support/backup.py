@@ -111,6 +111,73 @@ def load_pagila(dsn: str) -> None:
     assert data.returncode == 0, data.stderr
 
 
+HOSTILE_TABLE = 'public.Tricky "Name"'
+HOSTILE_UNICODE_TABLE = "Schéma ünï.Tâble 表"
+HOSTILE_SEQUENCE = 'Schéma ünï.séq "odd"'  # setval(..., 500, false): pg_sequences.last_value is NULL
+HOSTILE_SETTINGS = ['app.clinic_region=nörd "quoted"', 'search_path="$user", public, "Schéma ünï"', "work_mem=7MB"]
+HOSTILE_COMMENT = "Clinic data ✓ — it's \"prod\""
+
+
+def create_hostile_schema(dsn: str) -> None:
+    """Names and objects that break naive restores and checks.
+
+    A table named Tricky "Name" (quotes and a space in it), unicode schema/table/column names, a serial sequence and a
+    free one both left at is_called = false (after setval(seq, n, false)), large objects (one
+    empty, one binary, one over a chunk boundary), a populated and an unpopulated materialized
+    view, and database-level properties: COMMENT ON DATABASE and ALTER DATABASE ... SET with a
+    list setting (search_path) and a custom one.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        database = sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])
+        conn.execute('CREATE SCHEMA "Schéma ünï"')
+        conn.execute('CREATE TABLE "Tricky ""Name""" (id serial PRIMARY KEY, "Välue ✓" text, amount numeric)')
+        conn.execute('INSERT INTO "Tricky ""Name""" ("Välue ✓", amount)'
+                     " SELECT 'naïve ' || g || ' \"q\" ''s', g * 1.5 FROM generate_series(1, 300) g")
+        conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), 301, false)", ('public."Tricky ""Name"""',))
+        conn.execute('CREATE TABLE "Schéma ünï"."Tâble 表" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
+                     ' "dönnées" jsonb, at timestamptz NOT NULL DEFAULT \'2026-01-01 12:00+01\')')
+        conn.execute('INSERT INTO "Schéma ünï"."Tâble 表" ("dönnées")'
+                     " SELECT jsonb_build_object('k', g, 'ü', repeat('é', g % 7)) FROM generate_series(1, 120) g")
+        conn.execute('CREATE SEQUENCE "Schéma ünï"."séq ""odd"""')
+        conn.execute("SELECT setval(%s, 500, false)", ('"Schéma ünï"."séq ""odd"""',))
+        for data in (b"", bytes(range(256)) * 40, os.urandom((4 << 20) + 123)):
+            conn.execute("SELECT lo_from_bytea(0, %s)", (data,))
+        conn.execute('CREATE MATERIALIZED VIEW "Schéma ünï"."mv peuplée" AS'
+                     ' SELECT "Välue ✓" AS v, amount FROM "Tricky ""Name""" WHERE id % 3 = 0')
+        conn.execute('CREATE MATERIALIZED VIEW "mv ""vide""" AS SELECT id, "dönnées" FROM "Schéma ünï"."Tâble 表"'
+                     " WITH NO DATA")
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(database, sql.Literal(HOSTILE_COMMENT)))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = '$user', public, 'Schéma ünï'").format(database))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET work_mem = '7MB'").format(database))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET app.clinic_region = 'nörd \"quoted\"'").format(database))
+
+
+def database_state(dsn: str) -> dict[str, object]:
+    """Everything besides table rows a dump carries, read from the database itself (not via drp's code paths).
+
+    Sequence states, large objects' bytes, materialized views (populated, rows), database comment
+    and settings: what must be equal after a restore.
+    """
+    with psycopg.connect(dsn) as conn:
+        sequences = {}
+        for schema, name in conn.execute("SELECT schemaname, sequencename FROM pg_sequences ORDER BY 1, 2").fetchall():
+            sequences[f"{schema}.{name}"] = conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))).fetchone()
+        large = dict(conn.execute("SELECT oid, md5(lo_get(oid)) FROM pg_largeobject_metadata").fetchall())
+        views = {}
+        for schema, name, populated in conn.execute(
+                "SELECT schemaname, matviewname, ispopulated FROM pg_matviews ORDER BY 1, 2").fetchall():
+            rows = sorted(map(str, conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name)))
+                              .fetchall())) if populated else None
+            views[f"{schema}.{name}"] = (populated, rows)
+        comment, settings = conn.execute(
+            "SELECT shobj_description(d.oid, 'pg_database'), (SELECT setconfig FROM pg_db_role_setting s"
+            " WHERE s.setdatabase = d.oid AND s.setrole = 0) FROM pg_database d WHERE datname = current_database()"
+        ).fetchone()
+    return {"sequences": sequences, "large_objects": large, "materialized_views": views,
+            "comment": comment, "settings": sorted(settings or [])}
+
+
 def add_padding(dsn: str, mib: int) -> None:
     """An incompressible table (random bytea, 1 MiB a row) and one large object.
 

@@ -30,13 +30,14 @@ from dr_pipelines.core.restore.logical import restore_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import compress_encrypt
-from dr_pipelines_tests.support.backup import Keys
+from dr_pipelines_tests.support.backup import Keys, create_hostile_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_PROBES = REPO_ROOT / "dr_pipelines" / "demo" / "probes.yaml"
 DEMO_PROBE_NAMES = ("appointments_without_patient", "cross_clinic_appointments", "invoice_total_mismatch",
                     "clinics_without_staff")
-CORE_CHECKS = ("tables_present", "row_counts", "checksums", "amcheck", "foreign_keys", "sequences")
+CORE_CHECKS = ("tables_present", "row_counts", "checksums", "amcheck", "foreign_keys", "sequences", "sequence_values",
+               "large_objects", "materialized_views", "database_properties")
 
 # One row of patients changed (not a key, not a column any probe or constraint looks at).
 CHANGE_ONE_PATIENT = "UPDATE public.patients SET given_name = given_name || 'x' WHERE id = (SELECT min(id) FROM public.patients)"
@@ -147,14 +148,20 @@ class Good:
 
 
 @contextlib.contextmanager
-def good_backup(pg_cluster: LocalCluster, demo_template: str, work_base: Path, prefix: str) -> Iterator[Good]:
-    """A copy of the demo database and one good backup of it; both removed afterwards."""
+def good_backup(pg_cluster: LocalCluster, demo_template: str, work_base: Path, prefix: str, *,
+                hostile: bool = False) -> Iterator[Good]:
+    """A copy of the demo database (plus, if `hostile`, support/backup.py's hostile schema) and one good backup of it.
+
+    Both are removed afterwards.
+    """
     base = work_base / f"{prefix}-{uuid.uuid4().hex[:8]}"
     base.mkdir(mode=0o755)
     key = Keys.make(base / "keys")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template=demo_template)
     try:
+        if hostile:
+            create_hostile_schema(dsn)
         manifest = run_logical_backup(dsn, LocalStorage(base / "storage"), [key.recipient])
         yield Good(base, key, base / "storage", manifest, dsn)
     finally:

@@ -32,9 +32,18 @@ from dr_pipelines.core.backup.catalog import (
 )
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
-from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
-from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
+from dr_pipelines.core.manifest import (
+    LargeObjectEntry,
+    Manifest,
+    MatviewEntry,
+    ObjectEntry,
+    SequenceEntry,
+    TableEntry,
+    write_manifest,
+)
+from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, snapshot_connection
 from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool, tool_version
 from dr_pipelines.core.storage import Storage
@@ -123,6 +132,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         written: list[ObjectEntry] = []
         try:
             checksums = _ChecksumThread(dsn, snapshot) if options.checksums else None
+            sequences_before, db_properties = sequence_states(conn), database_properties(conn)
             conninfo, env = libpq_env(dsn)
             dump_cmd = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
                         f"--dbname={conninfo}"]
@@ -135,7 +145,8 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
                     globals_cmd.append("--no-role-passwords")
                 written.append(_stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals",
                                                "sql", age_recipients, options, None, None))
-            tables = checksums.result() if checksums else []
+            sequences = _sequence_entries(sequences_before, sequence_states(conn))
+            tables, content = checksums.result() if checksums else ([], None)
         except BaseException:
             for entry in written:
                 with contextlib.suppress(Exception):
@@ -152,6 +163,10 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         finished_at=datetime.now(UTC),
         objects=written,
         tables=[TableEntry(t.name, t.rows, t.checksum, t.method) for t in tables],
+        sequences=sequences,
+        large_objects=content.large_objects if content else None,
+        materialized_views=content.materialized_views if content else None,
+        database_properties=db_properties,
         source={
             "server": describe(dsn),
             "database": database,
@@ -243,11 +258,26 @@ def _fix_for(message: str) -> str:
     return "read the tool's message above"
 
 
+def _sequence_entries(before: dict[str, tuple[int, bool]], after: dict[str, tuple[int, bool]]) -> list[SequenceEntry]:
+    """Sequences as read before and after pg_dump read them (nextval is not transactional)."""
+    entries = []
+    for name, (value, called) in before.items():
+        later = after.get(name, (value, called))
+        entries.append(SequenceEntry(name, value, called, None if later == (value, called) else list(later)))
+    return entries
+
+
+@dataclass(frozen=True)
+class _SnapshotContent:
+    large_objects: list[LargeObjectEntry]
+    materialized_views: list[MatviewEntry]
+
+
 class _ChecksumThread:
-    """Per-table checksums in the dump's snapshot, computed while the dump streams."""
+    """Per-table checksums, large objects and materialized views in the dump's snapshot, while the dump streams."""
 
     def __init__(self, dsn: str, snapshot: str) -> None:
-        self._result: list[TableChecksum] = []
+        self._result: tuple[list[TableChecksum], _SnapshotContent | None] = ([], None)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(dsn, snapshot), name="table-checksums", daemon=True)
         self.started = time.monotonic()
@@ -255,11 +285,14 @@ class _ChecksumThread:
 
     def _run(self, dsn: str, snapshot: str) -> None:
         try:
-            self._result = database_checksums(dsn, snapshot=snapshot)
+            tables = database_checksums(dsn, snapshot=snapshot)
+            with snapshot_connection(dsn, snapshot) as conn:
+                content = _SnapshotContent(large_objects(conn), materialized_views(conn, evaluate=True))
+            self._result = (tables, content)
         except BaseException as exc:  # noqa: BLE001 - re-raised in result()
             self._error = exc
 
-    def result(self) -> list[TableChecksum]:
+    def result(self) -> tuple[list[TableChecksum], _SnapshotContent | None]:
         self._thread.join()
         if self._error:
             raise self._error

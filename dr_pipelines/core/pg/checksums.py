@@ -20,7 +20,8 @@ not a change to either method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -103,18 +104,23 @@ def table_checksum(conn: psycopg.Connection, schema: str, table: str, method: st
     ident = sql.Identifier(schema, table)
     if method is None:
         method = default_method(conn, schema, table)
+    return relation_checksum(conn, qualified(schema, table), ident, method)
+
+
+def relation_checksum(conn: psycopg.Connection, name: str, source: sql.Composable, method: str) -> TableChecksum:
+    """Rows and checksum of `source` (a table, or a parenthesized query), reported as `name`."""
     if method == "record":
         try:
             with conn.transaction():
-                return _run(conn, schema, table, "record", ident)
+                return _run(conn, name, "record", source)
         except psycopg.errors.UndefinedFunction:  # a column type without a hash function
             method = "text"
-    return _run(conn, schema, table, method, ident)
+    return _run(conn, name, method, source)
 
 
-def _run(conn: psycopg.Connection, schema: str, table: str, method: str, ident: sql.Identifier) -> TableChecksum:
-    rows, total = conn.execute(CHECKSUM_QUERIES[method].format(ident)).fetchone()
-    return TableChecksum(qualified(schema, table), rows, f"{int(total) % _MOD:016x}", method)
+def _run(conn: psycopg.Connection, name: str, method: str, source: sql.Composable) -> TableChecksum:
+    rows, total = conn.execute(CHECKSUM_QUERIES[method].format(source)).fetchone()
+    return TableChecksum(name, rows, f"{int(total) % _MOD:016x}", method)
 
 
 def database_checksums(
@@ -122,13 +128,29 @@ def database_checksums(
     *,
     snapshot: str | None = None,
     methods: dict[str, str] | None = None,
+    only: Collection[str] | None = None,
     progress: Callable[[TableChecksum], None] | None = None,
 ) -> list[TableChecksum]:
-    """Checksums of every user table, in one REPEATABLE READ snapshot (an exported one if given).
+    """Checksums of every user table (or of those named in `only`), in one REPEATABLE READ snapshot.
 
-    `methods` (qualified name -> method, as a manifest records them) makes a verification
-    recompute each table exactly as the backup did.
+    `snapshot` is an exported one to share. `methods` (qualified name -> method, as a manifest
+    records them) makes a verification recompute each table exactly as the backup did.
     """
+    with snapshot_connection(dsn, snapshot) as conn:
+        out = []
+        for schema, table in user_tables(conn):
+            if only is not None and qualified(schema, table) not in only:
+                continue
+            result = table_checksum(conn, schema, table, (methods or {}).get(qualified(schema, table)))
+            out.append(result)
+            if progress:
+                progress(result)
+        return out
+
+
+@contextmanager
+def snapshot_connection(dsn: str, snapshot: str | None = None) -> Iterator[psycopg.Connection]:
+    """A read-only REPEATABLE READ transaction (in an exported snapshot if given), output settings pinned."""
     with connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -136,10 +158,4 @@ def database_checksums(
             if snapshot:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             pin_render_settings(conn)
-            out = []
-            for schema, table in user_tables(conn):
-                result = table_checksum(conn, schema, table, (methods or {}).get(qualified(schema, table)))
-                out.append(result)
-                if progress:
-                    progress(result)
-            return out
+            yield conn

@@ -7,6 +7,7 @@ before pg_restore touches the target: a corrupted object or a wrong key writes n
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import tempfile
 import time
@@ -22,17 +23,23 @@ from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.content import apply_database_properties
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.restore.archive import add_data_offsets
 from dr_pipelines.core.restore.fetch import fetch_object
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.verify.checks import table_checks
 
 Progress = Callable[[str, int, int | None], None]  # phase, done, total
 
 
 class RestoreError(DrpError):
     """pg_restore failed, or the target is not fit to restore into."""
+
+
+class RestoreCheckError(RestoreError):
+    """pg_restore succeeded but the restored tables differ from what the manifest recorded."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class RestoreOptions:
     force: bool = False  # restore into a non-empty database (objects are dropped and recreated)
     no_owner: bool = False
     with_globals: bool = False  # apply roles from the backup first (sensible on a fresh cluster)
+    check: bool = True  # compare row counts and checksums with the manifest afterwards
+    overwrite_source: bool = False  # allow --force over the very database the backup was taken from
 
 
 @dataclass
@@ -54,6 +63,7 @@ class RestoreResult:
     plain_bytes: int
     toc_entries: int
     warnings: list[str] = field(default_factory=list)
+    checked_tables: int | None = None  # None: not checked (--no-check)
 
 
 def fetch_backup(
@@ -106,7 +116,9 @@ def restore_backup(
     with connect(target_dsn) as conn:
         ident = server_identity(conn)
         if not options.force:
-            _refuse_non_empty(conn, target_dsn)
+            _refuse_non_empty(conn, target_dsn)  # the source never is empty: refused here already
+        elif not options.overwrite_source:
+            _refuse_source(conn, ident.system_identifier, target_dsn, manifest)
     if ident.version_num // 10000 < manifest.source.get("server_version_num", 0) // 10000:
         raise RestoreError(
             f"target server {describe(target_dsn)} is PostgreSQL {ident.version}, older than the backup's source "
@@ -124,11 +136,17 @@ def restore_backup(
         if options.jobs > 1 and add_data_offsets(files["database"]) is None:
             warnings.append("the archive's data offsets could not be added: restoring with one job")
             options = replace(options, jobs=1)
-        toc = _toc_entries(pg_restore, files["database"])
-        _pg_restore(pg_restore, files["database"], target_dsn, options, toc, progress)
+        toc = _table_of_contents(pg_restore, files["database"])
+        _refuse_unmatched_selection(toc, options, entry.id)
+        entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
+        _pg_restore(pg_restore, files["database"], target_dsn, options, entries, progress)
+        if not (options.schemas or options.tables):
+            warnings += _restore_database_properties(target_dsn, manifest)
         done = time.monotonic()
         plain = sum(p.stat().st_size for p in files.values())
-    return RestoreResult(entry.id, describe(target_dsn), fetched - started, done - fetched, plain, toc, warnings)
+    checked = _check_restored(target_dsn, manifest, options) if options.check else None
+    return RestoreResult(entry.id, describe(target_dsn), fetched - started, done - fetched, plain, entries, warnings,
+                         checked)
 
 
 def _manifest(entry: BackupEntry) -> Manifest:
@@ -155,11 +173,96 @@ def _refuse_non_empty(conn: psycopg.Connection, dsn: str) -> None:
         )
 
 
-def _toc_entries(pg_restore: str, dump: Path) -> int:
+def _refuse_source(conn: psycopg.Connection, system_identifier: str | None, dsn: str, manifest: Manifest) -> None:
+    """Restoring over the backup's own source database rolls it back: everything written since is lost."""
+    source = manifest.source
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    if system_identifier and source.get("system_identifier"):
+        same = (system_identifier, database) == (str(source["system_identifier"]), source.get("database"))
+    else:  # a role that may not read pg_control_system(): fall back to the address
+        same = describe(dsn) == source.get("server")
+    if same:
+        since = manifest.extra.get("snapshot_at") or manifest.finished_at.isoformat()
+        raise RestoreError(
+            f"target {describe(dsn)} is the database this backup was taken from (system identifier "
+            f"{system_identifier or 'unreadable'}, database {database}): restoring over it would replace its "
+            f"contents with the backup's, losing every change made since the restore point {since}",
+            fix="restore into a side database or a new cluster (--new-cluster) and copy back what is needed; "
+                "only to roll the whole source database back, add --overwrite-source",
+        )
+
+
+def _table_of_contents(pg_restore: str, dump: Path) -> str:
     out = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RestoreError(f"pg_restore cannot read the dump: {out.stderr.strip()}", fix="the dump may be damaged")
-    return sum(1 for line in out.stdout.splitlines() if line and not line.startswith(";"))
+    return out.stdout
+
+
+_RELATION_KINDS = ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
+
+
+def _refuse_unmatched_selection(toc: str, options: RestoreOptions, backup_id: str) -> None:
+    """A --table or --schema naming nothing in the backup would restore nothing and still 'succeed'."""
+    lines = [line for line in toc.splitlines() if line and not line.startswith(";")]
+    kinds = "|".join(re.escape(k) for k in _RELATION_KINDS)
+    schemas = "|".join(re.escape(s) for s in options.schemas) or ".+"
+    for schema in options.schemas:
+        if not any(re.match(rf"^\d+; \d+ \d+ SCHEMA - {re.escape(schema)} ", line) or
+                   re.match(rf"^\d+; \d+ \d+ (?:{kinds}) {re.escape(schema)} ", line) for line in lines):
+            raise RestoreError(f"backup {backup_id} has no schema {schema!r}",
+                               fix="check the name (case matters) with `drp restore ID --list`")
+    for table in options.tables:
+        pattern = re.compile(rf"^\d+; \d+ \d+ (?:{kinds}) (?:{schemas}) {re.escape(table)} \S+$")
+        if not any(pattern.match(line) for line in lines):
+            where = f" in schema {', '.join(options.schemas)}" if options.schemas else ""
+            raise RestoreError(f"backup {backup_id} has no table {table!r}{where}",
+                               fix="give the table's exact name without schema (case matters; see "
+                                   "`drp restore ID --list`), and its schema with --schema")
+
+
+def _selected_tables(manifest: Manifest, options: RestoreOptions) -> set[str] | None:
+    """The manifest's tables that a --schema/--table selection restores (None: all of them)."""
+    if not (options.schemas or options.tables):
+        return None
+    selected = set()
+    for t in manifest.tables:
+        schema, _, name = t.name.partition(".")
+        if (not options.schemas or schema in options.schemas) and (not options.tables or name in options.tables):
+            selected.add(t.name)
+    return selected
+
+
+def _check_restored(target_dsn: str, manifest: Manifest, options: RestoreOptions) -> int:
+    """Row counts and checksums of every restored table against the manifest; raises naming the tables that differ."""
+    selected = _selected_tables(manifest, options)
+    results = table_checks(target_dsn, manifest, selected)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise RestoreCheckError(
+            f"restore into {describe(target_dsn)} does not match backup {manifest.id}: "
+            + " | ".join(r.detail for r in failed),
+            fix="the restored data differs from what was backed up: restore another backup (`drp backup list`), "
+                "or pass --no-check to keep this restore as it is",
+        )
+    return len(manifest.tables) if selected is None else len(selected)
+
+
+def _restore_database_properties(target_dsn: str, manifest: Manifest) -> list[str]:
+    """COMMENT ON DATABASE and ALTER DATABASE ... SET: pg_restore emits them only when it creates the database."""
+    if manifest.database_properties is None:
+        return ["the database's comment and settings are not recorded in this (older) backup's manifest: "
+                "not restored"]
+    with connect(target_dsn, autocommit=True) as conn:
+        try:
+            apply_database_properties(conn, manifest.database_properties)
+        except psycopg.Error as exc:
+            raise RestoreError(
+                f"cannot restore the database's comment and settings on {describe(target_dsn)}: "
+                f"{str(exc).strip().splitlines()[0]}",
+                fix="restore as the target database's owner (a superuser for superuser-only settings)",
+            ) from None
+    return []
 
 
 _HARMLESS_CLEAN_ERROR = "cannot drop inherited constraint"

@@ -7,8 +7,9 @@ sequences are not behind their columns, application probes return no rows).
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,16 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, read_config_yaml
-from dr_pipelines.core.manifest import Manifest
-from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums
+from dr_pipelines.core.manifest import Manifest, MatviewEntry
+from dr_pipelines.core.pg.checksums import (
+    TableChecksum,
+    database_checksums,
+    pin_render_settings,
+    qualified,
+    relation_checksum,
+)
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
 
 MAX_ITEMS = 50  # failing items listed per check (the count is always complete)
 
@@ -73,17 +81,33 @@ def _timed(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
 
 def run_checks(dsn: str, manifest: Manifest, probes: list[Probe] = (), *, heapallindexed: bool = True) -> list[CheckResult]:  # type: ignore[assignment]
     """All checks, in order; a failing check never stops the others (the report must be complete)."""
-    results = [_timed("tables_present", lambda: tables_present(dsn, manifest))]
-    restored = {t.name: t for t in database_checksums(dsn, methods={t.name: t.method for t in manifest.tables})}
-    results.append(_timed("row_counts", lambda: row_counts(manifest, restored)))
-    results.append(_timed("checksums", lambda: checksums(manifest, restored)))
+    results = [_timed("tables_present", lambda: tables_present(dsn, manifest)), *table_checks(dsn, manifest)]
     with connect(dsn, autocommit=True) as conn:
         results.append(_timed("amcheck", lambda: amcheck(conn, heapallindexed=heapallindexed)))
         results.append(_timed("foreign_keys", lambda: foreign_keys(conn)))
         results.append(_timed("sequences", lambda: sequences(conn)))
+        results += content_checks(conn, manifest)
         for probe in probes:
             results.append(_timed(f"probe:{probe.name}", lambda p=probe: run_probe(conn, p)))  # type: ignore[misc]
     return results
+
+
+def table_checks(dsn: str, manifest: Manifest, tables: Collection[str] | None = None) -> list[CheckResult]:
+    """Row counts and checksums of the manifest's tables (only those named in `tables`, if given)."""
+    if tables is not None:
+        manifest = dataclasses.replace(manifest, tables=[t for t in manifest.tables if t.name in tables])
+    methods = {t.name: t.method for t in manifest.tables}
+    restored = {t.name: t for t in database_checksums(dsn, methods=methods, only=set(methods))}
+    return [_timed("row_counts", lambda: row_counts(manifest, restored)),
+            _timed("checksums", lambda: checksums(manifest, restored))]
+
+
+def content_checks(conn: psycopg.Connection, manifest: Manifest) -> list[CheckResult]:
+    """What the dump holds besides table rows, compared with the manifest (conn in autocommit)."""
+    return [_timed("sequence_values", lambda: sequence_values(conn, manifest)),
+            _timed("large_objects", lambda: large_objects_check(conn, manifest)),
+            _timed("materialized_views", lambda: materialized_views_check(conn, manifest)),
+            _timed("database_properties", lambda: database_properties_check(conn, manifest))]
 
 
 def tables_present(dsn: str, manifest: Manifest) -> CheckResult:
@@ -197,16 +221,15 @@ def foreign_keys(conn: psycopg.Connection) -> CheckResult:
 
 
 SEQUENCES_QUERY = """
-SELECT format('%I.%I', sn.nspname, s.relname), tn.nspname, t.relname, a.attname, ps.last_value
+SELECT sn.nspname, s.relname, tn.nspname, t.relname, a.attname
 FROM pg_class s
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
 JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
                 AND d.deptype IN ('a', 'i')
 JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
 JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname
 WHERE s.relkind = 'S' AND a.atttypid IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype)
-ORDER BY 1
+ORDER BY 1, 2
 """
 
 
@@ -214,20 +237,119 @@ def sequences(conn: psycopg.Connection) -> CheckResult:
     """A sequence behind its column's max would hand out ids that already exist after a restore.
 
     Integer columns only: a sequence owned by, say, a text invoice number has no comparable max.
+    The next value is last_value after setval(seq, n, false) (is_called false), else one past it.
     """
     rows = conn.execute(SEQUENCES_QUERY).fetchall()
     bad = []
-    for seq, schema, table, column, last_value in rows:
+    for seq_schema, seq_name, schema, table, column in rows:
+        seq = qualified(seq_schema, seq_name)
+        last_value, is_called = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(seq_schema, seq_name))
+        ).fetchone()
         top = conn.execute(
             sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, table))
         ).fetchone()[0]
-        if top is not None and (last_value is None or last_value < top):
-            bad.append({"sequence": seq, "column": f"{schema}.{table}.{column}", "last_value": last_value, "max": top})
+        if top is not None and (last_value < top or (last_value == top and not is_called)):
+            bad.append({"sequence": seq, "column": f"{schema}.{table}.{column}", "last_value": last_value,
+                        "is_called": is_called, "max": top})
     return CheckResult(
         "sequences", not bad,
-        "; ".join(f"{b['sequence']} is at {b['last_value']}, {b['column']} reaches {b['max']}" for b in bad[:5])
+        "; ".join(f"{b['sequence']} is at {b['last_value']}{'' if b['is_called'] else ' (not yet called)'}, "
+                  f"{b['column']} reaches {b['max']}" for b in bad[:5])
         if bad else f"{len(rows)} sequences are at or past their columns' max",
         bad[:MAX_ITEMS], len(rows),
+    )
+
+
+def _not_recorded(name: str, what: str) -> CheckResult:
+    """An older manifest lacks the field: nothing to compare with, which is no failure of the backup."""
+    return CheckResult(name, True, f"{what} not recorded in this backup's manifest (older drp): not checked")
+
+
+def sequence_values(conn: psycopg.Connection, manifest: Manifest) -> CheckResult:
+    """Each sequence restored at exactly the (last_value, is_called) pg_dump saw.
+
+    Where nextval ran while pg_dump read it, any state between the two readings is right.
+    """
+    if manifest.sequences is None:
+        return _not_recorded("sequence_values", "sequence values")
+    restored = sequence_states(conn)
+    bad = []
+    for seq in manifest.sequences:
+        got = restored.get(seq.name)
+        low, high = sorted([(seq.last_value, seq.is_called), tuple(seq.moved_to or (seq.last_value, seq.is_called))])
+        if got is None or not (low <= got <= high):
+            bad.append({"sequence": seq.name, "expected": [seq.last_value, seq.is_called],
+                        **({"moved_to": seq.moved_to} if seq.moved_to else {}),
+                        "restored": list(got) if got else None})
+    return CheckResult(
+        "sequence_values", not bad,
+        "; ".join(f"{b['sequence']}: restored (last_value, is_called) {b['restored']}, manifest says {b['expected']}"
+                  for b in bad[:5])
+        if bad else f"{len(manifest.sequences)} sequences restored at their recorded values",
+        bad[:MAX_ITEMS], len(manifest.sequences),
+    )
+
+
+def large_objects_check(conn: psycopg.Connection, manifest: Manifest) -> CheckResult:
+    if manifest.large_objects is None:
+        return _not_recorded("large_objects", "large objects")
+    want = {lo.oid: (lo.bytes, lo.sha256) for lo in manifest.large_objects}
+    got = {lo.oid: (lo.bytes, lo.sha256) for lo in large_objects(conn)}
+    bad = [{"oid": oid, "expected": want.get(oid), "restored": got.get(oid)}
+           for oid in sorted(set(want) | set(got)) if want.get(oid) != got.get(oid)]
+    return CheckResult(
+        "large_objects", not bad,
+        f"{len(bad)} large objects differ (oids {', '.join(str(b['oid']) for b in bad[:10])}); "
+        f"{len(got)} restored, manifest lists {len(want)}"
+        if bad else f"{len(want)} large objects restored with their recorded SHA-256",
+        bad[:MAX_ITEMS], len(want),
+    )
+
+
+def materialized_views_check(conn: psycopg.Connection, manifest: Manifest) -> CheckResult:
+    if manifest.materialized_views is None:
+        return _not_recorded("materialized_views", "materialized views")
+    pin_render_settings(conn)
+    got = {m.name: m for m in materialized_views(conn, evaluate=False)}
+    bad = []
+    for want in manifest.materialized_views:
+        have = got.get(want.name)
+        if have is not None and want.rows is None:  # content not reproducible by a refresh: not recorded
+            have = dataclasses.replace(have, rows=None, checksum=None)
+        elif have is not None and have.populated and have.method != want.method:
+            have = dataclasses.replace(have, **_recount(conn, want))
+        if have is None or (have.populated, have.rows, have.checksum) != (want.populated, want.rows, want.checksum):
+            bad.append({"view": want.name, "expected": {"populated": want.populated, "rows": want.rows},
+                        "restored": {"populated": have.populated, "rows": have.rows} if have else None})
+    return CheckResult(
+        "materialized_views", not bad,
+        "; ".join(f"{b['view']}: restored {b['restored']}, manifest says {b['expected']}" for b in bad[:5])
+        if bad else f"{len(manifest.materialized_views)} materialized views restored as recorded "
+                    "(populated or not, same rows)",
+        bad[:MAX_ITEMS], len(manifest.materialized_views),
+    )
+
+
+def _recount(conn: psycopg.Connection, want: MatviewEntry) -> dict[str, Any]:
+    schema, _, name = want.name.partition(".")
+    result = relation_checksum(conn, want.name, sql.Identifier(schema, name), want.method)
+    return {"rows": result.rows, "checksum": result.checksum, "method": result.method}
+
+
+def database_properties_check(conn: psycopg.Connection, manifest: Manifest) -> CheckResult:
+    """COMMENT ON DATABASE and ALTER DATABASE ... SET, as the source had them."""
+    want = manifest.database_properties
+    if want is None:
+        return _not_recorded("database_properties", "database comment and settings")
+    got = database_properties(conn)
+    bad = [{"property": prop, "expected": getattr(want, prop), "restored": getattr(got, prop)}
+           for prop in ("comment", "settings") if getattr(want, prop) != getattr(got, prop)]
+    return CheckResult(
+        "database_properties", not bad,
+        "; ".join(f"database {b['property']} is {b['restored']!r}, manifest says {b['expected']!r}" for b in bad)
+        if bad else f"database comment and {len(want.settings)} settings restored",
+        bad, 2,
     )
 
 

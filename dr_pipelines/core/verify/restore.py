@@ -63,7 +63,7 @@ def verify_backup(
         with ephemeral_cluster(work_dir, f"verify-{entry.id}-{secrets.token_hex(3)}", settings=settings) as cluster:
             target = cluster.create_database(manifest.source.get("database") or "restored", template="template0")
             result = restore_backup(storage, entry, identities, target, work_dir=work_dir,
-                                    options=RestoreOptions(with_globals=True), progress=progress)
+                                    options=RestoreOptions(with_globals=True, check=False), progress=progress)
             fetch_s, restore_s = result.fetch_seconds, result.restore_seconds
             t0 = time.monotonic()
             checks = run_checks(target, manifest, list(probes), heapallindexed=heapallindexed)
