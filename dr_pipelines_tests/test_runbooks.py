@@ -47,7 +47,7 @@ def test_escape_hatch_restores_with_stock_tools_only(work_base: Path, tmp_path: 
             "BACKUP": str(tmp_path / "storage" / "backups" / manifest.id),
             "KEY": str(key_file),
             "WORK": str(tmp_path / "work"),
-            "SERVER": f"host=127.0.0.1 port={target.port} user=postgres",
+            "SERVER": f"host=127.0.0.1 port={target.port} user=postgres passfile={target.passfile}",
             "DBNAME": "clinic",
         }
         script = "\n".join(bash_blocks(RUNBOOKS / "restore-with-stock-tools.md"))

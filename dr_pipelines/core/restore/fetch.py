@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,10 +42,11 @@ def fetch_object(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the plain content of `key` to `dest`, or raise naming the object; dest never survives a failure."""
+    """Write the plain content of `key` to `dest` (mode 0600), or raise naming the object; dest never survives a failure."""
     where = f"{storage.url}/{key}"
     try:
-        with storage.open(key) as raw, open(dest, "wb") as out:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # plaintext health data: ours only
+        with storage.open(key) as raw, os.fdopen(fd, "wb") as out:
             reader = _ProgressReader(raw, progress)
             try:
                 decrypt_decompress(reader, out, identities, what=where)
@@ -54,6 +56,8 @@ def fetch_object(
                 raise
             while reader.read(READ_SIZE):  # trailing bytes count towards the checksum too
                 pass
+            if progress:
+                progress(reader.bytes)  # the throttled reports may have missed the end
             _check(reader, entry, where)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -2,13 +2,14 @@
 
 Every object is fetched to a local work file and its SHA-256 checked against the manifest
 before pg_restore touches the target: a corrupted object or a wrong key writes nothing.
+Those files are plaintext health data: they live in a leased 0700 staging folder, mode 0600,
+deleted when the restore ends and swept at the next start if the process was killed.
 """
 
 from __future__ import annotations
 
 import collections
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
 from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import Manifest
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import CLUSTERS, LocalCluster, staging_dir, sweep_leftovers, take_lease
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
@@ -28,7 +29,8 @@ from dr_pipelines.core.restore.archive import add_data_offsets
 from dr_pipelines.core.restore.fetch import fetch_object
 from dr_pipelines.core.storage import Storage
 
-Progress = Callable[[str, int, int | None], None]  # phase, done, total
+Progress = Callable[[str, int, int | None], None]  # phase, done, total; a phase "name (unit)" counts units, else bytes
+RESTORE_PHASE = "restore (TOC entries)"
 
 
 class RestoreError(DrpError):
@@ -82,8 +84,8 @@ def fetch_backup(
 
 def list_contents(storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path) -> str:
     """pg_restore --list of the backup's database object (its table of contents)."""
-    with tempfile.TemporaryDirectory(dir=_ensure(work_dir)) as tmp:
-        files = fetch_backup(storage, entry, identities, Path(tmp))
+    with staging_dir(_ensure(work_dir), f"list-{entry.id}") as tmp:
+        files = fetch_backup(storage, entry, identities, tmp)
         pg_restore = client_tool("pg_restore", _manifest(entry).source.get("server_version_num", 150000) // 10000)
         out = subprocess.run([pg_restore, "--list", str(files["database"])], capture_output=True, text=True)
         if out.returncode != 0:
@@ -114,9 +116,10 @@ def restore_backup(
             fix="restore into a server of the same major version or newer",
         )
     pg_restore = client_tool("pg_restore", ident.major)
-    with tempfile.TemporaryDirectory(prefix=f"restore-{entry.id}-", dir=_ensure(work_dir)) as tmp:
+    sweep_leftovers(_ensure(work_dir))
+    with staging_dir(work_dir, f"restore-{entry.id}") as tmp:
         started = time.monotonic()
-        files = fetch_backup(storage, entry, identities, Path(tmp), progress=progress)
+        files = fetch_backup(storage, entry, identities, tmp, progress=progress)
         fetched = time.monotonic()
         warnings: list[str] = []
         if options.with_globals and "globals" in files:
@@ -195,7 +198,7 @@ def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOp
         if line.startswith("pg_restore: creating") or line.startswith("pg_restore: processing"):
             done += 1
             if progress:
-                progress("restore", min(done, toc), toc)
+                progress(RESTORE_PHASE, min(done, toc), toc)
     code = proc.wait()
     if code != 0 and (failures or not options.force):
         # The first errors are the cause (later ones often follow from it); else the log's tail.
@@ -232,13 +235,25 @@ def restore_to_new_cluster(
     options: RestoreOptions = RestoreOptions(with_globals=True),
     progress: Progress | None = None,
 ) -> tuple[LocalCluster, RestoreResult]:
-    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure."""
+    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure.
+
+    It is password-protected (its DSN names the 0600 passfile in the data directory). Until the
+    restore has finished it is leased like a throwaway cluster, so a killed run's half-restored
+    cluster is stopped and deleted by the next command's sweep; then it is the user's.
+    """
     database = _manifest(entry).source.get("database") or "restored"
-    cluster = LocalCluster.create(data_dir, port=port)
+    data_dir = Path(data_dir).resolve()
+    sweep_leftovers(_ensure(work_dir))
+    lease = take_lease(work_dir, CLUSTERS, "new-cluster", data_dir=str(data_dir), created_dir=not data_dir.exists())
     try:
-        target = cluster.create_database(database, template="template0")
-        result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options, progress=progress)
-    except BaseException:
-        cluster.remove()
-        raise
+        cluster = LocalCluster.create(data_dir, port=port)
+        try:
+            target = cluster.create_database(database, template="template0")
+            result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options,
+                                    progress=progress)
+        except BaseException:
+            cluster.remove()
+            raise
+    finally:
+        lease.release()
     return cluster, result
