@@ -17,12 +17,11 @@ import psycopg
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines_tests.support.procs import BIN, drp, wait_for
 from dr_pipelines_tests.support.verification import (
-    DEMO_PROBES,
     Good,
     clone_storage,
+    drp_env,
     good_backup,
     reap_clusters,
     work_dir_under,
@@ -43,16 +42,8 @@ def env(source: Good, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     for name in list(os.environ):
         if name.startswith("DRP_"):
             monkeypatch.delenv(name)
-    storage: LocalStorage = clone_storage(source.storage_dir, tmp_path / "storage")
     work = work_dir_under(source.base)
-    yield {
-        "DRP_SOURCE_DSN": source.source_dsn,
-        "DRP_STORAGE_URL": str(storage.root),
-        "DRP_ENCRYPTION_RECIPIENTS": source.key.recipient,
-        "DRP_AGE_IDENTITY_FILE": str(source.key.identity_file),
-        "DRP_VERIFICATION_PROBES_FILE": str(DEMO_PROBES),
-        "DRP_WORK_DIR": str(work),
-    }
+    yield drp_env(source, clone_storage(source.storage_dir, tmp_path / "storage"), work)
     reap_clusters(work)
 
 

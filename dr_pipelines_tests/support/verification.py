@@ -145,6 +145,18 @@ class Good:
         return clone_storage(self.storage_dir, target)
 
 
+def drp_env(backup: Good, storage: LocalStorage, work: Path) -> dict[str, str]:
+    """The DRP_* variables a deployment would set for `backup`'s source, storage and work dir (nothing else)."""
+    return {
+        "DRP_SOURCE_DSN": backup.source_dsn,
+        "DRP_STORAGE_URL": str(storage.root),
+        "DRP_ENCRYPTION_RECIPIENTS": backup.key.recipient,
+        "DRP_AGE_IDENTITY_FILE": str(backup.key.identity_file),
+        "DRP_VERIFICATION_PROBES_FILE": str(DEMO_PROBES),
+        "DRP_WORK_DIR": str(work),
+    }
+
+
 @contextlib.contextmanager
 def good_backup(pg_cluster: LocalCluster, demo_template: str, work_base: Path, prefix: str) -> Iterator[Good]:
     """A copy of the demo database and one good backup of it; both removed afterwards."""

@@ -412,7 +412,7 @@ def take_lease(work_dir: Path | str, kind: str, purpose: str, *, mode: int = 0o7
     path = root / f"{purpose}-{secrets.token_hex(4)}"
     path.mkdir(mode=mode)
     path.chmod(mode)  # mkdir's mode is masked by the umask
-    owner = {"pid": os.getpid(), "started": _process_start(os.getpid()), "purpose": purpose,
+    owner = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "purpose": purpose,
              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
     _write_private(path / OWNER_FILE, json.dumps(owner))
     return Lease(path)
@@ -461,7 +461,7 @@ def sweep_leftovers(work_dir: Path | str) -> list[str]:
             owner = owner or {}
             line = f"{kind}/{path.name} of {owner.get('purpose', 'an unknown command')} (pid {owner.get('pid', '?')}, gone)"
             data_dir = Path(owner["data_dir"]) if "data_dir" in owner else path / "data"
-            if kind == CLUSTERS and data_dir.exists():
+            if kind == CLUSTERS and (data_dir / PASSFILE).exists():  # only a cluster we made (never a user's folder)
                 LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not owner.get("created_dir", True))
                 line += f": server stopped, {data_dir} deleted"
             shutil.rmtree(path, ignore_errors=True)
@@ -488,6 +488,9 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(owner: Mapping[str, object]) -> bool:
+    """Whether the owning process still runs; a lease from another host (a shared work dir) counts as alive."""
+    if owner.get("host", socket.gethostname()) != socket.gethostname():
+        return True  # its pid means nothing here
     pid = owner.get("pid")
     if not isinstance(pid, int):
         return False

@@ -244,16 +244,17 @@ def restore_to_new_cluster(
     database = _manifest(entry).source.get("database") or "restored"
     data_dir = Path(data_dir).resolve()
     sweep_leftovers(_ensure(work_dir))
-    lease = take_lease(work_dir, CLUSTERS, "new-cluster", data_dir=str(data_dir), created_dir=not data_dir.exists())
+    created_dir = not data_dir.exists()
+    cluster = LocalCluster.create(data_dir, port=port)  # refuses a non-empty directory: the lease never names one
     try:
-        cluster = LocalCluster.create(data_dir, port=port)
+        lease = take_lease(work_dir, CLUSTERS, "new-cluster", data_dir=str(data_dir), created_dir=created_dir)
         try:
             target = cluster.create_database(database, template="template0")
             result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options,
                                     progress=progress)
-        except BaseException:
-            cluster.remove()
-            raise
-    finally:
-        lease.release()
+        finally:
+            lease.release()
+    except BaseException:
+        cluster.remove(keep_dir=not created_dir)
+        raise
     return cluster, result
