@@ -10,18 +10,25 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.restore.logical import RESTORE_PHASE, RestoreOptions, restore_backup
+from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.backup import foreign_identity
 from dr_pipelines_tests.support.procs import BIN, drp, wait_for
 from dr_pipelines_tests.support.verification import (
     Good,
     clone_storage,
     drp_env,
+    entry_for,
     good_backup,
     reap_clusters,
     work_dir_under,
@@ -126,7 +133,7 @@ def test_killed_new_cluster_restore_leaves_no_readable_plaintext_and_is_swept(
 ) -> None:
     work = Path(env["DRP_WORK_DIR"])
     target = work_base / f"kept-{tmp_path.name}"[:40]
-    proc = start_drp("restore", "latest", "--new-cluster", str(target), "--jobs", "1", env=env)
+    proc = start_drp("restore", "latest", "--new-cluster", str(target), "--jobs", "2", env=env)  # parallel: staged in clear
     try:
         staged = wait_for(lambda: next(iter(work.rglob("database.dump")), None), timeout=120, interval=0.01,
                           what="the staged dump")
@@ -170,3 +177,35 @@ def test_new_cluster_restore_is_password_protected_and_says_how_to_connect(
     finally:
         if target.exists():
             LocalCluster.attach(target).remove()
+
+
+def test_one_job_restore_streams_the_dump_and_stages_no_plaintext_of_it(
+    source: Good, pg_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    storage = LocalStorage(source.storage_dir)
+    entry = entry_for(storage, source.manifest.id)
+    work = work_dir_under(source.base)
+    staged: dict[str, bytes] = {}
+
+    def watch(phase: str, done: int, total: int | None) -> None:  # called while pg_restore runs
+        if phase == RESTORE_PHASE:
+            staged.update({f.name: f.read_bytes()[:5] for f in (work / "staging").rglob("*") if f.is_file()})
+
+    name = f"stream_{uuid.uuid4().hex[:8]}"
+    target = pg_cluster.create_database(name, template="template0")
+    try:
+        with pytest.raises(DecryptionError):  # a wrong key fails before pg_restore writes anything
+            restore_backup(storage, entry, [foreign_identity()], target, work_dir=work, options=RestoreOptions(jobs=1))
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                                ).fetchone()[0] == 0
+        result = restore_backup(storage, entry, source.key.identities, target, work_dir=work,
+                                options=RestoreOptions(jobs=1), progress=watch)
+        restored = {t.name: (t.rows, t.checksum) for t in database_checksums(target)}
+    finally:
+        pg_cluster.drop_database(name)
+    assert restored == {t.name: (t.rows, t.checksum) for t in source.manifest.tables}
+    assert set(staged) == {"owner.json", "database.dump.zst.age", "globals.sql"}  # the dump only as ciphertext
+    assert staged["database.dump.zst.age"] != b"PGDMP"
+    assert result.plain_bytes == sum(o.plain_bytes or 0 for o in source.manifest.objects)
+    assert list((work / "staging").iterdir()) == []
