@@ -55,8 +55,9 @@ def no_checkout_demo(work_base: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_cluster(work_base: Path) -> Iterator[LocalCluster]:
-    """One real PostgreSQL cluster for the whole session."""
-    cluster = LocalCluster.create(work_base / "pg", settings={"max_connections": "200", "max_wal_size": "'1GB'"})
+    """One real PostgreSQL cluster for the whole session (trust on 127.0.0.1: test data only, DSNs stay simple)."""
+    cluster = LocalCluster.create(work_base / "pg", settings={"max_connections": "200", "max_wal_size": "'1GB'"},
+                                  tcp_trust=True)
     yield cluster
     cluster.remove()
 

@@ -654,7 +654,7 @@ def test_wrong_password_is_a_clear_error_without_the_password(work_base: Path, k
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE ROLE pwuser LOGIN PASSWORD '{right}'")
             conn.execute("CREATE DATABASE pwdb OWNER pwuser")
-        with psycopg.connect(cluster.dsn("pwdb", user="pwuser")) as conn:
+        with psycopg.connect(cluster.dsn("pwdb", user="pwuser"), password=right) as conn:
             conn.execute("CREATE TABLE secrets_kept (id int PRIMARY KEY, note text)")
             conn.execute("INSERT INTO secrets_kept SELECT g, 'note ' || g FROM generate_series(1, 100) g")
         require_password_for(cluster, "pwuser")

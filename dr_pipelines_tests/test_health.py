@@ -48,6 +48,7 @@ def archiving_cluster(work_base: Path) -> Iterator[LocalCluster]:
     cluster = LocalCluster.create(
         work_base / "health-archiving",
         settings={"archive_mode": "on", "archive_command": f"'false {ARCHIVE_TOKEN}'"},
+        tcp_trust=True,  # the standby (pg_basebackup, primary_conninfo) connects as the postgres OS user
     )
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:

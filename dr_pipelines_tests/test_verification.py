@@ -148,7 +148,7 @@ def test_good_backup_verifies_every_check_and_leaves_no_cluster(good: Good, work
     during: list[list[str]] = []
 
     def progress(phase: str, done: int, total: int | None) -> None:
-        during.append(sorted(p.name for p in deep.iterdir()))
+        during.append(sorted(p.name for p in (deep / "clusters").iterdir()))
 
     report = verify_backup(storage, entry, good.key.identities, deep, probes=load_probes(DEMO_PROBES), progress=progress)
 
@@ -181,7 +181,7 @@ def test_good_backup_verifies_every_check_and_leaves_no_cluster(good: Good, work
     # The throwaway cluster lived in the work dir while restoring, and is gone now (checked again by `work`).
     assert any(any(n.startswith(f"verify-{good.manifest.id}-") for n in names) for names in during), during
     assert leftover_clusters(deep) == []
-    assert list(deep.iterdir()) == []
+    assert [p for p in deep.rglob("*") if not p.is_dir()] == []
 
 
 # -- broken backups -----------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
-    DEMO_PROBES,
     AgeKey,
     Good,
     clone_storage,
+    drp_env,
     entry_for,
     good_backup,
     reap_clusters,
@@ -57,15 +57,7 @@ def env(source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
             monkeypatch.delenv(name)
     storage = clone_storage(source.storage_dir, tmp_path / "storage")
     work = work_dir_under(source.base)
-    variables = {
-        "DRP_SOURCE_DSN": source.source_dsn,
-        "DRP_STORAGE_URL": str(storage.root),
-        "DRP_ENCRYPTION_RECIPIENTS": source.key.recipient,
-        "DRP_AGE_IDENTITY_FILE": str(source.key.identity_file),
-        "DRP_VERIFICATION_PROBES_FILE": str(DEMO_PROBES),
-        "DRP_WORK_DIR": str(work),
-    }
-    yield Env(storage, work, variables)
+    yield Env(storage, work, drp_env(source, storage, work))
     assert reap_clusters(work) == []
 
 

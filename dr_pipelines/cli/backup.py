@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
+from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, report_swept, settings
 
 backup_app = typer.Typer(help="Logical backups: take, list, inspect, prune, pin.", no_args_is_help=True)
 key_app = typer.Typer(help="age keys for backup encryption.", no_args_is_help=True)
@@ -229,6 +229,7 @@ def restore(
                              with_globals=new_cluster is not None, check=not no_check,
                              overwrite_source=overwrite_source)
     started = datetime.now(UTC)
+    report_swept(work_dir)
     with progress_bar(not as_json) as progress:
         if new_cluster is not None:
             cluster, result = restore_to_new_cluster(storage, entry, identities, new_cluster, work_dir=work_dir,
@@ -255,7 +256,9 @@ def restore(
     else:
         out.print(f"row counts and checksums of {result.checked_tables} tables equal the manifest")
     if target_dsn:
-        out.print(f"new cluster: {target_dsn}  (stop it with pg_ctl -D {new_cluster} stop)")
+        out.print(f"new cluster: {target_dsn}", highlight=False, soft_wrap=True)
+        out.print(f"  connect: psql \"{target_dsn}\"  (the password is in the passfile, mode 0600; "
+                  f"stop the server with pg_ctl -D {new_cluster} stop)", highlight=False, soft_wrap=True)
     for w in result.warnings:
         err.print(f"note: {w}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +17,13 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from dr_pipelines.core.settings import FIELDS, Settings, env_name, load_settings
 
@@ -77,23 +81,41 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
+def report_swept(work_dir: Path) -> None:
+    """Sweep the throwaway clusters and staged plaintext of killed runs, and say what went (stderr)."""
+    from dr_pipelines.core.pg.cluster import sweep_leftovers
+
+    for line in sweep_leftovers(Path(work_dir)):
+        err.print(f"removed leftover {line}", highlight=False)
+
+
+class _Amount(ProgressColumn):
+    """Sizes and speed for a byte phase, "done/total" for a phase that counts something else."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "bytes":
+            return Text.assemble(DownloadColumn().render(task), " ", TransferSpeedColumn().render(task))
+        return MofNCompleteColumn().render(task)
+
+
 @contextmanager
 def progress_bar(enabled: bool = True, *, unit: str = "bytes") -> Iterator[Any]:
     """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal.
 
-    ``unit`` "bytes" shows sizes and speed; anything else ("rows") shows plain counts.
+    ``unit`` "bytes" shows sizes and speed; anything else ("rows") shows plain counts. A phase
+    named "name (unit)", e.g. "restore (TOC entries)", always shows plain counts.
     """
     if not enabled or not err.is_terminal:
         yield None
         return
-    amount = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), *amount, TimeElapsedColumn(), console=err,
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), TimeElapsedColumn(), console=err,
                     transient=False)
     tasks: dict[str, Any] = {}
 
     def update(phase: str, done: int, total: int | None) -> None:
         if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total)
+            phase_unit = "counted" if re.search(r"\(.+\)$", phase) else unit
+            tasks[phase] = bars.add_task(phase, total=total, unit=phase_unit)
         bars.update(tasks[phase], completed=done, total=total if total and total >= done else None)
 
     with bars:

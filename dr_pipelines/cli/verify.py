@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from dr_pipelines.cli.common import emit_json, err, out, progress_bar, settings
+from dr_pipelines.cli.common import emit_json, err, out, progress_bar, report_swept, settings
 
 drill_app = typer.Typer(help="Monthly DR drills: restore the newest backup as if the primary were gone.",
                         no_args_is_help=True)
@@ -32,6 +32,7 @@ def verify(
     identities = s.identities(identity)
     storage = s.storage()
     entry = find_backup(storage, backup_id)
+    report_swept(Path(s.work_dir))
     with progress_bar(not as_json) as progress:
         report = verify_backup(storage, entry, identities, Path(s.work_dir), probes=s.probes, record=not no_record,
                                progress=progress)
@@ -59,6 +60,7 @@ def drill_run(
     from dr_pipelines.core.verify.drill import run_drill
 
     s = settings()
+    report_swept(Path(s.work_dir))
     report = run_drill(s.storage(), s.identities(identity), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
                        rpo_target_minutes=s.rpo_minutes, probes=s.probes, month=month)
     if as_json:

@@ -77,7 +77,7 @@ def ensure_database(
         if not cluster.is_running():
             cluster.start(retry_other_port=port is None)
     else:
-        cluster = LocalCluster.create(paths.pg, port=port, settings={"max_wal_size": "'2GB'"})
+        cluster = LocalCluster.create(paths.pg, port=port, settings={"max_wal_size": "'2GB'"}, tcp_trust=True)
     if not database_exists(cluster, DEMO_DB):
         from dr_pipelines.demo.generate import seed_demo
 

@@ -67,16 +67,16 @@ def work_dir_under(base: Path) -> Path:
 
 
 def _scratch_dirs(root: Path) -> list[Path]:
-    """verify-* (throwaway clusters) and restore-* (fetched objects) folders anywhere under root."""
+    """Leased folders (clusters/* throwaway clusters, staging/* fetched plaintext) anywhere under root."""
     found: list[Path] = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.is_dir() and not path.is_symlink():
-            found += [path] if path.name.startswith(("verify-", "restore-")) else _scratch_dirs(path)
+            found += sorted(path.iterdir()) if path.name in ("clusters", "staging") else _scratch_dirs(path)
     return found
 
 
 def leftover_clusters(work_dir: Path) -> list[str]:
-    """verify-*/restore-* folders still under work_dir, and any process whose command line names work_dir."""
+    """Leased folders still under work_dir, and any process whose command line names work_dir."""
     dirs = [str(p.relative_to(work_dir)) for p in _scratch_dirs(work_dir)]
     procs = subprocess.run(["pgrep", "-a", "-f", str(work_dir)], capture_output=True, text=True).stdout.splitlines()
     return dirs + procs
@@ -86,10 +86,9 @@ def reap_clusters(work_dir: Path) -> list[str]:
     """Report leftovers (see leftover_clusters) and remove them, so a failing test leaves no server running."""
     left = leftover_clusters(work_dir)
     for path in _scratch_dirs(work_dir):
-        if (path / "PG_VERSION").exists():
-            LocalCluster(data_dir=path, port=0).remove()
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+        if (path / "data" / "PG_VERSION").exists():
+            LocalCluster(data_dir=path / "data", port=0).remove()
+        shutil.rmtree(path, ignore_errors=True)
     return left
 
 
@@ -145,6 +144,18 @@ class Good:
 
     def clone(self, target: Path) -> LocalStorage:
         return clone_storage(self.storage_dir, target)
+
+
+def drp_env(backup: Good, storage: LocalStorage, work: Path) -> dict[str, str]:
+    """The DRP_* variables a deployment would set for `backup`'s source, storage and work dir (nothing else)."""
+    return {
+        "DRP_SOURCE_DSN": backup.source_dsn,
+        "DRP_STORAGE_URL": str(storage.root),
+        "DRP_ENCRYPTION_RECIPIENTS": backup.key.recipient,
+        "DRP_AGE_IDENTITY_FILE": str(backup.key.identity_file),
+        "DRP_VERIFICATION_PROBES_FILE": str(DEMO_PROBES),
+        "DRP_WORK_DIR": str(work),
+    }
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ statement by statement. The cluster is removed afterwards, also on failure.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import replace
 
 import psycopg
@@ -17,7 +16,7 @@ from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.apply import ApplyOptions, Log, set_timeouts
 from dr_pipelines.core.migrate.dryrun import DryRunReport, Lock, pending_for, run_outside_transaction, run_statements
 from dr_pipelines.core.migrate.files import Migration
-from dr_pipelines.core.pg.cluster import ephemeral_cluster
+from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.restore.logical import RestoreOptions, restore_backup
 from dr_pipelines.core.settings import Settings
@@ -39,9 +38,12 @@ def dry_run_on_restore(settings: Settings, migrations: list[Migration], options:
     identities = settings.identities()
     work_dir = settings.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
+    for line in sweep_leftovers(work_dir):
+        if log:
+            log(f"removed leftover {line}")
     if log:
         log(f"restoring backup {entry.id} into a throwaway cluster under {work_dir}")
-    with ephemeral_cluster(work_dir, f"dryrun-{entry.id}-{secrets.token_hex(3)}", settings=FAST_THROWAWAY) as cluster:
+    with throwaway_cluster(work_dir, f"dryrun-{entry.id}", settings=FAST_THROWAWAY) as cluster:
         dsn = cluster.create_database((entry.manifest.source.get("database") if entry.manifest else None) or "restored",
                                       template="template0")
         restore_backup(storage, entry, identities, dsn, work_dir=work_dir, options=RestoreOptions(with_globals=True))

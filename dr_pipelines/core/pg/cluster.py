@@ -1,18 +1,30 @@
-"""Throwaway local PostgreSQL clusters: the demo, the tests, verification restores and drills.
+"""Local PostgreSQL clusters: the demo, the tests, verification restores, drills and --new-cluster restores.
 
 initdb and postgres refuse to run as root, so when we are root every server command runs
 as the ``postgres`` OS user (runuser) on a data directory it owns.
+
+Authentication: a cluster gets scram-sha-256 for every connection (TCP and socket) with a
+random superuser password, kept only in a libpq passfile (mode 0600) inside its data
+directory; the DSNs carry ``passfile=``, never the password. Only the test harness and the
+demo ask for ``tcp_trust=True``. Throwaway clusters hold restored health data, so they are
+also leased (``throwaway_cluster``): ``<work_dir>/clusters/<purpose>-<hex>/owner.json`` names
+the owning process, and ``sweep_leftovers`` stops and deletes the clusters (and the staged
+plaintext, ``<work_dir>/staging/``) of owners that died (kill -9) before removing them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +39,12 @@ SUPERUSER = "postgres"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
 MAX_SOCKET_PATH = 107  # sun_path limit (Linux): a longer socket path makes the server refuse to start
+PASSFILE = "drp.pgpass"  # libpq passfile in the data directory: the only copy of the superuser's password
+OWNER_FILE = "owner.json"
+CLUSTERS, STAGING = "clusters", "staging"  # lease kinds under the work dir
+LEASE_GRACE_S = 60  # a lease folder without owner file younger than this is being created, not dead
+
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = HOST) -> int:
@@ -63,16 +81,21 @@ def _run_as() -> str | None:
 
 @dataclass
 class LocalCluster:
-    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1:``port`` with trust auth.
+    """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1:``port``.
 
-    Trust auth on loopback only: these clusters hold throwaway copies and test data, and
-    never listen beyond this machine.
+    Password (scram) authentication unless created with ``tcp_trust`` (tests and the demo
+    only): a restored copy is health data, and any local user can reach 127.0.0.1.
     """
 
     data_dir: Path
     port: int
     settings: Mapping[str, str] = field(default_factory=dict)
     binaries: PgBinaries = field(default_factory=find_pg_binaries)
+    tcp_trust: bool = False
+
+    @property
+    def passfile(self) -> Path:
+        return self.data_dir / PASSFILE
 
     @property
     def log_file(self) -> Path:
@@ -83,7 +106,11 @@ class LocalCluster:
         return self.data_dir
 
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
-        return f"host={HOST} port={self.port} user={user} dbname={dbname}"
+        """libpq DSN; the password stays in the passfile (out of argv, logs and DSNs)."""
+        params = {"host": HOST, "port": str(self.port), "user": user, "dbname": dbname}
+        if not self.tcp_trust:
+            params["passfile"] = str(self.passfile)
+        return psycopg.conninfo.make_conninfo(**params)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -95,8 +122,13 @@ class LocalCluster:
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
         start: bool = True,
+        tcp_trust: bool = False,
     ) -> LocalCluster:
-        """initdb a new cluster (and start it). Removes whatever it made if any step fails."""
+        """initdb a new cluster (and start it). Removes whatever it made if any step fails.
+
+        ``tcp_trust`` lets anyone on this machine connect without a password: only for the
+        test harness and the demo, never for a cluster holding a restored backup.
+        """
         data_dir = Path(data_dir).resolve()
         binaries = find_pg_binaries()
         if port is not None and port_in_use(port):
@@ -109,7 +141,8 @@ class LocalCluster:
                 f"data directory {data_dir} exists and is not empty",
                 fix="choose a new directory or remove the old cluster first",
             )
-        cluster = cls(data_dir=data_dir, port=port or free_port(), settings=dict(settings or {}), binaries=binaries)
+        cluster = cls(data_dir=data_dir, port=port or free_port(), settings=dict(settings or {}), binaries=binaries,
+                      tcp_trust=tcp_trust)
         created_dir = not data_dir.exists()
         try:
             cluster._initdb()
@@ -134,7 +167,7 @@ class LocalCluster:
                 port = int(value.strip().strip("'"))
         if port is None:
             raise ClusterError(f"cluster in {data_dir} has no port configured", fix="recreate it")
-        return cls(data_dir=data_dir, port=port)
+        return cls(data_dir=data_dir, port=port, tcp_trust=not (data_dir / PASSFILE).exists())
 
     def _initdb(self) -> None:
         owner = _run_as()
@@ -142,19 +175,22 @@ class LocalCluster:
         if owner:
             _ensure_reachable(self.data_dir, owner)
             shutil.chown(self.data_dir, owner, owner)
-        self._run(
-            [
-                self.binaries.tool("initdb"),
-                "-D", str(self.data_dir),
-                "-U", SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--data-checksums",
-                "--no-instructions",
-            ],
-            what="initdb",
-        )
+        cmd = [
+            self.binaries.tool("initdb"),
+            "-D", str(self.data_dir),
+            "-U", SUPERUSER,
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--data-checksums",
+            "--no-instructions",
+        ]
+        if self.tcp_trust:
+            self._run([*cmd, "--auth=trust"], what="initdb")
+        else:
+            password = secrets.token_urlsafe(32)
+            with _password_file(password, owner) as pwfile:
+                self._run([*cmd, "--auth=scram-sha-256", f"--pwfile={pwfile}"], what="initdb")
+            _write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
         self.write_settings(
             {
                 "port": str(self.port),
@@ -295,6 +331,28 @@ class LocalCluster:
         self.remove()
 
 
+@contextlib.contextmanager
+def _password_file(password: str, owner: str | None) -> Iterator[Path]:
+    """initdb's --pwfile: 0600 in a private 0700 folder, readable by the server's OS user, deleted after."""
+    folder = Path(tempfile.mkdtemp(prefix="drp-initdb-"))
+    try:
+        path = folder / "pw"
+        _write_private(path, password + "\n")
+        if owner:
+            shutil.chown(folder, owner, owner)
+            shutil.chown(path, owner, owner)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create `path` with mode 0600 from the start (no window where it is readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _fix_for(detail: str) -> str:
     lowered = detail.lower()
     if "address already in use" in lowered or "could not bind" in lowered:
@@ -330,6 +388,121 @@ def _ensure_reachable(path: Path, owner: str) -> None:
                 f"the PostgreSQL OS user '{owner}' cannot reach {path}: {parent} is not traversable (mode {oct(mode & 0o777)})",
                 fix=f"choose a data directory under a world-traversable path, or `chmod o+x {parent}`",
             )
+
+
+# -- leases: throwaway clusters and staged plaintext that a killed process cannot leave behind ----------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A scratch folder ``<work_dir>/<kind>/<purpose>-<hex>/`` whose owner.json names the process owning it."""
+
+    path: Path
+
+    def release(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def take_lease(work_dir: Path | str, kind: str, purpose: str, *, mode: int = 0o700, **extra: object) -> Lease:
+    """A new leased folder owned by this process (pid + process start time, so a reused pid is not mistaken)."""
+    root = Path(work_dir).resolve() / kind
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        root.chmod(0o711)  # the postgres OS user traverses it when we are root; nobody lists it
+    path = root / f"{purpose}-{secrets.token_hex(4)}"
+    path.mkdir(mode=mode)
+    path.chmod(mode)  # mkdir's mode is masked by the umask
+    owner = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "purpose": purpose,
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    _write_private(path / OWNER_FILE, json.dumps(owner))
+    return Lease(path)
+
+
+@contextlib.contextmanager
+def staging_dir(work_dir: Path | str, purpose: str) -> Iterator[Path]:
+    """A private (0700) folder for decrypted plaintext, deleted when the block ends and swept if its owner dies."""
+    lease = take_lease(work_dir, STAGING, purpose)
+    try:
+        yield lease.path
+    finally:
+        lease.release()
+
+
+@contextlib.contextmanager
+def throwaway_cluster(work_dir: Path | str, purpose: str, *, settings: Mapping[str, str] | None = None
+                      ) -> Iterator[LocalCluster]:
+    """A password-protected cluster under a lease in work_dir, removed when the block ends (swept if we die)."""
+    lease = take_lease(work_dir, CLUSTERS, purpose, mode=0o711)  # the server's OS user must traverse it
+    try:
+        cluster = LocalCluster.create(lease.path / "data", settings=settings)
+        try:
+            yield cluster
+        finally:
+            cluster.remove()
+    finally:
+        lease.release()
+
+
+def sweep_leftovers(work_dir: Path | str) -> list[str]:
+    """Stop and delete the throwaway clusters, and delete the staged plaintext, of processes that are gone.
+
+    Called at the start of every command that makes them (a kill -9 runs no cleanup). Returns
+    one line per removed folder (also logged), for the command to report.
+    """
+    removed: list[str] = []
+    for kind in (CLUSTERS, STAGING):
+        root = Path(work_dir).resolve() / kind
+        for path in sorted(root.iterdir()) if root.is_dir() else []:
+            owner = _read_owner(path)
+            if owner is None and time.time() - path.stat().st_mtime < LEASE_GRACE_S:
+                continue  # being created right now
+            if owner is not None and _alive(owner):
+                continue
+            owner = owner or {}
+            line = f"{kind}/{path.name} of {owner.get('purpose', 'an unknown command')} (pid {owner.get('pid', '?')}, gone)"
+            data_dir = Path(owner["data_dir"]) if "data_dir" in owner else path / "data"
+            if kind == CLUSTERS and (data_dir / PASSFILE).exists():  # only a cluster we made (never a user's folder)
+                LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not owner.get("created_dir", True))
+                line += f": server stopped, {data_dir} deleted"
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed leftover %s", line)
+            removed.append(line)
+    return removed
+
+
+def _read_owner(path: Path) -> dict | None:  # type: ignore[type-arg]
+    try:
+        return json.loads((path / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    return None if fields[0] == "Z" else fields[19]  # a zombie is dead, only not reaped yet
+
+
+def _alive(owner: Mapping[str, object]) -> bool:
+    """Whether the owning process still runs; a lease from another host (a shared work dir) counts as alive."""
+    if owner.get("host", socket.gethostname()) != socket.gethostname():
+        return True  # its pid means nothing here
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if not Path("/proc/self/stat").exists():  # no procfs: the pid alone has to do
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _process_start(pid) == owner.get("started")
 
 
 @contextlib.contextmanager

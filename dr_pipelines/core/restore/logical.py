@@ -2,18 +2,24 @@
 
 Every object is fetched to a local work file and its SHA-256 checked against the manifest
 before pg_restore touches the target: a corrupted object or a wrong key writes nothing.
+Those files are plaintext health data: they live in a leased 0700 staging folder, mode 0600,
+deleted when the restore ends and swept at the next start if the process was killed. A
+one-job restore stages the dump's ciphertext only and decrypts it into pg_restore's stdin
+(a parallel restore needs a file it can seek in, so that one is staged in clear).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import subprocess
-import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -21,17 +27,18 @@ from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
 from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import Manifest
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import CLUSTERS, LocalCluster, staging_dir, sweep_leftovers, take_lease
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.content import apply_database_properties
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.restore.archive import add_data_offsets
-from dr_pipelines.core.restore.fetch import fetch_object
+from dr_pipelines.core.restore.fetch import decrypt_file, fetch_object
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import table_checks
 
-Progress = Callable[[str, int, int | None], None]  # phase, done, total
+Progress = Callable[[str, int, int | None], None]  # phase, done, total; a phase "name (unit)" counts units, else bytes
+RESTORE_PHASE = "restore (TOC entries)"
 
 
 class RestoreError(DrpError):
@@ -67,21 +74,24 @@ class RestoreResult:
 
 
 def fetch_backup(
-    storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path, *, progress: Progress | None = None
+    storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path, *, progress: Progress | None = None,
+    encrypted: Collection[str] = (),
 ) -> dict[str, Path]:
-    """Every object of the backup, verified and decrypted, as local files by role."""
+    """Every object of the backup, verified and decrypted (but the `encrypted` roles: as stored), as local files by role."""
     manifest = _manifest(entry)
     work_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     try:
         for obj in manifest.objects:
-            dest = work_dir / obj.key.removesuffix(".zst.age")
+            keep = obj.role in encrypted
+            dest = work_dir / (obj.key if keep else obj.key.removesuffix(".zst.age"))
 
             def report(done: int, _role: str = obj.role, _total: int = obj.bytes) -> None:
                 if progress:
                     progress(f"fetch {_role}", done, _total)
 
-            fetch_object(storage, f"{backup_prefix(entry.id)}/{obj.key}", obj, identities, dest, progress=report)
+            fetch_object(storage, f"{backup_prefix(entry.id)}/{obj.key}", obj, identities, dest, progress=report,
+                         decrypt=not keep)
             files[obj.role] = dest
     except BaseException:
         for path in files.values():
@@ -91,14 +101,11 @@ def fetch_backup(
 
 
 def list_contents(storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path) -> str:
-    """pg_restore --list of the backup's database object (its table of contents)."""
-    with tempfile.TemporaryDirectory(dir=_ensure(work_dir)) as tmp:
-        files = fetch_backup(storage, entry, identities, Path(tmp))
+    """pg_restore --list of the backup's database object (its table of contents); no plaintext is staged."""
+    with staging_dir(_ensure(work_dir), f"list-{entry.id}") as tmp:
+        files = fetch_backup(storage, entry, identities, tmp, encrypted={"database"})
         pg_restore = client_tool("pg_restore", _manifest(entry).source.get("server_version_num", 150000) // 10000)
-        out = subprocess.run([pg_restore, "--list", str(files["database"])], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RestoreError(f"pg_restore --list failed: {out.stderr.strip()}", fix="the dump may be damaged")
-        return out.stdout
+        return _listing(pg_restore, _Archive(files["database"], identities))
 
 
 def restore_backup(
@@ -126,9 +133,11 @@ def restore_backup(
             fix="restore into a server of the same major version or newer",
         )
     pg_restore = client_tool("pg_restore", ident.major)
-    with tempfile.TemporaryDirectory(prefix=f"restore-{entry.id}-", dir=_ensure(work_dir)) as tmp:
+    sweep_leftovers(_ensure(work_dir))
+    with staging_dir(work_dir, f"restore-{entry.id}") as tmp:
         started = time.monotonic()
-        files = fetch_backup(storage, entry, identities, Path(tmp), progress=progress)
+        stream = options.jobs == 1  # one job reads the archive in order from stdin: no plaintext dump on disk
+        files = fetch_backup(storage, entry, identities, tmp, progress=progress, encrypted={"database"} if stream else ())
         fetched = time.monotonic()
         warnings: list[str] = []
         if options.with_globals and "globals" in files:
@@ -136,14 +145,16 @@ def restore_backup(
         if options.jobs > 1 and add_data_offsets(files["database"]) is None:
             warnings.append("the archive's data offsets could not be added: restoring with one job")
             options = replace(options, jobs=1)
-        toc = _table_of_contents(pg_restore, files["database"])
+        archive = _Archive(files["database"], identities if stream else None)
+        toc = _listing(pg_restore, archive)
         _refuse_unmatched_selection(toc, options, entry.id)
         entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
-        _pg_restore(pg_restore, files["database"], target_dsn, options, entries, progress)
+        _pg_restore(pg_restore, archive, target_dsn, options, entries, progress)
         if not (options.schemas or options.tables):
             warnings += _restore_database_properties(target_dsn, manifest)
         done = time.monotonic()
-        plain = sum(p.stat().st_size for p in files.values())
+        plain = sum(p.stat().st_size for role, p in files.items() if not (stream and role == "database"))
+        plain += archive.streamed_bytes
     checked = _check_restored(target_dsn, manifest, options) if options.check else None
     return RestoreResult(entry.id, describe(target_dsn), fetched - started, done - fetched, plain, entries, warnings,
                          checked)
@@ -190,13 +201,6 @@ def _refuse_source(conn: psycopg.Connection, system_identifier: str | None, dsn:
             fix="restore into a side database or a new cluster (--new-cluster) and copy back what is needed; "
                 "only to roll the whole source database back, add --overwrite-source",
         )
-
-
-def _table_of_contents(pg_restore: str, dump: Path) -> str:
-    out = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RestoreError(f"pg_restore cannot read the dump: {out.stderr.strip()}", fix="the dump may be damaged")
-    return out.stdout
 
 
 _RELATION_KINDS = ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
@@ -265,10 +269,59 @@ def _restore_database_properties(target_dsn: str, manifest: Manifest) -> list[st
     return []
 
 
+@dataclass
+class _Archive:
+    """The database dump for pg_restore: a staged plaintext file (parallel restore needs one to seek in), or,
+    with `identities`, the staged ciphertext, decrypted into pg_restore's stdin by a thread."""
+
+    path: Path
+    identities: Sequence[object] | None = None
+    streamed_bytes: int = 0
+
+    @contextlib.contextmanager
+    def pg_restore(self, cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+        """pg_restore reading this archive; a decryption failure wins over pg_restore's own complaint."""
+        if self.identities is None:
+            with subprocess.Popen([*cmd, str(self.path)], text=True, **popen) as proc:
+                yield proc
+            return
+        fed: dict[str, Any] = {}
+        with subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, **popen) as proc:
+            assert proc.stdin is not None
+            pipe, identities = proc.stdin.buffer, self.identities
+
+            def feed() -> None:
+                try:
+                    fed["bytes"] = decrypt_file(self.path, pipe, identities, what=self.path.name)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+                    fed["error"] = exc
+
+            feeder = threading.Thread(target=feed, name="decrypt-into-pg_restore", daemon=True)
+            feeder.start()
+            try:
+                yield proc
+            finally:
+                proc.wait()
+                feeder.join()
+                if "error" in fed:
+                    raise fed["error"]
+        self.streamed_bytes = fed.get("bytes", 0)
+
+
+def _listing(pg_restore: str, archive: _Archive) -> str:
+    """pg_restore --list: the archive's table of contents."""
+    with archive.pg_restore([pg_restore, "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        listing, problem = proc.stdout.read(), proc.stderr.read()
+        if proc.wait() != 0:
+            raise RestoreError(f"pg_restore cannot read the dump: {problem.strip()}", fix="the dump may be damaged")
+    return listing
+
+
 _HARMLESS_CLEAN_ERROR = "cannot drop inherited constraint"
 
 
-def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOptions, toc: int,
+def _pg_restore(pg_restore: str, archive: _Archive, target_dsn: str, options: RestoreOptions, toc: int,
                 progress: Progress | None) -> None:
     conninfo, env = libpq_env(target_dsn)
     cmd = [pg_restore, "--verbose", "--no-password", f"--jobs={max(1, options.jobs)}", f"--dbname={conninfo}"]
@@ -285,21 +338,20 @@ def _pg_restore(pg_restore: str, dump: Path, target_dsn: str, options: RestoreOp
         cmd.append(f"--schema={schema}")
     for table in options.tables:
         cmd.append(f"--table={table}")
-    cmd.append(str(dump))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
     failures: list[str] = []  # errors that count (with --force, pg_restore goes on after an error)
     done = 0
-    for line in proc.stderr:
-        tail.append(line.rstrip())
-        if line.startswith("pg_restore: error:") and not (options.force and _HARMLESS_CLEAN_ERROR in line):
-            failures.append(line.rstrip())
-        if line.startswith("pg_restore: creating") or line.startswith("pg_restore: processing"):
-            done += 1
-            if progress:
-                progress("restore", min(done, toc), toc)
-    code = proc.wait()
+    with archive.pg_restore(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            if line.startswith("pg_restore: error:") and not (options.force and _HARMLESS_CLEAN_ERROR in line):
+                failures.append(line.rstrip())
+            if line.startswith("pg_restore: creating") or line.startswith("pg_restore: processing"):
+                done += 1
+                if progress:
+                    progress(RESTORE_PHASE, min(done, toc), toc)
+        code = proc.wait()
     if code != 0 and (failures or not options.force):
         # The first errors are the cause (later ones often follow from it); else the log's tail.
         errors = failures[:3] + [f"({len(failures) - 3} more errors)"] if len(failures) > 3 else failures
@@ -335,13 +387,26 @@ def restore_to_new_cluster(
     options: RestoreOptions = RestoreOptions(with_globals=True),
     progress: Progress | None = None,
 ) -> tuple[LocalCluster, RestoreResult]:
-    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure."""
+    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure.
+
+    It is password-protected (its DSN names the 0600 passfile in the data directory). Until the
+    restore has finished it is leased like a throwaway cluster, so a killed run's half-restored
+    cluster is stopped and deleted by the next command's sweep; then it is the user's.
+    """
     database = _manifest(entry).source.get("database") or "restored"
-    cluster = LocalCluster.create(data_dir, port=port)
+    data_dir = Path(data_dir).resolve()
+    sweep_leftovers(_ensure(work_dir))
+    created_dir = not data_dir.exists()
+    cluster = LocalCluster.create(data_dir, port=port)  # refuses a non-empty directory: the lease never names one
     try:
-        target = cluster.create_database(database, template="template0")
-        result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options, progress=progress)
+        lease = take_lease(work_dir, CLUSTERS, "new-cluster", data_dir=str(data_dir), created_dir=created_dir)
+        try:
+            target = cluster.create_database(database, template="template0")
+            result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options,
+                                    progress=progress)
+        finally:
+            lease.release()
     except BaseException:
-        cluster.remove()
+        cluster.remove(keep_dir=not created_dir)
         raise
     return cluster, result

@@ -40,7 +40,7 @@ def run_drill(
         error = "no restorable backup in storage"
     else:
         verification = verify_backup(storage, entry, identities, work_dir, probes=probes, heapallindexed=heapallindexed,
-                                     durable=True)
+                                     durable=True, purpose="drill")
         if not verification.passed:
             notes.append("the newest backup failed verification and is now marked unverified; the next drill uses an older one")
     finished = datetime.now(UTC)

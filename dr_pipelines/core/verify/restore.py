@@ -6,7 +6,6 @@ knows which backups are proven restorable; a failed one stops counting as restor
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from dr_pipelines.core.errors import (
     PostgresNotFoundError,
     StorageError,
 )
-from dr_pipelines.core.pg.cluster import ephemeral_cluster
+from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
 from dr_pipelines.core.restore.logical import Progress, RestoreOptions, restore_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe, run_checks
@@ -46,11 +45,13 @@ def verify_backup(
     record: bool = True,
     durable: bool = False,
     progress: Progress | None = None,
+    purpose: str = "verify",
 ) -> VerificationReport:
     """Restore `entry` into a fresh local cluster and check it; the cluster is always removed.
 
     A verification cluster is thrown away, so it runs without fsync unless `durable` (a DR
-    drill measures the RTO of a real restore, with fsync on).
+    drill measures the RTO of a real restore, with fsync on). It is password-protected and
+    leased (core/pg/cluster.py): one left by a killed run is swept here first.
     """
     assert entry.manifest is not None
     manifest = entry.manifest
@@ -58,9 +59,10 @@ def verify_backup(
     fetch_s = restore_s = checks_s = 0.0
     checks, error = [], None
     work_dir.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(work_dir)
     try:
         settings = {} if durable else FAST_THROWAWAY
-        with ephemeral_cluster(work_dir, f"verify-{entry.id}-{secrets.token_hex(3)}", settings=settings) as cluster:
+        with throwaway_cluster(work_dir, f"{purpose}-{entry.id}", settings=settings) as cluster:
             target = cluster.create_database(manifest.source.get("database") or "restored", template="template0")
             result = restore_backup(storage, entry, identities, target, work_dir=work_dir,
                                     options=RestoreOptions(with_globals=True, check=False), progress=progress)
