@@ -9,11 +9,11 @@ from dr_pipelines.defs.alerts import definitions as alerts
 from dr_pipelines.defs.backups import definitions as backups
 from dr_pipelines.defs.drills import definitions as drills
 from dr_pipelines.defs.exports import definitions as exports
+from dr_pipelines.defs.lib.resources import drp_resource
 from dr_pipelines.defs.migrations import definitions as migrations
-from dr_pipelines.defs.resources import drp_resource
 from dr_pipelines.defs.retention import definitions as retention
 from dr_pipelines.defs.source import definitions as source
-from dr_pipelines.defs.status_view import definitions as status_view
+from dr_pipelines.defs.status import definitions as status_defs
 from dr_pipelines.defs.verification import definitions as verification
 
 
@@ -27,7 +27,7 @@ def build_definitions() -> dg.Definitions:
         exports.build(settings),
         migrations.build(settings),
         retention.build(settings),
-        status_view.build(settings),
+        status_defs.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),
     )

@@ -13,7 +13,7 @@ from dr_pipelines.core.pg.cluster import free_port
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines_tests.support.webhook import alerts_for_failed_run, webhook_receiver
 
 RETENTION_KEY = dg.AssetKey("backup_retention")

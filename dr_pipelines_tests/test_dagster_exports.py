@@ -14,7 +14,7 @@ from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.exports.definitions import CLINICS
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from dr_pipelines.core.settings import load_settings
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
 from dr_pipelines_tests.support.procs import drp
+from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
 def _env(demo_db: str, s3_server, bucket: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -16,8 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from dr_pipelines.core.pg.cluster import LocalCluster, free_port
-from dr_pipelines.core.pg.health import (
+from dr_pipelines.core.health.checks import (
     DISK_FREE_CRITICAL_PCT,
     DISK_FREE_WARN_PCT,
     EXIT_CODES,
@@ -25,6 +24,7 @@ from dr_pipelines.core.pg.health import (
     health_report,
     leading_keyword,
 )
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines_tests.support.procs import drp, wait_for
 
 PASSWORD = "Hunter2-health-secret"

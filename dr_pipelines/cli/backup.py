@@ -141,8 +141,8 @@ def backup_prune(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Apply the GFS retention policy (restic semantics; pins and the newest restorable backup always stay)."""
+    from dr_pipelines.core.backup.gfs import RetentionPolicy
     from dr_pipelines.core.backup.prune import prune_backups
-    from dr_pipelines.core.retention.gfs import RetentionPolicy
 
     s = settings()
     result = prune_backups(s.storage(), RetentionPolicy.parse(policy) if policy else s.retention_policy, dry_run=dry_run)

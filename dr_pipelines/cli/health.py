@@ -44,7 +44,7 @@ def health(
     Any transaction open longer than --long-running-minutes warn.
     WAL archiver failing critical. Server unreachable critical.
     """
-    from dr_pipelines.core.pg.health import health_report
+    from dr_pipelines.core.health.checks import health_report
 
     report = health_report(
         dsn if dsn is not None else settings().dsn,

@@ -26,7 +26,7 @@ _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _policies(path: Optional[Path]) -> Any:
-    from dr_pipelines.core.lifecycle.policy import load_policies
+    from dr_pipelines.core.retention.policy import load_policies
 
     path = path or settings().retention_policies_file
     if path is None:
@@ -51,8 +51,8 @@ def _as_of(raw: Optional[str]) -> datetime | None:
 def plan(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenant: list[str] = _TENANT,
          as_of: Optional[str] = _AS_OF, as_json: bool = _JSON) -> None:
     """Dry run: per table and tenant, rows that would be archived, deleted or kept by a hold, and why."""
-    from dr_pipelines.core.lifecycle.plan import PlanIncompleteError
-    from dr_pipelines.core.lifecycle.plan import plan as make_plan
+    from dr_pipelines.core.retention.plan import PlanIncompleteError
+    from dr_pipelines.core.retention.plan import plan as make_plan
 
     try:
         lines = make_plan(settings().dsn, _policies(policies), tables=table or None, tenants=tenant or None,
@@ -83,7 +83,7 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
                                                  help="Delete in batches even where a whole partition expired."),
           as_json: bool = _JSON) -> None:
     """Archive expired rows to storage, verify them, then delete them (resuming an interrupted run first)."""
-    from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, apply_policies
+    from dr_pipelines.core.retention.apply import ApplyIncompleteError, ApplyOptions, apply_policies
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
@@ -127,8 +127,8 @@ def hold_place(tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
                by: Optional[str] = typer.Option(None, "--by", help="Who places it (default: the OS user)."),
                as_json: bool = _JSON) -> None:
     """Place a legal hold: matching rows are never archived or deleted until it is released."""
-    from dr_pipelines.core.lifecycle.holds import place_hold
     from dr_pipelines.core.pg.connect import connect
+    from dr_pipelines.core.retention.holds import place_hold
 
     s = settings()
     root = ("public.clinics", "id")
@@ -145,8 +145,8 @@ def hold_release(hold_id: int = typer.Argument(..., help="The hold's id."),
                  by: Optional[str] = typer.Option(None, "--by", help="Who releases it (default: the OS user)."),
                  as_json: bool = _JSON) -> None:
     """Release a legal hold (it stays on record with who released it and when)."""
-    from dr_pipelines.core.lifecycle.holds import release_hold
     from dr_pipelines.core.pg.connect import connect
+    from dr_pipelines.core.retention.holds import release_hold
 
     with connect(settings().dsn, autocommit=True) as conn:
         hold = release_hold(conn, hold_id, released_by=by)
@@ -158,8 +158,8 @@ def hold_list(all_holds: bool = typer.Option(False, "--all", help="Include relea
               tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant."),
               as_json: bool = _JSON) -> None:
     """List legal holds (active ones unless --all)."""
-    from dr_pipelines.core.lifecycle.holds import list_holds
     from dr_pipelines.core.pg.connect import connect
+    from dr_pipelines.core.retention.holds import list_holds
 
     with connect(settings().dsn, autocommit=True) as conn:
         holds = list_holds(conn, active_only=not all_holds, tenant_id=tenant)
@@ -180,7 +180,7 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
                  period: Optional[str] = typer.Option(None, "--period", help="YYYY-MM or YYYY-MM..YYYY-MM."),
                  as_json: bool = _JSON) -> None:
     """List archives in storage (read from their manifests; the database is not needed)."""
-    from dr_pipelines.core.lifecycle.rehydrate import list_archives, parse_period
+    from dr_pipelines.core.retention.rehydrate import list_archives, parse_period
 
     s = settings()
     found = list_archives(s.storage(), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
@@ -207,7 +207,7 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
                                                             "archives (default: age_identity_file)."),
                     as_json: bool = _JSON) -> None:
     """Bring archived rows back into their table (or a side table), checked against each manifest."""
-    from dr_pipelines.core.lifecycle.rehydrate import parse_period, restore_archives
+    from dr_pipelines.core.retention.rehydrate import parse_period, restore_archives
 
     s = settings()
     with progress_bar(not as_json, unit="archives") as progress:

@@ -20,8 +20,8 @@ from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.pg.connect import parse_dsn
 
 if TYPE_CHECKING:
-    from dr_pipelines.core.lifecycle.segment import ArchiveKeys
-    from dr_pipelines.core.retention.gfs import RetentionPolicy
+    from dr_pipelines.core.backup.gfs import RetentionPolicy
+    from dr_pipelines.core.retention.segment import ArchiveKeys
     from dr_pipelines.core.storage import Storage
     from dr_pipelines.core.verify.checks import Probe
 
@@ -169,7 +169,7 @@ class Settings(BaseModel):
     @field_validator("backup_retention")
     @classmethod
     def _retention_parses(cls, v: str) -> str:
-        from dr_pipelines.core.retention.gfs import RetentionPolicy
+        from dr_pipelines.core.backup.gfs import RetentionPolicy
 
         try:
             RetentionPolicy.parse(v)
@@ -197,7 +197,7 @@ class Settings(BaseModel):
 
     def archive_keys(self, identity: Path | None = None) -> ArchiveKeys:
         """What archives are sealed to (encryption_recipients) and read back with (the identity, if configured)."""
-        from dr_pipelines.core.lifecycle.segment import ArchiveKeys
+        from dr_pipelines.core.retention.segment import ArchiveKeys
 
         has_identity = identity is not None or self.age_identity_file is not None
         return ArchiveKeys(tuple(self.encryption_recipients),
@@ -205,7 +205,7 @@ class Settings(BaseModel):
 
     @property
     def retention_policy(self) -> RetentionPolicy:
-        from dr_pipelines.core.retention.gfs import RetentionPolicy
+        from dr_pipelines.core.backup.gfs import RetentionPolicy
 
         return RetentionPolicy.parse(self.backup_retention)
 

@@ -38,7 +38,7 @@ def alerts_for_failed_run(defs: Any, instance: Any, result: Any) -> list[dict[st
     """Evaluate run_failure_alert on a failed in-process run; the JSON bodies the webhook received."""
     import dagster as dg
 
-    from dr_pipelines.defs.resources import DrpSettingsResource
+    from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     with webhook_receiver() as (url, received):

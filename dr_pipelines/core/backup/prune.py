@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dr_pipelines.core.backup.catalog import BackupEntry, delete_backup, list_backups
-from dr_pipelines.core.retention.gfs import Candidate, Decision, RetentionPolicy, plan
+from dr_pipelines.core.backup.gfs import Candidate, Decision, RetentionPolicy, plan
 from dr_pipelines.core.storage import Storage
 
 

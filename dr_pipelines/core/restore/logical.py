@@ -32,7 +32,7 @@ from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.content import apply_database_properties
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
-from dr_pipelines.core.restore.archive import add_data_offsets
+from dr_pipelines.core.restore.dump_offsets import add_data_offsets
 from dr_pipelines.core.restore.fetch import decrypt_file, fetch_object
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import table_checks

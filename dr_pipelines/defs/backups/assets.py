@@ -9,7 +9,7 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.backups.history import success_rate
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.source.assets import source_profile
 
 BACKUP_KEY = dg.AssetKey("logical_backup")

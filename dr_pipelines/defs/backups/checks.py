@@ -7,7 +7,7 @@ from dr_pipelines.core.backup.catalog import backup_prefix
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 
 def _latest_backup_id(context: dg.AssetCheckExecutionContext) -> str | None:

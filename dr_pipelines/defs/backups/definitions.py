@@ -6,7 +6,7 @@ from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.backups.assets import BACKUP_JOB, BACKUP_KEY, build_assets
 from dr_pipelines.defs.backups.checks import manifest_complete, objects_present
 from dr_pipelines.defs.backups.sensors import build_sensors
-from dr_pipelines.defs.status import schedule_status
+from dr_pipelines.defs.lib.default_status import schedule_status
 
 
 def build(settings: Settings) -> dg.Definitions:

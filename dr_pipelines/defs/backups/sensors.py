@@ -9,8 +9,8 @@ import dagster as dg
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.notify import notify
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import sensor_status
+from dr_pipelines.defs.lib.default_status import sensor_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 
 def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:

@@ -8,8 +8,8 @@ import dagster as dg
 
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.drill import PREFIX, run_drill
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import schedule_status
+from dr_pipelines.defs.lib.default_status import schedule_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 

@@ -10,8 +10,8 @@ from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_ten
 from dr_pipelines.core.export.scope import tenant_keys
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import schedule_status, sensor_status
+from dr_pipelines.defs.lib.default_status import schedule_status, sensor_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 # No `from __future__ import annotations` here: Dagster validates the context and config annotations.
 

@@ -14,7 +14,7 @@ from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.files import discover
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.core.migrate.service import apply_migrations, dry_run, lint_all, refuse_lint_errors
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 SCHEMA_KEY = dg.AssetKey("schema_migrations")
 JOB_NAME = "migrations_job"

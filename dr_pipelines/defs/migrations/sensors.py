@@ -12,9 +12,9 @@ from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.migrate.files import discover
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.lib.default_status import sensor_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.migrations.job import JOB_NAME
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import sensor_status
 
 
 def directory_digest(migrations: list) -> str:

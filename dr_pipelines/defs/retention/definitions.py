@@ -14,16 +14,16 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
-from dr_pipelines.core.lifecycle.journal import balance, segments
-from dr_pipelines.core.lifecycle.plan import plan
-from dr_pipelines.core.lifecycle.policy import Policies, TablePolicy, load_policies
-from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched, read_kept
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
+from dr_pipelines.core.retention.journal import balance, segments
+from dr_pipelines.core.retention.plan import plan
+from dr_pipelines.core.retention.policy import Policies, TablePolicy, load_policies
+from dr_pipelines.core.retention.segment import ArchiveError, fetched, read_kept
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import schedule_status
+from dr_pipelines.defs.lib.default_status import schedule_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 

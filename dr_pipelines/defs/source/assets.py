@@ -6,7 +6,7 @@ import dagster as dg
 
 from dr_pipelines.core.pg.connect import describe
 from dr_pipelines.core.pg.profile import profile_database
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 
 @dg.asset(group_name="source", kinds={"postgres"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.source.assets import source_profile_job
-from dr_pipelines.defs.status import schedule_status
 
 
 def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:

@@ -12,8 +12,8 @@ from dr_pipelines.core.backup.catalog import find_backup
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.restore import verify_backup
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import schedule_status
+from dr_pipelines.defs.lib.default_status import schedule_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 

@@ -7,8 +7,8 @@ from dr_pipelines.core.status import current_status
 from dr_pipelines.defs.backups.assets import BACKUP_JOB, BACKUP_KEY
 from dr_pipelines.defs.backups.history import success_rate
 from dr_pipelines.defs.drills.definitions import DRILL_KEY
-from dr_pipelines.defs.resources import DrpSettingsResource
-from dr_pipelines.defs.status import schedule_status
+from dr_pipelines.defs.lib.default_status import schedule_status
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.verification.definitions import VERIFICATION_KEY
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.

@@ -90,7 +90,7 @@ class Hold:
 
 
 def ensure_holds_table(conn: psycopg.Connection) -> None:
-    from dr_pipelines.core.lifecycle.journal import ensure_table
+    from dr_pipelines.core.retention.journal import ensure_table
 
     ensure_table(conn, "drp.legal_holds", HOLDS_DDL, _LOCK_KEY)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
 from dr_pipelines_tests.support.procs import drp
+from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
 def test_plan_hold_apply_list_restore(demo_db: str, tmp_path: Path) -> None:

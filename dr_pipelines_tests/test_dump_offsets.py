@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from dr_pipelines.core.pg.tools import client_tool
-from dr_pipelines.core.restore.archive import OFFSET_NOT_SET, OFFSET_SET, add_data_offsets, data_offsets
+from dr_pipelines.core.restore.dump_offsets import OFFSET_NOT_SET, OFFSET_SET, add_data_offsets, data_offsets
 
 
 def dump(dsn: str, target: Path, *, through_pipe: bool) -> Path:

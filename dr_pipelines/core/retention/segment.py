@@ -47,8 +47,8 @@ from psycopg import sql
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
-from dr_pipelines.core.lifecycle.policy import BoundTable
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
+from dr_pipelines.core.retention.policy import BoundTable
 from dr_pipelines.core.storage import Storage
 
 PREFIX = "archives"

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from dr_pipelines.core.lifecycle.holds import list_holds
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
+from dr_pipelines.core.retention.holds import list_holds
 from dr_pipelines_tests.support.procs import BIN
+from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "data-retention.md"
 

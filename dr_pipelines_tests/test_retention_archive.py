@@ -8,16 +8,16 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from dr_pipelines.core.lifecycle.apply import ApplyIncompleteError, ApplyOptions, RetentionBusyError, apply_policies
-from dr_pipelines.core.lifecycle.holds import place_hold, release_hold
-from dr_pipelines.core.lifecycle.journal import segments
-from dr_pipelines.core.lifecycle.plan import plan
-from dr_pipelines.core.lifecycle.rehydrate import list_archives, parse_period, restore_archives
-from dr_pipelines.core.lifecycle.segment import ArchiveError, fetched
 from dr_pipelines.core.pg.checksums import database_checksums
+from dr_pipelines.core.retention.apply import ApplyIncompleteError, ApplyOptions, RetentionBusyError, apply_policies
+from dr_pipelines.core.retention.holds import place_hold, release_hold
+from dr_pipelines.core.retention.journal import segments
+from dr_pipelines.core.retention.plan import plan
+from dr_pipelines.core.retention.rehydrate import list_archives, parse_period, restore_archives
+from dr_pipelines.core.retention.segment import ArchiveError, fetched
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
-from dr_pipelines_tests.support.lifecycle import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
+from dr_pipelines_tests.support.retention import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
 
 
 def test_archive_verify_delete_keeps_every_row_somewhere(demo_db: str, tmp_path: Path) -> None:

@@ -15,13 +15,13 @@ from pyrage import x25519
 
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
-from dr_pipelines.core.lifecycle.rehydrate import list_archives, parse_period, restore_archives
-from dr_pipelines.core.lifecycle.segment import ArchiveKeys, fetched
 from dr_pipelines.core.manifest import read_manifest
+from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
+from dr_pipelines.core.retention.rehydrate import list_archives, parse_period, restore_archives
+from dr_pipelines.core.retention.segment import ArchiveKeys, fetched
 from dr_pipelines.core.storage.local import LocalStorage
-from dr_pipelines_tests.support.lifecycle import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
 from dr_pipelines_tests.support.procs import drp
+from dr_pipelines_tests.support.retention import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
 
 NOTES = "public.clinical_notes"
 

@@ -13,7 +13,7 @@ the delete, so never removed: the database or a later archive holds them) are sk
 they are taken out of the loaded copy, must be exactly the listed rows by content, and
 the restored rows must then equal the manifest minus them (count and checksum).
 
-Sealed archives (age, see core/lifecycle/segment.py) are decrypted with the identity; older
+Sealed archives (age, see core/retention/segment.py) are decrypted with the identity; older
 plaintext archives (no ``encryption`` in their manifest) restore as they are.
 
 Rows restored into the live table are old enough to be archived again by the next run:
@@ -33,7 +33,10 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.lifecycle.segment import (
+from dr_pipelines.core.manifest import MANIFEST_NAME, read_manifest
+from dr_pipelines.core.pg.checksums import pin_render_settings
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.retention.segment import (
     ALIAS,
     KEPT_NAME,
     PREFIX,
@@ -47,9 +50,6 @@ from dr_pipelines.core.lifecycle.segment import (
     row_hash,
     scratch_copy,
 )
-from dr_pipelines.core.manifest import MANIFEST_NAME, read_manifest
-from dr_pipelines.core.pg.checksums import pin_render_settings
-from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.storage import Storage
 
 

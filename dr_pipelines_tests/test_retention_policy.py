@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from dr_pipelines.core.lifecycle.holds import HoldError, place_hold, validate_predicate
-from dr_pipelines.core.lifecycle.policy import PolicyError, bind, load_policies, parse_policies
-from dr_pipelines_tests.support.lifecycle import POLICY
+from dr_pipelines.core.retention.holds import HoldError, place_hold, validate_predicate
+from dr_pipelines.core.retention.policy import PolicyError, bind, load_policies, parse_policies
+from dr_pipelines_tests.support.retention import POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = {"entity", "entity_id", "action", "occurred_at", "details"}

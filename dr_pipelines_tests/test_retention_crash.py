@@ -19,15 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dr_pipelines.core.lifecycle.apply import ApplyOptions, apply_policies
-from dr_pipelines.core.lifecycle.holds import place_hold, release_hold
-from dr_pipelines.core.lifecycle.journal import Segment, balance, segments
-from dr_pipelines.core.lifecycle.rehydrate import list_archives
-from dr_pipelines.core.lifecycle.segment import fetched, read_kept
+from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
+from dr_pipelines.core.retention.holds import place_hold, release_hold
+from dr_pipelines.core.retention.journal import Segment, balance, segments
+from dr_pipelines.core.retention.rehydrate import list_archives
+from dr_pipelines.core.retention.segment import fetched, read_kept
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
-from dr_pipelines_tests.support.lifecycle import (
+from dr_pipelines_tests.support.procs import drp, start_paused
+from dr_pipelines_tests.support.retention import (
     AS_OF,
     ID,
     KEYS,
@@ -38,7 +39,6 @@ from dr_pipelines_tests.support.lifecycle import (
     key_env,
     policies,
 )
-from dr_pipelines_tests.support.procs import drp, start_paused
 
 TABLES = ("public.audit_log", "public.clinical_notes")
 

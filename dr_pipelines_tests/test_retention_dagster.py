@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from dr_pipelines.core.settings import load_settings
-from dr_pipelines.defs.resources import DrpSettingsResource
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.retention import definitions as retention
-from dr_pipelines_tests.support.lifecycle import POLICY, key_env
+from dr_pipelines_tests.support.retention import POLICY, key_env
 
 
 def test_an_asset_per_policy_and_a_stopped_schedule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

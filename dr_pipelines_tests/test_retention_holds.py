@@ -9,9 +9,9 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from dr_pipelines.core.lifecycle.holds import place_hold
-from dr_pipelines_tests.support.lifecycle import AS_OF, POLICY, key_env
+from dr_pipelines.core.retention.holds import place_hold
 from dr_pipelines_tests.support.procs import drp
+from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
 def _env(demo_db: str, tmp_path: Path) -> dict[str, str]:

@@ -43,10 +43,13 @@ from psycopg import sql
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.scope import tenant_filter
 from dr_pipelines.core.faults import pause_point
-from dr_pipelines.core.lifecycle import journal
-from dr_pipelines.core.lifecycle.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
-from dr_pipelines.core.lifecycle.policy import Bound, BoundTable, Policies, Rule, bind
-from dr_pipelines.core.lifecycle.segment import (
+from dr_pipelines.core.manifest import ManifestError
+from dr_pipelines.core.pg.checksums import pin_render_settings
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.retention import journal
+from dr_pipelines.core.retention.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
+from dr_pipelines.core.retention.segment import (
     ALIAS,
     ArchiveError,
     ArchiveKeys,
@@ -69,9 +72,6 @@ from dr_pipelines.core.lifecycle.segment import (
     verify,
     write_kept,
 )
-from dr_pipelines.core.manifest import ManifestError
-from dr_pipelines.core.pg.checksums import pin_render_settings
-from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.storage import Storage
 
 DEFAULT_BATCH = 1_000

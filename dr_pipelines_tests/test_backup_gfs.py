@@ -12,8 +12,8 @@ from itertools import pairwise
 
 import pytest
 
+from dr_pipelines.core.backup.gfs import Candidate, Decision, RetentionPolicy, plan, summarize
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.retention.gfs import Candidate, Decision, RetentionPolicy, plan, summarize
 
 UTC_PLUS_2 = timezone(timedelta(hours=2))
 

@@ -16,8 +16,10 @@ import psycopg
 from psycopg import sql
 from pyrage import x25519
 
-from dr_pipelines.core.lifecycle.policy import Policies, parse_policies
-from dr_pipelines.core.lifecycle.segment import (
+from dr_pipelines.core.manifest import MANIFEST_NAME
+from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
+from dr_pipelines.core.retention.policy import Policies, parse_policies
+from dr_pipelines.core.retention.segment import (
     PREFIX,
     ArchiveKeys,
     checksum_of,
@@ -26,8 +28,6 @@ from dr_pipelines.core.lifecycle.segment import (
     read_kept,
     scratch_copy,
 )
-from dr_pipelines.core.manifest import MANIFEST_NAME
-from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
 from dr_pipelines.core.storage import Storage
 
 AS_OF = datetime(2025, 11, 1, tzinfo=UTC)  # the demo data's "today"
