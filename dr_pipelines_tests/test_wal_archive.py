@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster
@@ -125,6 +126,24 @@ def test_kill_9_of_the_archiver_mid_push_loses_nothing(rig: WalRig, cluster: Loc
     report = json.loads(verify.stdout)
     assert verify.returncode == 0 and report["ok"], verify.stdout + verify.stderr
     assert report["found"] >= 3
+
+
+def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluster: LocalCluster) -> None:
+    """One small commit on an otherwise quiet server is archived within --switch-after plus a push.
+
+    archive_timeout (2 s on this cluster) never forced a switch in our runs: without the archiver's
+    switcher this commit would wait for 16 MiB of other writes (docs/wal.md).
+    """
+    with rig.archiver("--switch-after", "1", DRP_SOURCE_DSN=cluster.dsn()) as daemon:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS rpo_probe (at timestamptz)")
+            time.sleep(2.5)  # the switcher has seen this segment once
+            name = conn.execute("INSERT INTO rpo_probe VALUES (now()) RETURNING pg_walfile_name(pg_current_wal_lsn())"
+                                ).fetchone()[0]
+        started = time.monotonic()
+        wait_for(lambda: stored(rig, sidecar_key(name)).exists(), timeout=30, what=f"{name} archived", interval=0.1)
+        assert time.monotonic() - started < 15
+        assert daemon.poll() is None
 
 
 def test_verify_names_a_deleted_segment_and_fetch_refuses_a_flipped_byte(rig: WalRig, cluster: LocalCluster,

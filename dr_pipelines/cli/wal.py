@@ -111,13 +111,24 @@ def wal_archiver(
     socket_path: Path = typer.Option(..., "--socket", help=_SOCKET_HELP),
     workers: int = typer.Option(4, min=1, max=32, help="Parallel pushes (read-ahead of .ready segments)."),
     read_ahead: int = typer.Option(8, min=0, max=256, help="Ready segments to push ahead of PostgreSQL's request."),
+    switch_after: float = typer.Option(
+        0, min=0, help="Force a WAL switch (via DRP_SOURCE_DSN) when the open segment has held writes this many "
+        "seconds: the RPO bound (0 = off; rely on archive_timeout)."),
 ) -> None:
     """Run the long-running archiver that archive_command's tiny client talks to (foreground)."""
     from dr_pipelines.core.wal.archive import archive_storage
-    from dr_pipelines.core.wal.daemon import Archiver, serve, stderr_log
+    from dr_pipelines.core.wal.daemon import Archiver, SegmentSwitcher, serve, stderr_log
 
-    archiver = Archiver(archive_storage(settings()), _recipients(), workers=workers, read_ahead=read_ahead, log=stderr_log)
-    serve(archiver, socket_path, ready=lambda: stderr_log(f"archiver listening on {socket_path}"))
+    s = settings()
+    archiver = Archiver(archive_storage(s), _recipients(), workers=workers, read_ahead=read_ahead, log=stderr_log)
+    switcher = SegmentSwitcher(s.dsn, switch_after, stderr_log) if switch_after else None
+    if switcher:
+        switcher.start()
+    try:
+        serve(archiver, socket_path, ready=lambda: stderr_log(f"archiver listening on {socket_path}"))
+    finally:
+        if switcher:
+            switcher.close()
 
 
 @wal_app.command("archive-command")

@@ -87,12 +87,12 @@ class WalRig:
         return drp(*args, env={"DRP_CONFIG": str(self.config), **env}, timeout=timeout)
 
     @contextmanager
-    def archiver(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+    def archiver(self, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
         """`drp wal archiver` as the PostgreSQL OS user (its pid is the daemon's own), stopped after."""
         user = pg_os_user()
         proc = subprocess.Popen(
             [str(self.drp_for_pg), "wal", "archiver", "--socket", str(self.socket), *args],
-            env={**os.environ, "DRP_CONFIG": str(self.config)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, "DRP_CONFIG": str(self.config), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, user=user, group=user, cwd="/",
         )
         try:
