@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.wal.names import object_key, sidecar_key
+from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
 from dr_pipelines_tests.support.procs import wait_for
 from dr_pipelines_tests.support.wal import (
     WalRig,
@@ -62,6 +62,26 @@ def test_segments_are_archived_encrypted_and_fetch_back_byte_exact(rig: WalRig, 
         assert result.returncode == 0, result.stderr
         assert (tmp_path / name).read_bytes() == original
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_fetch_prefetches_the_next_segments_into_a_private_spool(rig: WalRig, cluster: LocalCluster,
+                                                                 tmp_path: Path) -> None:
+    names = [switch_wal(cluster) for _ in range(3)]
+    wait_archived(cluster, names[-1])
+    spool = tmp_path / "spool"
+    first = rig.drp("wal", "fetch", names[0], str(tmp_path / names[0]), "--spool", str(spool), "--prefetch", "2")
+    assert first.returncode == 0, first.stderr
+    assert "restored from archive" in first.stderr
+    assert spool.stat().st_mode & 0o777 == 0o700
+    following = [s.name for s in Segment.parse(names[0]).following(2)]  # = names[1:] unless a timeout switched
+    assert sorted(p.name for p in spool.iterdir()) == following
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in spool.iterdir())
+    second = rig.drp("wal", "fetch", following[0], str(tmp_path / following[0]), "--spool", str(spool),
+                     "--prefetch", "2")
+    assert second.returncode == 0 and "restored from spool" in second.stderr, second.stderr
+    for name in (names[0], following[0]):
+        assert (tmp_path / name).read_bytes() == pg_wal_file(cluster, name)
+    assert following[0] not in [p.name for p in spool.iterdir()]  # moved out, not copied
 
 
 def test_identical_repush_is_a_no_op_and_different_content_is_refused(rig: WalRig, cluster: LocalCluster,
