@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -24,6 +22,7 @@ import zstandard
 
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import decrypt_decompress
 from dr_pipelines.core.wal.names import EVENTS_PREFIX, object_key, sidecar_key, timeline_of
 
@@ -205,7 +204,6 @@ def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: P
     if sidecar is None:
         raise WalNotArchivedError(f"WAL file {name} is not in the archive {storage.url}",
                                   fix="normal at the end of the archive; otherwise run `drp wal verify`")
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
     try:
         with storage.open(key) as raw:
             stored = raw.read()
@@ -215,44 +213,18 @@ def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: P
     if len(stored) != sidecar.stored_bytes or hashlib.sha256(stored).hexdigest() != sidecar.stored_sha256:
         raise WalCorruptError(f"archived WAL file {name} ({key}) is corrupted: its stored SHA-256 does not match the sidecar",
                               fix="do not replay it; restore from another copy of the archive or stop recovery before it")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        plain = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
-            decrypt_decompress(io.BytesIO(stored), _Hashing(f, plain), identities, what=f"WAL file {name}")
-            f.flush()
-            os.fsync(f.fileno())
-        if plain.hexdigest() != sidecar.plain_sha256:
-            raise WalCorruptError(f"archived WAL file {name} decrypts to content whose SHA-256 does not match the sidecar",
-                                  fix="do not replay it; restore from another copy of the archive")
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    plain = io.BytesIO()
+    decrypt_decompress(io.BytesIO(stored), plain, identities, what=f"WAL file {name}")
+    if hashlib.sha256(plain.getbuffer()).hexdigest() != sidecar.plain_sha256:
+        raise WalCorruptError(f"archived WAL file {name} decrypts to content whose SHA-256 does not match the sidecar",
+                              fix="do not replay it; restore from another copy of the archive")
+    write_atomically(dest, plain.getvalue())
     return sidecar
 
 
-class _Hashing:
-    """A write-through sink that hashes what passes."""
-
-    def __init__(self, raw: io.BufferedWriter, sha: hashlib._Hash) -> None:
-        self.raw, self.sha = raw, sha
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_atomically(dest: Path, data: bytes) -> None:
+    """``dest`` appears whole (mode 0600, fsync'd) or not at all: the local backend's temp-file-and-rename."""
+    LocalStorage(dest.parent).put_bytes(dest.name, data)
 
 
 def _now() -> str:

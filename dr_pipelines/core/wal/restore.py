@@ -8,16 +8,13 @@ local rename. Spool files older than the requested one are swept: recovery never
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.archive import WalNotArchivedError, fetch_wal, fsync_dir
+from dr_pipelines.core.wal.archive import WalNotArchivedError, fetch_wal, write_atomically
 from dr_pipelines.core.wal.names import Segment, WalNameError
 
 SPOOL_MODE = 0o700
@@ -72,22 +69,11 @@ def _prefetch(storage: Storage, identities: Sequence[object], name: str, spool: 
 
 def _sweep(spool: Path, requested: str) -> None:
     for entry in spool.iterdir():
-        if entry.name < requested or entry.name.endswith(".tmp"):
+        if entry.name < requested:  # also leftover temp files (".name…"): recovery is past them
             entry.unlink(missing_ok=True)
 
 
 def _move(src: Path, dest: Path) -> None:
-    """Rename when on one file system, else copy + fsync + rename; ``dest`` appears whole or not at all."""
-    try:
-        os.replace(src, dest)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        tmp = dest.with_name(f".{dest.name}.spool.tmp")
-        with src.open("rb") as s, open(tmp, "wb") as d:
-            shutil.copyfileobj(s, d, 1 << 20)
-            d.flush()
-            os.fsync(d.fileno())
-        os.replace(tmp, dest)
-        src.unlink()
-    fsync_dir(dest.parent)
+    """Copy into place atomically, then drop the spool copy (a rename would need both on one file system)."""
+    write_atomically(dest, src.read_bytes())
+    src.unlink()
