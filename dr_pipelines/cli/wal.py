@@ -53,7 +53,7 @@ def wal_fetch(
 
 @wal_app.command("verify")
 def wal_verify(
-    start: Optional[str] = typer.Option(None, help="First segment that must be present (default: oldest archived)."),
+    start: Optional[str] = typer.Option(None, help="First segment (or LSN, e.g. a base backup's start) that must be present (default: oldest archived)."),
     no_server: bool = typer.Option(False, "--no-server", help="Do not ask the source server what it archived."),
     quick: bool = typer.Option(False, "--quick", help="Skip reading objects (continuity and sidecars only)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

@@ -20,6 +20,7 @@ from dr_pipelines.core.wal.names import (
     PREFIX,
     SIDECAR_SUFFIX,
     Segment,
+    WalNameError,
     name_of_key,
     segments_per_log,
 )
@@ -78,7 +79,7 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
     if not segments and pg is None:
         return report
     seg_bytes = next((committed[s.name].plain_bytes for s in segments), DEFAULT_SEGMENT_BYTES)
-    first = Segment.parse(start) if start else (segments[0] if segments else None)
+    first = _start_segment(start, segments, seg_bytes) if start else (segments[0] if segments else None)
     last_tl = max([s.timeline for s in segments] + ([Segment.parse(pg.current_wal).timeline] if pg else []))
     switches = _switches(committed, last_tl, report)
     if pg is not None:
@@ -100,6 +101,18 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
                 missing.append((tl, n, _classify(tl, n, pg, archived_upto, seg_bytes)))
     report.gaps = _group(missing, per_log)
     return report
+
+
+def _start_segment(start: str, segments: list[Segment], seg_bytes: int) -> Segment:
+    """A segment name, or an LSN like 0/3000028 (on the oldest archived timeline): where a base backup starts."""
+    if "/" not in start:
+        return Segment.parse(start)
+    try:
+        hi, lo = (int(part, 16) for part in start.split("/"))
+    except ValueError:
+        raise WalNameError(f"{start!r} is neither a WAL segment name nor an LSN",
+                           fix="pass e.g. 000000010000000000000003 or 0/3000028") from None
+    return Segment.of_lsn(segments[0].timeline if segments else 1, (hi << 32) | lo, seg_bytes)
 
 
 def _switches(committed: dict[str, Sidecar], timeline: int, report: WalReport) -> list[list[int]]:
