@@ -56,6 +56,8 @@ def wal_verify(
     start: Optional[str] = typer.Option(None, help="First segment (or LSN, e.g. a base backup's start) that must be present (default: oldest archived)."),
     no_server: bool = typer.Option(False, "--no-server", help="Do not ask the source server what it archived."),
     quick: bool = typer.Option(False, "--quick", help="Skip reading objects (continuity and sidecars only)."),
+    grace: float = typer.Option(300, "--in-flight-grace", min=0,
+                                help="With --no-server: an unfinished push younger than this many seconds is in flight."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Every segment from START to now archived, committed and intact, per timeline; gaps named."""
@@ -64,7 +66,7 @@ def wal_verify(
 
     s = settings()
     pg = None if no_server else read_pg_wal_state(s.dsn)
-    report = verify_archive(s.storage(), start=start, pg=pg, read=not quick)
+    report = verify_archive(s.storage(), start=start, pg=pg, read=not quick, grace_s=grace)
     if as_json:
         emit_json(report.as_dict())
     else:

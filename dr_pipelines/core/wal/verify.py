@@ -11,6 +11,7 @@ sidecar is ``uncommitted`` (a push killed midway: PostgreSQL retries it).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from dr_pipelines.core.storage import Storage
@@ -46,7 +47,8 @@ class WalReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(g.status == "in-flight" for g in self.gaps)
+        return all(item.status == "in-flight" for item in self.gaps) and all(
+            p["status"] == "in-flight" for p in self.problems)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "start": self.start, "end": self.end, "found": self.found,
@@ -54,21 +56,34 @@ class WalReport:
 
 
 def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState | None = None,
-                   read: bool = True) -> WalReport:
-    """Check continuity (and, with ``read``, every stored object's checksum) of the WAL archive."""
-    objects: set[str] = set()
+                   read: bool = True, grace_s: float = 300) -> WalReport:
+    """Check continuity (and, with ``read``, every stored object's checksum) of the WAL archive.
+
+    An object without its sidecar is a push in progress (``in-flight``, not an error) when the server has
+    not reported it archived yet, or, with no server to ask, when it is younger than ``grace_s``.
+    """
+    objects: dict[str, datetime] = {}
     sidecars: set[str] = set()
     for info in storage.list(PREFIX + "/"):
         name = name_of_key(info.key)
-        if name is not None:
-            (sidecars if info.key.endswith(SIDECAR_SUFFIX) else objects).add(name)
+        if name is None:
+            continue
+        if info.key.endswith(SIDECAR_SUFFIX):
+            sidecars.add(name)
+        else:
+            objects[name] = info.modified
     report = WalReport(start=start, end=None)
     committed: dict[str, Sidecar] = {}
-    for name in sorted(objects | sidecars):
+    now = datetime.now(UTC)
+    for name in sorted(set(objects) | sidecars):
         sidecar = read_sidecar(storage, name) if name in sidecars else None
-        if sidecar is None or name not in objects:
-            what = "object without sidecar: a push did not finish" if sidecar is None else "sidecar without object"
-            report.problems.append({"name": name, "status": "uncommitted" if sidecar is None else "lost", "detail": what})
+        if sidecar is None:
+            pushing = (pg.last_archived_wal or "") < name if pg else (now - objects[name]).total_seconds() < grace_s
+            report.problems.append({"name": name, "status": "in-flight" if pushing else "uncommitted",
+                                    "detail": "object without sidecar: a push did not finish"})
+            continue
+        if name not in objects:
+            report.problems.append({"name": name, "status": "lost", "detail": "sidecar without object"})
             continue
         if read and not stored_intact(storage, name, sidecar):
             report.problems.append({"name": name, "status": "corrupt", "detail": "stored SHA-256 differs from the sidecar"})
