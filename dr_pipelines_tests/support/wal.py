@@ -16,6 +16,7 @@ import yaml
 
 from dr_pipelines.core.crypto import generate_identity_file
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.settings import Settings, load_settings
 from dr_pipelines.core.wal import client
 from dr_pipelines_tests.support.procs import drp, wait_for
 
@@ -82,6 +83,10 @@ class WalRig:
     def cluster_settings(self, archive_timeout: str = "2s") -> dict[str, str]:
         return {"wal_level": "replica", "archive_mode": "on", "archive_command": f"'{self.archive_command()}'",
                 "archive_timeout": f"'{archive_timeout}'", "wal_keep_size": "'1GB'"}
+
+    def settings(self) -> Settings:
+        """The same settings the CLI and archive_command read, for in-process calls."""
+        return load_settings(self.config, env={})
 
     def drp(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
         return drp(*args, env={"DRP_CONFIG": str(self.config), **env}, timeout=timeout)
