@@ -20,6 +20,7 @@ from dr_pipelines.cli import health as health_cli
 from dr_pipelines.cli import migrate as migrate_cli
 from dr_pipelines.cli import retention as retention_cli
 from dr_pipelines.cli import verify as verify_cli
+from dr_pipelines.cli import wal as wal_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, settings_origin, state
 from dr_pipelines.core.errors import DrpError
 
@@ -45,6 +46,7 @@ app.command("export-sweep")(export_cli.sweep)
 app.add_typer(migrate_cli.migrate_app, name="migrate")
 app.add_typer(retention_cli.retention_app, name="retention")
 app.add_typer(retention_cli.archive_app, name="archive")
+app.add_typer(wal_cli.wal_app, name="wal")
 
 def _version(value: bool) -> None:
     if value:

@@ -112,6 +112,12 @@ class Settings(BaseModel):
         "audited abandoned) by the exports' housekeeping."
     )
     analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
+    wal_lag_alert_seconds: int = Field(
+        300, gt=0, description="Alert when the oldest WAL segment waiting to be archived is older (drp wal status)."
+    )
+    wal_pg_wal_alert_bytes: int = Field(
+        8 * 1024**3, gt=0, description="Alert when pg_wal grows beyond this many bytes (archiving is behind)."
+    )
 
     @field_validator("source_dsn")
     @classmethod
