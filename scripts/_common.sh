@@ -102,7 +102,9 @@ ensure_venv() {
       || die "uv pip install failed (see above): check access to the package index, or retry with DRP_INSTALLER=pip"
   else
     echo "installing requirements/$set.txt into $VENV with pip (uv unavailable; same pins, hashes checked)" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock" \
+    # --no-deps: the lock is the whole closure, and pip's --require-hashes rejects an extra such as gql[requests]
+    # that the lock pins as plain gql.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r "$lock" \
       && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$REPO_ROOT" \
       || die "pip install failed (see above): check access to the package index"
   fi
