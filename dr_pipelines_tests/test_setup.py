@@ -18,6 +18,8 @@ import pytest
 from dr_pipelines_tests.conftest import REPO_ROOT
 
 STALE = "the dependencies in pyproject.toml changed since requirements/test.txt was locked"
+# Should a check wrongly let an install start, it fails at once instead of downloading.
+NO_INSTALL = {"DRP_INSTALLER": "pip", "PIP_NO_INDEX": "1"}
 
 
 def copy_of_repo(tmp_path: Path) -> Path:
@@ -30,7 +32,7 @@ def copy_of_repo(tmp_path: Path) -> Path:
 
 def run_bash(root: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "-c", f"source scripts/_common.sh && {script}"], cwd=root, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PY": sys.executable, **env})
+                          text=True, timeout=60, env={**os.environ, **NO_INSTALL, "PY": sys.executable, **env})
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -41,7 +43,8 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def test_the_committed_lock_matches_pyproject(tmp_path: Path) -> None:
     root = copy_of_repo(tmp_path)
-    result = run_bash(root, 'check_lock "$REPO_ROOT/requirements/test.txt" && check_lock "$REPO_ROOT/requirements/runtime.txt" && echo fresh')
+    result = run_bash(root, 'check_lock "$REPO_ROOT/requirements/test.txt" && '
+                            'check_lock "$REPO_ROOT/requirements/runtime.txt" && echo fresh')
     assert (result.returncode, result.stdout) == (0, "fresh\n"), result.stderr
 
     edit(root / "pyproject.toml", "# Our own code talks", "# A comment changed; our own code talks")
@@ -63,7 +66,7 @@ def test_the_entry_scripts_refuse_a_stale_lock_before_installing(tmp_path: Path,
     edit(root / "pyproject.toml", '"pytest>=8"', '"pytest>=8.1"')  # an extra's pin counts too
     venv = tmp_path / "venv"
     result = subprocess.run([str(root / script), "--version"], cwd=root, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "DRP_VENV": str(venv)})
+                            env={**os.environ, **NO_INSTALL, "DRP_VENV": str(venv)})
     assert result.returncode == 1
     assert f"error: {STALE}" in result.stderr and "scripts/lock" in result.stderr
     assert not venv.exists()  # refused before making or touching a venv
