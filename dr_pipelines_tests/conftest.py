@@ -11,10 +11,35 @@ from pathlib import Path
 
 import pytest
 
+from dr_pipelines.core.pg.binaries import PgBinaries, installed_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pg-majors", default="all",
+        help="PostgreSQL majors for the per-major tests (pg_binaries_of_major), e.g. 15,17; default: every installed",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests taking `pg_binaries_of_major` run once per installed PostgreSQL major (or those --pg-majors names)."""
+    if "pg_binaries_of_major" not in metafunc.fixturenames:
+        return
+    installed = installed_pg_binaries()
+    wanted = metafunc.config.getoption("--pg-majors")
+    chosen: list[PgBinaries] = installed
+    if wanted != "all":
+        majors = {int(m) for m in wanted.split(",") if m.strip()}
+        chosen = [b for b in installed if b.major in majors]
+        missing = majors - {b.major for b in chosen}
+        if missing:
+            raise pytest.UsageError(f"--pg-majors {wanted}: PostgreSQL {sorted(missing)} not installed "
+                                    f"(installed: {[b.major for b in installed]})")
+    metafunc.parametrize("pg_binaries_of_major", chosen, ids=[f"pg{b.major}" for b in chosen])
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli import wal as wal_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, settings_origin, state
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.pg.binaries import find_pg_binaries
+from dr_pipelines.core.pg.tools import tool_version
 
 app = typer.Typer(help="dr_pipelines: backups, verification, restores and DR drills for PostgreSQL.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -48,9 +50,21 @@ app.add_typer(retention_cli.retention_app, name="retention")
 app.add_typer(retention_cli.archive_app, name="archive")
 app.add_typer(wal_cli.wal_app, name="wal")
 
+def _pg_client_version() -> str:
+    """pg_dump's version line from the discovered binaries (what backups will run), or why there is none."""
+    try:
+        pg_dump = find_pg_binaries().tool("pg_dump")
+        return f"{tool_version(pg_dump)[1]} ({pg_dump})"
+    except DrpError as exc:
+        return f"not found: {exc}"
+
+
 def _version(value: bool) -> None:
+    """drp's, the PostgreSQL client's and Dagster's versions: the three a bug report needs."""
     if value:
-        out.print(f"drp {_pkg_version('dr_pipelines')}")
+        out.print(f"drp {_pkg_version('dr_pipelines')}", highlight=False)
+        out.print(f"PostgreSQL client: {escape(_pg_client_version())}", highlight=False)
+        out.print(f"Dagster: {_pkg_version('dagster')}", highlight=False)
         raise typer.Exit()
 
 

@@ -123,14 +123,16 @@ class LocalCluster:
         settings: Mapping[str, str] | None = None,
         start: bool = True,
         tcp_trust: bool = False,
+        binaries: PgBinaries | None = None,
     ) -> LocalCluster:
-        """initdb a new cluster (and start it). Removes whatever it made if any step fails.
+        """initdb a new cluster (and start it) with `binaries` (default: find_pg_binaries()).
+        Removes whatever it made if any step fails.
 
         ``tcp_trust`` lets anyone on this machine connect without a password: only for the
         test harness and the demo, never for a cluster holding a restored backup.
         """
         data_dir = Path(data_dir).resolve()
-        binaries = find_pg_binaries()
+        binaries = binaries or find_pg_binaries()
         if port is not None and port_in_use(port):
             raise ClusterError(
                 f"port {port} on {HOST} is already in use",
