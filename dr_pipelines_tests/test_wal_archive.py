@@ -41,7 +41,7 @@ def rig(work_base: Path) -> WalRig:
 
 @pytest.fixture(scope="module")
 def cluster(rig: WalRig) -> Iterator[LocalCluster]:
-    c = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings())
+    c = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings(), tcp_trust=True)  # the archiver runs as postgres
     yield c
     c.remove()
 

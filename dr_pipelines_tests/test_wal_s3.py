@@ -48,7 +48,7 @@ def test_s3_roundtrip_outage_and_recovery(work_base: Path, s3_server: MotoServer
         "storage_url": f"s3://{s3_bucket}/clinic-a", "s3_endpoint_url": proxy.url, "s3_region": s3_server.region,
         "s3_access_key_id": s3_server.access_key, "s3_secret_access_key": s3_server.secret_key})
     settings = {**rig.cluster_settings(), "wal_keep_size": "0", "min_wal_size": "'32MB'"}
-    cluster = LocalCluster.create(rig.root / "pg", settings=settings)
+    cluster = LocalCluster.create(rig.root / "pg", settings=settings, tcp_trust=True)
     try:
         with rig.archiver():
             name = switch_wal(cluster)

@@ -94,7 +94,11 @@ class SegmentSwitcher:
     A backstop to archive_timeout, which did not force a single switch in our measurements on
     PostgreSQL 15.18 (docs/wal.md). A tick switches when the segment is the same as at the previous
     tick and a transaction id was assigned since (so an idle server, whose WAL holds only
-    housekeeping records, is left alone). Needs pg_switch_wal() rights (superuser or GRANT EXECUTE).
+    housekeeping records, is left alone). The first tick (at start, or after a lost connection)
+    cannot know what the open segment holds, so it counts as "written": the next tick switches if
+    the segment is still open; a commit made just before the archiver started is otherwise never
+    switched out on a server that then goes quiet (pg_switch_wal() is a no-op on an unwritten
+    segment, so this costs nothing when idle). Needs pg_switch_wal() rights (superuser or GRANT EXECUTE).
     """
 
     def __init__(self, dsn: str, every: float, log: Callable[[str], None]) -> None:
@@ -128,7 +132,9 @@ class SegmentSwitcher:
         with connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             query = "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
             segment, next_xid = conn.execute(query).fetchone()
-            if previous is not None and previous[0] == segment and next_xid > previous[1]:
+            if previous is None:
+                return segment, -1  # unknown content: switch on the next tick unless it has moved on
+            if previous[0] == segment and next_xid > previous[1]:
                 conn.execute("SELECT pg_switch_wal()")
                 self.switches += 1
                 self.log(f"forced WAL switch: {segment} held writes for {self.every:.0f} s")

@@ -74,6 +74,7 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
             objects[name] = info.modified
     report = WalReport(start=start, end=None)
     committed: dict[str, Sidecar] = {}
+    corrupt: set[str] = set()  # present but unusable: a problem of its own, not also a gap
     now = datetime.now(UTC)
     for name in sorted(set(objects) | sidecars):
         sidecar = read_sidecar(storage, name) if name in sidecars else None
@@ -87,6 +88,7 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
             continue
         if read and not stored_intact(storage, name, sidecar):
             report.problems.append({"name": name, "status": "corrupt", "detail": "stored SHA-256 differs from the sidecar"})
+            corrupt.add(name)
             continue
         committed[name] = sidecar
     segments = sorted(Segment.parse(n) for n in committed if len(n) == 24)
@@ -108,6 +110,7 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
     report.start, report.end = first.name, end.name
     archived_upto = Segment.parse(pg.last_archived_wal) if pg and pg.last_archived_wal and len(pg.last_archived_wal) == 24 else None
     have = {(s.timeline, s.number(seg_bytes)) for s in segments}
+    have |= {(c.timeline, c.number(seg_bytes)) for c in (Segment.parse(n) for n in corrupt if len(n) == 24)}
     per_log = segments_per_log(seg_bytes)
     missing: list[tuple[int, int, str]] = []
     for tl, lo, hi in _path(switches, last_tl, first.number(seg_bytes), end_number, seg_bytes):
