@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from pyrage import x25519
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import record_attempt
 from dr_pipelines.core.backup.catalog import backup_prefix, list_backups, newest_restorable, restorable
 from dr_pipelines.core.backup.logical import DATABASE_OBJECT, run_logical_backup
@@ -505,8 +506,8 @@ def test_load_probes_reads_the_demo_file_and_a_custom_one(tmp_path: Path) -> Non
     custom.write_text("- name: no_orphans\n  sql: SELECT 1 WHERE false\n")
     assert load_probes(custom) == [Probe("no_orphans", "SELECT 1 WHERE false")]
     settings = load_settings(env={"DRP_VERIFICATION_PROBES_FILE": str(custom)})
-    assert settings.probes == [Probe("no_orphans", "SELECT 1 WHERE false")]
-    assert load_settings(env={}).probes == []
+    assert context.probes(settings) == [Probe("no_orphans", "SELECT 1 WHERE false")]
+    assert context.probes(load_settings(env={})) == []
 
 
 @pytest.mark.parametrize(

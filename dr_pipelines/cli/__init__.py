@@ -21,6 +21,7 @@ from dr_pipelines.cli import migrate as migrate_cli
 from dr_pipelines.cli import retention as retention_cli
 from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli.common import emit_json, err, out, settings, settings_origin, state
+from dr_pipelines.core import context
 from dr_pipelines.core.errors import DrpError
 
 app = typer.Typer(help="dr_pipelines: backups, verification, restores and DR drills for PostgreSQL.",
@@ -81,7 +82,7 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
 
 def _storage():  # type: ignore[no-untyped-def]
-    return settings().storage()
+    return context.storage(settings())
 
 
 @storage_app.command("check")

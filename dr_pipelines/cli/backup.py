@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, report_swept, settings
+from dr_pipelines.core import context
 
 backup_app = typer.Typer(help="Logical backups: take, list, inspect, prune, pin.", no_args_is_help=True)
 key_app = typer.Typer(help="age keys for backup encryption.", no_args_is_help=True)
@@ -87,7 +88,7 @@ def backup_list(
     """The backups in storage, oldest first, with each one's verification state; damaged ones are listed and warned about."""
     from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
 
-    entries = list_backups(settings().storage())
+    entries = list_backups(context.storage(settings()))
     newest = newest_restorable(entries)
     rows = [_entry_row(e, newest.id if newest else None) for e in entries if all_ or e.complete or e.error]
     for e in damaged(entries):
@@ -115,7 +116,7 @@ def backup_show(
     """One backup's manifest: objects with sizes and checksums, tables with row counts."""
     from dr_pipelines.core.backup.catalog import find_backup
 
-    entry = find_backup(settings().storage(), backup_id)
+    entry = find_backup(context.storage(settings()), backup_id)
     m = entry.manifest
     assert m is not None
     if as_json:
@@ -145,7 +146,7 @@ def backup_prune(
     from dr_pipelines.core.backup.prune import prune_backups
 
     s = settings()
-    result = prune_backups(s.storage(), RetentionPolicy.parse(policy) if policy else s.retention_policy, dry_run=dry_run)
+    result = prune_backups(context.storage(s), RetentionPolicy.parse(policy) if policy else context.retention_policy(s), dry_run=dry_run)
     rows = [{"id": d.candidate.id, "time": d.candidate.time.isoformat(), "keep": d.keep, "reasons": list(d.reasons)}
             for d in result.decisions]
     if as_json:
@@ -165,7 +166,7 @@ def backup_pin(
     """Pin a backup (legal hold): retention never deletes it."""
     from dr_pipelines.core.backup.catalog import pin_backup
 
-    pin_backup(settings().storage(), backup_id, reason=reason, by=getpass.getuser())
+    pin_backup(context.storage(settings()), backup_id, reason=reason, by=getpass.getuser())
     out.print(f"pinned {backup_id}")
 
 
@@ -174,7 +175,7 @@ def backup_unpin(backup_id: str = typer.Argument(..., help="Backup id.")) -> Non
     """Release a pin; retention may delete the backup afterwards."""
     from dr_pipelines.core.backup.catalog import unpin_backup
 
-    unpin_backup(settings().storage(), backup_id)
+    unpin_backup(context.storage(settings()), backup_id)
     out.print(f"unpinned {backup_id}")
 
 
@@ -211,8 +212,8 @@ def restore(
     from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup, restore_to_new_cluster
 
     s = settings()
-    identities = s.identities(identity)
-    storage = s.storage()
+    identities = context.identities(s, identity)
+    storage = context.storage(s)
     entry = find_backup(storage, backup_id)
     work_dir = Path(s.work_dir)
     if list_only:

@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
+from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.retention.segment import ArchiveKeys
 
 retention_app = typer.Typer(help="Data retention: archive then delete rows past their policy; legal holds.",
                             no_args_is_help=True)
@@ -87,10 +89,10 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,
-                           segment_rows=segment_rows, partition_drop=not no_partition_drop, keys=s.archive_keys())
+                           segment_rows=segment_rows, partition_drop=not no_partition_drop, keys=ArchiveKeys.from_settings(s))
     try:
         with progress_bar(not as_json, unit="rows") as progress:
-            result = apply_policies(s.dsn, s.storage(), _policies(policies), options, progress=progress)
+            result = apply_policies(s.dsn, context.storage(s), _policies(policies), options, progress=progress)
     except ApplyIncompleteError as exc:  # the other tables ran: show what they did, then the error
         _show_apply(exc.result, as_json)
         raise
@@ -183,8 +185,8 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
     from dr_pipelines.core.retention.rehydrate import list_archives, parse_period
 
     s = settings()
-    found = list_archives(s.storage(), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
-                          identities=s.archive_keys().identities)
+    found = list_archives(context.storage(s), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
+                          identities=ArchiveKeys.from_settings(s).identities)
     if as_json:
         emit_json([a.as_dict() for a in found])
         return
@@ -211,8 +213,8 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
 
     s = settings()
     with progress_bar(not as_json, unit="archives") as progress:
-        done = restore_archives(s.dsn, s.storage(), table, tenant, parse_period(period), into=into, progress=progress,
-                                identities=s.archive_keys(identity).identities)
+        done = restore_archives(s.dsn, context.storage(s), table, tenant, parse_period(period), into=into, progress=progress,
+                                identities=ArchiveKeys.from_settings(s, identity).identities)
     summary = {"table": table, "into": into or table, "tenant": tenant, "archives": len(done),
                "rows": sum(a.rows - a.kept for a in done), "skipped_kept": sum(a.kept for a in done),
                "prefixes": [a.prefix for a in done]}

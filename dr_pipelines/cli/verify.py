@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, out, progress_bar, report_swept, settings
+from dr_pipelines.core import context
 
 drill_app = typer.Typer(help="Monthly DR drills: restore the newest backup as if the primary were gone.",
                         no_args_is_help=True)
@@ -29,12 +30,12 @@ def verify(
     from dr_pipelines.core.verify.restore import verify_backup
 
     s = settings()
-    identities = s.identities(identity)
-    storage = s.storage()
+    identities = context.identities(s, identity)
+    storage = context.storage(s)
     entry = find_backup(storage, backup_id)
     report_swept(Path(s.work_dir))
     with progress_bar(not as_json) as progress:
-        report = verify_backup(storage, entry, identities, Path(s.work_dir), probes=s.probes, record=not no_record,
+        report = verify_backup(storage, entry, identities, Path(s.work_dir), probes=context.probes(s), record=not no_record,
                                progress=progress)
     if markdown:
         markdown.write_text(report.to_markdown())
@@ -61,8 +62,8 @@ def drill_run(
 
     s = settings()
     report_swept(Path(s.work_dir))
-    report = run_drill(s.storage(), s.identities(identity), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
-                       rpo_target_minutes=s.rpo_minutes, probes=s.probes, month=month)
+    report = run_drill(context.storage(s), context.identities(s, identity), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
+                       rpo_target_minutes=s.rpo_minutes, probes=context.probes(s), month=month)
     if as_json:
         out.print(report.to_json(), end="", highlight=False, soft_wrap=True)
     else:
@@ -76,7 +77,7 @@ def drill_list(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     """Every drill report in storage, oldest first."""
     from dr_pipelines.core.verify.drill import drill_reports
 
-    reports = drill_reports(settings().storage())
+    reports = drill_reports(context.storage(settings()))
     rows = [{k: r.get(k) for k in ("month", "passed", "backup_id", "rto_seconds", "rpo_seconds", "finished_at")}
             for r in reports]
     if as_json:

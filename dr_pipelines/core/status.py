@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import attempt_stats
 from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
 from dr_pipelines.core.settings import Settings
@@ -46,7 +47,7 @@ class Status:
 
 def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
     now = now or datetime.now(UTC)
-    storage = settings.storage()
+    storage = context.storage(settings)
     entries = list_backups(storage)
     newest = newest_restorable(entries)
     point = newest.restore_point if newest else None

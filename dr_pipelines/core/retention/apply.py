@@ -41,7 +41,6 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.export.scope import tenant_filter
 from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
@@ -73,6 +72,7 @@ from dr_pipelines.core.retention.segment import (
     write_kept,
 )
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import tenant_filter
 
 DEFAULT_BATCH = 1_000
 DEFAULT_SEGMENT_ROWS = 100_000

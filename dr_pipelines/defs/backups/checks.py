@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.catalog import backup_prefix
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import read_manifest
@@ -24,7 +25,7 @@ def manifest_complete(context: dg.AssetCheckExecutionContext, drp: DrpSettingsRe
     if backup_id is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
     try:
-        manifest = read_manifest(drp.settings().storage(), backup_prefix(backup_id))
+        manifest = read_manifest(core_context.storage(drp.settings()), backup_prefix(backup_id))
     except DrpError as exc:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    metadata={"backup_id": backup_id, "error": exc.problem})
@@ -47,7 +48,7 @@ def objects_present(context: dg.AssetCheckExecutionContext, drp: DrpSettingsReso
     backup_id = _latest_backup_id(context)
     if backup_id is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
-    storage = drp.settings().storage()
+    storage = core_context.storage(drp.settings())
     prefix = backup_prefix(backup_id)
     try:
         manifest = read_manifest(storage, prefix)

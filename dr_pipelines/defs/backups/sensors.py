@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.notify import notify
 from dr_pipelines.core.settings import Settings
@@ -18,7 +19,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
                description="Alerts (log + webhook) when the newest restorable backup is older than the RPO.")
     def rpo_breach_alert(context: dg.SensorEvaluationContext, drp: DrpSettingsResource) -> dg.SkipReason:
         s = drp.settings()
-        newest = newest_restorable(list_backups(s.storage()))
+        newest = newest_restorable(list_backups(core_context.storage(s)))
         point = newest.restore_point if newest else None
         age_min = (datetime.now(UTC) - point).total_seconds() / 60 if point else None
         breached = age_min is None or age_min > s.rpo_minutes

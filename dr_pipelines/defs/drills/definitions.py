@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.drill import PREFIX, run_drill
 from dr_pipelines.defs.lib.default_status import schedule_status
@@ -35,10 +36,10 @@ def build(settings: Settings) -> dg.Definitions:
     def dr_drill(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         """A DR drill for the partition's month; the report (JSON and Markdown) goes to storage."""
         s = drp.settings()
-        storage = s.storage()
+        storage = core_context.storage(s)
         month = context.partition_key[:7]
-        report = run_drill(storage, s.identities(), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
-                           rpo_target_minutes=s.rpo_minutes, probes=s.probes, month=month)
+        report = run_drill(storage, core_context.identities(s), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
+                           rpo_target_minutes=s.rpo_minutes, probes=core_context.probes(s), month=month)
         context.log.info(f"drill {month}: {'passed' if report.passed else 'FAILED'}")
         return dg.MaterializeResult(
             metadata={

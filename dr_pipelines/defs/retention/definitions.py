@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
 from dr_pipelines.core.retention.journal import balance, segments
 from dr_pipelines.core.retention.plan import plan
 from dr_pipelines.core.retention.policy import Policies, TablePolicy, load_policies
-from dr_pipelines.core.retention.segment import ArchiveError, fetched, read_kept
+from dr_pipelines.core.retention.segment import ArchiveError, ArchiveKeys, fetched, read_kept
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
@@ -54,9 +55,9 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
     )
     def archival(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         s = drp.settings()
-        storage = s.storage()
+        storage = core_context.storage(s)
         as_of = as_of_for(context.partition_key)
-        keys = s.archive_keys()
+        keys = ArchiveKeys.from_settings(s)
         result = apply_policies(s.dsn, storage, policies, ApplyOptions(tables=(policy.table,), as_of=as_of,
                                                                        run_id=context.run.run_id, keys=keys))
         t = result.tables[0]
