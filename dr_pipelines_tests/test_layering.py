@@ -162,3 +162,18 @@ def test_retention_reaches_tenant_scope_and_parquet_without_export() -> None:
     graph = _import_graph(CORE)
     assert {(m, t) for m, ts in graph.items() for t in ts
             if m.startswith("retention") and t.startswith("export")} == set()
+
+
+def test_every_defs_area_has_the_same_file_split() -> None:
+    """defs/<area>/definitions.py with build(settings), plus only the kinds of file the split allows."""
+    defs = CORE.parent / "defs"
+    allowed = {"__init__.py", "definitions.py", "assets.py", "checks.py", "sensors.py", "schedules.py", "jobs.py",
+               "history.py"}
+    problems = []
+    for area in sorted(p for p in defs.iterdir() if p.is_dir() and p.name not in ("lib", "__pycache__")):
+        files = {f.name for f in area.glob("*.py")}
+        problems += [f"{area.name}/{f}" for f in sorted(files - allowed)]
+        if "definitions.py" not in files or "def build(settings: Settings) -> dg.Definitions:" not in (
+                area / "definitions.py").read_text():
+            problems.append(f"{area.name}: no definitions.py with build(settings)")
+    assert problems == []

@@ -12,7 +12,7 @@ from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
-from dr_pipelines.defs.migrations.job import SCHEMA_KEY
+from dr_pipelines.defs.migrations.jobs import SCHEMA_KEY
 from dr_pipelines_tests.support.migrations import BASIC, table_exists, tracking_rows, versions, write_migrations
 
 
