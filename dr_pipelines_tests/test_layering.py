@@ -51,7 +51,7 @@ def test_core_does_not_import_upper_layers() -> None:
 # database with a manifest: both are used by lower use cases and import nothing above them).
 LAYER_NAMES = ("errors", "primitives", "formats", "settings", "context", "use cases", "proofs", "reports")
 LAYERS = {
-    "": 0, "errors": 0, "faults": 0,
+    "": 0, "errors": 0, "checkpoints": 0,
     "storage": 1, "pg": 1, "crypto": 1, "notify": 1,
     "pg.snapshots": 1, "pg.drp_schema": 1,  # h-pgcore's exported snapshots and drp.* schema
     "manifest": 2, "stream": 2, "layout": 2, "tenancy": 2, "parquet": 2,
@@ -177,3 +177,10 @@ def test_every_defs_area_has_the_same_file_split() -> None:
                 area / "definitions.py").read_text():
             problems.append(f"{area.name}: no definitions.py with build(settings)")
     assert problems == []
+
+
+def test_production_code_has_no_test_hook() -> None:
+    """The crash tests' pause lives in dr_pipelines_tests (support/paused_drp.py), never behind an env var here."""
+    offenders = [str(p.relative_to(CORE.parent)) for p in CORE.parent.rglob("*.py")
+                 if "DRP_TEST_" in p.read_text() or "time.sleep(3600)" in p.read_text()]
+    assert offenders == []

@@ -1,7 +1,7 @@
 """kill -9 during `drp retention apply`, then run it again: no row lost, none archived twice.
 
-The process is real (the installed `drp`), paused by the test-only DRP_TEST_PAUSE_AT hook
-at the moment of interest and killed with SIGKILL: no cleanup code runs. Afterwards the
+The process is real (`drp`'s main, started by support/paused_drp.py), paused by a test-only
+checkpoint observer at the moment of interest and killed with SIGKILL: no cleanup code runs. Afterwards the
 rows left in the table plus the rows read back from every archive in storage (minus the rows
 each archive's kept.json lists as never deleted) must equal the original rows by count and
 content checksum, with no primary key in two archives.

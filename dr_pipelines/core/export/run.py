@@ -47,6 +47,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError, ExportError, ExportRefusedError
 from dr_pipelines.core.export import audit
 from dr_pipelines.core.export.bundle import zip_bundle
@@ -68,7 +69,6 @@ from dr_pipelines.core.export.housekeeping import (
     sweep_exports,
 )
 from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
-from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet_batches
 from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
@@ -286,7 +286,7 @@ def _run(
                                                    format=fmt))
                         done += 1
                         if done == 1:
-                            pause_point("export-after-first-file")
+                            reached("export-after-first-file")
                         if progress:
                             progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
                     rows, digest, method = checksum.result()
