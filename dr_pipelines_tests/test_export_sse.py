@@ -9,14 +9,13 @@ import yaml
 
 from dr_pipelines.core import context
 from dr_pipelines.core.settings import load_settings
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
 def _env(demo_db: str, s3_server, bucket: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": f"s3://{bucket}/drp", "DRP_S3_ENDPOINT_URL":
-            s3_server.endpoint_url, "DRP_S3_REGION": s3_server.region, "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
-            "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key, **extra}
+    return {**drp_env(source=demo_db, storage=f"s3://{bucket}/drp", s3=s3_server), **extra}
 
 
 def _encryption(s3_server, bucket: str, prefix: str) -> dict[str, tuple[str | None, str | None]]:  # type: ignore[no-untyped-def]
