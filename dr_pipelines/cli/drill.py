@@ -22,12 +22,11 @@ def drill_run(
     as_json: bool = typer.Option(False, "--json", help="The drill report as JSON."),
 ) -> None:
     """Run a DR drill now: newest backup from storage only, fresh cluster, all checks, RTO and RPO measured."""
-    from dr_pipelines.core.verify.drill import run_drill
+    from dr_pipelines.core.verify.drill import drill_now
 
     s = settings()
     report_swept(Path(s.work_dir))
-    report = run_drill(context.storage(s), context.identities(s, identity), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
-                       rpo_target_minutes=s.rpo_minutes, probes=context.probes(s), month=month)
+    report = drill_now(s, identity=identity, month=month)
     if as_json:
         out.print(report.to_json(), end="", highlight=False, soft_wrap=True)
     else:
