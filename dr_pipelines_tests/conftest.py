@@ -6,13 +6,15 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dr_pipelines.core.pg.binaries import PgBinaries, installed_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +114,15 @@ def demo_db(pg_cluster: LocalCluster, demo_template: str) -> Iterator[str]:
     dsn = pg_cluster.create_database(name, template=demo_template)
     yield dsn
     pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def set_drp_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, str]]:
+    """Put ``support.env.drp_env(...)`` into this process's environment for one test (Dagster reads settings there)."""
+    def apply(**settings: Any) -> dict[str, str]:
+        env = drp_env(**settings)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return env
+
+    return apply

@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dr_pipelines.core import context
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.wal.archive import fetch_wal, push_wal
@@ -65,7 +66,7 @@ def test_segments_are_archived_encrypted_and_fetch_back_byte_exact(rig: WalRig, 
             result = rig.drp("wal", "fetch", name, str(tmp_path / name))
             assert result.returncode == 0, result.stderr
         else:
-            fetch_wal(settings.storage(), settings.identities(), name, tmp_path / name)
+            fetch_wal(context.storage(settings), context.identities(settings), name, tmp_path / name)
         assert (tmp_path / name).read_bytes() == original
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
 
@@ -209,7 +210,7 @@ def test_verify_names_a_deleted_segment_and_fetch_refuses_a_flipped_byte(rig: Wa
 
     settings = rig.settings()
     for name in (deleted, flipped):  # PostgreSQL still holds them (wal_keep_size): a re-push repairs
-        pushed = push_wal(settings.storage(), parse_recipients(settings.encryption_recipients),
+        pushed = push_wal(context.storage(settings), parse_recipients(settings.encryption_recipients),
                           cluster.data_dir / "pg_wal" / name)
         assert pushed.status == "archived"
     repaired = rig.drp("wal", "verify", "--start", names[0], "--json", DRP_SOURCE_DSN=cluster.dsn())

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, settings
+from dr_pipelines.core import context
 
 
 @contextmanager
@@ -50,7 +51,7 @@ def export(
     from dr_pipelines.core.export.run import ExportOptions, export_tenants
 
     s = settings()
-    storage = s.storage(to)
+    storage = context.storage(s, to)
     on_s3 = hasattr(storage, "bucket")
     options = ExportOptions(
         formats=tuple(f for f in formats.split(",") if f.strip()), root=root or s.export_tenant_root,
@@ -121,7 +122,7 @@ def sweep(
     s = settings()
     with connect(s.dsn, autocommit=True) as conn:
         after = s.export_sweep_after_minutes if older_than is None else older_than
-        swept = sweep_exports(conn, s.storage(to), stale_after=timedelta(minutes=after),
+        swept = sweep_exports(conn, context.storage(s, to), stale_after=timedelta(minutes=after),
                               ttl=timedelta(days=s.export_ttl_days) if s.export_ttl_days else None)
     if as_json:
         emit_json(swept.as_dict())

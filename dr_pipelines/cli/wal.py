@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, out, settings
+from dr_pipelines.core import context
 
 wal_app = typer.Typer(help="WAL archive: push (archive_command), fetch (restore_command), verify, archiver.",
                       no_args_is_help=True)
@@ -47,7 +48,7 @@ def wal_fetch(
     if prefetch and spool is None:
         raise typer.BadParameter("--prefetch needs --spool")
     s = settings()
-    source = restore_wal(s.storage(), s.identities(identity), name, dest, spool=spool, prefetch=prefetch)
+    source = restore_wal(context.storage(s), context.identities(s, identity), name, dest, spool=spool, prefetch=prefetch)
     err.print(f"{name}: restored from {source}", highlight=False)
 
 
@@ -66,7 +67,7 @@ def wal_verify(
 
     s = settings()
     pg = None if no_server else read_pg_wal_state(s.dsn)
-    report = verify_archive(s.storage(), start=start, pg=pg, read=not quick, grace_s=grace)
+    report = verify_archive(context.storage(s), start=start, pg=pg, read=not quick, grace_s=grace)
     if as_json:
         emit_json(report.as_dict())
     else:

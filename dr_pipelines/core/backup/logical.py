@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
 
 import psycopg
-from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
 from dr_pipelines.core.backup.catalog import (
@@ -42,7 +41,7 @@ from dr_pipelines.core.manifest import (
     write_manifest,
 )
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, snapshot_connection
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool, tool_version
@@ -69,16 +68,6 @@ class BackupOptions:
     role_passwords: bool = False  # pg_dumpall without password hashes unless asked
     checksums: bool = True
     source_replaced: bool = False  # this cluster replaced the prefix's recorded one (a DR restore): rebind the prefix
-
-
-def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
-    """A conninfo without the password (argv is visible in `ps`) and the env that carries it."""
-    params = _conninfo.conninfo_to_dict(dsn)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password:
-        env["PGPASSWORD"] = str(password)
-    return _conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}), env
 
 
 def run_logical_backup(

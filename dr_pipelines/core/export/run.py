@@ -47,7 +47,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.checkpoints import reached
+from dr_pipelines.core.errors import ConfigError, DrpError, ExportError, ExportRefusedError
 from dr_pipelines.core.export import audit
 from dr_pipelines.core.export.bundle import zip_bundle
 from dr_pipelines.core.export.formats import (
@@ -57,13 +58,8 @@ from dr_pipelines.core.export.formats import (
     RowCount,
     csv_columns,
     csv_stream,
-    file_chunks,
     jsonl_columns,
     jsonl_stream,
-    parquet_plan,
-    remove_quietly,
-    table_columns,
-    write_parquet_batches,
 )
 from dr_pipelines.core.export.housekeeping import (
     DEFAULT_STALE_AFTER,
@@ -72,7 +68,14 @@ from dr_pipelines.core.export.housekeeping import (
     hold_export_lock,
     sweep_exports,
 )
-from dr_pipelines.core.export.scope import (
+from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
+from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet_batches
+from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
+from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import file_chunks, remove_quietly
+from dr_pipelines.core.tenancy import (
     TENANTS_SETTING,
     Scope,
     TableScope,
@@ -80,27 +83,11 @@ from dr_pipelines.core.export.scope import (
     tenant_array,
     tenant_select,
 )
-from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
-from dr_pipelines.core.faults import pause_point
-from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
-from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
-from dr_pipelines.core.pg.connect import connect, describe
-from dr_pipelines.core.storage import Storage
 
 DEFAULT_MAX_PER_HOUR = 10
 DEFAULT_TTL_DAYS = 7
 
 Progress = Callable[[str, int, int | None], None]
-
-
-class ExportError(DrpError):
-    """An export failed; nothing was committed (no manifest)."""
-
-
-class ExportRefusedError(ExportError):
-    """An export was refused before any tenant data was read."""
-
-    exit_code = 4
 
 
 class UnknownTenantError(ExportRefusedError):
@@ -299,7 +286,7 @@ def _run(
                                                    format=fmt))
                         done += 1
                         if done == 1:
-                            pause_point("export-after-first-file")
+                            reached("export-after-first-file")
                         if progress:
                             progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
                     rows, digest, method = checksum.result()

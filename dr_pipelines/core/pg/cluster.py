@@ -42,6 +42,8 @@ MAX_SOCKET_PATH = 107  # sun_path limit (Linux): a longer socket path makes the 
 PASSFILE = "drp.pgpass"  # libpq passfile in the data directory: the only copy of the superuser's password
 OWNER_FILE = "owner.json"
 CLUSTERS, STAGING = "clusters", "staging"  # lease kinds under the work dir
+# A throwaway copy is checked and dropped: crash safety buys nothing, speed does.
+FAST_THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 LEASE_GRACE_S = 60  # a lease folder without owner file younger than this is being created, not dead
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,10 @@ from typing import Any
 import psycopg
 
 from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
-from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import CLUSTERS, LocalCluster, staging_dir, sweep_leftovers, take_lease
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import apply_database_properties
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool

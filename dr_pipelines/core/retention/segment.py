@@ -44,12 +44,14 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
-from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
+from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.retention.policy import BoundTable
+from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import TENANTS_SETTING, tenant_filter
 
 PREFIX = "archives"
 DATA_NAME = "rows.parquet"
@@ -73,6 +75,13 @@ class ArchiveKeys:
     recipients: tuple[str, ...] = ()
     identities: tuple[object, ...] = ()
     allow_plaintext: bool = False  # an explicit setting: archive without encryption
+
+    @classmethod
+    def from_settings(cls, settings: Settings, identity: Path | None = None) -> ArchiveKeys:
+        """What archives are sealed to (encryption_recipients) and read back with (the identity, if configured)."""
+        has_identity = identity is not None or settings.age_identity_file is not None
+        return cls(tuple(settings.encryption_recipients),
+                   tuple(context.identities(settings, identity)) if has_identity else (), settings.archive_allow_plaintext)
 
     def check_for_archiving(self) -> None:
         """Refuse to archive in plaintext (unless allowed), or without the identity verify reads back with."""
@@ -226,7 +235,7 @@ def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict
 
     Returns the stored object's (bytes, sha256).
     """
-    from dr_pipelines.core.export.formats import file_chunks
+    from dr_pipelines.core.stream import file_chunks
 
     keys.check_for_archiving()
     started = datetime.now(UTC)

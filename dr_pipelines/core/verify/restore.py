@@ -22,13 +22,11 @@ from dr_pipelines.core.errors import (
     PostgresNotFoundError,
     StorageError,
 )
-from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
+from dr_pipelines.core.pg.cluster import FAST_THROWAWAY, sweep_leftovers, throwaway_cluster
 from dr_pipelines.core.restore.logical import Progress, RestoreOptions, restore_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe, run_checks
 from dr_pipelines.core.verify.report import VerificationReport
-
-FAST_THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 # Failures that say nothing about the backup itself (our machine or our configuration): raised, never recorded.
 ENVIRONMENT_ERRORS = (ConfigError, ClusterError, PostgresNotFoundError, DatabaseError)

@@ -165,15 +165,9 @@ def archive_storage(settings: Settings) -> Storage:
     PostgreSQL retries a failed archive_command by itself; a push sitting in tens of seconds of
     client back-off against a dead endpoint only delays noticing (and every segment behind it).
     """
-    from dr_pipelines.core.storage.s3 import S3Storage
+    from dr_pipelines.core import context
 
-    storage = settings.storage()
-    if not isinstance(storage, S3Storage):
-        return storage
-    key, secret = settings.s3_access_key_id, settings.s3_secret_access_key
-    return S3Storage(storage.bucket, storage.prefix, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                     access_key=key.get_secret_value() if key else None,
-                     secret_key=secret.get_secret_value() if secret else None, max_attempts=2, connect_timeout=5)
+    return context.storage(settings, s3_max_attempts=2, s3_connect_timeout=5)
 
 
 def _read_local(path: Path) -> bytes:
