@@ -16,7 +16,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,12 @@ from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.content import apply_database_properties
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.dump_offsets import add_data_offsets
 from dr_pipelines.core.restore.fetch import decrypt_file, fetch_object
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import table_checks
 
-Progress = Callable[[str, int, int | None], None]  # phase, done, total; a phase "name (unit)" counts units, else bytes
 RESTORE_PHASE = "restore (TOC entries)"
 
 
@@ -372,8 +372,6 @@ def _apply_globals(sql_file: Path, target_dsn: str, major: int) -> list[str]:
     if problems:
         raise RestoreError("applying the backup's roles failed: " + " | ".join(problems[:5]), fix="check the target cluster")
     return [line for line in out.stderr.splitlines() if "already exists" in line]
-
-
 
 
 def restore_to_new_cluster(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -46,8 +46,10 @@ from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.drp_schema import retention_lock_name
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.retention import journal
-from dr_pipelines.core.retention.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.retention.holds import HoldFilter, column_names, ensure_holds_table, hold_filter
 from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
 from dr_pipelines.core.retention.segment import (
     ALIAS,
@@ -77,8 +79,6 @@ from dr_pipelines.core.storage import Storage
 DEFAULT_BATCH = 1_000
 DEFAULT_SEGMENT_ROWS = 100_000
 LOCK_TIMEOUT = "5s"
-
-Progress = Callable[[str, int, int | None], None]
 
 
 class RetentionBusyError(DrpError):
@@ -224,11 +224,11 @@ def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: Bou
                            fix="no row was deleted without a verified archive; fix the cause and run "
                            "again: the run resumes where this one stopped") from exc
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (retention_lock_name(bt.name),))
 
 
 def _lock(conn: psycopg.Connection, table: str) -> bool:
-    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"drp.retention:{table}",)).fetchone()[0])
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (retention_lock_name(table),)).fetchone()[0])
 
 
 class _TableRun:
@@ -283,7 +283,7 @@ class _TableRun:
 
     def _columns(self) -> set[str]:
         if self.columns is None:
-            self.columns = table_columns(self.conn, self.bt.name)
+            self.columns = column_names(self.conn, self.bt.name)
         return self.columns
 
     def _finish(self, seg: journal.Segment) -> None:

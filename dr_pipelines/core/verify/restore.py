@@ -23,7 +23,8 @@ from dr_pipelines.core.errors import (
     StorageError,
 )
 from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
-from dr_pipelines.core.restore.logical import Progress, RestoreOptions, restore_backup
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.restore.logical import RestoreOptions, restore_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe, run_checks
 from dr_pipelines.core.verify.report import VerificationReport
