@@ -208,7 +208,8 @@ def restore(
     """
     from dr_pipelines.core.backup.catalog import find_backup
     from dr_pipelines.core.errors import ConfigError
-    from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup, restore_to_new_cluster
+    from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup
+    from dr_pipelines.core.restore.throwaway import restore_to_new_cluster
 
     s = settings()
     identities = s.identities(identity)

@@ -83,7 +83,7 @@ def human_bytes(n: float) -> str:
 
 def report_swept(work_dir: Path) -> None:
     """Sweep the throwaway clusters and staged plaintext of killed runs, and say what went (stderr)."""
-    from dr_pipelines.core.pg.cluster import sweep_leftovers
+    from dr_pipelines.core.pg.leases import sweep_leftovers
 
     for line in sweep_leftovers(Path(work_dir)):
         err.print(f"removed leftover {line}", highlight=False)
