@@ -46,8 +46,8 @@ from dr_pipelines.core.restore.logical import (
     RestoreOptions,
     list_contents,
     restore_backup,
-    restore_to_new_cluster,
 )
+from dr_pipelines.core.restore.throwaway import restore_to_new_cluster
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage import PutResult, Storage
 from dr_pipelines.core.storage.local import LocalStorage

@@ -44,7 +44,8 @@ def restore(
     The target comes from --target or DRP_RESTORE_TARGET: keep passwords out of argv.
     """
     from dr_pipelines.core.backup.catalog import find_backup
-    from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup, restore_to_new_cluster
+    from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup
+    from dr_pipelines.core.restore.throwaway import restore_to_new_cluster
 
     s = settings()
     identities = context.identities(s, identity)

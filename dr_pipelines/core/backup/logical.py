@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
@@ -43,17 +43,17 @@ from dr_pipelines.core.manifest import (
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, snapshot_connection
 from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
+from dr_pipelines.core.pg.drp_schema import BACKUP_LOCK as BACKUP_LOCK_KEY
 from dr_pipelines.core.pg.profile import server_identity
+from dr_pipelines.core.pg.snapshots import export_snapshot
 from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import CountingReader, compress_encrypt
 
-BACKUP_LOCK_KEY = 0x6472_705F_6261  # "drp_ba": one backup per source database at a time
 DATABASE_OBJECT = "database.dump.zst.age"
 GLOBALS_OBJECT = "globals.sql.zst.age"
 PROGRESS_EVERY = 8 << 20
-
-Progress = Callable[[str, int, int | None], None]  # phase, bytes done, bytes expected
 
 
 class BackupError(DrpError):
@@ -117,7 +117,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        snapshot, snapshot_at = conn.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+        snapshot, snapshot_at = export_snapshot(conn)
         written: list[ObjectEntry] = []
         try:
             checksums = _ChecksumThread(dsn, snapshot) if options.checksums else None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dr_pipelines.core import context
-from dr_pipelines.core.backup.logical import BackupOptions, Progress, run_logical_backup
+from dr_pipelines.core.backup.logical import BackupOptions, run_logical_backup
 from dr_pipelines.core.backup.prune import PruneResult, prune_backups
 from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.settings import Settings
 
 

@@ -35,7 +35,7 @@ import getpass
 import hashlib
 import secrets
 import tempfile
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -68,11 +68,13 @@ from dr_pipelines.core.export.housekeeping import (
     hold_export_lock,
     sweep_exports,
 )
-from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
+from dr_pipelines.core.export.sessions import arrow_session, session_settings
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet_batches
-from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
+from dr_pipelines.core.pg.checksums import RENDER_SETTINGS, default_method, relation_checksum
 from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import file_chunks, remove_quietly
 from dr_pipelines.core.tenancy import (
@@ -86,8 +88,6 @@ from dr_pipelines.core.tenancy import (
 
 DEFAULT_MAX_PER_HOUR = 10
 DEFAULT_TTL_DAYS = 7
-
-Progress = Callable[[str, int, int | None], None]
 
 
 class UnknownTenantError(ExportRefusedError):
@@ -262,7 +262,7 @@ def _run(
             except audit.RateLimitedError as exc:
                 raise RateLimitedError(exc.problem, exc.fix) from None
 
-            snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            snapshot_id = export_snapshot(conn).id
             settings = session_settings(TENANTS_SETTING, conn.execute(
                 "SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0])
             objects: list[ObjectEntry] = []
@@ -270,7 +270,7 @@ def _run(
             total_files = len(selected) * len(formats)
             done = 0
             with ExitStack() as stack:
-                twin = stack.enter_context(checksum_session(dsn, snapshot_id, settings))
+                twin = stack.enter_context(adopted_session(dsn, snapshot_id, settings))
                 arrow = stack.enter_context(arrow_session(dsn, snapshot_id, settings)) if "parquet" in formats else None
                 pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-export-checksum"))
                 for t in selected:
@@ -413,33 +413,21 @@ def _schema_version(conn: psycopg.Connection) -> int | None:
 
 
 # The whole-row alias is distinctive: a bare name would resolve to a column of that name first.
-_CHECKSUM = {
-    "record": "SELECT count(*), coalesce(sum(hash_record_extended(drp_export_row, 0)), 0)"
-              " FROM ({}) AS drp_export_row",
-    "text": "SELECT count(*), coalesce(sum(hashtextextended(drp_export_row::text, 0)), 0)"
-            " FROM ({}) AS drp_export_row",
-}
+_ROW_ALIAS = "drp_export_row"
 
 
 def _tenant_count(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
     """Rows of the tenant in the snapshot (method "none": no content checksum asked for)."""
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS drp_export_row").format(tenant_select(t, scope)))
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS {}").format(tenant_select(t, scope),
+                                                                          sql.Identifier(_ROW_ALIAS)))
     return rows.fetchone()[0], "", "none"
 
 
 def _tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
     """Rows and checksum of the tenant's rows, comparable with table_checksum() on a restored copy."""
-    method = "text" if conn.execute(OID_HASHED_QUERY, (t.schema, t.table)).fetchone()[0] else "record"
-    query = tenant_select(t, scope)
-    if method == "record":
-        try:
-            with conn.transaction():
-                rows, total = conn.execute(sql.SQL(_CHECKSUM["record"]).format(query)).fetchone()
-                return rows, f"{int(total) % (1 << 64):016x}", "record"
-        except psycopg.errors.UndefinedFunction:
-            method = "text"
-    rows, total = conn.execute(sql.SQL(_CHECKSUM["text"]).format(query)).fetchone()
-    return rows, f"{int(total) % (1 << 64):016x}", method
+    source = sql.SQL("({})").format(tenant_select(t, scope))
+    result = relation_checksum(conn, t.name, source, default_method(conn, t.schema, t.table), _ROW_ALIAS)
+    return result.rows, result.checksum, result.method
 
 
 def _write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Scope, t: TableScope,

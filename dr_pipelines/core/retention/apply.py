@@ -30,7 +30,6 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,10 @@ from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.drp_schema import retention_lock_name
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.retention import journal
-from dr_pipelines.core.retention.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.retention.holds import HoldFilter, column_names, ensure_holds_table, hold_filter
 from dr_pipelines.core.retention.partitions import drop_month_partition
 from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
 from dr_pipelines.core.retention.results import (
@@ -81,8 +82,6 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.tenancy import tenant_filter
 
 LOCK_TIMEOUT = "5s"
-
-Progress = Callable[[str, int, int | None], None]
 
 
 def prepare(conn: psycopg.Connection) -> None:
@@ -142,11 +141,11 @@ def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: Bou
                            fix="no row was deleted without a verified archive; fix the cause and run "
                            "again: the run resumes where this one stopped") from exc
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (retention_lock_name(bt.name),))
 
 
 def _lock(conn: psycopg.Connection, table: str) -> bool:
-    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"drp.retention:{table}",)).fetchone()[0])
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (retention_lock_name(table),)).fetchone()[0])
 
 
 class _TableRun:
@@ -201,7 +200,7 @@ class _TableRun:
 
     def _columns(self) -> set[str]:
         if self.columns is None:
-            self.columns = table_columns(self.conn, self.bt.name)
+            self.columns = column_names(self.conn, self.bt.name)
         return self.columns
 
     def _finish(self, seg: journal.Segment) -> None:

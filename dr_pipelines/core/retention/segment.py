@@ -48,6 +48,8 @@ from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
 from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet
+from dr_pipelines.core.pg import checksums
+from dr_pipelines.core.pg.checksums import checksum_hex
 from dr_pipelines.core.retention.policy import BoundTable
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
@@ -60,7 +62,6 @@ SEALED = ".zst.age"  # suffix of an age-encrypted (zstd inside) object
 SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
-_MOD = 1 << 64
 PARQUET_BATCH = 10_000
 
 
@@ -120,21 +121,13 @@ def _private_file(path: Path) -> Any:
 
 
 def row_hash(method: str, alias: str = ALIAS) -> sql.Composable:
-    """The per-row term of the table checksum (core/pg/checksums.py), as a signed bigint."""
-    if method == "record":
-        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
-    return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
-
-
-def checksum_hex(total: int) -> str:
-    return f"{int(total) % _MOD:016x}"
+    """The per-row term of the table checksum (core/pg/checksums.py) over this module's alias."""
+    return checksums.row_hash(method, alias)
 
 
 def table_method(conn: psycopg.Connection, bt: BoundTable) -> str:
     """`record` unless a column type hashes by OID or has no hash function (then `text`)."""
-    from dr_pipelines.core.pg.checksums import default_method
-
-    method = default_method(conn, bt.scope.schema, bt.scope.table)
+    method = checksums.default_method(conn, bt.scope.schema, bt.scope.table)
     if method == "record":
         try:
             with conn.transaction():
@@ -324,8 +317,7 @@ def scratch_copy(conn: psycopg.Connection, bt_ident: sql.Identifier, path: Path)
 
 
 def checksum_of(conn: psycopg.Connection, relation: sql.Composable, method: str) -> tuple[int, str]:
-    rows, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}").format(
-        row_hash(method), relation, sql.Identifier(ALIAS))).fetchone()
+    rows, total = conn.execute(checksums.checksum_query(method, relation, ALIAS)).fetchone()
     return int(rows), checksum_hex(int(total))
 
 
