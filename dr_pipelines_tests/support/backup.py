@@ -125,7 +125,7 @@ def create_hostile_schema(dsn: str) -> None:
     free one both left at is_called = false (after setval(seq, n, false)), large objects (one
     empty, one binary, one over a chunk boundary), a populated and an unpopulated materialized
     view, and database-level properties: COMMENT ON DATABASE and ALTER DATABASE ... SET with a
-    list setting (search_path) and a custom one.
+    list setting (search_path) and a custom one; a column named like the checksums' row alias (t).
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         database = sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])
@@ -136,6 +136,8 @@ def create_hostile_schema(dsn: str) -> None:
         conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), 301, false)", ('public."Tricky ""Name"""',))
         conn.execute('CREATE TABLE "Schéma ünï"."Tâble 表" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
                      ' "dönnées" jsonb, at timestamptz NOT NULL DEFAULT \'2026-01-01 12:00+01\')')
+        conn.execute("CREATE TABLE t (t integer, drp_export_row text)")  # columns named like row aliases
+        conn.execute("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50) g")
         conn.execute('INSERT INTO "Schéma ünï"."Tâble 表" ("dönnées")'
                      " SELECT jsonb_build_object('k', g, 'ü', repeat('é', g % 7)) FROM generate_series(1, 120) g")
         conn.execute('CREATE SEQUENCE "Schéma ünï"."séq ""odd"""')

@@ -40,16 +40,17 @@ RENDER_SETTINGS = {
 
 _MOD = 1 << 64
 
-# The alias the whole-row term refers to; callers over arbitrary columns pick a distinctive
-# one, since a bare name would resolve to a column of that name first.
+# The alias the whole-row term refers to. The term spells it ``alias.*``: a bare ``alias`` would
+# resolve to a column of that name first (a table with a column ``t`` made every backup of it
+# fail), while ``alias.*`` is always the whole row, with the same hash values.
 DEFAULT_ALIAS = "t"
 
 
 def row_hash(method: str, alias: str = DEFAULT_ALIAS) -> sql.Composable:
     """The per-row term of the checksum (a signed bigint): the one expression every checksum sums."""
     if method == "record":
-        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
-    return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
+        return sql.SQL("hash_record_extended({}.*, 0)").format(sql.Identifier(alias))
+    return sql.SQL("hashtextextended(({}.*)::text, 0)").format(sql.Identifier(alias))
 
 
 def checksum_hex(total: int) -> str:
