@@ -240,8 +240,8 @@ def _run(
     if options.batch_rows < 1:
         raise ConfigError(f"batch_rows must be positive, not {options.batch_rows}", fix="use e.g. 65536")
     presign = options.presign_expiry_s
-    if presign is not None and not (hasattr(storage, "client") and hasattr(storage, "bucket")):
-        raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
+    if presign is not None and not storage.properties.presign:
+        raise storage.presign_unsupported()
     if options.work_dir is not None:
         Path(options.work_dir).mkdir(parents=True, exist_ok=True)
     swept = sweep_exports(audit_conn, storage, stale_after=options.sweep_after,
@@ -354,7 +354,7 @@ def _run(
     urls: dict[str, str] = {}
     if presign is not None:
         for key in [f"{prefix}/{o.key}" for o in objects] + [manifest_key]:
-            urls[key] = _presign(storage, key, presign)
+            urls[key] = storage.presign_get(key, presign)
     return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls, swept)
 
 
@@ -493,15 +493,6 @@ def _put(conn: psycopg.Connection, storage: Storage, key: str, chunks: Generator
         except Exception:  # noqa: BLE001 - the storage error is what matters
             pass
         raise
-
-
-def _presign(storage: Storage, key: str, expiry: int) -> str:
-    client = storage.client  # type: ignore[attr-defined]
-    return client.generate_presigned_url(
-        "get_object",
-        Params={"Bucket": storage.bucket, "Key": storage.prefix + key},  # type: ignore[attr-defined]
-        ExpiresIn=expiry,
-    )
 
 
 def _pyarrow_version() -> str:

@@ -71,7 +71,7 @@ def build(settings: Settings) -> dg.Definitions:
         options = _options(s, formats=tuple(config.formats), tables=tuple(config.tables), requester=requester,
                            max_per_hour=s.export_max_per_hour or None, zip_bundle=config.zip_bundle,
                            content_checksums=config.content_checksums,
-                           presign_expiry_s=s.export_presign_expiry_seconds if hasattr(storage, "bucket") else None)
+                           presign_expiry_s=s.export_presign_expiry_seconds if storage.properties.presign else None)
         result = export_tenants(s.dsn, storage, [context.partition_key], options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
         meta = _metadata(result)
