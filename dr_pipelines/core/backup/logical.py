@@ -23,15 +23,10 @@ import psycopg
 from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import (
-    backup_prefix,
-    check_source,
-    new_backup_id,
-    record_source,
-    remove_incomplete,
-)
+from dr_pipelines.core.backup.catalog import check_source, record_source, remove_incomplete
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
+from dr_pipelines.core.layout import DATABASE_OBJECT, GLOBALS_OBJECT, backup_prefix, new_backup_id
 from dr_pipelines.core.manifest import (
     LargeObjectEntry,
     Manifest,
@@ -50,8 +45,6 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import CountingReader, compress_encrypt
 
 BACKUP_LOCK_KEY = 0x6472_705F_6261  # "drp_ba": one backup per source database at a time
-DATABASE_OBJECT = "database.dump.zst.age"
-GLOBALS_OBJECT = "globals.sql.zst.age"
 PROGRESS_EVERY = 8 << 20
 
 Progress = Callable[[str, int, int | None], None]  # phase, bytes done, bytes expected

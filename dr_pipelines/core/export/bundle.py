@@ -15,7 +15,8 @@ import zipfile
 from pathlib import Path
 
 from dr_pipelines.core.export.formats import file_chunks, remove_quietly
-from dr_pipelines.core.manifest import MANIFEST_NAME, Manifest, ObjectEntry
+from dr_pipelines.core.layout import MANIFEST_NAME
+from dr_pipelines.core.manifest import Manifest, ObjectEntry
 from dr_pipelines.core.storage import Storage
 
 # Parquet is already compressed; text formats shrink a lot.

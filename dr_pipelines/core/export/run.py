@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import secrets
 import tempfile
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +66,6 @@ from dr_pipelines.core.export.formats import (
 )
 from dr_pipelines.core.export.housekeeping import (
     DEFAULT_STALE_AFTER,
-    PREFIX,
     Swept,
     hold_export_lock,
     sweep_exports,
@@ -82,6 +80,7 @@ from dr_pipelines.core.export.scope import (
 )
 from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
 from dr_pipelines.core.faults import pause_point
+from dr_pipelines.core.layout import export_prefix, new_export_id
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY, RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
@@ -144,15 +143,6 @@ class ExportResult:
     scope: Scope
     urls: dict[str, str] = field(default_factory=dict)  # key -> presigned URL (S3, if asked)
     swept: Swept = field(default_factory=Swept)  # what the housekeeping before it removed
-
-
-def new_export_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(3)
-
-
-def export_prefix(export_id: str) -> str:
-    return f"{PREFIX}/{export_id}"
 
 
 def object_name(table: str, fmt: str) -> str:

@@ -26,6 +26,7 @@ import psycopg
 from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
 from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.layout import SEALED
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import CLUSTERS, LocalCluster, staging_dir, sweep_leftovers, take_lease
 from dr_pipelines.core.pg.connect import connect, describe
@@ -84,7 +85,7 @@ def fetch_backup(
     try:
         for obj in manifest.objects:
             keep = obj.role in encrypted
-            dest = work_dir / (obj.key if keep else obj.key.removesuffix(".zst.age"))
+            dest = work_dir / (obj.key if keep else obj.key.removesuffix(SEALED))
 
             def report(done: int, _role: str = obj.role, _total: int = obj.bytes) -> None:
                 if progress:

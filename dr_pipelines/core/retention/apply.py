@@ -43,6 +43,7 @@ from psycopg import sql
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.scope import tenant_filter
 from dr_pipelines.core.faults import pause_point
+from dr_pipelines.core.layout import DATA_NAME, new_segment_id, segment_prefix
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
@@ -58,13 +59,11 @@ from dr_pipelines.core.retention.segment import (
     fetched,
     from_clause,
     month_bounds,
-    new_segment_id,
     parquet_keys,
     pk_text,
     pk_tuple,
     remove_objects,
     row_hash,
-    segment_prefix,
     select_to_parquet,
     store,
     table_method,
@@ -349,7 +348,7 @@ class _TableRun:
                 with self.conn.transaction():
                     bind_tenant(self.conn, tenant_id)
                     written = select_to_parquet(self.conn, self.bt, self.method, holds.held_expr(ALIAS), params, after,
-                                                self.options.segment_rows, Path(tmp) / "rows.parquet")
+                                                self.options.segment_rows, Path(tmp) / DATA_NAME)
                 if written.rows == 0:
                     return done
                 seg_id = new_segment_id()

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -47,14 +46,11 @@ from psycopg import sql
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
+from dr_pipelines.core.layout import DATA_NAME, KEPT_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
 from dr_pipelines.core.retention.policy import BoundTable
 from dr_pipelines.core.storage import Storage
 
-PREFIX = "archives"
-DATA_NAME = "rows.parquet"
-KEPT_NAME = "kept.json"
-SEALED = ".zst.age"  # suffix of an age-encrypted (zstd inside) object
 SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
@@ -154,15 +150,6 @@ def month_bounds(month: date) -> tuple[datetime, datetime]:
     start = datetime(month.year, month.month, 1, tzinfo=UTC)
     end = datetime(month.year + (month.month == 12), month.month % 12 + 1, 1, tzinfo=UTC)
     return start, end
-
-
-def segment_prefix(table: str, tenant_id: str, month: date, segment_id: str) -> str:
-    return f"{PREFIX}/{quote(table, safe='')}/tenant={quote(str(tenant_id), safe='')}/month={month:%Y-%m}/{segment_id}"
-
-
-def new_segment_id() -> str:
-    now = datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond:06d}Z-" + secrets.token_hex(3)
 
 
 def selection_where(bt: BoundTable, held: sql.Composable) -> sql.Composable:
@@ -350,8 +337,6 @@ def verify(conn: psycopg.Connection, storage: Storage, bt: BoundTable, prefix: s
 
 def remove_objects(storage: Storage, prefix: str) -> None:
     """Delete a segment's objects, manifest first (so a half-removed segment is never mistaken for an archive)."""
-    from dr_pipelines.core.manifest import MANIFEST_NAME
-
     storage.delete(f"{prefix}/{MANIFEST_NAME}")
     for info in list(storage.list(prefix + "/")):
         storage.delete(info.key)

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
 from dr_pipelines.core.export.scope import tenant_keys
+from dr_pipelines.core.layout import analytics_prefix
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import schedule_status, sensor_status
@@ -19,7 +20,6 @@ CLINICS = dg.DynamicPartitionsDefinition(name="clinics")
 DAYS = dg.DailyPartitionsDefinition(start_date="2026-11-01", timezone="UTC")
 TENANT_EXPORT_KEY = dg.AssetKey("tenant_export")
 ANALYTICS_EXPORT_KEY = dg.AssetKey("analytics_export")
-ANALYTICS_PREFIX = "analytics"
 
 
 class TenantExportConfig(dg.Config):
@@ -93,7 +93,7 @@ def build(settings: Settings) -> dg.Definitions:
         if not tenants:
             raise dg.Failure(description=f"no tenants in {s.export_tenant_root}: nothing to export")
         options = _options(s, formats=("parquet",), requester="dagster analytics_export", max_per_hour=None,
-                           prefix=f"{ANALYTICS_PREFIX}/{context.partition_key}")
+                           prefix=analytics_prefix(context.partition_key))
         result = export_tenants(s.dsn, s.storage(), tenants, options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
         return dg.MaterializeResult(metadata=_metadata(result))
