@@ -50,6 +50,7 @@ from dr_pipelines.core.layout import DATA_NAME, KEPT_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
 from dr_pipelines.core.retention.policy import BoundTable
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.verified_read import read_verified
 
 SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
@@ -253,16 +254,13 @@ def fetched(storage: Storage, prefix: str, work_dir: Path | None = None, *,
         stored = Path(tmp) / entry.key if manifest.encryption else path
         if manifest.encryption:
             _needs_identities(identities, f"archive {prefix}")
-        digest, size = hashlib.sha256(), 0
-        with _private_file(stored) as f:
-            for chunk in storage.iter_chunks(f"{prefix}/{entry.key}"):
-                digest.update(chunk)
-                size += len(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != entry.sha256 or size != entry.bytes:
-            raise ArchiveError(f"archive object {storage.url}/{prefix}/{entry.key} does not match its manifest "
-                               f"({size} bytes, sha256 {digest.hexdigest()[:12]}…; manifest: {entry.bytes} bytes, "
-                               f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+        def mismatch(where: str, size: int, sha256: str) -> ArchiveError:
+            return ArchiveError(f"archive object {where} does not match its manifest "
+                                f"({size} bytes, sha256 {sha256[:12]}…; manifest: {entry.bytes} bytes, "
+                                f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+
+        with _private_file(stored) as f:  # checked as stored; decrypted below only if intact
+            read_verified(storage, f"{prefix}/{entry.key}", f, size=entry.bytes, sha256=entry.sha256, mismatch=mismatch)
         if manifest.encryption:  # the bytes are the ones written: a failure now is the key's
             with open(stored, "rb") as sealed, _private_file(path) as plain:
                 decrypt_decompress(sealed, plain, identities, what=f"archive {prefix}")
