@@ -13,6 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from dr_pipelines.core.export.errors import ExportError
 from dr_pipelines.core.export.formats import file_chunks, remove_quietly
 from dr_pipelines.core.layout import MANIFEST_NAME
 from dr_pipelines.core.manifest import Manifest, ObjectEntry
@@ -25,8 +26,6 @@ _COMPRESS = {"csv": zipfile.ZIP_DEFLATED, "jsonl": zipfile.ZIP_DEFLATED}
 
 def zip_bundle(storage: Storage, prefix: str, manifest: Manifest, *, work_dir: Path | None = None) -> ObjectEntry:
     """Write ``<prefix>/<manifest.id>.zip`` with every object and the manifest; return its entry."""
-    from dr_pipelines.core.export.run import ExportError
-
     name = f"{manifest.id}.zip"
     with tempfile.TemporaryDirectory(prefix="drp-bundle-", dir=work_dir) as tmp:
         path = Path(tmp) / name
