@@ -49,18 +49,17 @@ from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.retention import journal
 from dr_pipelines.core.retention.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.retention.kept import Kept, pk_text, write_kept
 from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
 from dr_pipelines.core.retention.segment import (
     ALIAS,
     ArchiveError,
     ArchiveKeys,
-    Kept,
     bind_tenant,
     fetched,
     from_clause,
     month_bounds,
     parquet_keys,
-    pk_text,
     pk_tuple,
     remove_objects,
     row_hash,
@@ -69,7 +68,6 @@ from dr_pipelines.core.retention.segment import (
     table_method,
     ts_value,
     verify,
-    write_kept,
 )
 from dr_pipelines.core.storage import Storage
 

@@ -37,14 +37,13 @@ from dr_pipelines.core.layout import ARCHIVES, KEPT_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.retention.kept import drop_kept, read_kept
 from dr_pipelines.core.retention.segment import (
     ALIAS,
     ArchiveError,
     checksum_hex,
     checksum_of,
-    drop_kept,
     fetched,
-    read_kept,
     row_hash,
     scratch_copy,
 )

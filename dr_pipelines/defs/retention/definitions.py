@@ -18,9 +18,10 @@ from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
 from dr_pipelines.core.retention.journal import balance, segments
+from dr_pipelines.core.retention.kept import read_kept
 from dr_pipelines.core.retention.plan import plan
 from dr_pipelines.core.retention.policy import Policies, TablePolicy, load_policies
-from dr_pipelines.core.retention.segment import ArchiveError, fetched, read_kept
+from dr_pipelines.core.retention.segment import ArchiveError, fetched
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
