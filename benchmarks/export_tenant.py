@@ -27,9 +27,9 @@ import psycopg
 from _common import CLUSTER_SETTINGS, Launch, machine_info, make_base_dir, run_measured, stats
 from psycopg import sql
 
-from dr_pipelines.core.export.scope import TENANTS_SETTING, discover_scope, tenant_select
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.tenancy import TENANTS_SETTING, discover_scope, tenant_select
 from dr_pipelines.demo import generate as gen
 
 BIN = Path(sys.executable).parent

@@ -6,15 +6,42 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dr_pipelines.core.pg.binaries import PgBinaries, installed_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pg-majors", default="all",
+        help="PostgreSQL majors for the per-major tests (pg_binaries_of_major), e.g. 15,17; default: every installed",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests taking `pg_binaries_of_major` run once per installed PostgreSQL major (or those --pg-majors names)."""
+    if "pg_binaries_of_major" not in metafunc.fixturenames:
+        return
+    installed = installed_pg_binaries()
+    wanted = metafunc.config.getoption("--pg-majors")
+    chosen: list[PgBinaries] = installed
+    if wanted != "all":
+        majors = {int(m) for m in wanted.split(",") if m.strip()}
+        chosen = [b for b in installed if b.major in majors]
+        missing = majors - {b.major for b in chosen}
+        if missing:
+            raise pytest.UsageError(f"--pg-majors {wanted}: PostgreSQL {sorted(missing)} not installed "
+                                    f"(installed: {[b.major for b in installed]})")
+    metafunc.parametrize("pg_binaries_of_major", chosen, ids=[f"pg{b.major}" for b in chosen])
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +114,15 @@ def demo_db(pg_cluster: LocalCluster, demo_template: str) -> Iterator[str]:
     dsn = pg_cluster.create_database(name, template=demo_template)
     yield dsn
     pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def set_drp_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, str]]:
+    """Put ``support.env.drp_env(...)`` into this process's environment for one test (Dagster reads settings there)."""
+    def apply(**settings: Any) -> dict[str, str]:
+        env = drp_env(**settings)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return env
+
+    return apply

@@ -49,6 +49,7 @@ from dr_pipelines_tests.support.backup import (
     require_password_for,
     rewrite_object,
 )
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.faultproxy import fault_proxy
 from dr_pipelines_tests.support.procs import BIN
 from dr_pipelines_tests.support.s3 import MotoServer
@@ -83,12 +84,7 @@ def keys(tmp_path: Path) -> Keys:
 
 @pytest.fixture
 def env(demo_db: str, keys: Keys, tmp_path: Path) -> dict[str, str]:
-    return {
-        "DRP_SOURCE_DSN": demo_db,
-        "DRP_STORAGE_URL": str(tmp_path / "storage"),
-        "DRP_ENCRYPTION_RECIPIENTS": keys.recipient,
-        "DRP_WORK_DIR": str(tmp_path / "work"),
-    }
+    return drp_env(source=demo_db, storage=tmp_path / "storage", keys=keys, work=tmp_path / "work")
 
 
 @pytest.fixture

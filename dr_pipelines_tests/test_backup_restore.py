@@ -46,8 +46,8 @@ from dr_pipelines.core.restore.logical import (
     RestoreOptions,
     list_contents,
     restore_backup,
-    restore_to_new_cluster,
 )
+from dr_pipelines.core.restore.throwaway import restore_to_new_cluster
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage import PutResult, Storage
 from dr_pipelines.core.storage.local import LocalStorage
@@ -88,6 +88,7 @@ from dr_pipelines_tests.support.backup import (
     truncate_half,
     user_tables,
 )
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import BIN, drp, wait_for
 from dr_pipelines_tests.support.s3 import free_port
 
@@ -536,7 +537,7 @@ def test_storage_failure_mid_upload_leaves_nothing(
 
 
 def _backup_env(dsn: str, keys: Keys, tmp_path: Path) -> dict[str, str]:
-    return {"DRP_SOURCE_DSN": dsn, "DRP_ENCRYPTION_RECIPIENTS": keys.recipient, "DRP_WORK_DIR": str(tmp_path / "work")}
+    return drp_env(source=dsn, keys=keys, work=tmp_path / "work")
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

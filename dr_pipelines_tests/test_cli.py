@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
+from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import free_port
 from dr_pipelines_tests.support.procs import drp
 
@@ -23,6 +26,19 @@ def test_help_and_version() -> None:
     for command in ("demo", "storage", "config", "db"):
         assert command in result.stdout
     assert drp("--version").stdout.startswith("drp ")
+
+
+def test_version_names_drp_the_postgresql_client_and_dagster() -> None:
+    pg_dump = find_pg_binaries().tool("pg_dump")
+    client = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert client.startswith(f"pg_dump (PostgreSQL) {find_pg_binaries().major}.")
+    result = drp("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"drp {version('dr_pipelines')}",
+        f"PostgreSQL client: {client} ({pg_dump})",
+        f"Dagster: {version('dagster')}",
+    ]
 
 
 def test_config_show_json_masks_secrets() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -20,12 +21,10 @@ RETENTION_KEY = dg.AssetKey("backup_retention")
 
 
 @pytest.fixture
-def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_db: str) -> Path:
+def backup_env(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, demo_db: str) -> Path:
     storage_dir = tmp_path / "storage"
-    monkeypatch.setenv("DRP_SOURCE_DSN", demo_db)
-    monkeypatch.setenv("DRP_STORAGE_URL", str(storage_dir))
-    monkeypatch.setenv("DRP_ENCRYPTION_RECIPIENTS", str(x25519.Identity.generate().to_public()))
-    monkeypatch.setenv("DRP_BACKUP_RETENTION", "last=2")
+    set_drp_env(source=demo_db, storage=storage_dir, encryption_recipients=x25519.Identity.generate().to_public(),
+                backup_retention="last=2")
     return storage_dir
 
 

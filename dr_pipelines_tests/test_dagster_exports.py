@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,11 +19,9 @@ from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
 
 @pytest.fixture
-def export_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_db: str) -> Path:
+def export_env(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, demo_db: str) -> Path:
     storage_dir = tmp_path / "storage"
-    monkeypatch.setenv("DRP_SOURCE_DSN", demo_db)
-    monkeypatch.setenv("DRP_STORAGE_URL", str(storage_dir))
-    monkeypatch.setenv("DRP_WORK_DIR", str(tmp_path / "work"))
+    set_drp_env(source=demo_db, storage=storage_dir, work=tmp_path / "work")
     return storage_dir
 
 

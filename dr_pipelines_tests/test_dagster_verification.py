@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,15 +37,11 @@ class Env:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, work_base: Path, demo_db: str) -> Iterator[Env]:
+def env(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, work_base: Path, demo_db: str) -> Iterator[Env]:
     key = AgeKey.make(tmp_path / "keys")
     work = work_dir_under(work_base)
-    monkeypatch.setenv("DRP_SOURCE_DSN", demo_db)
-    monkeypatch.setenv("DRP_STORAGE_URL", str(tmp_path / "storage"))
-    monkeypatch.setenv("DRP_ENCRYPTION_RECIPIENTS", key.recipient)
-    monkeypatch.setenv("DRP_AGE_IDENTITY_FILE", str(key.identity_file))
-    monkeypatch.setenv("DRP_VERIFICATION_PROBES_FILE", str(DEMO_PROBES))
-    monkeypatch.setenv("DRP_WORK_DIR", str(work))
+    set_drp_env(source=demo_db, storage=tmp_path / "storage", keys=key, identity=True,
+                verification_probes_file=DEMO_PROBES, work=work)
     yield Env(LocalStorage(tmp_path / "storage"), work, key)
     assert reap_clusters(work) == []  # every throwaway cluster removed (and reaped if a test failed midway)
 

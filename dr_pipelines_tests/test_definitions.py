@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 import pytest
 
@@ -9,8 +11,8 @@ from dr_pipelines.definitions import build_definitions
 
 
 @pytest.fixture
-def defs(monkeypatch: pytest.MonkeyPatch, demo_db: str) -> dg.Definitions:
-    monkeypatch.setenv("DRP_SOURCE_DSN", demo_db)
+def defs(set_drp_env: Callable[..., dict[str, str]], demo_db: str) -> dg.Definitions:
+    set_drp_env(source=demo_db)
     return build_definitions()
 
 

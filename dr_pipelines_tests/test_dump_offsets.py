@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.restore.dump_offsets import OFFSET_NOT_SET, OFFSET_SET, add_data_offsets, data_offsets
 
 
 def dump(dsn: str, target: Path, *, through_pipe: bool) -> Path:
-    pg_dump = client_tool("pg_dump", 15)
+    pg_dump = client_tool("pg_dump", find_pg_binaries().major)
     if through_pipe:  # what our backup does: stdout is a pipe, pg_dump cannot seek back
         proc = subprocess.run([pg_dump, "-Fc", "-Z0", f"--dbname={dsn}"], capture_output=True, check=True)
         target.write_bytes(proc.stdout)
@@ -35,7 +36,7 @@ def test_patched_pipe_dump_matches_a_seekable_dump(demo_db: str, tmp_path: Path)
     assert written and written == sum(1 for s in states.values() if s == OFFSET_NOT_SET)
     assert offsets(piped) == offsets(seekable)  # same states, same block positions
     assert add_data_offsets(piped) == 0  # idempotent
-    listing = subprocess.run([client_tool("pg_restore", 15), "--list", str(piped)], capture_output=True, text=True)
+    listing = subprocess.run([client_tool("pg_restore", find_pg_binaries().major), "--list", str(piped)], capture_output=True, text=True)
     assert listing.returncode == 0 and "TABLE DATA public patients" in listing.stdout
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 
 
 def test_export_cli_json_and_clean_refusal(demo_db: str, tmp_path: Path) -> None:
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "default"), "DRP_EXPORT_MAX_PER_HOUR": "5"}
+    env = drp_env(source=demo_db, storage=tmp_path / "default", export_max_per_hour=5)
     target = tmp_path / "elsewhere"
     result = drp("export", "--clinic", "1", "--clinic", "3", "--format", "csv,jsonl", "--to", str(target),
                  "--requester", "dpo@example.org", "--json", env=env)
@@ -37,7 +38,7 @@ def test_export_cli_selected_tables_as_a_verified_zip(demo_db: str, tmp_path: Pa
     import hashlib
     import zipfile
 
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store")}
+    env = drp_env(source=demo_db, storage=tmp_path / "store")
     result = drp("export", "--clinic", "2", "--format", "csv,parquet", "--table", "public.patients",
                  "--table", "appointments", "--zip", "--checksums", "--json", env=env)
     assert result.returncode == 0, result.stderr

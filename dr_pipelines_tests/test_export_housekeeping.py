@@ -15,13 +15,14 @@ import pytest
 from dr_pipelines.core.export.run import ExportOptions, export_tenants
 from dr_pipelines.core.manifest import MANIFEST_NAME, read_manifest
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.export import audit_rows
 from dr_pipelines_tests.support.procs import drp, start_paused
 
 
 def test_a_killed_export_is_swept_and_closed_as_abandoned(demo_db: str, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(store), "DRP_EXPORT_MAX_PER_HOUR": "0"}
+    env = drp_env(source=demo_db, storage=store, export_max_per_hour=0)
     storage = LocalStorage(store)
     proc = start_paused(["export", "--clinic", "1", "--format", "csv,jsonl"], env, "export-after-first-file")
     try:
@@ -42,7 +43,7 @@ def test_a_killed_export_is_swept_and_closed_as_abandoned(demo_db: str, tmp_path
     assert json.loads(not_yet.stdout)["abandoned"] == [] and list(storage.list(f"exports/{export_id}/"))
 
     # The next export sweeps it first (here with a threshold of 0 minutes) and says so.
-    nxt = drp("export", "--clinic", "2", "--format", "csv", "--json", env={**env, "DRP_EXPORT_SWEEP_AFTER_MINUTES": "0"})
+    nxt = drp("export", "--clinic", "2", "--format", "csv", "--json", env={**env, **drp_env(export_sweep_after_minutes=0)})
     assert nxt.returncode == 0, nxt.stderr
     swept = json.loads(nxt.stdout)["housekeeping"]
     assert swept["abandoned"] == [export_id] and swept["objects_removed"] == len(partial)

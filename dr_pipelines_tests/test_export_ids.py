@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 
 
@@ -17,7 +18,7 @@ def _statuses(dsn: str) -> list[tuple[str, list[str], str | None]]:
 
 
 def test_an_id_out_of_the_bigint_range_is_refused_not_a_traceback(demo_db: str, tmp_path: Path) -> None:
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store")}
+    env = drp_env(source=demo_db, storage=tmp_path / "store")
     for bad in ("99999999999999999999", "1.5", "01"):
         r = drp("export", "--clinic", bad, env=env)
         assert r.returncode == 4, r.stderr
@@ -33,8 +34,8 @@ def test_a_char3_key_never_exports_a_truncated_id(fresh_db: str, tmp_path: Path)
                      " name text NOT NULL)")
         conn.execute("INSERT INTO countries VALUES ('FRA', 'France'), ('DEU', 'Germany')")
         conn.execute("INSERT INTO residents VALUES (1, 'FRA', 'Alice'), (2, 'DEU', 'Bernd'), (3, 'FRA', 'Chloé')")
-    env = {"DRP_SOURCE_DSN": fresh_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-           "DRP_EXPORT_TENANT_ROOT": "public.countries", "DRP_EXPORT_TENANT_KEY": "code"}
+    env = drp_env(source=fresh_db, storage=tmp_path / "store", export_tenant_root="public.countries",
+                  export_tenant_key="code")
     for bad in ("FRANCE", "FRA' OR '1'='1", "FRAX"):
         r = drp("export", "--clinic", bad, "--format", "jsonl", "--json", env=env)
         assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from dr_pipelines.core.export.formats import table_columns
 from dr_pipelines.core.export.run import ExportOptions, export_tenants
 from dr_pipelines.core.migrate.runner import migrate
+from dr_pipelines.core.parquet import table_columns
 from dr_pipelines.core.pg.checksums import pin_render_settings, table_checksum
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.demo.generate import TABLES, TRICKY_CLINIC_SLUG

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.export.scope import TENANTS_SETTING, ScopeError, discover_scope, tenant_select
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.tenancy import TENANTS_SETTING, ScopeError, discover_scope, tenant_select
 from dr_pipelines_tests.support.export import pagila_database
 
 DEMO_TABLES = [

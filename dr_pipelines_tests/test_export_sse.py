@@ -7,15 +7,15 @@ from pathlib import Path
 
 import yaml
 
+from dr_pipelines.core import context
 from dr_pipelines.core.settings import load_settings
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
 def _env(demo_db: str, s3_server, bucket: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": f"s3://{bucket}/drp", "DRP_S3_ENDPOINT_URL":
-            s3_server.endpoint_url, "DRP_S3_REGION": s3_server.region, "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
-            "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key, **extra}
+    return {**drp_env(source=demo_db, storage=f"s3://{bucket}/drp", s3=s3_server), **extra}
 
 
 def _encryption(s3_server, bucket: str, prefix: str) -> dict[str, tuple[str | None, str | None]]:  # type: ignore[no-untyped-def]
@@ -49,12 +49,12 @@ def test_sse_kms_with_a_key_id_applies_to_single_and_multipart_uploads(s3_server
     key_id = "arn:aws:kms:us-east-1:123456789012:key/0f3c1b8e-5d1a-4c6e-9f0a-2b7e8d9c1a23"
     s = load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, DRP_S3_SSE="aws:kms",
                                 DRP_S3_SSE_KMS_KEY_ID=key_id))
-    storage = s.storage()
+    storage = context.storage(s)
     storage.part_size = MIN_PART_SIZE  # type: ignore[attr-defined]
     storage.put_bytes("small", b"x" * 10)
     storage.put_stream("large", (b"y" * (1 << 20) for _ in range(7)))  # two parts: multipart
     assert _encryption(s3_server, s3_bucket, "drp/") == {"drp/small": ("aws:kms", key_id),
                                                          "drp/large": ("aws:kms", key_id)}
-    plain = load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, DRP_S3_SSE="none")).storage()
+    plain = context.storage(load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, DRP_S3_SSE="none")))
     plain.put_bytes("plain", b"z")
     assert _encryption(s3_server, s3_bucket, "drp/plain") == {"drp/plain": (None, None)}

@@ -15,6 +15,7 @@ from dr_pipelines.core.pg.schema import schema_ddl
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines_tests.support.backup import Keys
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.migrations import BASIC, tracking_rows, versions, write_migrations
 from dr_pipelines_tests.test_backup_cli import assert_clean_error, ok, run
 
@@ -22,9 +23,8 @@ from dr_pipelines_tests.test_backup_cli import assert_clean_error, ok, run
 @pytest.fixture
 def env(fresh_db: str, tmp_path: Path) -> dict[str, str]:
     keys = Keys.make(tmp_path / "keys")
-    return {"DRP_SOURCE_DSN": fresh_db, "DRP_STORAGE_URL": str(tmp_path / "storage"),
-            "DRP_ENCRYPTION_RECIPIENTS": keys.recipient, "DRP_WORK_DIR": str(tmp_path / "work"),
-            "DRP_MIGRATIONS_DIR": str(write_migrations(tmp_path / "migrations", BASIC))}
+    return drp_env(source=fresh_db, storage=tmp_path / "storage", keys=keys, work=tmp_path / "work",
+                   migrations_dir=write_migrations(tmp_path / "migrations", BASIC))
 
 
 def status_of(dsn: str, directory: Path) -> MigrationStatus:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -12,17 +13,15 @@ from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
-from dr_pipelines.defs.migrations.job import SCHEMA_KEY
+from dr_pipelines.defs.migrations.jobs import SCHEMA_KEY
 from dr_pipelines_tests.support.migrations import BASIC, table_exists, tracking_rows, versions, write_migrations
 
 
 @pytest.fixture
-def mig_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_db: str) -> Path:
+def mig_env(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, fresh_db: str) -> Path:
     directory = write_migrations(tmp_path / "migrations", {k: v for k, v in BASIC.items() if not k.startswith("0003")})
-    monkeypatch.setenv("DRP_SOURCE_DSN", fresh_db)
-    monkeypatch.setenv("DRP_STORAGE_URL", str(tmp_path / "storage"))
-    monkeypatch.setenv("DRP_ENCRYPTION_RECIPIENTS", str(x25519.Identity.generate().to_public()))
-    monkeypatch.setenv("DRP_MIGRATIONS_DIR", str(directory))
+    set_drp_env(source=fresh_db, storage=tmp_path / "storage",
+                encryption_recipients=x25519.Identity.generate().to_public(), migrations_dir=directory)
     return directory
 
 

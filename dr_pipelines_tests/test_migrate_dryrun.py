@@ -18,6 +18,7 @@ from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines_tests.support.backup import Keys, own_checksums
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.migrations import BASIC, tracking_rows, write_migrations
 from dr_pipelines_tests.support.verification import leftover_clusters, work_dir_under
 
@@ -77,9 +78,7 @@ def test_no_transaction_dry_run_needs_a_backup_then_uses_a_throwaway_restore(
 ) -> None:
     keys = Keys.make(tmp_path / "keys")
     storage_dir, work_dir = tmp_path / "storage", work_dir_under(work_base)
-    settings = load_settings(env={"DRP_SOURCE_DSN": fresh_db, "DRP_STORAGE_URL": str(storage_dir),
-                                  "DRP_ENCRYPTION_RECIPIENTS": keys.recipient,
-                                  "DRP_AGE_IDENTITY_FILE": str(keys.identity_file), "DRP_WORK_DIR": str(work_dir)})
+    settings = load_settings(env=drp_env(source=fresh_db, storage=storage_dir, keys=keys, identity=True, work=work_dir))
     directory = write_migrations(tmp_path / "migrations", {k: v for k, v in BASIC.items() if not k.startswith("0003")})
     migrate(fresh_db, directory)
     write_migrations(directory, {"0003_orders.sql": BASIC["0003_orders.sql"], **CONCURRENT_INDEX})

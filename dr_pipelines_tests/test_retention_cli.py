@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
@@ -14,8 +15,7 @@ from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 def test_plan_hold_apply_list_restore(demo_db: str, tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path),
-           "DRP_RETENTION_POLICIES_FILE": str(policy)}
+    env = {**drp_env(source=demo_db, storage=tmp_path / "store", retention_policies_file=policy), **key_env(tmp_path)}
     when = ["--as-of", AS_OF.isoformat()]
 
     planned = drp("retention", "plan", "--json", "--table", "public.clinical_notes", *when, env=env)
@@ -46,7 +46,7 @@ def test_plan_hold_apply_list_restore(demo_db: str, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_message_with_a_fix(demo_db: str, tmp_path: Path) -> None:
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store")}
+    env = drp_env(source=demo_db, storage=tmp_path / "store")
     missing = drp("retention", "plan", env=env)
     assert missing.returncode == 2 and "fix:" in missing.stderr and "Traceback" not in missing.stderr
     bad = tmp_path / "bad.yaml"

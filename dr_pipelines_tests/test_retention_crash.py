@@ -1,7 +1,7 @@
 """kill -9 during `drp retention apply`, then run it again: no row lost, none archived twice.
 
-The process is real (the installed `drp`), paused by the test-only DRP_TEST_PAUSE_AT hook
-at the moment of interest and killed with SIGKILL: no cleanup code runs. Afterwards the
+The process is real (`drp`'s main, started by support/paused_drp.py), paused by a test-only
+checkpoint observer at the moment of interest and killed with SIGKILL: no cleanup code runs. Afterwards the
 rows left in the table plus the rows read back from every archive in storage (minus the rows
 each archive's kept.json lists as never deleted) must equal the original rows by count and
 content checksum, with no primary key in two archives.
@@ -28,6 +28,7 @@ from dr_pipelines.core.retention.segment import fetched
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp, start_paused
 from dr_pipelines_tests.support.retention import (
     AS_OF,
@@ -45,8 +46,7 @@ TABLES = ("public.audit_log", "public.clinical_notes")
 
 
 def _env(dsn: str, store: Path, policy: Path) -> dict[str, str]:
-    return {"DRP_SOURCE_DSN": dsn, "DRP_STORAGE_URL": str(store), "DRP_RETENTION_POLICIES_FILE": str(policy),
-            **key_env(policy.parent)}
+    return {**drp_env(source=dsn, storage=store, retention_policies_file=policy), **key_env(policy.parent)}
 
 
 def _run_until_paused(env: dict[str, str], point: str, args: list[str], timeout: float = 60) -> None:
@@ -88,9 +88,7 @@ def test_kill_9_then_rerun_loses_nothing_and_duplicates_nothing(point: str, demo
 def test_kill_9_on_s3(point: str, demo_db: str, tmp_path: Path, s3_server, s3_bucket: str) -> None:  # type: ignore[no-untyped-def]
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {**_env(demo_db, tmp_path, policy), "DRP_STORAGE_URL": f"s3://{s3_bucket}/retention",
-           "DRP_S3_ENDPOINT_URL": s3_server.endpoint_url, "DRP_S3_REGION": s3_server.region,
-           "DRP_S3_ACCESS_KEY_ID": s3_server.access_key, "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key}
+    env = {**_env(demo_db, tmp_path, policy), **drp_env(storage=f"s3://{s3_bucket}/retention", s3=s3_server)}
     _check_crash_then_rerun(point, demo_db, env, S3Storage(s3_bucket, "retention", **s3_server.storage_kwargs()))
 
 

@@ -12,13 +12,14 @@ import yaml
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.retention import definitions as retention
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.retention import POLICY, key_env
 
 
 def test_an_asset_per_policy_and_a_stopped_schedule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    defs = _with_resource(retention.build(load_settings(env={"DRP_RETENTION_POLICIES_FILE": str(policy)})))
+    defs = _with_resource(retention.build(load_settings(env=drp_env(retention_policies_file=policy))))
     keys = {spec.key for spec in defs.resolve_all_asset_specs()}
     assert keys == {retention.asset_key(t) for t in POLICY["tables"]}
     assert defs.resolve_schedule_def("retention_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
@@ -30,8 +31,7 @@ def test_materializing_a_month_archives_and_passes_its_checks(monkeypatch: pytes
                                                               tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path),
-           "DRP_RETENTION_POLICIES_FILE": str(policy)}
+    env = {**drp_env(source=demo_db, storage=tmp_path / "store", retention_policies_file=policy), **key_env(tmp_path)}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     defs = _with_resource(retention.build(load_settings()))

@@ -20,6 +20,7 @@ from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
 from dr_pipelines.core.retention.rehydrate import list_archives, parse_period, restore_archives
 from dr_pipelines.core.retention.segment import ArchiveKeys, fetched
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, ID, KEYS, POLICY, archived, assert_union, content, policies
 
@@ -87,13 +88,12 @@ def test_no_recipients_means_no_archive_unless_plaintext_is_allowed(demo_db: str
 def test_the_cli_refuses_to_archive_without_recipients(demo_db: str, tmp_path: Path) -> None:
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    env = {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-           "DRP_RETENTION_POLICIES_FILE": str(policy)}
+    env = drp_env(source=demo_db, storage=tmp_path / "store", retention_policies_file=policy)
     refused = drp("retention", "apply", "--json", "--as-of", AS_OF.isoformat(), env=env)
     assert refused.returncode == 2 and "never stored in plaintext" in refused.stderr
     assert "DRP_ENCRYPTION_RECIPIENTS" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "store").exists()
     allowed = drp("retention", "apply", "--json", "--table", NOTES, "--as-of", AS_OF.isoformat(),
-                  env={**env, "DRP_ARCHIVE_ALLOW_PLAINTEXT": "true"})
+                  env={**env, **drp_env(archive_allow_plaintext="true")})
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["tables"][0]["archived_rows"] > 0

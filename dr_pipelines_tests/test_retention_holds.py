@@ -10,6 +10,7 @@ import psycopg
 import yaml
 
 from dr_pipelines.core.retention.holds import place_hold
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
@@ -18,8 +19,7 @@ def _env(demo_db: str, tmp_path: Path) -> dict[str, str]:
     """`drp retention` settings: the demo policy, local storage, archive keys."""
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    return {"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "store"),
-            "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)}
+    return {**drp_env(source=demo_db, storage=tmp_path / "store", retention_policies_file=policy), **key_env(tmp_path)}
 
 
 def test_a_trailing_comment_is_not_stored_and_cannot_break_plan_or_apply(demo_db: str, tmp_path: Path) -> None:

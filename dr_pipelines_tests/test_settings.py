@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.retention.segment import ArchiveKeys
 from dr_pipelines.core.settings import load_settings
 
 AGE_KEY = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
@@ -63,7 +64,7 @@ def test_invalid_values_name_key_source_and_expectation(env: dict[str, str], key
 def test_encryption_at_rest_defaults() -> None:
     s = load_settings(env={})
     assert (s.s3_sse, s.s3_sse_kms_key_id, s.export_ttl_days, s.archive_allow_plaintext) == ("AES256", None, 7, False)
-    assert s.archive_keys().recipients == () and s.archive_keys().identities == ()
+    assert ArchiveKeys.from_settings(s).recipients == () and ArchiveKeys.from_settings(s).identities == ()
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:

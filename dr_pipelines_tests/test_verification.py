@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from pyrage import x25519
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import record_attempt
 from dr_pipelines.core.backup.catalog import backup_prefix, list_backups, newest_restorable, restorable
 from dr_pipelines.core.backup.logical import DATABASE_OBJECT, run_logical_backup
@@ -36,6 +37,7 @@ from dr_pipelines.core.verify.drill import drill_reports, run_drill
 from dr_pipelines.core.verify.report import DrillReport, VerificationReport
 from dr_pipelines.core.verify.restore import verify_backup
 from dr_pipelines_tests.support.backup import Keys
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.verification import (
     CHANGE_ONE_PATIENT,
     CORE_CHECKS,
@@ -131,7 +133,7 @@ def stored_verification(storage: LocalStorage, backup_id: str) -> dict:  # type:
 
 
 def status_of(storage: LocalStorage):  # type: ignore[no-untyped-def]
-    return current_status(load_settings(env={"DRP_STORAGE_URL": str(storage.root)}))
+    return current_status(load_settings(env=drp_env(storage=storage.root)))
 
 
 # -- a good backup ------------------------------------------------------------------------------
@@ -504,9 +506,9 @@ def test_load_probes_reads_the_demo_file_and_a_custom_one(tmp_path: Path) -> Non
     custom = tmp_path / "probes.yaml"
     custom.write_text("- name: no_orphans\n  sql: SELECT 1 WHERE false\n")
     assert load_probes(custom) == [Probe("no_orphans", "SELECT 1 WHERE false")]
-    settings = load_settings(env={"DRP_VERIFICATION_PROBES_FILE": str(custom)})
-    assert settings.probes == [Probe("no_orphans", "SELECT 1 WHERE false")]
-    assert load_settings(env={}).probes == []
+    settings = load_settings(env=drp_env(verification_probes_file=custom))
+    assert context.probes(settings) == [Probe("no_orphans", "SELECT 1 WHERE false")]
+    assert context.probes(load_settings(env={})) == []
 
 
 @pytest.mark.parametrize(
@@ -645,7 +647,7 @@ def test_status_after_backup_verification_and_drill_is_ok(good: Good, drilled: D
     assert st.last_drill["rto_seconds"] == round(drilled.report.rto_seconds, 2)
 
     # A month and a bit later with nothing new: the drill is overdue and the RPO is missed.
-    later = current_status(load_settings(env={"DRP_STORAGE_URL": str(storage.root)}),
+    later = current_status(load_settings(env=drp_env(storage=storage.root)),
                            now=datetime.now(UTC) + timedelta(days=33))
     assert not later.ok and not later.rpo_met
     assert any("monthly DR drill is overdue" in p for p in later.problems)

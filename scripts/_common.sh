@@ -45,20 +45,70 @@ check_prerequisites() {
   export DRP_PG_BIN_DIR="$PG_BIN"
 }
 
-# Create the venv and install the project (with extras "$1") when pyproject.toml changed.
+# -- the lock ------------------------------------------------------------------------------------
+# requirements/<set>.txt pin every dependency with hashes (uv pip compile); scripts/lock writes them and
+# records the sha256 of pyproject.toml's dependency lists, so a pin changed without a refresh is caught here.
+LOCK_REFRESH="scripts/lock"
+
+# sha256 of pyproject.toml's dependencies, optional-dependencies and requires-python (comments do not count).
+deps_hash() {
+  "${PY:-$(find_python)}" -c '
+import hashlib, json, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+keys = {k: project.get(k) for k in ("dependencies", "optional-dependencies", "requires-python")}
+print(hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest())' "$1"
+}
+
+# Die with the refresh command when LOCK is missing or was made from other pyproject.toml dependencies.
+check_lock() {
+  local lock="$1" recorded wanted
+  [ -f "$lock" ] || die "${lock#"$REPO_ROOT"/} is missing: run $LOCK_REFRESH"
+  recorded="$(sed -n 's/^# pyproject-deps-sha256: \([0-9a-f]*\).*/\1/p' "$lock" | head -n1)"
+  wanted="$(deps_hash "$REPO_ROOT/pyproject.toml")" || die "could not read $REPO_ROOT/pyproject.toml"
+  [ "$recorded" = "$wanted" ] || die "the dependencies in pyproject.toml changed since ${lock#"$REPO_ROOT"/} was locked.
+  Refresh the lock with: $LOCK_REFRESH   (then commit requirements/)"
+}
+
+# Echo a uv binary: the venv's, one on PATH, or one bootstrapped into the venv from the hashed
+# requirements/uv.txt. Fails (no output) when uv cannot be had or DRP_INSTALLER=pip.
+find_uv() {
+  [ "${DRP_INSTALLER:-}" = pip ] && return 1
+  if [ -x "$VENV/bin/uv" ]; then echo "$VENV/bin/uv"; return 0; fi
+  if command -v uv >/dev/null 2>&1; then command -v uv; return 0; fi
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+    -r "$REPO_ROOT/requirements/uv.txt" >/dev/null 2>&1 && [ -x "$VENV/bin/uv" ] && echo "$VENV/bin/uv"
+}
+
+# Make $VENV hold requirements/$1.txt, then the project itself (editable, without dependencies).
+# Reused as is while its stamp (sha256 of the lock and pyproject.toml) matches.
 ensure_venv() {
-  local extras="$1" stamp
-  stamp="$VENV/.drp-installed-$(cat "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+  local set="$1" lock="$REPO_ROOT/requirements/$1.txt" key stamp uv
+  check_lock "$lock"
+  key="$(cat "$lock" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  stamp="$VENV/.drp-installed-$key-$set"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ]; then
+    echo "$VENV is up to date with requirements/$set.txt (lock $key): reusing it" >&2
+    return 0
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
     echo "creating virtualenv in $VENV" >&2
     "$PY" -m venv "$VENV" || die "could not create a virtualenv with $PY (Debian/Ubuntu: apt-get install python3-venv)"
   fi
-  if [ ! -f "$stamp" ]; then
-    echo "installing dr_pipelines and its dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$REPO_ROOT[$extras]" \
-      || die "pip install failed (see above): check network access to PyPI"
-    rm -f "$VENV"/.drp-installed-* && touch "$stamp"
+  rm -f "$VENV"/.drp-installed-*
+  if uv="$(find_uv)"; then
+    echo "installing requirements/$set.txt into $VENV with $("$uv" --version) (parallel, hashes checked)" >&2
+    VIRTUAL_ENV="$VENV" "$uv" pip install --quiet --python "$VENV/bin/python" --require-hashes -r "$lock" \
+      && VIRTUAL_ENV="$VENV" "$uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT" \
+      || die "uv pip install failed (see above): check access to the package index, or retry with DRP_INSTALLER=pip"
+  else
+    echo "installing requirements/$set.txt into $VENV with pip (uv unavailable; same pins, hashes checked)" >&2
+    # --no-deps: the lock is the whole closure, and pip's --require-hashes rejects an extra such as gql[requests]
+    # that the lock pins as plain gql.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r "$lock" \
+      && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$REPO_ROOT" \
+      || die "pip install failed (see above): check access to the package index"
   fi
+  touch "$stamp"
 }
 
 # The escape-hatch tests restore with the stock age and zstd CLIs.

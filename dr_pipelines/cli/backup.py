@@ -1,22 +1,17 @@
-"""`drp backup ...`, `drp restore`, `drp key generate`: the backup path for a person."""
+"""`drp backup run|list|show|prune|pin|unpin`: the backup path for a person."""
 
 from __future__ import annotations
 
 import getpass
-import os
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, report_swept, settings
+from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
+from dr_pipelines.core import context
 
 backup_app = typer.Typer(help="Logical backups: take, list, inspect, prune, pin.", no_args_is_help=True)
-key_app = typer.Typer(help="age keys for backup encryption.", no_args_is_help=True)
-
-TARGET_ENV = "DRP_RESTORE_TARGET"  # the restore target's DSN, kept out of argv (visible in `ps`)
 
 
 def _entry_row(e: Any, newest_id: str | None) -> dict[str, Any]:
@@ -87,7 +82,7 @@ def backup_list(
     """The backups in storage, oldest first, with each one's verification state; damaged ones are listed and warned about."""
     from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
 
-    entries = list_backups(settings().storage())
+    entries = list_backups(context.storage(settings()))
     newest = newest_restorable(entries)
     rows = [_entry_row(e, newest.id if newest else None) for e in entries if all_ or e.complete or e.error]
     for e in damaged(entries):
@@ -115,7 +110,7 @@ def backup_show(
     """One backup's manifest: objects with sizes and checksums, tables with row counts."""
     from dr_pipelines.core.backup.catalog import find_backup
 
-    entry = find_backup(settings().storage(), backup_id)
+    entry = find_backup(context.storage(settings()), backup_id)
     m = entry.manifest
     assert m is not None
     if as_json:
@@ -145,7 +140,7 @@ def backup_prune(
     from dr_pipelines.core.backup.prune import prune_backups
 
     s = settings()
-    result = prune_backups(s.storage(), RetentionPolicy.parse(policy) if policy else s.retention_policy, dry_run=dry_run)
+    result = prune_backups(context.storage(s), RetentionPolicy.parse(policy) if policy else context.retention_policy(s), dry_run=dry_run)
     rows = [{"id": d.candidate.id, "time": d.candidate.time.isoformat(), "keep": d.keep, "reasons": list(d.reasons)}
             for d in result.decisions]
     if as_json:
@@ -165,7 +160,7 @@ def backup_pin(
     """Pin a backup (legal hold): retention never deletes it."""
     from dr_pipelines.core.backup.catalog import pin_backup
 
-    pin_backup(settings().storage(), backup_id, reason=reason, by=getpass.getuser())
+    pin_backup(context.storage(settings()), backup_id, reason=reason, by=getpass.getuser())
     out.print(f"pinned {backup_id}")
 
 
@@ -174,100 +169,5 @@ def backup_unpin(backup_id: str = typer.Argument(..., help="Backup id.")) -> Non
     """Release a pin; retention may delete the backup afterwards."""
     from dr_pipelines.core.backup.catalog import unpin_backup
 
-    unpin_backup(settings().storage(), backup_id)
+    unpin_backup(context.storage(settings()), backup_id)
     out.print(f"unpinned {backup_id}")
-
-
-def restore(
-    backup_id: str = typer.Argument("latest", help="Backup id, or 'latest'."),
-    target: Optional[str] = typer.Option(
-        None, "--target", show_default=False,
-        help=f"DSN of an existing (empty) database to restore into (else {TARGET_ENV}). A password here is "
-             f"visible in `ps`: put the DSN in {TARGET_ENV}, or leave the password out and let libpq find it "
-             "(~/.pgpass or PGPASSFILE, service=NAME from pg_service.conf). pg_restore and psql never get it in argv."),
-    new_cluster: Optional[Path] = typer.Option(None, "--new-cluster", help="Create a fresh local cluster in this directory."),
-    port: Optional[int] = typer.Option(None, help="Port for --new-cluster (default: a free one)."),
-    identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="age identity file (else DRP_AGE_IDENTITY_FILE)."),
-    list_only: bool = typer.Option(False, "--list", help="Only print the backup's table of contents."),
-    schema: list[str] = typer.Option([], "--schema", "-n", help="Restore only this schema (repeatable)."),
-    table: list[str] = typer.Option([], "--table", "-t", help="Restore only this table (repeatable)."),
-    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Parallel pg_restore jobs."),
-    force: bool = typer.Option(False, "--force", help="Restore into a non-empty database (drops what the backup holds)."),
-    overwrite_source: bool = typer.Option(
-        False, "--overwrite-source",
-        help="With --force: allow restoring over the backup's own source database (loses every change since the backup)."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip comparing restored row counts and checksums with the manifest."),
-    no_owner: bool = typer.Option(False, "--no-owner", help="Do not restore ownership and privileges."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
-) -> None:
-    """Restore a backup: every object's checksum is verified before anything is written to the target.
-
-    Afterwards every restored table's row count and checksum is compared with the manifest (--no-check skips it).
-
-    The target comes from --target or DRP_RESTORE_TARGET: keep passwords out of argv.
-    """
-    from dr_pipelines.core.backup.catalog import find_backup
-    from dr_pipelines.core.errors import ConfigError
-    from dr_pipelines.core.restore.logical import RestoreOptions, list_contents, restore_backup, restore_to_new_cluster
-
-    s = settings()
-    identities = s.identities(identity)
-    storage = s.storage()
-    entry = find_backup(storage, backup_id)
-    work_dir = Path(s.work_dir)
-    if list_only:
-        out.print(list_contents(storage, entry, identities, work_dir), highlight=False, end="")
-        return
-    if target is not None and new_cluster is not None:
-        raise ConfigError("say where to restore", fix="pass exactly one of --target DSN or --new-cluster DIR")
-    if target is None and new_cluster is None:
-        target = os.environ.get(TARGET_ENV) or None
-        if target is None:
-            raise ConfigError("say where to restore",
-                              fix=f"pass exactly one of --target DSN (or set {TARGET_ENV}) or --new-cluster DIR")
-    options = RestoreOptions(jobs=jobs, schemas=tuple(schema), tables=tuple(table), force=force, no_owner=no_owner,
-                             with_globals=new_cluster is not None, check=not no_check,
-                             overwrite_source=overwrite_source)
-    started = datetime.now(UTC)
-    report_swept(work_dir)
-    with progress_bar(not as_json) as progress:
-        if new_cluster is not None:
-            cluster, result = restore_to_new_cluster(storage, entry, identities, new_cluster, work_dir=work_dir,
-                                                     port=port, options=options, progress=progress)
-            target_dsn = cluster.dsn(entry.manifest.source.get("database", "restored"))  # type: ignore[union-attr]
-        else:
-            assert target is not None
-            result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options,
-                                    progress=progress)
-            target_dsn = None
-    report = {
-        "backup_id": result.backup_id, "target": result.target, "fetch_seconds": round(result.fetch_seconds, 2),
-        "restore_seconds": round(result.restore_seconds, 2), "plain_bytes": result.plain_bytes,
-        "started_at": started.isoformat(), "new_cluster_dsn": target_dsn,
-        "checked_tables": result.checked_tables,
-    }
-    if as_json:
-        emit_json(report)
-        return
-    out.print(f"restored {result.backup_id} into {result.target}: fetched and verified in {result.fetch_seconds:.1f}s, "
-              f"pg_restore {result.restore_seconds:.1f}s")
-    if result.checked_tables is None:
-        out.print("not checked against the manifest (--no-check)")
-    else:
-        out.print(f"row counts and checksums of {result.checked_tables} tables equal the manifest")
-    if target_dsn:
-        out.print(f"new cluster: {target_dsn}", highlight=False, soft_wrap=True)
-        out.print(f"  connect: psql \"{target_dsn}\"  (the password is in the passfile, mode 0600; "
-                  f"stop the server with pg_ctl -D {new_cluster} stop)", highlight=False, soft_wrap=True)
-    for w in result.warnings:
-        err.print(f"note: {w}")
-
-
-@key_app.command("generate")
-def key_generate(out_file: Path = typer.Option(..., "--out", help="Where to write the identity (private key), mode 0600.")) -> None:
-    """Create an age key pair; put the printed public key in DRP_ENCRYPTION_RECIPIENTS and keep the file offline."""
-    from dr_pipelines.core.crypto import generate_identity_file
-
-    public = generate_identity_file(out_file)
-    err.print(f"identity written to {out_file} (keep it off the backup host; without it backups cannot be read)")
-    out.print(public)

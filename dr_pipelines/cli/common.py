@@ -83,7 +83,7 @@ def human_bytes(n: float) -> str:
 
 def report_swept(work_dir: Path) -> None:
     """Sweep the throwaway clusters and staged plaintext of killed runs, and say what went (stderr)."""
-    from dr_pipelines.core.pg.cluster import sweep_leftovers
+    from dr_pipelines.core.pg.leases import sweep_leftovers
 
     for line in sweep_leftovers(Path(work_dir)):
         err.print(f"removed leftover {line}", highlight=False)
@@ -99,11 +99,13 @@ class _Amount(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, *, unit: str = "bytes") -> Iterator[Any]:
+def progress_bar(enabled: bool = True, *, unit: str = "bytes", one_bar: str | None = None) -> Iterator[Any]:
     """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal.
 
     ``unit`` "bytes" shows sizes and speed; anything else ("rows") shows plain counts. A phase
-    named "name (unit)", e.g. "restore (TOC entries)", always shows plain counts.
+    named "name (unit)", e.g. "restore (TOC entries)", always shows plain counts. With
+    ``one_bar``, a single bar so named counts over all phases and says the current one
+    ("export public.visits": files done of all files).
     """
     if not enabled or not err.is_terminal:
         yield None
@@ -111,6 +113,15 @@ def progress_bar(enabled: bool = True, *, unit: str = "bytes") -> Iterator[Any]:
     bars = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), TimeElapsedColumn(), console=err,
                     transient=False)
     tasks: dict[str, Any] = {}
+    if one_bar is not None:
+        task = bars.add_task(one_bar, total=None, unit=unit)
+
+        def update_one(phase: str, done: int, total: int | None) -> None:
+            bars.update(task, completed=done, total=total, description=f"{one_bar} {phase}")
+
+        with bars:
+            yield update_one
+        return
 
     def update(phase: str, done: int, total: int | None) -> None:
         if phase not in tasks:

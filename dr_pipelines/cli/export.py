@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dr_pipelines.cli.common import emit_json, err, human_bytes, out, settings
-
-
-@contextmanager
-def _files_progress(enabled: bool) -> Iterator[Any]:
-    if not enabled or not err.is_terminal:
-        yield None
-        return
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False)
-    task = bars.add_task("export", total=None)
-
-    def update(name: str, done: int, total: int | None) -> None:
-        bars.update(task, completed=done, total=total, description=f"export {name}")
-
-    with bars:
-        yield update
+from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
+from dr_pipelines.core import context
 
 
 def export(
@@ -50,7 +32,7 @@ def export(
     from dr_pipelines.core.export.run import ExportOptions, export_tenants
 
     s = settings()
-    storage = s.storage(to)
+    storage = context.storage(s, to)
     on_s3 = storage.properties.presign
     options = ExportOptions(
         formats=tuple(f for f in formats.split(",") if f.strip()), root=root or s.export_tenant_root,
@@ -60,7 +42,7 @@ def export(
         content_checksums=checksums, ttl_days=s.export_ttl_days or None,
         sweep_after=timedelta(minutes=s.export_sweep_after_minutes),
     )
-    with _files_progress(not as_json) as progress:
+    with progress_bar(not as_json, unit="files", one_bar="export") as progress:
         result = export_tenants(s.dsn, storage, clinic, options, progress=progress)
     m = result.manifest
     summary = {
@@ -121,7 +103,7 @@ def sweep(
     s = settings()
     with connect(s.dsn, autocommit=True) as conn:
         after = s.export_sweep_after_minutes if older_than is None else older_than
-        swept = sweep_exports(conn, s.storage(to), stale_after=timedelta(minutes=after),
+        swept = sweep_exports(conn, context.storage(s, to), stale_after=timedelta(minutes=after),
                               ttl=timedelta(days=s.export_ttl_days) if s.export_ttl_days else None)
     if as_json:
         emit_json(swept.as_dict())

@@ -50,6 +50,16 @@ class ObjectNotFoundError(StorageError):
     """A key does not exist in the storage backend."""
 
 
+class ExportError(DrpError):
+    """An export failed; nothing was committed (no manifest)."""
+
+
+class ExportRefusedError(ExportError):
+    """An export was refused before any tenant data was read."""
+
+    exit_code = 4
+
+
 class MigrationError(DrpError):
     """A migration is malformed, edited after being applied, or failed to apply."""
 

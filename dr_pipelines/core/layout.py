@@ -15,6 +15,8 @@ can see the whole repository at a glance and no two features can drift apart on 
     archives/<table>/tenant=<t>/month=<YYYY-MM>/<segment id>/
         rows.parquet[.zst.age], kept.json[.zst.age], manifest.json   data-retention archives
     drills/<YYYY-MM>/report.md, report.json     restore drill reports (JSON last)
+    wal/<timeline>/<segment>.zst.age[.json]     the WAL archive (core/wal/names.py maps names to keys)
+    wal/<timeline>.history.zst.age, wal/events/ timeline histories; archiver events
 
 Ids sort by time and are unique across hosts: ``20261127T180102.123Z-3fa9``.
 """
@@ -46,6 +48,8 @@ SEALED = ".zst.age"  # suffix of an age-encrypted (zstd inside) object
 DRILLS = "drills"
 DRILL_REPORT_NAME = "report.json"  # written last: the JSON is what status reads
 DRILL_MARKDOWN_NAME = "report.md"
+
+WAL = "wal"  # WAL segments and histories under wal/, their keys built in core/wal/names.py
 
 
 def new_id(now: datetime | None = None, *, microseconds: bool = False, random_bytes: int = 2) -> str:

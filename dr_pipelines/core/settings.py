@@ -3,7 +3,8 @@
 Sources, later wins: defaults < YAML file (``DRP_CONFIG`` or ``--config``) < ``DRP_*``
 environment variables. Every invalid value is reported with the key's name, where it came
 from and what is expected. Secrets (the DSN's password, S3 keys) are SecretStr: they never
-appear in a repr, a log line, an error or Dagster metadata.
+appear in a repr, a log line, an error or Dagster metadata. Settings is pure data: the storage
+backend, identities, probes and policies it describes are built by core/context.py.
 """
 
 from __future__ import annotations
@@ -12,18 +13,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from dr_pipelines.core.errors import ConfigError, read_config_yaml
 from dr_pipelines.core.pg.connect import parse_dsn
-
-if TYPE_CHECKING:
-    from dr_pipelines.core.backup.gfs import RetentionPolicy
-    from dr_pipelines.core.retention.segment import ArchiveKeys
-    from dr_pipelines.core.storage import Storage
-    from dr_pipelines.core.verify.checks import Probe
 
 ENV_PREFIX = "DRP_"
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
@@ -112,6 +107,12 @@ class Settings(BaseModel):
         "audited abandoned) by the exports' housekeeping."
     )
     analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
+    wal_lag_alert_seconds: int = Field(
+        300, gt=0, description="Alert when the oldest WAL segment waiting to be archived is older (drp wal status)."
+    )
+    wal_pg_wal_alert_bytes: int = Field(
+        8 * 1024**3, gt=0, description="Alert when pg_wal grows beyond this many bytes (archiving is behind)."
+    )
 
     @field_validator("source_dsn")
     @classmethod
@@ -177,38 +178,6 @@ class Settings(BaseModel):
             raise ValueError(exc.problem) from None
         return v
 
-    @property
-    def probes(self) -> list[Probe]:
-        from dr_pipelines.core.verify.checks import load_probes
-
-        return load_probes(self.verification_probes_file) if self.verification_probes_file else []
-
-    def identities(self, override: Path | None = None) -> list[object]:
-        """The age identities for reading backups: --identity, else age_identity_file."""
-        from dr_pipelines.core.crypto import load_identities
-
-        path = override or self.age_identity_file
-        if path is None:
-            raise ConfigError(
-                "no age identity given: reading backups needs the private key",
-                fix="pass --identity FILE or set DRP_AGE_IDENTITY_FILE",
-            )
-        return load_identities(path)
-
-    def archive_keys(self, identity: Path | None = None) -> ArchiveKeys:
-        """What archives are sealed to (encryption_recipients) and read back with (the identity, if configured)."""
-        from dr_pipelines.core.retention.segment import ArchiveKeys
-
-        has_identity = identity is not None or self.age_identity_file is not None
-        return ArchiveKeys(tuple(self.encryption_recipients),
-                           tuple(self.identities(identity)) if has_identity else (), self.archive_allow_plaintext)
-
-    @property
-    def retention_policy(self) -> RetentionPolicy:
-        from dr_pipelines.core.backup.gfs import RetentionPolicy
-
-        return RetentionPolicy.parse(self.backup_retention)
-
     @field_validator("backup_cron", "verify_cron", "drill_cron", "analytics_export_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
@@ -220,23 +189,6 @@ class Settings(BaseModel):
     def dsn(self) -> str:
         """The source DSN in clear, for connecting only: never log it."""
         return self.source_dsn.get_secret_value()
-
-    def storage(self, url: str | None = None) -> Storage:
-        """The configured storage backend, or ``url`` with the same S3 endpoint and credentials."""
-        from dr_pipelines.core.storage import open_storage
-
-        def secret(value: SecretStr | None) -> str | None:
-            return value.get_secret_value() if value else None
-
-        return open_storage(
-            url or self.storage_url,
-            s3_endpoint_url=self.s3_endpoint_url,
-            s3_region=self.s3_region,
-            s3_access_key=secret(self.s3_access_key_id),
-            s3_secret_key=secret(self.s3_secret_access_key),
-            s3_sse=None if self.s3_sse == "none" else self.s3_sse,
-            s3_sse_kms_key_id=self.s3_sse_kms_key_id if self.s3_sse == "aws:kms" else None,
-        )
 
     def describe(self) -> dict[str, Any]:
         """Settings safe to print or attach as metadata: secrets shown as set/unset."""

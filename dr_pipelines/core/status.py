@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import attempt_stats
-from dr_pipelines.core.backup.catalog import damaged, list_backups, newest_restorable
+from dr_pipelines.core.backup.catalog import BackupEntry, damaged, list_backups, newest_restorable
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.drill import drill_reports
 
@@ -44,13 +45,19 @@ class Status:
         return {**asdict(self), "ok": self.ok}
 
 
-def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
-    now = now or datetime.now(UTC)
-    storage = settings.storage()
-    entries = list_backups(storage)
+def rpo_age(entries: list[BackupEntry], now: datetime) -> tuple[BackupEntry | None, float | None]:
+    """The newest restorable backup and its age in minutes at ``now`` (None, None when there is none)."""
     newest = newest_restorable(entries)
     point = newest.restore_point if newest else None
-    age = (now - point).total_seconds() / 60 if point else None
+    return newest, (now - point).total_seconds() / 60 if point else None
+
+
+def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
+    now = now or datetime.now(UTC)
+    storage = context.storage(settings)
+    entries = list_backups(storage)
+    newest, age = rpo_age(entries, now)
+    point = newest.restore_point if newest else None
     stats = attempt_stats(storage, now=now)
     verified = [e for e in entries if e.verification]
     last_verification = None

@@ -7,9 +7,11 @@ plain `zstd` inside plain `age`, so `age -d -i key | zstd -d` undoes it with sto
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import pyrage
@@ -149,3 +151,18 @@ def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[ob
         ) from None
     except zstandard.ZstdError as exc:
         raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})", fix="the object is damaged") from None
+
+
+def file_chunks(path: Path, chunk: int = READ_SIZE) -> Iterator[bytes]:
+    """A local file as ~1 MiB chunks, for ``Storage.put_stream`` (exports, bundles, archives)."""
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            yield data
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a scratch file that may already be gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -12,6 +12,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+PAUSED = "DRP_TEST_PAUSED"  # what support/paused_drp.py prints when it stops at a checkpoint
 
 
 def drp(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -37,10 +39,11 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interv
 
 
 def start_paused(args: list[str], env: dict[str, str], point: str, timeout: float = 60) -> subprocess.Popen[str]:
-    """Start `drp args` with DRP_TEST_PAUSE_AT=point and return it once paused there (alive: the caller kills it)."""
+    """Start `drp args` stopping at checkpoint ``point`` and return it once paused there (alive: the caller kills it)."""
     import select
 
-    proc = subprocess.Popen([str(BIN / "drp"), *args], env={**os.environ, **env, "DRP_TEST_PAUSE_AT": point},
+    proc = subprocess.Popen([sys.executable, "-m", "dr_pipelines_tests.support.paused_drp", point, *args],
+                            env={**os.environ, **env, "PYTHONPATH": _with_repo(os.environ.get("PYTHONPATH"))},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline, seen = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
@@ -48,10 +51,15 @@ def start_paused(args: list[str], env: dict[str, str], point: str, timeout: floa
         if ready:
             line = proc.stderr.readline()  # type: ignore[union-attr]
             seen += line
-            if f"DRP_TEST_PAUSED {point}" in line:
+            if f"{PAUSED} {point}" in line:
                 return proc
             if not line and proc.poll() is not None:
                 break
     proc.kill()
     proc.wait()
     raise AssertionError(f"drp {' '.join(args)} never reached {point}: {seen[-2000:]}")
+
+
+def _with_repo(pythonpath: str | None) -> str:
+    """PYTHONPATH with this checkout first, so `-m dr_pipelines_tests...` imports from any working directory."""
+    return os.pathsep.join([str(REPO), *([pythonpath] if pythonpath else [])])

@@ -28,6 +28,7 @@ from dr_pipelines.core.retention.segment import (
     scratch_copy,
 )
 from dr_pipelines.core.storage import Storage
+from dr_pipelines_tests.support.env import drp_env
 
 AS_OF = datetime(2025, 11, 1, tzinfo=UTC)  # the demo data's "today"
 
@@ -43,7 +44,7 @@ def key_env(tmp_path: Path) -> dict[str, str]:
     if not path.exists():
         path.touch(mode=0o600)
         path.write_text(f"# test key\n{_IDENTITY}\n")
-    return {"DRP_ENCRYPTION_RECIPIENTS": KEYS.recipients[0], "DRP_AGE_IDENTITY_FILE": str(path)}
+    return drp_env(encryption_recipients=KEYS.recipients[0], age_identity_file=path)
 
 POLICY: dict[str, Any] = {
     "version": 1,

@@ -7,7 +7,6 @@ same HTTP, signing, retry and error paths as production.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,9 @@ from typing import Any
 import boto3
 import pytest
 
+from dr_pipelines.core.pg.cluster import free_port  # noqa: F401 (tests import it from here)
+
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (also usable as a closed port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -113,7 +113,7 @@ def tamper_backup(storage: Storage, entry: BackupEntry, key: AgeKey, cluster: Lo
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(change_sql).rowcount == 1, change_sql
         dump = scratch / f"{name}.dump"
-        subprocess.run([client_tool("pg_dump", 15), "-Fc", "-Z0", "--no-password", f"--dbname={dsn}", "-f", str(dump)],
+        subprocess.run([client_tool("pg_dump", cluster.binaries.major), "-Fc", "-Z0", "--no-password", f"--dbname={dsn}", "-f", str(dump)],
                        check=True, capture_output=True)
     finally:
         cluster.drop_database(name)

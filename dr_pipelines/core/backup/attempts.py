@@ -7,6 +7,7 @@ at the end. An attempt still 'running' long after it began was killed: it counts
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,16 +24,34 @@ def record_attempt(storage: Storage, backup_id: str, started: datetime, status: 
 
 
 @dataclass(frozen=True)
-class AttemptStats:
+class SuccessRate:
+    """Succeeded over finished runs: the one computation behind `drp status` and the Dagster asset."""
+
     succeeded: int
     failed: int
-    running: int
-    last_failure: str | None
+
+    @classmethod
+    def of(cls, outcomes: Iterable[bool]) -> SuccessRate:
+        """From one bool per finished run (True: it succeeded), however the runs were recorded."""
+        results = list(outcomes)
+        succeeded = sum(results)
+        return cls(succeeded, len(results) - succeeded)
 
     @property
     def rate(self) -> float | None:
         finished = self.succeeded + self.failed
         return self.succeeded / finished if finished else None
+
+    def describe(self) -> str:
+        if self.rate is None:
+            return "no finished runs yet"
+        return f"{self.rate:.1%} ({self.succeeded} of {self.succeeded + self.failed} runs)"
+
+
+@dataclass(frozen=True)
+class AttemptStats(SuccessRate):
+    running: int
+    last_failure: str | None
 
 
 def attempt_stats(storage: Storage, *, days: int = 30, now: datetime | None = None) -> AttemptStats:

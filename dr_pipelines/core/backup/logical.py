@@ -14,14 +14,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
 from typing import Any
 
 import psycopg
-from psycopg import conninfo as _conninfo
 
 from dr_pipelines.core.backup.attempts import record_attempt
 from dr_pipelines.core.backup.catalog import check_source, record_source, remove_incomplete
@@ -38,17 +37,17 @@ from dr_pipelines.core.manifest import (
     write_manifest,
 )
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, snapshot_connection
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
+from dr_pipelines.core.pg.drp_schema import BACKUP_LOCK as BACKUP_LOCK_KEY
 from dr_pipelines.core.pg.profile import server_identity
+from dr_pipelines.core.pg.snapshots import export_snapshot
 from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import CountingReader, compress_encrypt
 
-BACKUP_LOCK_KEY = 0x6472_705F_6261  # "drp_ba": one backup per source database at a time
 PROGRESS_EVERY = 8 << 20
-
-Progress = Callable[[str, int, int | None], None]  # phase, bytes done, bytes expected
 
 
 class BackupError(DrpError):
@@ -63,16 +62,6 @@ class BackupOptions:
     role_passwords: bool = False  # pg_dumpall without password hashes unless asked
     checksums: bool = True
     source_replaced: bool = False  # this cluster replaced the prefix's recorded one (a DR restore): rebind the prefix
-
-
-def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
-    """A conninfo without the password (argv is visible in `ps`) and the env that carries it."""
-    params = _conninfo.conninfo_to_dict(dsn)
-    env = dict(os.environ)
-    password = params.pop("password", None)
-    if password:
-        env["PGPASSWORD"] = str(password)
-    return _conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}), env
 
 
 def run_logical_backup(
@@ -122,7 +111,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        snapshot, snapshot_at = conn.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+        snapshot, snapshot_at = export_snapshot(conn)
         written: list[ObjectEntry] = []
         try:
             dumped = _dump(conn, dsn, storage, prefix, snapshot, ident.major, pg_dump, age_recipients, options,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dr_pipelines.core.backup.logical import BackupOptions, Progress, run_logical_backup
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.logical import BackupOptions, run_logical_backup
 from dr_pipelines.core.backup.prune import PruneResult, prune_backups
 from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.settings import Settings
 
 
@@ -21,8 +23,8 @@ def backup_now(
     settings: Settings, *, options: BackupOptions = BackupOptions(), progress: Progress | None = None, prune: bool = True
 ) -> BackupOutcome:
     """Take a logical backup of the source, then apply the retention policy (never touching the new one)."""
-    storage = settings.storage()
+    storage = context.storage(settings)
     storage.check()
     manifest = run_logical_backup(settings.dsn, storage, settings.encryption_recipients, options=options, progress=progress)
-    pruned = prune_backups(storage, settings.retention_policy, dry_run=False) if prune else None
+    pruned = prune_backups(storage, context.retention_policy(settings), dry_run=False) if prune else None
     return BackupOutcome(manifest, f"{storage.url}/backups/{manifest.id}", pruned)

@@ -28,64 +28,13 @@ from datetime import datetime, timedelta
 import psycopg
 
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.pg.drp_schema import AUDIT_DDL, EXPORT_AUDIT_LOCK
 
 TABLE = "drp.export_audit"
 # abandoned: a started export whose process died (no manifest), closed by housekeeping (core/export/housekeeping.py);
 # expired: a finished export deleted by housekeeping after its time-to-live.
 STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired")
-_LOCK_KEY = 0x6472_705F_6578  # "drp_ex": serialises DDL and rate-limit checks
 
-AUDIT_DDL = """
-CREATE SCHEMA IF NOT EXISTS drp;
-
-CREATE TABLE IF NOT EXISTS drp.export_audit (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    attempt_id       uuid        NOT NULL,
-    export_id        text,
-    status           text        NOT NULL,
-    requester        text        NOT NULL,
-    tenant_ids       text[]      NOT NULL,
-    root_table       text        NOT NULL,
-    tables           text[]      NOT NULL DEFAULT '{}',
-    formats          text[]      NOT NULL DEFAULT '{}',
-    rows             bigint,
-    bytes            bigint,
-    manifest_sha256  text        CHECK (manifest_sha256 IS NULL OR manifest_sha256 ~ '^[0-9a-f]{64}$'),
-    destination      text,
-    error            text,
-    started_at       timestamptz NOT NULL,
-    finished_at      timestamptz,
-    recorded_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    recorded_by      name        NOT NULL DEFAULT current_user
-);
-
--- Named, and replaced when this list grows (tables created by earlier releases allow fewer statuses).
-ALTER TABLE drp.export_audit DROP CONSTRAINT IF EXISTS export_audit_status_check;
-ALTER TABLE drp.export_audit ADD CONSTRAINT export_audit_status_check
-    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired'));
-
-CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
-CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
-
-CREATE OR REPLACE FUNCTION drp.export_audit_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'drp.export_audit is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = 'audit rows are never changed or removed; append a new row instead';
-END
-$$;
-
-CREATE OR REPLACE TRIGGER export_audit_no_update_delete
-    BEFORE UPDATE OR DELETE ON drp.export_audit
-    FOR EACH ROW EXECUTE FUNCTION drp.export_audit_append_only();
-
-CREATE OR REPLACE TRIGGER export_audit_no_truncate
-    BEFORE TRUNCATE ON drp.export_audit
-    FOR EACH STATEMENT EXECUTE FUNCTION drp.export_audit_append_only();
-
-REVOKE UPDATE, DELETE, TRUNCATE ON drp.export_audit FROM PUBLIC;
-"""
 
 
 class AuditError(DrpError):
@@ -130,7 +79,7 @@ def ensure_audit_table(conn: psycopg.Connection) -> None:
         return
     try:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (EXPORT_AUDIT_LOCK,))
             conn.execute(AUDIT_DDL)
     except psycopg.Error as exc:
         raise AuditError(
@@ -186,7 +135,7 @@ def start_attempt(
     Raises RateLimitedError (nothing appended) if a tenant is over its allowance.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (EXPORT_AUDIT_LOCK,))
         if max_per_hour is not None:
             for tenant in record.tenant_ids:
                 n = recent_attempts(conn, tenant)

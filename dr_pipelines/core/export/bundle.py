@@ -13,11 +13,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from dr_pipelines.core.export.errors import ExportError
-from dr_pipelines.core.export.formats import file_chunks, remove_quietly
+from dr_pipelines.core.errors import ExportError
 from dr_pipelines.core.layout import MANIFEST_NAME
 from dr_pipelines.core.manifest import Manifest, ObjectEntry
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import file_chunks, remove_quietly
 from dr_pipelines.core.verified_read import read_verified
 
 # Parquet is already compressed; text formats shrink a lot.

@@ -1,19 +1,15 @@
-"""The export's errors, apart so that every export module (and bundle) can raise them without a cycle."""
+"""The export's own refusals, apart so that every export module can raise them without a cycle.
+
+ExportError and ExportRefusedError live in core/errors.py (other layers catch them); they are
+re-exported here so the export package has one place for its errors.
+"""
 
 from __future__ import annotations
 
-from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.errors import ExportError, ExportRefusedError
 from dr_pipelines.core.export import audit
 
-
-class ExportError(DrpError):
-    """An export failed; nothing was committed (no manifest)."""
-
-
-class ExportRefusedError(ExportError):
-    """An export was refused before any tenant data was read."""
-
-    exit_code = 4
+__all__ = ["ExportError", "ExportRefusedError", "RateLimitedError", "UnknownTenantError"]
 
 
 class UnknownTenantError(ExportRefusedError):

@@ -29,10 +29,10 @@ import psycopg
 from dr_pipelines.core.export import audit
 from dr_pipelines.core.layout import EXPORTS, MANIFEST_NAME, export_prefix
 from dr_pipelines.core.manifest import ManifestError, read_manifest
+from dr_pipelines.core.pg.drp_schema import EXPORT_RUNNING_LOCK_CLASS
 from dr_pipelines.core.storage import Storage
 
 DEFAULT_STALE_AFTER = timedelta(minutes=15)  # the lock is the real guard; this leaves a just-started export be
-_LOCK_CLASS = 0x6472_7065  # "drpe": (class, hashtext(export id)) session locks of running exports
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Swept:
 
 def hold_export_lock(conn: psycopg.Connection, export_id: str) -> None:
     """Mark ``export_id`` as running for as long as ``conn``'s session lives (taken before its started row)."""
-    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, export_id))
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (EXPORT_RUNNING_LOCK_CLASS, export_id))
 
 
 def sweep_exports(conn: psycopg.Connection, storage: Storage, *, ttl: timedelta | None,
@@ -71,7 +71,7 @@ def sweep_exports(conn: psycopg.Connection, storage: Storage, *, ttl: timedelta 
             swept.abandoned.append(export_id)
             swept.objects_removed += removed
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, export_id))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (EXPORT_RUNNING_LOCK_CLASS, export_id))
     if ttl is not None:
         _expire(conn, storage, ttl, swept)
     return swept
@@ -89,7 +89,7 @@ def _open_attempts(conn: psycopg.Connection, destination: str, stale_after: time
 
 def _lock_if_free(conn: psycopg.Connection, export_id: str) -> bool:
     return bool(conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                             (_LOCK_CLASS, export_id)).fetchone()[0])
+                             (EXPORT_RUNNING_LOCK_CLASS, export_id)).fetchone()[0])
 
 
 def _remove(storage: Storage, prefix: str) -> int:

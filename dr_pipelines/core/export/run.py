@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 
 import psycopg
 
+from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export import audit
 from dr_pipelines.core.export.bundle import zip_bundle
@@ -53,38 +53,33 @@ from dr_pipelines.core.export.errors import (  # noqa: F401 - re-exported: calle
     RateLimitedError,
     UnknownTenantError,
 )
-from dr_pipelines.core.export.formats import (
-    EXTENSIONS,
-    FORMATS,
-    MEDIA_TYPES,
-    table_columns,
-)
+from dr_pipelines.core.export.formats import EXTENSIONS, FORMATS, MEDIA_TYPES
 from dr_pipelines.core.export.housekeeping import (
     DEFAULT_STALE_AFTER,
     Swept,
     hold_export_lock,
     sweep_exports,
 )
-from dr_pipelines.core.export.scope import (
+from dr_pipelines.core.export.sessions import arrow_session, session_settings
+from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant_count, write_one
+from dr_pipelines.core.export.tenants import check_tenants, schema_version, select_tables
+from dr_pipelines.core.layout import export_prefix, new_export_id
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
+from dr_pipelines.core.parquet import table_columns
+from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
+from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import (
     TENANTS_SETTING,
     Scope,
     TableScope,
     discover_scope,
 )
-from dr_pipelines.core.export.sessions import arrow_session, checksum_session, session_settings
-from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant_count, write_one
-from dr_pipelines.core.export.tenants import check_tenants, schema_version, select_tables
-from dr_pipelines.core.faults import pause_point
-from dr_pipelines.core.layout import export_prefix, new_export_id
-from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
-from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
-from dr_pipelines.core.pg.connect import connect, describe
-from dr_pipelines.core.storage import Storage
 
 DEFAULT_MAX_PER_HOUR = 10
 DEFAULT_TTL_DAYS = 7
-
-Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -270,14 +265,14 @@ def _read_snapshot(dsn: str, storage: Storage, requested: list[str], options: Ex
 def _write_tables(conn: psycopg.Connection, dsn: str, storage: Storage, snap: _Snapshot, options: ExportOptions,
                   formats: list[str], prefix: str, written: list[str], progress: Progress | None) -> None:
     """Stream each selected table in each format; its count (or checksum) beside it, on the same snapshot."""
-    snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+    snapshot_id = export_snapshot(conn).id
     settings = session_settings(TENANTS_SETTING, conn.execute(
         "SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0])
     scope = snap.scope
     total_files = len(snap.selected) * len(formats)
     done = 0
     with ExitStack() as stack:
-        twin = stack.enter_context(checksum_session(dsn, snapshot_id, settings))
+        twin = stack.enter_context(adopted_session(dsn, snapshot_id, settings))
         arrow = stack.enter_context(arrow_session(dsn, snapshot_id, settings)) if "parquet" in formats else None
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-export-checksum"))
         for t in snap.selected:
@@ -292,7 +287,7 @@ def _write_tables(conn: psycopg.Connection, dsn: str, storage: Storage, snap: _S
                 snap.objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256, format=fmt))
                 done += 1
                 if done == 1:
-                    pause_point("export-after-first-file")
+                    reached("export-after-first-file")
                 if progress:
                     progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
             rows, digest, method = checksum.result()

@@ -5,9 +5,9 @@ session starts ``REPEATABLE READ, READ ONLY`` and adopts it with ``SET TRANSACTI
 SNAPSHOT``, so every session sees exactly the same rows. The tenant ids are bound (as a
 parameter of ``set_config``) in each session, as in the main one.
 
-- ``checksum_session``: a psycopg connection that computes the per-table row count and
-  content checksum while the main session streams the same table (two server processes on
-  two cores instead of one after the other).
+- a checksum session (core/pg/snapshots.adopted_session): computes the per-table row count
+  and content checksum while the main session streams the same table (two server processes
+  on two cores instead of one after the other).
 - ``arrow_session``: an ADBC PostgreSQL connection, which reads query results as Arrow
   record batches (COPY BINARY decoded in C++), several times faster than building Python
   objects row by row.
@@ -19,12 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import describe
+from dr_pipelines.core.pg.snapshots import set_snapshot_sql
 
 
 class SnapshotSessionError(DrpError):
@@ -34,23 +32,6 @@ class SnapshotSessionError(DrpError):
 def session_settings(tenants_setting: str, tenants: str) -> dict[str, str]:
     """What every session pins: text output (RENDER_SETTINGS, UTF-8) and the bound tenant ids."""
     return {**RENDER_SETTINGS, "client_encoding": "UTF8", tenants_setting: tenants}
-
-
-def _set_snapshot(snapshot_id: str) -> sql.Composed:
-    # SET TRANSACTION SNAPSHOT takes no parameters; the id comes from pg_export_snapshot().
-    return sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id))
-
-
-@contextmanager
-def checksum_session(dsn: str, snapshot_id: str, settings: dict[str, str]) -> Iterator[psycopg.Connection]:
-    with connect(dsn) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            conn.execute(_set_snapshot(snapshot_id))
-            for name, value in settings.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-            yield conn
 
 
 @contextmanager
@@ -66,7 +47,7 @@ def arrow_session(dsn: str, snapshot_id: str, settings: dict[str, str]) -> Itera
     try:
         cur = conn.cursor()
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute(_set_snapshot(snapshot_id).as_string())
+        cur.execute(set_snapshot_sql(snapshot_id).as_string())
         for name, value in settings.items():
             cur.execute("SELECT set_config($1, $2, true)", parameters=(name, value))
             cur.fetchall()

@@ -16,22 +16,20 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.export.errors import ExportError
+from dr_pipelines.core.errors import ExportError
 from dr_pipelines.core.export.formats import (
     EXTENSIONS,
     RowCount,
     csv_columns,
     csv_stream,
-    file_chunks,
     jsonl_columns,
     jsonl_stream,
-    parquet_plan,
-    remove_quietly,
-    write_parquet_batches,
 )
-from dr_pipelines.core.export.scope import Scope, TableScope, tenant_select
-from dr_pipelines.core.pg.checksums import OID_HASHED_QUERY
+from dr_pipelines.core.parquet import parquet_plan, write_parquet_batches
+from dr_pipelines.core.pg.checksums import default_method, relation_checksum
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import file_chunks, remove_quietly
+from dr_pipelines.core.tenancy import Scope, TableScope, tenant_select
 
 
 def object_name(table: str, fmt: str) -> str:
@@ -40,33 +38,21 @@ def object_name(table: str, fmt: str) -> str:
 
 
 # The whole-row alias is distinctive: a bare name would resolve to a column of that name first.
-_CHECKSUM = {
-    "record": "SELECT count(*), coalesce(sum(hash_record_extended(drp_export_row, 0)), 0)"
-              " FROM ({}) AS drp_export_row",
-    "text": "SELECT count(*), coalesce(sum(hashtextextended(drp_export_row::text, 0)), 0)"
-            " FROM ({}) AS drp_export_row",
-}
+_ROW_ALIAS = "drp_export_row"
 
 
 def tenant_count(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
     """Rows of the tenant in the snapshot (method "none": no content checksum asked for)."""
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS drp_export_row").format(tenant_select(t, scope)))
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS {}").format(tenant_select(t, scope),
+                                                                          sql.Identifier(_ROW_ALIAS)))
     return rows.fetchone()[0], "", "none"
 
 
 def tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
     """Rows and checksum of the tenant's rows, comparable with table_checksum() on a restored copy."""
-    method = "text" if conn.execute(OID_HASHED_QUERY, (t.schema, t.table)).fetchone()[0] else "record"
-    query = tenant_select(t, scope)
-    if method == "record":
-        try:
-            with conn.transaction():
-                rows, total = conn.execute(sql.SQL(_CHECKSUM["record"]).format(query)).fetchone()
-                return rows, f"{int(total) % (1 << 64):016x}", "record"
-        except psycopg.errors.UndefinedFunction:
-            method = "text"
-    rows, total = conn.execute(sql.SQL(_CHECKSUM["text"]).format(query)).fetchone()
-    return rows, f"{int(total) % (1 << 64):016x}", method
+    source = sql.SQL("({})").format(tenant_select(t, scope))
+    result = relation_checksum(conn, t.name, source, default_method(conn, t.schema, t.table), _ROW_ALIAS)
+    return result.rows, result.checksum, result.method
 
 
 def write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Scope, t: TableScope,

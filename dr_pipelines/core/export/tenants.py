@@ -12,7 +12,7 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.export.errors import UnknownTenantError
-from dr_pipelines.core.export.scope import TENANTS_SETTING, Scope, TableScope, tenant_array
+from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant_array
 
 
 def select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:

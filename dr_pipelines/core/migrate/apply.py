@@ -22,7 +22,7 @@ from dr_pipelines.core.migrate.fingerprint import split_statements
 from dr_pipelines.core.migrate.tracking import applied, runner_session
 from dr_pipelines.core.migrate.validate import compare, refuse_on_drift
 
-Progress = Callable[[Migration, float], None]  # after each migration: (migration, seconds)
+MigrationProgress = Callable[[Migration, float], None]  # after each migration: (migration, seconds)
 Log = Callable[[str], None]  # human-readable events: starting, retrying
 
 
@@ -44,7 +44,7 @@ def apply_pending(
     migrations: list[Migration],
     options: ApplyOptions = ApplyOptions(),
     *,
-    progress: Progress | None = None,
+    progress: MigrationProgress | None = None,
     log: Log | None = None,
 ) -> list[Migration]:
     """Apply every pending migration (up to options.target_version) in order; returns what was applied."""

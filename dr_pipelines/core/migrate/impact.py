@@ -17,8 +17,8 @@ import psycopg
 from pglast.enums import AlterTableType
 
 from dr_pipelines.core.migrate import locks
-from dr_pipelines.core.migrate.classify import StatementInfo, type_parts
 from dr_pipelines.core.migrate.lint import LintReport
+from dr_pipelines.core.migrate.syntax import StatementInfo, type_parts
 
 MB = 2**20
 

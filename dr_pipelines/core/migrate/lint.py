@@ -26,7 +26,9 @@ import pglast
 from pglast.parser import ParseError
 
 from dr_pipelines.core.errors import MigrationError
-from dr_pipelines.core.migrate.classify import ERROR, INFO, RULES, WARNING, StatementInfo, Walker
+from dr_pipelines.core.migrate.classify import Walker
+from dr_pipelines.core.migrate.rules import ERROR, INFO, RULES, WARNING
+from dr_pipelines.core.migrate.syntax import StatementInfo
 
 if TYPE_CHECKING:
     from dr_pipelines.core.migrate.files import Migration

@@ -11,22 +11,21 @@ from dataclasses import replace
 
 import psycopg
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import BackupNotFoundError, find_backup
 from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.migrate.apply import ApplyOptions, Log, set_timeouts
 from dr_pipelines.core.migrate.dryrun import DryRunReport, Lock, pending_for, run_outside_transaction, run_statements
 from dr_pipelines.core.migrate.files import Migration
-from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
 from dr_pipelines.core.pg.connect import connect
-from dr_pipelines.core.restore.logical import RestoreOptions, restore_backup
+from dr_pipelines.core.restore.throwaway import restored_cluster
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.core.verify.restore import FAST_THROWAWAY
 
 
 def dry_run_on_restore(settings: Settings, migrations: list[Migration], options: ApplyOptions = ApplyOptions(),
                        *, log: Log | None = None) -> DryRunReport:
     """Restore the newest restorable backup into a throwaway cluster and run the pending migrations there."""
-    storage = settings.storage()
+    storage = context.storage(settings)
     try:
         entry = find_backup(storage, None)
     except BackupNotFoundError:
@@ -35,19 +34,8 @@ def dry_run_on_restore(settings: Settings, migrations: list[Migration], options:
             f"restore, and {storage.url} holds no restorable backup",
             fix="take one with `drp backup run` (or check DRP_STORAGE_URL), then dry-run again",
         ) from None
-    identities = settings.identities()
-    work_dir = settings.work_dir
-    work_dir.mkdir(parents=True, exist_ok=True)
-    for line in sweep_leftovers(work_dir):
-        if log:
-            log(f"removed leftover {line}")
-    if log:
-        log(f"restoring backup {entry.id} into a throwaway cluster under {work_dir}")
-    with throwaway_cluster(work_dir, f"dryrun-{entry.id}", settings=FAST_THROWAWAY) as cluster:
-        dsn = cluster.create_database((entry.manifest.source.get("database") if entry.manifest else None) or "restored",
-                                      template="template0")
-        restore_backup(storage, entry, identities, dsn, work_dir=work_dir, options=RestoreOptions(with_globals=True))
-        return _run(dsn, migrations, replace(options, runner_wait_s=0), f"restore of backup {entry.id}", log)
+    with restored_cluster(storage, entry, context.identities(settings), settings.work_dir, f"dryrun-{entry.id}", log=log) as restored:
+        return _run(restored.dsn, migrations, replace(options, runner_wait_s=0), f"restore of backup {entry.id}", log)
 
 
 def _run(dsn: str, migrations: list[Migration], options: ApplyOptions, where: str, log: Log | None) -> DryRunReport:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_pipelines.core.errors import MigrationError
-from dr_pipelines.core.migrate.apply import ApplyOptions, Log, Progress, apply_pending, fill_fingerprints
+from dr_pipelines.core.migrate.apply import ApplyOptions, Log, MigrationProgress, apply_pending, fill_fingerprints
 from dr_pipelines.core.migrate.files import Migration, discover
 from dr_pipelines.core.migrate.tracking import (
     APPLICATION_NAME,
@@ -31,7 +31,7 @@ def migrate(
     dsn: str,
     directory: Path | str,
     *,
-    progress: Progress | None = None,
+    progress: MigrationProgress | None = None,
     options: ApplyOptions = ApplyOptions(),
     log: Log | None = None,
 ) -> list[Migration]:

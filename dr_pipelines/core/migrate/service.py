@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dr_pipelines.core.errors import MigrationError
-from dr_pipelines.core.migrate.apply import ApplyOptions, Log, Progress, apply_pending
+from dr_pipelines.core.migrate.apply import ApplyOptions, Log, MigrationProgress, apply_pending
 from dr_pipelines.core.migrate.dryrun import DryRunReport, dry_run_on_target
 from dr_pipelines.core.migrate.files import Migration
 from dr_pipelines.core.migrate.lint import LintConfig, LintReport, lint_migration
@@ -71,7 +71,7 @@ def apply_migrations(
     allow_lint_errors: bool = False,
     target_version: int | None = None,
     applied_by: str | None = None,
-    progress: Progress | None = None,
+    progress: MigrationProgress | None = None,
     log: Log | None = None,
     backup_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> ApplyOutcome:

@@ -18,27 +18,11 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import MigrationError
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.drp_schema import MIGRATION_RUNNER_LOCK as ADVISORY_LOCK_KEY
+from dr_pipelines.core.pg.drp_schema import TRACKING_DDL
 
-ADVISORY_LOCK_KEY = 0x6472_705F_6D69  # "drp_mi": one migration runner per database at a time
 APPLICATION_NAME = "drp migrate"
 
-TRACKING_DDL = """
-CREATE SCHEMA IF NOT EXISTS drp;
-CREATE TABLE IF NOT EXISTS drp.schema_migrations (
-    version      integer PRIMARY KEY,
-    description  text        NOT NULL,
-    sha256       text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
-    applied_by   text        NOT NULL,
-    applied_at   timestamptz NOT NULL DEFAULT now(),
-    duration_ms  integer     NOT NULL
-);
-ALTER TABLE drp.schema_migrations
-    ADD COLUMN IF NOT EXISTS fingerprint text CHECK (fingerprint ~ '^[0-9a-f]{64}$'),
-    ADD COLUMN IF NOT EXISTS backup_id   text,
-    ADD COLUMN IF NOT EXISTS baselined   boolean NOT NULL DEFAULT false,
-    ADD COLUMN IF NOT EXISTS repaired_by text,
-    ADD COLUMN IF NOT EXISTS repaired_at timestamptz;
-"""
 
 _COLUMNS = ("version", "description", "sha256", "fingerprint", "applied_by", "applied_at", "duration_ms",
             "backup_id", "baselined", "repaired_by", "repaired_at")

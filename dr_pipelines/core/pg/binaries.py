@@ -79,6 +79,17 @@ def _version_key(path: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _usable(candidate: Path) -> PgBinaries | None:
+    """candidate as a PgBinaries when it holds initdb, pg_ctl and postgres of a supported major."""
+    if not all((candidate / tool).exists() for tool in SERVER_TOOLS):
+        return None
+    # A folder of symlinks (e.g. /usr/local/bin -> /usr/lib/postgresql/15/bin) lacks the other tools
+    # (pg_basebackup, pg_restore, ...): use the folder the real initdb lives in.
+    bin_dir = (candidate / "initdb").resolve().parent
+    major = _major_of(bin_dir)
+    return PgBinaries(bin_dir=bin_dir, major=major) if major is not None and major >= MIN_SERVER_MAJOR else None
+
+
 @lru_cache(maxsize=1)
 def find_pg_binaries() -> PgBinaries:
     """The first directory holding initdb, pg_ctl and postgres of a supported major version.
@@ -89,16 +100,21 @@ def find_pg_binaries() -> PgBinaries:
     looked: list[str] = []
     for candidate in _candidates():
         looked.append(str(candidate))
-        if not all((candidate / tool).exists() for tool in SERVER_TOOLS):
-            continue
-        # A folder of symlinks (e.g. /usr/local/bin -> /usr/lib/postgresql/15/bin) lacks the other tools
-        # (pg_basebackup, pg_restore, ...): use the folder the real initdb lives in.
-        bin_dir = (candidate / "initdb").resolve().parent
-        major = _major_of(bin_dir)
-        if major is not None and major >= MIN_SERVER_MAJOR:
-            return PgBinaries(bin_dir=bin_dir, major=major)
+        found = _usable(candidate)
+        if found is not None:
+            return found
     where = ", ".join(looked) if looked else "PATH, pg_config and /usr/lib/postgresql/*/bin"
     raise PostgresNotFoundError(
         f"PostgreSQL {MIN_SERVER_MAJOR}+ server binaries (initdb, pg_ctl, postgres) not found (looked in: {where})",
         fix=INSTALL_HINT,
     )
+
+
+def installed_pg_binaries() -> list[PgBinaries]:
+    """One PgBinaries per supported major installed, newest first (the tests run on each of them)."""
+    by_major: dict[int, PgBinaries] = {}
+    for candidate in _candidates():
+        found = _usable(candidate)
+        if found is not None:
+            by_major.setdefault(found.major, found)
+    return [by_major[major] for major in sorted(by_major, reverse=True)]

@@ -20,14 +20,14 @@ not a change to either method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.snapshots import adopted_session
 
 # Text output of a row depends on these; pin them so checksums compare across sessions.
 RENDER_SETTINGS = {
@@ -40,10 +40,21 @@ RENDER_SETTINGS = {
 
 _MOD = 1 << 64
 
-CHECKSUM_QUERIES = {
-    "record": sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0) FROM {} AS t"),
-    "text": sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} AS t"),
-}
+# The alias the whole-row term refers to; callers over arbitrary columns pick a distinctive
+# one, since a bare name would resolve to a column of that name first.
+DEFAULT_ALIAS = "t"
+
+
+def row_hash(method: str, alias: str = DEFAULT_ALIAS) -> sql.Composable:
+    """The per-row term of the checksum (a signed bigint): the one expression every checksum sums."""
+    if method == "record":
+        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
+    return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
+
+
+def checksum_hex(total: int) -> str:
+    """A sum of row hashes as the 16 hex digits manifests record."""
+    return f"{int(total) % _MOD:016x}"
 
 USER_TABLES_QUERY = """
 SELECT n.nspname, c.relname
@@ -107,20 +118,29 @@ def table_checksum(conn: psycopg.Connection, schema: str, table: str, method: st
     return relation_checksum(conn, qualified(schema, table), ident, method)
 
 
-def relation_checksum(conn: psycopg.Connection, name: str, source: sql.Composable, method: str) -> TableChecksum:
-    """Rows and checksum of `source` (a table, or a parenthesized query), reported as `name`."""
+def relation_checksum(conn: psycopg.Connection, name: str, source: sql.Composable, method: str,
+                      alias: str = DEFAULT_ALIAS) -> TableChecksum:
+    """Rows and checksum of `source` (a table, or a parenthesized query), reported as `name`.
+
+    `record` falls back to `text` when a column type has no hash function."""
     if method == "record":
         try:
             with conn.transaction():
-                return _run(conn, name, "record", source)
+                return _run(conn, name, "record", source, alias)
         except psycopg.errors.UndefinedFunction:  # a column type without a hash function
             method = "text"
-    return _run(conn, name, method, source)
+    return _run(conn, name, method, source, alias)
 
 
-def _run(conn: psycopg.Connection, name: str, method: str, source: sql.Composable) -> TableChecksum:
-    rows, total = conn.execute(CHECKSUM_QUERIES[method].format(source)).fetchone()
-    return TableChecksum(name, rows, f"{int(total) % _MOD:016x}", method)
+def _run(conn: psycopg.Connection, name: str, method: str, source: sql.Composable, alias: str) -> TableChecksum:
+    rows, total = conn.execute(checksum_query(method, source, alias)).fetchone()
+    return TableChecksum(name, rows, checksum_hex(int(total)), method)
+
+
+def checksum_query(method: str, source: sql.Composable, alias: str = DEFAULT_ALIAS) -> sql.Composed:
+    """SELECT of (rows, sum of row hashes) over `source`: the checksum of a table, query or scratch copy."""
+    return sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {} AS {}").format(
+        row_hash(method, alias), source, sql.Identifier(alias))
 
 
 def database_checksums(
@@ -148,14 +168,6 @@ def database_checksums(
         return out
 
 
-@contextmanager
-def snapshot_connection(dsn: str, snapshot: str | None = None) -> Iterator[psycopg.Connection]:
+def snapshot_connection(dsn: str, snapshot: str | None = None) -> AbstractContextManager[psycopg.Connection]:
     """A read-only REPEATABLE READ transaction (in an exported snapshot if given), output settings pinned."""
-    with connect(dsn) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            if snapshot:
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            pin_render_settings(conn)
-            yield conn
+    return adopted_session(dsn, snapshot, RENDER_SETTINGS)

@@ -7,17 +7,13 @@ Authentication: a cluster gets scram-sha-256 for every connection (TCP and socke
 random superuser password, kept only in a libpq passfile (mode 0600) inside its data
 directory; the DSNs carry ``passfile=``, never the password. Only the test harness and the
 demo ask for ``tcp_trust=True``. Throwaway clusters hold restored health data, so they are
-also leased (``throwaway_cluster``): ``<work_dir>/clusters/<purpose>-<hex>/owner.json`` names
-the owning process, and ``sweep_leftovers`` stops and deletes the clusters (and the staged
-plaintext, ``<work_dir>/staging/``) of owners that died (kill -9) before removing them.
+also leased: see core/pg/leases.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import logging
 import os
 import pwd
 import secrets
@@ -40,11 +36,6 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
 MAX_SOCKET_PATH = 107  # sun_path limit (Linux): a longer socket path makes the server refuse to start
 PASSFILE = "drp.pgpass"  # libpq passfile in the data directory: the only copy of the superuser's password
-OWNER_FILE = "owner.json"
-CLUSTERS, STAGING = "clusters", "staging"  # lease kinds under the work dir
-LEASE_GRACE_S = 60  # a lease folder without owner file younger than this is being created, not dead
-
-log = logging.getLogger(__name__)
 
 
 def free_port(host: str = HOST) -> int:
@@ -123,14 +114,16 @@ class LocalCluster:
         settings: Mapping[str, str] | None = None,
         start: bool = True,
         tcp_trust: bool = False,
+        binaries: PgBinaries | None = None,
     ) -> LocalCluster:
-        """initdb a new cluster (and start it). Removes whatever it made if any step fails.
+        """initdb a new cluster (and start it) with `binaries` (default: find_pg_binaries()).
+        Removes whatever it made if any step fails.
 
         ``tcp_trust`` lets anyone on this machine connect without a password: only for the
         test harness and the demo, never for a cluster holding a restored backup.
         """
         data_dir = Path(data_dir).resolve()
-        binaries = find_pg_binaries()
+        binaries = binaries or find_pg_binaries()
         if port is not None and port_in_use(port):
             raise ClusterError(
                 f"port {port} on {HOST} is already in use",
@@ -190,7 +183,7 @@ class LocalCluster:
             password = secrets.token_urlsafe(32)
             with _password_file(password, owner) as pwfile:
                 self._run([*cmd, "--auth=scram-sha-256", f"--pwfile={pwfile}"], what="initdb")
-            _write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
+            write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
         self.write_settings(
             {
                 "port": str(self.port),
@@ -337,7 +330,7 @@ def _password_file(password: str, owner: str | None) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="drp-initdb-"))
     try:
         path = folder / "pw"
-        _write_private(path, password + "\n")
+        write_private(path, password + "\n")
         if owner:
             shutil.chown(folder, owner, owner)
             shutil.chown(path, owner, owner)
@@ -346,7 +339,7 @@ def _password_file(password: str, owner: str | None) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Create `path` with mode 0600 from the start (no window where it is readable by others)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -388,121 +381,6 @@ def _ensure_reachable(path: Path, owner: str) -> None:
                 f"the PostgreSQL OS user '{owner}' cannot reach {path}: {parent} is not traversable (mode {oct(mode & 0o777)})",
                 fix=f"choose a data directory under a world-traversable path, or `chmod o+x {parent}`",
             )
-
-
-# -- leases: throwaway clusters and staged plaintext that a killed process cannot leave behind ----------
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A scratch folder ``<work_dir>/<kind>/<purpose>-<hex>/`` whose owner.json names the process owning it."""
-
-    path: Path
-
-    def release(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def take_lease(work_dir: Path | str, kind: str, purpose: str, *, mode: int = 0o700, **extra: object) -> Lease:
-    """A new leased folder owned by this process (pid + process start time, so a reused pid is not mistaken)."""
-    root = Path(work_dir).resolve() / kind
-    root.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        root.chmod(0o711)  # the postgres OS user traverses it when we are root; nobody lists it
-    path = root / f"{purpose}-{secrets.token_hex(4)}"
-    path.mkdir(mode=mode)
-    path.chmod(mode)  # mkdir's mode is masked by the umask
-    owner = {"pid": os.getpid(), "started": _process_start(os.getpid()), "host": socket.gethostname(), "purpose": purpose,
-             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-    _write_private(path / OWNER_FILE, json.dumps(owner))
-    return Lease(path)
-
-
-@contextlib.contextmanager
-def staging_dir(work_dir: Path | str, purpose: str) -> Iterator[Path]:
-    """A private (0700) folder for decrypted plaintext, deleted when the block ends and swept if its owner dies."""
-    lease = take_lease(work_dir, STAGING, purpose)
-    try:
-        yield lease.path
-    finally:
-        lease.release()
-
-
-@contextlib.contextmanager
-def throwaway_cluster(work_dir: Path | str, purpose: str, *, settings: Mapping[str, str] | None = None
-                      ) -> Iterator[LocalCluster]:
-    """A password-protected cluster under a lease in work_dir, removed when the block ends (swept if we die)."""
-    lease = take_lease(work_dir, CLUSTERS, purpose, mode=0o711)  # the server's OS user must traverse it
-    try:
-        cluster = LocalCluster.create(lease.path / "data", settings=settings)
-        try:
-            yield cluster
-        finally:
-            cluster.remove()
-    finally:
-        lease.release()
-
-
-def sweep_leftovers(work_dir: Path | str) -> list[str]:
-    """Stop and delete the throwaway clusters, and delete the staged plaintext, of processes that are gone.
-
-    Called at the start of every command that makes them (a kill -9 runs no cleanup). Returns
-    one line per removed folder (also logged), for the command to report.
-    """
-    removed: list[str] = []
-    for kind in (CLUSTERS, STAGING):
-        root = Path(work_dir).resolve() / kind
-        for path in sorted(root.iterdir()) if root.is_dir() else []:
-            owner = _read_owner(path)
-            if owner is None and time.time() - path.stat().st_mtime < LEASE_GRACE_S:
-                continue  # being created right now
-            if owner is not None and _alive(owner):
-                continue
-            owner = owner or {}
-            line = f"{kind}/{path.name} of {owner.get('purpose', 'an unknown command')} (pid {owner.get('pid', '?')}, gone)"
-            data_dir = Path(owner["data_dir"]) if "data_dir" in owner else path / "data"
-            if kind == CLUSTERS and (data_dir / PASSFILE).exists():  # only a cluster we made (never a user's folder)
-                LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not owner.get("created_dir", True))
-                line += f": server stopped, {data_dir} deleted"
-            shutil.rmtree(path, ignore_errors=True)
-            log.warning("removed leftover %s", line)
-            removed.append(line)
-    return removed
-
-
-def _read_owner(path: Path) -> dict | None:  # type: ignore[type-arg]
-    try:
-        return json.loads((path / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
-    return None if fields[0] == "Z" else fields[19]  # a zombie is dead, only not reaped yet
-
-
-def _alive(owner: Mapping[str, object]) -> bool:
-    """Whether the owning process still runs; a lease from another host (a shared work dir) counts as alive."""
-    if owner.get("host", socket.gethostname()) != socket.gethostname():
-        return True  # its pid means nothing here
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    if not Path("/proc/self/stat").exists():  # no procfs: the pid alone has to do
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return _process_start(pid) == owner.get("started")
 
 
 @contextlib.contextmanager

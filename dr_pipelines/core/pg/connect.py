@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psycopg
@@ -10,6 +11,16 @@ from psycopg import conninfo as _conninfo
 from dr_pipelines.core.errors import ConfigError, DatabaseError
 
 _SECRET_KEYS = {"password", "sslpassword"}
+
+
+def libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """A conninfo without the password (argv is visible in `ps`) and the env that carries it."""
+    params = _conninfo.conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return _conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}), env
 
 
 def parse_dsn(dsn: str, *, setting: str = "dsn") -> dict[str, str]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.errors import DatabaseError
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
 

@@ -8,7 +8,8 @@ Checked after pg_restore: every restored table's row count and checksum against 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import psycopg
 
@@ -17,8 +18,15 @@ from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.connect import describe
 from dr_pipelines.core.verify.checks import table_checks
 
-if TYPE_CHECKING:
-    from dr_pipelines.core.restore.logical import RestoreOptions
+
+class Selection(Protocol):
+    """What the guards read of RestoreOptions (core/restore/logical.py imports this module, not the reverse)."""
+
+    @property
+    def schemas(self) -> Sequence[str]: ...
+
+    @property
+    def tables(self) -> Sequence[str]: ...
 
 
 class RestoreError(DrpError):
@@ -65,7 +73,7 @@ def refuse_source(conn: psycopg.Connection, system_identifier: str | None, dsn: 
 _RELATION_KINDS = ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
 
 
-def refuse_unmatched_selection(toc: str, options: RestoreOptions, backup_id: str) -> None:
+def refuse_unmatched_selection(toc: str, options: Selection, backup_id: str) -> None:
     """A --table or --schema naming nothing in the backup would restore nothing and still 'succeed'."""
     lines = [line for line in toc.splitlines() if line and not line.startswith(";")]
     kinds = "|".join(re.escape(k) for k in _RELATION_KINDS)
@@ -84,7 +92,7 @@ def refuse_unmatched_selection(toc: str, options: RestoreOptions, backup_id: str
                                    "`drp restore ID --list`), and its schema with --schema")
 
 
-def _selected_tables(manifest: Manifest, options: RestoreOptions) -> set[str] | None:
+def _selected_tables(manifest: Manifest, options: Selection) -> set[str] | None:
     """The manifest's tables that a --schema/--table selection restores (None: all of them)."""
     if not (options.schemas or options.tables):
         return None
@@ -96,7 +104,7 @@ def _selected_tables(manifest: Manifest, options: RestoreOptions) -> set[str] | 
     return selected
 
 
-def check_restored(target_dsn: str, manifest: Manifest, options: RestoreOptions) -> int:
+def check_restored(target_dsn: str, manifest: Manifest, options: Selection) -> int:
     """Row counts and checksums of every restored table against the manifest; raises naming the tables that differ."""
     selected = _selected_tables(manifest, options)
     results = table_checks(target_dsn, manifest, selected)

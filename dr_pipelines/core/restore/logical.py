@@ -15,7 +15,7 @@ import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,14 @@ from typing import Any
 import psycopg
 
 from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
-from dr_pipelines.core.backup.logical import libpq_env
 from dr_pipelines.core.layout import SEALED
 from dr_pipelines.core.manifest import Manifest
-from dr_pipelines.core.pg.cluster import CLUSTERS, LocalCluster, staging_dir, sweep_leftovers, take_lease
-from dr_pipelines.core.pg.connect import connect, describe
+from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import apply_database_properties
+from dr_pipelines.core.pg.leases import staging_dir, sweep_leftovers
 from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.tools import client_tool
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.dump_offsets import add_data_offsets
 from dr_pipelines.core.restore.fetch import decrypt_file, fetch_object
 from dr_pipelines.core.restore.guards import (  # noqa: F401 - RestoreCheckError: callers catch it from here
@@ -43,7 +43,6 @@ from dr_pipelines.core.restore.guards import (  # noqa: F401 - RestoreCheckError
 )
 from dr_pipelines.core.storage import Storage
 
-Progress = Callable[[str, int, int | None], None]  # phase, done, total; a phase "name (unit)" counts units, else bytes
 RESTORE_PHASE = "restore (TOC entries)"
 
 
@@ -289,41 +288,3 @@ def _apply_globals(sql_file: Path, target_dsn: str, major: int) -> list[str]:
     if problems:
         raise RestoreError("applying the backup's roles failed: " + " | ".join(problems[:5]), fix="check the target cluster")
     return [line for line in out.stderr.splitlines() if "already exists" in line]
-
-
-
-
-def restore_to_new_cluster(
-    storage: Storage,
-    entry: BackupEntry,
-    identities: Sequence[object],
-    data_dir: Path,
-    *,
-    work_dir: Path,
-    port: int | None = None,
-    options: RestoreOptions = RestoreOptions(with_globals=True),
-    progress: Progress | None = None,
-) -> tuple[LocalCluster, RestoreResult]:
-    """A fresh local cluster holding the backup's database (named as the source's); removed again on failure.
-
-    It is password-protected (its DSN names the 0600 passfile in the data directory). Until the
-    restore has finished it is leased like a throwaway cluster, so a killed run's half-restored
-    cluster is stopped and deleted by the next command's sweep; then it is the user's.
-    """
-    database = _manifest(entry).source.get("database") or "restored"
-    data_dir = Path(data_dir).resolve()
-    sweep_leftovers(_ensure(work_dir))
-    created_dir = not data_dir.exists()
-    cluster = LocalCluster.create(data_dir, port=port)  # refuses a non-empty directory: the lease never names one
-    try:
-        lease = take_lease(work_dir, CLUSTERS, "new-cluster", data_dir=str(data_dir), created_dir=created_dir)
-        try:
-            target = cluster.create_database(database, template="template0")
-            result = restore_backup(storage, entry, identities, target, work_dir=work_dir, options=options,
-                                    progress=progress)
-        finally:
-            lease.release()
-    except BaseException:
-        cluster.remove(keep_dir=not created_dir)
-        raise
-    return cluster, result

@@ -20,9 +20,9 @@ Per table, under an advisory lock (one run per table at a time):
 Tenants whose rule is ``delete`` lose expired rows in batches without an archive; ``keep``
 touches nothing. Held rows are never selected and every hold that kept rows is reported.
 
-Test-only fault injection: ``DRP_TEST_PAUSE_AT=after-write`` (objects and manifest stored,
-segment still pending), ``after-archive`` (a segment verified, nothing deleted) or ``mid-delete`` (one delete batch committed, more to come) makes the
-process print ``DRP_TEST_PAUSED <point>`` on stderr and sleep, so a test can kill -9 it.
+Checkpoints (core/checkpoints.py) where the crash tests kill -9 a real run: ``after-write``
+(objects and manifest stored, segment still pending), ``after-archive`` (a segment verified,
+nothing deleted) and ``mid-delete`` (one delete batch committed, more to come).
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -40,21 +37,30 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.export.scope import tenant_filter
-from dr_pipelines.core.faults import pause_point
 from dr_pipelines.core.layout import DATA_NAME, new_segment_id, segment_prefix
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.drp_schema import retention_lock_name
+from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.retention import journal
-from dr_pipelines.core.retention.holds import HoldFilter, ensure_holds_table, hold_filter, table_columns
+from dr_pipelines.core.retention.holds import HoldFilter, column_names, ensure_holds_table, hold_filter
 from dr_pipelines.core.retention.kept import Kept, pk_text, write_kept
+from dr_pipelines.core.retention.partitions import drop_month_partition
 from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
+from dr_pipelines.core.retention.results import (
+    ApplyIncompleteError,
+    ApplyOptions,
+    ApplyResult,
+    HeldSkip,
+    RetentionBusyError,
+    TableResult,
+)
 from dr_pipelines.core.retention.segment import (
     ALIAS,
     ArchiveError,
-    ArchiveKeys,
     bind_tenant,
     fetched,
     from_clause,
@@ -70,88 +76,9 @@ from dr_pipelines.core.retention.segment import (
     verify,
 )
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import tenant_filter
 
-DEFAULT_BATCH = 1_000
-DEFAULT_SEGMENT_ROWS = 100_000
 LOCK_TIMEOUT = "5s"
-
-Progress = Callable[[str, int, int | None], None]
-
-
-class RetentionBusyError(DrpError):
-    """Another retention run holds the table's lock."""
-
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    tables: tuple[str, ...] = ()  # empty: every table with a policy
-    tenants: tuple[str, ...] = ()  # empty: every tenant
-    months: tuple[date, ...] = ()  # empty: every month with expired rows
-    as_of: datetime | None = None  # the clock the periods count back from (default: the server's now())
-    batch_size: int = DEFAULT_BATCH
-    segment_rows: int = DEFAULT_SEGMENT_ROWS
-    partition_drop: bool = True
-    run_id: str | None = None
-    work_dir: Path | None = None
-    keys: ArchiveKeys = ArchiveKeys()  # archives are sealed to its recipients, read back with its identities
-
-
-@dataclass
-class HeldSkip:
-    table: str
-    tenant_id: str
-    rows: int
-    holds: list[int]
-
-
-@dataclass
-class TableResult:
-    table: str
-    archived_rows: int = 0
-    deleted_rows: int = 0  # archived rows deleted (batches or partitions)
-    deleted_unarchived: int = 0  # rows of `delete` rules
-    kept_changed: int = 0  # archived, but changed or held by the time of the delete: left in place
-    bytes: int = 0
-    segments: int = 0
-    resumed: int = 0
-    abandoned: int = 0
-    batches: int = 0
-    longest_batch_s: float = 0.0
-    partitions_dropped: list[str] = field(default_factory=list)
-    held: list[HeldSkip] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=lambda: {"archive": 0.0, "verify": 0.0, "delete": 0.0})
-    # Journal totals over every segment this run created or resumed (resumed ones were archived by an
-    # earlier run, so archived_rows above does not count them): archived == deleted + kept when all is well.
-    balance: dict[str, Any] = field(default_factory=dict)
-
-    @contextmanager
-    def timed(self, phase: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.monotonic() - started
-
-    def batch(self, seconds: float) -> None:
-        self.batches += 1
-        self.longest_batch_s = max(self.longest_batch_s, seconds)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(vars(self))
-        d["held"] = [vars(h) for h in self.held]
-        d["longest_batch_s"] = round(self.longest_batch_s, 4)
-        d["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
-        return d
-
-
-@dataclass
-class ApplyResult:
-    run_id: str
-    as_of: datetime
-    tables: list[TableResult]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "as_of": self.as_of.isoformat(), "tables": [t.as_dict() for t in self.tables]}
 
 
 def prepare(conn: psycopg.Connection) -> None:
@@ -197,16 +124,6 @@ def apply_policies(dsn: str, storage: Storage, policies: Policies, options: Appl
         return result
 
 
-class ApplyIncompleteError(ArchiveError):
-    """Retention stopped on some tables; ``result`` holds what the other tables did."""
-
-    def __init__(self, failures: list[DrpError], result: ApplyResult) -> None:
-        self.failures, self.result = failures, result
-        done = ", ".join(t.table for t in result.tables)
-        super().__init__("; ".join(f.problem for f in failures) + (f" (done: {done})" if done else ""),
-                         fix="; ".join(dict.fromkeys(f.fix for f in failures if f.fix)))
-
-
 def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: BoundTable, options: ApplyOptions,
                run_id: str, as_of: datetime, progress: Progress | None) -> TableResult:
     """One table's run under its advisory lock; a database error becomes an ArchiveError naming the table."""
@@ -221,11 +138,11 @@ def _run_table(conn: psycopg.Connection, storage: Storage, bound: Bound, bt: Bou
                            fix="no row was deleted without a verified archive; fix the cause and run "
                            "again: the run resumes where this one stopped") from exc
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"drp.retention:{bt.name}",))
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (retention_lock_name(bt.name),))
 
 
 def _lock(conn: psycopg.Connection, table: str) -> bool:
-    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"drp.retention:{table}",)).fetchone()[0])
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (retention_lock_name(table),)).fetchone()[0])
 
 
 class _TableRun:
@@ -280,7 +197,7 @@ class _TableRun:
 
     def _columns(self) -> set[str]:
         if self.columns is None:
-            self.columns = table_columns(self.conn, self.bt.name)
+            self.columns = column_names(self.conn, self.bt.name)
         return self.columns
 
     def _finish(self, seg: journal.Segment) -> None:
@@ -362,7 +279,7 @@ class _TableRun:
                     "timestamp_column": self.bt.policy.timestamp_column, "row_hash_column": "__drp_row_hash",
                     "run_id": self.run_id, "segment_id": seg_id, "holds_excluded": [h.id for h in holds.partial]},
                     self.options.keys)
-                pause_point("after-write")
+                reached("after-write")
                 journal.advance(self.conn, seg_id, "written", rows=written.rows, bytes=nbytes, sha256=sha,
                                 checksum=written.checksum, method=self.method)
             with self.result.timed("verify"):
@@ -374,7 +291,7 @@ class _TableRun:
             self.result.segments += 1
             if self.progress:
                 self.progress(f"archive {self.bt.name}", self.result.archived_rows, None)
-            pause_point("after-archive")
+            reached("after-archive")
             (seg,) = [s for s in journal.segments(self.conn, table=self.bt.name, tenant_id=tenant_id,
                                                   states=("verified",)) if s.id == seg_id]
             done.append(seg)
@@ -432,7 +349,7 @@ class _TableRun:
                 if self.progress:
                     self.progress(f"delete {self.bt.name}", self.result.deleted_rows, None)
                 if end < (seg.rows or 0):
-                    pause_point("mid-delete")
+                    reached("mid-delete")
             self._store_kept(seg, manifest.extra["primary_key"], (manifest.encryption or {}).get("recipients", ()))
         journal.advance(self.conn, seg.id, "deleted", removed_by="batches")
 
@@ -447,50 +364,10 @@ class _TableRun:
                        segment_id=seg.id, table=self.bt.name, primary_key=primary_key, recipients=recipients)
 
     def _drop_partition(self, month: date, segs: list[journal.Segment]) -> list[journal.Segment]:
-        """Detach and drop the month's leaf partition if it holds exactly the verified segments; else leave them."""
+        """Drop the month's partition if it holds exactly the verified segments (see partitions.py); else keep them."""
         if not (self.bt.partitioned and self.options.partition_drop and segs):
             return segs
-        m0, m1 = month_bounds(month)
-        ts = sql.Identifier(self.bt.policy.timestamp_column)
-        parts = self.conn.execute(sql.SQL(
-            "SELECT DISTINCT tableoid FROM {} WHERE {} >= %s AND {} < %s").format(self.bt.ident, ts, ts),
-            (ts_value(self.bt, m0), ts_value(self.bt, m1))).fetchall()
-        if len(parts) != 1:
-            return segs
-        oid = parts[0][0]
-        schema, name, bound_expr, parent = self.conn.execute(
-            "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhparent FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_inherits i ON i.inhrelid = c.oid"
-            " WHERE c.oid = %s AND c.relkind = 'r'", (oid,)).fetchone() or (None, None, None, None)
-        own_oid = self.conn.execute("SELECT %s::regclass::oid", (self.bt.ident.as_string(self.conn),)).fetchone()[0]
-        if name is None or bound_expr == "DEFAULT" or parent != own_oid:
-            return segs
-        want_rows = sum(s.rows or 0 for s in segs)
-        want_sum = sum(int(s.checksum or "0", 16) for s in segs) % (1 << 64)
-        part = sql.Identifier(schema, name)
-        started = time.monotonic()
-        try:
-            with self.result.timed("delete"), self.conn.transaction() as tx:
-                self.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(self.bt.ident, part))
-                rows, total = self.conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}")
-                                                .format(row_hash(self.method), part, sql.Identifier(ALIAS))).fetchone()
-                if rows != want_rows or int(total) % (1 << 64) != want_sum:
-                    raise psycopg.Rollback(tx)  # the partition holds other rows too: batch deletes instead
-                self.conn.execute(sql.SQL("DROP TABLE {}").format(part))
-                seconds = time.monotonic() - started
-                for s in segs:
-                    journal.record_batch(self.conn, s.id, deleted=s.rows or 0, kept=0, next_offset=s.rows or 0,
-                                         seconds=seconds)
-                    self.conn.execute("UPDATE drp.archive_segments SET state = 'deleted', removed_by = 'partition'"
-                                      " WHERE id = %s", (s.id,))
-        except psycopg.errors.LockNotAvailable:
-            return segs
-        if rows != want_rows or int(total) % (1 << 64) != want_sum:
-            return segs
-        self.result.batch(time.monotonic() - started)
-        self.result.deleted_rows += want_rows
-        self.result.partitions_dropped.append(f"{schema}.{name}")
-        return []
+        return drop_month_partition(self.conn, self.bt, self.method, month, segs, self.result)
 
     def _delete_unarchived(self, tenant_id: str, cutoff: datetime, holds: HoldFilter) -> None:
         """`delete` rules: expired, unheld rows go in primary-key batches, no archive."""

@@ -28,24 +28,7 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import DrpError
-
-HOLDS_DDL = """
-CREATE SCHEMA IF NOT EXISTS drp;
-CREATE TABLE IF NOT EXISTS drp.legal_holds (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tenant_id   text        NOT NULL,
-    table_name  text,
-    predicate   text        CHECK (predicate IS NULL OR table_name IS NOT NULL),
-    reason      text        NOT NULL CHECK (reason <> ''),
-    placed_by   text        NOT NULL,
-    placed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    released_by text,
-    released_at timestamptz,
-    CHECK ((released_by IS NULL) = (released_at IS NULL))
-);
-CREATE INDEX IF NOT EXISTS legal_holds_active_idx ON drp.legal_holds (tenant_id) WHERE released_at IS NULL;
-"""
-_LOCK_KEY = 0x6472_705F_6C68  # "drp_lh": serialises the DDL
+from dr_pipelines.core.pg.drp_schema import HOLDS_DDL, LEGAL_HOLDS_LOCK, ensure_table
 
 ALLOWED_FUNCTIONS = frozenset({
     "lower", "upper", "length", "char_length", "btrim", "ltrim", "rtrim", "substr", "substring", "abs",
@@ -90,9 +73,7 @@ class Hold:
 
 
 def ensure_holds_table(conn: psycopg.Connection) -> None:
-    from dr_pipelines.core.retention.journal import ensure_table
-
-    ensure_table(conn, "drp.legal_holds", HOLDS_DDL, _LOCK_KEY)
+    ensure_table(conn, "drp.legal_holds", HOLDS_DDL, LEGAL_HOLDS_LOCK)
 
 
 def validate_predicate(predicate: str, columns: set[str]) -> str:
@@ -147,7 +128,10 @@ def validate_predicate(predicate: str, columns: set[str]) -> str:
     return str(RawStream()(stmt.whereClause))
 
 
-def table_columns(conn: psycopg.Connection, table: str) -> set[str]:
+def column_names(conn: psycopg.Connection, table: str) -> set[str]:
+    """The names of `table`'s columns, for validating a hold; HoldError if there is no such table.
+
+    (export/formats.table_columns is the other question: each column's type, for writing files.)"""
     ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
     if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)).fetchone()[0]:
         raise HoldError(f"unknown table {table}", fix="name an existing table as schema.table")
@@ -171,7 +155,7 @@ def place_hold(conn: psycopg.Connection, tenant_id: str, reason: str, *, table: 
         raise HoldError("a hold predicate needs a table", fix="pass the table the predicate is about")
     if table is not None:
         table = table if "." in table else f"public.{table}"
-        cols = table_columns(conn, table)
+        cols = column_names(conn, table)
         if predicate is not None:
             predicate = validate_predicate(predicate, cols)
     with conn.transaction():
@@ -240,7 +224,7 @@ def hold_filter(conn: psycopg.Connection, table: str, tenant_id: str, columns: s
                         " AND (table_name IS NULL OR table_name = %s) ORDER BY id", (str(tenant_id), table)).fetchall()
     if not rows:
         return HoldFilter((), ())
-    columns = columns if columns is not None else table_columns(conn, table)
+    columns = columns if columns is not None else column_names(conn, table)
     whole, partial = [], []
     for hold in (Hold(*r) for r in rows):
         if hold.predicate is None:

@@ -26,54 +26,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core.pg.drp_schema import JOURNAL_DDL, KEPT_DDL, RETENTION_JOURNAL_LOCK, ensure_table
+
 STATES = ("pending", "written", "verified", "deleted", "abandoned")
 UNFINISHED = ("pending", "written", "verified")
 
-JOURNAL_DDL = """
-CREATE SCHEMA IF NOT EXISTS drp;
-CREATE TABLE IF NOT EXISTS drp.archive_segments (
-    id            text        PRIMARY KEY,
-    run_id        text        NOT NULL,
-    table_name    text        NOT NULL,
-    tenant_id     text        NOT NULL,
-    month         date        NOT NULL,
-    state         text        NOT NULL CHECK (state IN ('pending', 'written', 'verified', 'deleted', 'abandoned')),
-    storage_url   text        NOT NULL,
-    prefix        text        NOT NULL,
-    cutoff        timestamptz NOT NULL,
-    predicate     text        NOT NULL,
-    rule          text        NOT NULL,
-    rows          bigint,
-    bytes         bigint,
-    sha256        text,
-    checksum      text,
-    method        text,
-    deleted_rows  bigint      NOT NULL DEFAULT 0,
-    kept_rows     bigint      NOT NULL DEFAULT 0,
-    next_offset   bigint      NOT NULL DEFAULT 0,
-    batches       integer     NOT NULL DEFAULT 0,
-    longest_batch_s double precision NOT NULL DEFAULT 0,
-    removed_by    text        CHECK (removed_by IN ('batches', 'partition')),
-    error         text,
-    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS archive_segments_unfinished_idx ON drp.archive_segments (table_name, created_at)
-    WHERE state IN ('pending', 'written', 'verified');
-CREATE INDEX IF NOT EXISTS archive_segments_lookup_idx ON drp.archive_segments (table_name, tenant_id, month);
-"""
-# The archived rows a delete batch left in place (changed since the archive, or held now): one row
-# each, inserted in the batch's transaction. pk: the primary key's values as text (rendered under
-# core/pg/checksums.RENDER_SETTINGS); row_hash: the archived version's hash (__drp_row_hash).
-KEPT_DDL = """
-CREATE TABLE IF NOT EXISTS drp.archive_kept (
-    segment_id    text        NOT NULL REFERENCES drp.archive_segments (id),
-    pk            jsonb       NOT NULL,
-    row_hash      bigint      NOT NULL,
-    PRIMARY KEY (segment_id, pk)
-);
-"""
-_LOCK_KEY = 0x6472_705F_6A72  # "drp_jr": serialises the DDL
 
 
 @dataclass
@@ -127,18 +84,9 @@ def balance(segs: list[Segment]) -> Balance:
     return Balance(sum(s.rows or 0 for s in live), sum(s.kept_rows for s in live), sum(s.deleted_rows for s in live))
 
 
-def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) -> None:
-    """Run ``ddl`` (idempotent) unless ``table`` exists, under an advisory lock against concurrent runs."""
-    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
-        conn.execute(ddl)
-
-
 def ensure_journal_table(conn: psycopg.Connection) -> None:
-    ensure_table(conn, "drp.archive_segments", JOURNAL_DDL, _LOCK_KEY)
-    ensure_table(conn, "drp.archive_kept", KEPT_DDL, _LOCK_KEY)  # separate: journals older than the table
+    ensure_table(conn, "drp.archive_segments", JOURNAL_DDL, RETENTION_JOURNAL_LOCK)
+    ensure_table(conn, "drp.archive_kept", KEPT_DDL, RETENTION_JOURNAL_LOCK)  # separate: journals older than the table
 
 
 def insert_pending(conn: psycopg.Connection, seg: dict[str, Any]) -> None:

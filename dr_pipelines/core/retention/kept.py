@@ -19,7 +19,8 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.layout import KEPT_NAME, SEALED
-from dr_pipelines.core.retention.segment import ALIAS, ArchiveError, checksum_hex, needs_identities, row_hash, seal
+from dr_pipelines.core.pg.checksums import checksum_hex
+from dr_pipelines.core.retention.segment import ALIAS, ArchiveError, needs_identities, row_hash, seal
 from dr_pipelines.core.storage import Storage
 
 

@@ -16,13 +16,13 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import DrpError
-from dr_pipelines.core.export.scope import tenant_filter
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.retention.apply import cutoff_for, resolve_as_of
-from dr_pipelines.core.retention.holds import hold_filter, table_columns
+from dr_pipelines.core.retention.holds import column_names, hold_filter
 from dr_pipelines.core.retention.policy import BoundTable, Policies, Tenant, bind
 from dr_pipelines.core.retention.segment import ALIAS, bind_tenant, from_clause, ts_value
+from dr_pipelines.core.tenancy import tenant_filter
 
 
 class PlanIncompleteError(DrpError):
@@ -96,7 +96,7 @@ def plan(dsn: str, policies: Policies, *, tables: list[str] | None = None, tenan
 def _plan_table(conn: psycopg.Connection, bt: BoundTable, chosen: list[Tenant] | tuple[Tenant, ...],
                 when: datetime, journal_exists: bool) -> list[PlanLine]:
     lines: list[PlanLine] = []
-    columns = table_columns(conn, bt.name)
+    columns = column_names(conn, bt.name)
     for tenant in chosen:
         rule = bt.policy.rule_for(tenant.id, tenant.jurisdiction)
         unfinished = conn.execute(

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError, read_config_yaml
-from dr_pipelines.core.export.scope import Scope, TableScope, discover_scope
+from dr_pipelines.core.tenancy import Scope, TableScope, discover_scope
 
 ACTIONS = ("archive-then-delete", "delete", "keep")
 UNITS = {"day": "days", "days": "days", "month": "months", "months": "months", "year": "years", "years": "years"}

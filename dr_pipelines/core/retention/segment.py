@@ -41,19 +41,22 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.export.formats import parquet_plan, table_columns, write_parquet
-from dr_pipelines.core.export.scope import TENANTS_SETTING, tenant_filter
 from dr_pipelines.core.layout import DATA_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
+from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet
+from dr_pipelines.core.pg import checksums
+from dr_pipelines.core.pg.checksums import checksum_hex
 from dr_pipelines.core.retention.policy import BoundTable
+from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import TENANTS_SETTING, tenant_filter
 from dr_pipelines.core.verified_read import read_verified
 
 SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
-_MOD = 1 << 64
 PARQUET_BATCH = 10_000
 
 
@@ -68,6 +71,13 @@ class ArchiveKeys:
     recipients: tuple[str, ...] = ()
     identities: tuple[object, ...] = ()
     allow_plaintext: bool = False  # an explicit setting: archive without encryption
+
+    @classmethod
+    def from_settings(cls, settings: Settings, identity: Path | None = None) -> ArchiveKeys:
+        """What archives are sealed to (encryption_recipients) and read back with (the identity, if configured)."""
+        has_identity = identity is not None or settings.age_identity_file is not None
+        return cls(tuple(settings.encryption_recipients),
+                   tuple(context.identities(settings, identity)) if has_identity else (), settings.archive_allow_plaintext)
 
     def check_for_archiving(self) -> None:
         """Refuse to archive in plaintext (unless allowed), or without the identity verify reads back with."""
@@ -106,21 +116,13 @@ def _private_file(path: Path) -> Any:
 
 
 def row_hash(method: str, alias: str = ALIAS) -> sql.Composable:
-    """The per-row term of the table checksum (core/pg/checksums.py), as a signed bigint."""
-    if method == "record":
-        return sql.SQL("hash_record_extended({}, 0)").format(sql.Identifier(alias))
-    return sql.SQL("hashtextextended({}::text, 0)").format(sql.Identifier(alias))
-
-
-def checksum_hex(total: int) -> str:
-    return f"{int(total) % _MOD:016x}"
+    """The per-row term of the table checksum (core/pg/checksums.py) over this module's alias."""
+    return checksums.row_hash(method, alias)
 
 
 def table_method(conn: psycopg.Connection, bt: BoundTable) -> str:
     """`record` unless a column type hashes by OID or has no hash function (then `text`)."""
-    from dr_pipelines.core.pg.checksums import default_method
-
-    method = default_method(conn, bt.scope.schema, bt.scope.table)
+    method = checksums.default_method(conn, bt.scope.schema, bt.scope.table)
     if method == "record":
         try:
             with conn.transaction():
@@ -212,7 +214,7 @@ def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict
 
     Returns the stored object's (bytes, sha256).
     """
-    from dr_pipelines.core.export.formats import file_chunks
+    from dr_pipelines.core.stream import file_chunks
 
     keys.check_for_archiving()
     started = datetime.now(UTC)
@@ -298,8 +300,7 @@ def scratch_copy(conn: psycopg.Connection, bt_ident: sql.Identifier, path: Path)
 
 
 def checksum_of(conn: psycopg.Connection, relation: sql.Composable, method: str) -> tuple[int, str]:
-    rows, total = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}::numeric), 0) FROM {} AS {}").format(
-        row_hash(method), relation, sql.Identifier(ALIAS))).fetchone()
+    rows, total = conn.execute(checksums.checksum_query(method, relation, ALIAS)).fetchone()
     return int(rows), checksum_hex(int(total))
 
 

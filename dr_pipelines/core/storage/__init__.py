@@ -22,8 +22,14 @@ def open_storage(
     s3_secret_key: str | None = None,
     s3_sse: str | None = None,
     s3_sse_kms_key_id: str | None = None,
+    s3_max_attempts: int | None = None,
+    s3_connect_timeout: float | None = None,
 ) -> Storage:
-    """Build the backend a storage URL names; credentials never travel inside the URL."""
+    """Build the backend a storage URL names; credentials never travel inside the URL.
+
+    ``s3_max_attempts``/``s3_connect_timeout`` override the client's defaults (the WAL archiver
+    wants to fail fast: PostgreSQL retries a failed archive_command by itself).
+    """
     if not url or not url.strip():
         raise ConfigError("the storage URL is empty", fix=f"set DRP_STORAGE_URL to one of: {_FORMS}")
     parts = urlsplit(url)
@@ -64,6 +70,8 @@ def open_storage(
             secret_key=s3_secret_key,
             sse=s3_sse,
             sse_kms_key_id=s3_sse_kms_key_id,
+            **{k: v for k, v in (("max_attempts", s3_max_attempts), ("connect_timeout", s3_connect_timeout))
+               if v is not None},
         )
     raise ConfigError(
         f"unsupported storage URL scheme {scheme!r}", fix=f"use one of: {_FORMS}"

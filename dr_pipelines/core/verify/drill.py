@@ -11,12 +11,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.layout import DRILL_MARKDOWN_NAME, DRILL_REPORT_NAME, DRILLS, drill_prefix
+from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe
 from dr_pipelines.core.verify.report import DrillReport
 from dr_pipelines.core.verify.restore import verify_backup
+
+
+def drill_now(settings: Settings, *, identity: Path | None = None, month: str | None = None) -> DrillReport:
+    """The drill as `drp drill run` and the Dagster drill asset run it: configured storage, keys, targets, probes."""
+    return run_drill(context.storage(settings), context.identities(settings, identity), Path(settings.work_dir),
+                     rto_target_minutes=settings.rto_minutes, rpo_target_minutes=settings.rpo_minutes,
+                     probes=context.probes(settings), month=month)
 
 
 def run_drill(

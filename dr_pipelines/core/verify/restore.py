@@ -23,13 +23,12 @@ from dr_pipelines.core.errors import (
     StorageError,
 )
 from dr_pipelines.core.layout import VERIFICATION_NAME, backup_prefix
-from dr_pipelines.core.pg.cluster import sweep_leftovers, throwaway_cluster
-from dr_pipelines.core.restore.logical import Progress, RestoreOptions, restore_backup
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.restore.logical import RestoreOptions
+from dr_pipelines.core.restore.throwaway import FAST_THROWAWAY, restored_cluster
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe, run_checks
 from dr_pipelines.core.verify.report import VerificationReport
-
-FAST_THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 # Failures that say nothing about the backup itself (our machine or our configuration): raised, never recorded.
 ENVIRONMENT_ERRORS = (ConfigError, ClusterError, PostgresNotFoundError, DatabaseError)
@@ -52,24 +51,20 @@ def verify_backup(
 
     A verification cluster is thrown away, so it runs without fsync unless `durable` (a DR
     drill measures the RTO of a real restore, with fsync on). It is password-protected and
-    leased (core/pg/cluster.py): one left by a killed run is swept here first.
+    leased (core/restore/throwaway.py): one left by a killed run is swept here first.
     """
     assert entry.manifest is not None
     manifest = entry.manifest
     started = datetime.now(UTC)
     fetch_s = restore_s = checks_s = 0.0
     checks, error = [], None
-    work_dir.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(work_dir)
     try:
-        settings = {} if durable else FAST_THROWAWAY
-        with throwaway_cluster(work_dir, f"{purpose}-{entry.id}", settings=settings) as cluster:
-            target = cluster.create_database(manifest.source.get("database") or "restored", template="template0")
-            result = restore_backup(storage, entry, identities, target, work_dir=work_dir,
-                                    options=RestoreOptions(with_globals=True, check=False), progress=progress)
-            fetch_s, restore_s = result.fetch_seconds, result.restore_seconds
+        with restored_cluster(storage, entry, identities, work_dir, f"{purpose}-{entry.id}",
+                              settings={} if durable else FAST_THROWAWAY,
+                              options=RestoreOptions(with_globals=True, check=False), progress=progress) as restored:
+            fetch_s, restore_s = restored.result.fetch_seconds, restored.result.restore_seconds
             t0 = time.monotonic()
-            checks = run_checks(target, manifest, list(probes), heapallindexed=heapallindexed)
+            checks = run_checks(restored.dsn, manifest, list(probes), heapallindexed=heapallindexed)
             checks_s = time.monotonic() - t0
     except ENVIRONMENT_ERRORS:
         raise

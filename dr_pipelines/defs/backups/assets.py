@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.settings import Settings
@@ -28,7 +29,7 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     )
     def logical_backup(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         s = drp.settings()
-        storage = s.storage()
+        storage = core_context.storage(s)
         manifest = run_logical_backup(
             s.dsn, storage, s.encryption_recipients,
             progress=lambda phase, done, total: context.log.debug(f"{phase}: {done:,} bytes"),
@@ -57,13 +58,13 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     )
     def backup_retention(drp: DrpSettingsResource) -> dg.MaterializeResult:
         s = drp.settings()
-        result = prune_backups(s.storage(), s.retention_policy, dry_run=False)
+        result = prune_backups(core_context.storage(s), core_context.retention_policy(s), dry_run=False)
         table = "| backup | kept | reasons |\n|---|---|---|\n" + "\n".join(
             f"| {d.candidate.id} | {'yes' if d.keep else 'deleted'} | {', '.join(d.reasons)} |" for d in result.decisions
         )
         return dg.MaterializeResult(
             metadata={
-                "policy": s.retention_policy.describe(),
+                "policy": core_context.retention_policy(s).describe(),
                 "kept": len(result.kept),
                 "deleted": dg.MetadataValue.json(result.deleted),
                 "decisions": dg.MetadataValue.md(table),

@@ -3,7 +3,9 @@
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.catalog import backup_prefix
+from dr_pipelines.core.backup.integrity import manifest_problems, object_problems
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
@@ -24,17 +26,11 @@ def manifest_complete(context: dg.AssetCheckExecutionContext, drp: DrpSettingsRe
     if backup_id is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
     try:
-        manifest = read_manifest(drp.settings().storage(), backup_prefix(backup_id))
+        manifest = read_manifest(core_context.storage(drp.settings()), backup_prefix(backup_id))
     except DrpError as exc:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                    metadata={"backup_id": backup_id, "error": exc.problem})
-    problems = []
-    if not manifest.objects:
-        problems.append("lists no objects")
-    if not any(o.role == "database" for o in manifest.objects):
-        problems.append("has no database object")
-    if manifest.extra.get("checksums") and not manifest.tables:
-        problems.append("records no tables: the source database looks empty (wrong DSN?)")
+    problems = manifest_problems(manifest)
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"backup_id": backup_id, "objects": len(manifest.objects), "tables": len(manifest.tables),
@@ -47,21 +43,13 @@ def objects_present(context: dg.AssetCheckExecutionContext, drp: DrpSettingsReso
     backup_id = _latest_backup_id(context)
     if backup_id is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
-    storage = drp.settings().storage()
+    storage = core_context.storage(drp.settings())
     prefix = backup_prefix(backup_id)
     try:
         manifest = read_manifest(storage, prefix)
     except DrpError as exc:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"error": exc.problem})
-    problems = []
-    for obj in manifest.objects:
-        try:
-            size = storage.stat(f"{prefix}/{obj.key}").size
-        except DrpError:
-            problems.append(f"{obj.key} is missing")
-            continue
-        if size != obj.bytes:
-            problems.append(f"{obj.key} has {size} bytes, manifest says {obj.bytes}")
+    problems = object_problems(storage, prefix, manifest)
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"backup_id": backup_id, "checked": len(manifest.objects), "problems": "; ".join(problems) or "none"},

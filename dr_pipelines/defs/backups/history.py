@@ -1,29 +1,17 @@
-"""Backup success rate from Dagster's run history (the seed's '100% backup success' metric)."""
+"""Backup success rate from Dagster's run history (the seed's '100% backup success' metric).
+
+This side only fetches the runs; the rate is core's SuccessRate (as `drp status` computes it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from dr_pipelines.core.backup.attempts import SuccessRate
+
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
-
-
-@dataclass(frozen=True)
-class SuccessRate:
-    succeeded: int
-    failed: int
-
-    @property
-    def rate(self) -> float | None:
-        total = self.succeeded + self.failed
-        return self.succeeded / total if total else None
-
-    def describe(self) -> str:
-        if self.rate is None:
-            return "no finished runs yet"
-        return f"{self.rate:.1%} ({self.succeeded} of {self.succeeded + self.failed} runs)"
 
 
 def success_rate(instance: dg.DagsterInstance, job_name: str, *, days: int = 30) -> SuccessRate:
@@ -32,5 +20,4 @@ def success_rate(instance: dg.DagsterInstance, job_name: str, *, days: int = 30)
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name=job_name, statuses=FINISHED, created_after=since)
     )
-    succeeded = sum(1 for r in records if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS)
-    return SuccessRate(succeeded, len(records) - succeeded)
+    return SuccessRate.of(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core import context as core_context
+from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.notify import notify
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.status import rpo_age
 from dr_pipelines.defs.lib.default_status import sensor_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
@@ -18,9 +20,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
                description="Alerts (log + webhook) when the newest restorable backup is older than the RPO.")
     def rpo_breach_alert(context: dg.SensorEvaluationContext, drp: DrpSettingsResource) -> dg.SkipReason:
         s = drp.settings()
-        newest = newest_restorable(list_backups(s.storage()))
-        point = newest.restore_point if newest else None
-        age_min = (datetime.now(UTC) - point).total_seconds() / 60 if point else None
+        newest, age_min = rpo_age(list_backups(core_context.storage(s)), datetime.now(UTC))
         breached = age_min is None or age_min > s.rpo_minutes
         state = f"{newest.id if newest else 'none'}:{'breach' if breached else 'ok'}"
         if breached and context.cursor != state:

@@ -2,13 +2,13 @@
 
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.layout import DRILL_MARKDOWN_NAME, drill_prefix
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.core.verify.drill import run_drill
+from dr_pipelines.core.verify.drill import drill_now
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
@@ -36,10 +36,8 @@ def build(settings: Settings) -> dg.Definitions:
     def dr_drill(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         """A DR drill for the partition's month; the report (JSON and Markdown) goes to storage."""
         s = drp.settings()
-        storage = s.storage()
         month = context.partition_key[:7]
-        report = run_drill(storage, s.identities(), Path(s.work_dir), rto_target_minutes=s.rto_minutes,
-                           rpo_target_minutes=s.rpo_minutes, probes=s.probes, month=month)
+        report = drill_now(s, month=month)
         context.log.info(f"drill {month}: {'passed' if report.passed else 'FAILED'}")
         return dg.MaterializeResult(
             metadata={
@@ -50,7 +48,7 @@ def build(settings: Settings) -> dg.Definitions:
                 "rpo_minutes": dg.MetadataValue.float(round(report.rpo_seconds / 60, 2)) if report.rpo_seconds is not None
                 else "n/a",
                 "rpo_target_minutes": s.rpo_minutes,
-                "report_uri": f"{storage.url}/{drill_prefix(month)}/{DRILL_MARKDOWN_NAME}",
+                "report_uri": f"{core_context.storage(s).url}/{drill_prefix(month)}/{DRILL_MARKDOWN_NAME}",
                 "report": dg.MetadataValue.md(report.to_markdown()),
             }
         )

@@ -6,11 +6,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
-from dr_pipelines.core.export.scope import tenant_keys
 from dr_pipelines.core.layout import analytics_prefix
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.tenancy import tenant_keys
 from dr_pipelines.defs.lib.default_status import schedule_status, sensor_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
@@ -66,7 +67,7 @@ def build(settings: Settings) -> dg.Definitions:
                       drp: DrpSettingsResource) -> dg.MaterializeResult:
         """One clinic's rows (and no other clinic's) from one snapshot, audited; manifest written last."""
         s = drp.settings()
-        storage = s.storage()
+        storage = core_context.storage(s)
         requester = config.requester.strip() or f"dagster run {context.run_id}"
         options = _options(s, formats=tuple(config.formats), tables=tuple(config.tables), requester=requester,
                            max_per_hour=s.export_max_per_hour or None, zip_bundle=config.zip_bundle,
@@ -94,7 +95,7 @@ def build(settings: Settings) -> dg.Definitions:
             raise dg.Failure(description=f"no tenants in {s.export_tenant_root}: nothing to export")
         options = _options(s, formats=("parquet",), requester="dagster analytics_export", max_per_hour=None,
                            prefix=analytics_prefix(context.partition_key))
-        result = export_tenants(s.dsn, s.storage(), tenants, options,
+        result = export_tenants(s.dsn, core_context.storage(s), tenants, options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
         return dg.MaterializeResult(metadata=_metadata(result))
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.settings import Settings, env_name, load_settings
 from dr_pipelines.core.storage import Storage
 
@@ -31,7 +32,7 @@ class DrpSettingsResource(dg.ConfigurableResource):
         return load_settings(self.config_path, env=env)
 
     def storage(self) -> Storage:
-        return self.settings().storage()
+        return core_context.storage(self.settings())
 
 
 def drp_resource() -> DrpSettingsResource:

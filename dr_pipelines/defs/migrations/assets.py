@@ -6,7 +6,7 @@ import dagster as dg
 from dr_pipelines.core.migrate.files import discover
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
-from dr_pipelines.defs.migrations.job import SCHEMA_KEY
+from dr_pipelines.defs.migrations.jobs import SCHEMA_KEY
 from dr_pipelines.defs.source.assets import source_profile
 
 

@@ -4,7 +4,7 @@ import dagster as dg
 
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.migrations.assets import migrations_in_sync, schema_migrations
-from dr_pipelines.defs.migrations.job import migrations_job
+from dr_pipelines.defs.migrations.jobs import migrations_job
 from dr_pipelines.defs.migrations.sensors import build_sensors
 
 

@@ -14,7 +14,7 @@ from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import sensor_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
-from dr_pipelines.defs.migrations.job import JOB_NAME
+from dr_pipelines.defs.migrations.jobs import JOB_NAME
 
 
 def directory_digest(migrations: list) -> str:

@@ -14,14 +14,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from dr_pipelines.core.manifest import ManifestError
-from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
-from dr_pipelines.core.retention.journal import balance, segments
-from dr_pipelines.core.retention.kept import read_kept
 from dr_pipelines.core.retention.plan import plan
 from dr_pipelines.core.retention.policy import Policies, TablePolicy, load_policies
-from dr_pipelines.core.retention.segment import ArchiveError, fetched
+from dr_pipelines.core.retention.recheck import recheck_run
+from dr_pipelines.core.retention.segment import ArchiveKeys
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
@@ -55,28 +53,15 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
     )
     def archival(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         s = drp.settings()
-        storage = s.storage()
+        storage = core_context.storage(s)
         as_of = as_of_for(context.partition_key)
-        keys = s.archive_keys()
+        keys = ArchiveKeys.from_settings(s)
         result = apply_policies(s.dsn, storage, policies, ApplyOptions(tables=(policy.table,), as_of=as_of,
                                                                        run_id=context.run.run_id, keys=keys))
         t = result.tables[0]
         remaining = sum(p.to_delete for p in plan(s.dsn, policies, tables=[policy.table], as_of=as_of))
-        with connect(s.dsn) as conn:
-            segs = segments(conn, table=policy.table, run_id=context.run.run_id)
-        rows = balance(segs)
-        bad = []
-        for x in segs:
-            if x.state == "abandoned":
-                continue
-            try:
-                with fetched(storage, x.prefix, identities=keys.identities) as (manifest, _path):
-                    listed = read_kept(storage, x.prefix, manifest.extra["primary_key"], identities=keys.identities)
-                    if manifest.tables[0].rows != x.rows or manifest.tables[0].checksum != x.checksum or (
-                            x.state == "deleted" and (listed.rows if listed else 0) != x.kept_rows):
-                        bad.append(x.id)
-            except (ArchiveError, ManifestError):
-                bad.append(x.id)
+        run = recheck_run(s.dsn, storage, policy.table, context.run.run_id, keys.identities)
+        rows = run.balance
         context.log.info(f"{policy.table} as of {as_of:%Y-%m-%d}: archived {t.archived_rows}, deleted "
                          f"{t.deleted_rows + t.deleted_unarchived}, held {sum(h.rows for h in t.held)}")
         return dg.MaterializeResult(
@@ -95,8 +80,8 @@ def _archival_asset(policy: TablePolicy, policies: Policies) -> dg.AssetsDefinit
                 dg.AssetCheckResult(check_name="archived_equals_deleted", passed=rows.ok,
                                     metadata={"archived": rows.archived, "kept_changed_or_held": rows.kept,
                                               "deleted": rows.deleted}),
-                dg.AssetCheckResult(check_name="archive_manifests_verify", passed=not bad,
-                                    metadata={"archives": len(segs), "failed": ", ".join(bad) or "none"}),
+                dg.AssetCheckResult(check_name="archive_manifests_verify", passed=not run.failed,
+                                    metadata={"archives": run.segments, "failed": ", ".join(run.failed) or "none"}),
             ],
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.catalog import find_backup
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.verify.restore import verify_backup
@@ -25,9 +26,9 @@ VERIFICATION_KEY = dg.AssetKey("backup_verification")
 def backup_verification(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
     """Restore the newest restorable backup and prove it: rows, checksums, amcheck, FKs, sequences, probes."""
     s = drp.settings()
-    storage = s.storage()
+    storage = core_context.storage(s)
     entry = find_backup(storage, None)
-    report = verify_backup(storage, entry, s.identities(), Path(s.work_dir), probes=s.probes,
+    report = verify_backup(storage, entry, core_context.identities(s), Path(s.work_dir), probes=core_context.probes(s),
                            progress=lambda phase, done, total: None)
     context.log.info(report.summary())
     return dg.MaterializeResult(

@@ -200,6 +200,38 @@ def discover_scope(
     by_oid = {oid: (f"{schema}.{rel}", schema, rel, kind) for oid, schema, rel, kind in rels}
     names = {v[0]: oid for oid, v in by_oid.items()}
     root_name = f"{root_schema}.{root_table}"
+    root_oid, key_type = _root_key(conn, names, root_name, key_column)
+    excluded_by_config = _exclusions(names, root_name, exclude)
+    routes = _Routes.search(_fk_children(conn, by_oid), names, by_oid, root_oid)
+
+    def direct_to_root(hop: Hop) -> bool:
+        return hop.parent == root_name and len(hop.pairs) == 1 and hop.pairs[0][1] == key_column
+
+    tables: list[TableScope] = []
+    excluded: list[ExcludedTable] = []
+    for oid in routes.order:
+        name, schema, rel, kind = by_oid[oid]
+        if name in excluded_by_config:
+            continue
+        hops = routes.path[oid]
+        if not hops:
+            tenant_column = key_column
+        elif direct_to_root(hops[-1]):
+            tenant_column = hops[-1].pairs[0][0]  # the last hop is kept for the record only
+        else:
+            tenant_column = key_column  # the path's last hop joins the root table itself
+        tables.append(TableScope(schema, rel, "partitioned" if kind == "p" else "table", hops, tenant_column,
+                                 tuple(routes.alternatives.get(oid, ()))))
+    for oid, (name, _schema, _rel, _kind) in sorted(by_oid.items(), key=lambda kv: kv[1][0]):
+        if name in excluded_by_config:
+            excluded.append(ExcludedTable(name, "excluded by configuration"))
+        elif oid not in routes.depth:
+            excluded.append(ExcludedTable(name, "no foreign-key path to the tenant root"))
+    return Scope(root_name, key_column, key_type, tuple(tables), tuple(excluded))
+
+
+def _root_key(conn: psycopg.Connection, names: dict[str, int], root_name: str, key_column: str) -> tuple[int, str]:
+    """The root table's oid and its key column's type; ScopeError if either is missing."""
     if root_name not in names:
         raise ScopeError(
             f"tenant root table {root_name} does not exist (or is a partition, view or system table)",
@@ -216,6 +248,11 @@ def discover_scope(
             f"tenant root {root_name} has no column {key_column!r}",
             fix="pass the root's key column (the one tenant-owned tables reference), e.g. id",
         )
+    return root_oid, key[0]
+
+
+def _exclusions(names: dict[str, int], root_name: str, exclude: tuple[str, ...] | list[str]) -> set[str]:
+    """The configured exclusions, qualified; ConfigError for an unknown table or the root itself."""
     excluded_by_config = {n if "." in n else f"public.{n}" for n in exclude}
     unknown = sorted(excluded_by_config - set(names))
     if unknown:
@@ -225,8 +262,11 @@ def discover_scope(
         )
     if root_name in excluded_by_config:
         raise ConfigError(f"the tenant root {root_name} cannot be excluded", fix="remove it from the exclusions")
+    return excluded_by_config
 
-    # children[parent oid] -> FKs pointing at it (only between tables we consider)
+
+def _fk_children(conn: psycopg.Connection, by_oid: dict[int, tuple[str, str, str, str]]) -> dict[int, list[Hop]]:
+    """children[parent oid] -> FKs pointing at it (only between tables we consider)."""
     children: dict[int, list[Hop]] = {}
     for conname, child_oid, parent_oid, child_cols, parent_cols, nullable in conn.execute(FKS_QUERY).fetchall():
         if child_oid not in by_oid or parent_oid not in by_oid or child_oid == parent_oid:
@@ -234,56 +274,46 @@ def discover_scope(
         hop = Hop(conname, by_oid[child_oid][0], by_oid[parent_oid][0],
                   tuple(zip(child_cols, parent_cols, strict=True)), bool(nullable))
         children.setdefault(parent_oid, []).append(hop)
+    return children
 
-    def direct_to_root(hop: Hop) -> bool:
-        return hop.parent == root_name and len(hop.pairs) == 1 and hop.pairs[0][1] == key_column
 
-    # BFS from the root; depth and the first (chosen) path per table, other shortest ones recorded.
-    depth = {root_oid: 0}
-    path: dict[int, tuple[Hop, ...]] = {root_oid: ()}
-    alternatives: dict[int, list[str]] = {}
-    level = [root_oid]
-    frontier_order: list[int] = [root_oid]
-    while level:
-        next_level: list[int] = []
-        for parent in level:
-            for hop in sorted(children.get(parent, []), key=lambda h: (h.child, h.constraint)):
-                child = names[hop.child]
-                if child == root_oid:
-                    continue
-                # An FK to the root on another column than the key (say a unique slug) still
-                # leads to the root: its query then joins the root table itself.
-                if child not in depth:
-                    depth[child] = depth[parent] + 1
-                    path[child] = (hop, *path[parent])
-                    next_level.append(child)
-                elif depth[child] == depth[parent] + 1 and path[child][0] != hop:
-                    route = " -> ".join([hop.child, hop.parent, *[h.parent for h in path[parent]]])
-                    alternatives.setdefault(child, []).append(f"{route} ({hop.constraint})")
-        level = sorted(next_level, key=lambda o: by_oid[o][0])
-        frontier_order += level
+@dataclass
+class _Routes:
+    """Shortest FK routes from every reachable table to the root."""
 
-    tables: list[TableScope] = []
-    excluded: list[ExcludedTable] = []
-    for oid in frontier_order:
-        name, schema, rel, kind = by_oid[oid]
-        if name in excluded_by_config:
-            continue
-        hops = path[oid]
-        if not hops:
-            tenant_column = key_column
-        elif direct_to_root(hops[-1]):
-            tenant_column = hops[-1].pairs[0][0]  # the last hop is kept for the record only
-        else:
-            tenant_column = key_column  # the path's last hop joins the root table itself
-        tables.append(TableScope(schema, rel, "partitioned" if kind == "p" else "table", hops, tenant_column,
-                                 tuple(alternatives.get(oid, ()))))
-    for oid, (name, _schema, _rel, _kind) in sorted(by_oid.items(), key=lambda kv: kv[1][0]):
-        if name in excluded_by_config:
-            excluded.append(ExcludedTable(name, "excluded by configuration"))
-        elif oid not in depth:
-            excluded.append(ExcludedTable(name, "no foreign-key path to the tenant root"))
-    return Scope(root_name, key_column, key[0], tuple(tables), tuple(excluded))
+    depth: dict[int, int]
+    path: dict[int, tuple[Hop, ...]]  # the first (chosen) shortest path per table
+    alternatives: dict[int, list[str]]  # other equally short routes, described
+    order: list[int]  # breadth-first, by name within a level
+
+    @classmethod
+    def search(cls, children: dict[int, list[Hop]], names: dict[str, int],
+               by_oid: dict[int, tuple[str, str, str, str]], root_oid: int) -> _Routes:
+        """BFS from the root; depth and the first (chosen) path per table, other shortest ones recorded."""
+        depth = {root_oid: 0}
+        path: dict[int, tuple[Hop, ...]] = {root_oid: ()}
+        alternatives: dict[int, list[str]] = {}
+        level = [root_oid]
+        frontier_order: list[int] = [root_oid]
+        while level:
+            next_level: list[int] = []
+            for parent in level:
+                for hop in sorted(children.get(parent, []), key=lambda h: (h.child, h.constraint)):
+                    child = names[hop.child]
+                    if child == root_oid:
+                        continue
+                    # An FK to the root on another column than the key (say a unique slug) still
+                    # leads to the root: its query then joins the root table itself.
+                    if child not in depth:
+                        depth[child] = depth[parent] + 1
+                        path[child] = (hop, *path[parent])
+                        next_level.append(child)
+                    elif depth[child] == depth[parent] + 1 and path[child][0] != hop:
+                        route = " -> ".join([hop.child, hop.parent, *[h.parent for h in path[parent]]])
+                        alternatives.setdefault(child, []).append(f"{route} ({hop.constraint})")
+            level = sorted(next_level, key=lambda o: by_oid[o][0])
+            frontier_order += level
+        return cls(depth, path, alternatives, frontier_order)
 
 
 # -- queries ------------------------------------------------------------------------------------------

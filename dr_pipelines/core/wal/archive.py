@@ -1,0 +1,225 @@
+"""Push one WAL file to storage and fetch it back, checking integrity both ways.
+
+Push: the plaintext SHA-256 decides. Same content already committed (sidecar present, object
+present) is a no-op; different content is a loud WalConflictError plus an event object, never an
+overwrite. Fetch: the stored object's SHA-256 is checked before decrypting and the plaintext's
+after, so a flipped byte is refused naming the file; the result appears atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import pyrage
+import zstandard
+
+from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.stream import decrypt_decompress
+from dr_pipelines.core.wal.names import EVENTS_PREFIX, object_key, sidecar_key, timeline_of
+
+if TYPE_CHECKING:
+    from dr_pipelines.core.settings import Settings
+
+FORMAT = "drp-wal-sidecar"
+# zstd level 1: on real 16 MiB segments it is ~2.4x faster than level 3 for ~3 % more bytes (docs/wal.md);
+# archive latency bounds throughput, since PostgreSQL waits for each archive_command in turn.
+ZSTD_LEVEL = 1
+
+
+class WalConflictError(DrpError):
+    """A WAL file with this name is archived already with different content."""
+
+
+class WalCorruptError(DrpError):
+    """An archived WAL file does not match its recorded checksum."""
+
+
+class WalNotArchivedError(DrpError):
+    """The archive has no (committed) copy of this WAL file: recovery's normal 'end of archive'."""
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What is recorded about one archived WAL file; written after the object, so it is the commit."""
+
+    name: str
+    timeline: int
+    plain_sha256: str
+    plain_bytes: int
+    stored_sha256: str
+    stored_bytes: int
+    pushed_at: str
+    switches: list[list[int]] | None = None  # history files: [[parent timeline, switch LSN], ...]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes, *, where: str) -> Sidecar:
+        try:
+            data = json.loads(raw)
+            if data.pop("format") != FORMAT:
+                raise ValueError("wrong format")
+            return cls(**data)
+        except (ValueError, KeyError, TypeError):
+            raise WalCorruptError(f"WAL sidecar {where} is malformed",
+                                  fix="re-push the file from pg_wal if PostgreSQL still has it, else treat it as lost") from None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    status: str  # "archived" or "exists"
+    plain_bytes: int
+    stored_bytes: int
+
+
+def read_sidecar(storage: Storage, name: str) -> Sidecar | None:
+    key = sidecar_key(name)
+    try:
+        raw = storage.get_bytes(key)
+    except ObjectNotFoundError:
+        return None
+    return Sidecar.parse(raw, where=f"{storage.url}/{key}")
+
+
+def history_switches(text: bytes) -> list[list[int]]:
+    """[[parent timeline, switch LSN], …] from a timeline history file (its reasons are left out)."""
+    switches = []
+    for line in text.decode(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
+            hi, lo = fields[1].split("/")
+            switches.append([int(fields[0]), (int(hi, 16) << 32) | int(lo, 16)])
+    return switches
+
+
+def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, name: str | None = None) -> PushResult:
+    """Archive the WAL file at ``path``; returns once the object and its sidecar are durably stored."""
+    path = Path(path)
+    name = name or path.name
+    timeline = timeline_of(name)
+    data = _read_local(path)
+    plain_sha = hashlib.sha256(data).hexdigest()
+    existing = read_sidecar(storage, name)
+    if existing is not None and existing.plain_sha256 != plain_sha:
+        _refuse_conflict(storage, name, existing, plain_sha, len(data))
+    if existing is not None and storage.exists(object_key(name)):
+        if stored_intact(storage, name, existing):
+            return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes)
+        record_event(storage, "repaired", name, {"plain_sha256": plain_sha})  # damaged copy: store it again
+    stored = storage.put_bytes(object_key(name), seal(data, recipients))
+    sidecar = Sidecar(name=name, timeline=timeline, plain_sha256=plain_sha, plain_bytes=len(data),
+                      stored_sha256=stored.sha256, stored_bytes=stored.size, pushed_at=_now(),
+                      switches=history_switches(data) if name.endswith(".history") else None)
+    storage.put_bytes(sidecar_key(name), sidecar.to_bytes())
+    return PushResult(name, "archived", len(data), stored.size)
+
+
+def seal(data: bytes, recipients: Sequence[object]) -> bytes:
+    """age(zstd(data)) in one call each: the wire format of core/stream.py's compress_encrypt, so
+    decrypt_decompress (and `age -d | zstd -d`) read it.
+
+    A WAL file is at most one segment (16 MiB by default) and already in memory for its checksum;
+    one-shot calls take 111 ms where the streaming pipeline's 64 KiB Python hand-offs take 190 ms
+    (docs/wal.md), and PostgreSQL waits for every push in turn.
+    """
+    return pyrage.encrypt(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), list(recipients))
+
+
+def _refuse_conflict(storage: Storage, name: str, existing: Sidecar, plain_sha: str, size: int) -> NoReturn:
+    record_event(storage, "conflict", name, {"stored_sha256": existing.plain_sha256, "new_sha256": plain_sha,
+                                             "stored_bytes": existing.plain_bytes, "new_bytes": size})
+    raise WalConflictError(
+        f"WAL file {name} is already archived in {storage.url} with different content "
+        f"(stored sha256 {existing.plain_sha256[:16]}…, this one {plain_sha[:16]}…); refusing to overwrite",
+        fix="two clusters may be archiving to the same place (give each its own storage prefix), or a cluster "
+        "was restored without a new timeline; investigate before removing either copy (event under wal/events/)",
+    )
+
+
+def stored_intact(storage: Storage, name: str, sidecar: Sidecar) -> bool:
+    """Whether the stored object still has the size and SHA-256 its sidecar recorded (no key needed)."""
+    sha, size = hashlib.sha256(), 0
+    try:
+        for chunk in storage.iter_chunks(object_key(name)):
+            sha.update(chunk)
+            size += len(chunk)
+    except DrpError:
+        return False
+    return size == sidecar.stored_bytes and sha.hexdigest() == sidecar.stored_sha256
+
+
+def archive_storage(settings: Settings) -> Storage:
+    """The storage for archive pushes: on S3, 2 attempts and a 5 s connect timeout instead of the defaults.
+
+    PostgreSQL retries a failed archive_command by itself; a push sitting in tens of seconds of
+    client back-off against a dead endpoint only delays noticing (and every segment behind it).
+    """
+    from dr_pipelines.core import context
+
+    return context.storage(settings, s3_max_attempts=2, s3_connect_timeout=5)
+
+
+def _read_local(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read WAL file {path}: {exc.strerror or exc}",
+                           fix="archive_command must run as the PostgreSQL OS user and pass %p") from None
+
+
+def record_event(storage: Storage, kind: str, name: str, details: dict[str, object]) -> str:
+    """Store a small JSON event (a refused push, a recorded decision) next to the archive."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{EVENTS_PREFIX}{stamp}-{name}.{kind}.json"
+    body = {"kind": kind, "name": name, "at": _now(), **details}
+    storage.put_bytes(key, json.dumps(body, sort_keys=True).encode() + b"\n")
+    return key
+
+
+def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: Path | str) -> Sidecar:
+    """Write the archived WAL file ``name`` to ``dest`` atomically (temp file 0600, fsync, rename).
+
+    WalNotArchivedError when there is no committed copy; WalCorruptError when either checksum fails.
+    """
+    dest = Path(dest)
+    sidecar = read_sidecar(storage, name)
+    key = object_key(name)
+    if sidecar is None:
+        raise WalNotArchivedError(f"WAL file {name} is not in the archive {storage.url}",
+                                  fix="normal at the end of the archive; otherwise run `drp wal verify`")
+    try:
+        with storage.open(key) as raw:
+            stored = raw.read()
+    except ObjectNotFoundError:
+        raise WalCorruptError(f"WAL file {name}: its sidecar exists but its object {key} is missing",
+                              fix="the archive lost this file: run `drp wal verify` and take a new base backup") from None
+    if len(stored) != sidecar.stored_bytes or hashlib.sha256(stored).hexdigest() != sidecar.stored_sha256:
+        raise WalCorruptError(f"archived WAL file {name} ({key}) is corrupted: its stored SHA-256 does not match the sidecar",
+                              fix="do not replay it; restore from another copy of the archive or stop recovery before it")
+    plain = io.BytesIO()
+    decrypt_decompress(io.BytesIO(stored), plain, identities, what=f"WAL file {name}")
+    if hashlib.sha256(plain.getbuffer()).hexdigest() != sidecar.plain_sha256:
+        raise WalCorruptError(f"archived WAL file {name} decrypts to content whose SHA-256 does not match the sidecar",
+                              fix="do not replay it; restore from another copy of the archive")
+    write_atomically(dest, plain.getvalue())
+    return sidecar
+
+
+def write_atomically(dest: Path, data: bytes) -> None:
+    """``dest`` appears whole (mode 0600, fsync'd) or not at all: the local backend's temp-file-and-rename."""
+    LocalStorage(dest.parent).put_bytes(dest.name, data)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

@@ -1,0 +1,65 @@
+"""What the server says about archiving: how far behind it is and how big pg_wal has grown.
+
+PostgreSQL never drops un-archived WAL: when storage is unreachable pg_wal grows until the disk
+is full and the server stops. These numbers drive the alerts that must fire well before that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from dr_pipelines.core.pg.connect import connect
+
+
+@dataclass(frozen=True)
+class PgWalState:
+    current_wal: str  # the segment being written (not complete, so not archivable yet)
+    archive_mode: str
+    archive_timeout_s: int
+    last_archived_wal: str | None
+    last_archived_time: datetime | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+    ready_count: int  # completed segments waiting for archive_command
+    oldest_ready_age_s: float | None  # the archive lag: how long the oldest waiting segment has waited
+    pg_wal_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
+
+
+def read_pg_wal_state(dsn: str) -> PgWalState:
+    """One read-only look (needs superuser or pg_monitor for pg_ls_waldir/pg_ls_archive_statusdir)."""
+    with connect(dsn, autocommit=True) as conn:
+        current, mode, timeout = conn.execute(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), current_setting('archive_mode'),"
+            " extract(epoch FROM current_setting('archive_timeout')::interval)::int"
+        ).fetchone()
+        archived_wal, archived_at, failed, failed_wal, failed_at = conn.execute(
+            "SELECT last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time"
+            " FROM pg_stat_archiver"
+        ).fetchone()
+        ready, oldest = conn.execute(
+            "SELECT count(*), extract(epoch FROM now() - min(modification))::float8"
+            " FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+        ).fetchone()
+        wal_bytes = conn.execute("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()").fetchone()[0]
+    return PgWalState(current, mode, timeout, archived_wal, archived_at, failed, failed_wal, failed_at, ready,
+                      oldest, wal_bytes)
+
+
+def wal_alerts(state: PgWalState, *, lag_limit_s: float, pg_wal_limit_bytes: int) -> list[str]:
+    """Human-readable alerts; empty when archiving keeps up."""
+    alerts = []
+    if state.archive_mode == "off":
+        alerts.append("archive_mode is off: no WAL is archived, point-in-time recovery is impossible")
+    if state.oldest_ready_age_s is not None and state.oldest_ready_age_s > lag_limit_s:
+        alerts.append(f"WAL archive lag {state.oldest_ready_age_s:.0f} s > {lag_limit_s:.0f} s: {state.ready_count} "
+                      f"segment(s) waiting, last failure on {state.last_failed_wal or '-'}")
+    if state.pg_wal_bytes > pg_wal_limit_bytes:
+        alerts.append(f"pg_wal holds {state.pg_wal_bytes:,} bytes > {pg_wal_limit_bytes:,}: archiving is behind "
+                      "and the disk will fill; fix the archive target (never delete WAL by hand)")
+    return alerts
