@@ -54,7 +54,7 @@ LAYERS = {
     "": 0, "errors": 0, "checkpoints": 0, "progress": 0,
     "storage": 1, "pg": 1, "crypto": 1, "notify": 1,
     "pg.snapshots": 1, "pg.drp_schema": 1,  # h-pgcore's exported snapshots and drp.* schema
-    "manifest": 2, "stream": 2, "layout": 2, "tenancy": 2, "parquet": 2,
+    "manifest": 2, "stream": 2, "layout": 2, "verified_read": 2, "tenancy": 2, "parquet": 2,
     "pg.content": 2, "backup.gfs": 2, "verify.checks": 2,
     "settings": 3,
     "context": 4,

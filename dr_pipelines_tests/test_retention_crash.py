@@ -22,8 +22,9 @@ import yaml
 from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
 from dr_pipelines.core.retention.holds import place_hold, release_hold
 from dr_pipelines.core.retention.journal import Segment, balance, segments
+from dr_pipelines.core.retention.kept import read_kept
 from dr_pipelines.core.retention.rehydrate import list_archives
-from dr_pipelines.core.retention.segment import fetched, read_kept
+from dr_pipelines.core.retention.segment import fetched
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage

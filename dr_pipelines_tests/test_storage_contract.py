@@ -247,6 +247,27 @@ def test_check_passes(storage: Storage) -> None:
     assert partial_uploads(storage) == []
 
 
+def test_presign_follows_the_declared_capability(storage: Storage) -> None:
+    """A backend that declares presign hands out a URL that really GETs the object; the others refuse clearly."""
+    storage.put_bytes("exports/x/a.bin", b"presigned bytes")
+    if not storage.properties.presign:
+        with pytest.raises(ConfigError, match="presigned URLs need S3 storage") as exc:
+            storage.presign_get("exports/x/a.bin", 60)
+        assert exc.value.fix
+        return
+    import urllib.request
+
+    url = storage.presign_get("exports/x/a.bin", 60)
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the moto server under test
+        assert response.read() == b"presigned bytes"
+
+
+def test_declared_properties() -> None:
+    """Capabilities are declared per backend, not probed from attributes."""
+    assert LocalStorage.properties.presign is False and LocalStorage.properties.server_side_encryption is False
+    assert S3Storage.properties.presign is True and S3Storage.properties.server_side_encryption is True
+
+
 # -- local backend -----------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ def export(
 
     s = settings()
     storage = context.storage(s, to)
-    on_s3 = hasattr(storage, "bucket")
+    on_s3 = storage.properties.presign
     options = ExportOptions(
         formats=tuple(f for f in formats.split(",") if f.strip()), root=root or s.export_tenant_root,
         key_column=key or s.export_tenant_key, exclude=tuple(s.export_exclude_tables) + tuple(exclude),

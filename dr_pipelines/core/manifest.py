@@ -17,7 +17,7 @@ from dr_pipelines.core.storage import Storage
 
 FORMAT = "drp-manifest"
 VERSION = 1
-MANIFEST_NAME = "manifest.json"
+from dr_pipelines.core.layout import MANIFEST_NAME  # noqa: F401 - the name lives in the layout
 
 
 class ManifestError(DrpError):

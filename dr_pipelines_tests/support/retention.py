@@ -16,16 +16,15 @@ import psycopg
 from psycopg import sql
 from pyrage import x25519
 
+from dr_pipelines.core.layout import ARCHIVES as PREFIX
 from dr_pipelines.core.manifest import MANIFEST_NAME
 from dr_pipelines.core.pg.checksums import default_method, pin_render_settings
+from dr_pipelines.core.retention.kept import drop_kept, read_kept
 from dr_pipelines.core.retention.policy import Policies, parse_policies
 from dr_pipelines.core.retention.segment import (
-    PREFIX,
     ArchiveKeys,
     checksum_of,
-    drop_kept,
     fetched,
-    read_kept,
     scratch_copy,
 )
 from dr_pipelines.core.storage import Storage

@@ -11,16 +11,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from dr_pipelines.core.layout import ATTEMPTS, attempt_key
 from dr_pipelines.core.storage import Storage
 
-PREFIX = "attempts"
 STALE_AFTER = timedelta(hours=12)  # no backup runs this long: a 'running' record this old was killed
 
 
 def record_attempt(storage: Storage, backup_id: str, started: datetime, status: str, *, error: str | None = None) -> None:
     body = {"id": backup_id, "started_at": started.isoformat(), "status": status, "error": error,
             "updated_at": datetime.now(UTC).isoformat()}
-    storage.put_bytes(f"{PREFIX}/{backup_id}.json", json.dumps(body).encode())
+    storage.put_bytes(attempt_key(backup_id), json.dumps(body).encode())
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def attempt_stats(storage: Storage, *, days: int = 30, now: datetime | None = No
     since = now - timedelta(days=days)
     succeeded = failed = running = 0
     last_failure = None
-    for obj in storage.list(PREFIX + "/"):
+    for obj in storage.list(ATTEMPTS + "/"):
         record = json.loads(storage.get_bytes(obj.key))
         started = datetime.fromisoformat(record["started_at"])
         if started < since:

@@ -1,6 +1,6 @@
 """The catalog: what backups exist in storage, which are restorable, which are pinned.
 
-Layout: ``backups/<id>/`` holds the objects, ``manifest.json`` (written last: no manifest
+Layout (names in core/layout.py): ``backups/<id>/`` holds the objects, ``manifest.json`` (written last: no manifest
 means not a backup) and optionally ``pin.json`` (legal hold). Ids sort by time.
 ``backups/SOURCE.json`` names the one source database the prefix belongs to.
 """
@@ -8,19 +8,21 @@ means not a backup) and optionally ``pin.json`` (legal hold). Ids sort by time.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
-from dr_pipelines.core.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
+from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exported for callers of the catalog
+    BACKUPS,
+    MANIFEST_NAME,
+    PIN_NAME,
+    VERIFICATION_NAME,
+    backup_prefix,
+    source_key,
+)
+from dr_pipelines.core.manifest import Manifest, ManifestError, read_manifest
 from dr_pipelines.core.storage import Storage
-
-PREFIX = "backups"
-PIN_NAME = "pin.json"
-VERIFICATION_NAME = "verification.json"  # written by verification restores: {"passed": bool, ...}
-SOURCE_NAME = "SOURCE.json"  # {"system_identifier", "database", "server", "claimed_at"}
 
 
 class BackupNotFoundError(DrpError):
@@ -29,16 +31,6 @@ class BackupNotFoundError(DrpError):
 
 class SourceMismatchError(DrpError):
     """The backup prefix belongs to another source database."""
-
-
-def new_backup_id(now: datetime | None = None) -> str:
-    """Sortable by time to the millisecond, unique across hosts: 20261127T180102.123Z-3fa9."""
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(2)
-
-
-def backup_prefix(backup_id: str) -> str:
-    return f"{PREFIX}/{backup_id}"
 
 
 @dataclass
@@ -99,7 +91,7 @@ def list_backups(storage: Storage) -> list[BackupEntry]:
     unreadable verification record leaves the backup unverified.
     """
     groups: dict[str, list[tuple[str, int]]] = {}
-    for obj in storage.list(PREFIX + "/"):
+    for obj in storage.list(BACKUPS + "/"):
         parts = obj.key.split("/")
         if len(parts) < 3:
             continue
@@ -190,7 +182,7 @@ def remove_incomplete(storage: Storage, *, keep: frozenset[str] = frozenset()) -
         parts = key.split("/")
         return len(parts) >= 3 and parts[1] not in committed and parts[1] not in keep
 
-    storage.cleanup_incomplete(f"{PREFIX}/", dead=by_a_dead_backup)
+    storage.cleanup_incomplete(f"{BACKUPS}/", dead=by_a_dead_backup)
     return removed
 
 
@@ -226,11 +218,11 @@ def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = 
     if replaced or _recorded_source(storage) is None:
         record = {k: source.get(k) for k in ("system_identifier", "database", "server")}
         record["claimed_at"] = datetime.now(UTC).isoformat()
-        storage.put_bytes(f"{PREFIX}/{SOURCE_NAME}", json.dumps(record).encode())
+        storage.put_bytes(source_key(), json.dumps(record).encode())
 
 
 def _recorded_source(storage: Storage) -> dict[str, Any] | None:
-    key = f"{PREFIX}/{SOURCE_NAME}"
+    key = source_key()
     try:
         recorded = json.loads(storage.get_bytes(key))
     except ObjectNotFoundError:

@@ -18,19 +18,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
+from typing import Any
 
 import psycopg
 
 from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import (
-    backup_prefix,
-    check_source,
-    new_backup_id,
-    record_source,
-    remove_incomplete,
-)
+from dr_pipelines.core.backup.catalog import check_source, record_source, remove_incomplete
 from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.errors import DrpError, StorageError
+from dr_pipelines.core.layout import DATABASE_OBJECT, GLOBALS_OBJECT, backup_prefix, new_backup_id
 from dr_pipelines.core.manifest import (
     LargeObjectEntry,
     Manifest,
@@ -51,8 +47,6 @@ from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import CountingReader, compress_encrypt
 
-DATABASE_OBJECT = "database.dump.zst.age"
-GLOBALS_OBJECT = "globals.sql.zst.age"
 PROGRESS_EVERY = 8 << 20
 
 
@@ -120,22 +114,8 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         snapshot, snapshot_at = export_snapshot(conn)
         written: list[ObjectEntry] = []
         try:
-            checksums = _ChecksumThread(dsn, snapshot) if options.checksums else None
-            sequences_before, db_properties = sequence_states(conn), database_properties(conn)
-            conninfo, env = libpq_env(dsn)
-            dump_cmd = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
-                        f"--dbname={conninfo}"]
-            written.append(_stream_command(dump_cmd, env, storage, f"{prefix}/{DATABASE_OBJECT}", "database",
-                                           "pg_dump-custom", age_recipients, options, progress, db_size))
-            if options.include_globals:
-                pg_dumpall = client_tool("pg_dumpall", ident.major)
-                globals_cmd = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conninfo}"]
-                if not options.role_passwords:
-                    globals_cmd.append("--no-role-passwords")
-                written.append(_stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals",
-                                               "sql", age_recipients, options, None, None))
-            sequences = _sequence_entries(sequences_before, sequence_states(conn))
-            tables, content = checksums.result() if checksums else ([], None)
+            dumped = _dump(conn, dsn, storage, prefix, snapshot, ident.major, pg_dump, age_recipients, options,
+                           progress, db_size, written)
         except BaseException:
             for entry in written:
                 with contextlib.suppress(Exception):
@@ -145,17 +125,61 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
             conn.rollback()
             conn.autocommit = True
             conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
-    manifest = Manifest(
+    manifest = _manifest(dsn, backup_id, started, recipients, options, ident, database, db_size, pg_dump, snapshot_at,
+                         removed, written, dumped)
+    write_manifest(storage, prefix, manifest)  # the commit point
+    record_source(storage, manifest.source, replaced=options.source_replaced)
+    return manifest
+
+
+@dataclass
+class _Dumped:
+    """What was read in the backup's snapshot besides the stored objects."""
+
+    sequences: list[SequenceEntry]
+    db_properties: Any
+    tables: list[Any]
+    content: Any
+
+
+def _dump(conn: psycopg.Connection, dsn: str, storage: Storage, prefix: str, snapshot: str, major: int, pg_dump: str,
+          age_recipients: list, options: BackupOptions, progress: Progress | None, db_size: int,
+          written: list[ObjectEntry]) -> _Dumped:
+    """Stream pg_dump (and pg_dumpall --globals-only) of the snapshot to storage, checksumming beside it."""
+    checksums = _ChecksumThread(dsn, snapshot) if options.checksums else None
+    sequences_before, db_properties = sequence_states(conn), database_properties(conn)
+    conninfo, env = libpq_env(dsn)
+    dump_cmd = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
+                f"--dbname={conninfo}"]
+    written.append(_stream_command(dump_cmd, env, storage, f"{prefix}/{DATABASE_OBJECT}", "database",
+                                   "pg_dump-custom", age_recipients, options, progress, db_size))
+    if options.include_globals:
+        pg_dumpall = client_tool("pg_dumpall", major)
+        globals_cmd = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conninfo}"]
+        if not options.role_passwords:
+            globals_cmd.append("--no-role-passwords")
+        written.append(_stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals",
+                                       "sql", age_recipients, options, None, None))
+    sequences = _sequence_entries(sequences_before, sequence_states(conn))
+    tables, content = checksums.result() if checksums else ([], None)
+    return _Dumped(sequences, db_properties, tables, content)
+
+
+def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BackupOptions, ident: Any,
+              database: str, db_size: int, pg_dump: str, snapshot_at: datetime, removed: Any,
+              written: list[ObjectEntry], dumped: _Dumped) -> Manifest:
+    """The backup's manifest: objects, tables, sequences, source, tools; written last (the commit)."""
+    return Manifest(
         kind="logical-backup",
         id=backup_id,
         started_at=started,
         finished_at=datetime.now(UTC),
         objects=written,
-        tables=[TableEntry(t.name, t.rows, t.checksum, t.method) for t in tables],
-        sequences=sequences,
-        large_objects=content.large_objects if content else None,
-        materialized_views=content.materialized_views if content else None,
-        database_properties=db_properties,
+        tables=[TableEntry(t.name, t.rows, t.checksum, t.method) for t in dumped.tables],
+        sequences=dumped.sequences,
+        large_objects=dumped.content.large_objects if dumped.content else None,
+        materialized_views=dumped.content.materialized_views if dumped.content else None,
+        database_properties=dumped.db_properties,
         source={
             "server": describe(dsn),
             "database": database,
@@ -179,9 +203,6 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
             "cleaned_up": removed,
         },
     )
-    write_manifest(storage, prefix, manifest)  # the commit point
-    record_source(storage, manifest.source, replaced=options.source_replaced)
-    return manifest
 
 
 def _stream_command(

@@ -8,16 +8,17 @@ zip. Built in a temporary file, so memory stays flat whatever the export's size.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 from dr_pipelines.core.errors import ExportError
-from dr_pipelines.core.manifest import MANIFEST_NAME, Manifest, ObjectEntry
+from dr_pipelines.core.layout import MANIFEST_NAME
+from dr_pipelines.core.manifest import Manifest, ObjectEntry
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import file_chunks, remove_quietly
+from dr_pipelines.core.verified_read import read_verified
 
 # Parquet is already compressed; text formats shrink a lot.
 _COMPRESS = {"csv": zipfile.ZIP_DEFLATED, "jsonl": zipfile.ZIP_DEFLATED}
@@ -33,14 +34,11 @@ def zip_bundle(storage: Storage, prefix: str, manifest: Manifest, *, work_dir: P
                 for o in manifest.objects:
                     entry = zipfile.ZipInfo(o.key, date_time=_zip_time(manifest))
                     entry.compress_type = _COMPRESS.get(o.format or "", zipfile.ZIP_STORED)
-                    digest = hashlib.sha256()
-                    with storage.open(f"{prefix}/{o.key}") as src, zf.open(entry, "w", force_zip64=True) as dst:
-                        while chunk := src.read(1 << 20):
-                            digest.update(chunk)
-                            dst.write(chunk)
-                    if digest.hexdigest() != o.sha256:
-                        raise ExportError(f"{o.key} read back from storage does not match its sha256",
-                                          fix="storage returned different bytes than were written; retry the export")
+                    with zf.open(entry, "w", force_zip64=True) as dst:
+                        read_verified(storage, f"{prefix}/{o.key}", dst, size=o.bytes, sha256=o.sha256,  # type: ignore[arg-type]
+                                      mismatch=lambda _where, _size, _sha, key=o.key: ExportError(
+                                          f"{key} read back from storage does not match its sha256",
+                                          fix="storage returned different bytes than were written; retry the export"))
                 info = zipfile.ZipInfo(MANIFEST_NAME, date_time=_zip_time(manifest))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, manifest.to_json())

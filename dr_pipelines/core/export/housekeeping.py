@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 
 from dr_pipelines.core.export import audit
-from dr_pipelines.core.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from dr_pipelines.core.layout import EXPORTS, MANIFEST_NAME, export_prefix
+from dr_pipelines.core.manifest import ManifestError, read_manifest
 from dr_pipelines.core.pg.drp_schema import EXPORT_RUNNING_LOCK_CLASS
 from dr_pipelines.core.storage import Storage
 
-PREFIX = "exports"  # = run.PREFIX (run imports this module)
 DEFAULT_STALE_AFTER = timedelta(minutes=15)  # the lock is the real guard; this leaves a just-started export be
 
 
@@ -63,9 +63,9 @@ def sweep_exports(conn: psycopg.Connection, storage: Storage, *, ttl: timedelta 
         if not _lock_if_free(conn, export_id):
             continue  # still running
         try:
-            if storage.exists(f"{PREFIX}/{export_id}/{MANIFEST_NAME}"):
+            if storage.exists(f"{export_prefix(export_id)}/{MANIFEST_NAME}"):
                 continue  # committed, killed before its audit row: the time-to-live deletes it
-            removed = _remove(storage, f"{PREFIX}/{export_id}")
+            removed = _remove(storage, export_prefix(export_id))
             _close(conn, row, "abandoned",
                    f"the export process died before its manifest; housekeeping removed {removed} partial object(s)")
             swept.abandoned.append(export_id)
@@ -111,7 +111,7 @@ def _close(conn: psycopg.Connection, row: dict[str, Any], status: str, why: str)
 
 def _expire(conn: psycopg.Connection, storage: Storage, ttl: timedelta, swept: Swept) -> None:
     cutoff = datetime.now(UTC) - ttl
-    manifests = [i.key for i in storage.list(f"{PREFIX}/")
+    manifests = [i.key for i in storage.list(f"{EXPORTS}/")
                  if i.key.count("/") == 2 and i.key.endswith("/" + MANIFEST_NAME)]
     for key in manifests:
         prefix = key.rsplit("/", 1)[0]

@@ -13,10 +13,11 @@ The flow of ``export_tenants``:
    into SQL.
 3. Tenant ids that do not round-trip exactly through the key's type (``FRANCE`` into a
    ``char(3)`` key reads back ``FRA``; ``99999999999999999999`` is no bigint), as PostgreSQL
-   itself casts them, are refused, as are unknown ones (``UnknownTenantError``). Then the
+   itself casts them, are refused, as are unknown ones (``UnknownTenantError``;
+   core/export/tenants.py). Then the
    export's lock is taken (it marks it running for housekeeping), the per-tenant rate limit
    is checked and the ``started`` audit row appended (``RateLimitedError`` if over).
-4. Each tenant-owned table is streamed once per format to
+4. Each tenant-owned table is streamed once per format (core/export/tables.py) to
    ``exports/<export_id>/<schema.table>.<ext>`` (``Storage.put_stream``; Parquet through
    a temporary file). Row counts per table and an order-independent content checksum
    (as in core/pg/checksums.py, over the tenant's rows only) are computed in the same
@@ -33,69 +34,52 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import secrets
-import tempfile
-from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
 
 from dr_pipelines.core.checkpoints import reached
-from dr_pipelines.core.errors import ConfigError, DrpError, ExportError, ExportRefusedError
+from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export import audit
 from dr_pipelines.core.export.bundle import zip_bundle
-from dr_pipelines.core.export.formats import (
-    EXTENSIONS,
-    FORMATS,
-    MEDIA_TYPES,
-    RowCount,
-    csv_columns,
-    csv_stream,
-    jsonl_columns,
-    jsonl_stream,
+from dr_pipelines.core.export.errors import (  # noqa: F401 - re-exported: callers catch them from here
+    ExportError,
+    ExportRefusedError,
+    RateLimitedError,
+    UnknownTenantError,
 )
+from dr_pipelines.core.export.formats import EXTENSIONS, FORMATS, MEDIA_TYPES
 from dr_pipelines.core.export.housekeeping import (
     DEFAULT_STALE_AFTER,
-    PREFIX,
     Swept,
     hold_export_lock,
     sweep_exports,
 )
 from dr_pipelines.core.export.sessions import arrow_session, session_settings
+from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant_count, write_one
+from dr_pipelines.core.export.tenants import check_tenants, schema_version, select_tables
+from dr_pipelines.core.layout import export_prefix, new_export_id
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
-from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet_batches
-from dr_pipelines.core.pg.checksums import RENDER_SETTINGS, default_method, relation_checksum
+from dr_pipelines.core.parquet import table_columns
+from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.stream import file_chunks, remove_quietly
 from dr_pipelines.core.tenancy import (
     TENANTS_SETTING,
     Scope,
     TableScope,
     discover_scope,
-    tenant_array,
-    tenant_select,
 )
 
 DEFAULT_MAX_PER_HOUR = 10
 DEFAULT_TTL_DAYS = 7
-
-
-class UnknownTenantError(ExportRefusedError):
-    """A requested tenant id does not exist (or is not a valid key)."""
-
-
-class RateLimitedError(ExportRefusedError, audit.RateLimitedError):
-    """Too many exports of a tenant in the last hour."""
 
 
 @dataclass(frozen=True)
@@ -131,20 +115,6 @@ class ExportResult:
     scope: Scope
     urls: dict[str, str] = field(default_factory=dict)  # key -> presigned URL (S3, if asked)
     swept: Swept = field(default_factory=Swept)  # what the housekeeping before it removed
-
-
-def new_export_id(now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z-" + secrets.token_hex(3)
-
-
-def export_prefix(export_id: str) -> str:
-    return f"{PREFIX}/{export_id}"
-
-
-def object_name(table: str, fmt: str) -> str:
-    """'public.patients' -> 'public.patients.csv'; anything unsafe in a key is percent-encoded."""
-    return f"{quote(table, safe='')}.{EXTENSIONS[fmt]}"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -222,21 +192,48 @@ def _run(
 ) -> ExportResult:
     formats = _parse_formats(options.formats)
     record.formats = formats
-    if not requested or any(not t for t in requested):
-        raise ConfigError("no tenant id given (or an empty one)", fix="pass at least one tenant id, e.g. --clinic 1")
-    if options.batch_rows < 1:
-        raise ConfigError(f"batch_rows must be positive, not {options.batch_rows}", fix="use e.g. 65536")
-    presign = options.presign_expiry_s
-    if presign is not None and not (hasattr(storage, "client") and hasattr(storage, "bucket")):
-        raise ConfigError("presigned URLs need S3 storage", fix="export to s3://bucket[/prefix] or leave out presigning")
-    if options.work_dir is not None:
-        Path(options.work_dir).mkdir(parents=True, exist_ok=True)
+    _check_request(storage, requested, options)
     swept = sweep_exports(audit_conn, storage, stale_after=options.sweep_after,
                           ttl=timedelta(days=options.ttl_days) if options.ttl_days is not None else None)
     export_id = new_export_id(record.started_at)
     prefix = options.prefix.strip("/") + f"/{export_id}" if options.prefix else export_prefix(export_id)
     record.export_id = export_id
+    snap = _read_snapshot(dsn, storage, requested, options, formats, prefix, record, audit_conn, written, progress)
+    manifest = _manifest(dsn, export_id, record, formats, options, snap)
+    return _commit(storage, prefix, manifest, snap, options, record, written, swept)
 
+
+def _check_request(storage: Storage, requested: list[str], options: ExportOptions) -> None:
+    """Refuse a request that cannot succeed before anything is read or swept."""
+    if not requested or any(not t for t in requested):
+        raise ConfigError("no tenant id given (or an empty one)", fix="pass at least one tenant id, e.g. --clinic 1")
+    if options.batch_rows < 1:
+        raise ConfigError(f"batch_rows must be positive, not {options.batch_rows}", fix="use e.g. 65536")
+    if options.presign_expiry_s is not None and not storage.properties.presign:
+        raise storage.presign_unsupported()
+    if options.work_dir is not None:
+        Path(options.work_dir).mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class _Snapshot:
+    """What the export read in its one snapshot: where from, what, and what it wrote."""
+
+    snapshot_at: datetime
+    database: str
+    server_version: str
+    scope: Scope
+    selected: list[TableScope]
+    tenants: list[str]
+    schema_version: int | None
+    objects: list[ObjectEntry] = field(default_factory=list)
+    tables: list[TableEntry] = field(default_factory=list)
+
+
+def _read_snapshot(dsn: str, storage: Storage, requested: list[str], options: ExportOptions, formats: list[str],
+                   prefix: str, record: audit.AuditRecord, audit_conn: psycopg.Connection, written: list[str],
+                   progress: Progress | None) -> _Snapshot:
+    """Open the one REPEATABLE READ snapshot, check the request in it, start the attempt, write every table."""
     with connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -250,84 +247,100 @@ def _run(
             conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
             scope = discover_scope(conn, root=options.root, key_column=options.key_column, exclude=options.exclude)
             record.root_table = scope.root
-            selected = _select_tables(scope, options.tables)
+            selected = select_tables(scope, options.tables)
             record.tables = [t.name for t in selected]
-            tenants = _check_tenants(conn, scope, requested)
+            tenants = check_tenants(conn, scope, requested)
             record.tenant_ids = tenants
-            schema_version = _schema_version(conn)
+            snap = _Snapshot(snapshot_at, database, server_version, scope, selected, tenants, schema_version(conn))
 
-            hold_export_lock(audit_conn, export_id)  # released by the server if this process dies
+            hold_export_lock(audit_conn, record.export_id)  # released by the server if this process dies
             try:
                 audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
             except audit.RateLimitedError as exc:
                 raise RateLimitedError(exc.problem, exc.fix) from None
+            _write_tables(conn, dsn, storage, snap, options, formats, prefix, written, progress)
+    return snap
 
-            snapshot_id = export_snapshot(conn).id
-            settings = session_settings(TENANTS_SETTING, conn.execute(
-                "SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0])
-            objects: list[ObjectEntry] = []
-            tables: list[TableEntry] = []
-            total_files = len(selected) * len(formats)
-            done = 0
-            with ExitStack() as stack:
-                twin = stack.enter_context(adopted_session(dsn, snapshot_id, settings))
-                arrow = stack.enter_context(arrow_session(dsn, snapshot_id, settings)) if "parquet" in formats else None
-                pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-export-checksum"))
-                for t in selected:
-                    measure = _tenant_checksum if options.content_checksums else _tenant_count
-                    checksum = pool.submit(measure, twin, scope, t)  # beside the stream, same snapshot
-                    columns = table_columns(conn, t.schema, t.table)
-                    counts = {}
-                    for fmt in formats:
-                        key = f"{prefix}/{object_name(t.name, fmt)}"
-                        counts[fmt], put = _write_one(conn, arrow, storage, scope, t, columns, fmt, key, options,
-                                                      written)
-                        objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256,
-                                                   format=fmt))
-                        done += 1
-                        if done == 1:
-                            reached("export-after-first-file")
-                        if progress:
-                            progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
-                    rows, digest, method = checksum.result()
-                    tables.append(TableEntry(t.name, rows, digest, method))
-                    for fmt, got in counts.items():
-                        if got != rows:
-                            raise ExportError(
-                                f"{fmt} export of {t.name} has {got} rows, the snapshot count is {rows}",
-                                fix="this is a bug in drp's export: report it with the table's definition",
-                            )
 
-    finished = datetime.now(UTC)
-    manifest = Manifest(
-        kind="export", id=export_id, started_at=record.started_at, finished_at=finished,
-        objects=objects, tables=tables,
-        source={"database": database, "server": describe(dsn), "server_version": server_version},
+def _write_tables(conn: psycopg.Connection, dsn: str, storage: Storage, snap: _Snapshot, options: ExportOptions,
+                  formats: list[str], prefix: str, written: list[str], progress: Progress | None) -> None:
+    """Stream each selected table in each format; its count (or checksum) beside it, on the same snapshot."""
+    snapshot_id = export_snapshot(conn).id
+    settings = session_settings(TENANTS_SETTING, conn.execute(
+        "SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0])
+    scope = snap.scope
+    total_files = len(snap.selected) * len(formats)
+    done = 0
+    with ExitStack() as stack:
+        twin = stack.enter_context(adopted_session(dsn, snapshot_id, settings))
+        arrow = stack.enter_context(arrow_session(dsn, snapshot_id, settings)) if "parquet" in formats else None
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-export-checksum"))
+        for t in snap.selected:
+            measure = tenant_checksum if options.content_checksums else tenant_count
+            checksum = pool.submit(measure, twin, scope, t)  # beside the stream, same snapshot
+            columns = table_columns(conn, t.schema, t.table)
+            counts = {}
+            for fmt in formats:
+                key = f"{prefix}/{object_name(t.name, fmt)}"
+                counts[fmt], put = write_one(conn, arrow, storage, scope, t, columns, fmt, key, options.work_dir,
+                                             options.batch_rows, written)
+                snap.objects.append(ObjectEntry(object_name(t.name, fmt), "table", put.size, put.sha256, format=fmt))
+                done += 1
+                if done == 1:
+                    reached("export-after-first-file")
+                if progress:
+                    progress(f"{t.name}.{EXTENSIONS[fmt]}", done, total_files)
+            rows, digest, method = checksum.result()
+            snap.tables.append(TableEntry(t.name, rows, digest, method))
+            for fmt, got in counts.items():
+                if got != rows:
+                    raise ExportError(
+                        f"{fmt} export of {t.name} has {got} rows, the snapshot count is {rows}",
+                        fix="this is a bug in drp's export: report it with the table's definition",
+                    )
+
+
+def _manifest(dsn: str, export_id: str, record: audit.AuditRecord, formats: list[str], options: ExportOptions,
+              snap: _Snapshot) -> Manifest:
+    """The export's manifest: what was read, from where, and the conventions of each format."""
+    scope = snap.scope
+    return Manifest(
+        kind="export", id=export_id, started_at=record.started_at, finished_at=datetime.now(UTC),
+        objects=snap.objects, tables=snap.tables,
+        source={"database": snap.database, "server": describe(dsn), "server_version": snap.server_version},
         tools={"pyarrow": _pyarrow_version()} if "parquet" in formats else {},
         extra={
             "tenant_root": {"table": scope.root, "key_column": scope.key_column, "key_type": scope.key_type},
-            "tenant_ids": tenants,
+            "tenant_ids": snap.tenants,
             "formats": formats,
             "media_types": {f: MEDIA_TYPES[f] for f in formats},
             "requester": record.requester,
-            "snapshot_at": snapshot_at.isoformat(),
-            "schema_version": schema_version,
-            "scope": [ts.as_dict() for ts in selected],
+            "snapshot_at": snap.snapshot_at.isoformat(),
+            "schema_version": snap.schema_version,
+            "scope": [ts.as_dict() for ts in snap.selected],
             "tables_requested": list(options.tables) or "all",
             "excluded_tables": [e.as_dict() for e in scope.excluded],
-            "conventions": {
-                "csv": "COPY CSV with header, UTF-8; NULL is an unquoted empty field, the empty string is \"\"; "
-                       "timestamps in DateStyle ISO, UTC (2024-03-05 04:07:08.123456+00); bytea base64; arrays as PostgreSQL "
-                       "literals; jsonb as JSON text",
-                "jsonl": "one JSON object per row; numeric as exact strings; bytea base64; jsonb nested; "
-                         "arrays as JSON arrays; timestamps ISO 8601",
-                "parquet": "numeric(p,s) as decimal128(p,s) (string if unconstrained or p > 38); timestamptz as "
-                           "timestamp[us, UTC]; jsonb as string; arrays as lists; bytea as binary",
-                "checksum": "per table, over the tenant's rows only, as in core/pg/checksums.py (method 'none': "
-                            "not computed, ask with --checksums)",
-            },
+            "conventions": CONVENTIONS,
         },
     )
+
+
+CONVENTIONS = {
+    "csv": "COPY CSV with header, UTF-8; NULL is an unquoted empty field, the empty string is \"\"; "
+           "timestamps in DateStyle ISO, UTC (2024-03-05 04:07:08.123456+00); bytea base64; arrays as PostgreSQL "
+           "literals; jsonb as JSON text",
+    "jsonl": "one JSON object per row; numeric as exact strings; bytea base64; jsonb nested; "
+             "arrays as JSON arrays; timestamps ISO 8601",
+    "parquet": "numeric(p,s) as decimal128(p,s) (string if unconstrained or p > 38); timestamptz as "
+               "timestamp[us, UTC]; jsonb as string; arrays as lists; bytea as binary",
+    "checksum": "per table, over the tenant's rows only, as in core/pg/checksums.py (method 'none': "
+                "not computed, ask with --checksums)",
+}
+
+
+def _commit(storage: Storage, prefix: str, manifest: Manifest, snap: _Snapshot, options: ExportOptions,
+            record: audit.AuditRecord, written: list[str], swept: Swept) -> ExportResult:
+    """Bundle (if asked), then write the manifest: the commit. Presign the objects if asked."""
     if options.zip_bundle:
         bundle = zip_bundle(storage, prefix, manifest, work_dir=options.work_dir)
         written.append(f"{prefix}/{bundle.key}")
@@ -339,144 +352,12 @@ def _run(
     record.bytes = manifest.stored_bytes
     record.manifest_sha256 = manifest_sha
     urls: dict[str, str] = {}
+    presign = options.presign_expiry_s
     if presign is not None:
-        for key in [f"{prefix}/{o.key}" for o in objects] + [manifest_key]:
-            urls[key] = _presign(storage, key, presign)
-    return ExportResult(export_id, prefix, storage.url, manifest, manifest_key, manifest_sha, scope, urls, swept)
-
-
-def _select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:
-    """The tenant-owned tables to export: all, or the requested ones (each must be in scope)."""
-    if not wanted:
-        return list(scope.tables)
-    names = [w.strip() if "." in w else f"public.{w.strip()}" for w in wanted]
-    unknown = [n for n in names if n not in scope.names]
-    if unknown:
-        excluded = {e.name: e.reason for e in scope.excluded}
-        why = "; ".join(f"{n}: {excluded.get(n, 'no such table')}" for n in unknown)
-        raise ConfigError(f"table(s) not exportable for a tenant: {why}",
-                          fix=f"choose among the tenant-owned tables: {', '.join(scope.names)}")
-    return [scope.table(n) for n in dict.fromkeys(names)]
-
-
-def _check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> list[str]:
-    """Bind the tenant ids and return them canonical and distinct; refuse invalid or unknown ones."""
-    _refuse_inexact(conn, scope, requested)
-    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, requested))
-    canonical = conn.execute(sql.SQL(
-        "SELECT array_agg(DISTINCT tenant.id::text) FROM unnest({}) AS tenant(id)").format(
-        tenant_array(scope.key_type))).fetchone()[0]
-    root_schema, root_table = scope.root.split(".", 1)
-    missing = [r[0] for r in conn.execute(
-        sql.SQL("SELECT tenant.id::text FROM unnest({}) AS tenant(id)"
-                " WHERE NOT EXISTS (SELECT 1 FROM {} AS r WHERE r.{} = tenant.id) ORDER BY 1").format(tenant_array(scope.key_type), sql.Identifier(root_schema, root_table),
-                                      sql.Identifier(scope.key_column))).fetchall()]
-    if missing:
-        raise UnknownTenantError(
-            f"unknown tenant id(s) {', '.join(map(repr, missing))}: no such row in {scope.root}",
-            fix=f"check the id(s) against {scope.root}.{scope.key_column}; nothing was exported",
-        )
-    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, sorted(canonical)))
-    return sorted(canonical)
-
-
-def _refuse_inexact(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> None:
-    """Refuse ids that PostgreSQL cannot cast to the key's type, or that do not read back exactly as given.
-
-    A cast may succeed and still change the value (char(3) truncates 'FRANCE' to 'FRA'): the
-    export would then be of another tenant than the one asked for. The value is a parameter;
-    only the type name, from the catalog (format_type), is part of the SQL.
-    """
-    check = sql.SQL("SELECT %s::{}::text = %s").format(sql.SQL(scope.key_type))
-    bad = []
-    for value in dict.fromkeys(requested):
-        try:
-            with conn.transaction():
-                exact = conn.execute(check, (value, value)).fetchone()[0]
-        except psycopg.DataError:  # invalid input syntax, out of range, too long for varchar(n), ...
-            exact = False
-        if not exact:
-            bad.append(value)
-    if bad:
-        raise UnknownTenantError(
-            f"tenant id(s) {', '.join(repr(b[:64]) for b in bad)} are not {scope.key_type} values as written "
-            f"(of {scope.root}.{scope.key_column}): PostgreSQL cannot read them as that type, or reads them as "
-            "another value",
-            fix=f"pass {scope.root}.{scope.key_column} values exactly as the database shows them (its ::text form)",
-        )
-
-
-def _schema_version(conn: psycopg.Connection) -> int | None:
-    if conn.execute("SELECT to_regclass('drp.schema_migrations') IS NULL").fetchone()[0]:
-        return None
-    return conn.execute("SELECT max(version) FROM drp.schema_migrations").fetchone()[0]
-
-
-# The whole-row alias is distinctive: a bare name would resolve to a column of that name first.
-_ROW_ALIAS = "drp_export_row"
-
-
-def _tenant_count(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
-    """Rows of the tenant in the snapshot (method "none": no content checksum asked for)."""
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS {}").format(tenant_select(t, scope),
-                                                                          sql.Identifier(_ROW_ALIAS)))
-    return rows.fetchone()[0], "", "none"
-
-
-def _tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tuple[int, str, str]:
-    """Rows and checksum of the tenant's rows, comparable with table_checksum() on a restored copy."""
-    source = sql.SQL("({})").format(tenant_select(t, scope))
-    result = relation_checksum(conn, t.name, source, default_method(conn, t.schema, t.table), _ROW_ALIAS)
-    return result.rows, result.checksum, result.method
-
-
-def _write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Scope, t: TableScope,
-               columns: list[Any], fmt: str, key: str, options: ExportOptions, written: list[str]) -> tuple[int, Any]:
-    counter = RowCount()
-    if fmt in ("csv", "jsonl"):
-        stream = csv_stream if fmt == "csv" else jsonl_stream
-        render = csv_columns if fmt == "csv" else jsonl_columns
-        written.append(key)
-        put = _put(conn, storage, key, stream(conn, tenant_select(t, scope, render(columns)), counter))
-        return counter.rows if counter.rows is not None else -1, put
-    select, schema = parquet_plan(columns)
-    with tempfile.TemporaryDirectory(prefix="drp-export-", dir=options.work_dir) as tmp:
-        path = Path(tmp) / "table.parquet"
-        try:
-            arrow.execute(tenant_select(t, scope, select).as_string(conn))
-            try:
-                rows = write_parquet_batches(arrow.fetch_record_batch(), schema, path, batch_rows=options.batch_rows)
-            except ValueError as exc:  # pyarrow.ArrowInvalid: a value with no exact Parquet form
-                raise ExportError(f"{t.name} cannot be written as Parquet: {str(exc).strip()[:300]}",
-                                  fix="export this table as CSV or JSON Lines (they carry every value: NaN, "
-                                      "infinite timestamps, multi-dimensional arrays), or leave it out with "
-                                      "--exclude") from None
-            written.append(key)
-            put = storage.put_stream(key, file_chunks(path))
-        finally:
-            remove_quietly(path)
-    return rows, put
-
-
-def _put(conn: psycopg.Connection, storage: Storage, key: str, chunks: Generator[bytes, None, None]) -> Any:
-    """put_stream a COPY generator; if storage fails midway, close it (cancelling the COPY) and re-raise."""
-    try:
-        return storage.put_stream(key, chunks)
-    except BaseException:
-        try:
-            chunks.close()
-        except Exception:  # noqa: BLE001 - the storage error is what matters
-            pass
-        raise
-
-
-def _presign(storage: Storage, key: str, expiry: int) -> str:
-    client = storage.client  # type: ignore[attr-defined]
-    return client.generate_presigned_url(
-        "get_object",
-        Params={"Bucket": storage.bucket, "Key": storage.prefix + key},  # type: ignore[attr-defined]
-        ExpiresIn=expiry,
-    )
+        for key in [f"{prefix}/{o.key}" for o in snap.objects] + [manifest_key]:
+            urls[key] = storage.presign_get(key, presign)
+    return ExportResult(manifest.id, prefix, storage.url, manifest, manifest_key, manifest_sha, snap.scope, urls,
+                        swept)
 
 
 def _pyarrow_version() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import re
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import psycopg
 
 from dr_pipelines.core.backup.catalog import BackupEntry, backup_prefix
-from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.layout import SEALED
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.connect import connect, describe, libpq_env
 from dr_pipelines.core.pg.content import apply_database_properties
@@ -34,18 +33,17 @@ from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.dump_offsets import add_data_offsets
 from dr_pipelines.core.restore.fetch import decrypt_file, fetch_object
+from dr_pipelines.core.restore.guards import (  # noqa: F401 - RestoreCheckError: callers catch it from here
+    RestoreCheckError,
+    RestoreError,
+    check_restored,
+    refuse_non_empty,
+    refuse_source,
+    refuse_unmatched_selection,
+)
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.verify.checks import table_checks
 
 RESTORE_PHASE = "restore (TOC entries)"
-
-
-class RestoreError(DrpError):
-    """pg_restore failed, or the target is not fit to restore into."""
-
-
-class RestoreCheckError(RestoreError):
-    """pg_restore succeeded but the restored tables differ from what the manifest recorded."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def fetch_backup(
     try:
         for obj in manifest.objects:
             keep = obj.role in encrypted
-            dest = work_dir / (obj.key if keep else obj.key.removesuffix(".zst.age"))
+            dest = work_dir / (obj.key if keep else obj.key.removesuffix(SEALED))
 
             def report(done: int, _role: str = obj.role, _total: int = obj.bytes) -> None:
                 if progress:
@@ -122,9 +120,9 @@ def restore_backup(
     with connect(target_dsn) as conn:
         ident = server_identity(conn)
         if not options.force:
-            _refuse_non_empty(conn, target_dsn)  # the source never is empty: refused here already
+            refuse_non_empty(conn, target_dsn)  # the source never is empty: refused here already
         elif not options.overwrite_source:
-            _refuse_source(conn, ident.system_identifier, target_dsn, manifest)
+            refuse_source(conn, ident.system_identifier, target_dsn, manifest)
     if ident.version_num // 10000 < manifest.source.get("server_version_num", 0) // 10000:
         raise RestoreError(
             f"target server {describe(target_dsn)} is PostgreSQL {ident.version}, older than the backup's source "
@@ -146,7 +144,7 @@ def restore_backup(
             options = replace(options, jobs=1)
         archive = _Archive(files["database"], identities if stream else None)
         toc = _listing(pg_restore, archive)
-        _refuse_unmatched_selection(toc, options, entry.id)
+        refuse_unmatched_selection(toc, options, entry.id)
         entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
         _pg_restore(pg_restore, archive, target_dsn, options, entries, progress)
         if not (options.schemas or options.tables):
@@ -154,7 +152,7 @@ def restore_backup(
         done = time.monotonic()
         plain = sum(p.stat().st_size for role, p in files.items() if not (stream and role == "database"))
         plain += archive.streamed_bytes
-    checked = _check_restored(target_dsn, manifest, options) if options.check else None
+    checked = check_restored(target_dsn, manifest, options) if options.check else None
     return RestoreResult(entry.id, describe(target_dsn), fetched - started, done - fetched, plain, entries, warnings,
                          checked)
 
@@ -168,87 +166,6 @@ def _manifest(entry: BackupEntry) -> Manifest:
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _refuse_non_empty(conn: psycopg.Connection, dsn: str) -> None:
-    count = conn.execute(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
-        " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-    ).fetchone()[0]
-    if count:
-        raise RestoreError(
-            f"target database {describe(dsn)} is not empty ({count} relations)",
-            fix="restore into a new database or a fresh cluster (--new-cluster), or pass --force to overwrite",
-        )
-
-
-def _refuse_source(conn: psycopg.Connection, system_identifier: str | None, dsn: str, manifest: Manifest) -> None:
-    """Restoring over the backup's own source database rolls it back: everything written since is lost."""
-    source = manifest.source
-    database = conn.execute("SELECT current_database()").fetchone()[0]
-    if system_identifier and source.get("system_identifier"):
-        same = (system_identifier, database) == (str(source["system_identifier"]), source.get("database"))
-    else:  # a role that may not read pg_control_system(): fall back to the address
-        same = describe(dsn) == source.get("server")
-    if same:
-        since = manifest.extra.get("snapshot_at") or manifest.finished_at.isoformat()
-        raise RestoreError(
-            f"target {describe(dsn)} is the database this backup was taken from (system identifier "
-            f"{system_identifier or 'unreadable'}, database {database}): restoring over it would replace its "
-            f"contents with the backup's, losing every change made since the restore point {since}",
-            fix="restore into a side database or a new cluster (--new-cluster) and copy back what is needed; "
-                "only to roll the whole source database back, add --overwrite-source",
-        )
-
-
-_RELATION_KINDS = ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
-
-
-def _refuse_unmatched_selection(toc: str, options: RestoreOptions, backup_id: str) -> None:
-    """A --table or --schema naming nothing in the backup would restore nothing and still 'succeed'."""
-    lines = [line for line in toc.splitlines() if line and not line.startswith(";")]
-    kinds = "|".join(re.escape(k) for k in _RELATION_KINDS)
-    schemas = "|".join(re.escape(s) for s in options.schemas) or ".+"
-    for schema in options.schemas:
-        if not any(re.match(rf"^\d+; \d+ \d+ SCHEMA - {re.escape(schema)} ", line) or
-                   re.match(rf"^\d+; \d+ \d+ (?:{kinds}) {re.escape(schema)} ", line) for line in lines):
-            raise RestoreError(f"backup {backup_id} has no schema {schema!r}",
-                               fix="check the name (case matters) with `drp restore ID --list`")
-    for table in options.tables:
-        pattern = re.compile(rf"^\d+; \d+ \d+ (?:{kinds}) (?:{schemas}) {re.escape(table)} \S+$")
-        if not any(pattern.match(line) for line in lines):
-            where = f" in schema {', '.join(options.schemas)}" if options.schemas else ""
-            raise RestoreError(f"backup {backup_id} has no table {table!r}{where}",
-                               fix="give the table's exact name without schema (case matters; see "
-                                   "`drp restore ID --list`), and its schema with --schema")
-
-
-def _selected_tables(manifest: Manifest, options: RestoreOptions) -> set[str] | None:
-    """The manifest's tables that a --schema/--table selection restores (None: all of them)."""
-    if not (options.schemas or options.tables):
-        return None
-    selected = set()
-    for t in manifest.tables:
-        schema, _, name = t.name.partition(".")
-        if (not options.schemas or schema in options.schemas) and (not options.tables or name in options.tables):
-            selected.add(t.name)
-    return selected
-
-
-def _check_restored(target_dsn: str, manifest: Manifest, options: RestoreOptions) -> int:
-    """Row counts and checksums of every restored table against the manifest; raises naming the tables that differ."""
-    selected = _selected_tables(manifest, options)
-    results = table_checks(target_dsn, manifest, selected)
-    failed = [r for r in results if not r.passed]
-    if failed:
-        raise RestoreCheckError(
-            f"restore into {describe(target_dsn)} does not match backup {manifest.id}: "
-            + " | ".join(r.detail for r in failed),
-            fix="the restored data differs from what was backed up: restore another backup (`drp backup list`), "
-                "or pass --no-check to keep this restore as it is",
-        )
-    return len(manifest.tables) if selected is None else len(selected)
 
 
 def _restore_database_properties(target_dsn: str, manifest: Manifest) -> list[str]:

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.layout import DATA_NAME, new_segment_id, segment_prefix
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
@@ -46,6 +47,7 @@ from dr_pipelines.core.pg.drp_schema import retention_lock_name
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.retention import journal
 from dr_pipelines.core.retention.holds import HoldFilter, column_names, ensure_holds_table, hold_filter
+from dr_pipelines.core.retention.kept import Kept, pk_text, write_kept
 from dr_pipelines.core.retention.partitions import drop_month_partition
 from dr_pipelines.core.retention.policy import Bound, BoundTable, Policies, Rule, bind
 from dr_pipelines.core.retention.results import (
@@ -59,24 +61,19 @@ from dr_pipelines.core.retention.results import (
 from dr_pipelines.core.retention.segment import (
     ALIAS,
     ArchiveError,
-    Kept,
     bind_tenant,
     fetched,
     from_clause,
     month_bounds,
-    new_segment_id,
     parquet_keys,
-    pk_text,
     pk_tuple,
     remove_objects,
     row_hash,
-    segment_prefix,
     select_to_parquet,
     store,
     table_method,
     ts_value,
     verify,
-    write_kept,
 )
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.tenancy import tenant_filter
@@ -266,7 +263,7 @@ class _TableRun:
                 with self.conn.transaction():
                     bind_tenant(self.conn, tenant_id)
                     written = select_to_parquet(self.conn, self.bt, self.method, holds.held_expr(ALIAS), params, after,
-                                                self.options.segment_rows, Path(tmp) / "rows.parquet")
+                                                self.options.segment_rows, Path(tmp) / DATA_NAME)
                 if written.rows == 0:
                     return done
                 seg_id = new_segment_id()

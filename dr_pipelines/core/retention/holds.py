@@ -131,7 +131,7 @@ def validate_predicate(predicate: str, columns: set[str]) -> str:
 def column_names(conn: psycopg.Connection, table: str) -> set[str]:
     """The names of `table`'s columns, for validating a hold; HoldError if there is no such table.
 
-    (export/formats.table_columns is the other question: each column's type, for writing files.)"""
+    (parquet.table_columns is the other question: each column's type, for writing files.)"""
     ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
     if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)).fetchone()[0]:
         raise HoldError(f"unknown table {table}", fix="name an existing table as schema.table")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from dr_pipelines.core.manifest import ManifestError
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.retention.journal import Balance, Segment, balance, segments
-from dr_pipelines.core.retention.segment import ArchiveError, fetched, read_kept
+from dr_pipelines.core.retention.kept import read_kept
+from dr_pipelines.core.retention.segment import ArchiveError, fetched
 from dr_pipelines.core.storage import Storage
 
 

@@ -33,20 +33,17 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.manifest import MANIFEST_NAME, read_manifest
+from dr_pipelines.core.layout import ARCHIVES, KEPT_NAME, MANIFEST_NAME, SEALED
+from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.core.pg.checksums import pin_render_settings
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.retention.kept import drop_kept, read_kept
 from dr_pipelines.core.retention.segment import (
     ALIAS,
-    KEPT_NAME,
-    PREFIX,
-    SEALED,
     ArchiveError,
     checksum_hex,
     checksum_of,
-    drop_kept,
     fetched,
-    read_kept,
     row_hash,
     scratch_copy,
 )
@@ -90,7 +87,7 @@ def list_archives(storage: Storage, *, table: str | None = None, tenant_id: str 
 
     Counting an archive's kept rows reads its kept.json: a sealed one needs ``identities``.
     """
-    prefix = f"{PREFIX}/"
+    prefix = f"{ARCHIVES}/"
     if table:
         prefix += f"{quote(table if '.' in table else f'public.{table}', safe='')}/"
         if tenant_id is not None:

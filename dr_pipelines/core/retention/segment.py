@@ -12,7 +12,7 @@ WAL), and PostgreSQL recomputes count and checksum there, and checks that every 
 belongs to the segment's tenant, month and cutoff.
 
 Rows archived but not deleted (changed since, or held by the time of the delete) are listed
-in a sidecar ``kept.json`` next to the manifest, written when the segment's deletion is
+in a sidecar ``kept.json`` next to the manifest (core/retention/kept.py), written when the segment's deletion is
 done: the archive's *effective* rows are its rows minus those (the database, or a later
 archive, holds the kept ones). No ``kept.json``: every row of the archive was removed.
 
@@ -28,8 +28,6 @@ file. Archives written before encryption (no ``encryption`` in the manifest) sti
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import secrets
 import tempfile
@@ -39,13 +37,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.layout import DATA_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
 from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet
 from dr_pipelines.core.pg import checksums
@@ -54,11 +52,8 @@ from dr_pipelines.core.retention.policy import BoundTable
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.tenancy import TENANTS_SETTING, tenant_filter
+from dr_pipelines.core.verified_read import read_verified
 
-PREFIX = "archives"
-DATA_NAME = "rows.parquet"
-KEPT_NAME = "kept.json"
-SEALED = ".zst.age"  # suffix of an age-encrypted (zstd inside) object
 SEAL_LEVEL = 1  # zstd level: Parquet is compressed already
 HASH_COLUMN = "__drp_row_hash"
 ALIAS = "drp_row"
@@ -99,7 +94,7 @@ class ArchiveKeys:
             )
 
 
-def _needs_identities(identities: Sequence[object], what: str) -> Sequence[object]:
+def needs_identities(identities: Sequence[object], what: str) -> Sequence[object]:
     if not identities:
         raise ConfigError(f"{what} is encrypted: reading it needs the age identity (private key)",
                           fix="set DRP_AGE_IDENTITY_FILE (or pass the identity) to the key matching the archive's "
@@ -107,7 +102,7 @@ def _needs_identities(identities: Sequence[object], what: str) -> Sequence[objec
     return identities
 
 
-def _seal(source: Any, recipients: Sequence[str]) -> Iterator[bytes]:
+def seal(source: Any, recipients: Sequence[str]) -> Iterator[bytes]:
     """age(zstd(source)) chunks, to ``recipients`` (the backup's mechanism, core/stream.py)."""
     from dr_pipelines.core.crypto import parse_recipients
     from dr_pipelines.core.stream import compress_encrypt
@@ -156,15 +151,6 @@ def month_bounds(month: date) -> tuple[datetime, datetime]:
     start = datetime(month.year, month.month, 1, tzinfo=UTC)
     end = datetime(month.year + (month.month == 12), month.month % 12 + 1, 1, tzinfo=UTC)
     return start, end
-
-
-def segment_prefix(table: str, tenant_id: str, month: date, segment_id: str) -> str:
-    return f"{PREFIX}/{quote(table, safe='')}/tenant={quote(str(tenant_id), safe='')}/month={month:%Y-%m}/{segment_id}"
-
-
-def new_segment_id() -> str:
-    now = datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond:06d}Z-" + secrets.token_hex(3)
 
 
 def selection_where(bt: BoundTable, held: sql.Composable) -> sql.Composable:
@@ -235,7 +221,7 @@ def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict
     if keys.recipients:
         with open(written.path, "rb") as plain:
             name = DATA_NAME + SEALED
-            put = storage.put_stream(f"{prefix}/{name}", _seal(plain, keys.recipients))
+            put = storage.put_stream(f"{prefix}/{name}", seal(plain, keys.recipients))
     else:
         name = DATA_NAME
         put = storage.put_stream(f"{prefix}/{name}", file_chunks(written.path))
@@ -267,17 +253,14 @@ def fetched(storage: Storage, prefix: str, work_dir: Path | None = None, *,
         path = Path(tmp) / DATA_NAME
         stored = Path(tmp) / entry.key if manifest.encryption else path
         if manifest.encryption:
-            _needs_identities(identities, f"archive {prefix}")
-        digest, size = hashlib.sha256(), 0
-        with _private_file(stored) as f:
-            for chunk in storage.iter_chunks(f"{prefix}/{entry.key}"):
-                digest.update(chunk)
-                size += len(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != entry.sha256 or size != entry.bytes:
-            raise ArchiveError(f"archive object {storage.url}/{prefix}/{entry.key} does not match its manifest "
-                               f"({size} bytes, sha256 {digest.hexdigest()[:12]}…; manifest: {entry.bytes} bytes, "
-                               f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+            needs_identities(identities, f"archive {prefix}")
+        def mismatch(where: str, size: int, sha256: str) -> ArchiveError:
+            return ArchiveError(f"archive object {where} does not match its manifest "
+                                f"({size} bytes, sha256 {sha256[:12]}…; manifest: {entry.bytes} bytes, "
+                                f"{entry.sha256[:12]}…)", fix="the object was altered or truncated; do not delete rows for it")
+
+        with _private_file(stored) as f:  # checked as stored; decrypted below only if intact
+            read_verified(storage, f"{prefix}/{entry.key}", f, size=entry.bytes, sha256=entry.sha256, mismatch=mismatch)
         if manifest.encryption:  # the bytes are the ones written: a failure now is the key's
             with open(stored, "rb") as sealed, _private_file(path) as plain:
                 decrypt_decompress(sealed, plain, identities, what=f"archive {prefix}")
@@ -351,8 +334,6 @@ def verify(conn: psycopg.Connection, storage: Storage, bt: BoundTable, prefix: s
 
 def remove_objects(storage: Storage, prefix: str) -> None:
     """Delete a segment's objects, manifest first (so a half-removed segment is never mistaken for an archive)."""
-    from dr_pipelines.core.manifest import MANIFEST_NAME
-
     storage.delete(f"{prefix}/{MANIFEST_NAME}")
     for info in list(storage.list(prefix + "/")):
         storage.delete(info.key)
@@ -372,100 +353,6 @@ def parquet_keys(path: Path, bt: BoundTable, batch_size: int, offset: int) -> It
         skip = max(0, offset - start)
         keys = [batch.column(c).to_pylist()[skip:] for c in bt.pk]
         yield end, keys, batch.column(HASH_COLUMN).to_pylist()[skip:]
-
-
-@dataclass(frozen=True)
-class Kept:
-    """Rows of an archive that were not deleted: primary keys (values as text) and archived row hashes."""
-
-    keys: list[list[str]]
-    row_hashes: list[int]
-
-    @property
-    def rows(self) -> int:
-        return len(self.keys)
-
-    @property
-    def checksum(self) -> str:
-        return checksum_hex(sum(self.row_hashes))
-
-    @property
-    def sha256(self) -> str:
-        """Of the canonical JSON of [keys, row_hashes]."""
-        return hashlib.sha256(json.dumps([self.keys, self.row_hashes], separators=(",", ":")).encode()).hexdigest()
-
-
-def pk_text(pk: list[str], alias: str = ALIAS) -> sql.Composable:
-    """The primary key as a jsonb array of its values as text: how kept rows are named (journal and kept.json)."""
-    return sql.SQL("jsonb_build_array({})").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c)) for c in pk))
-
-
-def write_kept(storage: Storage, prefix: str, kept: Kept, *, segment_id: str, table: str, primary_key: list[str],
-               recipients: Sequence[str] = ()) -> None:
-    """Store ``kept.json`` (sealed to ``recipients``, as its archive) and read it back.
-
-    Plaintext it is deterministic (a re-run writes the same bytes); sealed, a re-run replaces it.
-    """
-    body = json.dumps({
-        "kind": "archive-kept", "version": 1, "segment_id": segment_id, "table": table, "primary_key": primary_key,
-        "rows": kept.rows, "checksum": kept.checksum, "sha256": kept.sha256,
-        "note": "rows of rows.parquet that were not deleted (changed after the archive, or under a legal hold): "
-                "the database or a later archive holds them; restore skips them",
-        "keys": kept.keys, "row_hashes": kept.row_hashes}, indent=None, separators=(",", ":")).encode()
-    key = f"{prefix}/{KEPT_NAME}"
-    if recipients:
-        key += SEALED
-        body = b"".join(_seal(io.BytesIO(body), recipients))
-    storage.put_bytes(key, body)
-    if storage.get_bytes(key) != body:
-        raise ArchiveError(f"{storage.url}/{key} does not read back as written",
-                           fix="check the storage; the segment stays unfinished and a re-run writes it again")
-
-
-def read_kept(storage: Storage, prefix: str, primary_key: list[str], *,
-              identities: Sequence[object] = ()) -> Kept | None:
-    """The archive's kept rows (None: all its rows were removed), checked against their own count and SHA-256."""
-    from dr_pipelines.core.stream import decrypt_decompress
-
-    key = f"{prefix}/{KEPT_NAME}"
-    if storage.exists(key + SEALED):
-        key += SEALED
-        plain = io.BytesIO()
-        with storage.open(key) as sealed:
-            decrypt_decompress(sealed, plain, _needs_identities(identities, f"{storage.url}/{key}"),
-                               what=f"{storage.url}/{key}")
-        text = plain.getvalue()
-    elif storage.exists(key):
-        text = storage.get_bytes(key)
-    else:
-        return None
-    try:
-        doc = json.loads(text)
-        kept = Kept([[str(v) for v in k] for k in doc["keys"]], [int(h) for h in doc["row_hashes"]])
-        ok = (doc["kind"] == "archive-kept" and doc["primary_key"] == primary_key and doc["rows"] == kept.rows
-              == len(kept.row_hashes) and doc["sha256"] == kept.sha256 and doc["checksum"] == kept.checksum)
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ArchiveError(f"{storage.url}/{key} is malformed or does not match its own count and SHA-256",
-                           fix="the list of rows never deleted cannot be trusted: restore into a side table (--into) "
-                           "and compare with the live table by primary key")
-    return kept
-
-
-def drop_kept(conn: psycopg.Connection, relation: sql.Composable, kept: Kept, primary_key: list[str],
-              method: str) -> None:
-    """Remove the kept rows from a loaded copy of the archive; they must be exactly the ones listed, by content."""
-    removed, total = conn.execute(sql.SQL(
-        "WITH gone AS (DELETE FROM {} AS {} WHERE {} IN (SELECT jsonb_array_elements(%s::jsonb)) RETURNING {} AS h)"
-        " SELECT count(*), coalesce(sum(h::numeric), 0) FROM gone").format(
-        relation, sql.Identifier(ALIAS), pk_text(primary_key), row_hash(method)),
-        (json.dumps(kept.keys),)).fetchone()
-    if (removed, checksum_hex(int(total))) != (kept.rows, kept.checksum):
-        raise ArchiveError(f"the archive holds {removed} of the {kept.rows} rows its kept.json lists (or other "
-                           "versions of them)", fix="the archive and its kept.json do not belong together; restore "
-                           "into a side table (--into) and compare by primary key")
 
 
 def _pyarrow_version() -> str:

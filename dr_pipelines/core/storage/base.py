@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
-from dr_pipelines.core.errors import ObjectNotFoundError, StorageError
+from dr_pipelines.core.errors import ConfigError, ObjectNotFoundError, StorageError
 
 # Suffix of the local backend's in-flight files. Refused in keys on every backend so that
 # a key can never be confused with (or hidden as) a partial upload, and keys stay portable.
@@ -45,6 +45,19 @@ class PutResult:
     key: str
     size: int
     sha256: str  # hex of the bytes stored, computed while streaming
+
+
+@dataclass(frozen=True)
+class StorageProperties:
+    """What a backend can do beyond the contract, declared rather than probed (restic's ``Properties()``).
+
+    Callers ask ``storage.properties`` instead of poking at a backend's attributes, so a new
+    backend states its abilities in one place and every feature that needs one fails clearly.
+    """
+
+    presign: bool = False  # can hand out time-limited GET URLs (presign_get)
+    server_side_encryption: bool = False  # objects can be encrypted at rest by the service
+    atomic_rename: bool = False  # an object can be renamed in place (local rename(2); S3 cannot)
 
 
 def _key_problem(key: str, *, allow_empty_last: bool) -> str | None:
@@ -109,6 +122,7 @@ class Storage(ABC):
     """A place to keep backup objects: a local directory or an S3 bucket (with prefix)."""
 
     url: str  # e.g. "file:///abs/path" or "s3://bucket/prefix"; never carries credentials
+    properties: StorageProperties = StorageProperties()
 
     @abstractmethod
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> PutResult:
@@ -178,6 +192,20 @@ class Storage(ABC):
         knows they are dead. The prefix keeps one writer's cleanup out of other writers'
         areas (a backup's out of a running export's).
         """
+
+    def presign_get(self, key: str, expires_in: int) -> str:
+        """A URL that lets anyone holding it GET ``key`` for ``expires_in`` seconds.
+
+        Only backends whose ``properties.presign`` is true implement it; the rest refuse clearly.
+        """
+        raise self.presign_unsupported()
+
+    def presign_unsupported(self) -> ConfigError:
+        """The error for asking this storage for presigned URLs it cannot give (checked up front by callers)."""
+        return ConfigError(
+            f"presigned URLs need S3 storage; {self.url} cannot hand them out",
+            fix="export to s3://bucket[/prefix] or leave out presigning",
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

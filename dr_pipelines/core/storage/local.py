@@ -24,6 +24,7 @@ from dr_pipelines.core.storage.base import (
     ObjectInfo,
     PutResult,
     Storage,
+    StorageProperties,
     close_chunks,
     validate_key,
     validate_prefix,
@@ -37,6 +38,8 @@ _TEMP_NAME = re.compile(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX))
 
 class LocalStorage(Storage):
     """Objects are files under ``root``; a key's segments are its relative path."""
+
+    properties = StorageProperties(atomic_rename=True)  # no presigned URLs, no server-side encryption
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()

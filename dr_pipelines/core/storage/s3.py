@@ -35,6 +35,7 @@ from dr_pipelines.core.storage.base import (
     ObjectInfo,
     PutResult,
     Storage,
+    StorageProperties,
     close_chunks,
     validate_key,
     validate_prefix,
@@ -91,6 +92,8 @@ class _BodyReader(io.RawIOBase):
 
 class S3Storage(Storage):
     """Objects live in ``bucket`` under ``prefix``; keys are relative to the prefix."""
+
+    properties = StorageProperties(presign=True, server_side_encryption=True, atomic_rename=False)
 
     def __init__(
         self,
@@ -272,6 +275,12 @@ class S3Storage(Storage):
     def open(self, key: str) -> BinaryIO:
         body = self._call("get_object", "read", key, Key=self._full(key))["Body"]
         return cast(BinaryIO, io.BufferedReader(_BodyReader(body, f"'{key}' in {self.url}")))
+
+    def presign_get(self, key: str, expires_in: int) -> str:
+        """A time-limited GET URL signed with this storage's credentials (no request is made)."""
+        return str(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_in,
+        ))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)

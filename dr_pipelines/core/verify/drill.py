@@ -13,13 +13,12 @@ from pathlib import Path
 
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core.layout import DRILL_MARKDOWN_NAME, DRILL_REPORT_NAME, DRILLS, drill_prefix
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe
 from dr_pipelines.core.verify.report import DrillReport
 from dr_pipelines.core.verify.restore import verify_backup
-
-PREFIX = "drills"
 
 
 def drill_now(settings: Settings, *, identity: Path | None = None, month: str | None = None) -> DrillReport:
@@ -66,9 +65,9 @@ def run_drill(
 
 
 def write_drill_report(storage: Storage, report: DrillReport) -> str:
-    prefix = f"{PREFIX}/{report.month}"
-    storage.put_bytes(f"{prefix}/report.md", report.to_markdown().encode())
-    storage.put_bytes(f"{prefix}/report.json", report.to_json().encode())  # last: the JSON is what status reads
+    prefix = drill_prefix(report.month)
+    storage.put_bytes(f"{prefix}/{DRILL_MARKDOWN_NAME}", report.to_markdown().encode())
+    storage.put_bytes(f"{prefix}/{DRILL_REPORT_NAME}", report.to_json().encode())  # last: the JSON is what status reads
     return prefix
 
 
@@ -76,4 +75,4 @@ def drill_reports(storage: Storage) -> list[dict]:  # type: ignore[type-arg]
     """Every stored drill report (JSON), oldest month first."""
     import json
 
-    return [json.loads(storage.get_bytes(o.key)) for o in storage.list(PREFIX + "/") if o.key.endswith("/report.json")]
+    return [json.loads(storage.get_bytes(o.key)) for o in storage.list(DRILLS + "/") if o.key.endswith("/" + DRILL_REPORT_NAME)]

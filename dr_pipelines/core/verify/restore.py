@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dr_pipelines.core.backup.catalog import VERIFICATION_NAME, BackupEntry, backup_prefix
+from dr_pipelines.core.backup.catalog import BackupEntry
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import (
     ClusterError,
@@ -22,6 +22,7 @@ from dr_pipelines.core.errors import (
     PostgresNotFoundError,
     StorageError,
 )
+from dr_pipelines.core.layout import VERIFICATION_NAME, backup_prefix
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.logical import RestoreOptions
 from dr_pipelines.core.restore.throwaway import FAST_THROWAWAY, restored_cluster

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.layout import SEALED, WAL
 
-PREFIX = "wal"
-SUFFIX = ".zst.age"
+PREFIX = WAL  # the WAL archive's part of the repository layout (core/layout.py)
+SUFFIX = SEALED
 SIDECAR_SUFFIX = ".json"
 EVENTS_PREFIX = f"{PREFIX}/events/"
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024

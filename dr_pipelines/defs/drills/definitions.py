@@ -6,8 +6,9 @@ from datetime import timedelta
 import dagster as dg
 
 from dr_pipelines.core import context as core_context
+from dr_pipelines.core.layout import DRILL_MARKDOWN_NAME, drill_prefix
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.core.verify.drill import PREFIX, drill_now
+from dr_pipelines.core.verify.drill import drill_now
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 
@@ -47,7 +48,7 @@ def build(settings: Settings) -> dg.Definitions:
                 "rpo_minutes": dg.MetadataValue.float(round(report.rpo_seconds / 60, 2)) if report.rpo_seconds is not None
                 else "n/a",
                 "rpo_target_minutes": s.rpo_minutes,
-                "report_uri": f"{core_context.storage(s).url}/{PREFIX}/{month}/report.md",
+                "report_uri": f"{core_context.storage(s).url}/{drill_prefix(month)}/{DRILL_MARKDOWN_NAME}",
                 "report": dg.MetadataValue.md(report.to_markdown()),
             }
         )

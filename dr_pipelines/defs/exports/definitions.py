@@ -8,6 +8,7 @@ from pydantic import Field
 
 from dr_pipelines.core import context as core_context
 from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
+from dr_pipelines.core.layout import analytics_prefix
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.tenancy import tenant_keys
@@ -20,7 +21,6 @@ CLINICS = dg.DynamicPartitionsDefinition(name="clinics")
 DAYS = dg.DailyPartitionsDefinition(start_date="2026-11-01", timezone="UTC")
 TENANT_EXPORT_KEY = dg.AssetKey("tenant_export")
 ANALYTICS_EXPORT_KEY = dg.AssetKey("analytics_export")
-ANALYTICS_PREFIX = "analytics"
 
 
 class TenantExportConfig(dg.Config):
@@ -72,7 +72,7 @@ def build(settings: Settings) -> dg.Definitions:
         options = _options(s, formats=tuple(config.formats), tables=tuple(config.tables), requester=requester,
                            max_per_hour=s.export_max_per_hour or None, zip_bundle=config.zip_bundle,
                            content_checksums=config.content_checksums,
-                           presign_expiry_s=s.export_presign_expiry_seconds if hasattr(storage, "bucket") else None)
+                           presign_expiry_s=s.export_presign_expiry_seconds if storage.properties.presign else None)
         result = export_tenants(s.dsn, storage, [context.partition_key], options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
         meta = _metadata(result)
@@ -94,7 +94,7 @@ def build(settings: Settings) -> dg.Definitions:
         if not tenants:
             raise dg.Failure(description=f"no tenants in {s.export_tenant_root}: nothing to export")
         options = _options(s, formats=("parquet",), requester="dagster analytics_export", max_per_hour=None,
-                           prefix=f"{ANALYTICS_PREFIX}/{context.partition_key}")
+                           prefix=analytics_prefix(context.partition_key))
         result = export_tenants(s.dsn, core_context.storage(s), tenants, options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
         return dg.MaterializeResult(metadata=_metadata(result))

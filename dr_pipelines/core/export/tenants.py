@@ -1,0 +1,82 @@
+"""What an export request names, checked in its snapshot: the tables asked for and the tenant ids, bound once.
+
+Tenant ids are bound as a parameter (``set_config``) and read back by every query with
+``current_setting``; an id that PostgreSQL cannot read as the key's type, or reads as
+another value, or that names no row, is refused before any tenant data is read.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.export.errors import UnknownTenantError
+from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant_array
+
+
+def select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:
+    """The tenant-owned tables to export: all, or the requested ones (each must be in scope)."""
+    if not wanted:
+        return list(scope.tables)
+    names = [w.strip() if "." in w else f"public.{w.strip()}" for w in wanted]
+    unknown = [n for n in names if n not in scope.names]
+    if unknown:
+        excluded = {e.name: e.reason for e in scope.excluded}
+        why = "; ".join(f"{n}: {excluded.get(n, 'no such table')}" for n in unknown)
+        raise ConfigError(f"table(s) not exportable for a tenant: {why}",
+                          fix=f"choose among the tenant-owned tables: {', '.join(scope.names)}")
+    return [scope.table(n) for n in dict.fromkeys(names)]
+
+
+def check_tenants(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> list[str]:
+    """Bind the tenant ids and return them canonical and distinct; refuse invalid or unknown ones."""
+    _refuse_inexact(conn, scope, requested)
+    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, requested))
+    canonical = conn.execute(sql.SQL(
+        "SELECT array_agg(DISTINCT tenant.id::text) FROM unnest({}) AS tenant(id)").format(
+        tenant_array(scope.key_type))).fetchone()[0]
+    root_schema, root_table = scope.root.split(".", 1)
+    missing = [r[0] for r in conn.execute(
+        sql.SQL("SELECT tenant.id::text FROM unnest({}) AS tenant(id)"
+                " WHERE NOT EXISTS (SELECT 1 FROM {} AS r WHERE r.{} = tenant.id) ORDER BY 1").format(tenant_array(scope.key_type), sql.Identifier(root_schema, root_table),
+                                      sql.Identifier(scope.key_column))).fetchall()]
+    if missing:
+        raise UnknownTenantError(
+            f"unknown tenant id(s) {', '.join(map(repr, missing))}: no such row in {scope.root}",
+            fix=f"check the id(s) against {scope.root}.{scope.key_column}; nothing was exported",
+        )
+    conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, sorted(canonical)))
+    return sorted(canonical)
+
+
+def _refuse_inexact(conn: psycopg.Connection, scope: Scope, requested: list[str]) -> None:
+    """Refuse ids that PostgreSQL cannot cast to the key's type, or that do not read back exactly as given.
+
+    A cast may succeed and still change the value (char(3) truncates 'FRANCE' to 'FRA'): the
+    export would then be of another tenant than the one asked for. The value is a parameter;
+    only the type name, from the catalog (format_type), is part of the SQL.
+    """
+    check = sql.SQL("SELECT %s::{}::text = %s").format(sql.SQL(scope.key_type))
+    bad = []
+    for value in dict.fromkeys(requested):
+        try:
+            with conn.transaction():
+                exact = conn.execute(check, (value, value)).fetchone()[0]
+        except psycopg.DataError:  # invalid input syntax, out of range, too long for varchar(n), ...
+            exact = False
+        if not exact:
+            bad.append(value)
+    if bad:
+        raise UnknownTenantError(
+            f"tenant id(s) {', '.join(repr(b[:64]) for b in bad)} are not {scope.key_type} values as written "
+            f"(of {scope.root}.{scope.key_column}): PostgreSQL cannot read them as that type, or reads them as "
+            "another value",
+            fix=f"pass {scope.root}.{scope.key_column} values exactly as the database shows them (its ::text form)",
+        )
+
+
+def schema_version(conn: psycopg.Connection) -> int | None:
+    if conn.execute("SELECT to_regclass('drp.schema_migrations') IS NULL").fetchone()[0]:
+        return None
+    return conn.execute("SELECT max(version) FROM drp.schema_migrations").fetchone()[0]
