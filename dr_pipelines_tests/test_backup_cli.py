@@ -277,9 +277,7 @@ def test_backup_run_to_s3_through_a_dropping_link_fails_cleanly(
 
 
 def _s3_env(server: MotoServer, bucket: str, endpoint_url: str | None = None) -> dict[str, str]:
-    return {"DRP_STORAGE_URL": f"s3://{bucket}/prod", "DRP_S3_ENDPOINT_URL": endpoint_url or server.endpoint_url,
-            "DRP_S3_REGION": server.region, "DRP_S3_ACCESS_KEY_ID": server.access_key,
-            "DRP_S3_SECRET_ACCESS_KEY": server.secret_key}
+    return drp_env(storage=f"s3://{bucket}/prod", s3=server, s3_endpoint_url=endpoint_url or server.endpoint_url)
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

@@ -559,9 +559,7 @@ def test_kill_9_mid_upload_leaves_no_backup_and_the_next_run_cleans_up(
         server = request.getfixturevalue("s3_server")
         bucket = server.create_bucket()
         client = server.client()
-        env.update(DRP_STORAGE_URL=f"s3://{bucket}/{S3_PREFIX}", DRP_S3_ENDPOINT_URL=server.endpoint_url,
-                   DRP_S3_REGION=server.region, DRP_S3_ACCESS_KEY_ID=server.access_key,
-                   DRP_S3_SECRET_ACCESS_KEY=server.secret_key)
+        env.update(drp_env(storage=f"s3://{bucket}/{S3_PREFIX}", s3=server))
         storage = S3Storage(bucket, S3_PREFIX, **server.storage_kwargs())
 
         def in_flight() -> list:
@@ -695,8 +693,7 @@ def test_full_disk_fails_cleanly(big_db: str, keys: Keys, work_base: Path) -> No
 def test_read_only_storage_is_a_clear_storage_error(demo_db: str, keys: Keys, work_base: Path) -> None:
     with tmpfs(work_base / f"ro-{uuid.uuid4().hex[:8]}", size="1M") as mount:
         remount_read_only(mount)
-        settings = load_settings(env={"DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(mount),
-                                      "DRP_ENCRYPTION_RECIPIENTS": keys.recipient})
+        settings = load_settings(env=drp_env(source=demo_db, storage=mount, keys=keys))
         with pytest.raises(StorageError, match="Read-only file system"):
             backup_now(settings)
         # Also without the up-front check: the first write fails the same way.

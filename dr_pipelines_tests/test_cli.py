@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import free_port
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp
 
 
@@ -76,7 +77,7 @@ def test_unreachable_database_is_a_clean_error() -> None:
 
 
 def test_db_profile_json(demo_db: str) -> None:
-    result = drp("db", "profile", "--json", env={"DRP_SOURCE_DSN": demo_db})
+    result = drp("db", "profile", "--json", env=drp_env(source=demo_db))
     assert result.returncode == 0, result.stderr
     profile = json.loads(result.stdout)
     assert profile["schema_version"] == 6
@@ -90,33 +91,21 @@ def test_storage_ls_json_on_local_dir(tmp_path: Path) -> None:
     storage = open_storage(str(tmp_path))
     storage.put_bytes("backups/a/manifest.json", b"{}")
     storage.put_bytes("backups/b/data.bin", b"12345")
-    result = drp("storage", "ls", "backups/", "--json", env={"DRP_STORAGE_URL": str(tmp_path)})
+    result = drp("storage", "ls", "backups/", "--json", env=drp_env(storage=tmp_path))
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [(o["key"], o["size"]) for o in listed] == [("backups/a/manifest.json", 2), ("backups/b/data.bin", 5)]
 
 
 def test_storage_check_missing_bucket_is_a_clean_error(s3_server) -> None:  # type: ignore[no-untyped-def]
-    env = {
-        "DRP_STORAGE_URL": "s3://no-such-bucket-here/backups",
-        "DRP_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        "DRP_S3_REGION": s3_server.region,
-        "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
-        "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
-    }
+    env = drp_env(storage="s3://no-such-bucket-here/backups", s3=s3_server)
     result = drp("storage", "check", env=env)
     assert_clean_error(result, "no-such-bucket-here")
     assert s3_server.secret_key not in result.stderr
 
 
 def test_storage_check_ok_on_s3(s3_server, s3_bucket) -> None:  # type: ignore[no-untyped-def]
-    env = {
-        "DRP_STORAGE_URL": f"s3://{s3_bucket}/backups",
-        "DRP_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        "DRP_S3_REGION": s3_server.region,
-        "DRP_S3_ACCESS_KEY_ID": s3_server.access_key,
-        "DRP_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
-    }
+    env = drp_env(storage=f"s3://{s3_bucket}/backups", s3=s3_server)
     result = drp("storage", "check", env=env)
     assert result.returncode == 0, result.stderr
     assert f"s3://{s3_bucket}/backups" in result.stdout
@@ -140,7 +129,7 @@ def test_db_profile_sizes_plain_and_partitioned_tables(fresh_db: str) -> None:
         ).fetchall())
         sizes["parted"] = conn.execute(
             "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('parted')").fetchone()[0]
-    result = drp("db", "profile", "--json", env={"DRP_SOURCE_DSN": fresh_db})
+    result = drp("db", "profile", "--json", env=drp_env(source=fresh_db))
     assert result.returncode == 0, result.stderr
     tables = {t["name"]: t for t in json.loads(result.stdout)["tables"]}
     assert set(tables) == {"public.plain", "public.parted", "public.never_analyzed"}  # partitions fold into parents

@@ -52,8 +52,8 @@ def test_backup_job_materializes_with_checks_and_retention(backup_env: Path) -> 
     assert instance.get_latest_materialization_event(RETENTION_KEY) is not None
 
 
-def test_blocking_check_stops_retention(monkeypatch: pytest.MonkeyPatch, backup_env: Path, fresh_db: str) -> None:
-    monkeypatch.setenv("DRP_SOURCE_DSN", fresh_db)  # an empty database: the backup records no tables
+def test_blocking_check_stops_retention(set_drp_env: Callable[..., dict[str, str]], backup_env: Path, fresh_db: str) -> None:
+    set_drp_env(source=fresh_db)  # an empty database: the backup records no tables
     instance = dg.DagsterInstance.ephemeral()
     result = build_definitions().resolve_job_def("logical_backup_job").execute_in_process(
         instance=instance, raise_on_error=False
@@ -80,8 +80,8 @@ def test_objects_present_names_a_missing_object(backup_env: Path) -> None:
     assert "database.dump.zst.age is missing" in str(evaluation.metadata["problems"].value)
 
 
-def test_schedule_uses_configured_cron_and_targets_backup_job(monkeypatch: pytest.MonkeyPatch, backup_env: Path) -> None:
-    monkeypatch.setenv("DRP_BACKUP_CRON", "15 * * * *")  # hourly is possible
+def test_schedule_uses_configured_cron_and_targets_backup_job(set_drp_env: Callable[..., dict[str, str]], backup_env: Path) -> None:
+    set_drp_env(backup_cron="15 * * * *")  # hourly is possible
     schedule = build_definitions().resolve_schedule_def("logical_backup_schedule")
     assert schedule.cron_schedule == "15 * * * *"
     with dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral()) as context:
@@ -90,8 +90,8 @@ def test_schedule_uses_configured_cron_and_targets_backup_job(monkeypatch: pytes
     assert request.tags.get("dagster/schedule_name") == "logical_backup_schedule"
 
 
-def test_freshness_policy_is_the_rpo(monkeypatch: pytest.MonkeyPatch, backup_env: Path) -> None:
-    monkeypatch.setenv("DRP_RPO_MINUTES", "45")
+def test_freshness_policy_is_the_rpo(set_drp_env: Callable[..., dict[str, str]], backup_env: Path) -> None:
+    set_drp_env(rpo_minutes=45)
     spec = next(s for s in build_definitions().resolve_all_asset_specs() if s.key == BACKUP_KEY)
     assert spec.freshness_policy is not None
     assert spec.freshness_policy.fail_window.to_timedelta().total_seconds() == 45 * 60
@@ -117,8 +117,8 @@ def test_rpo_sensor_alerts_once_through_webhook(backup_env: Path) -> None:
         assert len(received) == 1
 
 
-def test_run_failure_sensor_alerts(monkeypatch: pytest.MonkeyPatch, backup_env: Path) -> None:
-    monkeypatch.setenv("DRP_SOURCE_DSN", f"host=127.0.0.1 port={free_port()} dbname=x user=u password=hunter2")
+def test_run_failure_sensor_alerts(set_drp_env: Callable[..., dict[str, str]], backup_env: Path) -> None:
+    set_drp_env(source=f"host=127.0.0.1 port={free_port()} dbname=x user=u password=hunter2")
     defs = build_definitions()
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("logical_backup_job").execute_in_process(instance=instance, raise_on_error=False)

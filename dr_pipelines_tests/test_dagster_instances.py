@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +15,7 @@ import pytest
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.demo.ui import code_locations
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import BIN, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def webserver(tmp_path: Path, dagster_home: Path, demo_db: str) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "DRP_SOURCE_DSN": demo_db}
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), **drp_env(source=demo_db)}
     log = (tmp_path / "webserver.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")],
@@ -78,12 +79,12 @@ def postgres_instance(tmp_path: Path, pg_cluster: LocalCluster, monkeypatch: pyt
 
 @pytest.mark.slow
 def test_job_runs_end_to_end_on_dagster_postgres_storage(
-    postgres_instance: dg.DagsterInstance, pg_cluster: LocalCluster, demo_db: str, monkeypatch: pytest.MonkeyPatch
+    postgres_instance: dg.DagsterInstance, pg_cluster: LocalCluster, demo_db: str, set_drp_env: Callable[..., dict[str, str]]
 ) -> None:
     from dagster_postgres import PostgresRunStorage
 
     assert isinstance(postgres_instance.run_storage, PostgresRunStorage)
-    monkeypatch.setenv("DRP_SOURCE_DSN", demo_db)
+    set_drp_env(source=demo_db)
     result = build_definitions().resolve_job_def("source_profile_job").execute_in_process(instance=postgres_instance)
     assert result.success
     record = postgres_instance.get_latest_materialization_event(dg.AssetKey("source_profile"))

@@ -146,21 +146,21 @@ def test_drill_schedule_requests_the_month_partition() -> None:
     assert request.partition_key == "2026-12-01" and request.run_key == "drill-2026-12-01"
 
 
-def test_drill_asset_has_a_cron_freshness_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drill_asset_has_a_cron_freshness_policy(set_drp_env: Callable[..., dict[str, str]]) -> None:
     spec = next(s for s in build_definitions().resolve_all_asset_specs() if s.key == DRILL_KEY)
     policy = spec.freshness_policy
     assert isinstance(policy, dg.FreshnessPolicy) and type(policy).__name__ == "CronFreshnessPolicy"
     assert policy.deadline_cron == "0 5 3 * *"  # two days after the default drill (1st, 05:00)
     assert policy.lower_bound_delta.days == 28
 
-    monkeypatch.setenv("DRP_DRILL_CRON", "30 6 10 * *")
+    set_drp_env(drill_cron="30 6 10 * *")
     spec = next(s for s in build_definitions().resolve_all_asset_specs() if s.key == DRILL_KEY)
     assert spec.freshness_policy.deadline_cron == "30 6 12 * *"  # type: ignore[union-attr]
     assert build_definitions().resolve_schedule_def("dr_drill_schedule").cron_schedule == "30 6 10 * *"
 
 
-def test_verification_schedule_uses_the_configured_cron(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DRP_VERIFY_CRON", "45 3 * * 2")
+def test_verification_schedule_uses_the_configured_cron(set_drp_env: Callable[..., dict[str, str]]) -> None:
+    set_drp_env(verify_cron="45 3 * * 2")
     schedule = build_definitions().resolve_schedule_def("verification_schedule")
     assert schedule.cron_schedule == "45 3 * * 2" and schedule.job_name == "verification_job"
     assert schedule.execution_timezone == "UTC"

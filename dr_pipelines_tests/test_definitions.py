@@ -24,10 +24,10 @@ def test_definitions_load_and_validate(defs: dg.Definitions) -> None:
     assert defs.resolve_sensor_def("run_failure_alert") is not None
 
 
-def test_schedules_and_sensors_default_stopped_unless_demo(monkeypatch: pytest.MonkeyPatch, defs: dg.Definitions) -> None:
+def test_schedules_and_sensors_default_stopped_unless_demo(set_drp_env: Callable[..., dict[str, str]], defs: dg.Definitions) -> None:
     assert defs.resolve_schedule_def("source_profile_hourly").default_status == dg.DefaultScheduleStatus.STOPPED
     assert defs.resolve_sensor_def("run_failure_alert").default_status == dg.DefaultSensorStatus.STOPPED
-    monkeypatch.setenv("DRP_SCHEDULES_RUNNING", "true")
+    set_drp_env(schedules_running="true")
     running = build_definitions()
     assert running.resolve_schedule_def("source_profile_hourly").default_status == dg.DefaultScheduleStatus.RUNNING
     assert running.resolve_sensor_def("run_failure_alert").default_status == dg.DefaultSensorStatus.RUNNING

@@ -13,6 +13,7 @@ import psycopg
 from dr_pipelines.core.manifest import read_manifest
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.demo.generate import TRICKY_CLINIC_SLUG
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import BIN
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "tenant-export.md"
@@ -20,8 +21,7 @@ RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "tenant-export.md"
 
 def test_tenant_export_runbook_runs(demo_db: str, tmp_path: Path, pg_cluster) -> None:  # type: ignore[no-untyped-def]
     psql_dir = Path(shutil.which("psql") or pg_cluster.binaries.bin_dir / "psql").parent
-    env = {**os.environ, "PATH": f"{BIN}:{psql_dir}:{os.environ['PATH']}", "DRP_SOURCE_DSN": demo_db,
-           "DRP_STORAGE_URL": str(tmp_path / "store"), "OUT": str(tmp_path),
+    env = {**os.environ, "PATH": f"{BIN}:{psql_dir}:{os.environ['PATH']}", **drp_env(source=demo_db, storage=tmp_path / "store"), "OUT": str(tmp_path),
            "CLINIC_SLUG": TRICKY_CLINIC_SLUG,  # quotes, backslashes and SQL metacharacters
            "REQUESTER": "dpo@clinic.example"}
     script = "\n".join(re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), flags=re.S))

@@ -14,8 +14,8 @@ from dr_pipelines_tests.support.procs import drp
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
 
-def _env(demo_db: str, s3_server, bucket: str, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {**drp_env(source=demo_db, storage=f"s3://{bucket}/drp", s3=s3_server), **extra}
+def _env(demo_db: str, s3_server, bucket: str, **settings: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return drp_env(source=demo_db, storage=f"s3://{bucket}/drp", s3=s3_server, **settings)
 
 
 def _encryption(s3_server, bucket: str, prefix: str) -> dict[str, tuple[str | None, str | None]]:  # type: ignore[no-untyped-def]
@@ -37,7 +37,7 @@ def test_every_object_of_an_export_and_an_archive_is_sse_s3_by_default(demo_db: 
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
     applied = drp("retention", "apply", "--json", "--table", "public.clinical_notes", "--as-of", AS_OF.isoformat(),
-                  env={**env, "DRP_RETENTION_POLICIES_FILE": str(policy), **key_env(tmp_path)})
+                  env={**env, **drp_env(retention_policies_file=policy), **key_env(tmp_path)})
     assert applied.returncode == 0, applied.stderr
     archives = _encryption(s3_server, s3_bucket, "drp/archives/")
     assert archives and set(archives.values()) == {("AES256", None)}
@@ -47,14 +47,14 @@ def test_sse_kms_with_a_key_id_applies_to_single_and_multipart_uploads(s3_server
     from dr_pipelines.core.storage.s3 import MIN_PART_SIZE
 
     key_id = "arn:aws:kms:us-east-1:123456789012:key/0f3c1b8e-5d1a-4c6e-9f0a-2b7e8d9c1a23"
-    s = load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, DRP_S3_SSE="aws:kms",
-                                DRP_S3_SSE_KMS_KEY_ID=key_id))
+    s = load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, s3_sse="aws:kms",
+                                s3_sse_kms_key_id=key_id))
     storage = context.storage(s)
     storage.part_size = MIN_PART_SIZE  # type: ignore[attr-defined]
     storage.put_bytes("small", b"x" * 10)
     storage.put_stream("large", (b"y" * (1 << 20) for _ in range(7)))  # two parts: multipart
     assert _encryption(s3_server, s3_bucket, "drp/") == {"drp/small": ("aws:kms", key_id),
                                                          "drp/large": ("aws:kms", key_id)}
-    plain = context.storage(load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, DRP_S3_SSE="none")))
+    plain = context.storage(load_settings(env=_env("host=127.0.0.1 dbname=x", s3_server, s3_bucket, s3_sse="none")))
     plain.put_bytes("plain", b"z")
     assert _encryption(s3_server, s3_bucket, "drp/plain") == {"drp/plain": (None, None)}

@@ -26,6 +26,7 @@ from dr_pipelines.core.health.checks import (
 )
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp, wait_for
 
 PASSWORD = "Hunter2-health-secret"
@@ -229,7 +230,7 @@ def test_unreachable_server_is_a_critical_report_without_the_password() -> None:
 
 
 def test_cli_json_and_text_on_a_healthy_database(demo_db: str) -> None:
-    result = drp("health", "--json", env={"DRP_SOURCE_DSN": demo_db})  # the DSN from settings
+    result = drp("health", "--json", env=drp_env(source=demo_db))  # the DSN from settings
     data = json.loads(result.stdout)
     assert result.returncode == EXIT_CODES[data["status"]], result.stderr
     assert data["status"] == data["sections"]["disk"]["status"]
@@ -274,7 +275,7 @@ def test_cli_exit_codes_for_warn_and_critical(fresh_db: str, archiving_cluster: 
 def test_cli_unreachable_server_and_malformed_dsn() -> None:
     port = free_port()
     dsn = f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/clinic"
-    as_json = drp("health", "--json", env={"DRP_SOURCE_DSN": dsn})
+    as_json = drp("health", "--json", env=drp_env(source=dsn))
     assert as_json.returncode == 2
     data = json.loads(as_json.stdout)
     assert data["reachable"] is False and data["status"] == "critical"

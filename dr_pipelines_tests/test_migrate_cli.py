@@ -106,10 +106,21 @@ def test_baseline_and_dry_run_from_the_cli(env: dict[str, str]) -> None:
 
 
 def test_demo_schema_migrations_go_through_the_cli(fresh_db: str, tmp_path: Path) -> None:
-    env = {"DRP_SOURCE_DSN": fresh_db, "DRP_STORAGE_URL": str(tmp_path / "storage")}  # default dir: the demo's
+    env = drp_env(source=fresh_db, storage=tmp_path / "storage", migrations_dir=MIGRATIONS_DIR)
     assert len(drp_json("status", env=env)["pending"]) == len(discover(MIGRATIONS_DIR))
     lint = ok(run("migrate", "lint", env=env)).stdout
     assert "no-lock-timeout [drp]" in lint and "0 blocking error(s)" in lint  # info only: the runner sets it
     ok(run("migrate", "apply", "--no-backup", env=env))
     assert status_of(fresh_db, MIGRATIONS_DIR).ok
     assert_clean_error(run("migrate", "status", "--dir", str(tmp_path / "nowhere"), env=env), "does not exist")
+
+
+def test_no_migrations_dir_configured_is_refused_with_the_fix(fresh_db: str, tmp_path: Path) -> None:
+    """No default directory: without --dir or migrations_dir, drp migrate names the fix instead of
+    showing (or applying) the demo's schema history against a deployment's database."""
+    env = drp_env(source=fresh_db, storage=tmp_path / "storage")
+    result = run("migrate", "status", env=env)
+    assert result.returncode == 2
+    assert_clean_error(result, "no migrations directory configured", "--dir", "DRP_MIGRATIONS_DIR",
+                       "migrations_dir in the settings file")
+    assert drp_json("status", "--dir", str(MIGRATIONS_DIR), env=env)["current_version"] is None

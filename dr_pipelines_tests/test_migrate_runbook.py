@@ -15,6 +15,7 @@ from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.pg.schema import schema_ddl
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.migrations import versions, write_migrations
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "schema-migration.md"
@@ -31,9 +32,9 @@ def test_schema_migration_runbook_runs_as_written(demo_db: str, tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRP_")}
     env.update({
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DRP_SOURCE_DSN": demo_db, "DRP_STORAGE_URL": str(tmp_path / "storage"),
-        "DRP_ENCRYPTION_RECIPIENTS": str(x25519.Identity.generate().to_public()),
-        "DRP_MIGRATIONS_DIR": str(directory), "COLUMNS": "200",
+        **drp_env(source=demo_db, storage=tmp_path / "storage",
+                  encryption_recipients=x25519.Identity.generate().to_public(), migrations_dir=directory),
+        "COLUMNS": "200",
     })
     before = schema_ddl(demo_db)
     script = "set -euo pipefail\n" + "\n".join(re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), flags=re.S))

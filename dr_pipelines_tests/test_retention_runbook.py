@@ -11,6 +11,7 @@ import psycopg
 import yaml
 
 from dr_pipelines.core.retention.holds import list_holds
+from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import BIN
 from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 
@@ -23,8 +24,8 @@ def test_data_retention_runbook_runs(demo_db: str, tmp_path: Path, pg_cluster) -
     policy = tmp_path / "retention.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
     psql_dir = Path(shutil.which("psql") or pg_cluster.binaries.bin_dir / "psql").parent
-    env = {**os.environ, "PATH": f"{BIN}:{psql_dir}:{os.environ['PATH']}", "DRP_SOURCE_DSN": demo_db,
-           "DRP_STORAGE_URL": str(tmp_path / "store"), **key_env(tmp_path), "DRP_RETENTION_POLICIES_FILE": str(policy),
+    env = {**os.environ, "PATH": f"{BIN}:{psql_dir}:{os.environ['PATH']}", **key_env(tmp_path),
+           **drp_env(source=demo_db, storage=tmp_path / "store", retention_policies_file=policy),
            "TABLE": "public.audit_log", "TENANT": "1", "PERIOD": "2024-01..2024-04", "AS_OF": AS_OF.isoformat()}
     script = "\n".join(re.findall(r"```bash\n(.*?)```", RUNBOOK.read_text(), flags=re.S))
     run = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)

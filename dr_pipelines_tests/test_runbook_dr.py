@@ -19,6 +19,7 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import open_storage
+from dr_pipelines_tests.support.env import drp_env
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "disaster-recovery.md"
 PROBES = Path(__file__).resolve().parents[1] / "dr_pipelines" / "demo" / "probes.yaml"
@@ -58,12 +59,8 @@ def incident(tmp_path: Path, work_base: Path, pg_cluster: LocalCluster, demo_db:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{pg_cluster.binaries.bin_dir}:{os.environ['PATH']}",
-        "DRP_SOURCE_DSN": demo_db,
-        "DRP_STORAGE_URL": str(storage_dir),
-        "DRP_ENCRYPTION_RECIPIENTS": str(identity.to_public()),
-        "DRP_AGE_IDENTITY_FILE": str(key),
-        "DRP_WORK_DIR": str(work_base / "dr-work"),
-        "DRP_VERIFICATION_PROBES_FILE": str(PROBES),
+        **drp_env(source=demo_db, storage=storage_dir, work=work_base / "dr-work", encryption_recipients=identity.to_public(),
+                  age_identity_file=key, verification_probes_file=PROBES),
         "RESTORE_DIR": str(restore_dir),
         "SIDE_DSN": pg_cluster.create_database(side),
         "NEW_STORAGE_URL": str(tmp_path / "new-storage"),

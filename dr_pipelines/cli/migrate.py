@@ -18,14 +18,14 @@ from dr_pipelines.cli.common import emit_json, err, out, progress_bar, settings
 migrate_app = typer.Typer(help="Schema migrations: lint, plan, dry-run, apply with a pre-migration backup, rollback.",
                           no_args_is_help=True)
 
-DIR_HELP = "Migrations directory (default: settings' migrations_dir)."
+DIR_HELP = "Migrations directory (default: settings' migrations_dir; no default when unset)."
 JSON_HELP = "Machine-readable output."
 
 
 def _migrations(directory: Optional[Path]) -> list[Any]:
-    from dr_pipelines.core.migrate.files import discover
+    from dr_pipelines.core.migrate.files import configured_migrations
 
-    return discover(directory or settings().migrations_dir)
+    return configured_migrations(settings().migrations_dir, directory)
 
 
 def _say(message: str) -> None:

@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from dr_pipelines.cli.common import out, progress_bar, report_swept, settings
-from dr_pipelines.core import context
+from dr_pipelines.cli.common import err, out, progress_bar, settings
 
 
 def verify(
@@ -23,17 +22,11 @@ def verify(
 
     Exit code 0 when every check passes, 1 when any fails (the backup is then marked unverified).
     """
-    from dr_pipelines.core.backup.catalog import find_backup
-    from dr_pipelines.core.verify.restore import verify_backup
+    from dr_pipelines.core.verify.restore import verify_now
 
-    s = settings()
-    identities = context.identities(s, identity)
-    storage = context.storage(s)
-    entry = find_backup(storage, backup_id)
-    report_swept(Path(s.work_dir))
     with progress_bar(not as_json) as progress:
-        report = verify_backup(storage, entry, identities, Path(s.work_dir), probes=context.probes(s), record=not no_record,
-                               progress=progress)
+        report = verify_now(settings(), backup_id, identity, record=not no_record, progress=progress,
+                            log=lambda line: err.print(line, highlight=False))
     if markdown:
         markdown.write_text(report.to_markdown())
     if as_json:

@@ -23,7 +23,6 @@ from dr_pipelines.core.pg.connect import parse_dsn
 ENV_PREFIX = "DRP_"
 _CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 _AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
-DEMO_MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "demo" / "migrations"  # = dr_pipelines.demo.schema.MIGRATIONS_DIR
 
 
 def _check_cron(value: str) -> str:
@@ -85,7 +84,9 @@ class Settings(BaseModel):
     )
     work_dir: Path = Field(Path(".drp/work"), description="Scratch space for throwaway clusters (must be world-traversable when root).")
     notify_webhook_url: SecretStr | None = Field(None, description="Optional webhook for alerts (RPO breach, failed runs).")
-    migrations_dir: Path = Field(DEMO_MIGRATIONS_DIR, description="Versioned SQL migrations of the source schema (drp migrate).")
+    migrations_dir: Path | None = Field(
+        None, description="Versioned SQL migrations of the source schema (drp migrate); unset = not configured."
+    )
     migration_lock_timeout: float = Field(5.0, gt=0, description="Seconds a migration statement may wait for a lock.")
     migration_lock_retries: int = Field(5, ge=0, description="Retries (exponential backoff) after a lock timeout.")
     migration_statement_timeout: float = Field(0.0, ge=0, description="Seconds a migration statement may run; 0 = no limit.")

@@ -19,6 +19,7 @@ import psycopg
 
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import LocalCluster, port_in_use
+from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines.demo.ui import wait_until_served
 
 DEMO_DB = "clinic"
@@ -112,6 +113,7 @@ def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
         "DRP_ENCRYPTION_RECIPIENTS": demo_recipient(paths),
         "DRP_AGE_IDENTITY_FILE": str(paths.key_file),
         "DRP_VERIFICATION_PROBES_FILE": str(Path(__file__).with_name("probes.yaml")),
+        "DRP_MIGRATIONS_DIR": str(MIGRATIONS_DIR),
         "DRP_STORAGE_URL": str(paths.storage),
         "DRP_WORK_DIR": str(paths.root / "work"),
         "DRP_SCHEDULES_RUNNING": "true",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from dr_pipelines.core.errors import MigrationError
+from dr_pipelines.core.errors import ConfigError, MigrationError
 from dr_pipelines.core.migrate.fingerprint import Statement, fingerprint, split_statements
 
 _NAME = re.compile(r"^(?P<version>\d{4,})_(?P<description>[a-z0-9_]+)\.sql$")
@@ -61,6 +61,19 @@ def is_transactional(sql: str) -> bool:
     """False when the script's first line is ``-- drp:no-transaction``."""
     first = sql.lstrip().splitlines()[0] if sql.strip() else ""
     return first.strip().lower() != NO_TRANSACTION_MARK
+
+
+def configured_migrations(configured: Path | None, directory: Path | None = None) -> list[Migration]:
+    """The migrations of ``directory`` (e.g. --dir), else of the configured migrations_dir.
+
+    There is no default: a deployment's migrations are its own, and falling back to the demo's
+    would show (or apply) another schema's history. Unset is refused with the fix.
+    """
+    chosen = directory or configured
+    if chosen is None:
+        raise ConfigError("no migrations directory configured",
+                          fix="pass --dir PATH, or set DRP_MIGRATIONS_DIR (or migrations_dir in the settings file)")
+    return discover(chosen)
 
 
 def discover(directory: Path | str) -> list[Migration]:

@@ -7,11 +7,12 @@ knows which backups are proven restorable; a failed one stops counting as restor
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dr_pipelines.core.backup.catalog import BackupEntry
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.catalog import BackupEntry, find_backup
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import (
     ClusterError,
@@ -23,15 +24,35 @@ from dr_pipelines.core.errors import (
     StorageError,
 )
 from dr_pipelines.core.layout import VERIFICATION_NAME, backup_prefix
+from dr_pipelines.core.pg.leases import sweep_leftovers
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.logical import RestoreOptions
 from dr_pipelines.core.restore.throwaway import FAST_THROWAWAY, restored_cluster
+from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe, run_checks
 from dr_pipelines.core.verify.report import VerificationReport
 
 # Failures that say nothing about the backup itself (our machine or our configuration): raised, never recorded.
 ENVIRONMENT_ERRORS = (ConfigError, ClusterError, PostgresNotFoundError, DatabaseError)
+
+
+def verify_now(settings: Settings, backup_id: str | None = None, identity: Path | None = None, record: bool = True,
+               progress: Progress | None = None, log: Callable[[str], None] | None = None) -> VerificationReport:
+    """The verification as `drp verify` and the Dagster verification asset run it: configured keys, storage, probes.
+
+    ``backup_id`` None or 'latest' is the newest restorable backup. The leftovers of killed runs are
+    swept before the restore, each one said to ``log`` (the CLI's "removed leftover ..." lines).
+    """
+    identities = context.identities(settings, identity)
+    storage = context.storage(settings)
+    entry = find_backup(storage, backup_id)
+    work_dir = Path(settings.work_dir)
+    for line in sweep_leftovers(work_dir):
+        if log is not None:
+            log(f"removed leftover {line}")
+    return verify_backup(storage, entry, identities, work_dir, probes=context.probes(settings), record=record,
+                         progress=progress)
 
 
 def verify_backup(

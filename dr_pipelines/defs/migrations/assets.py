@@ -3,7 +3,7 @@
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 import dagster as dg
 
-from dr_pipelines.core.migrate.files import discover
+from dr_pipelines.core.migrate.files import configured_migrations
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.migrations.jobs import SCHEMA_KEY
@@ -14,7 +14,7 @@ from dr_pipelines.defs.source.assets import source_profile
           description="The source schema's version: applied migrations (drp.schema_migrations) against the files.")
 def schema_migrations(drp: DrpSettingsResource) -> dg.MaterializeResult:
     s = drp.settings()
-    st = status(s.dsn, discover(s.migrations_dir))
+    st = status(s.dsn, configured_migrations(s.migrations_dir))
     return dg.MaterializeResult(metadata={
         "current_version": st.current_version if st.current_version is not None else "none",
         "applied": len(st.applied),
@@ -27,7 +27,7 @@ def schema_migrations(drp: DrpSettingsResource) -> dg.MaterializeResult:
 @dg.asset_check(asset=SCHEMA_KEY, description="No pending migration, none edited, missing or out of order.")
 def migrations_in_sync(drp: DrpSettingsResource) -> dg.AssetCheckResult:
     s = drp.settings()
-    st = status(s.dsn, discover(s.migrations_dir))
+    st = status(s.dsn, configured_migrations(s.migrations_dir))
     problems = [f"pending: {m.name}" for m in st.pending] + [f"{d.kind}: {d.message}" for d in st.drift
                                                              if d.severity == "error"]
     return dg.AssetCheckResult(

@@ -11,7 +11,7 @@ from typing import Optional
 import dagster as dg
 
 from dr_pipelines.core.errors import MigrationError
-from dr_pipelines.core.migrate.files import discover
+from dr_pipelines.core.migrate.files import configured_migrations
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.core.migrate.service import apply_migrations, dry_run, lint_all, refuse_lint_errors
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
@@ -36,7 +36,7 @@ def _one_config(config: MigrationsConfig) -> dict:
 
 def _pending(drp: DrpSettingsResource, config: MigrationsConfig) -> list:
     s = drp.settings()
-    return [m for m in status(s.dsn, discover(s.migrations_dir)).pending
+    return [m for m in status(s.dsn, configured_migrations(s.migrations_dir)).pending
             if config.target_version is None or m.version <= config.target_version]
 
 
@@ -74,7 +74,7 @@ def pre_migration_backup(context: dg.OpExecutionContext, config: MigrationsConfi
 def apply_migrations_op(context: dg.OpExecutionContext, config: MigrationsConfig, drp: DrpSettingsResource,
                         backup_id: Optional[str]) -> dict:
     s = drp.settings()
-    migrations = discover(s.migrations_dir)
+    migrations = configured_migrations(s.migrations_dir)
     if config.dry_run:
         report = dry_run(s, migrations, log=context.log.info)
         context.add_output_metadata({"dry_run": dg.MetadataValue.json(report.as_dict())})

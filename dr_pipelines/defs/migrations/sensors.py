@@ -9,7 +9,7 @@ import hashlib
 import dagster as dg
 
 from dr_pipelines.core.errors import DrpError
-from dr_pipelines.core.migrate.files import discover
+from dr_pipelines.core.migrate.files import configured_migrations
 from dr_pipelines.core.migrate.runner import status
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.lib.default_status import sensor_status
@@ -30,7 +30,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     def new_migration_files(context: dg.SensorEvaluationContext, drp: DrpSettingsResource):  # noqa: ANN202
         s = drp.settings()
         try:
-            migrations = discover(s.migrations_dir)
+            migrations = configured_migrations(s.migrations_dir)
         except DrpError as exc:
             return dg.SkipReason(f"migrations directory unreadable: {exc.problem}")
         cursor = directory_digest(migrations)

@@ -4,14 +4,10 @@ A failed verification is recorded in the catalog (the backup stops counting as r
 fails the blocking check, so the run fails and run_failure_alert notifies.
 """
 
-from pathlib import Path
-
 import dagster as dg
 
-from dr_pipelines.core import context as core_context
-from dr_pipelines.core.backup.catalog import find_backup
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.core.verify.restore import verify_backup
+from dr_pipelines.core.verify.restore import verify_now
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
 from dr_pipelines.defs.lib.default_status import schedule_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
@@ -25,15 +21,11 @@ VERIFICATION_KEY = dg.AssetKey("backup_verification")
           tags={"drp/source": "primary"})
 def backup_verification(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
     """Restore the newest restorable backup and prove it: rows, checksums, amcheck, FKs, sequences, probes."""
-    s = drp.settings()
-    storage = core_context.storage(s)
-    entry = find_backup(storage, None)
-    report = verify_backup(storage, entry, core_context.identities(s), Path(s.work_dir), probes=core_context.probes(s),
-                           progress=lambda phase, done, total: None)
+    report = verify_now(drp.settings(), progress=lambda phase, done, total: None, log=context.log.info)
     context.log.info(report.summary())
     return dg.MaterializeResult(
         metadata={
-            "backup_id": entry.id,
+            "backup_id": report.backup_id,
             "backup_verified": report.passed,
             "failed_checks": ", ".join(c.name for c in report.failed_checks) or ("restore" if report.error else "none"),
             "error": report.error or "none",
