@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from dr_pipelines.core.health.report import human_size
 from dr_pipelines.core.settings import FIELDS, Settings, env_name, load_settings
 
 # Piped output (logs, runbooks, tests) gets wide lines instead of rich's 80-column default.
@@ -73,12 +74,7 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
+human_bytes = human_size  # one byte formatter, core's (health reports use it too)
 
 
 def report_swept(work_dir: Path) -> None:

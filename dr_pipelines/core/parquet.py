@@ -210,3 +210,10 @@ def write_parquet(conn: psycopg.Connection, query: sql.Composable, schema: Any, 
             if on_batch:
                 on_batch(rows)
     return rows
+
+
+def pyarrow_version() -> str:
+    """The pyarrow that wrote a Parquet object, for the manifest's tools (imported only when asked)."""
+    import pyarrow
+
+    return str(pyarrow.__version__)

@@ -65,7 +65,7 @@ from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant
 from dr_pipelines.core.export.tenants import check_tenants, schema_version, select_tables
 from dr_pipelines.core.layout import export_prefix, new_export_id
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
-from dr_pipelines.core.parquet import table_columns
+from dr_pipelines.core.parquet import pyarrow_version, table_columns
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
@@ -308,7 +308,7 @@ def _manifest(dsn: str, export_id: str, record: audit.AuditRecord, formats: list
         kind="export", id=export_id, started_at=record.started_at, finished_at=datetime.now(UTC),
         objects=snap.objects, tables=snap.tables,
         source={"database": snap.database, "server": describe(dsn), "server_version": snap.server_version},
-        tools={"pyarrow": _pyarrow_version()} if "parquet" in formats else {},
+        tools={"pyarrow": pyarrow_version()} if "parquet" in formats else {},
         extra={
             "tenant_root": {"table": scope.root, "key_column": scope.key_column, "key_type": scope.key_type},
             "tenant_ids": snap.tenants,
@@ -358,9 +358,3 @@ def _commit(storage: Storage, prefix: str, manifest: Manifest, snap: _Snapshot, 
             urls[key] = storage.presign_get(key, presign)
     return ExportResult(manifest.id, prefix, storage.url, manifest, manifest_key, manifest_sha, snap.scope, urls,
                         swept)
-
-
-def _pyarrow_version() -> str:
-    import pyarrow
-
-    return str(pyarrow.__version__)

@@ -8,7 +8,6 @@ optional content checksum run on a second session that adopted the same snapshot
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -62,7 +61,7 @@ def write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Sco
         stream = csv_stream if fmt == "csv" else jsonl_stream
         render = csv_columns if fmt == "csv" else jsonl_columns
         written.append(key)
-        put = _put(conn, storage, key, stream(conn, tenant_select(t, scope, render(columns)), counter))
+        put = storage.put_stream(key, stream(conn, tenant_select(t, scope, render(columns)), counter))
         return counter.rows if counter.rows is not None else -1, put
     select, schema = parquet_plan(columns)
     with tempfile.TemporaryDirectory(prefix="drp-export-", dir=work_dir) as tmp:
@@ -81,15 +80,3 @@ def write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Sco
         finally:
             remove_quietly(path)
     return rows, put
-
-
-def _put(conn: psycopg.Connection, storage: Storage, key: str, chunks: Generator[bytes, None, None]) -> Any:
-    """put_stream a COPY generator; if storage fails midway, close it (cancelling the COPY) and re-raise."""
-    try:
-        return storage.put_stream(key, chunks)
-    except BaseException:
-        try:
-            chunks.close()
-        except Exception:  # noqa: BLE001 - the storage error is what matters
-            pass
-        raise

@@ -45,7 +45,7 @@ from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.layout import DATA_NAME, MANIFEST_NAME, SEALED
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, read_manifest, write_manifest
-from dr_pipelines.core.parquet import parquet_plan, table_columns, write_parquet
+from dr_pipelines.core.parquet import parquet_plan, pyarrow_version, table_columns, write_parquet
 from dr_pipelines.core.pg import checksums
 from dr_pipelines.core.pg.checksums import checksum_hex
 from dr_pipelines.core.retention.policy import BoundTable
@@ -230,7 +230,7 @@ def store(storage: Storage, prefix: str, written: Written, manifest_fields: dict
         objects=[ObjectEntry(name, "table", put.size, put.sha256, plain_bytes=written.path.stat().st_size,
                              format="parquet")],
         tables=[TableEntry(manifest_fields["table"], written.rows, written.checksum, manifest_fields["method"])],
-        tools={"pyarrow": _pyarrow_version()}, extra=manifest_fields,
+        tools={"pyarrow": pyarrow_version()}, extra=manifest_fields,
         compression={"algorithm": "zstd", "level": SEAL_LEVEL} if keys.recipients else None,
         encryption={"algorithm": "age-x25519", "recipients": list(keys.recipients)} if keys.recipients else None,
     )
@@ -353,9 +353,3 @@ def parquet_keys(path: Path, bt: BoundTable, batch_size: int, offset: int) -> It
         skip = max(0, offset - start)
         keys = [batch.column(c).to_pylist()[skip:] for c in bt.pk]
         yield end, keys, batch.column(HASH_COLUMN).to_pylist()[skip:]
-
-
-def _pyarrow_version() -> str:
-    import pyarrow
-
-    return str(pyarrow.__version__)
