@@ -1,6 +1,7 @@
 """Freshness policies, evaluated by Dagster's own evaluators at chosen instants (no database needed).
 
-logical_backup runs daily: its freshness is a cron policy matching the schedule, green all day after
+wal_archive's freshness is the RPO with WAL archiving (wal_rpo_seconds): warn past it, fail one sensor
+interval later. logical_backup runs daily: its freshness is a cron policy matching the schedule, green all day after
 the 02:00 run and red only when a scheduled run did not land (the old one-hour window was red ~23 h a day).
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._core.definitions.freshness import CronFreshnessPolicy, FreshnessState
@@ -18,6 +19,7 @@ from dagster._core.test_utils import freeze_time
 
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.backups.assets import BACKUP_KEY
+from dr_pipelines.defs.wal.assets import WAL_KEY
 
 
 def freshness_at(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey, when: datetime) -> FreshnessState:
@@ -46,3 +48,16 @@ def test_logical_backup_is_fresh_all_day_after_its_scheduled_run(set_drp_env: Ca
             assert freshness_at(defs, instance, BACKUP_KEY, datetime(2026, 3, 10, hour, 30, tzinfo=UTC)) == FreshnessState.PASS
         # the next day's 04:00 deadline passes with no new backup: red until one lands
         assert freshness_at(defs, instance, BACKUP_KEY, datetime(2026, 3, 11, 4, 30, tzinfo=UTC)) == FreshnessState.FAIL
+
+
+def test_wal_archive_freshness_is_the_rpo(set_drp_env: Callable[..., dict[str, str]]) -> None:
+    set_drp_env(wal_rpo_seconds="60")
+    defs = build_definitions()
+    policy = defs.resolve_asset_graph().get(WAL_KEY).freshness_policy
+    assert (policy.warn_window.to_timedelta(), policy.fail_window.to_timedelta()) == (timedelta(seconds=60),
+                                                                                    timedelta(seconds=90))
+    pushed = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    with dg.DagsterInstance.ephemeral() as instance:
+        materialize_at(instance, WAL_KEY, pushed)
+        states = [freshness_at(defs, instance, WAL_KEY, pushed + timedelta(seconds=s)) for s in (30, 75, 120)]
+    assert states == [FreshnessState.PASS, FreshnessState.WARN, FreshnessState.FAIL]
