@@ -45,7 +45,7 @@ def demo_up(
         for key, value in env.items():
             out.print(f"export {key}='{value}'")
         return
-    paths.archiving.start()
+    archiver = paths.archiving.start()
     err.print(f"WAL archiver started (drp wal archiver --switch-after 30; log {paths.archiving.log_file})")
     err.print(f"starting the Dagster UI on port {ui_port} …")
 
@@ -57,7 +57,8 @@ def demo_up(
             err.print(f"warning: the Dagster UI answers but the code location failed to load: {escape(problem[:500])}")
         err.print(f"Dagster UI: {url}  (Ctrl-C stops the demo)")
 
-    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting))
+    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting,
+                                  archiver=archiver))
 
 
 @demo_app.command("down")

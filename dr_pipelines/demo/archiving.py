@@ -111,8 +111,17 @@ class DemoArchiving:
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc
 
-    def stop(self) -> None:
-        """Stop the archiver this demo started (by its recorded pid), if it still runs."""
+    def stop(self, proc: subprocess.Popen[bytes] | None = None) -> None:
+        """Stop the archiver this demo started: ``proc`` when we started it (waited for), else by its recorded pid."""
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.pid_file.unlink(missing_ok=True)
+            return
         try:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):

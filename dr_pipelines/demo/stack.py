@@ -185,11 +185,13 @@ def first_backup(paths: DemoPaths, cluster: LocalCluster) -> int:
 
 
 def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
-           on_ready: Callable[[str, str | None], None], waiting: Callable[[float], None]) -> int:
+           on_ready: Callable[[str, str | None], None], waiting: Callable[[float], None],
+           archiver: subprocess.Popen[bytes] | None = None) -> int:
     """Run `dagster dev` in the foreground until interrupted, then stop it and the cluster cleanly.
 
     on_ready(url, problem) is called once the UI answers (problem set if the location failed to
-    load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet.
+    load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet. The WAL
+    ``archiver`` (DemoArchiving.start) is stopped after the cluster.
     """
     prepare_dagster_home(paths)
     env = {**os.environ, **demo_env(paths, cluster)}
@@ -219,7 +221,7 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
                 _signal_group(child, signal.SIGKILL)
                 child.wait()
         cluster.stop()  # PostgreSQL archives what is ready before it exits, through the archiver
-        paths.archiving.stop()
+        paths.archiving.stop(archiver)
     # An interrupt that dagster dev did not handle itself is still a clean stop.
     return 0 if code in (0, -signal.SIGINT, 130) else code
 
