@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.wal.names import sidecar_key
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
@@ -56,7 +56,7 @@ def tick(defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict[str
 
 
 def test_the_sensor_reports_a_materialization_per_newly_archived_segment_only(
-        defs: dg.Definitions, resources: dict[str, object], cluster: LocalCluster) -> None:
+        defs: dg.Definitions, resources: dict[str, object], rig: WalRig, cluster: LocalCluster) -> None:
     first = switch_wal(cluster)
     wait_archived(cluster, first)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -72,14 +72,30 @@ def test_the_sensor_reports_a_materialization_per_newly_archived_segment_only(
 
         second = switch_wal(cluster)
         wait_archived(cluster, second)
-        events, _, cursor = tick(defs, instance, resources, cursor)
-        assert [e.metadata["newest_segment"].value for e in events] == [second]
+        assert tick(defs, instance, resources, cursor)[0] == []  # rate limit: the last report is < RPO / 2 old
+        events, _, cursor = tick(defs, instance, resources, aged(cursor))
+        assert [(e.metadata["newest_segment"].value, e.metadata["reason"].value) for e in events] == [
+            (second, "new segment")]
 
-        # an idle, caught-up server: one "caught up" report once the last one is half an RPO old
-        stale = json.dumps({**json.loads(cursor), "reported_at": 0})
-        events, _, _ = tick(defs, instance, resources, stale)
+        # an idle, caught-up server: a "caught up" report once the last one is half an RPO old
+        events, _, _ = tick(defs, instance, resources, aged(cursor))
         assert [(e.metadata["newest_segment"].value, e.metadata["reason"].value) for e in events] == [
             (second, "caught up")]
+
+        # no server to ask (storage only): nothing changed is no event, however old the last report
+        blind = {"drp": DrpSettingsResource(config_path=str(rig.config), source_dsn=f"host=127.0.0.1 port={free_port()}")}
+        events, _, blind_cursor = tick(defs, instance, blind, aged(cursor))
+        assert events == [] and json.loads(blind_cursor)["segment"] == second
+        third = switch_wal(cluster)
+        wait_archived(cluster, third)
+        events, _, _ = tick(defs, instance, blind, aged(cursor))
+        assert [e.metadata["newest_segment"].value for e in events] == [third]
+        assert events[0].metadata["server"].value.startswith("cannot connect to PostgreSQL at 127.0.0.1")
+
+
+def aged(cursor: str | None) -> str:
+    """The cursor as if its last report were half an RPO old (the rate limit passed)."""
+    return json.dumps({**json.loads(cursor or "{}"), "reported_at": 0})
 
 
 def test_checks_pass_then_continuity_fails_on_a_deleted_sidecar_in_the_middle(

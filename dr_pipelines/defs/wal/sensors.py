@@ -1,16 +1,17 @@
 """wal_archive_watch: reports a wal_archive materialization when the archive moves, so freshness is the RPO.
 
 Each tick (every SENSOR_INTERVAL_S) reads the newest committed segment (one sidecar read when the server
-names it, else a listing) and, when a source server answers, `drp wal status`'s numbers. It reports at most
-one materialization per tick, and only when
+names it, else a listing) and, when a source server answers, `drp wal status`'s numbers. It reports one
+materialization when the last report is at least half the RPO old (the rate limit) and
 
-- the newest archived segment changed (however many segments arrived since the last tick), or
-- nothing waits to be archived (``caught_up``) and the last report is older than half the RPO: an idle
-  server completes no segments, and its archive is as current as a busy one's.
+- the newest archived segment changed since the last report (however many segments arrived), or
+- nothing waits to be archived (``caught_up``): an idle server completes no segments, and its archive
+  is as current as a busy one's.
 
-So the event log grows by at most 86,400 / SENSOR_INTERVAL_S = 2,880 events a day whatever the write load;
-an idle server with the default 60 s RPO gives the same, a 300 s RPO ~576 (docs/wal.md). When archiving
-stalls neither condition holds and freshness turns red one RPO (plus one interval) later. The first tick
+So the event log grows by at most 86,400 / max(SENSOR_INTERVAL_S, RPO / 2) events a day whatever the write
+load: 2,880 with the default 60 s RPO, 576 with 300 s (docs/wal.md). Reports stay at most half an RPO apart
+while archiving keeps up, so freshness stays green; when archiving stalls neither condition holds and
+freshness turns red at most one RPO plus one interval after the last report. The first tick
 that sees an alert from `drp wal status` (lag, pg_wal size, archive_mode off) also asks for a run of the
 checks job, whose blocking checks fail it, so run_failure_alert notifies; once per episode.
 """
@@ -52,12 +53,12 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
         here = pg is not None and pg.last_archived_wal is not None and (
             pg.last_archived_wal == newest.name or read_sidecar(storage, pg.last_archived_wal) is not None)
         current = pg is not None and caught_up(pg, here)
-        moved = newest.name != last.get("segment")
-        due = current and now - last.get("reported_at", 0) >= s.wal_rpo_seconds / 2
-        cursor = {"segment": newest.name, "reported_at": last.get("reported_at", 0), "alerting": bool(alerts)}
+        moved = newest.name != last.get("segment")  # since the last report
+        due = now - last.get("reported_at", 0) >= s.wal_rpo_seconds / 2
+        cursor = {**last, "alerting": bool(alerts)}
         events, requests = [], []
-        if moved or due:
-            cursor["reported_at"] = now
+        if (moved or current) and due:
+            cursor.update(segment=newest.name, reported_at=now)
             events.append(dg.AssetMaterialization(WAL_KEY, metadata={
                 "newest_segment": newest.name, "pushed_at": newest.pushed_at,
                 "reason": "new segment" if moved else "caught up",
