@@ -116,3 +116,16 @@ def test_checks_pass_then_continuity_fails_on_a_deleted_sidecar_in_the_middle(
         assert f"uncommitted {names[1]}" in evaluation.metadata["problems"].value
         assert f"lost {names[1]}..{names[1]} (1)" in evaluation.metadata["problems"].value
         assert not broken.success  # blocking: the run fails, so run_failure_alert notifies
+
+
+def test_an_alert_asks_for_one_checks_run_per_episode_and_the_lag_check_fails(
+        defs: dg.Definitions, resources: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRP_WAL_PG_WAL_ALERT_BYTES", "1")  # pg_wal is always bigger: `drp wal status` alerts
+    with dg.DagsterInstance.ephemeral() as instance:
+        _, requests, cursor = tick(defs, instance, resources, None)
+        assert [r.tags["drp/wal-alert"][:12] for r in requests] == ["pg_wal holds"]
+        assert tick(defs, instance, resources, cursor)[1] == []  # still alerting: no second run
+        run = defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance, resources=resources,
+                                                                  raise_on_error=False)
+        lag = {e.check_name: e for e in run.get_asset_check_evaluations()}["wal_archive_lag"]
+        assert lag.passed is False and "pg_wal holds" in lag.description and not run.success
