@@ -72,7 +72,8 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
         context.update_cursor(json.dumps(cursor))
         if not events and not requests:
             state = "; ".join(alerts) or ("caught up" if current else f"server: {server}")
-            return dg.SensorResult(skip_reason=f"newest archived segment still {newest.name} ({state})")
+            return dg.SensorResult(skip_reason=f"newest archived segment {newest.name}, last reported "
+                                               f"{now - last.get('reported_at', 0):.0f} s ago ({state})")
         return dg.SensorResult(asset_events=events, run_requests=requests)
 
     return [wal_archive_watch]
