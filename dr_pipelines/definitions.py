@@ -15,6 +15,7 @@ from dr_pipelines.defs.retention import definitions as retention
 from dr_pipelines.defs.source import definitions as source
 from dr_pipelines.defs.status import definitions as status_defs
 from dr_pipelines.defs.verification import definitions as verification
+from dr_pipelines.defs.wal import definitions as wal
 
 
 def build_definitions() -> dg.Definitions:
@@ -28,6 +29,7 @@ def build_definitions() -> dg.Definitions:
         migrations.build(settings),
         retention.build(settings),
         status_defs.build(settings),
+        wal.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),
     )

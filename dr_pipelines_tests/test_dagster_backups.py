@@ -90,13 +90,6 @@ def test_schedule_uses_configured_cron_and_targets_backup_job(set_drp_env: Calla
     assert request.tags.get("dagster/schedule_name") == "logical_backup_schedule"
 
 
-def test_freshness_policy_is_the_rpo(set_drp_env: Callable[..., dict[str, str]], backup_env: Path) -> None:
-    set_drp_env(rpo_minutes=45)
-    spec = next(s for s in build_definitions().resolve_all_asset_specs() if s.key == BACKUP_KEY)
-    assert spec.freshness_policy is not None
-    assert spec.freshness_policy.fail_window.to_timedelta().total_seconds() == 45 * 60
-
-
 def test_rpo_sensor_alerts_once_through_webhook(backup_env: Path) -> None:
     defs = build_definitions()
     sensor = defs.resolve_sensor_def("rpo_breach_alert")

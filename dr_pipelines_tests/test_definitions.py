@@ -22,6 +22,10 @@ def test_definitions_load_and_validate(defs: dg.Definitions) -> None:
     assert dg.AssetKey("source_profile") in keys
     assert defs.resolve_schedule_def("source_profile_hourly").cron_schedule == "0 * * * *"
     assert defs.resolve_sensor_def("run_failure_alert") is not None
+    assert dg.AssetKey("wal_archive") in keys
+    assert defs.resolve_sensor_def("wal_archive_watch").minimum_interval_seconds == 30
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key == dg.AssetKey("wal_archive")}
+    assert checks == {"wal_continuity", "wal_archive_lag"}
 
 
 def test_schedules_and_sensors_default_stopped_unless_demo(set_drp_env: Callable[..., dict[str, str]], defs: dg.Definitions) -> None:

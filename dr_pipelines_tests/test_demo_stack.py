@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, port_in_use
+from dr_pipelines.core.wal.names import sidecar_key
+from dr_pipelines.demo.stack import DemoPaths
 from dr_pipelines.demo.status import demo_status
 from dr_pipelines_tests.support.procs import drp, wait_for
+from dr_pipelines_tests.support.wal import pid_alive, switch_wal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +54,16 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         assert set(report["ui"]["schedules"].values()) == {"RUNNING"}
         assert {"source_profile_hourly", "logical_backup_schedule"} <= set(report["ui"]["schedules"])
         assert set(report["ui"]["sensors"].values()) == {"RUNNING"}
-        assert {"run_failure_alert", "rpo_breach_alert"} <= set(report["ui"]["sensors"])
+        assert {"run_failure_alert", "rpo_breach_alert", "wal_archive_watch"} <= set(report["ui"]["sensors"])
+        # WAL archiving from the start: a commit and a switch reach storage through the demo's archiver
+        archiving = DemoPaths(demo_dir).archiving
+        archiver_pid = int(archiving.pid_file.read_text())
+        assert pid_alive(archiver_pid) and archiving.socket.exists()
+        demo_pg = LocalCluster.attach(demo_dir / "pg")
+        segment = switch_wal(demo_pg)
+        wait_for(lambda: (demo_dir / "storage" / sidecar_key(segment)).exists(), timeout=60, what="archived segment",
+                 interval=0.2)
+        assert f"push done {segment}" in archiving.log_file.read_text()  # by the archiver, not the fallback
         # A second terminal while the UI runs (the README's CLI section; details in the test below).
         listed = subprocess.run([str(REPO_ROOT / "scripts" / "drp"), "backup", "list"], capture_output=True, text=True,
                                 env=second_terminal_env(DRP_DEMO_DIR=str(demo_dir)), timeout=120)
@@ -67,6 +79,7 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     assert not port_in_use(ui_port)
     cluster = LocalCluster.attach(demo_dir / "pg")
     assert not cluster.is_running()
+    assert not pid_alive(archiver_pid)  # the archiver stopped with the demo
 
     # Restart reuses the seeded database (no second seeding), then down --purge removes everything.
     again = drp("demo", "up", "--no-ui", env={"DRP_DEMO_DIR": str(demo_dir)})

@@ -36,12 +36,17 @@ def demo_up(
     env = stack.demo_env(paths, cluster)
     err.print(f"demo database: {env['DRP_SOURCE_DSN']}")
     err.print(f"demo settings for drp: {stack.write_cli_settings(paths, cluster)}  (in a second terminal: scripts/drp status)")
+    paths.archiving.prepare()
+    if paths.archiving.configure(cluster):
+        err.print("WAL archiving switched on (archive_mode needs a restart: the demo database restarted once)")
     if stack.first_backup(paths, cluster) != 0:
         err.print("warning: the first backup failed; the UI shows the failed run")
     if no_ui:
         for key, value in env.items():
             out.print(f"export {key}='{value}'")
         return
+    archiver = paths.archiving.start()
+    err.print(f"WAL archiver started (drp wal archiver --switch-after 30; log {paths.archiving.log_file})")
     err.print(f"starting the Dagster UI on port {ui_port} …")
 
     def waiting(seconds: float) -> None:
@@ -52,7 +57,8 @@ def demo_up(
             err.print(f"warning: the Dagster UI answers but the code location failed to load: {escape(problem[:500])}")
         err.print(f"Dagster UI: {url}  (Ctrl-C stops the demo)")
 
-    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting))
+    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting,
+                                  archiver=archiver))
 
 
 @demo_app.command("down")

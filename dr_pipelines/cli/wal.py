@@ -143,16 +143,18 @@ def wal_archive_command(
     out.print(archive_command(socket_path, fallback=not no_fallback), highlight=False, soft_wrap=True)
 
 
-def archive_command(socket_path: Path, *, fallback: bool = True) -> str:
-    """The command line: this interpreter in isolated mode runs the stdlib-only client."""
+def archive_command(socket_path: Path, *, fallback: bool = True, python: str | None = None, drp: Path | None = None,
+                    config: Path | None = None) -> str:
+    """The command line: this interpreter (or ``python``) in isolated mode runs the stdlib-only client;
+    ``drp`` and ``config`` default to this installation's `drp` and settings file (the demo passes its own)."""
     import shlex
     import sys
 
     from dr_pipelines.cli.common import config_file
     from dr_pipelines.core.wal import client
 
-    drp = str(Path(sys.executable).parent / "drp") if fallback else "-"
-    config = config_file()
+    fallback_drp = str(drp or Path(sys.executable).parent / "drp") if fallback else "-"
+    config = config or config_file()
     parts = ["env", f"DRP_CONFIG={config.absolute()}"] if config and fallback else []
-    parts += [sys.executable, "-I", "-S", client.__file__, str(socket_path.absolute()), drp]
+    parts += [python or sys.executable, "-I", "-S", client.__file__, str(socket_path.absolute()), fallback_drp]
     return " ".join(shlex.quote(p) for p in parts) + " %p"

@@ -111,6 +111,9 @@ class Settings(BaseModel):
     wal_lag_alert_seconds: int = Field(
         300, gt=0, description="Alert when the oldest WAL segment waiting to be archived is older (drp wal status)."
     )
+    wal_rpo_seconds: int = Field(
+        60, gt=0, description="RPO with WAL archiving (product target: 1 minute): the wal_archive asset's freshness."
+    )
     wal_pg_wal_alert_bytes: int = Field(
         8 * 1024**3, gt=0, description="Alert when pg_wal grows beyond this many bytes (archiving is behind)."
     )

@@ -19,6 +19,7 @@ import psycopg
 
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import LocalCluster, port_in_use
+from dr_pipelines.demo.archiving import DemoArchiving
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines.demo.ui import wait_until_served
 
@@ -55,6 +56,11 @@ class DemoPaths:
     def key_file(self) -> Path:
         """The demo's age identity. A real deployment keeps it off the backup host."""
         return self.root / "keys" / "backup-key.txt"
+
+    @property
+    def archiving(self) -> DemoArchiving:
+        """WAL archiving from the start: the archiver's files under <demo>/wal (demo/archiving.py)."""
+        return DemoArchiving(self.root, self.storage, self.settings_file)
 
 
 def cluster_exists(paths: DemoPaths) -> bool:
@@ -179,11 +185,13 @@ def first_backup(paths: DemoPaths, cluster: LocalCluster) -> int:
 
 
 def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
-           on_ready: Callable[[str, str | None], None], waiting: Callable[[float], None]) -> int:
+           on_ready: Callable[[str, str | None], None], waiting: Callable[[float], None],
+           archiver: subprocess.Popen[bytes] | None = None) -> int:
     """Run `dagster dev` in the foreground until interrupted, then stop it and the cluster cleanly.
 
     on_ready(url, problem) is called once the UI answers (problem set if the location failed to
-    load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet.
+    load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet. The WAL
+    ``archiver`` (DemoArchiving.start) is stopped after the cluster.
     """
     prepare_dagster_home(paths)
     env = {**os.environ, **demo_env(paths, cluster)}
@@ -212,7 +220,8 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
             except subprocess.TimeoutExpired:
                 _signal_group(child, signal.SIGKILL)
                 child.wait()
-        cluster.stop()
+        cluster.stop()  # PostgreSQL archives what is ready before it exits, through the archiver
+        paths.archiving.stop(archiver)
     # An interrupt that dagster dev did not handle itself is still a clean stop.
     return 0 if code in (0, -signal.SIGINT, 130) else code
 
@@ -234,6 +243,7 @@ def down(paths: DemoPaths, *, purge: bool) -> str:
             cluster.remove()
         else:
             cluster.stop()
+    paths.archiving.stop()  # left running by a `demo up` that was killed
     if purge:
         shutil.rmtree(paths.root)
         return f"demo removed ({paths.root})"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,20 +16,13 @@ from dr_pipelines.core.crypto import generate_identity_file
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.settings import Settings, load_settings
 from dr_pipelines.core.wal import client
+from dr_pipelines.demo.archiving import drp_wrapper_script, give_to_pg, pg_python
 from dr_pipelines_tests.support.procs import drp, wait_for
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pg_os_user() -> str | None:
     """The OS user PostgreSQL (and so archive_command) runs as: 'postgres' when we are root."""
     return "postgres" if os.geteuid() == 0 else None
-
-
-def give_to_pg(path: Path) -> None:
-    user = pg_os_user()
-    if user:
-        shutil.chown(path, user, user)
 
 
 @dataclass
@@ -58,7 +49,7 @@ class WalRig:
         give_to_pg(sock_dir)
         rig = cls(root, root / "drp.yaml", identity, storage_dir, sock_dir / "archiver.sock")
         rig.write_config(storage or {"storage_url": str(storage_dir)}, recipient)
-        rig.drp_for_pg.write_text(_drp_wrapper())
+        rig.drp_for_pg.write_text(drp_wrapper_script())
         os.chmod(rig.drp_for_pg, 0o755)
         return rig
 
@@ -108,18 +99,6 @@ class WalRig:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
-
-
-def pg_python() -> str:
-    """A Python 3.11 the PostgreSQL OS user may execute: the system one when we are root."""
-    return "/usr/bin/python3" if pg_os_user() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
-
-
-def _drp_wrapper() -> str:
-    """A `drp` that imports this checkout and the test venv's packages under pg_python()."""
-    site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    return (f"#!/bin/sh\nPYTHONPATH={REPO_ROOT}:{site} exec {pg_python()} -c "
-            "'import sys; from dr_pipelines.cli import main; sys.argv[0] = \"drp\"; main()' \"$@\"\n")
 
 
 def switch_wal(cluster: LocalCluster, rows: int = 100) -> str:

@@ -24,7 +24,15 @@ from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import decrypt_decompress
-from dr_pipelines.core.wal.names import EVENTS_PREFIX, object_key, sidecar_key, timeline_of
+from dr_pipelines.core.wal.names import (
+    EVENTS_PREFIX,
+    PREFIX,
+    SIDECAR_SUFFIX,
+    name_of_key,
+    object_key,
+    sidecar_key,
+    timeline_of,
+)
 
 if TYPE_CHECKING:
     from dr_pipelines.core.settings import Settings
@@ -90,6 +98,18 @@ def read_sidecar(storage: Storage, name: str) -> Sidecar | None:
     except ObjectNotFoundError:
         return None
     return Sidecar.parse(raw, where=f"{storage.url}/{key}")
+
+
+def newest_committed(storage: Storage, hint: str | None = None) -> Sidecar | None:
+    """The newest committed (sidecar present) segment: ``hint`` (the server's last archived WAL) in one read
+    when this archive holds it, else the highest segment name in a listing of the sidecars."""
+    if hint and len(hint) == 24:
+        sidecar = read_sidecar(storage, hint)
+        if sidecar is not None:
+            return sidecar
+    names = [name_of_key(info.key) for info in storage.list(PREFIX + "/") if info.key.endswith(SIDECAR_SUFFIX)]
+    segments = sorted(n for n in names if n and len(n) == 24)  # timeline first: a newer timeline sorts after
+    return read_sidecar(storage, segments[-1]) if segments else None
 
 
 def history_switches(text: bytes) -> list[list[int]]:

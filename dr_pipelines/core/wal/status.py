@@ -63,3 +63,12 @@ def wal_alerts(state: PgWalState, *, lag_limit_s: float, pg_wal_limit_bytes: int
         alerts.append(f"pg_wal holds {state.pg_wal_bytes:,} bytes > {pg_wal_limit_bytes:,}: archiving is behind "
                       "and the disk will fill; fix the archive target (never delete WAL by hand)")
     return alerts
+
+
+def caught_up(state: PgWalState, archived_here: bool) -> bool:
+    """Nothing completed waits: no segment is .ready, the last failure (if any) was retried successfully, and
+    the server's last archived file is in this archive (``archived_here``). Commits in the open segment are
+    not seen here; archive_timeout and the archiver's --switch-after bound how long they stay open."""
+    failed_since = state.last_failed_time is not None and (
+        state.last_archived_time is None or state.last_failed_time > state.last_archived_time)
+    return state.archive_mode != "off" and state.ready_count == 0 and not failed_since and archived_here

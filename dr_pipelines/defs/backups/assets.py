@@ -1,8 +1,6 @@
 """logical_backup and backup_retention: thin wrappers over dr_pipelines.core.backup."""
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
-from datetime import timedelta
-
 import dagster as dg
 
 from dr_pipelines.core import context as core_context
@@ -10,6 +8,7 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.backups.history import success_rate
+from dr_pipelines.defs.lib.freshness import scheduled_freshness
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.source.assets import source_profile
 
@@ -23,9 +22,10 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         deps=[source_profile],
         group_name="backups",
         kinds={"postgres"},
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=settings.rpo_minutes)),
+        freshness_policy=scheduled_freshness(settings.backup_cron),
         tags={"drp/source": "primary"},
-        description="A logical backup (pg_dump -> zstd -> age) in storage with its manifest; freshness = RPO.",
+        description="A logical backup (pg_dump -> zstd -> age) in storage with its manifest; fresh when its "
+                    "scheduled run landed (the seconds-level RPO is wal_archive's).",
     )
     def logical_backup(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
         s = drp.settings()
