@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -154,3 +155,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def system_identifier(cluster: LocalCluster) -> str:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        return conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+
+
+def fake_segment(name: str, system_id: int = 7_300_000_000_000_000_001, size: int = 16 * 1024 * 1024) -> bytes:
+    """A segment-sized file with the long page header PostgreSQL writes (for tests without a cluster):
+    magic, XLP_LONG_HEADER, timeline, the segment's start LSN, then sysid, segment and page size."""
+    start = (int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)) * size
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), start, 0, system_id, size, 8192)
+    return (header + name.encode()).ljust(size, b"\0")

@@ -221,6 +221,16 @@ def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = 
         storage.put_bytes(source_key(), json.dumps(record).encode())
 
 
+def recorded_system_identifier(storage: Storage) -> str | None:
+    """The system identifier backups/SOURCE.json binds this prefix to (None: no record, or none in it).
+
+    The WAL archive (core/wal/binding.py) refuses segments of any other cluster.
+    """
+    recorded = _recorded_source(storage)
+    sysid = recorded.get("system_identifier") if recorded else None
+    return str(sysid) if sysid else None
+
+
 def _recorded_source(storage: Storage) -> dict[str, Any] | None:
     key = source_key()
     try:

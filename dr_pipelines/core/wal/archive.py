@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, NoReturn
 import pyrage
 import zstandard
 
+from dr_pipelines.core import checkpoints
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import decrypt_decompress
-from dr_pipelines.core.wal.names import EVENTS_PREFIX, object_key, sidecar_key, timeline_of
+from dr_pipelines.core.wal.header import read_segment_header
+from dr_pipelines.core.wal.names import EVENTS_PREFIX, is_segment, object_key, sidecar_key, timeline_of
 
 if TYPE_CHECKING:
     from dr_pipelines.core.settings import Settings
@@ -59,6 +61,7 @@ class Sidecar:
     stored_bytes: int
     pushed_at: str
     switches: list[list[int]] | None = None  # history files: [[parent timeline, switch LSN], ...]
+    system_identifier: str | None = None  # segments: the cluster that wrote it (from its page header)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True).encode() + b"\n"
@@ -109,6 +112,12 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
     name = name or path.name
     timeline = timeline_of(name)
     data = _read_local(path)
+    system_identifier = None
+    if is_segment(name):  # a segment or .partial: its header proves what it is and whose it is
+        from dr_pipelines.core.wal.binding import check_system  # binding refuses through this module's events
+
+        system_identifier = read_segment_header(data, name).system_identifier
+        check_system(storage, system_identifier, name)
     plain_sha = hashlib.sha256(data).hexdigest()
     existing = read_sidecar(storage, name)
     if existing is not None and existing.plain_sha256 != plain_sha:
@@ -118,10 +127,13 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
             return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes)
         record_event(storage, "repaired", name, {"plain_sha256": plain_sha})  # damaged copy: store it again
     stored = storage.put_bytes(object_key(name), seal(data, recipients))
+    checkpoints.reached("wal-after-object")  # stored, not committed: a kill here leaves an uncommitted object
     sidecar = Sidecar(name=name, timeline=timeline, plain_sha256=plain_sha, plain_bytes=len(data),
                       stored_sha256=stored.sha256, stored_bytes=stored.size, pushed_at=_now(),
-                      switches=history_switches(data) if name.endswith(".history") else None)
+                      switches=history_switches(data) if name.endswith(".history") else None,
+                      system_identifier=system_identifier)
     storage.put_bytes(sidecar_key(name), sidecar.to_bytes())
+    checkpoints.reached("wal-after-sidecar")  # committed, not yet acknowledged to PostgreSQL
     return PushResult(name, "archived", len(data), stored.size)
 
 
