@@ -24,7 +24,7 @@ from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.wal.archive import fetch_wal, push_wal
 from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
-from dr_pipelines_tests.support.procs import wait_for
+from dr_pipelines_tests.support.procs import PAUSED, wait_for, wait_for_line
 from dr_pipelines_tests.support.wal import (
     WalRig,
     archiver_stats,
@@ -153,6 +153,41 @@ def test_kill_9_of_the_archiver_mid_push_loses_nothing(rig: WalRig, cluster: Loc
     report = json.loads(verify.stdout)
     assert verify.returncode == 0 and report["ok"], verify.stdout + verify.stderr
     assert report["found"] >= 3
+
+
+@pytest.mark.parametrize(("point", "stored_then"), [
+    ("wal-after-object", {"object"}),  # stored, no sidecar: not committed
+    ("wal-after-sidecar", {"object", "sidecar"}),  # committed, PostgreSQL not told
+])
+def test_kill_9_of_the_archiver_after_storing_loses_nothing(rig: WalRig, cluster: LocalCluster, tmp_path: Path,
+                                                            point: str, stored_then: set[str]) -> None:
+    """The other two kill points of the issue (the first: mid-push, above). PostgreSQL retries the segment;
+    the retry overwrites an uncommitted object or finds the committed copy identical: no conflict, no repair."""
+    first = switch_wal(cluster)
+    wait_archived(cluster, first)
+    failed_before = archiver_stats(cluster)[2]
+    with rig.archiver("--read-ahead", "0", "--workers", "1", pause_at=point) as daemon:
+        victim = switch_wal(cluster)
+        seen = wait_for_line(daemon, f"{PAUSED} {point}", timeout=60)
+        assert f"push start {victim}" in seen, seen
+        present = {what for what, key in (("object", object_key(victim)), ("sidecar", sidecar_key(victim)))
+                   if stored(rig, key).exists()}
+        assert present == stored_then
+        committed = stored(rig, sidecar_key(victim)).read_bytes() if "sidecar" in present else None
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        assert not pid_alive(daemon.pid)
+    wait_for(lambda: archiver_stats(cluster)[2] > failed_before, timeout=30, what="PostgreSQL seeing the failed push")
+    with rig.archiver():  # restarted: PostgreSQL's retry goes through it (or the direct-push fallback before it)
+        wait_archived(cluster, victim, timeout=90)
+    if committed is not None:
+        assert stored(rig, sidecar_key(victim)).read_bytes() == committed  # the retry was a no-op
+    fetched = rig.drp("wal", "fetch", victim, str(tmp_path / victim))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / victim).read_bytes() == pg_wal_file(cluster, victim)
+    assert not list(rig.storage_dir.glob(f"wal/events/*{victim}*"))  # no conflict, no repair
+    verify = rig.drp("wal", "verify", "--start", first, "--json", DRP_SOURCE_DSN=cluster.dsn())
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout + verify.stderr
 
 
 def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluster: LocalCluster) -> None:

@@ -59,14 +59,20 @@ class WalRig:
         give_to_pg(sock_dir)
         rig = cls(root, root / "drp.yaml", identity, storage_dir, sock_dir / "archiver.sock")
         rig.write_config(storage or {"storage_url": str(storage_dir)}, recipient)
-        rig.drp_for_pg.write_text(_drp_wrapper())
-        os.chmod(rig.drp_for_pg, 0o755)
+        for wrapper, module in ((rig.drp_for_pg, None), (rig.paused_drp_for_pg, "dr_pipelines_tests.support.paused_drp")):
+            wrapper.write_text(_drp_wrapper(module))
+            os.chmod(wrapper, 0o755)
         return rig
 
     @property
     def drp_for_pg(self) -> Path:
         """`drp` runnable by the PostgreSQL OS user (the test venv's interpreter may sit under /root)."""
         return self.root / "drp"
+
+    @property
+    def paused_drp_for_pg(self) -> Path:
+        """The same, stopping at the checkpoint named by its first argument (support/paused_drp.py)."""
+        return self.root / "paused-drp"
 
     def write_config(self, values: dict[str, str], recipient: str) -> None:
         body = {"encryption_recipients": [recipient], "age_identity_file": str(self.identity), **values}
@@ -93,11 +99,15 @@ class WalRig:
         return drp(*args, env={"DRP_CONFIG": str(self.config), **env}, timeout=timeout)
 
     @contextmanager
-    def archiver(self, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
-        """`drp wal archiver` as the PostgreSQL OS user (its pid is the daemon's own), stopped after."""
+    def archiver(self, *args: str, pause_at: str | None = None, **env: str) -> Iterator[subprocess.Popen[str]]:
+        """`drp wal archiver` as the PostgreSQL OS user (its pid is the daemon's own), stopped after.
+
+        ``pause_at``: a push stops at that checkpoint (core/checkpoints.py) for the test to kill -9 it there.
+        """
         user = pg_os_user()
+        command = [str(self.paused_drp_for_pg), pause_at] if pause_at else [str(self.drp_for_pg)]
         proc = subprocess.Popen(
-            [str(self.drp_for_pg), "wal", "archiver", "--socket", str(self.socket), *args],
+            [*command, "wal", "archiver", "--socket", str(self.socket), *args],
             env={**os.environ, "DRP_CONFIG": str(self.config), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, user=user, group=user, cwd="/",
         )
@@ -116,11 +126,12 @@ def pg_python() -> str:
     return "/usr/bin/python3" if pg_os_user() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-def _drp_wrapper() -> str:
-    """A `drp` that imports this checkout and the test venv's packages under pg_python()."""
+def _drp_wrapper(module: str | None = None) -> str:
+    """A `drp` that imports this checkout and the test venv's packages under pg_python() (``module``: run it instead)."""
     site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    return (f"#!/bin/sh\nPYTHONPATH={REPO_ROOT}:{site} exec {pg_python()} -c "
-            "'import sys; from dr_pipelines.cli import main; sys.argv[0] = \"drp\"; main()' \"$@\"\n")
+    run = f"-m {module}" if module else (
+        "-c 'import sys; from dr_pipelines.cli import main; sys.argv[0] = \"drp\"; main()'")
+    return f"#!/bin/sh\nPYTHONPATH={REPO_ROOT}:{site} exec {pg_python()} {run} \"$@\"\n"
 
 
 def switch_wal(cluster: LocalCluster, rows: int = 100) -> str:
