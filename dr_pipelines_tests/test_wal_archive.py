@@ -194,7 +194,7 @@ def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluste
     """One small commit on an otherwise quiet server is archived within --switch-after plus a push.
 
     archive_timeout is off here: without the archiver's switcher this commit would wait for 16 MiB
-    of other writes (archive_timeout did not fire reliably in our runs: docs/wal.md).
+    of other writes (or archive_timeout, which is dead until the checkpointer first wakes: docs/wal.md).
     """
     set_archive_timeout(cluster, "0")
     try:
@@ -212,6 +212,29 @@ def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluste
             assert f"forced WAL switch: {name}" in daemon.stderr.read()
     finally:
         set_archive_timeout(cluster, "2s")
+
+
+def test_archive_timeout_is_ignored_until_the_checkpointer_first_wakes(work_base: Path) -> None:
+    """Why archive_timeout "did not fire" on fresh clusters (docs/wal.md, RPO): PostgreSQL 15's checkpointer
+    computes its first sleep while recovery is still in progress, when archive_timeout is not considered, and
+    sleeps a whole checkpoint_timeout. Nothing wakes it after a clean start, so a commit waits for that (or
+    16 MiB of WAL); once anything sets its latch (here pg_reload_conf()), archive_timeout holds. PostgreSQL
+    alone (archive_command = cp), so this pins the server's behaviour the archiver's --switch-after covers."""
+    archive = work_base / f"cp-archive-{uuid.uuid4().hex[:8]}"
+    archive.mkdir(mode=0o777)
+    archive.chmod(0o777)
+    settings = {"wal_level": "replica", "archive_mode": "on", "archive_timeout": "'1s'",
+                "archive_command": f"'cp %p {archive}/%f'"}
+    with LocalCluster.create(archive.with_name(archive.name + "-pg"), settings=settings, tcp_trust=True) as fresh:
+        with psycopg.connect(fresh.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            name = conn.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()[0]
+            time.sleep(4)  # four archive_timeouts
+            assert not (archive / name).exists()
+            conn.execute("SELECT pg_reload_conf()")  # sets every process's latch, the checkpointer's too
+            wait_for(lambda: (archive / name).exists(), timeout=5, what=f"{name} switched by archive_timeout",
+                     interval=0.1)
 
 
 def set_archive_timeout(cluster: LocalCluster, value: str) -> None:

@@ -91,8 +91,8 @@ class Archiver:
 class SegmentSwitcher:
     """Closes the open WAL segment once it has held writes for ``every`` seconds: the RPO bound.
 
-    A backstop to archive_timeout, which did not force a single switch in our measurements on
-    PostgreSQL 15.18 (docs/wal.md). A tick switches when the segment is the same as at the previous
+    A backstop to archive_timeout, which PostgreSQL ignores for up to checkpoint_timeout after every
+    server start (the checkpointer's first sleep, docs/wal.md). A tick switches when the segment is the same as at the previous
     tick and a transaction id was assigned since (so an idle server, whose WAL holds only
     housekeeping records, is left alone). The first tick (at start, or after a lost connection)
     cannot know what the open segment holds, so it counts as "written": the next tick switches if
