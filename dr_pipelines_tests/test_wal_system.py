@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dr_pipelines.core.backup.catalog import record_source
+from dr_pipelines.core.backup.catalog import SourceMismatchError, check_source, record_source
 from dr_pipelines.core.crypto import generate_identity_file, parse_recipients
 from dr_pipelines.core.layout import wal_system_key
 from dr_pipelines.core.pg.cluster import LocalCluster
@@ -107,6 +107,17 @@ def test_backups_source_binds_an_empty_wal_archive(cluster: LocalCluster, tmp_pa
         push_wal(storage, recipients, cluster.data_dir / "pg_wal" / name)
     assert "backups/SOURCE.json" in str(refused.value)
     assert not storage.exists(object_key(name)) and not storage.exists(wal_system_key())
+
+
+def test_a_backup_of_another_cluster_is_refused_by_the_wal_binding(rig: WalRig, cluster: LocalCluster) -> None:
+    """The other direction: the prefix's WAL archive names the cluster, so a backup of another one is refused
+    before it writes (check_source, which every backup calls)."""
+    wait_archived(cluster, switch_wal(cluster))
+    storage = LocalStorage(rig.storage_dir)
+    mine = {"system_identifier": system_identifier(cluster), "database": "postgres", "server": "here"}
+    check_source(storage, mine)
+    with pytest.raises(SourceMismatchError, match=f"{wal_system_key()}.*one prefix holds one cluster"):
+        check_source(storage, {**mine, "system_identifier": "6999999999999999999"})
 
 
 @pytest.mark.parametrize(("label", "mutate", "message"), [

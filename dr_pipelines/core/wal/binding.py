@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
+from typing import NoReturn
 
-from dr_pipelines.core.backup.catalog import recorded_system_identifier
-from dr_pipelines.core.errors import ObjectNotFoundError
-from dr_pipelines.core.layout import source_key, wal_system_key
+from dr_pipelines.core.backup.catalog import recorded_system_identifiers
+from dr_pipelines.core.layout import wal_system_key
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import WalConflictError, record_event
 
@@ -38,13 +38,8 @@ def check_system(storage: Storage, system_identifier: str, name: str) -> None:
     if _confirmed.get(storage.url) == system_identifier:
         return
     with _lock:
-        records = {}
-        backups = recorded_system_identifier(storage)
-        if backups:
-            records[source_key()] = backups
-        wal = read_wal_system(storage)
-        if wal:
-            records[wal_system_key()] = wal
+        records = recorded_system_identifiers(storage)  # backups/SOURCE.json, wal/SYSTEM.json
+        wal = records.get(wal_system_key())
         foreign = {key: sysid for key, sysid in records.items() if sysid != system_identifier}
         if foreign:
             _refuse(storage, name, system_identifier, foreign)
@@ -55,22 +50,7 @@ def check_system(storage: Storage, system_identifier: str, name: str) -> None:
         _confirmed[storage.url] = system_identifier
 
 
-def read_wal_system(storage: Storage) -> str | None:
-    """The system identifier wal/SYSTEM.json names, or None before the first push."""
-    try:
-        raw = storage.get_bytes(wal_system_key())
-    except ObjectNotFoundError:
-        return None
-    try:
-        return str(json.loads(raw)["system_identifier"])
-    except (ValueError, KeyError, TypeError):
-        raise WalForeignSystemError(
-            f"{storage.url}/{wal_system_key()} is malformed: cannot tell which cluster this WAL archive belongs to",
-            fix=f"check that {storage.url} is the right storage target; if it is, remove {wal_system_key()} "
-            "(the next push records its cluster again)") from None
-
-
-def _refuse(storage: Storage, name: str, mine: str, foreign: dict[str, str]) -> None:
+def _refuse(storage: Storage, name: str, mine: str, foreign: dict[str, str]) -> NoReturn:
     bound = ", ".join(f"{key} says {sysid}" for key, sysid in sorted(foreign.items()))
     record_event(storage, "foreign-system", name, {"system_identifier": mine, "bound_to": foreign})
     raise WalForeignSystemError(
