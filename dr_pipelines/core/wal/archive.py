@@ -25,8 +25,10 @@ from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import decrypt_decompress
+from dr_pipelines.core.wal.binding import check_system
+from dr_pipelines.core.wal.events import WalConflictError, record_event
 from dr_pipelines.core.wal.header import read_segment_header
-from dr_pipelines.core.wal.names import EVENTS_PREFIX, is_segment, object_key, sidecar_key, timeline_of
+from dr_pipelines.core.wal.names import is_segment, object_key, sidecar_key, timeline_of
 
 if TYPE_CHECKING:
     from dr_pipelines.core.settings import Settings
@@ -35,10 +37,6 @@ FORMAT = "drp-wal-sidecar"
 # zstd level 1: on real 16 MiB segments it is ~2.4x faster than level 3 for ~3 % more bytes (docs/wal.md);
 # archive latency bounds throughput, since PostgreSQL waits for each archive_command in turn.
 ZSTD_LEVEL = 1
-
-
-class WalConflictError(DrpError):
-    """A WAL file with this name is archived already with different content."""
 
 
 class WalCorruptError(DrpError):
@@ -114,8 +112,6 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
     data = _read_local(path)
     system_identifier = None
     if is_segment(name):  # a segment or .partial: its header proves what it is and whose it is
-        from dr_pipelines.core.wal.binding import check_system  # binding refuses through this module's events
-
         system_identifier = read_segment_header(data, name).system_identifier
         check_system(storage, system_identifier, name)
     plain_sha = hashlib.sha256(data).hexdigest()
@@ -188,15 +184,6 @@ def _read_local(path: Path) -> bytes:
     except OSError as exc:
         raise StorageError(f"cannot read WAL file {path}: {exc.strerror or exc}",
                            fix="archive_command must run as the PostgreSQL OS user and pass %p") from None
-
-
-def record_event(storage: Storage, kind: str, name: str, details: dict[str, object]) -> str:
-    """Store a small JSON event (a refused push, a recorded decision) next to the archive."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    key = f"{EVENTS_PREFIX}{stamp}-{name}.{kind}.json"
-    body = {"kind": kind, "name": name, "at": _now(), **details}
-    storage.put_bytes(key, json.dumps(body, sort_keys=True).encode() + b"\n")
-    return key
 
 
 def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: Path | str) -> Sidecar:

@@ -19,7 +19,7 @@ from typing import NoReturn
 from dr_pipelines.core.backup.catalog import recorded_system_identifiers
 from dr_pipelines.core.layout import wal_system_key
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.archive import WalConflictError, record_event
+from dr_pipelines.core.wal.events import WalConflictError, record_event
 
 _confirmed: dict[str, str] = {}  # storage url -> system identifier already checked by this process
 _lock = threading.Lock()

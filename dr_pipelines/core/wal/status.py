@@ -27,7 +27,7 @@ class PgWalState:
     current_wal: str  # the segment being written (not complete, so not archivable yet)
     wal_level: str
     archive_mode: str
-    archive_command: str | None  # None: this role may not read it
+    archive_command_runs_drp: bool | None  # None: this role may not read archive_command (its text may hold secrets: not kept)
     archive_library: str
     archive_timeout_s: int
     last_archived_wal: str | None
@@ -61,7 +61,7 @@ def read_pg_wal_state(dsn: str) -> PgWalState:
             " FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
         ).fetchone()
         wal_bytes = conn.execute("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()").fetchone()[0]
-    return PgWalState(current, level, mode, command, library, timeout, archived_wal, archived_at, failed, failed_wal, failed_at, ready,
+    return PgWalState(current, level, mode, None if command is None else runs_drp(command), library, timeout, archived_wal, archived_at, failed, failed_wal, failed_at, ready,
                       oldest, wal_bytes)
 
 
@@ -104,9 +104,9 @@ def archiving_warnings(state: PgWalState) -> list[str]:
     if state.archive_library:
         return [f"archive_library = {state.archive_library!r} is set: PostgreSQL ignores archive_command and "
                 "archives through that module, not through drp; clear it (restart) to archive with drp"]
-    if state.archive_command is not None and not runs_drp(state.archive_command):
-        return [f"archive_command does not run drp ({state.archive_command[:80]!r}): segments do not reach this "
-                "archive; set it to the line `drp wal archive-command --socket …` prints, then reload"]
+    if state.archive_command_runs_drp is False:
+        return ["archive_command does not run drp: segments do not reach this archive; set it to the line "
+                "`drp wal archive-command --socket …` prints, then reload"]
     return []
 
 
