@@ -10,6 +10,8 @@ archives, is refused with a clear error and no traceback.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +146,16 @@ def test_push_refuses_a_name_postgresql_never_archives(rig: WalRig, tmp_path: Pa
     assert result.returncode == 2 and "not a WAL file name" in result.stderr and "fix:" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list((rig.storage_dir / "wal").rglob("postgresql.conf*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the archiver runs as another user than the backups")
+def test_a_backups_folder_the_archiver_may_not_read_does_not_stop_archiving(rig: WalRig, cluster: LocalCluster) -> None:
+    """Backups run as root into 0700 folders (the demo); archive_command runs as postgres. It cannot read
+    backups/SOURCE.json: wal/SYSTEM.json binds it, and the backup side checks the WAL binding instead."""
+    record_source(LocalStorage(rig.storage_dir), {"system_identifier": system_identifier(cluster),
+                                                 "database": "postgres", "server": "here"})
+    try:
+        name = switch_wal(cluster)
+        wait_archived(cluster, name, timeout=30)
+    finally:
+        shutil.rmtree(rig.storage_dir / "backups")

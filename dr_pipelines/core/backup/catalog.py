@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
+from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exported for callers of the catalog
     BACKUPS,
     MANIFEST_NAME,
@@ -228,11 +228,20 @@ def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = 
         storage.put_bytes(source_key(), json.dumps(record).encode())
 
 
-def recorded_system_identifiers(storage: Storage) -> dict[str, str]:
+def recorded_system_identifiers(storage: Storage, *, skip_unreadable_source: bool = False) -> dict[str, str]:
     """{record key: system identifier} of the cluster this prefix is bound to, by the backups' SOURCE.json
-    and by the WAL archive's wal/SYSTEM.json (core/wal/binding.py writes it), where they name one."""
+    and by the WAL archive's wal/SYSTEM.json (core/wal/binding.py writes it), where they name one.
+
+    ``skip_unreadable_source``: a SOURCE.json this user may not read counts as absent (the WAL archiver runs
+    as the PostgreSQL OS user, which may not read backups/; check_source then enforces the binding).
+    """
     found = {}
-    recorded = _recorded_source(storage)
+    try:
+        recorded = _recorded_source(storage)
+    except StorageError:
+        if not skip_unreadable_source:
+            raise
+        recorded = None
     if recorded and recorded.get("system_identifier"):
         found[source_key()] = str(recorded["system_identifier"])
     try:

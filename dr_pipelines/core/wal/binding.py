@@ -38,7 +38,7 @@ def check_system(storage: Storage, system_identifier: str, name: str) -> None:
     if _confirmed.get(storage.url) == system_identifier:
         return
     with _lock:
-        records = recorded_system_identifiers(storage)  # backups/SOURCE.json, wal/SYSTEM.json
+        records = recorded_system_identifiers(storage, skip_unreadable_source=True)  # SOURCE.json, wal/SYSTEM.json
         wal = records.get(wal_system_key())
         foreign = {key: sysid for key, sysid in records.items() if sysid != system_identifier}
         if foreign:
