@@ -22,7 +22,7 @@ PACKAGE = Path(dr_pipelines.__file__).parent
 NAMES = {layout.BACKUPS, layout.ATTEMPTS, layout.EXPORTS, layout.ANALYTICS, layout.ARCHIVES, layout.DRILLS}
 OBJECTS = {layout.MANIFEST_NAME, layout.SOURCE_NAME, layout.PIN_NAME, layout.VERIFICATION_NAME, layout.DATA_NAME,
            layout.KEPT_NAME, layout.SEALED, layout.DATABASE_OBJECT, layout.GLOBALS_OBJECT, layout.DRILL_REPORT_NAME,
-           layout.DRILL_MARKDOWN_NAME}
+           layout.DRILL_MARKDOWN_NAME, layout.WAL_SYSTEM_NAME}
 # Where the same words are not storage names: Dagster group names and metadata labels.
 ALLOWED_CALLS = {"group_name", "unit"}
 

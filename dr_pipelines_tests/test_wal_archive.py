@@ -24,7 +24,7 @@ from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.wal.archive import fetch_wal, push_wal
 from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
-from dr_pipelines_tests.support.procs import wait_for
+from dr_pipelines_tests.support.procs import PAUSED, wait_for, wait_for_line
 from dr_pipelines_tests.support.wal import (
     WalRig,
     archiver_stats,
@@ -155,11 +155,46 @@ def test_kill_9_of_the_archiver_mid_push_loses_nothing(rig: WalRig, cluster: Loc
     assert report["found"] >= 3
 
 
+@pytest.mark.parametrize(("point", "stored_then"), [
+    ("wal-after-object", {"object"}),  # stored, no sidecar: not committed
+    ("wal-after-sidecar", {"object", "sidecar"}),  # committed, PostgreSQL not told
+])
+def test_kill_9_of_the_archiver_after_storing_loses_nothing(rig: WalRig, cluster: LocalCluster, tmp_path: Path,
+                                                            point: str, stored_then: set[str]) -> None:
+    """The other two kill points of the issue (the first: mid-push, above). PostgreSQL retries the segment;
+    the retry overwrites an uncommitted object or finds the committed copy identical: no conflict, no repair."""
+    first = switch_wal(cluster)
+    wait_archived(cluster, first)
+    failed_before = archiver_stats(cluster)[2]
+    with rig.archiver("--read-ahead", "0", "--workers", "1", pause_at=point) as daemon:
+        victim = switch_wal(cluster)
+        seen = wait_for_line(daemon, f"{PAUSED} {point}", timeout=60)
+        assert f"push start {victim}" in seen, seen
+        present = {what for what, key in (("object", object_key(victim)), ("sidecar", sidecar_key(victim)))
+                   if stored(rig, key).exists()}
+        assert present == stored_then
+        committed = stored(rig, sidecar_key(victim)).read_bytes() if "sidecar" in present else None
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        assert not pid_alive(daemon.pid)
+    wait_for(lambda: archiver_stats(cluster)[2] > failed_before, timeout=30, what="PostgreSQL seeing the failed push")
+    with rig.archiver():  # restarted: PostgreSQL's retry goes through it (or the direct-push fallback before it)
+        wait_archived(cluster, victim, timeout=90)
+    if committed is not None:
+        assert stored(rig, sidecar_key(victim)).read_bytes() == committed  # the retry was a no-op
+    fetched = rig.drp("wal", "fetch", victim, str(tmp_path / victim))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / victim).read_bytes() == pg_wal_file(cluster, victim)
+    assert not list(rig.storage_dir.glob(f"wal/events/*{victim}*"))  # no conflict, no repair
+    verify = rig.drp("wal", "verify", "--start", first, "--json", DRP_SOURCE_DSN=cluster.dsn())
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout + verify.stderr
+
+
 def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluster: LocalCluster) -> None:
     """One small commit on an otherwise quiet server is archived within --switch-after plus a push.
 
     archive_timeout is off here: without the archiver's switcher this commit would wait for 16 MiB
-    of other writes (archive_timeout did not fire reliably in our runs: docs/wal.md).
+    of other writes (or archive_timeout, which is dead until the checkpointer first wakes: docs/wal.md).
     """
     set_archive_timeout(cluster, "0")
     try:
@@ -177,6 +212,29 @@ def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluste
             assert f"forced WAL switch: {name}" in daemon.stderr.read()
     finally:
         set_archive_timeout(cluster, "2s")
+
+
+def test_archive_timeout_is_ignored_until_the_checkpointer_first_wakes(work_base: Path) -> None:
+    """Why archive_timeout "did not fire" on fresh clusters (docs/wal.md, RPO): PostgreSQL 15's checkpointer
+    computes its first sleep while recovery is still in progress, when archive_timeout is not considered, and
+    sleeps a whole checkpoint_timeout. Nothing wakes it after a clean start, so a commit waits for that (or
+    16 MiB of WAL); once anything sets its latch (here pg_reload_conf()), archive_timeout holds. PostgreSQL
+    alone (archive_command = cp), so this pins the server's behaviour the archiver's --switch-after covers."""
+    archive = work_base / f"cp-archive-{uuid.uuid4().hex[:8]}"
+    archive.mkdir(mode=0o777)
+    archive.chmod(0o777)
+    settings = {"wal_level": "replica", "archive_mode": "on", "archive_timeout": "'1s'",
+                "archive_command": f"'cp %p {archive}/%f'"}
+    with LocalCluster.create(archive.with_name(archive.name + "-pg"), settings=settings, tcp_trust=True) as fresh:
+        with psycopg.connect(fresh.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            name = conn.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()[0]
+            time.sleep(4)  # four archive_timeouts
+            assert not (archive / name).exists()
+            conn.execute("SELECT pg_reload_conf()")  # sets every process's latch, the checkpointer's too
+            wait_for(lambda: (archive / name).exists(), timeout=5, what=f"{name} switched by archive_timeout",
+                     interval=0.1)
 
 
 def set_archive_timeout(cluster: LocalCluster, value: str) -> None:

@@ -17,8 +17,7 @@ from dr_pipelines.core.wal.archive import push_wal
 from dr_pipelines.core.wal.names import object_key, sidecar_key
 from dr_pipelines.core.wal.verify import verify_archive
 from dr_pipelines_tests.support.procs import drp
-
-SEGMENT = 16 * 1024 * 1024
+from dr_pipelines_tests.support.wal import fake_segment
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def archive(tmp_path: Path) -> LocalStorage:
     files.mkdir()
     for name in ["000000010000000000000001", "000000010000000000000002", "000000010000000000000003",
                  "000000020000000000000003", "000000020000000000000004"]:
-        (files / name).write_bytes(name.encode().ljust(SEGMENT, b"\0"))
+        (files / name).write_bytes(fake_segment(name))
         push_wal(storage, recipients, files / name)
     (files / "00000002.history").write_text("1\t0/3000100\tno recovery target specified\n")
     push_wal(storage, recipients, files / "00000002.history")

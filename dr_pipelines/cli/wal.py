@@ -62,11 +62,13 @@ def wal_verify(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Every segment from START to now archived, committed and intact, per timeline; gaps named."""
-    from dr_pipelines.core.wal.status import read_pg_wal_state
+    from dr_pipelines.core.wal.status import read_pg_wal_state, require_archiving
     from dr_pipelines.core.wal.verify import verify_archive
 
     s = settings()
     pg = None if no_server else read_pg_wal_state(s.dsn)
+    if pg is not None:
+        require_archiving(pg)  # else every absent segment would look "in flight" and the report OK
     report = verify_archive(context.storage(s), start=start, pg=pg, read=not quick, grace_s=grace)
     if as_json:
         emit_json(report.as_dict())
@@ -88,16 +90,17 @@ def wal_verify(
 def wal_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Archive lag and pg_wal size from the server; alerts (and exit 1) past the configured limits."""
     from dr_pipelines.core.notify import notify
-    from dr_pipelines.core.wal.status import read_pg_wal_state, wal_alerts
+    from dr_pipelines.core.wal.status import archiving_warnings, read_pg_wal_state, wal_alerts
 
     s = settings()
     state = read_pg_wal_state(s.dsn)
     alerts = wal_alerts(state, lag_limit_s=s.wal_lag_alert_seconds, pg_wal_limit_bytes=s.wal_pg_wal_alert_bytes)
+    warnings = archiving_warnings(state)
     webhook = s.notify_webhook_url.get_secret_value() if s.notify_webhook_url else None
     for alert in alerts:
         notify("WAL archiving behind", {"alert": alert}, webhook_url=webhook)
     if as_json:
-        emit_json({**state.as_dict(), "alerts": alerts})
+        emit_json({**state.as_dict(), "alerts": alerts, "warnings": warnings})
     else:
         lag = f"{state.oldest_ready_age_s:.0f} s" if state.oldest_ready_age_s is not None else "none"
         out.print(f"writing {state.current_wal}; last archived {state.last_archived_wal or '-'}; "
@@ -105,6 +108,8 @@ def wal_status(as_json: bool = typer.Option(False, "--json", help="Machine-reada
                   f"pg_wal {state.pg_wal_bytes:,} bytes", highlight=False)
         for alert in alerts:
             out.print(f"ALERT: {alert}", highlight=False)
+        for warning in warnings:
+            out.print(f"WARNING: {warning}", highlight=False)
     if alerts:
         raise typer.Exit(1)
 
@@ -120,9 +125,10 @@ def wal_archiver(
 ) -> None:
     """Run the long-running archiver that archive_command's tiny client talks to (foreground)."""
     from dr_pipelines.core.wal.archive import archive_storage
-    from dr_pipelines.core.wal.daemon import Archiver, SegmentSwitcher, serve, stderr_log
+    from dr_pipelines.core.wal.daemon import Archiver, SegmentSwitcher, check_source_archives, serve, stderr_log
 
     s = settings()
+    check_source_archives(s.dsn, stderr_log)
     archiver = Archiver(archive_storage(s), _recipients(), workers=workers, read_ahead=read_ahead, log=stderr_log)
     switcher = SegmentSwitcher(s.dsn, switch_after, stderr_log) if switch_after else None
     if switcher:

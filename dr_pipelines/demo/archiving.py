@@ -31,11 +31,14 @@ def pg_python() -> str:
     return "/usr/bin/python3" if _run_as() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-def drp_wrapper_script() -> str:
-    """A `drp` that imports this checkout and this interpreter's packages under pg_python()."""
+def drp_wrapper_script(module: str | None = None) -> str:
+    """A `drp` that imports this checkout and this interpreter's packages under pg_python().
+
+    ``module``: run that module instead of the CLI (the tests' paused drp, core/checkpoints.py).
+    """
     site = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    return (f"#!/bin/sh\nPYTHONPATH={REPO_ROOT}:{site} exec {pg_python()} -c "
-            "'import sys; from dr_pipelines.cli import main; sys.argv[0] = \"drp\"; main()' \"$@\"\n")
+    run = f"-m {module}" if module else "-c 'import sys; from dr_pipelines.cli import main; sys.argv[0] = \"drp\"; main()'"
+    return f"#!/bin/sh\nPYTHONPATH={REPO_ROOT}:{site} exec {pg_python()} {run} \"$@\"\n"
 
 
 def give_to_pg(path: Path) -> None:

@@ -40,24 +40,33 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interv
 
 def start_paused(args: list[str], env: dict[str, str], point: str, timeout: float = 60) -> subprocess.Popen[str]:
     """Start `drp args` stopping at checkpoint ``point`` and return it once paused there (alive: the caller kills it)."""
-    import select
-
     proc = subprocess.Popen([sys.executable, "-m", "dr_pipelines_tests.support.paused_drp", point, *args],
                             env={**os.environ, **env, "PYTHONPATH": _with_repo(os.environ.get("PYTHONPATH"))},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(proc, f"{PAUSED} {point}", timeout)
+    except AssertionError as exc:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"drp {' '.join(args)} never reached {point}: {exc}") from None
+    return proc
+
+
+def wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Read ``proc``'s stderr until a line containing ``marker``; the text read (AssertionError if none in time)."""
+    import select
+
     deadline, seen = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stderr], [], [], 0.5)
         if ready:
             line = proc.stderr.readline()  # type: ignore[union-attr]
             seen += line
-            if f"{PAUSED} {point}" in line:
-                return proc
+            if marker in line:
+                return seen
             if not line and proc.poll() is not None:
                 break
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"drp {' '.join(args)} never reached {point}: {seen[-2000:]}")
+    raise AssertionError(f"no {marker!r} within {timeout} s: {seen[-2000:]}")
 
 
 def _with_repo(pythonpath: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,14 +50,20 @@ class WalRig:
         give_to_pg(sock_dir)
         rig = cls(root, root / "drp.yaml", identity, storage_dir, sock_dir / "archiver.sock")
         rig.write_config(storage or {"storage_url": str(storage_dir)}, recipient)
-        rig.drp_for_pg.write_text(drp_wrapper_script())
-        os.chmod(rig.drp_for_pg, 0o755)
+        for wrapper, module in ((rig.drp_for_pg, None), (rig.paused_drp_for_pg, "dr_pipelines_tests.support.paused_drp")):
+            wrapper.write_text(drp_wrapper_script(module))
+            os.chmod(wrapper, 0o755)
         return rig
 
     @property
     def drp_for_pg(self) -> Path:
         """`drp` runnable by the PostgreSQL OS user (the test venv's interpreter may sit under /root)."""
         return self.root / "drp"
+
+    @property
+    def paused_drp_for_pg(self) -> Path:
+        """The same, stopping at the checkpoint named by its first argument (support/paused_drp.py)."""
+        return self.root / "paused-drp"
 
     def write_config(self, values: dict[str, str], recipient: str) -> None:
         body = {"encryption_recipients": [recipient], "age_identity_file": str(self.identity), **values}
@@ -83,11 +90,15 @@ class WalRig:
         return drp(*args, env={"DRP_CONFIG": str(self.config), **env}, timeout=timeout)
 
     @contextmanager
-    def archiver(self, *args: str, **env: str) -> Iterator[subprocess.Popen[str]]:
-        """`drp wal archiver` as the PostgreSQL OS user (its pid is the daemon's own), stopped after."""
+    def archiver(self, *args: str, pause_at: str | None = None, **env: str) -> Iterator[subprocess.Popen[str]]:
+        """`drp wal archiver` as the PostgreSQL OS user (its pid is the daemon's own), stopped after.
+
+        ``pause_at``: a push stops at that checkpoint (core/checkpoints.py) for the test to kill -9 it there.
+        """
         user = pg_os_user()
+        command = [str(self.paused_drp_for_pg), pause_at] if pause_at else [str(self.drp_for_pg)]
         proc = subprocess.Popen(
-            [str(self.drp_for_pg), "wal", "archiver", "--socket", str(self.socket), *args],
+            [*command, "wal", "archiver", "--socket", str(self.socket), *args],
             env={**os.environ, "DRP_CONFIG": str(self.config), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, user=user, group=user, cwd="/",
         )
@@ -133,3 +144,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def system_identifier(cluster: LocalCluster) -> str:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        return conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+
+
+def fake_segment(name: str, system_id: int = 7_300_000_000_000_000_001, size: int = 16 * 1024 * 1024) -> bytes:
+    """A segment-sized file with the long page header PostgreSQL writes (for tests without a cluster):
+    magic, XLP_LONG_HEADER, timeline, the segment's start LSN, then sysid, segment and page size."""
+    start = (int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)) * size
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), start, 0, system_id, size, 8192)
+    return (header + name.encode()).ljust(size, b"\0")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
+from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exported for callers of the catalog
     BACKUPS,
     MANIFEST_NAME,
@@ -20,6 +20,7 @@ from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exp
     VERIFICATION_NAME,
     backup_prefix,
     source_key,
+    wal_system_key,
 )
 from dr_pipelines.core.manifest import Manifest, ManifestError, read_manifest
 from dr_pipelines.core.storage import Storage
@@ -200,6 +201,12 @@ def check_source(storage: Storage, source: dict[str, Any], *, replaced: bool = F
     if recorded is None:
         manifests = [e.manifest for e in list_backups(storage) if e.manifest]
         recorded = manifests[-1].source if manifests else None
+    wal = recorded_system_identifiers(storage).get(wal_system_key())
+    if wal and source.get("system_identifier") and str(source["system_identifier"]) != wal and not replaced:
+        raise SourceMismatchError(
+            f"{storage.url} holds the WAL archive of the cluster with system identifier {wal} ({wal_system_key()}); "
+            f"this backup is of {_describe_source(source)}: one prefix holds one cluster",
+            fix="give this source its own prefix or bucket in DRP_STORAGE_URL (e.g. s3://bucket/<cluster>/<database>)")
     if recorded is None or _same_source(recorded, source):
         return
     if replaced and recorded.get("database") == source["database"]:
@@ -219,6 +226,36 @@ def record_source(storage: Storage, source: dict[str, Any], *, replaced: bool = 
         record = {k: source.get(k) for k in ("system_identifier", "database", "server")}
         record["claimed_at"] = datetime.now(UTC).isoformat()
         storage.put_bytes(source_key(), json.dumps(record).encode())
+
+
+def recorded_system_identifiers(storage: Storage, *, skip_unreadable_source: bool = False) -> dict[str, str]:
+    """{record key: system identifier} of the cluster this prefix is bound to, by the backups' SOURCE.json
+    and by the WAL archive's wal/SYSTEM.json (core/wal/binding.py writes it), where they name one.
+
+    ``skip_unreadable_source``: a SOURCE.json this user may not read counts as absent (the WAL archiver runs
+    as the PostgreSQL OS user, which may not read backups/; check_source then enforces the binding).
+    """
+    found = {}
+    try:
+        recorded = _recorded_source(storage)
+    except StorageError:
+        if not skip_unreadable_source:
+            raise
+        recorded = None
+    if recorded and recorded.get("system_identifier"):
+        found[source_key()] = str(recorded["system_identifier"])
+    try:
+        raw = storage.get_bytes(wal_system_key())
+    except ObjectNotFoundError:
+        return found
+    try:
+        found[wal_system_key()] = str(json.loads(raw)["system_identifier"])
+    except (ValueError, KeyError, TypeError):
+        raise SourceMismatchError(
+            f"{storage.url}/{wal_system_key()} is malformed: cannot tell which cluster this prefix belongs to",
+            fix=f"check that {storage.url} is the right storage target; if it is, remove {wal_system_key()} "
+            "(the next WAL push records its cluster again)") from None
+    return found
 
 
 def _recorded_source(storage: Storage) -> dict[str, Any] | None:

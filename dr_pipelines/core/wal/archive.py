@@ -20,14 +20,18 @@ from typing import TYPE_CHECKING, NoReturn
 import pyrage
 import zstandard
 
+from dr_pipelines.core import checkpoints
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.stream import decrypt_decompress
+from dr_pipelines.core.wal.binding import check_system
+from dr_pipelines.core.wal.events import WalConflictError, record_event
+from dr_pipelines.core.wal.header import read_segment_header
 from dr_pipelines.core.wal.names import (
-    EVENTS_PREFIX,
     PREFIX,
     SIDECAR_SUFFIX,
+    is_segment,
     name_of_key,
     object_key,
     sidecar_key,
@@ -41,10 +45,6 @@ FORMAT = "drp-wal-sidecar"
 # zstd level 1: on real 16 MiB segments it is ~2.4x faster than level 3 for ~3 % more bytes (docs/wal.md);
 # archive latency bounds throughput, since PostgreSQL waits for each archive_command in turn.
 ZSTD_LEVEL = 1
-
-
-class WalConflictError(DrpError):
-    """A WAL file with this name is archived already with different content."""
 
 
 class WalCorruptError(DrpError):
@@ -67,6 +67,7 @@ class Sidecar:
     stored_bytes: int
     pushed_at: str
     switches: list[list[int]] | None = None  # history files: [[parent timeline, switch LSN], ...]
+    system_identifier: str | None = None  # segments: the cluster that wrote it (from its page header)
 
     def to_bytes(self) -> bytes:
         return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True).encode() + b"\n"
@@ -129,6 +130,10 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
     name = name or path.name
     timeline = timeline_of(name)
     data = _read_local(path)
+    system_identifier = None
+    if is_segment(name):  # a segment or .partial: its header proves what it is and whose it is
+        system_identifier = read_segment_header(data, name).system_identifier
+        check_system(storage, system_identifier, name)
     plain_sha = hashlib.sha256(data).hexdigest()
     existing = read_sidecar(storage, name)
     if existing is not None and existing.plain_sha256 != plain_sha:
@@ -138,10 +143,13 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
             return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes)
         record_event(storage, "repaired", name, {"plain_sha256": plain_sha})  # damaged copy: store it again
     stored = storage.put_bytes(object_key(name), seal(data, recipients))
+    checkpoints.reached("wal-after-object")  # stored, not committed: a kill here leaves an uncommitted object
     sidecar = Sidecar(name=name, timeline=timeline, plain_sha256=plain_sha, plain_bytes=len(data),
                       stored_sha256=stored.sha256, stored_bytes=stored.size, pushed_at=_now(),
-                      switches=history_switches(data) if name.endswith(".history") else None)
+                      switches=history_switches(data) if name.endswith(".history") else None,
+                      system_identifier=system_identifier)
     storage.put_bytes(sidecar_key(name), sidecar.to_bytes())
+    checkpoints.reached("wal-after-sidecar")  # committed, not yet acknowledged to PostgreSQL
     return PushResult(name, "archived", len(data), stored.size)
 
 
@@ -196,15 +204,6 @@ def _read_local(path: Path) -> bytes:
     except OSError as exc:
         raise StorageError(f"cannot read WAL file {path}: {exc.strerror or exc}",
                            fix="archive_command must run as the PostgreSQL OS user and pass %p") from None
-
-
-def record_event(storage: Storage, kind: str, name: str, details: dict[str, object]) -> str:
-    """Store a small JSON event (a refused push, a recorded decision) next to the archive."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    key = f"{EVENTS_PREFIX}{stamp}-{name}.{kind}.json"
-    body = {"kind": kind, "name": name, "at": _now(), **details}
-    storage.put_bytes(key, json.dumps(body, sort_keys=True).encode() + b"\n")
-    return key
 
 
 def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: Path | str) -> Sidecar:

@@ -91,8 +91,8 @@ class Archiver:
 class SegmentSwitcher:
     """Closes the open WAL segment once it has held writes for ``every`` seconds: the RPO bound.
 
-    A backstop to archive_timeout, which did not force a single switch in our measurements on
-    PostgreSQL 15.18 (docs/wal.md). A tick switches when the segment is the same as at the previous
+    A backstop to archive_timeout, which PostgreSQL ignores for up to checkpoint_timeout after every
+    server start (the checkpointer's first sleep, docs/wal.md). A tick switches when the segment is the same as at the previous
     tick and a transaction id was assigned since (so an idle server, whose WAL holds only
     housekeeping records, is left alone). The first tick (at start, or after a lost connection)
     cannot know what the open segment holds, so it counts as "written": the next tick switches if
@@ -169,10 +169,15 @@ def prepare_socket(sock_path: Path) -> None:
     """The socket's directory must be private (0700): whoever can connect can make us read files."""
     directory = sock_path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = directory.stat().st_mode & 0o777
+    info = directory.stat()
+    mode = info.st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"archiver socket directory {directory} is accessible by others (mode {oct(mode)})",
                           fix=f"chmod 700 {directory}, owned by the PostgreSQL OS user")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"archiver socket directory {directory} is owned by uid {info.st_uid}, not by this user "
+                          f"(uid {os.geteuid()}): its owner controls who can connect",
+                          fix=f"run the archiver as the PostgreSQL OS user and `chown` {directory} to it (mode 700)")
     if sock_path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -183,6 +188,26 @@ def prepare_socket(sock_path: Path) -> None:
             raise ConfigError(f"an archiver already listens on {sock_path}", fix="stop it first, or use another --socket")
         finally:
             probe.close()
+
+
+def check_source_archives(dsn: str, log: Callable[[str], None]) -> None:
+    """Refuse to start for a source that archives nothing (WalArchivingOffError); warn on another archive_command.
+
+    A server that cannot be reached (not started yet, a role without pg_monitor) is only logged: the
+    archiver must be up before PostgreSQL asks it for anything.
+    """
+    import psycopg
+
+    from dr_pipelines.core.wal.status import archiving_warnings, read_pg_wal_state, require_archiving
+
+    try:
+        state = read_pg_wal_state(dsn)
+    except (DrpError, psycopg.Error) as exc:
+        log(f"cannot check the source's archive settings: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return
+    require_archiving(state)
+    for warning in archiving_warnings(state):
+        log(f"WARNING: {warning}")
 
 
 def serve(archiver: Archiver, sock_path: Path, *, ready: Callable[[], None] = lambda: None) -> None:

@@ -82,6 +82,11 @@ def timeline_of(name: str) -> int:
     )
 
 
+def is_segment(name: str) -> bool:
+    """A segment or a .partial one: a file whose first page carries the long segment header."""
+    return bool(_SEGMENT.match(name.removesuffix(".partial")))
+
+
 def is_history(name: str) -> bool:
     return bool(_HISTORY.match(name))
 

@@ -10,13 +10,25 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.connect import connect
+
+ARCHIVING_FIX = ("in postgresql.conf set wal_level = replica, archive_mode = on and archive_command = the line "
+                 "`drp wal archive-command --socket …` prints, then restart PostgreSQL (archive_mode and wal_level "
+                 "need a restart); docs/wal.md, Settings")
+
+
+class WalArchivingOffError(DrpError):
+    """The source server does not archive WAL: nothing reaches the archive, point-in-time recovery is impossible."""
 
 
 @dataclass(frozen=True)
 class PgWalState:
     current_wal: str  # the segment being written (not complete, so not archivable yet)
+    wal_level: str
     archive_mode: str
+    archive_command_runs_drp: bool | None  # None: this role may not read archive_command (its text may hold secrets: not kept)
+    archive_library: str
     archive_timeout_s: int
     last_archived_wal: str | None
     last_archived_time: datetime | None
@@ -34,8 +46,10 @@ class PgWalState:
 def read_pg_wal_state(dsn: str) -> PgWalState:
     """One read-only look (needs superuser or pg_monitor for pg_ls_waldir/pg_ls_archive_statusdir)."""
     with connect(dsn, autocommit=True) as conn:
-        current, mode, timeout = conn.execute(
-            "SELECT pg_walfile_name(pg_current_wal_lsn()), current_setting('archive_mode'),"
+        current, level, mode, command, library, timeout = conn.execute(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), current_setting('wal_level'), current_setting('archive_mode'),"
+            " (SELECT setting FROM pg_settings WHERE name = 'archive_command'),"
+            " coalesce((SELECT setting FROM pg_settings WHERE name = 'archive_library'), ''),"
             " extract(epoch FROM current_setting('archive_timeout')::interval)::int"
         ).fetchone()
         archived_wal, archived_at, failed, failed_wal, failed_at = conn.execute(
@@ -47,15 +61,16 @@ def read_pg_wal_state(dsn: str) -> PgWalState:
             " FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
         ).fetchone()
         wal_bytes = conn.execute("SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir()").fetchone()[0]
-    return PgWalState(current, mode, timeout, archived_wal, archived_at, failed, failed_wal, failed_at, ready,
+    return PgWalState(current, level, mode, None if command is None else runs_drp(command), library, timeout, archived_wal, archived_at, failed, failed_wal, failed_at, ready,
                       oldest, wal_bytes)
 
 
 def wal_alerts(state: PgWalState, *, lag_limit_s: float, pg_wal_limit_bytes: int) -> list[str]:
     """Human-readable alerts; empty when archiving keeps up."""
     alerts = []
-    if state.archive_mode == "off":
-        alerts.append("archive_mode is off: no WAL is archived, point-in-time recovery is impossible")
+    off = archiving_off(state)
+    if off:
+        alerts.append(f"{off}; fix: {ARCHIVING_FIX}")
     if state.oldest_ready_age_s is not None and state.oldest_ready_age_s > lag_limit_s:
         alerts.append(f"WAL archive lag {state.oldest_ready_age_s:.0f} s > {lag_limit_s:.0f} s: {state.ready_count} "
                       f"segment(s) waiting, last failure on {state.last_failed_wal or '-'}")
@@ -72,3 +87,38 @@ def caught_up(state: PgWalState, archived_here: bool) -> bool:
     failed_since = state.last_failed_time is not None and (
         state.last_archived_time is None or state.last_failed_time > state.last_archived_time)
     return state.archive_mode != "off" and state.ready_count == 0 and not failed_since and archived_here
+
+
+def archiving_off(state: PgWalState) -> str | None:
+    """Why the server archives no WAL at all (wal_level minimal, archive_mode off), or None."""
+    reasons = [f"wal_level is {state.wal_level}"] if state.wal_level == "minimal" else []
+    if state.archive_mode == "off":
+        reasons.append("archive_mode is off")
+    if not reasons:
+        return None
+    return " and ".join(reasons) + ": the server archives no WAL, point-in-time recovery is impossible"
+
+
+def require_archiving(state: PgWalState) -> None:
+    """WalArchivingOffError unless the server archives WAL (checked by verify and the archiver)."""
+    off = archiving_off(state)
+    if off:
+        raise WalArchivingOffError(off, fix=ARCHIVING_FIX)
+
+
+def archiving_warnings(state: PgWalState) -> list[str]:
+    """Settings that archive, but not through drp: the archive this repository checks gets nothing."""
+    if archiving_off(state):
+        return []
+    if state.archive_library:
+        return [f"archive_library = {state.archive_library!r} is set: PostgreSQL ignores archive_command and "
+                "archives through that module, not through drp; clear it (restart) to archive with drp"]
+    if state.archive_command_runs_drp is False:
+        return ["archive_command does not run drp: segments do not reach this archive; set it to the line "
+                "`drp wal archive-command --socket …` prints, then reload"]
+    return []
+
+
+def runs_drp(command: str) -> bool:
+    """The client of `drp wal archive-command`, or `drp wal push` itself."""
+    return "core/wal/client.py" in command or " wal push " in f" {command} "
