@@ -25,11 +25,19 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-export DRP_DEMO_DIR="${DRP_DEMO_DIR:-$(mktemp -d /tmp/drp-restart-bench-XXXXXX)/demo}"
-chmod 755 "$(dirname "$DRP_DEMO_DIR")"  # PostgreSQL runs as the postgres OS user when we are root
+SCRATCH=""
+if [ -z "${DRP_DEMO_DIR:-}" ]; then
+  SCRATCH="$(mktemp -d /tmp/drp-restart-bench-XXXXXX)"
+  chmod 755 "$SCRATCH"  # PostgreSQL runs as the postgres OS user when we are root
+  export DRP_DEMO_DIR="$SCRATCH/demo"
+fi
 LOGS="$REPO/benchmarks/results/restart-$(date -u +%Y%m%dT%H%M%S)"
 mkdir -p "$LOGS"
-cleanup() { [ "$KEEP" = 1 ] || (cd "$REPO" && scripts/demo down --purge >/dev/null 2>&1) || true; }
+cleanup() {
+  [ "$KEEP" = 1 ] && return 0
+  (cd "$REPO" && scripts/demo down --purge >/dev/null 2>&1) || true
+  [ -z "$SCRATCH" ] || rmdir "$SCRATCH" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 now() { echo "$EPOCHREALTIME"; }

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,7 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         archiver_pid = int(archiving.pid_file.read_text())  # started before dagster dev
         wait_for(lambda: grpc_listening(dagster_dev), timeout=120, what="the code server loading the location",
                  interval=0.1)
+        time.sleep(1.5)  # into the load: before the fix, dagster dev then left its code server running (or served on)
         proc.send_signal(signal.SIGINT)  # Ctrl-C (dagster dev gets it from drp: it has its own session)
         code = proc.wait(timeout=stack.STOP_GRACE + 10)
     finally:
