@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, port_in_use
 from dr_pipelines.core.wal.names import sidecar_key
+from dr_pipelines.demo import stack
 from dr_pipelines.demo.stack import DemoPaths
 from dr_pipelines.demo.status import demo_status
 from dr_pipelines_tests.support.procs import drp, wait_for
@@ -81,6 +83,40 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     assert not cluster.is_running()
     assert not pid_alive(archiver_pid)  # the archiver stopped with the demo
 
+    # A second start skips the first-backup subprocess (the backup is in storage) and starts Dagster at once;
+    # Ctrl-C while `dagster dev` loads the code location (which it ignored for minutes) stops everything.
+    log = (work_base / "demo2.log").open("w")
+    proc = subprocess.Popen(
+        [str(REPO_ROOT / "scripts" / "demo"), "--ui-port", str(ui_port)],
+        env={**os.environ, "DRP_DEMO_DIR": str(demo_dir), "DRP_VENV": str(Path(sys.executable).parent.parent)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        (dagster_dev,) = wait_for(lambda: [c for c in session_children(proc.pid) if b"dagster\x00dev" in cmdline(c)],
+                                  timeout=120, what="dagster dev", interval=0.1)
+        archiver_pid = int(archiving.pid_file.read_text())  # started before dagster dev
+        wait_for(lambda: grpc_listening(dagster_dev), timeout=120, what="the code server loading the location",
+                 interval=0.1)
+        time.sleep(1.5)  # into the load: before the fix, dagster dev then left its code server running (or served on)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C (dagster dev gets it from drp: it has its own session)
+        code = proc.wait(timeout=stack.STOP_GRACE + 10)
+    finally:
+        log.close()
+        if proc.poll() is None:  # it hung: leave nothing running
+            for leader in session_children(proc.pid):
+                os.killpg(leader, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            LocalCluster.attach(demo_dir / "pg").stop()
+            archiving.stop()
+    printed = (work_base / "demo2.log").read_text()
+    assert code == 0, printed[-3000:]
+    assert session_members(dagster_dev) == []  # dagster dev, its code servers, webserver and daemon: all gone
+    assert not LocalCluster.attach(demo_dir / "pg").is_running()
+    assert not pid_alive(archiver_pid)
+    assert f"demo: backup {report['newest_backup']} in storage, no first backup needed" in printed
+    assert "a backup is already materialized" not in printed  # the old 2-6 s subprocess did not run
+
     # Restart reuses the seeded database (no second seeding), then down --purge removes everything.
     again = drp("demo", "up", "--no-ui", env={"DRP_DEMO_DIR": str(demo_dir)})
     assert again.returncode == 0, again.stderr
@@ -92,6 +128,56 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     purged = scripts_demo("down", "--purge", demo_dir=demo_dir)
     assert purged.returncode == 0, purged.stderr
     assert not demo_dir.exists()
+
+
+def session_children(pid: int) -> list[int]:
+    """Children of pid that lead their own session (how the demo starts `dagster dev`)."""
+    return [child for child, stat in _stats().items() if stat[1] == pid and stat[3] == child]
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes in session sid."""
+    return [child for child, stat in _stats().items() if stat[3] == sid and stat[0] != "Z"]
+
+
+def grpc_listening(sid: int) -> bool:
+    """The code server (`dagster api grpc`) in session sid has made its socket (it is loading the location)."""
+    for pid in session_members(sid):
+        args = cmdline(pid).split(b"\x00")
+        if b"grpc" in args and b"--socket" in args and Path(args[args.index(b"--socket") + 1].decode()).exists():
+            return True
+    return False
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _stats() -> dict[int, tuple]:
+    """pid -> (state, ppid, pgrp, session) from /proc/<pid>/stat."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[3]))
+    return out
+
+
+def test_code_location_loads_no_heavy_module() -> None:
+    """`dagster dev` (and every run worker) imports the code location before the UI answers: the heavy
+    libraries of exports, S3 and ADBC stay inside the assets that use them (a guard: ~0.5 s each at load)."""
+    code = ("import sys, dr_pipelines.definitions\n"
+            "print(','.join(sorted({n.split('.')[0] for n in sys.modules} & {'pyarrow', 'boto3', 'botocore', "
+            "'adbc_driver_manager', 'adbc_driver_postgresql', 'pandas', 'numpy'})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"the code location imports {result.stdout.strip()} at load"
 
 
 def test_demo_ui_port_in_use_is_a_clean_error(work_base: Path) -> None:

@@ -39,7 +39,10 @@ def demo_up(
     paths.archiving.prepare()
     if paths.archiving.configure(cluster):
         err.print("WAL archiving switched on (archive_mode needs a restart: the demo database restarted once)")
-    if stack.first_backup(paths, cluster) != 0:
+    existing = stack.restorable_backup(paths)
+    if existing:
+        err.print(f"demo: backup {existing} in storage, no first backup needed")
+    elif stack.first_backup(paths, cluster) != 0:
         err.print("warning: the first backup failed; the UI shows the failed run")
     if no_ui:
         for key, value in env.items():

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,11 +178,29 @@ def check_ui_port(host: str, port: int) -> None:
         )
 
 
+def restorable_backup(paths: DemoPaths) -> str | None:
+    """The newest restorable backup in the demo's storage, read from the catalog (milliseconds).
+
+    Lets a second `demo up` skip first_backup's subprocess, which imports Dagster and the code
+    location only to find the backup already there (2-6 s before the UI could start).
+    """
+    from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+    from dr_pipelines.core.storage import open_storage
+
+    if not paths.storage.exists():
+        return None
+    newest = newest_restorable(list_backups(open_storage(str(paths.storage))))
+    return newest.id if newest else None
+
+
 def first_backup(paths: DemoPaths, cluster: LocalCluster) -> int:
     """Materialize the backup job once in the demo instance (skipped when a backup exists)."""
     prepare_dagster_home(paths)
     env = {**os.environ, **demo_env(paths, cluster)}
     return subprocess.run([sys.executable, "-m", "dr_pipelines.demo.first_backup"], env=env).returncode
+
+
+STOP_GRACE = 10.0  # seconds `dagster dev` gets to stop on Ctrl-C before its whole session is killed
 
 
 def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
@@ -192,6 +211,9 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
     on_ready(url, problem) is called once the UI answers (problem set if the location failed to
     load); waiting(seconds) meanwhile, so nobody opens a URL that does not answer yet. The WAL
     ``archiver`` (DemoArchiving.start) is stopped after the cluster.
+    Ctrl-C or SIGTERM is passed on as SIGINT; `dagster dev` interrupted while it loads the code
+    location ignores it (for minutes), so after STOP_GRACE, or at a second Ctrl-C, its session
+    is killed. The cluster and the archiver are stopped in every case.
     """
     prepare_dagster_home(paths)
     env = {**os.environ, **demo_env(paths, cluster)}
@@ -199,31 +221,41 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "dr_pipelines.definitions"]
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", host, "-p", str(port), *target]
     child = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT if workspace.exists() else None, start_new_session=True)
+    stop_asked: list[float] = []  # when the first Ctrl-C / SIGTERM came
 
     def forward(signum: int, _frame: object) -> None:
-        _signal_group(child, signal.SIGINT)
+        _signal_group(child, signal.SIGKILL if stop_asked else signal.SIGINT)
+        stop_asked.append(time.monotonic())
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    code: int | None = None
     try:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
-        served = wait_until_served(url, alive=lambda: child.poll() is None, waiting=waiting)
+        served = wait_until_served(url, alive=lambda: child.poll() is None and not stop_asked, waiting=waiting)
         if served is not None:
             on_ready(f"http://{host}:{port}", served.error)
-        code = child.wait()
+        code = _wait_stopping(child, stop_asked)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if child.poll() is None:
+        if child.poll() is None:  # left by an exception: stop it the same way
             _signal_group(child, signal.SIGINT)
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
-                child.wait()
+            _wait_stopping(child, [time.monotonic()])
+        _signal_group(child, signal.SIGKILL)  # whatever dagster dev left in its session (code server, run workers)
         cluster.stop()  # PostgreSQL archives what is ready before it exits, through the archiver
         paths.archiving.stop(archiver)
     # An interrupt that dagster dev did not handle itself is still a clean stop.
-    return 0 if code in (0, -signal.SIGINT, 130) else code
+    return 0 if stop_asked or code in (0, -signal.SIGINT, 130) else code
+
+
+def _wait_stopping(child: subprocess.Popen, stop_asked: list[float]) -> int:
+    """Wait for child; once a stop was asked, kill its session if it is still there after STOP_GRACE."""
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stop_asked and time.monotonic() - stop_asked[0] > STOP_GRACE:
+                _signal_group(child, signal.SIGKILL)
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:

@@ -7,11 +7,9 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
-from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.storage import open_storage
-from dr_pipelines.demo.stack import DEMO_DB, DemoPaths, cluster_exists
+from dr_pipelines.demo.stack import DEMO_DB, DemoPaths, cluster_exists, restorable_backup
 from dr_pipelines.demo.ui import LOCATION, code_locations
 
 
@@ -29,9 +27,7 @@ def demo_status(ui_url: str) -> dict[str, Any]:
             except psycopg.Error as exc:
                 db["error"] = str(exc).strip().splitlines()[0]
         report["database"] = db
-    if paths.storage.exists():
-        newest = newest_restorable(list_backups(open_storage(str(paths.storage))))
-        report["newest_backup"] = newest.id if newest else None
+    report["newest_backup"] = restorable_backup(paths)
     try:
         locations = [loc for loc in code_locations(ui_url) if loc.name == LOCATION]
         report["ui"] = {"url": ui_url, "location_loaded": bool(locations) and not locations[0].error}
