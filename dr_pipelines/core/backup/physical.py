@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from dr_pipelines.core.backup.catalog import record_source
+from dr_pipelines.core.backup.catalog import BASE_KIND, record_source
 from dr_pipelines.core.backup.pipeline import (
     BackupError,
     LockedSource,
@@ -42,7 +42,6 @@ from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.names import Segment
 
-KIND = "base-backup"
 WANTED = ("backup_label", "backup_manifest")
 
 
@@ -187,7 +186,7 @@ def lsn_int(lsn: str) -> int:
 def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BaseBackupOptions,
               locked: LockedSource, size: int, pg_basebackup: str, entry: ObjectEntry, extra: dict[str, Any]) -> Manifest:
     return Manifest(
-        kind=KIND,
+        kind=BASE_KIND,
         id=backup_id,
         started_at=started,
         finished_at=datetime.now(UTC),

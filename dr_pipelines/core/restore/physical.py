@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dr_pipelines.core.backup.catalog import BackupEntry
-from dr_pipelines.core.backup.physical import KIND
 from dr_pipelines.core.layout import backup_prefix
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.progress import Progress
@@ -40,7 +39,7 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     a wrong key, an unsafe member) data_dir is removed (emptied if it existed before).
     """
     manifest = entry.manifest
-    if manifest is None or manifest.kind != KIND:
+    if manifest is None or entry.kind != "base":
         raise RestoreError(f"backup {entry.id} is not a base backup ({manifest.kind if manifest else 'no manifest'})",
                            fix="extract a base backup (`drp backup list` shows each backup's kind); logical backups "
                                "are restored with `drp restore`")
