@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
@@ -24,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from dr_pipelines.core import checkpoints
 from dr_pipelines.core.backup.catalog import BASE_KIND, record_source
 from dr_pipelines.core.backup.pipeline import (
     BackupError,
@@ -43,6 +45,7 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.names import Segment
 
 WANTED = ("backup_label", "backup_manifest")
+MID_STREAM = 16 << 20
 
 
 class BaseBackupRefusedError(BackupError):
@@ -86,7 +89,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         start_time = datetime.now(UTC)
         entry = stream_command(cmd, env, storage, f"{prefix}/{BASE_OBJECT}", "base", "tar", age_recipients,
                                level=options.compression_level, threads=options.zstd_threads,
-                               progress=progress, expected=cluster["size"], tap=tap)
+                               progress=progress, expected=cluster["size"], tap=_with_checkpoint(tap))
         try:
             # Any xid at or past this one was assigned after the backup stopped: its commit is
             # after stop_lsn, so recovery from this base can reach it (see docs/backups.md).
@@ -105,6 +108,19 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
     write_manifest(storage, prefix, manifest)  # the commit point
     record_source(storage, manifest.source, replaced=options.source_replaced)
     return manifest
+
+
+def _with_checkpoint(tap: TarTap) -> Callable[[bytes], None]:
+    """The tap, passing checkpoint 'base-backup-mid-stream' once after the first 16 MiB (crash tests stop there)."""
+    seen = [0]
+
+    def feed(data: bytes) -> None:
+        tap(data)
+        before, seen[0] = seen[0], seen[0] + len(data)
+        if before < MID_STREAM <= seen[0]:
+            checkpoints.reached("base-backup-mid-stream")
+
+    return feed
 
 
 def preflight(conn: psycopg.Connection, *, slot: str | None) -> None:

@@ -13,6 +13,7 @@ end, so a mismatch found then removes everything extracted: nothing readable is 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import tarfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from dr_pipelines.core.backup.catalog import BackupEntry
 from dr_pipelines.core.layout import backup_prefix
 from dr_pipelines.core.pg.binaries import find_pg_binaries
+from dr_pipelines.core.pg.cluster import server_os_user
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.storage import Storage
@@ -54,7 +56,7 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     key = f"{backup_prefix(entry.id)}/{obj.key}"
     try:
         _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress)
-        _own_like_contents(data_dir)
+        _give_to_server_user(data_dir)
     except BaseException:
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -99,11 +101,16 @@ def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identiti
         raise untar_error
 
 
-def _own_like_contents(data_dir: Path) -> None:
-    """As root, tar gave the files their recorded owner (the server's); the directory itself must match it."""
-    if os.geteuid() == 0:
-        stat = (data_dir / "PG_VERSION").stat()
-        os.chown(data_dir, stat.st_uid, stat.st_gid)
+def _give_to_server_user(data_dir: Path) -> None:
+    """As root, hand the tree to the OS user PostgreSQL runs as (the ``data`` filter sets no owner: files are ours)."""
+    user = server_os_user()
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(data_dir):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    os.chown(data_dir, entry.pw_uid, entry.pw_gid)
 
 
 def verify_base_backup(data_dir: Path, wal_dir: Path | None = None) -> list[str]:
