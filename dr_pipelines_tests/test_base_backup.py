@@ -23,6 +23,7 @@ import pytest
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import BackupNotFoundError, find_backup, list_backups, pin_backup
 from dr_pipelines.core.backup.gfs import RetentionPolicy
+from dr_pipelines.core.backup.integrity import manifest_problems, object_problems
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
@@ -95,6 +96,7 @@ def test_manifest_records_the_backup_and_its_wal_becomes_archived(rig: WalRig, c
     x = manifest.extra
     assert manifest.kind == "base-backup"
     assert [(o.key, o.role, o.format) for o in manifest.objects] == [(BASE_OBJECT, "base", "tar")]
+    assert manifest_problems(manifest) == [] and object_problems(storage, backup_prefix(manifest.id), manifest) == []
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
         start_seg = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (x["start_lsn"],)).fetchone()[0]
