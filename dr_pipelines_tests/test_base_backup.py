@@ -21,15 +21,23 @@ import psycopg
 import pytest
 
 from dr_pipelines.core import context
-from dr_pipelines.core.backup.catalog import BackupNotFoundError, find_backup, list_backups, pin_backup
+from dr_pipelines.core.backup.catalog import (
+    BackupKindError,
+    BackupNotFoundError,
+    find_backup,
+    list_backups,
+    pin_backup,
+)
 from dr_pipelines.core.backup.gfs import RetentionPolicy
 from dr_pipelines.core.backup.integrity import manifest_problems, object_problems
+from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.s3 import S3Storage
@@ -272,6 +280,12 @@ def test_bad_inputs_are_refused_before_anything_runs(rig: WalRig, cluster: Local
     base_id = next(e.id for e in list_backups(storage) if e.kind == "base")
     _refused(_drp(rig, cluster, "restore", base_id, "--target", cluster.dsn("nowhere")),
              f"backup {base_id} is a base backup", "--pitr")
+    logical = run_logical_backup(cluster.dsn(), storage, rig.settings().encryption_recipients).id  # and vice versa
+    with pytest.raises(BackupKindError, match=f"backup {logical} is a logical backup"):
+        find_backup(storage, logical, kind="base")
+    with pytest.raises(RestoreError, match="is not a base backup"):
+        extract_base_backup(storage, _entry(storage, logical), context.identities(rig.settings()), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
     assert not list((tmp_path / "other-prefix").rglob("manifest.json"))
 
 
