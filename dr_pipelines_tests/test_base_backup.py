@@ -253,13 +253,17 @@ def _refused(result, *words: str) -> None:
 
 
 def test_bad_inputs_are_refused_before_anything_runs(rig: WalRig, cluster: LocalCluster, storage: Storage,
-                                                     bad_cluster: LocalCluster, tmp_path: Path) -> None:
+                                                     bad_cluster: LocalCluster, taken: tuple, tmp_path: Path) -> None:
     other = {"DRP_STORAGE_URL": str(tmp_path / "other-prefix")}  # a prefix of its own: no source mismatch
     _refused(_drp(rig, bad_cluster, "backup", "run", "--physical", **other), "wal_level is 'minimal'")
     bad_cluster.write_settings({**bad_cluster._auto_conf(), "wal_level": "replica", "max_wal_senders": "10"})
     bad_cluster.stop()
     bad_cluster.start()
     _refused(_drp(rig, bad_cluster, "backup", "run", "--physical", **other), "archive_mode is off")
+    bad_cluster.write_settings({**bad_cluster._auto_conf(), "archive_mode": "on"})  # and no archive_command
+    bad_cluster.stop()
+    bad_cluster.start()
+    _refused(_drp(rig, bad_cluster, "backup", "run", "--physical", **other), "archive_command and archive_library are empty")
     _refused(_drp(rig, cluster, "backup", "run", "--physical", "--slot", "nope"), "replication slot 'nope' does not exist")
     space = rig.root / f"space-{uuid.uuid4().hex[:6]}"  # reachable by the postgres OS user
     space.mkdir()
@@ -277,7 +281,7 @@ def test_bad_inputs_are_refused_before_anything_runs(rig: WalRig, cluster: Local
         {"system_identifier": "1234", "database": "postgres", "server": "elsewhere:5432/postgres"}))
     _refused(_drp(rig, cluster, "backup", "run", "--physical", DRP_STORAGE_URL=str(mismatch)),
              "system identifier 1234", "--source-replaced")
-    base_id = next(e.id for e in list_backups(storage) if e.kind == "base")
+    base_id = taken[0].id
     _refused(_drp(rig, cluster, "restore", base_id, "--target", cluster.dsn("nowhere")),
              f"backup {base_id} is a base backup", "--pitr")
     logical = run_logical_backup(cluster.dsn(), storage, rig.settings().encryption_recipients).id  # and vice versa
