@@ -6,6 +6,7 @@ the proof that a backup restores is core/verify.
 
 from __future__ import annotations
 
+from dr_pipelines.core.backup.catalog import BASE_KIND
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.storage import Storage
@@ -16,8 +17,9 @@ def manifest_problems(manifest: Manifest) -> list[str]:
     problems = []
     if not manifest.objects:
         problems.append("lists no objects")
-    if not any(o.role == "database" for o in manifest.objects):
-        problems.append("has no database object")
+    role = "base" if manifest.kind == BASE_KIND else "database"  # base backups hold one tar, logical ones a dump
+    if not any(o.role == role for o in manifest.objects):
+        problems.append(f"has no {role} object")
     if manifest.extra.get("checksums") and not manifest.tables:
         problems.append("records no tables: the source database looks empty (wrong DSN?)")
     return problems
