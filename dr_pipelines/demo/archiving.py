@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.pg.cluster import LocalCluster, _run_as
+from dr_pipelines.core.pg.cluster import LocalCluster, server_os_user
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWITCH_AFTER_S = 30  # with archive_timeout 30 s: RPO about a minute (docs/wal.md, "RPO")
@@ -28,7 +28,7 @@ SETTINGS = {"wal_level": "replica", "archive_mode": "on", "archive_timeout": "30
 
 def pg_python() -> str:
     """A Python 3.11 the PostgreSQL OS user may execute: the system one when we are root."""
-    return "/usr/bin/python3" if _run_as() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    return "/usr/bin/python3" if server_os_user() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
 def drp_wrapper_script(module: str | None = None) -> str:
@@ -43,7 +43,7 @@ def drp_wrapper_script(module: str | None = None) -> str:
 
 def give_to_pg(path: Path) -> None:
     """Hand ``path`` to the PostgreSQL OS user when we are root (archive_command and the archiver run as it)."""
-    user = _run_as()
+    user = server_os_user()
     if user:
         shutil.chown(path, user, user)
 
@@ -77,7 +77,7 @@ class DemoArchiving:
         self.drp.write_text(drp_wrapper_script())
         os.chmod(self.drp, 0o755)
         self.storage.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if _run_as():
+        if server_os_user():
             os.chmod(self.storage, 0o711)  # traversable (not listable) by postgres, for wal/ only
         (self.storage / "wal").mkdir(exist_ok=True, mode=0o700)
         give_to_pg(self.storage / "wal")
@@ -105,7 +105,7 @@ class DemoArchiving:
         Not waited for: until its socket answers, archive_command's client falls back to `drp wal push`.
         """
         self.stop()  # one left by a `demo up` that was killed
-        user = _run_as()
+        user = server_os_user()
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 [str(self.drp), "wal", "archiver", "--socket", str(self.socket), "--switch-after", str(SWITCH_AFTER_S)],
