@@ -50,7 +50,7 @@ def restore(
     s = settings()
     identities = context.identities(s, identity)
     storage = context.storage(s)
-    entry = find_backup(storage, backup_id)
+    entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(s.work_dir)
     if list_only:
         out.print(list_contents(storage, entry, identities, work_dir), highlight=False, end="")
