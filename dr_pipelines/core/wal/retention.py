@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dr_pipelines.core.backup.catalog import BackupEntry
+from dr_pipelines.core.backup.catalog import BASE_KIND, BackupEntry
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import Sidecar, read_sidecar, record_event
@@ -39,8 +39,6 @@ from dr_pipelines.core.wal.names import (
     sidecar_key,
 )
 from dr_pipelines.core.wal.verify import WalReport, verify_archive
-
-BASE_BACKUP_KIND = "base-backup"
 
 
 class WalRetentionRefused(DrpError):
@@ -87,7 +85,7 @@ def needs_of(entries: Iterable[BackupEntry]) -> tuple[list[WalNeed], str | None]
         if entry.error:
             return [], f"backup {entry.id} has an unreadable manifest ({entry.error}): where its WAL starts is unknown"
         m = entry.manifest
-        if m is None or m.kind != BASE_BACKUP_KIND:
+        if m is None or m.kind != BASE_KIND:
             continue
         extra = m.extra
         try:
