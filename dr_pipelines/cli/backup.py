@@ -172,13 +172,22 @@ def backup_prune(
     result = prune_backups(context.storage(s), RetentionPolicy.parse(policy) if policy else context.retention_policy(s), dry_run=dry_run)
     rows = [{"id": d.candidate.id, "time": d.candidate.time.isoformat(), "keep": d.keep, "reasons": list(d.reasons)}
             for d in result.decisions]
+    wal = result.wal.plan.as_dict() | {"deleted": result.wal.deleted} if result.wal else None
     if as_json:
-        emit_json({"dry_run": dry_run, "decisions": rows, "deleted": result.deleted})
-        return
-    for r in rows:
-        verdict = "keep  " if r["keep"] else ("forget" if dry_run else "DELETED")
-        out.print(f"{verdict}  {r['id']}  {r['time'][:19]}  {', '.join(r['reasons'])}", highlight=False)
-    out.print(f"{'would delete' if dry_run else 'deleted'} {sum(not r['keep'] for r in rows)}, kept {sum(r['keep'] for r in rows)}")
+        emit_json({"dry_run": dry_run, "decisions": rows, "deleted": result.deleted, "wal": wal,
+                   "wal_refused": result.wal_refused})
+    else:
+        for r in rows:
+            verdict = "keep  " if r["keep"] else ("forget" if dry_run else "DELETED")
+            out.print(f"{verdict}  {r['id']}  {r['time'][:19]}  {', '.join(r['reasons'])}", highlight=False)
+        out.print(f"{'would delete' if dry_run else 'deleted'} {sum(not r['keep'] for r in rows)}, "
+                  f"kept {sum(r['keep'] for r in rows)}")
+        if result.wal and not result.wal.plan.reason:
+            out.print(f"WAL: {'would delete' if dry_run else 'deleted'} {len(result.wal.plan.delete)} file(s) no "
+                      f"kept base backup needs, kept {result.wal.plan.kept}", highlight=False)
+    if result.wal_refused:
+        err.print(f"WAL not pruned: {result.wal_refused}", highlight=False)
+        raise typer.Exit(1)
 
 
 @backup_app.command("pin")

@@ -114,6 +114,36 @@ def wal_status(as_json: bool = typer.Option(False, "--json", help="Machine-reada
         raise typer.Exit(1)
 
 
+@wal_app.command("prune")
+def wal_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be deleted and why the rest stays."),
+    accept_gaps: bool = typer.Option(False, "--accept-gaps",
+                                     help="Prune although the archive has gaps or corrupt files (recorded as an event)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Delete archived WAL no retained base backup needs (timeline-aware; `drp backup prune` does this too)."""
+    from dr_pipelines.core.backup.catalog import list_backups
+    from dr_pipelines.core.wal.retention import prune_wal
+
+    storage = context.storage(settings())
+    result = prune_wal(storage, list_backups(storage), dry_run=dry_run, accept_problems=accept_gaps)
+    plan = result.plan
+    if as_json:
+        emit_json({"dry_run": dry_run, **plan.as_dict(), "deleted": result.deleted, "event": result.event})
+        return
+    for need in plan.needs:
+        out.print(f"needed from {need.start.name} (timeline {need.timeline}) by base backup {need.backup_id}",
+                  highlight=False)
+    if plan.reason:
+        out.print(f"nothing deleted: {plan.reason}", highlight=False)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {len(plan.delete)} WAL file(s) ({plan.delete_bytes:,} bytes stored), kept {plan.kept}",
+              highlight=False)
+    if result.event:
+        out.print(f"WARNING: pruned despite archive problems; decision recorded at {result.event}", highlight=False)
+
+
 @wal_app.command("archiver")
 def wal_archiver(
     socket_path: Path = typer.Option(..., "--socket", help=_SOCKET_HELP),

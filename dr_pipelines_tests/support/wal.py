@@ -14,7 +14,7 @@ import psycopg
 import yaml
 
 from dr_pipelines.core.crypto import generate_identity_file
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.settings import Settings, load_settings
 from dr_pipelines.core.wal import client
 from dr_pipelines.demo.archiving import drp_wrapper_script, give_to_pg, pg_python
@@ -157,3 +157,29 @@ def fake_segment(name: str, system_id: int = 7_300_000_000_000_000_001, size: in
     start = (int(name[8:16], 16) * (0x100000000 // size) + int(name[16:24], 16)) * size
     header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, int(name[:8], 16), start, 0, system_id, size, 8192)
     return (header + name.encode()).ljust(size, b"\0")
+
+
+def start_recovering(rig: WalRig, data_dir: Path, *, archive: bool = False,
+                     recovery: dict[str, str] | None = None) -> LocalCluster:
+    """Start an extracted base backup with the rig's archive as restore_command (as the server's OS user).
+
+    ``recovery``: recovery_target* settings (default: stop at consistency and promote). ``archive``: keep
+    archiving into the rig, as a promoted standby of the same cluster would (a new timeline); otherwise off.
+    """
+    restore = f"env DRP_CONFIG={rig.config} {rig.drp_for_pg} wal fetch %f %p"
+    lines = {"port": str(free_port()), "unix_socket_directories": "''", "restore_command": f"'{restore}'",
+             **({"recovery_target": "'immediate'", "recovery_target_action": "'promote'"} if recovery is None
+                else recovery)}
+    lines |= rig.cluster_settings() if archive else {"archive_mode": "off"}
+    with open(data_dir / "postgresql.auto.conf", "a") as conf:  # later lines win
+        conf.writelines(f"{k} = {v}\n" for k, v in lines.items())
+    (data_dir / "recovery.signal").touch()
+    give_to_pg(data_dir / "recovery.signal")
+    cluster = LocalCluster.attach(data_dir)
+    cluster.start()
+    return cluster
+
+
+def in_recovery(cluster: LocalCluster) -> bool:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]

@@ -1,4 +1,8 @@
-"""Apply a GFS retention policy to the backups in storage (pins and the newest restorable always stay)."""
+"""Apply a GFS retention policy to the backups in storage (pins and the newest restorable always stay).
+
+The WAL archive is pruned right after, from the backups that remain (core/wal/retention.py): WAL
+has no retention rules of its own, so it can never be deleted while a kept base backup needs it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from dr_pipelines.core.backup.catalog import BackupEntry, delete_backup, list_backups
 from dr_pipelines.core.backup.gfs import Candidate, Decision, RetentionPolicy, plan
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.retention import WalPruneResult, WalRetentionRefused, prune_wal
 
 
 @dataclass
@@ -14,6 +19,8 @@ class PruneResult:
     decisions: list[Decision]
     deleted: list[str]
     dry_run: bool
+    wal: WalPruneResult | None = None
+    wal_refused: str | None = None  # why no WAL was deleted although some is unneeded (e.g. a gap)
 
     @property
     def kept(self) -> list[str]:
@@ -28,8 +35,10 @@ def candidates(entries: list[BackupEntry]) -> list[Candidate]:
     return out
 
 
-def prune_backups(storage: Storage, policy: RetentionPolicy, *, dry_run: bool) -> PruneResult:
-    """Decide with restic semantics; unless dry_run, delete what no rule keeps (manifest first)."""
+def prune_backups(storage: Storage, policy: RetentionPolicy, *, dry_run: bool, wal: bool = True) -> PruneResult:
+    """Decide with restic semantics; unless dry_run, delete what no rule keeps (manifest first), then the WAL
+    no remaining base backup needs. A refused WAL prune (gaps) is reported in ``wal_refused``, not raised:
+    the backups' own retention has been applied and stays applied."""
     entries = {e.id: e for e in list_backups(storage)}
     decisions = plan(candidates(list(entries.values())), policy)
     deleted = []
@@ -38,4 +47,11 @@ def prune_backups(storage: Storage, policy: RetentionPolicy, *, dry_run: bool) -
             if not d.keep:
                 delete_backup(storage, entries[d.candidate.id])
                 deleted.append(d.candidate.id)
-    return PruneResult(decisions, deleted, dry_run)
+    result = PruneResult(decisions, deleted, dry_run)
+    if wal:
+        remaining = [e for i, e in entries.items() if i not in deleted]
+        try:
+            result.wal = prune_wal(storage, remaining, dry_run=dry_run)
+        except WalRetentionRefused as exc:
+            result.wal_refused = str(exc)
+    return result
