@@ -36,7 +36,7 @@ from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import database_checksums
-from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
 from dr_pipelines.core.storage import Storage
@@ -46,7 +46,7 @@ from dr_pipelines.core.wal.archive import fetch_wal
 from dr_pipelines.core.wal.names import sidecar_key
 from dr_pipelines_tests.support.procs import start_paused, wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
-from dr_pipelines_tests.support.wal import WalRig, give_to_pg, pid_alive
+from dr_pipelines_tests.support.wal import WalRig, give_to_pg, in_recovery, pid_alive, start_recovering
 
 ROWS = 60_000
 
@@ -139,28 +139,15 @@ def test_round_trip_recovers_exactly_the_rows_at_the_backups_stop(rig: WalRig, s
     for name in (manifest.extra["wal_start"], manifest.extra["wal_stop"]):
         fetch_wal(storage, context.identities(rig.settings()), name, wal_dir / name)
     assert verify_base_backup(data_dir, wal_dir) == []
-    port = free_port()
-    restore = f"env DRP_CONFIG={rig.config} {rig.drp_for_pg} wal fetch %f %p"
-    with open(data_dir / "postgresql.auto.conf", "a") as conf:  # later lines win
-        conf.write(f"port = {port}\narchive_mode = off\nunix_socket_directories = ''\n"
-                   f"restore_command = '{restore}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
-    (data_dir / "recovery.signal").touch()
-    give_to_pg(data_dir / "recovery.signal")
-    restored = LocalCluster.attach(data_dir)
+    restored = start_recovering(rig, data_dir)
     try:
-        restored.start()
-        wait_for(lambda: not _in_recovery(restored), timeout=60, what="promotion", interval=0.3)
+        wait_for(lambda: not in_recovery(restored), timeout=60, what="promotion", interval=0.3)
         assert database_checksums(restored.dsn()) == checksums
         with psycopg.connect(restored.dsn()) as conn:
             assert conn.execute("SELECT count(*) FROM patients WHERE id > %s", (ROWS,)).fetchone()[0] == 0
             assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"
     finally:
         restored.remove()
-
-
-def _in_recovery(cluster: LocalCluster) -> bool:
-    with psycopg.connect(cluster.dsn()) as conn:
-        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
 
 
 def test_pg_verifybackup_names_a_tampered_file(rig: WalRig, storage: Storage, taken: tuple) -> None:
