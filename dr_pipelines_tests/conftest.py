@@ -14,6 +14,7 @@ import pytest
 
 from dr_pipelines.core.pg.binaries import PgBinaries, installed_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)
 
@@ -83,7 +84,8 @@ def no_checkout_demo(work_base: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg_cluster(work_base: Path) -> Iterator[LocalCluster]:
     """One real PostgreSQL cluster for the whole session (trust on 127.0.0.1: test data only, DSNs stay simple)."""
-    cluster = LocalCluster.create(work_base / "pg", settings={"max_connections": "200", "max_wal_size": "'1GB'"},
+    cluster = LocalCluster.create(work_base / "pg", settings={**TEST_CLUSTER_SETTINGS, "max_connections": "200",
+                                                               "max_wal_size": "'1GB'"},
                                   tcp_trust=True)
     yield cluster
     cluster.remove()

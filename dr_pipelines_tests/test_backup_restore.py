@@ -88,6 +88,7 @@ from dr_pipelines_tests.support.backup import (
     truncate_half,
     user_tables,
 )
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import BIN, drp, wait_for
 from dr_pipelines_tests.support.s3 import free_port
@@ -648,7 +649,7 @@ def test_unreachable_source_is_named_and_writes_nothing(keys: Keys, tmp_path: Pa
 
 def test_wrong_password_is_a_clear_error_without_the_password(work_base: Path, keys: Keys, tmp_path: Path) -> None:
     right, wrong = "Right-horse-battery-91", "Wrong-staple-correct-17"
-    cluster = LocalCluster.create(work_base / f"pwauth-{uuid.uuid4().hex[:8]}")
+    cluster = LocalCluster.create(work_base / f"pwauth-{uuid.uuid4().hex[:8]}", settings=TEST_CLUSTER_SETTINGS)
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE ROLE pwuser LOGIN PASSWORD '{right}'")

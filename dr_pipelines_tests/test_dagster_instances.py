@@ -41,7 +41,7 @@ def webserver(tmp_path: Path, dagster_home: Path, demo_db: str) -> Iterator[str]
 @pytest.mark.slow
 def test_headless_webserver_lists_this_locations_assets(webserver: str) -> None:
     locations = wait_for(lambda: [l for l in code_locations(webserver) if l.name == "dr_pipelines" and l.assets],
-                         timeout=120, what="dagster-webserver")
+                         timeout=120, what="dagster-webserver", interval=0.2)
     (loc,) = locations
     assert loc.error is None
     assert "source_profile" in loc.assets

@@ -26,6 +26,7 @@ from dr_pipelines.core.health.checks import (
 )
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import drp, wait_for
 
@@ -49,7 +50,7 @@ def archiving_cluster(work_base: Path) -> Iterator[LocalCluster]:
     """archive_mode=on with a command that always fails, after a WAL switch the archiver has tried."""
     cluster = LocalCluster.create(
         work_base / "health-archiving",
-        settings={"archive_mode": "on", "archive_command": f"'false {ARCHIVE_TOKEN}'"},
+        settings={**TEST_CLUSTER_SETTINGS, "archive_mode": "on", "archive_command": f"'false {ARCHIVE_TOKEN}'"},
         tcp_trust=True,  # the standby (pg_basebackup, primary_conninfo) connects as the postgres OS user
     )
     try:

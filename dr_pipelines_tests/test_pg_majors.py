@@ -20,13 +20,15 @@ from dr_pipelines.core.restore.logical import restore_backup
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.demo.generate import seed_demo
 from dr_pipelines_tests.support.backup import Keys, assert_restored_equals_manifest, assert_same_schema
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 
 
 def test_backup_restore_round_trip_on_each_installed_major(
     pg_binaries_of_major: PgBinaries, work_base: Path, tmp_path: Path
 ) -> None:
     major = pg_binaries_of_major.major
-    cluster = LocalCluster.create(work_base / f"pg{major}-{uuid.uuid4().hex[:8]}", binaries=pg_binaries_of_major)
+    cluster = LocalCluster.create(work_base / f"pg{major}-{uuid.uuid4().hex[:8]}", binaries=pg_binaries_of_major,
+                                 settings=TEST_CLUSTER_SETTINGS)
     try:
         source = cluster.create_database("clinic")
         with psycopg.connect(source) as conn:

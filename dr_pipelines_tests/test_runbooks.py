@@ -16,6 +16,7 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import open_storage
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 
 RUNBOOKS = Path(__file__).resolve().parents[1] / "runbooks"
 
@@ -52,7 +53,7 @@ def test_escape_hatch_restores_with_stock_tools_only(work_base: Path, tmp_path: 
         conn.execute(TRICKY_SQL)
     manifest = run_logical_backup(demo_db, storage, [str(identity.to_public())])
     assert {'Odd Schema.Tricky "Name"', 'public.Tricky "Name"'} <= {t.name for t in manifest.tables}
-    target = LocalCluster.create(work_base / "escape-hatch")
+    target = LocalCluster.create(work_base / "escape-hatch", settings=TEST_CLUSTER_SETTINGS)
     try:
         bin_dir = LocalCluster.attach(target.data_dir).binaries.bin_dir
         env = {

@@ -142,7 +142,8 @@ def test_kill_9_of_the_archiver_mid_push_loses_nothing(rig: WalRig, cluster: Loc
         finally:
             stop.set()
             writer.join(timeout=30)
-    wait_for(lambda: archiver_stats(cluster)[2] > failed_before, timeout=30, what="PostgreSQL seeing the failed push")
+    wait_for(lambda: archiver_stats(cluster)[2] > failed_before, timeout=30, what="PostgreSQL seeing the failed push",
+             interval=0.2)
     with rig.archiver():  # restarted (as systemd would): PostgreSQL's retries go through it
         last = switch_wal(cluster)
         wait_archived(cluster, last, timeout=60)

@@ -18,6 +18,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.settings import Settings, load_settings
 from dr_pipelines.core.wal import client
 from dr_pipelines.demo.archiving import drp_wrapper_script, give_to_pg, pg_python
+from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 from dr_pipelines_tests.support.procs import drp, wait_for
 
 
@@ -79,7 +80,8 @@ class WalRig:
         return " ".join(parts)
 
     def cluster_settings(self, archive_timeout: str = "2s") -> dict[str, str]:
-        return {"wal_level": "replica", "archive_mode": "on", "archive_command": f"'{self.archive_command()}'",
+        return {**TEST_CLUSTER_SETTINGS, "wal_level": "replica", "archive_mode": "on",
+                "archive_command": f"'{self.archive_command()}'",
                 "archive_timeout": f"'{archive_timeout}'", "wal_keep_size": "'1GB'"}
 
     def settings(self) -> Settings:
