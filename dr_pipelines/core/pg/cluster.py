@@ -184,17 +184,17 @@ class LocalCluster:
             with _password_file(password, owner) as pwfile:
                 self._run([*cmd, "--auth=scram-sha-256", f"--pwfile={pwfile}"], what="initdb")
             write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
-        self.write_settings(
-            {
-                "port": str(self.port),
-                "listen_addresses": f"'{HOST}'",
-                # Clients connect over TCP; a data directory too deep for a socket path gets no socket.
-                "unix_socket_directories": f"'{self.socket_dir}'"
-                if len(os.fsencode(f"{self.socket_dir}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH else "''",
-                "fsync": "on",
-                **self.settings,
-            }
-        )
+        self.write_settings({**self.listen_settings(), "fsync": "on", **self.settings})
+
+    def listen_settings(self) -> dict[str, str]:
+        """Port, 127.0.0.1 and the socket directory, as every cluster drp makes listens."""
+        return {
+            "port": str(self.port),
+            "listen_addresses": f"'{HOST}'",
+            # Clients connect over TCP; a data directory too deep for a socket path gets no socket.
+            "unix_socket_directories": f"'{self.socket_dir}'"
+            if len(os.fsencode(f"{self.socket_dir}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH else "''",
+        }
 
     def write_settings(self, settings: Mapping[str, str]) -> None:
         """Write postgresql.auto.conf (replacing it); values are literal config syntax."""
@@ -211,7 +211,7 @@ class LocalCluster:
                         fix="stop whatever listens there, or create the cluster on another port",
                     )
                 self.port = free_port()
-                self.write_settings({**self._auto_conf(), "port": str(self.port)})
+                self.write_settings({**self.read_settings(), "port": str(self.port)})
             try:
                 self._run(
                     [self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -223,6 +223,11 @@ class LocalCluster:
                 if attempt == 2 or not retry_other_port or not port_in_use(self.port):
                     raise
         self._wait_ready()
+
+    def launch(self) -> None:
+        """pg_ctl start without waiting: an archive recovery can run for hours, and its caller follows it."""
+        self._run([self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-W", "start"],
+                  what="pg_ctl start")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -297,7 +302,8 @@ class LocalCluster:
             return "(no server log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def _auto_conf(self) -> dict[str, str]:
+    def read_settings(self) -> dict[str, str]:
+        """postgresql.auto.conf as written (values in config syntax), to change some and write it back."""
         out: dict[str, str] = {}
         for line in _read_as_owner(self.data_dir / "postgresql.auto.conf").splitlines():
             key, sep, value = line.partition("=")
@@ -337,6 +343,18 @@ def _password_file(password: str, owner: str | None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def give_to_server(path: Path) -> None:
+    """Hand a directory tree (an extracted base backup, a socket folder) to the server's OS user, when we are root."""
+    owner = _run_as()
+    if not owner:
+        return
+    user = pwd.getpwnam(owner)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str) -> None:
