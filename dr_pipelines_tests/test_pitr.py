@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import psycopg
 import pytest
 
 from dr_pipelines.core.pg.binaries import find_pg_binaries
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
 from dr_pipelines.core.restore.pitr import (
     BaseBackup,
     PitrError,
@@ -35,6 +36,7 @@ from dr_pipelines.core.restore.targets import format_lsn, parse_lsn
 from dr_pipelines.core.wal.names import object_key, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT
 from dr_pipelines.core.wal.restore_points import RestorePointError
+from dr_pipelines_tests.support.procs import wait_for
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
@@ -66,7 +68,12 @@ class Ledger:
 
     def sql(self, query: str) -> object:
         with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
-            return conn.execute(query).fetchone()[0]
+            cur = conn.execute(query)
+            return cur.fetchone()[0] if cur.description else None
+
+    def switch(self) -> None:
+        """Close the open segment and wait until it is archived: everything so far is restorable."""
+        wait_archived(self.cluster, str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")))
 
     def base_backup(self, name: str) -> None:
         """pg_basebackup -Fp -X none, described as bb's manifest will (extra: LSNs, times, next xid)."""
@@ -82,16 +89,15 @@ class Ledger:
         self.bases[name] = (BaseBackup.from_extra(name, extra), target)
 
 
-@pytest.fixture(scope="module")
-def ledger(work_base: Path) -> Iterator[Ledger]:
-    rig = WalRig.make(work_base / f"pitr-{uuid.uuid4().hex[:8]}")
+@contextmanager
+def ledger_on(rig: WalRig) -> Iterator[Ledger]:
+    """An archiving cluster with six ledger batches, base backup a after batch 1 and b after batch 4;
+    a time after batch 2, an LSN after batch 3, batch 4's xid and restore point 'after-batch5' recorded."""
     cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings(), tcp_trust=True)
+    led = Ledger(rig, cluster)
     try:
         with rig.archiver():
-            led = Ledger(rig, cluster)
-            led.sql("SELECT 1")
-            with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-                conn.execute(LEDGER)
+            led.sql(LEDGER)
             led.batch(1)
             led.base_backup("a")
             led.batch(2)
@@ -104,10 +110,17 @@ def ledger(work_base: Path) -> Iterator[Ledger]:
             point = rig.drp("wal", "restore-point", "after-batch5", DRP_SOURCE_DSN=cluster.dsn())
             assert point.returncode == 0, point.stderr
             led.batch(6)
-            wait_archived(cluster, str(led.sql("SELECT pg_walfile_name(pg_switch_wal())")))
+            led.switch()
             yield led
     finally:
+        led.cluster.remove()
         cluster.remove()
+
+
+@pytest.fixture(scope="module")
+def ledger(work_base: Path) -> Iterator[Ledger]:
+    with ledger_on(WalRig.make(work_base / f"pitr-{uuid.uuid4().hex[:8]}")) as led:
+        yield led
 
 
 @pytest.fixture
@@ -156,6 +169,15 @@ def archive_listing(rig: WalRig) -> dict[str, str]:
             for p in sorted(rig.storage_dir.rglob("*")) if p.is_file()}
 
 
+def assert_untouched_by_restores(ledger: Ledger, before: dict[str, str]) -> None:
+    """Every object byte-identical; new ones only the source's own timeline-1 segments (it keeps archiving).
+    A restored cluster that archived would add its 00000002.history, a .partial and timeline-2 segments."""
+    after = archive_listing(ledger.rig)
+    assert {k: after.get(k) for k in before} == before
+    added = sorted(set(after) - set(before))
+    assert all(k.startswith("wal/00000001/00000001") and ".partial" not in k for k in added), added
+
+
 def nothing_left(data_dir: Path) -> None:
     assert not data_dir.exists() or not any(data_dir.iterdir()), f"{data_dir} left behind"
     ps = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True)
@@ -190,7 +212,7 @@ def test_pitr_restores_exactly_the_rows_committed_before_the_target(ledger: Ledg
         assert progress and progress[-1][0] == "WAL replayed"
     finally:
         LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
-    assert archive_listing(ledger.rig) == before  # a test restore and its promote never write to the production archive
+    assert_untouched_by_restores(ledger, before)
 
 
 def test_targets_parse_strictly() -> None:
@@ -289,3 +311,53 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
         nothing_left(where / "replayed")
     finally:
         obj.write_bytes(original)
+
+
+def test_cli_refuses_bad_pitr_input_without_a_traceback(ledger: Ledger, where: Path) -> None:
+    dest = str(where / "restored")
+    unknown = ledger.rig.drp("restore", "--pitr", "--restore-point", "nope", "--new-cluster", dest)
+    assert unknown.returncode == 1 and "known: after-batch5" in unknown.stderr and "Traceback" not in unknown.stderr
+    two = ledger.rig.drp("restore", "--pitr", "--latest", "--lsn", "0/1", "--new-cluster", dest)
+    assert two.returncode == 2 and "exactly one target" in two.stderr
+    naive = ledger.rig.drp("restore", "--pitr", "--time", "2026-12-01 02:10:00", "--data-dir", dest)
+    assert naive.returncode == 2 and "no UTC offset" in naive.stderr
+    no_pitr = ledger.rig.drp("restore", "--time", "2026-12-01 02:10:00+00", "--new-cluster", dest)
+    assert no_pitr.returncode == 2 and "add --pitr" in no_pitr.stderr
+    nothing_left(where / "restored")
+
+
+def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: Path) -> None:
+    """The primary is lost and its standby (archiving to the same repository) promoted: timeline 2.
+    A PITR from base a (timeline 1) follows the history file to a restore point on timeline 2.
+    Runs last: the ledger's primary is stopped."""
+    standby_dir = ledger.rig.root / "standby"
+    subprocess.run([find_pg_binaries().tool("pg_basebackup"), "-d", ledger.cluster.dsn(), "-D", str(standby_dir),
+                    "-Fp", "-X", "stream", "-R", "--checkpoint=fast"], check=True, capture_output=True)
+    give_to_server(standby_dir)
+    standby = LocalCluster(data_dir=standby_dir, port=free_port(), tcp_trust=True)
+    standby.write_settings({**standby.read_settings(), **standby.listen_settings()})
+    standby.start()
+    ledger.batch(7)
+    lsn = ledger.sql("SELECT pg_current_wal_lsn()::text")
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0],
+                 timeout=30, what="standby catching up", interval=0.2)
+    ledger.cluster.stop()  # the primary is lost
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_promote()")
+    primary, ledger.cluster = ledger.cluster, standby
+    ledger.batch(8)
+    point = ledger.rig.drp("wal", "restore-point", "on-timeline-2", DRP_SOURCE_DSN=standby.dsn())
+    assert point.returncode == 0 and "timeline 2" in point.stdout, point.stderr
+    ledger.batch(9)
+    ledger.switch()
+
+    result = pitr(ledger, RecoveryTarget.parse(name="on-timeline-2"), where / "restored")
+    try:
+        assert result.base.id == "b"  # timeline 1, before the switch: history followed
+        ids, checksum = restored_ids(result)
+        assert ids == ledger.ids_after[8] and checksum == source_checksum(ledger, ids[-1])
+        assert result.recovery.timeline == 3
+    finally:
+        LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+    assert not primary.is_running()

@@ -31,10 +31,19 @@ from dr_pipelines.core.restore.targets import (
 from dr_pipelines.core.storage import Storage
 
 __all__ = ["BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
-           "choose_base_backup", "configure_recovery", "recover", "restore_to_point"]
+           "choose_base_backup", "configure_recovery", "extract_from_storage", "recover", "restore_to_point"]
 
 Extract = Callable[[BaseBackup, Path], None]  # puts the base backup's files into an empty data directory
 DEFAULT_PREFETCH = 8
+
+
+def extract_from_storage(storage: Storage, identities: Sequence[object], progress: Progress | None = None) -> Extract:
+    """The base backup's tar from storage, verified and unpacked (core/restore/physical.py, the base backup work)."""
+    def extract(base: BaseBackup, data_dir: Path) -> None:
+        from dr_pipelines.core.restore.physical import extract_base_backup  # type: ignore[import-not-found]
+
+        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress)
+    return extract
 
 
 @dataclass(frozen=True)
