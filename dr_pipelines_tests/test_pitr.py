@@ -37,6 +37,7 @@ from dr_pipelines.core.wal.names import object_key, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT
 from dr_pipelines.core.wal.restore_points import RestorePointError
 from dr_pipelines_tests.support.procs import wait_for
+from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
@@ -324,6 +325,24 @@ def test_cli_refuses_bad_pitr_input_without_a_traceback(ledger: Ledger, where: P
     no_pitr = ledger.rig.drp("restore", "--time", "2026-12-01 02:10:00+00", "--new-cluster", dest)
     assert no_pitr.returncode == 2 and "add --pitr" in no_pitr.stderr
     nothing_left(where / "restored")
+
+
+def test_pitr_from_s3(work_base: Path, s3_server: MotoServer, s3_bucket: str) -> None:
+    """The same ledger archived to S3 (moto over HTTP): a PITR to the LSN after batch 3, fetched with prefetch."""
+    rig = WalRig.make(work_base / f"pitr-s3-{uuid.uuid4().hex[:8]}", storage={
+        "storage_url": f"s3://{s3_bucket}/clinic-a", "s3_endpoint_url": s3_server.endpoint_url,
+        "s3_region": s3_server.region, "s3_access_key_id": s3_server.access_key,
+        "s3_secret_access_key": s3_server.secret_key})
+    with ledger_on(rig) as led:
+        where = rig.root / "restores"
+        where.mkdir()
+        result = pitr(led, RecoveryTarget.parse(lsn=str(led.marks["lsn"])), where / "restored", prefetch=4)
+        try:
+            assert result.base.id == "a"
+            ids, checksum = restored_ids(result)
+            assert ids == led.ids_after[3] and checksum == source_checksum(led, ids[-1])
+        finally:
+            LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
 
 
 def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: Path) -> None:
