@@ -10,8 +10,6 @@ running or on disk after a failure, and the production archive is never written 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,20 +17,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.catalog import list_backups
+from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
 from dr_pipelines.core.restore.pitr import (
     BaseBackup,
     PitrError,
+    PitrResult,
     RecoveryTarget,
     choose_base_backup,
+    extract_from_storage,
     restore_to_point,
 )
-from dr_pipelines.core.restore.targets import format_lsn, parse_lsn
+from dr_pipelines.core.restore.targets import base_backups, format_lsn, parse_lsn
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.names import object_key, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT
 from dr_pipelines.core.wal.restore_points import RestorePointError
@@ -50,7 +55,7 @@ class Ledger:
 
     rig: WalRig
     cluster: LocalCluster
-    bases: dict[str, tuple[BaseBackup, Path]] = field(default_factory=dict)
+    bases: dict[str, str] = field(default_factory=dict)  # short name -> backup id
     marks: dict[str, object] = field(default_factory=dict)
     ids_after: dict[int, list[int]] = field(default_factory=dict)  # batch -> ids committed up to it
 
@@ -76,18 +81,20 @@ class Ledger:
         """Close the open segment and wait until it is archived: everything so far is restorable."""
         wait_archived(self.cluster, str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")))
 
+    @property
+    def storage(self) -> Storage:
+        return context.storage(self.rig.settings())
+
     def base_backup(self, name: str) -> None:
-        """pg_basebackup -Fp -X none, described as bb's manifest will (extra: LSNs, times, next xid)."""
-        next_xid = self.sql("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-        target = self.rig.root / f"base-{name}"
-        subprocess.run([find_pg_binaries().tool("pg_basebackup"), "-d", self.cluster.dsn(), "-D", str(target), "-Fp",
-                        "-X", "none", "--checkpoint=fast"], check=True, capture_output=True)
-        wal = json.loads((target / "backup_manifest").read_text())["WAL-Ranges"][0]
-        stop_time = self.sql("SELECT now()")
-        start_seg = self.sql(f"SELECT pg_walfile_name('{wal['Start-LSN']}')")
-        extra = {"timeline": wal["Timeline"], "start_lsn": wal["Start-LSN"], "stop_lsn": wal["End-LSN"],
-                 "wal_start": start_seg, "stop_time": stop_time.isoformat(), "next_xid": next_xid}
-        self.bases[name] = (BaseBackup.from_extra(name, extra), target)
+        """A real base backup into the archive's storage (run_base_backup), remembered under a short name."""
+        manifest = run_base_backup(self.cluster.dsn(), self.storage, self.rig.settings().encryption_recipients)
+        self.bases[name] = manifest.id
+
+    def base_entries(self) -> list[Any]:
+        return list_backups(self.storage)
+
+    def base(self, name: str) -> BaseBackup:
+        return next(b for b in base_backups(self.base_entries()) if b.id == self.bases[name])
 
 
 @contextmanager
@@ -132,28 +139,16 @@ def where(ledger: Ledger) -> Path:
     return path
 
 
-def entries(ledger: Ledger) -> list[BaseBackup]:
-    return [base for base, _ in ledger.bases.values()]
+def pitr(ledger: Ledger, target: RecoveryTarget, data_dir: Path, **kwargs: Any) -> PitrResult:
+    """restore_to_point on the ledger's storage: base backups extracted from it, WAL fetched by the rig's drp."""
+    storage = ledger.storage
+    kwargs.setdefault("extract", extract_from_storage(storage, context.identities(ledger.rig.settings(), None)))
+    return restore_to_point(storage, target, data_dir, entries=ledger.base_entries(), work_dir=ledger.rig.root / "work",
+                            drp=str(ledger.rig.drp_for_pg), config=ledger.rig.config, **kwargs)
 
 
-def copy_base(ledger: Ledger):  # type: ignore[no-untyped-def]
-    """bb's extract_base_backup stand-in until it lands: the plain base backup copied in."""
-    def extract(base: BaseBackup, data_dir: Path) -> None:
-        shutil.copytree(ledger.bases[base.id][1], data_dir, dirs_exist_ok=True)
-    return extract
-
-
-def pitr(ledger: Ledger, target: RecoveryTarget, data_dir: Path, **kwargs: object):  # type: ignore[no-untyped-def]
-    settings = ledger.rig.settings()
-    from dr_pipelines.core import context
-
-    kwargs.setdefault("extract", copy_base(ledger))
-    return restore_to_point(context.storage(settings), target, data_dir, entries=entries(ledger),
-                            work_dir=ledger.rig.root / "work", drp=str(ledger.rig.drp_for_pg),
-                            config=ledger.rig.config, **kwargs)  # type: ignore[arg-type]
-
-
-def restored_ids(result) -> tuple[list[int], str]:  # type: ignore[no-untyped-def]
+def restored_ids(result: PitrResult) -> tuple[list[int], str]:
+    assert result.recovery.dsn is not None
     with psycopg.connect(result.recovery.dsn) as conn:
         rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
     return [r[0] for r in rows], hashlib.sha256(repr(rows).encode()).hexdigest()
@@ -201,7 +196,7 @@ def test_pitr_restores_exactly_the_rows_committed_before_the_target(ledger: Ledg
     progress: list[tuple[str, int, int | None]] = []
     result = pitr(ledger, target, where / "restored", progress=lambda *a: progress.append(a))
     try:
-        assert result.base.id == base
+        assert result.base.id == ledger.bases[base]
         ids, checksum = restored_ids(result)
         assert ids == ledger.ids_after[batch]
         assert checksum == source_checksum(ledger, ids[-1])
@@ -230,13 +225,13 @@ def test_targets_parse_strictly() -> None:
 
 
 def test_target_before_the_oldest_base_is_refused_naming_it(ledger: Ledger, where: Path) -> None:
-    oldest = ledger.bases["a"][0]
+    oldest = ledger.base("a")
     target = RecoveryTarget.parse(time=(oldest.stop_time - timedelta(seconds=1)).isoformat())
-    with pytest.raises(PitrError, match="before the oldest restorable point: base backup a") as exc:
+    with pytest.raises(PitrError, match=f"before the oldest restorable point: base backup {ledger.bases['a']}") as exc:
         pitr(ledger, target, where / "restored")
     assert oldest.stop_time.isoformat() in str(exc.value)
     nothing_left(where / "restored")
-    assert choose_base_backup(entries(ledger), RecoveryTarget.parse(latest=True)).id == "b"
+    assert choose_base_backup(ledger.base_entries(), RecoveryTarget.parse(latest=True)).id == ledger.bases["b"]
 
 
 def test_target_after_the_newest_archived_wal_is_refused(ledger: Ledger, where: Path) -> None:
@@ -264,7 +259,7 @@ def _stored(ledger: Ledger, name: str) -> tuple[Path, Path]:
 
 def _segment_between(ledger: Ledger, base: str) -> str:
     """A segment after base's start that recovery to 'latest' must replay."""
-    start = ledger.bases[base][0].wal_start
+    start = ledger.base(base).wal_start
     return f"{start[:16]}{int(start[16:], 16) + 1:08X}"
 
 
@@ -301,7 +296,7 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
         assert missing.returncode == 1  # not in the archive: the normal end of recovery
 
         obj.write_bytes(original)  # intact when checked, damaged once the base is in place: replay meets it
-        copy = copy_base(ledger)
+        copy = extract_from_storage(ledger.storage, context.identities(ledger.rig.settings(), None))
 
         def extract_then_damage(base: BaseBackup, data_dir: Path) -> None:
             copy(base, data_dir)
@@ -338,7 +333,7 @@ def test_pitr_from_s3(work_base: Path, s3_server: MotoServer, s3_bucket: str) ->
         where.mkdir()
         result = pitr(led, RecoveryTarget.parse(lsn=str(led.marks["lsn"])), where / "restored", prefetch=4)
         try:
-            assert result.base.id == "a"
+            assert result.base.id == led.bases["a"]
             ids, checksum = restored_ids(result)
             assert ids == led.ids_after[3] and checksum == source_checksum(led, ids[-1])
         finally:
@@ -373,7 +368,7 @@ def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: P
 
     result = pitr(ledger, RecoveryTarget.parse(name="on-timeline-2"), where / "restored")
     try:
-        assert result.base.id == "b"  # timeline 1, before the switch: history followed
+        assert result.base.id == ledger.bases["b"]  # timeline 1, before the switch: history followed
         ids, checksum = restored_ids(result)
         assert ids == ledger.ids_after[8] and checksum == source_checksum(ledger, ids[-1])
         assert result.recovery.timeline == 3

@@ -11,13 +11,14 @@ from rich.table import Table
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
 from dr_pipelines.core import context
 
-backup_app = typer.Typer(help="Logical backups: take, list, inspect, prune, pin.", no_args_is_help=True)
+backup_app = typer.Typer(help="Logical and base backups: take, list, inspect, prune, pin.", no_args_is_help=True)
 
 
 def _entry_row(e: Any, newest_id: str | None) -> dict[str, Any]:
     m = e.manifest
     return {
         "id": e.id,
+        "kind": e.kind,
         "status": e.status,
         "restore_point": e.restore_point.isoformat() if e.restore_point else None,
         "bytes": e.stored_bytes,
@@ -48,19 +49,34 @@ def backup_run(
     source_replaced: bool = typer.Option(
         False, "--source-replaced",
         help="This cluster replaced the one the storage prefix records (e.g. restored after a loss): rebind the prefix."),
+    physical: bool = typer.Option(
+        False, "--physical", help="A base backup of the whole cluster (pg_basebackup; needs WAL archiving) instead of pg_dump."),
+    slot: Optional[str] = typer.Option(None, "--slot", help="With --physical: an existing physical replication slot."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Take a logical backup now (pg_dump -> zstd -> age -> storage, manifest last), then apply retention."""
+    """Take a backup now (pg_dump, or pg_basebackup with --physical -> zstd -> age -> storage, manifest last), then apply retention."""
     from dr_pipelines.core.backup.logical import BackupOptions
+    from dr_pipelines.core.backup.physical import BaseBackupOptions
     from dr_pipelines.core.backup.service import backup_now
+    from dr_pipelines.core.errors import ConfigError
 
-    options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
-                            source_replaced=source_replaced)
+    options: BackupOptions | BaseBackupOptions
+    if physical:
+        if no_globals or role_passwords:
+            raise ConfigError("--no-globals and --role-passwords are for logical backups",
+                              fix="leave them out with --physical (a base backup holds the whole cluster, roles included)")
+        options = BaseBackupOptions(compression_level=level, source_replaced=source_replaced, slot=slot)
+    elif slot is not None:
+        raise ConfigError("--slot is for base backups", fix="add --physical, or leave out --slot")
+    else:
+        options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
+                                source_replaced=source_replaced)
     with progress_bar(not as_json) as progress:
-        outcome = backup_now(settings(), options=options, progress=progress, prune=not no_prune)
+        outcome = backup_now(settings(), kind="base" if physical else "logical", options=options, progress=progress,
+                             prune=not no_prune)
     m = outcome.manifest
     summary = {
-        "id": m.id, "uri": outcome.storage_url, "stored_bytes": m.stored_bytes,
+        "id": m.id, "kind": "base" if physical else "logical", "uri": outcome.storage_url, "stored_bytes": m.stored_bytes,
         "plain_bytes": sum(o.plain_bytes or 0 for o in m.objects), "duration_s": round(m.duration_s, 2),
         "tables": len(m.tables), "rows": m.total_rows,
         "pruned": outcome.prune.deleted if outcome.prune else None,
@@ -68,8 +84,13 @@ def backup_run(
     if as_json:
         emit_json(summary)
         return
-    out.print(f"backup {m.id}: {human_bytes(m.stored_bytes)} stored in {m.duration_s:.1f}s, "
-              f"{len(m.tables)} tables, {m.total_rows:,} rows -> {outcome.storage_url}")
+    if physical:
+        out.print(f"base backup {m.id}: {human_bytes(m.stored_bytes)} stored in {m.duration_s:.1f}s, WAL "
+                  f"{m.extra['wal_start']}..{m.extra['wal_stop']} (LSN {m.extra['start_lsn']}..{m.extra['stop_lsn']}) "
+                  f"-> {outcome.storage_url}", highlight=False)
+    else:
+        out.print(f"backup {m.id}: {human_bytes(m.stored_bytes)} stored in {m.duration_s:.1f}s, "
+                  f"{len(m.tables)} tables, {m.total_rows:,} rows -> {outcome.storage_url}")
     if outcome.prune and outcome.prune.deleted:
         out.print(f"retention removed: {', '.join(outcome.prune.deleted)}")
 
@@ -90,10 +111,11 @@ def backup_list(
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "restore point (UTC)", "size", "duration", "tables", "rows", "status", "pinned", "verification", "")
+    table = Table("id", "kind", "restore point (UTC)", "size", "duration", "tables", "rows", "status", "pinned",
+                  "verification", "")
     for r in rows:
         table.add_row(
-            r["id"], (r["restore_point"] or "")[:19].replace("T", " "), human_bytes(r["bytes"]),
+            r["id"], r["kind"], (r["restore_point"] or "")[:19].replace("T", " "), human_bytes(r["bytes"]),
             f"{r['duration_s']}s" if r["duration_s"] is not None else "", str(r["tables"] or ""),
             f"{r['rows']:,}" if r["rows"] is not None else "", r["status"], "yes" if r["pinned"] else "",
             "" if r["status"] == "damaged" else _verification_cell(r),
@@ -118,15 +140,22 @@ def backup_show(
         return
     out.print(f"backup {m.id} ({m.kind}) of {m.source.get('database')} on {m.source.get('server')} "
               f"(PostgreSQL {m.source.get('server_version')})")
-    out.print(f"restore point {entry.restore_point}, took {m.duration_s:.1f}s, pinned: {entry.pin or 'no'}")
+    out.print(f"restore point {entry.restore_point}, took {m.duration_s:.1f}s, pinned: {entry.pin or 'no'}, "
+              f"status: {entry.status}")
+    if entry.kind == "base":
+        x = m.extra
+        out.print(f"timeline {x.get('timeline')}, LSN {x.get('start_lsn')} .. {x.get('stop_lsn')}, "
+                  f"WAL {x.get('wal_start')} .. {x.get('wal_stop')} ({'archived' if entry.wal_archived else 'NOT archived yet'}), "
+                  f"system identifier {x.get('system_identifier')}, next xid {x.get('next_xid')}", highlight=False)
     objects = Table("object", "role", "stored", "plain", "sha256")
     for o in m.objects:
         objects.add_row(o.key, o.role, human_bytes(o.bytes), human_bytes(o.plain_bytes or 0), o.sha256)
     out.print(objects)
-    tables = Table("table", "rows", "checksum")
-    for t in m.tables:
-        tables.add_row(t.name, f"{t.rows:,}", t.checksum)
-    out.print(tables)
+    if entry.kind == "logical":
+        tables = Table("table", "rows", "checksum")
+        for t in m.tables:
+            tables.add_row(t.name, f"{t.rows:,}", t.checksum)
+        out.print(tables)
 
 
 @backup_app.command("prune")

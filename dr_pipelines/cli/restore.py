@@ -74,7 +74,7 @@ def restore(
         _restore_pitr(s, storage, identities, backup_id, target_point, new_cluster=new_cluster, data_dir=data_dir,
                       port=port, prefetch=prefetch, fetch_drp=fetch_drp, identity=identity, as_json=as_json)
         return
-    entry = find_backup(storage, backup_id)
+    entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(s.work_dir)
     if list_only:
         out.print(list_contents(storage, entry, identities, work_dir), highlight=False, end="")

@@ -7,6 +7,7 @@ can see the whole repository at a glance and no two features can drift apart on 
     backups/<backup id>/manifest.json           written last: no manifest, no backup
     backups/<backup id>/database.dump.zst.age   pg_dump custom format, sealed (core/stream.py)
     backups/<backup id>/globals.sql.zst.age     pg_dumpall --globals-only, sealed
+    backups/<backup id>/base.tar.zst.age        base backup: pg_basebackup -Ft -X none (backup_manifest inside), sealed
     backups/<backup id>/pin.json                legal hold: never pruned
     backups/<backup id>/verification.json       the last verification restore's verdict
     attempts/<backup id>.json                   every backup attempt (success rate)
@@ -36,6 +37,7 @@ PIN_NAME = "pin.json"
 VERIFICATION_NAME = "verification.json"  # written by verification restores: {"passed": bool, ...}
 DATABASE_OBJECT = "database.dump.zst.age"  # pg_dump --format=custom, zstd, age
 GLOBALS_OBJECT = "globals.sql.zst.age"  # pg_dumpall --globals-only, zstd, age
+BASE_OBJECT = "base.tar.zst.age"  # pg_basebackup -D - -Ft -X none (one tar, PostgreSQL's backup_manifest inside), zstd, age
 
 ATTEMPTS = "attempts"
 EXPORTS = "exports"

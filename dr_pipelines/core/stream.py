@@ -10,7 +10,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,18 +25,21 @@ _DONE = object()
 
 
 class CountingReader:
-    """Counts (and optionally hashes) the bytes read through it."""
+    """Counts (and optionally hashes) the bytes read through it; ``tap`` sees each piece read."""
 
-    def __init__(self, raw: BinaryIO, *, hash_it: bool = False) -> None:
+    def __init__(self, raw: BinaryIO, *, hash_it: bool = False, tap: Callable[[bytes], None] | None = None) -> None:
         self.raw = raw
         self.bytes = 0
         self._sha = hashlib.sha256() if hash_it else None
+        self._tap = tap
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.bytes += len(data)
         if self._sha is not None:
             self._sha.update(data)
+        if self._tap is not None and data:
+            self._tap(data)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:

@@ -3,6 +3,11 @@
 Layout (names in core/layout.py): ``backups/<id>/`` holds the objects, ``manifest.json`` (written last: no manifest
 means not a backup) and optionally ``pin.json`` (legal hold). Ids sort by time.
 ``backups/SOURCE.json`` names the one source database the prefix belongs to.
+
+Two kinds share the catalog, retention and pins: logical backups (pg_dump) and base backups
+(pg_basebackup). A base backup is restorable only once the WAL from its start to its stop
+segment is committed in the WAL archive (core/wal: a segment's sidecar is its commit); until
+then its status is 'waiting for WAL' and nothing picks it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError
 from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exported for callers of the catalog
     BACKUPS,
+    BASE_OBJECT,
     MANIFEST_NAME,
     PIN_NAME,
     VERIFICATION_NAME,
@@ -23,10 +29,18 @@ from dr_pipelines.core.layout import (  # noqa: F401 - VERIFICATION_NAME: re-exp
 )
 from dr_pipelines.core.manifest import Manifest, ManifestError, read_manifest
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.names import PREFIX as WAL_PREFIX
+from dr_pipelines.core.wal.names import SIDECAR_SUFFIX, Segment
+
+BASE_KIND = "base-backup"  # Manifest.kind of a base backup (core/backup/physical.py); logical ones: "logical-backup"
 
 
 class BackupNotFoundError(DrpError):
     """No restorable backup with that id (or none at all)."""
+
+
+class BackupKindError(BackupNotFoundError):
+    """A backup of the other kind than the operation needs (a base backup given to `drp restore`, ...)."""
 
 
 class SourceMismatchError(DrpError):
@@ -42,10 +56,24 @@ class BackupEntry:
     stored_bytes: int
     error: str | None = None  # unreadable manifest
     verification: dict[str, Any] | None = None
+    wal_archived: bool | None = None  # base backups: every segment wal_start..wal_stop committed in the WAL archive
 
     @property
     def complete(self) -> bool:
         return self.manifest is not None
+
+    @property
+    def kind(self) -> str:
+        """'base' (pg_basebackup) or 'logical' (pg_dump); an interrupted set by the object it left."""
+        if self.manifest is not None:
+            return "base" if self.manifest.kind == BASE_KIND else "logical"
+        return "base" if BASE_OBJECT in self.keys else "logical"
+
+    @property
+    def restorable(self) -> bool:
+        """Complete, readable, not proven broken by a failed verification, and (base backups) its WAL archived."""
+        return (self.complete and not self.error and (self.verification or {}).get("passed") is not False
+                and (self.kind != "base" or self.wal_archived is True))
 
     @property
     def committed(self) -> bool:
@@ -56,7 +84,9 @@ class BackupEntry:
     def status(self) -> str:
         if self.error:
             return "damaged"
-        return "complete" if self.manifest else "incomplete"
+        if not self.manifest:
+            return "incomplete"
+        return "waiting for WAL" if self.kind == "base" and not self.wal_archived else "complete"
 
     @property
     def verification_state(self) -> str:
@@ -76,10 +106,10 @@ class BackupEntry:
 
     @property
     def restore_point(self) -> datetime | None:
-        """The snapshot time: what a restore of this backup brings back."""
+        """The snapshot time (base backups: the stop time): the earliest moment a restore of it brings back."""
         if not self.manifest:
             return None
-        snap = self.manifest.extra.get("snapshot_at")
+        snap = self.manifest.extra.get("stop_time" if self.kind == "base" else "snapshot_at")
         return datetime.fromisoformat(snap) if snap else self.manifest.started_at
 
 
@@ -112,7 +142,36 @@ def list_backups(storage: Storage) -> list[BackupEntry]:
         entries.append(
             BackupEntry(backup_id, manifest, pin, names, sum(s for _, s in groups[backup_id]), error, verification)
         )
+    _mark_wal_archived(storage, entries)
     return entries
+
+
+def wal_segments(manifest: Manifest) -> list[str]:
+    """The WAL segment names a base backup needs, wal_start to wal_stop (its manifest's extra)."""
+    extra = manifest.extra
+    size = int(extra.get("segment_bytes") or 16 * 1024 * 1024)
+    first, last = Segment.parse(extra["wal_start"]), Segment.parse(extra["wal_stop"])
+    per_log = 0x100000000 // size
+    return [Segment(last.timeline, n // per_log, n % per_log).name
+            for n in range(first.number(size), last.number(size) + 1)]
+
+
+def _mark_wal_archived(storage: Storage, entries: list[BackupEntry]) -> None:
+    """Set wal_archived on every complete base backup: one listing per timeline involved, not a get per segment."""
+    bases = [e for e in entries if e.manifest is not None and e.kind == "base"]
+    committed: dict[str, set[str]] = {}
+    for entry in bases:
+        assert entry.manifest is not None
+        try:
+            needed = wal_segments(entry.manifest)
+        except (KeyError, DrpError):
+            entry.wal_archived = False
+            continue
+        timeline = needed[-1][:8]
+        if timeline not in committed:
+            committed[timeline] = {o.key.rsplit("/", 1)[-1][: -len(SIDECAR_SUFFIX)]
+                                   for o in storage.list(f"{WAL_PREFIX}/{timeline}/") if o.key.endswith(SIDECAR_SUFFIX)}
+        entry.wal_archived = all(name in committed[timeline] for name in needed)
 
 
 def _read_record(storage: Storage, backup_id: str, name: str) -> dict[str, Any] | None:
@@ -129,23 +188,34 @@ def damaged(entries: list[BackupEntry]) -> list[BackupEntry]:
     return [e for e in entries if e.error]
 
 
-def restorable(entries: list[BackupEntry]) -> list[BackupEntry]:
-    """Complete, readable, and not proven broken by a failed verification."""
-    return [e for e in entries if e.complete and not e.error and (e.verification or {}).get("passed") is not False]
+def restorable(entries: list[BackupEntry], kind: str | None = None) -> list[BackupEntry]:
+    """Restorable backups (BackupEntry.restorable), of one kind ('logical' | 'base') if given."""
+    return [e for e in entries if e.restorable and kind in (None, e.kind)]
 
 
-def newest_restorable(entries: list[BackupEntry]) -> BackupEntry | None:
-    ok = restorable(entries)
+def newest_restorable(entries: list[BackupEntry], kind: str | None = None) -> BackupEntry | None:
+    ok = restorable(entries, kind)
     return ok[-1] if ok else None
 
 
-def find_backup(storage: Storage, backup_id: str | None) -> BackupEntry:
-    """A restorable backup by id, or the newest one when backup_id is None or 'latest'."""
+_KIND_WORDS = {"logical": "logical backup (pg_dump)", "base": "base backup (pg_basebackup)"}
+_KIND_FIX = {"logical": "restore it with `drp restore ID` (a logical restore)",
+             "base": "restore it with point-in-time recovery (`drp restore --pitr`)"}
+
+
+def find_backup(storage: Storage, backup_id: str | None, *, kind: str | None = None) -> BackupEntry:
+    """A backup by id, or the newest restorable one when backup_id is None or 'latest'.
+
+    ``kind`` ('logical' | 'base'): what the caller can restore. 'latest' then picks the newest
+    restorable of that kind; an id of the other kind, or a base backup whose WAL is not archived
+    yet, is refused naming why.
+    """
     entries = list_backups(storage)
     if backup_id in (None, "latest"):
-        entry = newest_restorable(entries)
+        entry = newest_restorable(entries, kind)
         if entry is None:
-            raise BackupNotFoundError(f"no restorable backup in {storage.url}", fix="run `drp backup run` first, or check DRP_STORAGE_URL")
+            raise BackupNotFoundError(f"no restorable {_KIND_WORDS[kind] if kind else 'backup'} in {storage.url}",
+                                      fix="run `drp backup run` first (`--physical` for a base backup), or check DRP_STORAGE_URL")
         return entry
     for e in entries:
         if e.id == backup_id:
@@ -156,6 +226,14 @@ def find_backup(storage: Storage, backup_id: str | None) -> BackupEntry:
                 )
             if e.error:
                 raise BackupNotFoundError(f"backup {backup_id} is damaged: {e.error}", fix="choose another backup")
+            if kind is not None and e.kind != kind:
+                raise BackupKindError(f"backup {backup_id} is a {_KIND_WORDS[e.kind]}, not a {_KIND_WORDS[kind]}",
+                                      fix=_KIND_FIX[e.kind])
+            if kind is not None and not e.restorable and e.status == "waiting for WAL":
+                raise BackupNotFoundError(
+                    f"base backup {backup_id} is waiting for WAL: not every segment from "
+                    f"{e.manifest.extra.get('wal_start')} to {e.manifest.extra.get('wal_stop')} is archived yet",
+                    fix="check that WAL archiving works (`drp wal status`, `drp wal verify`), or choose another backup")
             return e
     raise BackupNotFoundError(f"no backup {backup_id!r} in {storage.url}", fix="see `drp backup list` for the ids")
 

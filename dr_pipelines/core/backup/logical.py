@@ -9,12 +9,8 @@ the next run know that manifest-less leftovers are garbage (their writer is gone
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as pkg_version
@@ -22,11 +18,18 @@ from typing import Any
 
 import psycopg
 
-from dr_pipelines.core.backup.attempts import record_attempt
-from dr_pipelines.core.backup.catalog import check_source, record_source, remove_incomplete
+from dr_pipelines.core.backup.catalog import record_source
+from dr_pipelines.core.backup.pipeline import (  # noqa: F401 - BackupError, BACKUP_LOCK_KEY: re-exported for callers
+    BACKUP_LOCK_KEY,
+    BackupError,
+    LockedSource,
+    backup_lock,
+    source_record,
+    stream_command,
+    with_attempt,
+)
 from dr_pipelines.core.crypto import parse_recipients
-from dr_pipelines.core.errors import DrpError, StorageError
-from dr_pipelines.core.layout import DATABASE_OBJECT, GLOBALS_OBJECT, backup_prefix, new_backup_id
+from dr_pipelines.core.layout import DATABASE_OBJECT, GLOBALS_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import (
     LargeObjectEntry,
     Manifest,
@@ -37,21 +40,12 @@ from dr_pipelines.core.manifest import (
     write_manifest,
 )
 from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, snapshot_connection
-from dr_pipelines.core.pg.connect import connect, describe, libpq_env
+from dr_pipelines.core.pg.connect import connect, libpq_env
 from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
-from dr_pipelines.core.pg.drp_schema import BACKUP_LOCK as BACKUP_LOCK_KEY
-from dr_pipelines.core.pg.profile import server_identity
 from dr_pipelines.core.pg.snapshots import export_snapshot
 from dr_pipelines.core.pg.tools import client_tool, tool_version
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.stream import CountingReader, compress_encrypt
-
-PROGRESS_EVERY = 8 << 20
-
-
-class BackupError(DrpError):
-    """A backup could not be taken; nothing restorable was recorded."""
 
 
 @dataclass(frozen=True)
@@ -78,55 +72,32 @@ def run_logical_backup(
     success rate can be computed from storage alone; a killed run stays 'running'.
     """
     age_recipients = parse_recipients(recipients)
-    started = datetime.now(UTC)
-    backup_id = new_backup_id(started)
-    record_attempt(storage, backup_id, started, "running")
-    try:
-        manifest = _run(dsn, storage, recipients, age_recipients, backup_id, started, options, progress)
-    except BaseException as exc:
-        problem = exc.problem if isinstance(exc, DrpError) else type(exc).__name__
-        with contextlib.suppress(Exception):
-            record_attempt(storage, backup_id, started, "failed", error=problem)
-        raise
-    record_attempt(storage, backup_id, started, "succeeded")
-    return manifest
+    return with_attempt(storage, lambda backup_id, started: _run(
+        dsn, storage, recipients, age_recipients, backup_id, started, options, progress))
 
 
 def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list, backup_id: str, started: datetime,
          options: BackupOptions, progress: Progress | None) -> Manifest:
     prefix = backup_prefix(backup_id)
-    with connect(dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKUP_LOCK_KEY,)).fetchone()[0]:
-            raise BackupError(
-                f"another backup of {describe(dsn)} is running",
-                fix="wait for it to finish (backups of one database never overlap)",
-            )
-        ident = server_identity(conn)
-        database = conn.execute("SELECT current_database()").fetchone()[0]
-        check_source(storage, {"system_identifier": ident.system_identifier, "database": database,
-                               "server": describe(dsn)}, replaced=options.source_replaced)
-        removed = remove_incomplete(storage)
+    with connect(dsn, autocommit=True) as conn, \
+            backup_lock(conn, dsn, storage, replaced=options.source_replaced) as locked:
         db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        pg_dump = client_tool("pg_dump", ident.major)
+        pg_dump = client_tool("pg_dump", locked.ident.major)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot, snapshot_at = export_snapshot(conn)
         written: list[ObjectEntry] = []
         try:
-            dumped = _dump(conn, dsn, storage, prefix, snapshot, ident.major, pg_dump, age_recipients, options,
+            dumped = _dump(conn, dsn, storage, prefix, snapshot, locked.ident.major, pg_dump, age_recipients, options,
                            progress, db_size, written)
         except BaseException:
             for entry in written:
                 with contextlib.suppress(Exception):
                     storage.delete(f"{prefix}/{entry.key}")
             raise
-        finally:
-            conn.rollback()
-            conn.autocommit = True
-            conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
-    manifest = _manifest(dsn, backup_id, started, recipients, options, ident, database, db_size, pg_dump, snapshot_at,
-                         removed, written, dumped)
+    manifest = _manifest(dsn, backup_id, started, recipients, options, locked, db_size, pg_dump, snapshot_at,
+                         written, dumped)
     write_manifest(storage, prefix, manifest)  # the commit point
     record_source(storage, manifest.source, replaced=options.source_replaced)
     return manifest
@@ -151,22 +122,24 @@ def _dump(conn: psycopg.Connection, dsn: str, storage: Storage, prefix: str, sna
     conninfo, env = libpq_env(dsn)
     dump_cmd = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--no-password",
                 f"--dbname={conninfo}"]
-    written.append(_stream_command(dump_cmd, env, storage, f"{prefix}/{DATABASE_OBJECT}", "database",
-                                   "pg_dump-custom", age_recipients, options, progress, db_size))
+    written.append(stream_command(dump_cmd, env, storage, f"{prefix}/{DATABASE_OBJECT}", "database", "pg_dump-custom",
+                                  age_recipients, level=options.compression_level, threads=options.zstd_threads,
+                                  progress=progress, expected=db_size))
     if options.include_globals:
         pg_dumpall = client_tool("pg_dumpall", major)
         globals_cmd = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={conninfo}"]
         if not options.role_passwords:
             globals_cmd.append("--no-role-passwords")
-        written.append(_stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals",
-                                       "sql", age_recipients, options, None, None))
+        written.append(stream_command(globals_cmd, env, storage, f"{prefix}/{GLOBALS_OBJECT}", "globals", "sql",
+                                      age_recipients, level=options.compression_level, threads=options.zstd_threads,
+                                      progress=None, expected=None))
     sequences = _sequence_entries(sequences_before, sequence_states(conn))
     tables, content = checksums.result() if checksums else ([], None)
     return _Dumped(sequences, db_properties, tables, content)
 
 
-def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BackupOptions, ident: Any,
-              database: str, db_size: int, pg_dump: str, snapshot_at: datetime, removed: Any,
+def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BackupOptions,
+              locked: LockedSource, db_size: int, pg_dump: str, snapshot_at: datetime,
               written: list[ObjectEntry], dumped: _Dumped) -> Manifest:
     """The backup's manifest: objects, tables, sequences, source, tools; written last (the commit)."""
     return Manifest(
@@ -180,14 +153,7 @@ def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str]
         large_objects=dumped.content.large_objects if dumped.content else None,
         materialized_views=dumped.content.materialized_views if dumped.content else None,
         database_properties=dumped.db_properties,
-        source={
-            "server": describe(dsn),
-            "database": database,
-            "server_version": ident.version,
-            "server_version_num": ident.version_num,
-            "system_identifier": ident.system_identifier,
-            "database_size_bytes": db_size,
-        },
+        source=source_record(dsn, locked, db_size),
         tools={
             "pg_dump": tool_version(pg_dump)[1],
             "dr_pipelines": pkg_version("dr_pipelines"),
@@ -200,72 +166,9 @@ def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str]
             "snapshot_at": snapshot_at.astimezone(UTC).isoformat(),
             "checksums": options.checksums,
             "role_passwords": options.role_passwords,
-            "cleaned_up": removed,
+            "cleaned_up": locked.removed,
         },
     )
-
-
-def _stream_command(
-    cmd: list[str],
-    env: dict[str, str],
-    storage: Storage,
-    key: str,
-    role: str,
-    fmt: str,
-    recipients: list,
-    options: BackupOptions,
-    progress: Progress | None,
-    expected: int | None,
-) -> ObjectEntry:
-    """Run a dump command and stream its stdout, compressed and encrypted, into storage under key."""
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
-        assert proc.stdout is not None
-        reader = CountingReader(proc.stdout)
-        chunks = compress_encrypt(reader, recipients, level=options.compression_level, threads=options.zstd_threads)
-        try:
-            result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
-            # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
-            chunks.close()
-            proc.stdout.close()
-        code = proc.wait()
-        if code != 0:
-            stderr.seek(0)
-            message = stderr.read().decode(errors="replace").strip()
-            with contextlib.suppress(StorageError):
-                storage.delete(key)
-            raise BackupError(f"{os.path.basename(cmd[0])} failed (exit {code}): {message}", fix=_fix_for(message))
-    return ObjectEntry(key=key.rsplit("/", 1)[1], role=role, bytes=result.size, sha256=result.sha256,
-                       plain_bytes=reader.bytes, format=fmt)
-
-
-def _reporting(chunks: Iterator[bytes], reader: CountingReader, phase: str, progress: Progress | None,
-               expected: int | None) -> Iterator[bytes]:
-    last = 0
-    for chunk in chunks:
-        if progress and reader.bytes - last >= PROGRESS_EVERY:
-            last = reader.bytes
-            progress(phase, reader.bytes, expected)
-        yield chunk
-    if progress:
-        progress(phase, reader.bytes, expected)
-
-
-def _fix_for(message: str) -> str:
-    lowered = message.lower()
-    if "permission denied" in lowered:
-        return "run the backup as a role that can read every table (e.g. a member of pg_read_all_data)"
-    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
-        return "install pg_dump of the server's major version or newer, or set DRP_PG_BIN_DIR"
-    if "password authentication failed" in lowered:
-        return "check the password in DRP_SOURCE_DSN (or PGPASSWORD / ~/.pgpass)"
-    return "read the tool's message above"
 
 
 def _sequence_entries(before: dict[str, tuple[int, bool]], after: dict[str, tuple[int, bool]]) -> list[SequenceEntry]:

@@ -24,8 +24,7 @@ def candidates(entries: list[BackupEntry]) -> list[Candidate]:
     out = []
     for e in entries:
         if e.complete and e.restore_point is not None:
-            failed = (e.verification or {}).get("passed") is False
-            out.append(Candidate(id=e.id, time=e.restore_point, pinned=e.pin is not None, restorable=not failed))
+            out.append(Candidate(id=e.id, time=e.restore_point, pinned=e.pin is not None, restorable=e.restorable))
     return out
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.logical import BackupOptions, run_logical_backup
+from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
 from dr_pipelines.core.backup.prune import PruneResult, prune_backups
+from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.settings import Settings
@@ -20,11 +22,27 @@ class BackupOutcome:
 
 
 def backup_now(
-    settings: Settings, *, options: BackupOptions = BackupOptions(), progress: Progress | None = None, prune: bool = True
+    settings: Settings,
+    *,
+    kind: str = "logical",
+    options: BackupOptions | BaseBackupOptions | None = None,
+    progress: Progress | None = None,
+    prune: bool = True,
 ) -> BackupOutcome:
-    """Take a logical backup of the source, then apply the retention policy (never touching the new one)."""
+    """Take a backup of the source ('logical': pg_dump; 'base': pg_basebackup), then apply the retention policy.
+
+    ``options`` must match the kind (BackupOptions / BaseBackupOptions); None takes its defaults.
+    Retention covers both kinds alike and never touches the new backup.
+    """
     storage = context.storage(settings)
     storage.check()
-    manifest = run_logical_backup(settings.dsn, storage, settings.encryption_recipients, options=options, progress=progress)
+    if kind == "logical":
+        manifest = run_logical_backup(settings.dsn, storage, settings.encryption_recipients,
+                                      options=options or BackupOptions(), progress=progress)  # type: ignore[arg-type]
+    elif kind == "base":
+        manifest = run_base_backup(settings.dsn, storage, settings.encryption_recipients,
+                                   options=options or BaseBackupOptions(), progress=progress)  # type: ignore[arg-type]
+    else:
+        raise ConfigError(f"unknown backup kind {kind!r}", fix="use 'logical' or 'base'")
     pruned = prune_backups(storage, context.retention_policy(settings), dry_run=False) if prune else None
     return BackupOutcome(manifest, f"{storage.url}/backups/{manifest.id}", pruned)

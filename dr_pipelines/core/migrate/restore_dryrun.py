@@ -27,7 +27,7 @@ def dry_run_on_restore(settings: Settings, migrations: list[Migration], options:
     """Restore the newest restorable backup into a throwaway cluster and run the pending migrations there."""
     storage = context.storage(settings)
     try:
-        entry = find_backup(storage, None)
+        entry = find_backup(storage, None, kind="logical")
     except BackupNotFoundError:
         raise MigrationError(
             f"a migration marked -- drp:no-transaction cannot be rolled back, so its dry-run needs a throwaway "

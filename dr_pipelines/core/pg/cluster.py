@@ -56,7 +56,7 @@ def port_in_use(port: int, host: str = HOST) -> bool:
         return False
 
 
-def _run_as() -> str | None:
+def server_os_user() -> str | None:
     """The OS user to run server commands as: 'postgres' when we are root, else ourselves."""
     if os.geteuid() != 0:
         return None
@@ -163,7 +163,7 @@ class LocalCluster:
         return cls(data_dir=data_dir, port=port, tcp_trust=not (data_dir / PASSFILE).exists())
 
     def _initdb(self) -> None:
-        owner = _run_as()
+        owner = server_os_user()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if owner:
             _ensure_reachable(self.data_dir, owner)
@@ -312,7 +312,7 @@ class LocalCluster:
         return out
 
     def _as_owner(self, cmd: list[str]) -> list[str]:
-        owner = _run_as()
+        owner = server_os_user()
         return ["runuser", "-u", owner, "--", *cmd] if owner else cmd
 
     def _run(self, cmd: list[str], *, what: str, stdin: str | None = None) -> None:
@@ -347,7 +347,7 @@ def _password_file(password: str, owner: str | None) -> Iterator[Path]:
 
 def give_to_server(path: Path) -> None:
     """Hand a directory tree (an extracted base backup, a socket folder) to the server's OS user, when we are root."""
-    owner = _run_as()
+    owner = server_os_user()
     if not owner:
         return
     user = pwd.getpwnam(owner)
@@ -379,7 +379,7 @@ def _read_as_owner(path: Path) -> str:
     try:
         return path.read_text()
     except PermissionError:
-        owner = _run_as()
+        owner = server_os_user()
         if not owner:
             raise
         result = subprocess.run(["runuser", "-u", owner, "--", "cat", str(path)], capture_output=True, text=True)

@@ -31,7 +31,7 @@ from psycopg import sql
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import SUPERUSER, LocalCluster, free_port, give_to_server, write_private
 from dr_pipelines.core.progress import Progress
-from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget, format_lsn
+from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget, format_lsn, parse_lsn
 
 PHASE = "WAL replayed"
 LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`
@@ -154,15 +154,10 @@ def _follow(cluster: LocalCluster, socket_dir: Path, start_lsn: int, target_lsn:
             time.sleep(0.3)  # starting up, or not consistent yet
             continue
         if replay and progress:
-            progress(PHASE, max(0, _lsn(replay) - start_lsn), total)
+            progress(PHASE, max(0, parse_lsn(replay) - start_lsn), total)
         if not in_recovery:
             return replay or format_lsn(start_lsn), last_commit.isoformat() if last_commit else None
         time.sleep(0.3)
-
-
-def _lsn(text: str) -> int:
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 _REASONS = re.compile(r"FATAL|PANIC|error:|could not restore|restore_command|recovery ended|  fix:")

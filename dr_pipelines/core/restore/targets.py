@@ -130,17 +130,17 @@ class BaseBackup:
 
 
 def base_backups(entries: Sequence[Any]) -> list[BaseBackup]:
-    """The complete base backups among catalog entries (BaseBackup records pass through)."""
+    """The complete base backups among catalog entries (BaseBackup records pass through); restorable only
+    when the catalog found their own WAL (wal_start..wal_stop) archived."""
     found = []
     for entry in entries:
         if isinstance(entry, BaseBackup):
             found.append(entry)
             continue
-        manifest = getattr(entry, "manifest", None)
-        if manifest is None or manifest.kind != "base-backup":
+        if entry.manifest is None or entry.kind != "base":
             continue
-        restorable = bool(getattr(entry, "wal_archived", True))
-        found.append(BaseBackup.from_extra(entry.id, manifest.extra, restorable=restorable, entry=entry))
+        found.append(BaseBackup.from_extra(entry.id, entry.manifest.extra, restorable=entry.wal_archived is True,
+                                           entry=entry))
     return found
 
 

@@ -42,7 +42,7 @@ def run_drill(
     """Run one drill and store its report; returns the report (passed or not)."""
     started = datetime.now(UTC)
     month = month or started.strftime("%Y-%m")
-    entry = newest_restorable(list_backups(storage))
+    entry = newest_restorable(list_backups(storage), kind="logical")
     verification, error, notes = None, None, []
     if entry is None:
         error = "no restorable backup in storage"

@@ -46,7 +46,7 @@ def verify_now(settings: Settings, backup_id: str | None = None, identity: Path 
     """
     identities = context.identities(settings, identity)
     storage = context.storage(settings)
-    entry = find_backup(storage, backup_id)
+    entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(settings.work_dir)
     for line in sweep_leftovers(work_dir):
         if log is not None:

@@ -1,0 +1,288 @@
+"""Base backup: pg_basebackup -D - -Ft -X none -> zstd -> age -> storage, our manifest last.
+
+One tar stream of the whole cluster, PostgreSQL's own ``backup_manifest`` inside it (PostgreSQL
+13+ injects the manifest into the tar it writes to stdout), through the same pipeline and under
+the same lock and attempt record as logical backups (core/backup/pipeline.py). ``-X none``: the
+WAL from the backup's start to its stop comes from the WAL archive (core/wal), so a base backup
+is restorable only once that WAL is archived (the catalog checks it); pg_basebackup itself waits
+until PostgreSQL has archived the stop segment.
+
+The LSNs and timeline are read from the stream itself as it passes: ``backup_label`` (the first
+member: start LSN, start timeline) and ``backup_manifest`` (the last member: the WAL range with
+the stop LSN). pg_basebackup prints no LSNs with ``-X none``, and what we record then cannot
+disagree with the bytes we stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
+from typing import Any
+
+import psycopg
+
+from dr_pipelines.core import checkpoints
+from dr_pipelines.core.backup.catalog import BASE_KIND, record_source
+from dr_pipelines.core.backup.pipeline import (
+    BackupError,
+    LockedSource,
+    backup_lock,
+    source_record,
+    stream_command,
+    with_attempt,
+)
+from dr_pipelines.core.crypto import parse_recipients
+from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
+from dr_pipelines.core.manifest import Manifest, ObjectEntry, write_manifest
+from dr_pipelines.core.pg.connect import connect, libpq_env
+from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.names import Segment
+
+WANTED = ("backup_label", "backup_manifest")
+MID_STREAM = 16 << 20
+
+
+class BaseBackupRefusedError(BackupError):
+    """The source cannot give a restorable base backup; refused before anything ran."""
+
+
+@dataclass(frozen=True)
+class BaseBackupOptions:
+    compression_level: int = 3
+    zstd_threads: int = 2
+    source_replaced: bool = False  # as BackupOptions: this cluster replaced the prefix's recorded one
+    slot: str | None = None  # an existing physical replication slot, checked and recorded (see preflight)
+
+
+def run_base_backup(
+    dsn: str,
+    storage: Storage,
+    recipients: list[str],
+    *,
+    options: BaseBackupOptions = BaseBackupOptions(),
+    progress: Progress | None = None,
+) -> Manifest:
+    """Take one base backup; return its manifest (already stored). Raises and leaves no manifest on failure."""
+    age_recipients = parse_recipients(recipients)
+    return with_attempt(storage, lambda backup_id, started: _run(
+        dsn, storage, recipients, age_recipients, backup_id, started, options, progress))
+
+
+def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list, backup_id: str, started: datetime,
+         options: BaseBackupOptions, progress: Progress | None) -> Manifest:
+    prefix = backup_prefix(backup_id)
+    with connect(dsn, autocommit=True) as conn, backup_lock(
+            conn, dsn, storage, replaced=options.source_replaced,
+            preflight=lambda c: preflight(c, slot=options.slot)) as locked:
+        cluster = _cluster_facts(conn)
+        pg_basebackup = client_tool("pg_basebackup", locked.ident.major)
+        conninfo, env = libpq_env(dsn)
+        cmd = [pg_basebackup, f"--dbname={conninfo}", "--pgdata=-", "--format=tar", "--wal-method=none",
+               "--checkpoint=fast", "--no-password", f"--label=drp {backup_id}"]
+        tap = TarTap(WANTED)
+        start_time = datetime.now(UTC)
+        entry = stream_command(cmd, env, storage, f"{prefix}/{BASE_OBJECT}", "base", "tar", age_recipients,
+                               level=options.compression_level, threads=options.zstd_threads,
+                               progress=progress, expected=cluster["size"], tap=_with_checkpoint(tap))
+        try:
+            # Any xid at or past this one was assigned after the backup stopped: its commit is
+            # after stop_lsn, so recovery from this base can reach it (see docs/backups.md).
+            next_xid = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0]
+            stop_time = datetime.now(UTC)
+            wal = wal_range(tap.files, cluster["segment_bytes"])
+        except BaseException:
+            storage.delete(f"{prefix}/{BASE_OBJECT}")
+            raise
+    extra = {**wal, "system_identifier": locked.ident.system_identifier, "start_time": start_time.isoformat(),
+             "stop_time": stop_time.isoformat(), "next_xid": next_xid, "pg_version_num": locked.ident.version_num,
+             "segment_bytes": cluster["segment_bytes"], "data_checksums": cluster["data_checksums"],
+             "slot": options.slot, "cleaned_up": locked.removed}
+    manifest = _manifest(dsn, backup_id, started, recipients, options, locked, cluster["size"], pg_basebackup,
+                         entry, extra)
+    write_manifest(storage, prefix, manifest)  # the commit point
+    record_source(storage, manifest.source, replaced=options.source_replaced)
+    return manifest
+
+
+def _with_checkpoint(tap: TarTap) -> Callable[[bytes], None]:
+    """The tap, passing checkpoint 'base-backup-mid-stream' once after the first 16 MiB (crash tests stop there)."""
+    seen = [0]
+
+    def feed(data: bytes) -> None:
+        tap(data)
+        before, seen[0] = seen[0], seen[0] + len(data)
+        if before < MID_STREAM <= seen[0]:
+            checkpoints.reached("base-backup-mid-stream")
+
+    return feed
+
+
+def preflight(conn: psycopg.Connection, *, slot: str | None) -> None:
+    """Refuse a source whose base backup could not be restored (or taken), naming the setting to change."""
+    wal_level, archive_mode = conn.execute("SELECT current_setting('wal_level'), current_setting('archive_mode')").fetchone()
+    if wal_level not in ("replica", "logical"):
+        raise BaseBackupRefusedError(
+            f"wal_level is {wal_level!r} on the source: a base backup needs 'replica' (or 'logical')",
+            fix="set wal_level = replica in postgresql.conf and restart PostgreSQL (docs/wal.md, Settings)")
+    if archive_mode == "off":
+        raise BaseBackupRefusedError(
+            "archive_mode is off on the source: the WAL from a base backup's start to its stop would never be "
+            "archived, so the backup could not be restored",
+            fix="set archive_mode = on and archive_command to the line `drp wal archive-command` prints, restart "
+                "PostgreSQL and run `drp wal archiver` (docs/wal.md)")
+    commands = conn.execute("SELECT setting FROM pg_settings WHERE name IN ('archive_command', 'archive_library') "
+                            "AND setting IS NOT NULL").fetchall()
+    if commands and all(not value for (value,) in commands):
+        raise BaseBackupRefusedError(
+            "archive_mode is on but archive_command and archive_library are empty: no WAL is archived, and "
+            "pg_basebackup would wait for it forever",
+            fix="set archive_command to the line `drp wal archive-command` prints and reload PostgreSQL (docs/wal.md)")
+    spaces = [name for (name,) in conn.execute(
+        "SELECT spcname FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1")]
+    if spaces:
+        raise BaseBackupRefusedError(
+            f"the source has user tablespaces ({', '.join(spaces)}): base backups of such clusters are not supported yet",
+            fix="take logical backups (`drp backup run`), or move those objects to pg_default "
+                "(ALTER TABLE ... SET TABLESPACE pg_default) and drop the tablespaces")
+    if slot is not None:
+        row = conn.execute("SELECT slot_type FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        if row is None:
+            raise BaseBackupRefusedError(
+                f"replication slot {slot!r} does not exist on the source",
+                fix=f"create it (SELECT pg_create_physical_replication_slot('{slot}')) or leave out --slot")
+        if row[0] != "physical":
+            raise BaseBackupRefusedError(f"replication slot {slot!r} is a {row[0]} slot, not a physical one",
+                                         fix="name a physical replication slot, or leave out --slot")
+
+
+def _cluster_facts(conn: psycopg.Connection) -> dict[str, Any]:
+    checksums, segment_bytes, size = conn.execute(
+        "SELECT current_setting('data_checksums') = 'on',"
+        " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+        " (SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database"
+        "   WHERE datallowconn AND has_database_privilege(oid, 'CONNECT'))").fetchone()
+    return {"data_checksums": checksums, "segment_bytes": segment_bytes, "size": size}
+
+
+def wal_range(files: dict[str, bytes], segment_bytes: int) -> dict[str, Any]:
+    """Start/stop LSN, timeline and the WAL segment range, from the backup_label and backup_manifest in the tar."""
+    missing = [name for name in WANTED if name not in files]
+    if missing:
+        raise BackupError(f"pg_basebackup's tar stream has no {' or '.join(missing)}",
+                          fix="use pg_basebackup 13 or newer, without --no-manifest")
+    label = files["backup_label"].decode()
+    start = re.search(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", label, re.M)
+    start_tl = re.search(r"^START TIMELINE: (\d+)", label, re.M)
+    ranges = json.loads(files["backup_manifest"]).get("WAL-Ranges") or []
+    if not (start and start_tl and ranges):
+        raise BackupError("cannot read the start or stop LSN from the backup's backup_label and backup_manifest",
+                          fix="report this with the pg_basebackup version")
+    timeline, stop_lsn = int(ranges[-1]["Timeline"]), ranges[-1]["End-LSN"]
+    start_lsn = start.group(1)
+    return {
+        "timeline": timeline, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
+        "wal_start": Segment.of_lsn(int(start_tl.group(1)), lsn_int(start_lsn), segment_bytes).name,
+        # the record ending at stop_lsn lies in the segment holding its last byte (XLByteToPrevSeg)
+        "wal_stop": Segment.of_lsn(timeline, lsn_int(stop_lsn) - 1, segment_bytes).name,
+    }
+
+
+def lsn_int(lsn: str) -> int:
+    """'16/B374D848' -> its 64-bit position."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BaseBackupOptions,
+              locked: LockedSource, size: int, pg_basebackup: str, entry: ObjectEntry, extra: dict[str, Any]) -> Manifest:
+    return Manifest(
+        kind=BASE_KIND,
+        id=backup_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        objects=[entry],
+        source=source_record(dsn, locked, size),
+        tools={
+            "pg_basebackup": tool_version(pg_basebackup)[1],
+            "dr_pipelines": pkg_version("dr_pipelines"),
+            "zstandard": pkg_version("zstandard"),
+            "pyrage": pkg_version("pyrage"),
+        },
+        compression={"algorithm": "zstd", "level": options.compression_level},
+        encryption={"algorithm": "age-x25519", "recipients": list(recipients)},
+        extra=extra,
+    )
+
+
+class TarTap:
+    """Captures the named members of a tar stream as its bytes pass (ustar, as pg_basebackup writes it).
+
+    Only header blocks and the wanted members' contents are looked at; everything else is
+    skipped by size, so a 1 GB stream costs a few thousand header parses.
+    """
+
+    def __init__(self, wanted: tuple[str, ...]) -> None:
+        self.wanted = set(wanted)
+        self.files: dict[str, bytes] = {}
+        self._header = bytearray()
+        self._name: str | None = None
+        self._content = bytearray()
+        self._remaining = 0  # content bytes of the current member still to come
+        self._padding = 0
+        self.ended = False
+
+    def __call__(self, data: bytes) -> None:
+        view, i, n = memoryview(data), 0, len(data)
+        while i < n and not self.ended:
+            if self._remaining:
+                take = min(self._remaining, n - i)
+                if self._name is not None:
+                    self._content += view[i:i + take]
+                self._remaining -= take
+                i += take
+                if not self._remaining:
+                    self._finish()
+            elif self._padding:
+                take = min(self._padding, n - i)
+                self._padding -= take
+                i += take
+            else:
+                take = min(512 - len(self._header), n - i)
+                self._header += view[i:i + take]
+                i += take
+                if len(self._header) == 512:
+                    self._start(bytes(self._header))
+                    self._header.clear()
+
+    def _start(self, block: bytes) -> None:
+        if block == bytes(512):
+            self.ended = True  # end-of-archive
+            return
+        name = block[:100].split(b"\0", 1)[0].decode(errors="replace")
+        if block[257:262] == b"ustar" and block[345] != 0:
+            name = block[345:500].split(b"\0", 1)[0].decode(errors="replace") + "/" + name
+        size = tar_number(block[124:136])
+        name = name.removeprefix("./")
+        self._name = name if name in self.wanted else None
+        self._content.clear()
+        self._remaining, self._padding = size, (-size) % 512
+        if not size:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._name is not None:
+            self.files[self._name] = bytes(self._content)
+        self._name = None
+
+
+def tar_number(field: bytes) -> int:
+    """A tar numeric field: octal text, or base-256 (high bit set) for sizes past 8 GiB."""
+    if field[0] & 0x80:
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    return int(field.strip(b"\0 ") or b"0", 8)

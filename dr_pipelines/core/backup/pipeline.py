@@ -1,0 +1,181 @@
+"""What every backup kind shares: the attempt record, the source's backup lock, and one streamed object.
+
+Logical (core/backup/logical.py) and base backups (core/backup/physical.py) both run a
+client tool whose stdout goes zstd -> age -> storage.put_stream (hashing plain and stored
+bytes on the way, no temp file), under the same session advisory lock on the source and
+the same attempts/ record. Keeping that here means the two kinds cannot drift apart on
+locking, cleanup of interrupted runs, or how a failed tool is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+
+from dr_pipelines.core.backup.attempts import record_attempt
+from dr_pipelines.core.backup.catalog import check_source, remove_incomplete
+from dr_pipelines.core.errors import DrpError, StorageError
+from dr_pipelines.core.layout import new_backup_id
+from dr_pipelines.core.manifest import ObjectEntry
+from dr_pipelines.core.pg.connect import describe
+from dr_pipelines.core.pg.drp_schema import BACKUP_LOCK as BACKUP_LOCK_KEY
+from dr_pipelines.core.pg.profile import ServerIdentity, server_identity
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import CountingReader, compress_encrypt
+
+PROGRESS_EVERY = 8 << 20
+T = TypeVar("T")
+
+
+class BackupError(DrpError):
+    """A backup could not be taken; nothing restorable was recorded."""
+
+
+def with_attempt(storage: Storage, run: Callable[[str, datetime], T]) -> T:
+    """Run ``run(backup_id, started)`` recorded under attempts/ (running, then succeeded or failed).
+
+    The success rate is computed from storage alone; a killed run stays 'running'.
+    """
+    started = datetime.now(UTC)
+    backup_id = new_backup_id(started)
+    record_attempt(storage, backup_id, started, "running")
+    try:
+        result = run(backup_id, started)
+    except BaseException as exc:
+        problem = exc.problem if isinstance(exc, DrpError) else type(exc).__name__
+        with contextlib.suppress(Exception):
+            record_attempt(storage, backup_id, started, "failed", error=problem)
+        raise
+    record_attempt(storage, backup_id, started, "succeeded")
+    return result
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    """The source as seen under the backup lock, after the prefix check and the sweep of interrupted runs."""
+
+    ident: ServerIdentity
+    database: str
+    removed: list[str]
+
+
+@contextlib.contextmanager
+def backup_lock(conn: psycopg.Connection, dsn: str, storage: Storage, *, replaced: bool,
+                preflight: Callable[[psycopg.Connection], None] | None = None) -> Iterator[LockedSource]:
+    """Hold the source's backup advisory lock; check the prefix belongs to it, then sweep leftovers.
+
+    ``preflight`` runs after the lock and the source check but before anything is removed,
+    so a refused backup changes nothing in storage. ``conn`` must be in autocommit.
+    """
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (BACKUP_LOCK_KEY,)).fetchone()[0]:
+        raise BackupError(
+            f"another backup of {describe(dsn)} is running",
+            fix="wait for it to finish (backups of one database never overlap)",
+        )
+    try:
+        ident = server_identity(conn)
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        check_source(storage, {"system_identifier": ident.system_identifier, "database": database,
+                               "server": describe(dsn)}, replaced=replaced)
+        if preflight:
+            preflight(conn)
+        yield LockedSource(ident, database, remove_incomplete(storage))
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+            conn.autocommit = True
+            conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
+
+
+def source_record(dsn: str, locked: LockedSource, size_bytes: int) -> dict[str, Any]:
+    """The manifest's ``source``: what SOURCE.json binds a prefix to, and what was backed up."""
+    return {
+        "server": describe(dsn),
+        "database": locked.database,
+        "server_version": locked.ident.version,
+        "server_version_num": locked.ident.version_num,
+        "system_identifier": locked.ident.system_identifier,
+        "database_size_bytes": size_bytes,
+    }
+
+
+def stream_command(
+    cmd: list[str],
+    env: dict[str, str],
+    storage: Storage,
+    key: str,
+    role: str,
+    fmt: str,
+    recipients: list,
+    *,
+    level: int,
+    threads: int,
+    progress: Progress | None,
+    expected: int | None,
+    tap: Callable[[bytes], None] | None = None,
+) -> ObjectEntry:
+    """Run a client tool and stream its stdout, compressed and encrypted, into storage under key.
+
+    ``tap`` sees every plain byte as it passes (a base backup reads backup_label and
+    backup_manifest out of its tar stream that way). On failure the object is deleted.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
+        assert proc.stdout is not None
+        reader = CountingReader(proc.stdout, tap=tap)
+        chunks = compress_encrypt(reader, recipients, level=level, threads=threads)
+        try:
+            result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
+            # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
+            chunks.close()
+            proc.stdout.close()
+        code = proc.wait()
+        if code != 0:
+            stderr.seek(0)
+            message = stderr.read().decode(errors="replace").strip()
+            with contextlib.suppress(StorageError):
+                storage.delete(key)
+            raise BackupError(f"{os.path.basename(cmd[0])} failed (exit {code}): {message}", fix=_fix_for(message))
+    return ObjectEntry(key=key.rsplit("/", 1)[1], role=role, bytes=result.size, sha256=result.sha256,
+                       plain_bytes=reader.bytes, format=fmt)
+
+
+def _reporting(chunks: Iterator[bytes], reader: CountingReader, phase: str, progress: Progress | None,
+               expected: int | None) -> Iterator[bytes]:
+    last = 0
+    for chunk in chunks:
+        if progress and reader.bytes - last >= PROGRESS_EVERY:
+            last = reader.bytes
+            progress(phase, reader.bytes, expected)
+        yield chunk
+    if progress:
+        progress(phase, reader.bytes, expected)
+
+
+def _fix_for(message: str) -> str:
+    lowered = message.lower()
+    if "permission denied" in lowered:
+        return "run the backup as a role that can read every table (e.g. a member of pg_read_all_data)"
+    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
+        return "install pg_dump of the server's major version or newer, or set DRP_PG_BIN_DIR"
+    if "password authentication failed" in lowered:
+        return "check the password in DRP_SOURCE_DSN (or PGPASSWORD / ~/.pgpass)"
+    if "replication connection" in lowered or "must be superuser or replication role" in lowered:
+        return ("a base backup needs a role with the REPLICATION attribute and a pg_hba.conf `host replication` "
+                "line for the backup host")
+    return "read the tool's message above"

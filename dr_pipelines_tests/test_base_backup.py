@@ -1,0 +1,294 @@
+"""Base backups (pg_basebackup -Ft -X none) on a real cluster archiving its WAL through `drp` (issue 13, item 1).
+
+One module-scoped archiving cluster (WalRig + `drp wal archiver`). A base backup taken, extracted and
+started with the archive as restore_command recovers to exactly the rows the source had at the
+backup's stop; pg_verifybackup passes on it and names a tampered file; a kill -9 mid-stream leaves
+nothing complete and the next run sweeps it; a flipped byte fails the extraction naming the object;
+a missing stop segment keeps it 'waiting for WAL'; each bad input is refused with its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.catalog import BackupNotFoundError, find_backup, list_backups, pin_backup
+from dr_pipelines.core.backup.gfs import RetentionPolicy
+from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.backup.prune import prune_backups
+from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
+from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.pg.checksums import database_checksums
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.verified_read import CorruptObjectError
+from dr_pipelines.core.wal.archive import fetch_wal
+from dr_pipelines.core.wal.names import sidecar_key
+from dr_pipelines_tests.support.procs import start_paused, wait_for
+from dr_pipelines_tests.support.s3 import MotoServer
+from dr_pipelines_tests.support.wal import WalRig, give_to_pg, pid_alive
+
+ROWS = 60_000
+
+
+@pytest.fixture(scope="module")
+def rig(work_base: Path) -> Iterator[WalRig]:
+    rig = WalRig.make(work_base / f"bb-{uuid.uuid4().hex[:8]}")
+    with rig.archiver("--read-ahead", "4"):
+        yield rig
+
+
+@pytest.fixture(scope="module")
+def cluster(rig: WalRig) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("60s"), tcp_trust=True)
+    with psycopg.connect(c.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE patients (id bigint PRIMARY KEY, name text, born date)")
+        conn.execute("INSERT INTO patients SELECT g, md5(g::text), date '1950-01-01' + g %% 20000 "
+                     "FROM generate_series(1, %s) g", (ROWS,))
+        conn.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, patient bigint REFERENCES patients, body text)")
+        conn.execute("INSERT INTO notes (patient, body) SELECT g % 1000 + 1, repeat(md5(g::text), 8) "
+                     "FROM generate_series(1, 20000) g")
+    yield c
+    c.remove()
+
+
+@pytest.fixture(scope="module")
+def storage(rig: WalRig) -> Storage:
+    return context.storage(rig.settings())
+
+
+@pytest.fixture(scope="module")
+def taken(rig: WalRig, cluster: LocalCluster, storage: Storage) -> tuple[Manifest, list]:
+    """One base backup and the source's table checksums right after it (nothing written in between)."""
+    progress: list[tuple[str, int, int | None]] = []
+    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients,
+                               progress=lambda *a: progress.append(a))
+    checksums = database_checksums(cluster.dsn())
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # after the stop: must not be recovered
+        conn.execute("INSERT INTO patients VALUES (%s, 'after the backup', now())", (ROWS + 1,))
+    assert len(progress) >= 3 and progress[-1][1] == manifest.object("base").plain_bytes
+    return manifest, checksums
+
+
+def _drp(rig: WalRig, cluster: LocalCluster, *args: str, **env: str):
+    return rig.drp(*args, DRP_SOURCE_DSN=cluster.dsn(), DRP_WORK_DIR=str(rig.root / "work"), **env)
+
+
+def _entry(storage: Storage, backup_id: str):
+    return next(e for e in list_backups(storage) if e.id == backup_id)
+
+
+def test_manifest_records_the_backup_and_its_wal_becomes_archived(rig: WalRig, cluster: LocalCluster,
+                                                                 storage: Storage, taken: tuple) -> None:
+    manifest, _ = taken
+    x = manifest.extra
+    assert manifest.kind == "base-backup"
+    assert [(o.key, o.role, o.format) for o in manifest.objects] == [(BASE_OBJECT, "base", "tar")]
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+        start_seg = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (x["start_lsn"],)).fetchone()[0]
+        stop_seg = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (x["stop_lsn"],)).fetchone()[0]
+    assert (x["system_identifier"], manifest.source["system_identifier"]) == (sysid, sysid)
+    assert (x["timeline"], x["wal_start"], x["wal_stop"]) == (1, start_seg, stop_seg)
+    assert x["segment_bytes"] == 16 * 1024 * 1024 and x["data_checksums"] is True and x["pg_version_num"] >= 150000
+    assert x["start_time"] < x["stop_time"] and isinstance(x["next_xid"], int)
+    entry = wait_for(lambda: (e := _entry(storage, manifest.id)).wal_archived and e, timeout=60, what="WAL archived",
+                     interval=0.3)
+    assert entry.kind == "base" and entry.status == "complete" and entry.restorable
+    assert entry.restore_point.isoformat() == x["stop_time"]
+    listed = _drp(rig, cluster, "backup", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["id"] == manifest.id)
+    assert (row["kind"], row["status"]) == ("base", "complete")
+    shown = _drp(rig, cluster, "backup", "show", manifest.id)
+    assert shown.returncode == 0 and f"{x['start_lsn']} .. {x['stop_lsn']}" in shown.stdout, shown.stdout
+    assert f"{x['wal_start']} .. {x['wal_stop']} (archived)" in shown.stdout
+
+
+def test_round_trip_recovers_exactly_the_rows_at_the_backups_stop(rig: WalRig, storage: Storage, taken: tuple,
+                                                                  tmp_path: Path) -> None:
+    manifest, checksums = taken
+    entry = wait_for(lambda: (e := _entry(storage, manifest.id)).wal_archived and e, timeout=60, what="WAL",
+                     interval=0.3)
+    data_dir = rig.root / f"restored-{uuid.uuid4().hex[:6]}"
+    extract_base_backup(storage, entry, context.identities(rig.settings()), data_dir)
+    assert data_dir.stat().st_mode & 0o777 == 0o700 and (data_dir / "backup_manifest").exists()
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    for name in (manifest.extra["wal_start"], manifest.extra["wal_stop"]):
+        fetch_wal(storage, context.identities(rig.settings()), name, wal_dir / name)
+    assert verify_base_backup(data_dir, wal_dir) == []
+    port = free_port()
+    restore = f"env DRP_CONFIG={rig.config} {rig.drp_for_pg} wal fetch %f %p"
+    with open(data_dir / "postgresql.auto.conf", "a") as conf:  # later lines win
+        conf.write(f"port = {port}\narchive_mode = off\nunix_socket_directories = ''\n"
+                   f"restore_command = '{restore}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+    (data_dir / "recovery.signal").touch()
+    give_to_pg(data_dir / "recovery.signal")
+    restored = LocalCluster.attach(data_dir)
+    try:
+        restored.start()
+        wait_for(lambda: not _in_recovery(restored), timeout=60, what="promotion", interval=0.3)
+        assert database_checksums(restored.dsn()) == checksums
+        with psycopg.connect(restored.dsn()) as conn:
+            assert conn.execute("SELECT count(*) FROM patients WHERE id > %s", (ROWS,)).fetchone()[0] == 0
+            assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"
+    finally:
+        restored.remove()
+
+
+def _in_recovery(cluster: LocalCluster) -> bool:
+    with psycopg.connect(cluster.dsn()) as conn:
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
+def test_pg_verifybackup_names_a_tampered_file(rig: WalRig, storage: Storage, taken: tuple) -> None:
+    data_dir = rig.root / f"tampered-{uuid.uuid4().hex[:6]}"
+    extract_base_backup(storage, _entry(storage, taken[0].id), context.identities(rig.settings()), data_dir)
+    try:
+        victim = data_dir / "global" / "pg_control"
+        raw = bytearray(victim.read_bytes())
+        raw[200] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+        problems = verify_base_backup(data_dir)
+        assert any('"global/pg_control"' in p and "checksum mismatch" in p for p in problems), problems
+    finally:
+        shutil.rmtree(data_dir)
+
+
+def test_a_flipped_byte_fails_extraction_naming_the_object(rig: WalRig, cluster: LocalCluster, storage: Storage,
+                                                           tmp_path: Path) -> None:
+    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients)
+    stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
+    original = stored.read_bytes()
+    try:
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        stored.write_bytes(bytes(flipped))
+        with pytest.raises(CorruptObjectError, match=f"{manifest.id}/{BASE_OBJECT} is corrupted"):
+            extract_base_backup(storage, _entry(storage, manifest.id), context.identities(rig.settings()),
+                                tmp_path / "pgdata")
+        assert not (tmp_path / "pgdata").exists()
+    finally:
+        stored.write_bytes(original)
+
+
+def test_not_restorable_while_its_stop_segment_is_not_archived(rig: WalRig, cluster: LocalCluster,
+                                                               storage: Storage, taken: tuple) -> None:
+    manifest = taken[0]
+    sidecar = rig.storage_dir / sidecar_key(manifest.extra["wal_stop"])
+    wait_for(sidecar.exists, timeout=60, what="stop segment archived", interval=0.3)
+    saved = sidecar.read_bytes()
+    sidecar.unlink()
+    try:
+        entry = _entry(storage, manifest.id)
+        assert (entry.status, entry.restorable, entry.wal_archived) == ("waiting for WAL", False, False)
+        with pytest.raises(BackupNotFoundError, match="waiting for WAL"):
+            find_backup(storage, manifest.id, kind="base")
+        assert all(e.id != manifest.id for e in list_backups(storage) if e.restorable)
+        listed = _drp(rig, cluster, "backup", "list")
+        assert "waiting for" in listed.stdout and manifest.id in listed.stdout, listed.stdout
+    finally:
+        sidecar.write_bytes(saved)
+    assert _entry(storage, manifest.id).restorable
+
+
+def test_kill_9_mid_stream_leaves_nothing_complete_and_the_next_run_sweeps_it(rig: WalRig, cluster: LocalCluster,
+                                                                               storage: Storage) -> None:
+    env = {"DRP_CONFIG": str(rig.config), "DRP_SOURCE_DSN": cluster.dsn()}
+    before = {e.id for e in list_backups(storage)}
+    proc = start_paused(["backup", "run", "--physical", "--no-prune"], env, "base-backup-mid-stream")
+    partials = wait_for(lambda: list((rig.storage_dir / "backups").rglob(f".{BASE_OBJECT}.*.partial")), timeout=30,
+                        what="upload under way", interval=0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {e.id for e in list_backups(storage) if e.complete} <= before  # nothing new counts as a backup
+    killed_id = partials[0].parent.name
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # the orphaned pg_basebackup hit a broken pipe
+        wait_for(lambda: conn.execute("SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'walsender'")
+                 .fetchone()[0], timeout=30, what="walsender gone", interval=0.2)
+    again = _drp(rig, cluster, "backup", "run", "--physical", "--no-prune", "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    ids = {e.id for e in list_backups(storage)}
+    assert killed_id not in ids and summary["id"] in ids
+    assert not partials[0].exists() and not list((rig.storage_dir / "backups").rglob("*.partial"))  # swept
+    assert not pid_alive(proc.pid)
+
+
+@pytest.fixture
+def bad_cluster(work_base: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster.create(work_base / f"bb-bad-{uuid.uuid4().hex[:6]}",
+                            settings={"wal_level": "minimal", "max_wal_senders": "0"}, tcp_trust=True)
+    yield c
+    c.remove()
+
+
+def _refused(result, *words: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr and "fix:" in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_bad_inputs_are_refused_before_anything_runs(rig: WalRig, cluster: LocalCluster, storage: Storage,
+                                                     bad_cluster: LocalCluster, tmp_path: Path) -> None:
+    other = {"DRP_STORAGE_URL": str(tmp_path / "other-prefix")}  # a prefix of its own: no source mismatch
+    _refused(_drp(rig, bad_cluster, "backup", "run", "--physical", **other), "wal_level is 'minimal'")
+    bad_cluster.write_settings({**bad_cluster._auto_conf(), "wal_level": "replica", "max_wal_senders": "10"})
+    bad_cluster.stop()
+    bad_cluster.start()
+    _refused(_drp(rig, bad_cluster, "backup", "run", "--physical", **other), "archive_mode is off")
+    _refused(_drp(rig, cluster, "backup", "run", "--physical", "--slot", "nope"), "replication slot 'nope' does not exist")
+    space = rig.root / f"space-{uuid.uuid4().hex[:6]}"  # reachable by the postgres OS user
+    space.mkdir()
+    give_to_pg(space)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE bb_space LOCATION '{space}'")
+        try:
+            _refused(_drp(rig, cluster, "backup", "run", "--physical"), "user tablespaces (bb_space)")
+        finally:
+            conn.execute("DROP TABLESPACE bb_space")
+    mismatch = tmp_path / "mismatch"
+    mismatch.mkdir()
+    (mismatch / "backups").mkdir()
+    (mismatch / "backups" / "SOURCE.json").write_text(json.dumps(
+        {"system_identifier": "1234", "database": "postgres", "server": "elsewhere:5432/postgres"}))
+    _refused(_drp(rig, cluster, "backup", "run", "--physical", DRP_STORAGE_URL=str(mismatch)),
+             "system identifier 1234", "--source-replaced")
+    base_id = next(e.id for e in list_backups(storage) if e.kind == "base")
+    _refused(_drp(rig, cluster, "restore", base_id, "--target", cluster.dsn("nowhere")),
+             f"backup {base_id} is a base backup", "--pitr")
+    assert not list((tmp_path / "other-prefix").rglob("manifest.json"))
+
+
+def test_s3_take_and_extract(rig: WalRig, cluster: LocalCluster, s3_server: MotoServer, s3_bucket: str,
+                             tmp_path: Path) -> None:
+    s3 = S3Storage(s3_bucket, prefix="bb", **s3_server.storage_kwargs())
+    manifest = run_base_backup(cluster.dsn(), s3, rig.settings().encryption_recipients)
+    entry = _entry(s3, manifest.id)
+    assert entry.status == "waiting for WAL"  # this prefix has no WAL archive: never restorable
+    extract_base_backup(s3, entry, context.identities(rig.settings()), tmp_path / "pgdata")
+    assert verify_base_backup(tmp_path / "pgdata") == []
+
+
+def test_a_pinned_base_backup_survives_prune(rig: WalRig, cluster: LocalCluster, storage: Storage,
+                                            taken: tuple) -> None:
+    oldest = taken[0].id
+    pin_backup(storage, oldest, reason="legal hold", by="test")
+    newest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients).id
+    wait_for(lambda: _entry(storage, newest).restorable, timeout=60, what="WAL of the newest", interval=0.3)
+    result = prune_backups(storage, RetentionPolicy(keep_last=1), dry_run=False)
+    left = {e.id for e in list_backups(storage)}
+    assert {oldest, newest} <= left and result.deleted and not set(result.deleted) & left
