@@ -101,7 +101,8 @@ class Ledger:
 def ledger_on(rig: WalRig) -> Iterator[Ledger]:
     """An archiving cluster with six ledger batches, base backup a after batch 1 and b after batch 4;
     a time after batch 2, an LSN after batch 3, batch 4's xid and restore point 'after-batch5' recorded."""
-    cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings(), tcp_trust=True)
+    # few segments to replay (each is one `drp wal fetch` process): switches only where the test makes them
+    cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True)
     led = Ledger(rig, cluster)
     try:
         with rig.archiver():
@@ -115,6 +116,7 @@ def ledger_on(rig: WalRig) -> Iterator[Ledger]:
             led.marks["xid"] = led.batch(4)
             led.base_backup("b")
             led.batch(5)
+            led.switch()  # so a segment lies strictly between base b and the archive's end (the gap test)
             point = rig.drp("wal", "restore-point", "after-batch5", DRP_SOURCE_DSN=cluster.dsn())
             assert point.returncode == 0, point.stderr
             led.batch(6)

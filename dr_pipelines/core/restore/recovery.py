@@ -66,11 +66,18 @@ def conf_value(text: str) -> str:
 
 def fetch_command(drp: str, spool: Path, prefetch: int, *, config: Path | None = None,
                   identity: Path | None = None) -> str:
-    """restore_command: `drp wal fetch %f %p` with prefetch into the spool (settings from DRP_CONFIG)."""
+    """restore_command: a segment already prefetched (checked) into the spool is moved into place by the
+    shell; otherwise `drp wal fetch %f %p` fetches it and refills the spool in parallel (settings from DRP_CONFIG).
+
+    A drp process costs 1-2 s of interpreter start-up on a loaded machine, more than replaying a
+    segment: with prefetch N only one request in about N starts one.
+    """
     parts = ["env", f"DRP_CONFIG={config}"] if config else []
     parts += [drp, "wal", "fetch"]
     tail = ["--spool", str(spool), "--prefetch", str(prefetch)] + (["--identity", str(identity)] if identity else [])
-    return " ".join(shlex.quote(p) for p in parts) + " %f %p " + " ".join(shlex.quote(p) for p in tail)
+    cached = f"{shlex.quote(str(spool))}/%f"
+    fetch = " ".join(shlex.quote(p) for p in parts) + " %f %p " + " ".join(shlex.quote(p) for p in tail)
+    return f"{{ test -f {cached} && mv -f {cached} %p; }} || {fetch}" if prefetch else fetch
 
 
 def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_command: str, socket_dir: Path,
