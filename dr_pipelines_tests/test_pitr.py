@@ -10,6 +10,7 @@ running or on disk after a failure, and the production archive is never written 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -38,8 +39,8 @@ from dr_pipelines.core.restore.pitr import (
 )
 from dr_pipelines.core.restore.targets import base_backups, format_lsn, parse_lsn
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.names import object_key, sidecar_key
-from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT
+from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
+from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
 from dr_pipelines_tests.support.procs import wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
@@ -184,7 +185,6 @@ def nothing_left(data_dir: Path) -> None:
 
 @pytest.mark.parametrize("kind, batch, base", [
     ("time", 2, "a"),  # base b stopped after this time: choosing it would overshoot
-    ("lsn", 3, "a"),
     ("xid", 4, "a"),  # base b's next xid is past batch 4's: it cannot stop before it
     ("name", 5, "b"),
     ("latest", 6, "b"),
@@ -211,6 +211,46 @@ def test_pitr_restores_exactly_the_rows_committed_before_the_target(ledger: Ledg
     finally:
         LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
     assert_untouched_by_restores(ledger, before)
+
+
+def test_cli_pitr_to_an_lsn_into_a_data_dir_leaves_it_stopped(ledger: Ledger, where: Path) -> None:
+    data_dir = where / "restored"
+    before = archive_listing(ledger.rig)
+    run = ledger.rig.drp("restore", "--pitr", "--lsn", str(ledger.marks["lsn"]), "--data-dir", str(data_dir),
+                         "--drp", str(ledger.rig.drp_for_pg), "--json", timeout=300,
+                         DRP_WORK_DIR=str(ledger.rig.root / "work"))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["base_backup"] == ledger.bases["a"] and report["timeline"] == 2 and report["running"] is False
+    assert report["target"] == f"lsn {ledger.marks['lsn']} (inclusive)"
+    cluster = LocalCluster.attach(data_dir)
+    assert not cluster.is_running()
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn()) as conn:
+            rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == ledger.ids_after[3]
+        assert hashlib.sha256(repr(rows).encode()).hexdigest() == source_checksum(ledger, rows[-1][0])
+    finally:
+        cluster.remove()
+    assert_untouched_by_restores(ledger, before)
+    assert list((ledger.rig.root / "work" / "clusters").iterdir()) == []  # the lease (and its WAL spool) is gone
+
+
+def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:
+    """A request served from the spool fetches nothing; once half the window is used, the rest is fetched
+    at once (in parallel), instead of one segment per request, each waited for."""
+    settings = ledger.rig.settings()
+    storage, identities = ledger.storage, context.identities(settings, None)
+    first = Segment.parse(ledger.base("a").wal_start)
+    names = [first.name] + [s.name for s in first.following(3)]
+    spool = where / "spool"
+    assert restore_wal(storage, identities, names[0], where / "x", spool=spool, prefetch=2) == "archive"
+    assert sorted(p.name for p in spool.iterdir()) == names[1:3]
+    assert restore_wal(storage, identities, names[1], where / "x", spool=spool, prefetch=2) == "spool"
+    assert sorted(p.name for p in spool.iterdir()) == names[2:3]  # half the window still spooled: no fetch
+    assert restore_wal(storage, identities, names[2], where / "x", spool=spool, prefetch=2) == "spool"
+    assert sorted(p.name for p in spool.iterdir()) == [names[3], first.following(4)[-1].name]
 
 
 def test_targets_parse_strictly() -> None:
@@ -312,8 +352,8 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
 
 
 def test_cli_refuses_bad_pitr_input_without_a_traceback(ledger: Ledger, where: Path) -> None:
-    dest = str(where / "restored")
-    unknown = ledger.rig.drp("restore", "--pitr", "--restore-point", "nope", "--new-cluster", dest)
+    dest, work = str(where / "restored"), {"DRP_WORK_DIR": str(ledger.rig.root / "work")}
+    unknown = ledger.rig.drp("restore", "--pitr", "--restore-point", "nope", "--new-cluster", dest, **work)
     assert unknown.returncode == 1 and "known: after-batch5" in unknown.stderr and "Traceback" not in unknown.stderr
     two = ledger.rig.drp("restore", "--pitr", "--latest", "--lsn", "0/1", "--new-cluster", dest)
     assert two.returncode == 2 and "exactly one target" in two.stderr
