@@ -6,7 +6,7 @@ import getpass
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
 from dr_pipelines.core import context
@@ -111,8 +111,8 @@ def backup_list(
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "kind", "restore point (UTC)", "size", "duration", "tables", "rows", "status", "pinned",
-                  "verification", "")
+    table = Table(Column("id", no_wrap=True), "kind", "restore point (UTC)", "size", "duration", "tables", "rows",
+                  "status", "pinned", Column("verification", no_wrap=True), Column("", no_wrap=True))
     for r in rows:
         table.add_row(
             r["id"], r["kind"], (r["restore_point"] or "")[:19].replace("T", " "), human_bytes(r["bytes"]),

@@ -214,7 +214,8 @@ def find_backup(storage: Storage, backup_id: str | None, *, kind: str | None = N
     if backup_id in (None, "latest"):
         entry = newest_restorable(entries, kind)
         if entry is None:
-            raise BackupNotFoundError(f"no restorable {_KIND_WORDS[kind] if kind else 'backup'} in {storage.url}",
+            raise BackupNotFoundError(f"no restorable backup in {storage.url}"
+                                      + (f" that is a {_KIND_WORDS[kind]}" if kind else ""),
                                       fix="run `drp backup run` first (`--physical` for a base backup), or check DRP_STORAGE_URL")
         return entry
     for e in entries:

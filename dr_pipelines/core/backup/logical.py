@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version as pkg_version
 from typing import Any
 
 import psycopg
@@ -24,7 +23,7 @@ from dr_pipelines.core.backup.pipeline import (  # noqa: F401 - BackupError, BAC
     BackupError,
     LockedSource,
     backup_lock,
-    source_record,
+    manifest_fields,
     stream_command,
     with_attempt,
 )
@@ -43,7 +42,7 @@ from dr_pipelines.core.pg.checksums import TableChecksum, database_checksums, sn
 from dr_pipelines.core.pg.connect import connect, libpq_env
 from dr_pipelines.core.pg.content import database_properties, large_objects, materialized_views, sequence_states
 from dr_pipelines.core.pg.snapshots import export_snapshot
-from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 
@@ -153,15 +152,7 @@ def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str]
         large_objects=dumped.content.large_objects if dumped.content else None,
         materialized_views=dumped.content.materialized_views if dumped.content else None,
         database_properties=dumped.db_properties,
-        source=source_record(dsn, locked, db_size),
-        tools={
-            "pg_dump": tool_version(pg_dump)[1],
-            "dr_pipelines": pkg_version("dr_pipelines"),
-            "zstandard": pkg_version("zstandard"),
-            "pyrage": pkg_version("pyrage"),
-        },
-        compression={"algorithm": "zstd", "level": options.compression_level},
-        encryption={"algorithm": "age-x25519", "recipients": list(recipients)},
+        **manifest_fields(dsn, locked, db_size, pg_dump, recipients, options.compression_level),
         extra={
             "snapshot_at": snapshot_at.astimezone(UTC).isoformat(),
             "checksums": options.checksums,

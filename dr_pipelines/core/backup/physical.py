@@ -20,7 +20,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version as pkg_version
 from typing import Any
 
 import psycopg
@@ -31,7 +30,7 @@ from dr_pipelines.core.backup.pipeline import (
     BackupError,
     LockedSource,
     backup_lock,
-    source_record,
+    manifest_fields,
     stream_command,
     with_attempt,
 )
@@ -39,7 +38,7 @@ from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, write_manifest
 from dr_pipelines.core.pg.connect import connect, libpq_env
-from dr_pipelines.core.pg.tools import client_tool, tool_version
+from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.names import Segment
@@ -207,15 +206,7 @@ def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str]
         started_at=started,
         finished_at=datetime.now(UTC),
         objects=[entry],
-        source=source_record(dsn, locked, size),
-        tools={
-            "pg_basebackup": tool_version(pg_basebackup)[1],
-            "dr_pipelines": pkg_version("dr_pipelines"),
-            "zstandard": pkg_version("zstandard"),
-            "pyrage": pkg_version("pyrage"),
-        },
-        compression={"algorithm": "zstd", "level": options.compression_level},
-        encryption={"algorithm": "age-x25519", "recipients": list(recipients)},
+        **manifest_fields(dsn, locked, size, pg_basebackup, recipients, options.compression_level),
         extra=extra,
     )
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import version as pkg_version
 from typing import Any, TypeVar
 
 import psycopg
@@ -28,6 +29,7 @@ from dr_pipelines.core.manifest import ObjectEntry
 from dr_pipelines.core.pg.connect import describe
 from dr_pipelines.core.pg.drp_schema import BACKUP_LOCK as BACKUP_LOCK_KEY
 from dr_pipelines.core.pg.profile import ServerIdentity, server_identity
+from dr_pipelines.core.pg.tools import tool_version
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import CountingReader, compress_encrypt
@@ -96,15 +98,27 @@ def backup_lock(conn: psycopg.Connection, dsn: str, storage: Storage, *, replace
             conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
 
 
-def source_record(dsn: str, locked: LockedSource, size_bytes: int) -> dict[str, Any]:
-    """The manifest's ``source``: what SOURCE.json binds a prefix to, and what was backed up."""
+def manifest_fields(dsn: str, locked: LockedSource, size_bytes: int, tool: str, recipients: list[str],
+                    level: int) -> dict[str, Any]:
+    """The Manifest fields every backup kind fills alike: source (what SOURCE.json binds a prefix to), tools,
+    compression and encryption (the *public* recipients only)."""
     return {
-        "server": describe(dsn),
-        "database": locked.database,
-        "server_version": locked.ident.version,
-        "server_version_num": locked.ident.version_num,
-        "system_identifier": locked.ident.system_identifier,
-        "database_size_bytes": size_bytes,
+        "source": {
+            "server": describe(dsn),
+            "database": locked.database,
+            "server_version": locked.ident.version,
+            "server_version_num": locked.ident.version_num,
+            "system_identifier": locked.ident.system_identifier,
+            "database_size_bytes": size_bytes,
+        },
+        "tools": {
+            os.path.basename(tool): tool_version(tool)[1],
+            "dr_pipelines": pkg_version("dr_pipelines"),
+            "zstandard": pkg_version("zstandard"),
+            "pyrage": pkg_version("pyrage"),
+        },
+        "compression": {"algorithm": "zstd", "level": level},
+        "encryption": {"algorithm": "age-x25519", "recipients": list(recipients)},
     }
 
 

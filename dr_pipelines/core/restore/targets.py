@@ -153,7 +153,7 @@ def choose_base_backup(entries: Sequence[Any], target: RecoveryTarget, *, target
     bases = sorted((b for b in base_backups(entries) if b.restorable), key=lambda b: (b.stop_lsn, b.stop_time))
     if not bases:
         raise PitrError("there is no restorable base backup in storage (complete, with its WAL archived)",
-                        fix="take one with `drp backup run --base` and keep WAL archiving on")
+                        fix="take one with `drp backup run --physical` and keep WAL archiving on")
     before = [b for b in bases if _stops_before(b, target, target_lsn)]
     if not before:
         oldest = bases[0]
