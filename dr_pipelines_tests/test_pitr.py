@@ -28,6 +28,7 @@ from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
+from dr_pipelines.core.pg.leases import sweep_leftovers
 from dr_pipelines.core.restore.pitr import (
     BaseBackup,
     PitrError,
@@ -42,7 +43,7 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
-from dr_pipelines_tests.support.procs import wait_for
+from dr_pipelines_tests.support.procs import start_paused, wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
@@ -235,6 +236,21 @@ def test_cli_pitr_to_an_lsn_into_a_data_dir_leaves_it_stopped(ledger: Ledger, wh
         cluster.remove()
     assert_untouched_by_restores(ledger, before)
     assert list((ledger.rig.root / "work" / "clusters").iterdir()) == []  # the lease (and its WAL spool) is gone
+
+
+def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path) -> None:
+    """kill -9 while PostgreSQL replays: the server keeps running on a half-restored directory until the
+    next command's sweep stops it and deletes the directory (its lease names it)."""
+    data_dir, work = where / "restored", ledger.rig.root / "work"
+    proc = start_paused(["restore", "--pitr", "--latest", "--data-dir", str(data_dir), "--drp",
+                         str(ledger.rig.drp_for_pg)], {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)},
+                        "pitr-recovering")
+    proc.kill()
+    proc.wait()
+    assert (data_dir / "postmaster.pid").exists() or (data_dir / "PG_VERSION").exists()
+    swept = sweep_leftovers(work)
+    assert any("server stopped" in line and str(data_dir) in line for line in swept), swept
+    nothing_left(data_dir)
 
 
 def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import SUPERUSER, LocalCluster, free_port, give_to_server, write_private
 from dr_pipelines.core.progress import Progress
@@ -121,6 +122,7 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, sta
         configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
                            timeline=timeline)
         cluster.launch()
+        reached("pitr-recovering")
         replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)
         new_timeline = _secure(cluster, socket_dir)
     except BaseException:
