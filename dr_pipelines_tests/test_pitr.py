@@ -34,6 +34,7 @@ from dr_pipelines.core.restore.pitr import (
     PitrError,
     PitrResult,
     RecoveryTarget,
+    check_wal,
     choose_base_backup,
     extract_from_storage,
     restore_to_point,
@@ -333,6 +334,21 @@ def test_a_wal_gap_is_named_and_the_pitr_refused_before_anything_starts(ledger: 
     finally:
         for src, dst in moved:
             dst.rename(src)
+
+
+def test_only_the_wal_a_restore_needs_is_checked(ledger: Ledger) -> None:
+    """A damaged segment older than the chosen base does not block it; the same from the older base is refused."""
+    name = ledger.base("a").wal_start
+    obj, _ = _stored(ledger, name)
+    original = obj.read_bytes()
+    obj.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        latest = RecoveryTarget.parse(latest=True)
+        assert check_wal(ledger.storage, ledger.base("b"), latest).first == ledger.base("b").wal_start
+        with pytest.raises(PitrError, match=f"{name} \\(corrupt\\)"):
+            check_wal(ledger.storage, ledger.base("a"), latest)
+    finally:
+        obj.write_bytes(original)
 
 
 def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path) -> None:

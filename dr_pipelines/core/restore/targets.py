@@ -19,7 +19,7 @@ from typing import Any
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import read_sidecar
-from dr_pipelines.core.wal.names import DEFAULT_SEGMENT_BYTES, Segment
+from dr_pipelines.core.wal.names import DEFAULT_SEGMENT_BYTES, Segment, WalNameError, is_history
 from dr_pipelines.core.wal.restore_points import find_restore_point
 from dr_pipelines.core.wal.verify import verify_archive
 
@@ -200,15 +200,19 @@ def target_lsn_of(storage: Storage, target: RecoveryTarget) -> int | None:
 def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, target_lsn: int | None = None) -> WalPlan:
     """Refuse before anything starts: a gap or corrupt segment between the base's start and the target,
     or a time/LSN target past the newest archived WAL (recovery would end short of it)."""
-    report = verify_archive(storage, start=base.wal_start, pg=None, read=True)
+    first = Segment.parse(base.wal_start).number(base.segment_bytes)
+    upper = target_lsn // base.segment_bytes if target_lsn is not None else None
+    report = verify_archive(storage, start=base.wal_start, pg=None, read=True,
+                            read_only=lambda name: _needed(name, first, upper, base.segment_bytes))
     if report.end is None:
         raise PitrError(f"the WAL archive in {storage.url} holds nothing from {base.wal_start} on",
                         fix="check that WAL archiving runs (drp wal status) and that this is the right storage")
     newest = Segment.parse(report.end)
     limit = Segment.of_lsn(newest.timeline, target_lsn, base.segment_bytes) if target_lsn is not None else newest
-    bad = [g for g in report.gaps if _before(g.first, limit, base.segment_bytes)]
+    upper = limit.number(base.segment_bytes)
+    bad = [g for g in report.gaps if _needed(g.first, first, upper, base.segment_bytes)]
     corrupt = [p for p in report.problems if p["status"] in ("corrupt", "lost", "uncommitted", "missing-history")
-               and (len(p["name"]) != 24 or _before(p["name"], limit, base.segment_bytes))]
+               and _needed(p["name"], first, upper, base.segment_bytes)]
     if bad or corrupt:
         named = [f"{g.first}" + (f"..{g.last}" if g.last != g.first else "") + f" ({g.status})" for g in bad]
         named += [f"{p['name']} ({p['status']})" for p in corrupt]
@@ -222,9 +226,16 @@ def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, tar
     return WalPlan(first=base.wal_start, last=limit.name, newest_archived=newest.name, newest_archived_at=newest_at)
 
 
-def _before(name: str, limit: Segment, seg_bytes: int) -> bool:
-    """Along one timeline path segment numbers only grow, so the number alone says "needed before the target"."""
-    return Segment.parse(name).number(seg_bytes) <= limit.number(seg_bytes)
+def _needed(name: str, first: int, upper: int | None, seg_bytes: int) -> bool:
+    """Whether recovery from segment number ``first`` to ``upper`` (None: the end) reads this file: history
+    files always; segments by number (along one timeline path numbers only grow); .partial/.backup never."""
+    if is_history(name):
+        return True
+    try:
+        number = Segment.parse(name).number(seg_bytes)
+    except WalNameError:
+        return False
+    return first <= number and (upper is None or number <= upper)
 
 
 def _refuse_past_archive(target: RecoveryTarget, target_lsn: int | None, newest: Segment, newest_at: str,
