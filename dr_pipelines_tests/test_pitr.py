@@ -304,6 +304,15 @@ def test_target_after_the_newest_archived_wal_is_refused(ledger: Ledger, where: 
     nothing_left(where / "restored")
 
 
+def test_recovery_ending_before_the_target_is_an_error_and_leaves_nothing(ledger: Ledger, where: Path) -> None:
+    """An xid cannot be placed in the archive beforehand: PostgreSQL runs out of WAL and says so (FATAL)."""
+    never = RecoveryTarget.parse(xid=str(int(ledger.marks["xid"]) + 1_000_000))  # type: ignore[call-overload]
+    with pytest.raises(PitrError, match="recovery ended before the target was reached") as exc:
+        pitr(ledger, never, where / "restored")
+    assert "--latest" in str(exc.value)
+    nothing_left(where / "restored")
+
+
 def test_an_unknown_restore_point_name_lists_the_known_ones(ledger: Ledger, where: Path) -> None:
     with pytest.raises(RestorePointError, match=r"no restore point named 'nope'.*known: after-batch5"):
         pitr(ledger, RecoveryTarget.parse(name="nope"), where / "restored")
