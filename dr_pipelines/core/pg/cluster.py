@@ -211,7 +211,7 @@ class LocalCluster:
                         fix="stop whatever listens there, or create the cluster on another port",
                     )
                 self.port = free_port()
-                self.write_settings({**self.read_settings(), "port": str(self.port)})
+                self.write_settings({**self._auto_conf(), "port": str(self.port)})
             try:
                 self._run(
                     [self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
@@ -304,6 +304,9 @@ class LocalCluster:
 
     def read_settings(self) -> dict[str, str]:
         """postgresql.auto.conf as written (values in config syntax), to change some and write it back."""
+        return self._auto_conf()
+
+    def _auto_conf(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for line in _read_as_owner(self.data_dir / "postgresql.auto.conf").splitlines():
             key, sep, value = line.partition("=")
