@@ -54,7 +54,7 @@ LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, committed_at timestamp
 
 @dataclass
 class Ledger:
-    """The source, its archive, two plain base backups and what was recorded between batches."""
+    """The source, its archive, two base backups in its storage and what was recorded between batches."""
 
     rig: WalRig
     cluster: LocalCluster
