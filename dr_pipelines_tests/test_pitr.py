@@ -252,6 +252,7 @@ def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path)
     swept = sweep_leftovers(work)
     assert any("server stopped" in line and str(data_dir) in line for line in swept), swept
     nothing_left(data_dir)
+    assert list((work / "clusters").iterdir()) == []  # the lease, its spool and its socket folder
 
 
 def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:

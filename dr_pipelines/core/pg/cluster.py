@@ -273,11 +273,20 @@ class LocalCluster:
             raise ClusterError(f"no cluster in {self.data_dir}", fix="nothing to remove")
         with contextlib.suppress(ClusterError):
             self.stop("immediate")  # its files are deleted next: no shutdown checkpoint needed
-        if keep_dir:
-            for child in self.data_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        else:
-            shutil.rmtree(self.data_dir)
+        for attempt in range(5):  # a child the server started (a restore_command) may still write a last file
+            if attempt and not self.data_dir.exists():
+                return
+            try:
+                if keep_dir:
+                    for child in self.data_dir.iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                else:
+                    shutil.rmtree(self.data_dir)
+                return
+            except (FileNotFoundError, OSError) as exc:
+                if attempt == 4 or (not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENOTEMPTY):
+                    raise
+                time.sleep(0.5)
 
     # -- conveniences ----------------------------------------------------------------------
 

@@ -18,7 +18,13 @@ from typing import Any
 from dr_pipelines.core.pg.cluster import LocalCluster, give_to_server
 from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
 from dr_pipelines.core.progress import Progress
-from dr_pipelines.core.restore.recovery import RecoveryResult, configure_recovery, fetch_command, recover
+from dr_pipelines.core.restore.recovery import (
+    RecoveryResult,
+    configure_recovery,
+    fetch_command,
+    recover,
+    socket_dir_in,
+)
 from dr_pipelines.core.restore.targets import (
     BaseBackup,
     PitrError,
@@ -86,7 +92,7 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         extract(base, data_dir)
         command = fetch_command(drp, spool, prefetch, config=config, identity=identity)
         result = recover(data_dir, target, restore_command=command, start_lsn=base.start_lsn, target_lsn=target_lsn,
-                         keep_running=keep_running, port=port, progress=progress)
+                         keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path))
     except BaseException:
         LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)
         raise

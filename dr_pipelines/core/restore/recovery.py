@@ -15,6 +15,7 @@ raises PitrError with PostgreSQL's reason; the caller removes the directory.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import shlex
@@ -30,7 +31,14 @@ from psycopg import sql
 
 from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ClusterError
-from dr_pipelines.core.pg.cluster import SUPERUSER, LocalCluster, free_port, give_to_server, write_private
+from dr_pipelines.core.pg.cluster import (
+    MAX_SOCKET_PATH,
+    SUPERUSER,
+    LocalCluster,
+    free_port,
+    give_to_server,
+    write_private,
+)
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget, format_lsn, parse_lsn
 
@@ -105,15 +113,19 @@ def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_comman
 
 def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, start_lsn: int = 0,
             target_lsn: int | None = None, keep_running: bool = True, port: int | None = None,
-            progress: Progress | None = None, timeline: str = "latest") -> RecoveryResult:
+            progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None) -> RecoveryResult:
     """Recover ``data_dir`` (an extracted base backup) to ``target`` and promote; PitrError if it cannot.
 
     On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly.
     On failure the server is stopped; removing the directory is the caller's (it knows if it made it).
+    ``socket_dir``: a private folder for the recovery's socket (in the caller's lease, so a killed run's is
+    swept); default a new one under the temp dir, removed at the end.
     """
     started = time.monotonic()
     port = port or free_port()
-    socket_dir = Path(tempfile.mkdtemp(prefix="drp-pitr-"))  # short: a socket path has a 107-byte limit
+    own_socket_dir = socket_dir is None
+    if socket_dir is None:
+        socket_dir = Path(tempfile.mkdtemp(prefix="drp-pitr-"))  # short: a socket path has a 107-byte limit
     give_to_server(socket_dir)
     cluster = LocalCluster(data_dir=data_dir, port=port)
     try:
@@ -130,13 +142,23 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, sta
             cluster.stop("immediate")
         raise
     finally:
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        if own_socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
     cluster.start(retry_other_port=True)
     if not keep_running:
         cluster.stop()
     return RecoveryResult(data_dir=data_dir, port=cluster.port, timeline=new_timeline, replayed_to=replayed,
                           last_commit_time=last_commit, seconds=time.monotonic() - started, running=keep_running,
                           dsn=cluster.dsn() if keep_running else None)
+
+
+def socket_dir_in(folder: Path) -> Path | None:
+    """``folder``/sock (0700) when a socket path there fits the 107-byte limit, else None (use the temp dir)."""
+    path = folder / "sock"
+    if len(os.fsencode(f"{path}/.s.PGSQL.65535")) > MAX_SOCKET_PATH:
+        return None
+    path.mkdir(mode=0o700)
+    return path
 
 
 def _connect(socket_dir: Path, port: int) -> psycopg.Connection:
