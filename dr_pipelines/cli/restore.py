@@ -36,6 +36,17 @@ def restore(
     no_check: bool = typer.Option(False, "--no-check", help="Skip comparing restored row counts and checksums with the manifest."),
     no_owner: bool = typer.Option(False, "--no-owner", help="Do not restore ownership and privileges."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
+    pitr: bool = typer.Option(False, "--pitr", help="Point-in-time restore: a base backup plus archived WAL (docs/pitr.md)."),
+    to_time: Optional[str] = typer.Option(None, "--time", help="--pitr: recover to this time, e.g. '2026-12-01 02:10:00+00'."),
+    to_lsn: Optional[str] = typer.Option(None, "--lsn", help="--pitr: recover to this LSN, e.g. 0/3000060."),
+    to_xid: Optional[str] = typer.Option(None, "--xid", help="--pitr: recover to this transaction id."),
+    to_name: Optional[str] = typer.Option(None, "--restore-point", help="--pitr: recover to a named restore point."),
+    latest: bool = typer.Option(False, "--latest", help="--pitr: recover everything archived."),
+    exclusive: bool = typer.Option(False, "--exclusive", help="--pitr: stop just before the target, not just after it."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--pitr: recover into this empty directory and leave it stopped."),
+    prefetch: int = typer.Option(8, "--prefetch", min=0, max=64, help="--pitr: WAL segments fetched ahead, in parallel."),
+    fetch_drp: Optional[Path] = typer.Option(
+        None, "--drp", help="--pitr: the drp the PostgreSQL OS user runs as restore_command (default: this one)."),
 ) -> None:
     """Restore a backup: every object's checksum is verified before anything is written to the target.
 
@@ -50,6 +61,19 @@ def restore(
     s = settings()
     identities = context.identities(s, identity)
     storage = context.storage(s)
+    if not pitr and (to_time or to_lsn or to_xid or to_name or latest or exclusive or data_dir):
+        from dr_pipelines.core.errors import ConfigError
+
+        raise ConfigError("--time, --lsn, --xid, --restore-point, --latest, --exclusive and --data-dir are for "
+                          "point-in-time restores", fix="add --pitr (docs/pitr.md)")
+    if pitr:
+        from dr_pipelines.core.restore.targets import RecoveryTarget
+
+        target_point = RecoveryTarget.parse(time=to_time, lsn=to_lsn, xid=to_xid, name=to_name, latest=latest,
+                                            inclusive=not exclusive)
+        _restore_pitr(s, storage, identities, backup_id, target_point, new_cluster=new_cluster, data_dir=data_dir,
+                      port=port, prefetch=prefetch, fetch_drp=fetch_drp, identity=identity, as_json=as_json)
+        return
     entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(s.work_dir)
     if list_only:
@@ -110,3 +134,42 @@ def _print_result(result: Any, target_dsn: str | None, new_cluster: Path | None)
                   f"stop the server with pg_ctl -D {new_cluster} stop)", highlight=False, soft_wrap=True)
     for w in result.warnings:
         err.print(f"note: {w}")
+
+
+def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target: Any, *, new_cluster: Path | None,
+                  data_dir: Path | None, port: int | None, prefetch: int, fetch_drp: Path | None,
+                  identity: Path | None, as_json: bool) -> None:
+    """`drp restore --pitr`: into --new-cluster DIR (left running) or --data-dir DIR (left stopped)."""
+    import sys
+
+    from dr_pipelines.cli.common import config_file
+    from dr_pipelines.core.backup.catalog import list_backups
+    from dr_pipelines.core.errors import ConfigError
+    from dr_pipelines.core.restore.pitr import extract_from_storage, restore_to_point
+
+    if (new_cluster is None) == (data_dir is None):
+        raise ConfigError("say where to restore to", fix="pass exactly one of --new-cluster DIR or --data-dir DIR with --pitr")
+    entries = [e for e in list_backups(storage) if backup_id == "latest" or e.id == backup_id]
+    config = config_file()
+    with progress_bar(not as_json) as progress:
+        result = restore_to_point(
+            storage, target, (new_cluster or data_dir), entries=entries,  # type: ignore[arg-type]
+            extract=extract_from_storage(storage, identities, progress), work_dir=Path(s.work_dir),
+            drp=str(fetch_drp or Path(sys.executable).parent / "drp"), config=config.absolute() if config else None,
+            identity=identity.absolute() if identity else None, prefetch=prefetch, keep_running=new_cluster is not None,
+            port=port, progress=progress, log=lambda line: err.print(line, highlight=False))
+    rec = result.recovery
+    report = {"base_backup": result.base.id, "target": target.describe(), "timeline": rec.timeline,
+              "replayed_to": rec.replayed_to, "last_commit_time": rec.last_commit_time,
+              "seconds": round(rec.seconds, 2), "data_dir": str(rec.data_dir), "running": rec.running, "dsn": rec.dsn}
+    if as_json:
+        emit_json(report)
+        return
+    out.print(f"restored {result.base.describe()} to {report['target']} in {report['seconds']}s: WAL replayed to "
+              f"{rec.replayed_to}, last transaction {rec.last_commit_time or '-'}; promoted to timeline {rec.timeline} "
+              "(archiving off)", highlight=False, soft_wrap=True)
+    if rec.dsn:
+        out.print(f"  connect: psql \"{rec.dsn}\"  (stop it with pg_ctl -D {rec.data_dir} stop)", highlight=False,
+                  soft_wrap=True)
+    else:
+        out.print(f"  stopped in {rec.data_dir}; start it with pg_ctl -D {rec.data_dir} start", highlight=False)

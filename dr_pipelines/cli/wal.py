@@ -42,14 +42,40 @@ def wal_fetch(
     spool: Optional[Path] = typer.Option(None, help="Private (0700) directory for prefetched segments."),
     prefetch: int = typer.Option(0, min=0, max=64, help="Also fetch the next N segments into --spool, in parallel."),
 ) -> None:
-    """Fetch one archived WAL file: checksums checked, decrypted, decompressed, written atomically."""
-    from dr_pipelines.core.wal.restore import restore_wal
+    """Fetch one archived WAL file: checksums checked, decrypted, decompressed, written atomically.
+
+    Exit 1 only when the file is not in the archive (PostgreSQL's normal end of recovery); any other
+    failure (corrupt, undecryptable, storage down) exits 200, which makes PostgreSQL abort recovery.
+    """
+    from dr_pipelines.core.errors import DrpError
+    from dr_pipelines.core.wal.archive import WalNotArchivedError
+    from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
 
     if prefetch and spool is None:
         raise typer.BadParameter("--prefetch needs --spool")
-    s = settings()
-    source = restore_wal(context.storage(s), context.identities(s, identity), name, dest, spool=spool, prefetch=prefetch)
+    try:
+        s = settings()
+        source = restore_wal(context.storage(s), context.identities(s, identity), name, dest, spool=spool,
+                             prefetch=prefetch)
+    except WalNotArchivedError:
+        raise
+    except DrpError as exc:
+        err.print(f"error: {exc} (exit {ABORT_RECOVERY_EXIT}: recovery must stop here, not end quietly)",
+                  highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(ABORT_RECOVERY_EXIT) from None
     err.print(f"{name}: restored from {source}", highlight=False)
+
+
+@wal_app.command("restore-point")
+def wal_restore_point(
+    name: str = typer.Argument(..., help="Name for the restore point (letters, digits, . _ -)."),
+) -> None:
+    """pg_create_restore_point on the source (DRP_SOURCE_DSN), recorded in storage for `drp restore --pitr --restore-point`."""
+    from dr_pipelines.core.wal.restore_points import create_restore_point
+
+    s = settings()
+    point = create_restore_point(s.dsn, context.storage(s), name)
+    out.print(f"restore point {point.name}: LSN {point.lsn}, timeline {point.timeline}, {point.time}", highlight=False)
 
 
 @wal_app.command("verify")

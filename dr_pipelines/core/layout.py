@@ -19,6 +19,7 @@ can see the whole repository at a glance and no two features can drift apart on 
     wal/<timeline>/<segment>.zst.age[.json]     the WAL archive (core/wal/names.py maps names to keys)
     wal/<timeline>.history.zst.age, wal/events/ timeline histories; archiver events
     wal/SYSTEM.json                             the one cluster (system identifier) whose WAL the archive holds
+    wal/restore-points/<name>.json              named restore points (drp wal restore-point): name, LSN, time, timeline
 
 Ids sort by time and are unique across hosts: ``20261127T180102.123Z-3fa9``.
 """
@@ -54,6 +55,7 @@ DRILL_MARKDOWN_NAME = "report.md"
 
 WAL = "wal"  # WAL segments and histories under wal/, their keys built in core/wal/names.py
 WAL_SYSTEM_NAME = "SYSTEM.json"  # {"system_identifier", "claimed_at", "first_segment"}: written by the first push
+RESTORE_POINTS = "restore-points"  # under wal/: one JSON per named restore point (core/wal/restore_points.py)
 
 
 def new_id(now: datetime | None = None, *, microseconds: bool = False, random_bytes: int = 2) -> str:

@@ -186,17 +186,17 @@ class LocalCluster:
             with _password_file(password, owner) as pwfile:
                 self._run([*cmd, "--auth=scram-sha-256", f"--pwfile={pwfile}"], what="initdb")
             write_private(self.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
-        self.write_settings(
-            {
-                "port": str(self.port),
-                "listen_addresses": f"'{HOST}'",
-                # Clients connect over TCP; a data directory too deep for a socket path gets no socket.
-                "unix_socket_directories": f"'{self.socket_dir}'"
-                if len(os.fsencode(f"{self.socket_dir}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH else "''",
-                "fsync": "on",
-                **self.settings,
-            }
-        )
+        self.write_settings({**self.listen_settings(), "fsync": "on", **self.settings})
+
+    def listen_settings(self) -> dict[str, str]:
+        """Port, 127.0.0.1 and the socket directory, as every cluster drp makes listens."""
+        return {
+            "port": str(self.port),
+            "listen_addresses": f"'{HOST}'",
+            # Clients connect over TCP; a data directory too deep for a socket path gets no socket.
+            "unix_socket_directories": f"'{self.socket_dir}'"
+            if len(os.fsencode(f"{self.socket_dir}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH else "''",
+        }
 
     def write_settings(self, settings: Mapping[str, str]) -> None:
         """Write postgresql.auto.conf (replacing it); values are literal config syntax."""
@@ -225,6 +225,11 @@ class LocalCluster:
                 if attempt == 2 or not retry_other_port or not port_in_use(self.port):
                     raise
         self._wait_ready()
+
+    def launch(self) -> None:
+        """pg_ctl start without waiting: an archive recovery can run for hours, and its caller follows it."""
+        self._run([self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-W", "start"],
+                  what="pg_ctl start")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -270,11 +275,20 @@ class LocalCluster:
             raise ClusterError(f"no cluster in {self.data_dir}", fix="nothing to remove")
         with contextlib.suppress(ClusterError):
             self.stop("immediate")  # its files are deleted next: no shutdown checkpoint needed
-        if keep_dir:
-            for child in self.data_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        else:
-            shutil.rmtree(self.data_dir)
+        for attempt in range(5):  # a child the server started (a restore_command) may still write a last file
+            if attempt and not self.data_dir.exists():
+                return
+            try:
+                if keep_dir:
+                    for child in self.data_dir.iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                else:
+                    shutil.rmtree(self.data_dir)
+                return
+            except (FileNotFoundError, OSError) as exc:
+                if attempt == 4 or (not isinstance(exc, FileNotFoundError) and exc.errno != errno.ENOTEMPTY):
+                    raise
+                time.sleep(0.5)
 
     # -- conveniences ----------------------------------------------------------------------
 
@@ -298,6 +312,10 @@ class LocalCluster:
         except (ClusterError, OSError):
             return "(no server log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def read_settings(self) -> dict[str, str]:
+        """postgresql.auto.conf as written (values in config syntax), to change some and write it back."""
+        return self._auto_conf()
 
     def _auto_conf(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -339,6 +357,18 @@ def _password_file(password: str, owner: str | None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def give_to_server(path: Path) -> None:
+    """Hand a directory tree (an extracted base backup, a socket folder) to the server's OS user, when we are root."""
+    owner = server_os_user()
+    if not owner:
+        return
+    user = pwd.getpwnam(owner)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
 def write_private(path: Path, text: str) -> None:

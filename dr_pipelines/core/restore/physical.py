@@ -13,7 +13,6 @@ end, so a mismatch found then removes everything extracted: nothing readable is 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import tarfile
@@ -24,7 +23,7 @@ from pathlib import Path
 from dr_pipelines.core.backup.catalog import BackupEntry
 from dr_pipelines.core.layout import backup_prefix
 from dr_pipelines.core.pg.binaries import find_pg_binaries
-from dr_pipelines.core.pg.cluster import server_os_user
+from dr_pipelines.core.pg.cluster import give_to_server
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.storage import Storage
@@ -56,7 +55,7 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     key = f"{backup_prefix(entry.id)}/{obj.key}"
     try:
         _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress)
-        _give_to_server_user(data_dir)
+        give_to_server(data_dir)  # the tar's data filter sets no owner: the files are ours
     except BaseException:
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -99,18 +98,6 @@ def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identiti
                            fix="the base backup holds an unsafe or damaged tar member: use another backup")
     if untar_error is not None:
         raise untar_error
-
-
-def _give_to_server_user(data_dir: Path) -> None:
-    """As root, hand the tree to the OS user PostgreSQL runs as (the ``data`` filter sets no owner: files are ours)."""
-    user = server_os_user()
-    if user is None:
-        return
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(data_dir):
-        for name in [*dirs, *files]:
-            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-    os.chown(data_dir, entry.pw_uid, entry.pw_gid)
 
 
 def verify_base_backup(data_dir: Path, wal_dir: Path | None = None) -> list[str]:

@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 
 from dr_pipelines.core.errors import DrpError
-from dr_pipelines.core.layout import SEALED, WAL
+from dr_pipelines.core.layout import RESTORE_POINTS, SEALED, WAL
 
 PREFIX = WAL  # the WAL archive's part of the repository layout (core/layout.py)
 SUFFIX = SEALED
 SIDECAR_SUFFIX = ".json"
 EVENTS_PREFIX = f"{PREFIX}/events/"
+RESTORE_POINTS_PREFIX = f"{PREFIX}/{RESTORE_POINTS}/"
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
 _SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
@@ -103,7 +104,7 @@ def sidecar_key(name: str) -> str:
 
 def name_of_key(key: str) -> str | None:
     """The WAL file name a stored key belongs to (object or sidecar), or None for other keys."""
-    if not key.startswith(PREFIX + "/") or key.startswith(EVENTS_PREFIX):
+    if not key.startswith(PREFIX + "/") or key.startswith((EVENTS_PREFIX, RESTORE_POINTS_PREFIX)):
         return None
     base = key.rsplit("/", 1)[-1]
     for suffix in (SUFFIX, SIDECAR_SUFFIX):

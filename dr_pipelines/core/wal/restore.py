@@ -18,6 +18,9 @@ from dr_pipelines.core.wal.archive import WalNotArchivedError, fetch_wal, write_
 from dr_pipelines.core.wal.names import Segment, WalNameError
 
 SPOOL_MODE = 0o700
+# restore_command's exit status for a file that exists but cannot be used (corrupt, undecryptable, storage
+# down): above 125, PostgreSQL aborts recovery instead of reading it as "end of archive" and promoting short.
+ABORT_RECOVERY_EXIT = 200
 
 
 def prepare_spool(spool: Path) -> Path:
@@ -39,7 +42,7 @@ def restore_wal(storage: Storage, identities: Sequence[object], name: str, dest:
         if spool is not None:
             prepare_spool(spool)
             _sweep(spool, name)
-            wanted = [s for s in following if not (spool / s).exists()]
+            wanted = _refill(spool, following)
             prefetches = [pool.submit(_prefetch, storage, identities, s, spool) for s in wanted]
             cached = spool / name
             if cached.exists():
@@ -59,6 +62,16 @@ def _following(name: str, count: int) -> list[str]:
     except WalNameError:
         return []  # history and .partial files: no "next one"
     return [s.name for s in segment.following(count)]
+
+
+def _refill(spool: Path, following: list[str]) -> list[str]:
+    """What to prefetch now: nothing while at least half the window is spooled, else every missing one.
+
+    Topping up one segment per request would fetch one at a time (each call waits for its fetches);
+    refilling in batches keeps the fetches parallel.
+    """
+    missing = [s for s in following if not (spool / s).exists()]
+    return missing if len(missing) > len(following) // 2 else []
 
 
 def _prefetch(storage: Storage, identities: Sequence[object], name: str, spool: Path) -> None:

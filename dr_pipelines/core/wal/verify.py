@@ -10,6 +10,7 @@ sidecar is ``uncommitted`` (a push killed midway: PostgreSQL retries it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,8 +57,10 @@ class WalReport:
 
 
 def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState | None = None,
-                   read: bool = True, grace_s: float = 300) -> WalReport:
+                   read: bool = True, grace_s: float = 300, read_only: Callable[[str], bool] | None = None) -> WalReport:
     """Check continuity (and, with ``read``, every stored object's checksum) of the WAL archive.
+
+    ``read_only``: re-hash only the files it accepts (a PITR needs the segments up to its target, not all).
 
     An object without its sidecar is a push in progress (``in-flight``, not an error) when the server has
     not reported it archived yet, or, with no server to ask, when it is younger than ``grace_s``.
@@ -86,7 +89,7 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
         if name not in objects:
             report.problems.append({"name": name, "status": "lost", "detail": "sidecar without object"})
             continue
-        if read and not stored_intact(storage, name, sidecar):
+        if read and (read_only is None or read_only(name)) and not stored_intact(storage, name, sidecar):
             report.problems.append({"name": name, "status": "corrupt", "detail": "stored SHA-256 differs from the sidecar"})
             corrupt.add(name)
             continue

@@ -1,0 +1,101 @@
+"""Point-in-time restore (issue 13 item 6): a base backup plus archived WAL, recovered to a target.
+
+The steps, each refusing before the next costs anything: parse the target (targets.py), choose
+the newest base backup that stopped before it (never after: no silent overshoot), check every
+WAL segment from the base's start to the target in storage (a gap or corrupt segment is named
+before any byte is restored), extract the base into the data directory under a lease (a killed
+restore is swept by the next command, core/pg/leases.py), then recover and promote with
+archiving off (recovery.py). Whatever fails, nothing half-restored is left running or on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dr_pipelines.core.pg.cluster import LocalCluster, give_to_server
+from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.restore.recovery import (
+    RecoveryResult,
+    configure_recovery,
+    fetch_command,
+    recover,
+    socket_dir_in,
+)
+from dr_pipelines.core.restore.targets import (
+    BaseBackup,
+    PitrError,
+    RecoveryTarget,
+    WalPlan,
+    check_wal,
+    choose_base_backup,
+    target_lsn_of,
+)
+from dr_pipelines.core.storage import Storage
+
+__all__ = ["BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
+           "choose_base_backup", "configure_recovery", "extract_from_storage", "recover", "restore_to_point"]
+
+Extract = Callable[[BaseBackup, Path], None]  # puts the base backup's files into an empty data directory
+DEFAULT_PREFETCH = 8
+
+
+def extract_from_storage(storage: Storage, identities: Sequence[object], progress: Progress | None = None) -> Extract:
+    """The base backup's tar from storage, verified and unpacked (core/restore/physical.py, the base backup work)."""
+    def extract(base: BaseBackup, data_dir: Path) -> None:
+        from dr_pipelines.core.restore.physical import extract_base_backup  # type: ignore[import-not-found]
+
+        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress)
+    return extract
+
+
+@dataclass(frozen=True)
+class PitrResult:
+    base: BaseBackup
+    target: RecoveryTarget
+    wal: WalPlan
+    recovery: RecoveryResult
+
+
+def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *, entries: Sequence[Any],
+                     extract: Extract, work_dir: Path, drp: str, config: Path | None = None,
+                     identity: Path | None = None, prefetch: int = DEFAULT_PREFETCH, keep_running: bool = True,
+                     port: int | None = None, progress: Progress | None = None,
+                     log: Callable[[str], None] | None = None) -> PitrResult:
+    """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
+
+    ``drp``, ``config`` and ``identity`` make the restore_command the server's OS user runs
+    (`drp wal fetch` reading this storage); ``keep_running`` False leaves the promoted cluster stopped.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for line in sweep_leftovers(work_dir):
+        if log:
+            log(f"removed leftover {line}")
+    target_lsn = target_lsn_of(storage, target)
+    base = choose_base_backup(entries, target, target_lsn=target_lsn)
+    plan = check_wal(storage, base, target, target_lsn=target_lsn)
+    if log:
+        log(f"restoring {base.describe()} to {target.describe()}; WAL {plan.first}..{plan.last} checked")
+    data_dir = data_dir.resolve()
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise PitrError(f"data directory {data_dir} is not empty", fix="pass a new or empty directory")
+    created = not data_dir.exists()
+    lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created)
+    try:
+        spool = lease.path / "spool"  # WAL in clear: 0700, the server's OS user's, gone with the lease
+        spool.mkdir(mode=0o700)
+        give_to_server(spool)
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        extract(base, data_dir)
+        command = fetch_command(drp, spool, prefetch, config=config, identity=identity)
+        result = recover(data_dir, target, restore_command=command, start_lsn=base.start_lsn, target_lsn=target_lsn,
+                         keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path))
+    except BaseException:
+        LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)
+        raise
+    finally:
+        lease.release()
+    return PitrResult(base=base, target=target, wal=plan, recovery=result)

@@ -1,0 +1,236 @@
+"""Run PostgreSQL's archive recovery on an extracted base backup up to a target, then promote.
+
+While it recovers, the server listens only on a unix socket in a private (0700) directory with
+``trust`` (nobody but the server's OS user and root can reach it) and never on TCP. It archives
+nothing: ``archive_mode = off`` and no archive command, so a test restore can never push WAL into
+the production repository (pgBackRest's ``--archive-mode=off``). WAL comes from ``drp wal fetch``
+with parallel prefetch into a private spool. Progress is the WAL replayed
+(``pg_last_wal_replay_lsn``). After promotion the superuser gets a fresh random password (the
+SCRAM verifier is computed client-side, so the password never reaches the server or its log),
+kept only in the passfile as for every cluster drp makes (core/pg/cluster.py); pg_hba becomes
+scram-only and the server restarts on 127.0.0.1. A recovery that fails or ends before the target
+raises PitrError with PostgreSQL's reason; the caller removes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.checkpoints import reached
+from dr_pipelines.core.errors import ClusterError
+from dr_pipelines.core.pg.cluster import (
+    MAX_SOCKET_PATH,
+    SUPERUSER,
+    LocalCluster,
+    free_port,
+    give_to_server,
+    write_private,
+)
+from dr_pipelines.core.progress import Progress
+from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget, format_lsn, parse_lsn
+
+PHASE = "WAL replayed"
+LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`
+RECOVERY_HBA = "local all all trust\n"  # the socket's directory is 0700: only the server's OS user and root
+FINAL_HBA = ("local all all scram-sha-256\n"
+             "host all all 127.0.0.1/32 scram-sha-256\n"
+             "host all all ::1/128 scram-sha-256\n")
+# Cleared when recovery starts and kept off: a recovered copy never archives (or streams from) anywhere.
+NO_ARCHIVING = {"archive_mode": "off", "archive_command": "''", "archive_library": "''", "primary_conninfo": "''",
+                "primary_slot_name": "''"}
+RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
+                 "recovery_target_xid", "recovery_target_name", "recovery_target_inclusive", "recovery_target_action",
+                 "recovery_target_timeline")
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    data_dir: Path
+    port: int
+    timeline: int  # the new one, begun by the promotion
+    replayed_to: str  # the last LSN replayed
+    last_commit_time: str | None  # of the last transaction replayed: what the restore holds up to
+    seconds: float
+    running: bool
+    dsn: str | None  # with the passfile, when running
+
+
+def conf_value(text: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def fetch_command(drp: str, spool: Path, prefetch: int, *, config: Path | None = None,
+                  identity: Path | None = None) -> str:
+    """restore_command: a segment already prefetched (checked) into the spool is moved into place by the
+    shell; otherwise `drp wal fetch %f %p` fetches it and refills the spool in parallel (settings from DRP_CONFIG).
+
+    A drp process costs 1-2 s of interpreter start-up on a loaded machine, more than replaying a
+    segment: with prefetch N only one request in about N starts one.
+    """
+    parts = ["env", f"DRP_CONFIG={config}"] if config else []
+    parts += [drp, "wal", "fetch"]
+    tail = ["--spool", str(spool), "--prefetch", str(prefetch)] + (["--identity", str(identity)] if identity else [])
+    cached = f"{shlex.quote(str(spool))}/%f"
+    fetch = " ".join(shlex.quote(p) for p in parts) + " %f %p " + " ".join(shlex.quote(p) for p in tail)
+    return f"{{ test -f {cached} && mv -f {cached} %p; }} || {fetch}" if prefetch else fetch
+
+
+def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_command: str, socket_dir: Path,
+                       port: int, timeline: str = "latest") -> None:
+    """recovery.signal plus the settings: restore_command, the target, promote at it, archiving off,
+    socket only. The base backup's own postgresql.auto.conf is kept underneath (its tuning)."""
+    give_to_server(data_dir)
+    cluster = LocalCluster(data_dir=data_dir, port=port)
+    settings = {
+        **_without(cluster.read_settings(), RECOVERY_KEYS),
+        "port": str(port), "listen_addresses": "''", "unix_socket_directories": conf_value(str(socket_dir)),
+        **NO_ARCHIVING, "hot_standby": "on",
+        "restore_command": conf_value(restore_command),
+        **{k: conf_value(v) for k, v in target.settings().items()},
+        "recovery_target_action": "'promote'", "recovery_target_timeline": conf_value(timeline),
+    }
+    cluster.write_settings(settings)
+    for name in ("standby.signal", "postmaster.pid", "postmaster.opts", cluster.log_file.name):  # the source's log too
+        (data_dir / name).unlink(missing_ok=True)
+    _write_hba(data_dir, RECOVERY_HBA)
+    (data_dir / "recovery.signal").write_text("")
+    give_to_server(data_dir)
+
+
+def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, start_lsn: int = 0,
+            target_lsn: int | None = None, keep_running: bool = True, port: int | None = None,
+            progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None) -> RecoveryResult:
+    """Recover ``data_dir`` (an extracted base backup) to ``target`` and promote; PitrError if it cannot.
+
+    On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly.
+    On failure the server is stopped; removing the directory is the caller's (it knows if it made it).
+    ``socket_dir``: a private folder for the recovery's socket (in the caller's lease, so a killed run's is
+    swept); default a new one under the temp dir, removed at the end.
+    """
+    started = time.monotonic()
+    port = port or free_port()
+    own_socket_dir = socket_dir is None
+    if socket_dir is None:
+        socket_dir = Path(tempfile.mkdtemp(prefix="drp-pitr-"))  # short: a socket path has a 107-byte limit
+    give_to_server(socket_dir)
+    cluster = LocalCluster(data_dir=data_dir, port=port)
+    try:
+        if not cluster.passfile.exists():
+            write_private(cluster.passfile, "")  # marks it as ours for the lease sweep from the first moment
+        configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
+                           timeline=timeline)
+        cluster.launch()
+        reached("pitr-recovering")
+        replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)
+        new_timeline = _secure(cluster, socket_dir)
+    except BaseException:
+        with contextlib.suppress(ClusterError):
+            cluster.stop("immediate")
+        raise
+    finally:
+        if own_socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+    cluster.start(retry_other_port=True)
+    if not keep_running:
+        cluster.stop()
+    return RecoveryResult(data_dir=data_dir, port=cluster.port, timeline=new_timeline, replayed_to=replayed,
+                          last_commit_time=last_commit, seconds=time.monotonic() - started, running=keep_running,
+                          dsn=cluster.dsn() if keep_running else None)
+
+
+def socket_dir_in(folder: Path) -> Path | None:
+    """``folder``/sock (0700) when a socket path there fits the 107-byte limit, else None (use the temp dir)."""
+    path = folder / "sock"
+    if len(os.fsencode(f"{path}/.s.PGSQL.65535")) > MAX_SOCKET_PATH:
+        return None
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _connect(socket_dir: Path, port: int) -> psycopg.Connection:
+    return psycopg.connect(host=str(socket_dir), port=port, user=SUPERUSER, dbname="postgres", autocommit=True,
+                           connect_timeout=5)
+
+
+def _follow(cluster: LocalCluster, socket_dir: Path, start_lsn: int, target_lsn: int | None,
+            progress: Progress | None) -> tuple[str, str | None]:
+    """Poll until promoted; report replay progress; on the server's exit, raise with its reason."""
+    total = target_lsn - start_lsn if target_lsn and target_lsn > start_lsn else None
+    launched, seen = time.monotonic(), False
+    while True:
+        if (cluster.data_dir / "postmaster.pid").exists():
+            seen = True
+        elif (seen or time.monotonic() - launched > LAUNCH_GRACE_S) and not cluster.is_running():
+            raise _failure(cluster)
+        try:
+            with _connect(socket_dir, cluster.port) as conn:
+                in_recovery, replay, last_commit = conn.execute(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
+                ).fetchone()
+        except psycopg.OperationalError:
+            time.sleep(0.3)  # starting up, or not consistent yet
+            continue
+        if replay and progress:
+            progress(PHASE, max(0, parse_lsn(replay) - start_lsn), total)
+        if not in_recovery:
+            return replay or format_lsn(start_lsn), last_commit.isoformat() if last_commit else None
+        time.sleep(0.3)
+
+
+_REASONS = re.compile(r"FATAL|PANIC|error:|could not restore|restore_command|recovery ended|  fix:")
+
+
+def _failure(cluster: LocalCluster) -> PitrError:
+    """PostgreSQL's own reason, with the fetch errors it logged (drp wal fetch writes to the server log)."""
+    log = cluster.log_tail(200).splitlines()
+    lines = [line.strip() for line in log if _REASONS.search(line)][-8:]
+    text = "\n".join(lines) or "\n".join(log[-10:])
+    if "recovery ended before configured recovery target was reached" in text:
+        return PitrError("recovery ended before the target was reached: the archive holds no WAL up to it (the "
+                         f"server was stopped, nothing is left running)\n{text}",
+                         fix="choose an earlier target, or restore everything archived with --latest")
+    return PitrError(f"recovery failed and was stopped (nothing is left running):\n{text}",
+                     fix="read the reason above: a damaged or missing WAL file is named there; `drp wal verify` checks the archive")
+
+
+def _secure(cluster: LocalCluster, socket_dir: Path) -> int:
+    """A random superuser password (passfile only), scram everywhere, TCP on 127.0.0.1; the new timeline."""
+    password = secrets.token_urlsafe(32)
+    with _connect(socket_dir, cluster.port) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(), b"scram-sha-256")
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER),
+                                                                 sql.Literal(verifier.decode())))
+        walfile = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+    cluster.passfile.unlink(missing_ok=True)
+    write_private(cluster.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
+    cluster.stop()
+    _write_hba(cluster.data_dir, FINAL_HBA)
+    cluster.write_settings({**_without(cluster.read_settings(), RECOVERY_KEYS),
+                            **cluster.listen_settings(), **NO_ARCHIVING})
+    give_to_server(cluster.data_dir)
+    return int(walfile[:8], 16)
+
+
+def _write_hba(data_dir: Path, text: str) -> None:
+    path = data_dir / "pg_hba.conf"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def _without(settings: Mapping[str, str], keys: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in settings.items() if k not in keys}
+

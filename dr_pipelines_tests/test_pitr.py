@@ -1,0 +1,461 @@
+"""Point-in-time restore on real PostgreSQL: one archiving cluster with a ledger, two base backups.
+
+Between batches of ledger rows the test records a time, an LSN, a transaction id and a named
+restore point; a PITR to each restores exactly the rows committed before it (ids and a checksum).
+Refusals (target before the oldest base, after the newest WAL, an unknown name, a WAL gap)
+happen before anything starts; a corrupt segment met during replay aborts it. Nothing is left
+running or on disk after a failure, and the production archive is never written to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.catalog import list_backups
+from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.pg.binaries import find_pg_binaries
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
+from dr_pipelines.core.pg.leases import sweep_leftovers
+from dr_pipelines.core.restore.pitr import (
+    BaseBackup,
+    PitrError,
+    PitrResult,
+    RecoveryTarget,
+    check_wal,
+    choose_base_backup,
+    extract_from_storage,
+    restore_to_point,
+)
+from dr_pipelines.core.restore.targets import base_backups, format_lsn, parse_lsn
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
+from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
+from dr_pipelines.core.wal.restore_points import RestorePointError
+from dr_pipelines_tests.support.procs import start_paused, wait_for
+from dr_pipelines_tests.support.s3 import MotoServer
+from dr_pipelines_tests.support.wal import WalRig, wait_archived
+
+LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+          " note text)")
+
+
+@dataclass
+class Ledger:
+    """The source, its archive, two base backups in its storage and what was recorded between batches."""
+
+    rig: WalRig
+    cluster: LocalCluster
+    bases: dict[str, str] = field(default_factory=dict)  # short name -> backup id
+    marks: dict[str, object] = field(default_factory=dict)
+    ids_after: dict[int, list[int]] = field(default_factory=dict)  # batch -> ids committed up to it
+
+    def batch(self, number: int, rows: int = 5) -> int:
+        """One transaction of rows; returns its xid."""
+        with psycopg.connect(self.cluster.dsn()) as conn:
+            xid = conn.execute("SELECT txid_current()").fetchone()[0]
+            conn.execute("INSERT INTO ledger (note) SELECT %s || '-' || g FROM generate_series(1, %s) g",
+                         (f"batch{number}", rows))
+        self.ids_after[number] = self.ids()
+        return xid
+
+    def ids(self) -> list[int]:
+        with psycopg.connect(self.cluster.dsn()) as conn:
+            return [r[0] for r in conn.execute("SELECT id FROM ledger ORDER BY id")]
+
+    def sql(self, query: str) -> object:
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
+            cur = conn.execute(query)
+            return cur.fetchone()[0] if cur.description else None
+
+    def switch(self) -> None:
+        """Close the open segment and wait until it is archived: everything so far is restorable."""
+        wait_archived(self.cluster, str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")))
+
+    @property
+    def storage(self) -> Storage:
+        return context.storage(self.rig.settings())
+
+    def base_backup(self, name: str) -> None:
+        """A real base backup into the archive's storage (run_base_backup), remembered under a short name."""
+        manifest = run_base_backup(self.cluster.dsn(), self.storage, self.rig.settings().encryption_recipients)
+        self.bases[name] = manifest.id
+
+    def base_entries(self) -> list[Any]:
+        return list_backups(self.storage)
+
+    def base(self, name: str) -> BaseBackup:
+        return next(b for b in base_backups(self.base_entries()) if b.id == self.bases[name])
+
+
+@contextmanager
+def ledger_on(rig: WalRig) -> Iterator[Ledger]:
+    """An archiving cluster with six ledger batches, base backup a after batch 1 and b after batch 4;
+    a time after batch 2, an LSN after batch 3, batch 4's xid and restore point 'after-batch5' recorded."""
+    # few segments to replay (each is one `drp wal fetch` process): switches only where the test makes them
+    cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True)
+    led = Ledger(rig, cluster)
+    try:
+        with rig.archiver():
+            led.sql(LEDGER)
+            led.batch(1)
+            led.base_backup("a")
+            led.batch(2)
+            led.marks["time"] = led.sql("SELECT clock_timestamp()")
+            led.batch(3)
+            led.marks["lsn"] = led.sql("SELECT pg_current_wal_lsn()::text")
+            led.marks["xid"] = led.batch(4)
+            led.base_backup("b")
+            led.batch(5)
+            led.switch()  # so a segment lies strictly between base b and the archive's end (the gap test)
+            point = rig.drp("wal", "restore-point", "after-batch5", DRP_SOURCE_DSN=cluster.dsn())
+            assert point.returncode == 0, point.stderr
+            led.batch(6)
+            led.switch()
+            yield led
+    finally:
+        led.cluster.remove()
+        cluster.remove()
+
+
+@pytest.fixture(scope="module")
+def ledger(work_base: Path) -> Iterator[Ledger]:
+    with ledger_on(WalRig.make(work_base / f"pitr-{uuid.uuid4().hex[:8]}")) as led:
+        yield led
+
+
+@pytest.fixture
+def where(ledger: Ledger) -> Path:
+    """A folder the server's OS user can reach (pytest's tmp_path is root's 0700)."""
+    path = ledger.rig.root / "restores" / uuid.uuid4().hex[:8]
+    path.mkdir(parents=True)
+    return path
+
+
+def pitr(ledger: Ledger, target: RecoveryTarget, data_dir: Path, **kwargs: Any) -> PitrResult:
+    """restore_to_point on the ledger's storage: base backups extracted from it, WAL fetched by the rig's drp."""
+    storage = ledger.storage
+    kwargs.setdefault("extract", extract_from_storage(storage, context.identities(ledger.rig.settings(), None)))
+    return restore_to_point(storage, target, data_dir, entries=ledger.base_entries(), work_dir=ledger.rig.root / "work",
+                            drp=str(ledger.rig.drp_for_pg), config=ledger.rig.config, **kwargs)
+
+
+def restored_ids(result: PitrResult) -> tuple[list[int], str]:
+    assert result.recovery.dsn is not None
+    with psycopg.connect(result.recovery.dsn) as conn:
+        rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
+    return [r[0] for r in rows], hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def source_checksum(ledger: Ledger, upto: int) -> str:
+    with psycopg.connect(ledger.cluster.dsn()) as conn:
+        rows = conn.execute("SELECT id, note FROM ledger WHERE id <= %s ORDER BY id", (upto,)).fetchall()
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def archive_listing(rig: WalRig) -> dict[str, str]:
+    return {str(p.relative_to(rig.storage_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(rig.storage_dir.rglob("*")) if p.is_file()}
+
+
+def assert_untouched_by_restores(ledger: Ledger, before: dict[str, str]) -> None:
+    """Every object byte-identical; new ones only the source's own timeline-1 segments (it keeps archiving).
+    A restored cluster that archived would add its 00000002.history, a .partial and timeline-2 segments."""
+    after = archive_listing(ledger.rig)
+    assert {k: after.get(k) for k in before} == before
+    added = sorted(set(after) - set(before))
+    assert all(k.startswith("wal/00000001/00000001") and ".partial" not in k for k in added), added
+
+
+def nothing_left(data_dir: Path) -> None:
+    assert not data_dir.exists() or not any(data_dir.iterdir()), f"{data_dir} left behind"
+    ps = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", ps.stdout
+
+
+@pytest.mark.parametrize("kind, batch, base", [
+    ("time", 2, "a"),  # base b stopped after this time: choosing it would overshoot
+    ("xid", 4, "a"),  # base b's next xid is past batch 4's: it cannot stop before it
+    ("name", 5, "b"),
+    ("latest", 6, "b"),
+])
+def test_pitr_restores_exactly_the_rows_committed_before_the_target(ledger: Ledger, where: Path, kind: str,
+                                                                    batch: int, base: str) -> None:
+    value = {"time": lambda: ledger.marks["time"].isoformat(), "lsn": lambda: ledger.marks["lsn"],  # type: ignore[attr-defined]
+             "xid": lambda: str(ledger.marks["xid"]), "name": lambda: "after-batch5", "latest": lambda: True}[kind]()
+    target = RecoveryTarget.parse(**{kind: value})
+    before = archive_listing(ledger.rig)
+    progress: list[tuple[str, int, int | None]] = []
+    result = pitr(ledger, target, where / "restored", progress=lambda *a: progress.append(a))
+    try:
+        assert result.base.id == ledger.bases[base]
+        ids, checksum = restored_ids(result)
+        assert ids == ledger.ids_after[batch]
+        assert checksum == source_checksum(ledger, ids[-1])
+        assert result.recovery.timeline == 2  # promoted onto a new timeline
+        with psycopg.connect(result.recovery.dsn) as conn:
+            assert conn.execute("SELECT current_setting('archive_mode')").fetchone()[0] == "off"
+        with pytest.raises(psycopg.OperationalError):  # scram: no password, no entry
+            psycopg.connect(host="127.0.0.1", port=result.recovery.port, user="postgres", dbname="postgres").close()
+        assert progress and progress[-1][0] == "WAL replayed"
+    finally:
+        LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+    assert_untouched_by_restores(ledger, before)
+
+
+def test_cli_pitr_to_an_lsn_into_a_data_dir_leaves_it_stopped(ledger: Ledger, where: Path) -> None:
+    data_dir = where / "restored"
+    before = archive_listing(ledger.rig)
+    run = ledger.rig.drp("restore", "--pitr", "--lsn", str(ledger.marks["lsn"]), "--data-dir", str(data_dir),
+                         "--drp", str(ledger.rig.drp_for_pg), "--json", timeout=300,
+                         DRP_WORK_DIR=str(ledger.rig.root / "work"))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["base_backup"] == ledger.bases["a"] and report["timeline"] == 2 and report["running"] is False
+    assert report["target"] == f"lsn {ledger.marks['lsn']} (inclusive)"
+    cluster = LocalCluster.attach(data_dir)
+    assert not cluster.is_running()
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn()) as conn:
+            rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == ledger.ids_after[3]
+        assert hashlib.sha256(repr(rows).encode()).hexdigest() == source_checksum(ledger, rows[-1][0])
+    finally:
+        cluster.remove()
+    assert_untouched_by_restores(ledger, before)
+    assert list((ledger.rig.root / "work" / "clusters").iterdir()) == []  # the lease (and its WAL spool) is gone
+
+
+def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path) -> None:
+    """kill -9 while PostgreSQL replays: the server keeps running on a half-restored directory until the
+    next command's sweep stops it and deletes the directory (its lease names it)."""
+    data_dir, work = where / "restored", ledger.rig.root / "work"
+    proc = start_paused(["restore", "--pitr", "--latest", "--data-dir", str(data_dir), "--drp",
+                         str(ledger.rig.drp_for_pg)], {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)},
+                        "pitr-recovering")
+    proc.kill()
+    proc.wait()
+    assert (data_dir / "postmaster.pid").exists() or (data_dir / "PG_VERSION").exists()
+    swept = sweep_leftovers(work)
+    assert any("server stopped" in line and str(data_dir) in line for line in swept), swept
+    nothing_left(data_dir)
+    assert list((work / "clusters").iterdir()) == []  # the lease, its spool and its socket folder
+
+
+def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:
+    """A request served from the spool fetches nothing; once half the window is used, the rest is fetched
+    at once (in parallel), instead of one segment per request, each waited for."""
+    settings = ledger.rig.settings()
+    storage, identities = ledger.storage, context.identities(settings, None)
+    first = Segment.parse(ledger.base("a").wal_start)
+    names = [first.name] + [s.name for s in first.following(3)]
+    spool = where / "spool"
+    assert restore_wal(storage, identities, names[0], where / "x", spool=spool, prefetch=2) == "archive"
+    assert sorted(p.name for p in spool.iterdir()) == names[1:3]
+    assert restore_wal(storage, identities, names[1], where / "x", spool=spool, prefetch=2) == "spool"
+    assert sorted(p.name for p in spool.iterdir()) == names[2:3]  # half the window still spooled: no fetch
+    assert restore_wal(storage, identities, names[2], where / "x", spool=spool, prefetch=2) == "spool"
+    assert sorted(p.name for p in spool.iterdir()) == [names[3], first.following(4)[-1].name]
+
+
+def test_targets_parse_strictly() -> None:
+    assert RecoveryTarget.parse(lsn="0/3000060").lsn == 0x3000060
+    assert RecoveryTarget.parse(time="2026-12-01 02:10:00+00").time == datetime(2026, 12, 1, 2, 10, tzinfo=UTC)
+    assert RecoveryTarget.parse(xid="1234", inclusive=False).settings() == {
+        "recovery_target_xid": "1234", "recovery_target_inclusive": "off"}
+    for bad, words in [({"time": "2026-12-01 02:10:00"}, "no UTC offset"), ({"lsn": "3000060"}, "not an LSN"),
+                       ({"xid": "x"}, "not a transaction id"), ({}, "exactly one target"),
+                       ({"lsn": "0/1", "latest": True}, "exactly one target")]:
+        with pytest.raises(Exception, match=words):
+            RecoveryTarget.parse(**bad)  # type: ignore[arg-type]
+    assert format_lsn(parse_lsn("1A/2B")) == "1A/2B"
+
+
+def test_target_before_the_oldest_base_is_refused_naming_it(ledger: Ledger, where: Path) -> None:
+    oldest = ledger.base("a")
+    target = RecoveryTarget.parse(time=(oldest.stop_time - timedelta(seconds=1)).isoformat())
+    with pytest.raises(PitrError, match=f"before the oldest restorable point: base backup {ledger.bases['a']}") as exc:
+        pitr(ledger, target, where / "restored")
+    assert oldest.stop_time.isoformat() in str(exc.value)
+    nothing_left(where / "restored")
+    assert choose_base_backup(ledger.base_entries(), RecoveryTarget.parse(latest=True)).id == ledger.bases["b"]
+
+
+def test_target_after_the_newest_archived_wal_is_refused(ledger: Ledger, where: Path) -> None:
+    far = RecoveryTarget.parse(time=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    with pytest.raises(PitrError, match="after the newest archived WAL") as exc:
+        pitr(ledger, far, where / "restored")
+    assert "--latest" in str(exc.value)
+    lsn = RecoveryTarget.parse(lsn="FF/0")
+    with pytest.raises(PitrError, match="after the newest archived WAL"):
+        pitr(ledger, lsn, where / "restored")
+    nothing_left(where / "restored")
+
+
+def test_recovery_ending_before_the_target_is_an_error_and_leaves_nothing(ledger: Ledger, where: Path) -> None:
+    """An xid cannot be placed in the archive beforehand: PostgreSQL runs out of WAL and says so (FATAL)."""
+    never = RecoveryTarget.parse(xid=str(int(ledger.marks["xid"]) + 1_000_000))  # type: ignore[call-overload]
+    with pytest.raises(PitrError, match="recovery ended before the target was reached") as exc:
+        pitr(ledger, never, where / "restored")
+    assert "--latest" in str(exc.value)
+    nothing_left(where / "restored")
+
+
+def test_an_unknown_restore_point_name_lists_the_known_ones(ledger: Ledger, where: Path) -> None:
+    with pytest.raises(RestorePointError, match=r"no restore point named 'nope'.*known: after-batch5"):
+        pitr(ledger, RecoveryTarget.parse(name="nope"), where / "restored")
+    again = ledger.rig.drp("wal", "restore-point", "after-batch5", DRP_SOURCE_DSN=ledger.cluster.dsn())
+    assert again.returncode == 1 and "already exists" in again.stderr
+    nothing_left(where / "restored")
+
+
+def _stored(ledger: Ledger, name: str) -> tuple[Path, Path]:
+    return ledger.rig.storage_dir / object_key(name), ledger.rig.storage_dir / sidecar_key(name)
+
+
+def _segment_between(ledger: Ledger, base: str) -> str:
+    """A segment after base's start that recovery to 'latest' must replay."""
+    start = ledger.base(base).wal_start
+    return f"{start[:16]}{int(start[16:], 16) + 1:08X}"
+
+
+def test_a_wal_gap_is_named_and_the_pitr_refused_before_anything_starts(ledger: Ledger, where: Path) -> None:
+    name = _segment_between(ledger, "b")
+    moved = [(p, p.with_name(p.name + ".away")) for p in _stored(ledger, name)]
+    for src, dst in moved:
+        src.rename(dst)
+    try:
+        with pytest.raises(PitrError, match=f"PITR past a gap refused.*{name}"):
+            pitr(ledger, RecoveryTarget.parse(latest=True), where / "restored")
+        nothing_left(where / "restored")
+    finally:
+        for src, dst in moved:
+            dst.rename(src)
+
+
+def test_only_the_wal_a_restore_needs_is_checked(ledger: Ledger) -> None:
+    """A damaged segment older than the chosen base does not block it; the same from the older base is refused."""
+    name = ledger.base("a").wal_start
+    obj, _ = _stored(ledger, name)
+    original = obj.read_bytes()
+    obj.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        latest = RecoveryTarget.parse(latest=True)
+        assert check_wal(ledger.storage, ledger.base("b"), latest).first == ledger.base("b").wal_start
+        with pytest.raises(PitrError, match=f"{name} \\(corrupt\\)"):
+            check_wal(ledger.storage, ledger.base("a"), latest)
+    finally:
+        obj.write_bytes(original)
+
+
+def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path) -> None:
+    """Checked before start (the stored SHA-256) and, if damaged after that check, by fetch's exit status."""
+    name = _segment_between(ledger, "b")
+    obj, _ = _stored(ledger, name)
+    original = obj.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    obj.write_bytes(bytes(damaged))
+    try:
+        with pytest.raises(PitrError, match=f"{name} \\(corrupt\\)"):
+            pitr(ledger, RecoveryTarget.parse(latest=True), where / "checked")
+        nothing_left(where / "checked")
+
+        fetch = ledger.rig.drp("wal", "fetch", name, str(where / name))
+        assert fetch.returncode == ABORT_RECOVERY_EXIT and name in fetch.stderr  # > 125: PostgreSQL aborts
+        missing = ledger.rig.drp("wal", "fetch", "0000000100000000000000FF", str(where / "x"))
+        assert missing.returncode == 1  # not in the archive: the normal end of recovery
+
+        obj.write_bytes(original)  # intact when checked, damaged once the base is in place: replay meets it
+        copy = extract_from_storage(ledger.storage, context.identities(ledger.rig.settings(), None))
+
+        def extract_then_damage(base: BaseBackup, data_dir: Path) -> None:
+            copy(base, data_dir)
+            obj.write_bytes(bytes(damaged))
+
+        with pytest.raises(PitrError, match=f"recovery failed(.|\n)*{name}"):
+            pitr(ledger, RecoveryTarget.parse(latest=True), where / "replayed", extract=extract_then_damage)
+        nothing_left(where / "replayed")
+    finally:
+        obj.write_bytes(original)
+
+
+def test_cli_refuses_bad_pitr_input_without_a_traceback(ledger: Ledger, where: Path) -> None:
+    dest, work = str(where / "restored"), {"DRP_WORK_DIR": str(ledger.rig.root / "work")}
+    unknown = ledger.rig.drp("restore", "--pitr", "--restore-point", "nope", "--new-cluster", dest, **work)
+    assert unknown.returncode == 1 and "known: after-batch5" in unknown.stderr and "Traceback" not in unknown.stderr
+    two = ledger.rig.drp("restore", "--pitr", "--latest", "--lsn", "0/1", "--new-cluster", dest)
+    assert two.returncode == 2 and "exactly one target" in two.stderr
+    naive = ledger.rig.drp("restore", "--pitr", "--time", "2026-12-01 02:10:00", "--data-dir", dest)
+    assert naive.returncode == 2 and "no UTC offset" in naive.stderr
+    no_pitr = ledger.rig.drp("restore", "--time", "2026-12-01 02:10:00+00", "--new-cluster", dest)
+    assert no_pitr.returncode == 2 and "add --pitr" in no_pitr.stderr
+    nothing_left(where / "restored")
+
+
+def test_pitr_from_s3(work_base: Path, s3_server: MotoServer, s3_bucket: str) -> None:
+    """The same ledger archived to S3 (moto over HTTP): a PITR to the LSN after batch 3, fetched with prefetch."""
+    rig = WalRig.make(work_base / f"pitr-s3-{uuid.uuid4().hex[:8]}", storage={
+        "storage_url": f"s3://{s3_bucket}/clinic-a", "s3_endpoint_url": s3_server.endpoint_url,
+        "s3_region": s3_server.region, "s3_access_key_id": s3_server.access_key,
+        "s3_secret_access_key": s3_server.secret_key})
+    with ledger_on(rig) as led:
+        where = rig.root / "restores"
+        where.mkdir()
+        result = pitr(led, RecoveryTarget.parse(lsn=str(led.marks["lsn"])), where / "restored", prefetch=4)
+        try:
+            assert result.base.id == led.bases["a"]
+            ids, checksum = restored_ids(result)
+            assert ids == led.ids_after[3] and checksum == source_checksum(led, ids[-1])
+        finally:
+            LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+
+
+def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: Path) -> None:
+    """The primary is lost and its standby (archiving to the same repository) promoted: timeline 2.
+    A PITR from base a (timeline 1) follows the history file to a restore point on timeline 2.
+    Runs last: the ledger's primary is stopped."""
+    standby_dir = ledger.rig.root / "standby"
+    subprocess.run([find_pg_binaries().tool("pg_basebackup"), "-d", ledger.cluster.dsn(), "-D", str(standby_dir),
+                    "-Fp", "-X", "stream", "-R", "--checkpoint=fast"], check=True, capture_output=True)
+    give_to_server(standby_dir)
+    standby = LocalCluster(data_dir=standby_dir, port=free_port(), tcp_trust=True)
+    standby.write_settings({**standby.read_settings(), **standby.listen_settings()})
+    standby.start()
+    ledger.batch(7)
+    lsn = ledger.sql("SELECT pg_current_wal_lsn()::text")
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0],
+                 timeout=30, what="standby catching up", interval=0.2)
+    ledger.cluster.stop()  # the primary is lost
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_promote()")
+    primary, ledger.cluster = ledger.cluster, standby
+    ledger.batch(8)
+    point = ledger.rig.drp("wal", "restore-point", "on-timeline-2", DRP_SOURCE_DSN=standby.dsn())
+    assert point.returncode == 0 and "timeline 2" in point.stdout, point.stderr
+    ledger.batch(9)
+    ledger.switch()
+
+    result = pitr(ledger, RecoveryTarget.parse(name="on-timeline-2"), where / "restored")
+    try:
+        assert result.base.id == ledger.bases["b"]  # timeline 1, before the switch: history followed
+        ids, checksum = restored_ids(result)
+        assert ids == ledger.ids_after[8] and checksum == source_checksum(ledger, ids[-1])
+        assert result.recovery.timeline == 3
+    finally:
+        LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+    assert not primary.is_running()
