@@ -39,9 +39,9 @@ from dr_pipelines.core.restore.pitr import (
     extract_from_storage,
     restore_to_point,
 )
-from dr_pipelines.core.restore.targets import base_backups, format_lsn, parse_lsn
+from dr_pipelines.core.restore.targets import base_backups
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
+from dr_pipelines.core.wal.names import Segment, format_lsn, object_key, parse_lsn, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
 from dr_pipelines_tests.support.procs import start_paused, wait_for

@@ -41,7 +41,7 @@ from dr_pipelines.core.pg.connect import connect, libpq_env
 from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.names import Segment
+from dr_pipelines.core.wal.names import Segment, parse_lsn
 
 WANTED = ("backup_label", "backup_manifest")
 MID_STREAM = 16 << 20
@@ -186,16 +186,10 @@ def wal_range(files: dict[str, bytes], segment_bytes: int) -> dict[str, Any]:
     start_lsn = start.group(1)
     return {
         "timeline": timeline, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
-        "wal_start": Segment.of_lsn(int(start_tl.group(1)), lsn_int(start_lsn), segment_bytes).name,
+        "wal_start": Segment.of_lsn(int(start_tl.group(1)), parse_lsn(start_lsn), segment_bytes).name,
         # the record ending at stop_lsn lies in the segment holding its last byte (XLByteToPrevSeg)
-        "wal_stop": Segment.of_lsn(timeline, lsn_int(stop_lsn) - 1, segment_bytes).name,
+        "wal_stop": Segment.of_lsn(timeline, parse_lsn(stop_lsn) - 1, segment_bytes).name,
     }
-
-
-def lsn_int(lsn: str) -> int:
-    """'16/B374D848' -> its 64-bit position."""
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BaseBackupOptions,

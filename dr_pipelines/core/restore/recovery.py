@@ -40,7 +40,8 @@ from dr_pipelines.core.pg.cluster import (
     write_private,
 )
 from dr_pipelines.core.progress import Progress
-from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget, format_lsn, parse_lsn
+from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget
+from dr_pipelines.core.wal.names import format_lsn, parse_lsn
 
 PHASE = "WAL replayed"
 LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`

@@ -19,7 +19,7 @@ from typing import Any
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import read_sidecar
-from dr_pipelines.core.wal.names import DEFAULT_SEGMENT_BYTES, Segment, WalNameError, is_history
+from dr_pipelines.core.wal.names import DEFAULT_SEGMENT_BYTES, Segment, WalNameError, format_lsn, is_history, parse_lsn
 from dr_pipelines.core.wal.restore_points import find_restore_point
 from dr_pipelines.core.wal.verify import verify_archive
 
@@ -28,18 +28,6 @@ KINDS = ("time", "lsn", "xid", "name", "latest")
 
 class PitrError(DrpError):
     """A point-in-time restore was refused or failed; nothing half-restored is left."""
-
-
-def parse_lsn(text: str) -> int:
-    try:
-        hi, lo = text.strip().split("/")
-        return (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an LSN", fix="write it as PostgreSQL prints it, e.g. 0/3000060") from None
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from dr_pipelines.core.wal.names import (
     is_segment,
     name_of_key,
     object_key,
+    parse_lsn,
     sidecar_key,
     timeline_of,
 )
@@ -119,8 +120,7 @@ def history_switches(text: bytes) -> list[list[int]]:
     for line in text.decode(errors="replace").splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0].isdigit() and "/" in fields[1]:
-            hi, lo = fields[1].split("/")
-            switches.append([int(fields[0]), (int(hi, 16) << 32) | int(lo, 16)])
+            switches.append([int(fields[0]), parse_lsn(fields[1])])
     return switches
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.layout import RESTORE_POINTS, SEALED, WAL
 
 PREFIX = WAL  # the WAL archive's part of the repository layout (core/layout.py)
@@ -65,6 +65,19 @@ class Segment:
         per_log = segments_per_log(segment_bytes)
         start = self.number(segment_bytes)
         return [Segment(self.timeline, n // per_log, n % per_log) for n in range(start + 1, start + 1 + count)]
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' (as PostgreSQL prints an LSN) -> its 64-bit position."""
+    try:
+        hi, lo = text.strip().split("/")
+        return (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an LSN", fix="write it as PostgreSQL prints it, e.g. 0/3000060") from None
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def segments_per_log(segment_bytes: int) -> int:

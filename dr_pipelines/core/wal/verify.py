@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import Sidecar, read_sidecar, stored_intact
 from dr_pipelines.core.wal.names import (
@@ -24,6 +25,7 @@ from dr_pipelines.core.wal.names import (
     Segment,
     WalNameError,
     name_of_key,
+    parse_lsn,
     segments_per_log,
 )
 from dr_pipelines.core.wal.status import PgWalState
@@ -129,11 +131,11 @@ def _start_segment(start: str, segments: list[Segment], seg_bytes: int) -> Segme
     if "/" not in start:
         return Segment.parse(start)
     try:
-        hi, lo = (int(part, 16) for part in start.split("/"))
-    except ValueError:
+        lsn = parse_lsn(start)
+    except ConfigError:
         raise WalNameError(f"{start!r} is neither a WAL segment name nor an LSN",
                            fix="pass e.g. 000000010000000000000003 or 0/3000028") from None
-    return Segment.of_lsn(segments[0].timeline if segments else 1, (hi << 32) | lo, seg_bytes)
+    return Segment.of_lsn(segments[0].timeline if segments else 1, lsn, seg_bytes)
 
 
 def _switches(committed: dict[str, Sidecar], timeline: int, report: WalReport) -> list[list[int]]:
