@@ -13,7 +13,10 @@
      directory (pg_wal and postmaster.* excluded) ``| zstd -T2 -3 > file``, ``pg_backup_stop()``;
      the time includes both calls;
    - ``pgbackrest`` (when installed): ``pgbackrest backup --type=full`` as the postgres OS user with
-     compress-type=zst, compress-level=3, process-max=2, start-fast, archive-check=n, a temp repo.
+     compress-type=zst, compress-level=3, process-max=2, start-fast, archive-check=n, a temp repo
+     (``--skip-pgbackrest`` leaves it out);
+   - ``drp-in-process`` (with ``--in-process``): ``run_base_backup`` called in this process, so
+     the interpreter start-up and the CLI are left out; its peak RSS is not measured (it is ours).
 Prints JSON (medians, min, bytes written, peak RSS) and the ratios docs/benchmarks.md quotes.
 """
 
@@ -47,11 +50,11 @@ def tree_bytes(path: Path) -> int:
 
 
 class Bench:
-    def __init__(self, base: Path, cluster: LocalCluster, recipient: str) -> None:
+    def __init__(self, base: Path, cluster: LocalCluster, recipient: str, *, pgbackrest: bool = True) -> None:
         self.base, self.cluster, self.recipient = base, cluster, recipient
         self.in_process: list[float] = []
         self.bin = cluster.binaries.bin_dir
-        self.pgbackrest = shutil.which("pgbackrest")
+        self.pgbackrest = shutil.which("pgbackrest") if pgbackrest else None
         if self.pgbackrest:
             self._pgbackrest_setup()
 
@@ -73,6 +76,15 @@ class Bench:
         assert m.returncode == 0, "drp backup run --physical failed"
         self.in_process.append(summary["duration_s"])  # the manifest's start to finish: without interpreter start-up
         return m.seconds, m.maxrss_kb, tree_bytes(storage)
+
+    def drp_in_process(self) -> tuple[float, int, int]:
+        from dr_pipelines.core.backup.physical import run_base_backup
+        from dr_pipelines.core.storage.local import LocalStorage
+
+        storage = self.fresh("drp-in-process")
+        started = time.monotonic()
+        run_base_backup(self.cluster.dsn(), LocalStorage(storage), [self.recipient])
+        return time.monotonic() - started, 0, tree_bytes(storage)
 
     def pipe(self) -> tuple[float, int, int]:
         out = self.fresh("pipe") / "base.tar.zst"
@@ -126,6 +138,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--base-dir", default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--skip-pgbackrest", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="also time run_base_backup in this process")
     args = parser.parse_args()
     base = make_base_dir("bench-base-", args.base_dir)
     recipient = generate_identity_file(base / "key.txt")
@@ -139,8 +153,10 @@ def main() -> None:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
             size = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()[0]
-        bench = Bench(base, cluster, recipient)
+        bench = Bench(base, cluster, recipient, pgbackrest=not args.skip_pgbackrest)
         variants = {"drp": bench.drp, "pipe": bench.pipe, "lowlevel": bench.lowlevel}
+        if args.in_process:
+            variants["drp-in-process"] = bench.drp_in_process
         if bench.pgbackrest:
             variants["pgbackrest"] = bench.pgbackrest_full
         results: dict[str, list[tuple[float, int, int]]] = {k: [] for k in variants}
@@ -156,7 +172,8 @@ def main() -> None:
                   for name, s in summary.items() if name != "drp"}
         ratios["drp in-process/pipe"] = round(summary["drp"]["in_process_seconds"]["median"]
                                               / summary["pipe"]["seconds"]["median"], 2)
-        print(json.dumps({"scale": args.scale, "cluster_bytes": size, "load_seconds": round(time.monotonic() - t, 1),
+        summary.get("drp-in-process", {}).pop("peak_rss_kb", None)
+        print(json.dumps({"scale": args.scale, "load_average": os.getloadavg(), "cluster_bytes": size, "load_seconds": round(time.monotonic() - t, 1),
                           "runs": args.runs, "machine": machine_info(cluster.dsn()), "results": summary, "ratios": ratios},
                          indent=2))
     finally:

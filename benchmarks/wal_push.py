@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -38,10 +39,11 @@ from _common import make_base_dir, stats
 from dr_pipelines.core.crypto import generate_identity_file
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.wal import client
-from dr_pipelines.core.wal.names import Segment
+from dr_pipelines.core.wal.names import Segment, segments_per_log
 from dr_pipelines_tests.support.wal import WalRig
 
 BIN = Path(sys.executable).parent
+PAGEADDR_OFFSET = 8  # xlp_pageaddr in XLogPageHeaderData (magic uint16, info uint16, tli uint32)
 
 
 def make_segments(base: Path, count: int) -> list[Path]:
@@ -72,14 +74,22 @@ def fresh_target(base: Path, label: str, recipient: str, identity: Path) -> Path
 
 
 def fake_pg_wal(base: Path, label: str, sources: list[Path], pushes: int) -> list[Path]:
-    """A pg_wal-like directory: ``pushes`` segments (hard links to the real ones) with .ready files."""
+    """A pg_wal-like directory: ``pushes`` segments (copies of the real ones) with .ready files.
+
+    Each copy's first page address is rewritten to its new name's LSN: push_wal checks that a
+    segment holds the pages its name says (core/wal/header.py). The rest is the real WAL.
+    """
     wal = base / f"pg_wal-{label}"
     (wal / "archive_status").mkdir(parents=True)
     first = Segment(1, 0x10, 0)
     paths = []
     for i, segment in enumerate([first, *first.following(pushes - 1)]):
+        data = bytearray(sources[i % len(sources)].read_bytes())
+        size = len(data)
+        struct.pack_into("<Q", data, PAGEADDR_OFFSET,
+                         (int(segment.name[8:16], 16) * segments_per_log(size) + int(segment.name[16:], 16)) * size)
         path = wal / segment.name
-        os.link(sources[i % len(sources)], path)
+        path.write_bytes(data)
         (wal / "archive_status" / f"{segment.name}.ready").touch()
         paths.append(path)
     return paths

@@ -17,14 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import pyrage
-import zstandard
-
 from dr_pipelines.core import checkpoints
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.local import LocalStorage
-from dr_pipelines.core.stream import decrypt_decompress
+from dr_pipelines.core.stream import decrypt_decompress, seal
 from dr_pipelines.core.wal.binding import check_system
 from dr_pipelines.core.wal.events import WalConflictError, record_event
 from dr_pipelines.core.wal.header import read_segment_header
@@ -142,7 +139,7 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
         if stored_intact(storage, name, existing):
             return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes)
         record_event(storage, "repaired", name, {"plain_sha256": plain_sha})  # damaged copy: store it again
-    stored = storage.put_bytes(object_key(name), seal(data, recipients))
+    stored = storage.put_bytes(object_key(name), seal(data, recipients, level=ZSTD_LEVEL))
     checkpoints.reached("wal-after-object")  # stored, not committed: a kill here leaves an uncommitted object
     sidecar = Sidecar(name=name, timeline=timeline, plain_sha256=plain_sha, plain_bytes=len(data),
                       stored_sha256=stored.sha256, stored_bytes=stored.size, pushed_at=_now(),
@@ -151,17 +148,6 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
     storage.put_bytes(sidecar_key(name), sidecar.to_bytes())
     checkpoints.reached("wal-after-sidecar")  # committed, not yet acknowledged to PostgreSQL
     return PushResult(name, "archived", len(data), stored.size)
-
-
-def seal(data: bytes, recipients: Sequence[object]) -> bytes:
-    """age(zstd(data)) in one call each: the wire format of core/stream.py's compress_encrypt, so
-    decrypt_decompress (and `age -d | zstd -d`) read it.
-
-    A WAL file is at most one segment (16 MiB by default) and already in memory for its checksum;
-    one-shot calls take 111 ms where the streaming pipeline's 64 KiB Python hand-offs take 190 ms
-    (docs/wal.md), and PostgreSQL waits for every push in turn.
-    """
-    return pyrage.encrypt(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data), list(recipients))
 
 
 def _refuse_conflict(storage: Storage, name: str, existing: Sidecar, plain_sha: str, size: int) -> NoReturn:
