@@ -26,13 +26,13 @@ ROUTES = [
     Route("/api/session", E(routes.session_create, body=True, authenticate=False), methods=["POST"]),
     Route("/api/session", E(routes.session_delete, authenticate=False), methods=["DELETE"]),
     Route("/api/clinic", E(routes.clinic), methods=["GET"]),
-    Route("/api/data", E(routes.data_all), methods=["GET"]),
-    Route("/api/data/{table}", E(routes.data_table), methods=["GET"]),
+    Route("/api/data", E(routes.data_all, streams_body=True), methods=["GET"]),
+    Route("/api/data/{table}", E(routes.data_table, streams_body=True), methods=["GET"]),
     Route("/api/streams/{attempt_id}", E(routes.stream_status), methods=["GET"]),
     Route("/api/exports", E(routes.exports_list), methods=["GET"]),
     Route("/api/exports", E(routes.exports_create, body=True), methods=["POST"]),
     Route("/api/exports/{job_id}", E(routes.export_status), methods=["GET"]),
-    Route("/api/exports/{job_id}/files/{name}", E(routes.export_file), methods=["GET"]),
+    Route("/api/exports/{job_id}/files/{name}", E(routes.export_file, streams_body=True), methods=["GET"]),
     Route("/api/{rest:path}", E(routes.unknown_route), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ]
 

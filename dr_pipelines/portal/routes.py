@@ -73,8 +73,12 @@ class Call:
 # -- the wrapper every endpoint goes through ------------------------------------------------------
 
 
-def endpoint(fn: Callable[[Call], Response], *, body: bool = False, authenticate: bool = True) -> Callable[..., Any]:
-    """An async Starlette endpoint around ``fn``: body read (bounded), credential, rate limit, audit, JSON errors."""
+def endpoint(fn: Callable[[Call], Response], *, body: bool = False, authenticate: bool = True,
+             streams_body: bool = False) -> Callable[..., Any]:
+    """An async Starlette endpoint around ``fn``: body read (bounded), credential, rate limit, audit, JSON errors.
+
+    ``streams_body``: HEAD is refused (405) rather than reading a whole table or file for nothing.
+    """
 
     async def handle(request: Request) -> Response:
         portal: Portal = request.app.state.portal
@@ -82,6 +86,9 @@ def endpoint(fn: Callable[[Call], Response], *, body: bool = False, authenticate
         asked = Asked(request=line, client=request.client.host if request.client else None)
         payload: Any = None
         body_error: PortalError | None = None
+        if streams_body and request.method == "HEAD":
+            body_error = PortalError(405, "method_not_allowed", "HEAD is not served for streams and downloads",
+                                     "use GET (with Range: bytes=0-0 to probe a download)")
         if body:
             try:
                 payload = await read_json(request, portal.settings.portal_max_body_bytes)

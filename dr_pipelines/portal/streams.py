@@ -15,7 +15,7 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -164,10 +164,10 @@ def zip_body(snap: TenantSnapshot, fmt: str, clinic_id: str) -> tuple[Iterator[b
                 counter = RowCount()
                 name = object_name(t.name, fmt)
                 sha, size = hashlib.sha256(), 0
-                with zf.open(zipfile.ZipInfo(name, date_time=_zip_time(snap.snapshot_at)), "w",
-                             force_zip64=True) as entry:
-                    for chunk in text_stream(snap.conn, snap.scope, t, table_columns(snap.conn, t.schema, t.table),
-                                             fmt, counter):
+                rows = text_stream(snap.conn, snap.scope, t, table_columns(snap.conn, t.schema, t.table), fmt, counter)
+                with closing(rows), zf.open(zipfile.ZipInfo(name, date_time=_zip_time(snap.snapshot_at)), "w",
+                                            force_zip64=True) as entry:  # closing: a departed client cancels the COPY
+                    for chunk in rows:
                         entry.write(chunk)
                         sha.update(chunk)
                         size += len(chunk)
