@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -76,6 +75,8 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         assert cli.returncode == 0, cli.stderr
         assert "serves location 'dr_pipelines'" in cli.stdout
         # The export portal beside the UI, and the demo token it printed works for its clinic.
+        import urllib.request
+
         token = next(line.strip() for line in printed.splitlines() if line.startswith("drpt."))
         clinic = json.loads(urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{portal_port}/api/clinic", headers={"Authorization": f"Bearer {token}"}),
