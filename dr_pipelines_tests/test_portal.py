@@ -13,6 +13,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +29,7 @@ import pytest
 
 from dr_pipelines.core.export.run import ExportOptions, export_tenants
 from dr_pipelines.core.layout import export_prefix
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.portal.app import ROUTES
@@ -358,3 +362,22 @@ def test_openapi_describes_every_route_and_errors_are_json(rig: dict[str, Any]) 
     assert server.get("/api/health").json()["status"] == "ok"
     nowhere = server.get("/nowhere")
     assert nowhere.status == 404 and nowhere.json()["error"]["code"] == "not_found"
+
+
+def test_drp_portal_serve_says_where_it_listens_and_logs_no_secret(rig: dict[str, Any]) -> None:
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "drp"), "portal", "serve", "--port", str(port)],
+                            env={**os.environ, **rig["env"]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == f"drp portal listening on http://127.0.0.1:{port} (API description: /openapi.json)"
+        health = wait_for(lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health",
+                                                                    timeout=5).read()), timeout=30,
+                          what="the portal", interval=0.1)
+        assert health["status"] == "ok"
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=30)[0]
+    assert SECRET not in line + rest and rig["tokens"]["a"] not in rest
