@@ -268,7 +268,15 @@ def test_full_export_download_with_range_and_checksum(rig: dict[str, Any]) -> No
     path.write_bytes(bytes(data))
     damaged = server.get(files["public.patients.csv"]["href"], ta)
     assert damaged.status == 200 and not damaged.complete and len(damaged.body) < len(data)
-    # Removed from storage (expired): 410.
+    # Past its time-to-live (export_ttl_days, 7) by the manifest's finish: 410, and the status says expired.
+    manifest_path = path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["finished_at"] = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    manifest_path.write_text(json.dumps(manifest))
+    old = server.get(files["public.patients.parquet"]["href"], ta)
+    assert old.status == 410 and old.json()["error"]["code"] == "expired" and b"PAR1" not in old.body
+    assert server.get(f"/api/exports/{job['job_id']}", ta).json()["state"] == "expired"
+    # Removed from storage (by housekeeping or by hand): 410.
     path.unlink()
     (path.parent / "manifest.json").unlink()
     gone = server.get(files["public.patients.csv"]["href"], ta)
