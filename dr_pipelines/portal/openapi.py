@@ -112,7 +112,7 @@ def document(version: str) -> dict[str, Any]:
                 "responses": {"200": _json("the stream", "Stream"), "404": _ERROR, **_AUTH_ERRORS}}},
             "/api/exports": {
                 "get": {"summary": "the clinic's full exports, newest first",
-                        "responses": {"200": _json("exports", {"type": "object", "properties": {"exports": {
+                        "responses": {"200": _json("the clinic's exports", {"type": "object", "properties": {"exports": {
                             "type": "array", "items": {"$ref": "#/components/schemas/Export"}}}}), **_AUTH_ERRORS}},
                 "post": {"summary": "request a full export (runs in the portal's worker)",
                          "requestBody": {"content": {"application/json": {"schema": {

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from dr_pipelines.core.export.formats import EXTENSIONS, MEDIA_TYPES, RowCount
 from dr_pipelines.core.export.tables import object_name, text_stream
 from dr_pipelines.core.export.tenants import TenantSnapshot
+from dr_pipelines.core.layout import MANIFEST_NAME
 from dr_pipelines.core.manifest import ObjectEntry
 from dr_pipelines.core.parquet import table_columns
 from dr_pipelines.core.pg.connect import connect
@@ -180,7 +181,7 @@ def zip_body(snap: TenantSnapshot, fmt: str, clinic_id: str) -> tuple[Iterator[b
             manifest = {"kind": "portal-stream", "clinic_id": clinic_id, "format": fmt,
                         "media_type": MEDIA_TYPES[fmt], "snapshot_at": snap.snapshot_at.isoformat(),
                         "rows": total["rows"], "files": files}
-            info = zipfile.ZipInfo("manifest.json", date_time=_zip_time(snap.snapshot_at))
+            info = zipfile.ZipInfo(MANIFEST_NAME, date_time=_zip_time(snap.snapshot_at))
             zf.writestr(info, json.dumps(manifest, indent=2, default=str) + "\n")
         yield sink.take()
 
