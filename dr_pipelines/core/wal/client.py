@@ -19,7 +19,9 @@ import sys
 
 TIMEOUT_S = 600
 NOT_ARCHIVED_EXIT = 1
-ABORT_RECOVERY_EXIT = 200  # wal/restore.py's, repeated: this file imports nothing of drp
+# restore_command's exit status for a file that exists but cannot be used (corrupt, undecryptable, storage
+# down, refused): above 125, PostgreSQL aborts recovery instead of reading it as "end of archive" and promoting short.
+ABORT_RECOVERY_EXIT = 200
 
 
 def ask(sock_path: str, request: str) -> str | None:

@@ -20,12 +20,10 @@ from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.pg.cluster import give_to_server
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import WalNotArchivedError, fetch_wal, write_atomically
+from dr_pipelines.core.wal.client import ABORT_RECOVERY_EXIT as ABORT_RECOVERY_EXIT  # `drp wal fetch` exits with it
 from dr_pipelines.core.wal.names import Segment, WalNameError, timeline_of
 
 SPOOL_MODE = 0o700
-# restore_command's exit status for a file that exists but cannot be used (corrupt, undecryptable, storage
-# down): above 125, PostgreSQL aborts recovery instead of reading it as "end of archive" and promoting short.
-ABORT_RECOVERY_EXIT = 200
 
 
 def prepare_spool(spool: Path) -> Path:
