@@ -63,7 +63,13 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         # WAL archiving from the start: a commit and a switch reach storage through the demo's archiver
         archiving = DemoPaths(demo_dir).archiving
         archiver_pid = int(archiving.pid_file.read_text())
-        assert pid_alive(archiver_pid) and archiving.socket.exists()
+        # Started beside Dagster and not waited for (archive_command falls back to `drp wal push` meanwhile).
+        try:
+            wait_for(lambda: archiving.socket.exists() or not pid_alive(archiver_pid), timeout=90,
+                     what="archiver socket", interval=0.2)
+        except TimeoutError:
+            raise AssertionError(archiving.log_file.read_text()[-3000:] + "\n" + str(archiving.socket)) from None
+        assert pid_alive(archiver_pid) and archiving.socket.exists(), archiving.log_file.read_text()[-2000:]
         demo_pg = LocalCluster.attach(demo_dir / "pg")
         segment = switch_wal(demo_pg)
         wait_for(lambda: (demo_dir / "storage" / sidecar_key(segment)).exists(), timeout=60, what="archived segment",

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pwd
+import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -39,14 +42,16 @@ from dr_pipelines.core.restore.pitr import (
     extract_from_storage,
     restore_to_point,
 )
+from dr_pipelines.core.restore.recovery import FETCH_SOCKET, served_restore_command
 from dr_pipelines.core.restore.targets import base_backups
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.daemon import serving
 from dr_pipelines.core.wal.names import Segment, format_lsn, object_key, parse_lsn, sidecar_key
-from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, restore_wal
+from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, WalFetcher, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
 from dr_pipelines_tests.support.procs import start_paused, wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
-from dr_pipelines_tests.support.wal import WalRig, wait_archived
+from dr_pipelines_tests.support.wal import WalRig, pg_os_user, wait_archived
 
 LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
           " note text)")
@@ -104,7 +109,7 @@ class Ledger:
 def ledger_on(rig: WalRig) -> Iterator[Ledger]:
     """An archiving cluster with six ledger batches, base backup a after batch 1 and b after batch 4;
     a time after batch 2, an LSN after batch 3, batch 4's xid and restore point 'after-batch5' recorded."""
-    # few segments to replay (each is one `drp wal fetch` process): switches only where the test makes them
+    # few segments to replay: switches only where the test makes them
     cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True)
     led = Ledger(rig, cluster)
     try:
@@ -145,11 +150,11 @@ def where(ledger: Ledger) -> Path:
 
 
 def pitr(ledger: Ledger, target: RecoveryTarget, data_dir: Path, **kwargs: Any) -> PitrResult:
-    """restore_to_point on the ledger's storage: base backups extracted from it, WAL fetched by the rig's drp."""
-    storage = ledger.storage
-    kwargs.setdefault("extract", extract_from_storage(storage, context.identities(ledger.rig.settings(), None)))
+    """restore_to_point on the ledger's storage: base backups extracted from it, WAL served by this process."""
+    storage, identities = ledger.storage, context.identities(ledger.rig.settings(), None)
+    kwargs.setdefault("extract", extract_from_storage(storage, identities))
     return restore_to_point(storage, target, data_dir, entries=ledger.base_entries(), work_dir=ledger.rig.root / "work",
-                            drp=str(ledger.rig.drp_for_pg), config=ledger.rig.config, **kwargs)
+                            identities=identities, **kwargs)
 
 
 def restored_ids(result: PitrResult) -> tuple[list[int], str]:
@@ -391,6 +396,56 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
         nothing_left(where / "replayed")
     finally:
         obj.write_bytes(original)
+
+
+def test_the_served_restore_command_exits_0_1_or_200_and_writes_only_into_pg_wal(ledger: Ledger, where: Path) -> None:
+    """restore_command as PostgreSQL runs it (its OS user, in the data directory, %p = pg_wal/RECOVERYXLOG)
+    against the WalFetcher a PITR serves: 0 and the file the server's user can read, 1 for a name not in
+    the archive, 200 (PostgreSQL aborts) for a corrupt one, a destination outside pg_wal, a bad name, or
+    the restore gone (no fallback)."""
+    name = _segment_between(ledger, "b")
+    data_dir, sock_dir = where / "data", where / "sock"
+    (data_dir / "pg_wal").mkdir(parents=True, mode=0o700)
+    sock_dir.mkdir(mode=0o700)
+    give_to_server(data_dir)
+    give_to_server(sock_dir)
+    identities = context.identities(ledger.rig.settings(), None)
+    user, sock = pg_os_user(), sock_dir / FETCH_SOCKET
+    uid = pwd.getpwnam(user).pw_uid if user else os.geteuid()
+    command = served_restore_command(sock)
+
+    def restore_command(wal: str, dest: str = "pg_wal/RECOVERYXLOG") -> subprocess.CompletedProcess[str]:
+        line = command.replace("%f", shlex.quote(wal)).replace("%p", shlex.quote(dest))
+        return subprocess.run(["sh", "-c", line], cwd=data_dir, user=user, group=user, capture_output=True, text=True,
+                              timeout=60)
+
+    with serving(WalFetcher(ledger.storage, identities, data_dir), sock, owner_uid=uid if user else None):
+        assert (sock.stat().st_uid, sock.stat().st_mode & 0o777) == (uid, 0o600)
+        ok = restore_command(name)
+        assert ok.returncode == 0, ok.stderr
+        got = data_dir / "pg_wal" / "RECOVERYXLOG"
+        restore_wal(ledger.storage, identities, name, where / "direct")
+        assert got.read_bytes() == (where / "direct").read_bytes()
+        assert (got.stat().st_uid, got.stat().st_mode & 0o777) == (uid, 0o600)
+        missing = restore_command("0000000100000000000000FF")
+        assert missing.returncode == 1 and "not in the archive" in missing.stderr, missing.stderr
+        for dest in (str(where / "outside"), "../outside", "pg_wal/../../outside", "base/RECOVERYXLOG"):
+            refused = restore_command(name, dest)
+            assert refused.returncode == ABORT_RECOVERY_EXIT and "refusing" in refused.stderr, (dest, refused.stderr)
+        assert not (where / "outside").exists() and not (data_dir / "base").exists()
+        bad = restore_command("../../../outside")
+        assert bad.returncode == ABORT_RECOVERY_EXIT and "not a WAL file name" in bad.stderr, bad.stderr
+        obj, _ = _stored(ledger, name)
+        original = obj.read_bytes()
+        obj.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+        try:
+            corrupt = restore_command(name)
+        finally:
+            obj.write_bytes(original)
+        assert corrupt.returncode == ABORT_RECOVERY_EXIT and "corrupt" in corrupt.stderr, corrupt.stderr
+    assert not sock.exists()
+    gone = restore_command(name)
+    assert gone.returncode == ABORT_RECOVERY_EXIT and "gone" in gone.stderr, gone.stderr
 
 
 def test_cli_refuses_bad_pitr_input_without_a_traceback(ledger: Ledger, where: Path) -> None:

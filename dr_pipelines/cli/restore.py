@@ -46,7 +46,7 @@ def restore(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--pitr: recover into this empty directory and leave it stopped."),
     prefetch: int = typer.Option(8, "--prefetch", min=0, max=64, help="--pitr: WAL segments fetched ahead, in parallel."),
     fetch_drp: Optional[Path] = typer.Option(
-        None, "--drp", help="--pitr: the drp the PostgreSQL OS user runs as restore_command (default: this one)."),
+        None, "--drp", hidden=True, help="Ignored: this process serves the recovery's WAL fetches (docs/pitr.md)."),
 ) -> None:
     """Restore a backup: every object's checksum is verified before anything is written to the target.
 
@@ -72,7 +72,7 @@ def restore(
         target_point = RecoveryTarget.parse(time=to_time, lsn=to_lsn, xid=to_xid, name=to_name, latest=latest,
                                             inclusive=not exclusive)
         _restore_pitr(s, storage, identities, backup_id, target_point, new_cluster=new_cluster, data_dir=data_dir,
-                      port=port, prefetch=prefetch, fetch_drp=fetch_drp, identity=identity, as_json=as_json)
+                      port=port, prefetch=prefetch, as_json=as_json)
         return
     entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(s.work_dir)
@@ -137,12 +137,8 @@ def _print_result(result: Any, target_dsn: str | None, new_cluster: Path | None)
 
 
 def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target: Any, *, new_cluster: Path | None,
-                  data_dir: Path | None, port: int | None, prefetch: int, fetch_drp: Path | None,
-                  identity: Path | None, as_json: bool) -> None:
+                  data_dir: Path | None, port: int | None, prefetch: int, as_json: bool) -> None:
     """`drp restore --pitr`: into --new-cluster DIR (left running) or --data-dir DIR (left stopped)."""
-    import sys
-
-    from dr_pipelines.cli.common import config_file
     from dr_pipelines.core.backup.catalog import list_backups
     from dr_pipelines.core.errors import ConfigError
     from dr_pipelines.core.restore.pitr import extract_from_storage, restore_to_point
@@ -150,13 +146,11 @@ def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target:
     if (new_cluster is None) == (data_dir is None):
         raise ConfigError("say where to restore to", fix="pass exactly one of --new-cluster DIR or --data-dir DIR with --pitr")
     entries = [e for e in list_backups(storage) if backup_id == "latest" or e.id == backup_id]
-    config = config_file()
     with progress_bar(not as_json) as progress:
         result = restore_to_point(
             storage, target, (new_cluster or data_dir), entries=entries,  # type: ignore[arg-type]
             extract=extract_from_storage(storage, identities, progress), work_dir=Path(s.work_dir),
-            drp=str(fetch_drp or Path(sys.executable).parent / "drp"), config=config.absolute() if config else None,
-            identity=identity.absolute() if identity else None, prefetch=prefetch, keep_running=new_cluster is not None,
+            identities=identities, prefetch=prefetch, keep_running=new_cluster is not None,
             port=port, progress=progress, log=lambda line: err.print(line, highlight=False))
     rec = result.recovery
     report = {"base_backup": result.base.id, "target": target.describe(), "timeline": rec.timeline,

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dr_pipelines.core.pg.cluster import LocalCluster, server_os_user
+from dr_pipelines.core.pg.cluster import LocalCluster, server_os_user, server_python
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWITCH_AFTER_S = 30  # with archive_timeout 30 s: RPO about a minute (docs/wal.md, "RPO")
@@ -28,7 +28,7 @@ SETTINGS = {"wal_level": "replica", "archive_mode": "on", "archive_timeout": "30
 
 def pg_python() -> str:
     """A Python 3.11 the PostgreSQL OS user may execute: the system one when we are root."""
-    return "/usr/bin/python3" if server_os_user() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    return server_python()
 
 
 def drp_wrapper_script(module: str | None = None) -> str:

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -68,6 +69,12 @@ def server_os_user() -> str | None:
             fix="create it (`useradd --system postgres`) or run as a non-root user",
         ) from None
     return SUPERUSER
+
+
+def server_python() -> str:
+    """A Python 3 the server's OS user may execute (for stdlib-only helpers such as the WAL client):
+    the system one when we are root (our interpreter may sit under /root)."""
+    return "/usr/bin/python3" if server_os_user() and os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
 @dataclass

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dr_pipelines.core.pg.cluster import LocalCluster, give_to_server
+from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.recovery import (
     RecoveryResult,
     configure_recovery,
-    fetch_command,
     recover,
     socket_dir_in,
 )
@@ -35,6 +34,7 @@ from dr_pipelines.core.restore.targets import (
     target_lsn_of,
 )
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.restore import WalFetcher
 
 __all__ = ["BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
            "choose_base_backup", "configure_recovery", "extract_from_storage", "recover", "restore_to_point"]
@@ -61,14 +61,14 @@ class PitrResult:
 
 
 def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *, entries: Sequence[Any],
-                     extract: Extract, work_dir: Path, drp: str, config: Path | None = None,
-                     identity: Path | None = None, prefetch: int = DEFAULT_PREFETCH, keep_running: bool = True,
+                     extract: Extract, work_dir: Path, identities: Sequence[object], prefetch: int = DEFAULT_PREFETCH,
+                     keep_running: bool = True,
                      port: int | None = None, progress: Progress | None = None,
                      log: Callable[[str], None] | None = None) -> PitrResult:
     """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
 
-    ``drp``, ``config`` and ``identity`` make the restore_command the server's OS user runs
-    (`drp wal fetch` reading this storage); ``keep_running`` False leaves the promoted cluster stopped.
+    This process serves the recovery's WAL fetches (``identities`` decrypt them, core/wal/restore.py
+    WalFetcher); ``keep_running`` False leaves the promoted cluster stopped.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     for line in sweep_leftovers(work_dir):
@@ -85,13 +85,12 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     created = not data_dir.exists()
     lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created)
     try:
-        spool = lease.path / "spool"  # WAL in clear: 0700, the server's OS user's, gone with the lease
+        spool = lease.path / "spool"  # WAL in clear: 0700, only this process uses it, gone with the lease
         spool.mkdir(mode=0o700)
-        give_to_server(spool)
         data_dir.mkdir(mode=0o700, exist_ok=True)
         extract(base, data_dir)
-        command = fetch_command(drp, spool, prefetch, config=config, identity=identity)
-        result = recover(data_dir, target, restore_command=command, start_lsn=base.start_lsn, target_lsn=target_lsn,
+        fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
+        result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path))
     except BaseException:
         LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)

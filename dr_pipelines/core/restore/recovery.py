@@ -3,8 +3,9 @@
 While it recovers, the server listens only on a unix socket in a private (0700) directory with
 ``trust`` (nobody but the server's OS user and root can reach it) and never on TCP. It archives
 nothing: ``archive_mode = off`` and no archive command, so a test restore can never push WAL into
-the production repository (pgBackRest's ``--archive-mode=off``). WAL comes from ``drp wal fetch``
-with parallel prefetch into a private spool. Progress is the WAL replayed
+the production repository (pgBackRest's ``--archive-mode=off``). WAL comes from this process: a
+WalFetcher (parallel prefetch into a private spool) serves restore_command's stdlib client on a
+socket in the same private folder (served_restore_command). Progress is the WAL replayed
 (``pg_last_wal_replay_lsn``). After promotion the superuser gets a fresh random password (the
 SCRAM verifier is computed client-side, so the password never reaches the server or its log),
 kept only in the passfile as for every cluster drp makes (core/pg/cluster.py); pg_hba becomes
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -37,11 +39,15 @@ from dr_pipelines.core.pg.cluster import (
     LocalCluster,
     free_port,
     give_to_server,
+    server_os_user,
+    server_python,
     write_private,
 )
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.targets import PitrError, RecoveryTarget
+from dr_pipelines.core.wal.daemon import serving
 from dr_pipelines.core.wal.names import format_lsn, parse_lsn
+from dr_pipelines.core.wal.restore import WalFetcher
 
 PHASE = "WAL replayed"
 LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`
@@ -52,6 +58,7 @@ FINAL_HBA = ("local all all scram-sha-256\n"
 # Cleared when recovery starts and kept off: a recovered copy never archives (or streams from) anywhere.
 NO_ARCHIVING = {"archive_mode": "off", "archive_command": "''", "archive_library": "''", "primary_conninfo": "''",
                 "primary_slot_name": "''"}
+FETCH_SOCKET = "drp-fetch"  # beside .s.PGSQL.PORT and shorter: fits wherever socket_dir_in said that fits
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
                  "recovery_target_xid", "recovery_target_name", "recovery_target_inclusive", "recovery_target_action",
                  "recovery_target_timeline")
@@ -74,20 +81,18 @@ def conf_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def fetch_command(drp: str, spool: Path, prefetch: int, *, config: Path | None = None,
-                  identity: Path | None = None) -> str:
-    """restore_command: a segment already prefetched (checked) into the spool is moved into place by the
-    shell; otherwise `drp wal fetch %f %p` fetches it and refills the spool in parallel (settings from DRP_CONFIG).
+def served_restore_command(sock: Path) -> str:
+    """restore_command: the stdlib client (``python -I -S``, milliseconds) asks the WalFetcher on ``sock``.
 
-    A drp process costs 1-2 s of interpreter start-up on a loaded machine, more than replaying a
-    segment: with prefetch N only one request in about N starts one.
+    No fallback to `drp wal fetch`: restore_command exists only while the restore that serves it runs;
+    with the socket gone that restore died, and nobody would secure (scram) or follow the promoted
+    server. Exit 200 makes PostgreSQL abort instead, and the postgres OS user never needs drp's settings
+    or the age identity.
     """
-    parts = ["env", f"DRP_CONFIG={config}"] if config else []
-    parts += [drp, "wal", "fetch"]
-    tail = ["--spool", str(spool), "--prefetch", str(prefetch)] + (["--identity", str(identity)] if identity else [])
-    cached = f"{shlex.quote(str(spool))}/%f"
-    fetch = " ".join(shlex.quote(p) for p in parts) + " %f %p " + " ".join(shlex.quote(p) for p in tail)
-    return f"{{ test -f {cached} && mv -f {cached} %p; }} || {fetch}" if prefetch else fetch
+    from dr_pipelines.core.wal import client
+
+    parts = [server_python(), "-I", "-S", client.__file__, "fetch", str(sock), "-"]
+    return " ".join(shlex.quote(p) for p in parts) + " %f %p"
 
 
 def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_command: str, socket_dir: Path,
@@ -112,10 +117,14 @@ def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_comman
     give_to_server(data_dir)
 
 
-def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, start_lsn: int = 0,
+def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | None = None,
+            fetcher: WalFetcher | None = None, start_lsn: int = 0,
             target_lsn: int | None = None, keep_running: bool = True, port: int | None = None,
             progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None) -> RecoveryResult:
     """Recover ``data_dir`` (an extracted base backup) to ``target`` and promote; PitrError if it cannot.
+
+    WAL comes from ``fetcher``, served on a socket in ``socket_dir`` while the server recovers
+    (served_restore_command), or from a ready-made ``restore_command``.
 
     On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly.
     On failure the server is stopped; removing the directory is the caller's (it knows if it made it).
@@ -132,12 +141,19 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str, sta
     try:
         if not cluster.passfile.exists():
             write_private(cluster.passfile, "")  # marks it as ours for the lease sweep from the first moment
-        configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
-                           timeline=timeline)
-        cluster.launch()
-        reached("pitr-recovering")
-        replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)
-        new_timeline = _secure(cluster, socket_dir)
+        with contextlib.ExitStack() as serve:
+            if fetcher is not None:
+                sock = socket_dir / FETCH_SOCKET
+                serve.enter_context(serving(fetcher, sock, owner_uid=_server_uid()))
+                restore_command = served_restore_command(sock)
+            if not restore_command:
+                raise TypeError("recover() needs a fetcher or a restore_command")
+            configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
+                               timeline=timeline)
+            cluster.launch()
+            reached("pitr-recovering")
+            replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)
+            new_timeline = _secure(cluster, socket_dir)  # stops the server: no restore_command after this
     except BaseException:
         with contextlib.suppress(ClusterError):
             cluster.stop("immediate")
@@ -160,6 +176,12 @@ def socket_dir_in(folder: Path) -> Path | None:
         return None
     path.mkdir(mode=0o700)
     return path
+
+
+def _server_uid() -> int | None:
+    """Who may connect to our sockets besides root: PostgreSQL's OS user (None: ourselves)."""
+    owner = server_os_user()
+    return pwd.getpwnam(owner).pw_uid if owner else None
 
 
 def _connect(socket_dir: Path, port: int) -> psycopg.Connection:

@@ -1,10 +1,16 @@
-"""archive_command's tiny client: hand %p to the long-running archiver, exit 0 only on its ack.
+"""The tiny client of archive_command and restore_command: hand the request to a long-running drp process.
 
-Standard library only and run as ``python -I -S client.py SOCKET FALLBACK %p``, so it starts in
-milliseconds (no site-packages, no drp imports). When no archiver listens it execs FALLBACK
-(``drp``) as ``drp wal push %p``, a direct in-process push; pass ``-`` to fail instead.
-Any other outcome (an error reply, the archiver dying before its ack) exits 1, so PostgreSQL
-keeps the segment and retries.
+Standard library only and run with ``python -I -S``, so it starts in milliseconds (no site-packages,
+no drp imports) instead of the 1-2 s of a `drp` process:
+
+- ``client.py SOCKET FALLBACK WAL_PATH`` (archive_command, %p): the archiver (daemon.py) pushes it;
+  exit 0 only on its ack, else 1 so PostgreSQL keeps the segment and retries. When no archiver
+  listens it execs ``FALLBACK wal push WAL_PATH`` (a direct push); ``-`` fails instead.
+- ``client.py fetch SOCKET FALLBACK NAME DEST`` (restore_command, %f %p): the recovering
+  `drp restore --pitr` (wal/restore.py WalFetcher) writes the file to DEST. Exit 0 ok, 1 not in the
+  archive (PostgreSQL's normal end of recovery), 200 for anything else (corrupt, refused, the server
+  gone or dying mid-request): above 125, so PostgreSQL aborts recovery instead of promoting short.
+  With no server listening it execs ``FALLBACK wal fetch NAME DEST``, or with ``-`` exits 200.
 """
 
 import os
@@ -12,40 +18,73 @@ import socket
 import sys
 
 TIMEOUT_S = 600
+NOT_ARCHIVED_EXIT = 1
+# restore_command's exit status for a file that exists but cannot be used (corrupt, undecryptable, storage
+# down, refused): above 125, PostgreSQL aborts recovery instead of reading it as "end of archive" and promoting short.
+ABORT_RECOVERY_EXIT = 200
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 4:
-        sys.stderr.write("usage: client.py SOCKET FALLBACK_DRP|- WAL_PATH\n")
-        return 2
-    sock_path, fallback, path = argv[1], argv[2], os.path.abspath(argv[3])
+def ask(sock_path: str, request: str) -> str | None:
+    """One request line, one reply line; None when nothing listens on ``sock_path``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(sock_path)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        if fallback == "-":
-            sys.stderr.write(f"drp wal archiver not reachable at {sock_path} ({exc.strerror})\n")
-            return 1
-        os.execv(fallback, [fallback, "wal", "push", path])
+        return None
     sock.settimeout(TIMEOUT_S)
     reply = b""
     try:
-        sock.sendall(path.encode() + b"\n")
+        sock.sendall(request.encode() + b"\n")
         while not reply.endswith(b"\n"):
             chunk = sock.recv(4096)
             if not chunk:
                 break
             reply += chunk
     except OSError as exc:
-        reply = f"error connection to the archiver failed ({exc})\n".encode()
+        reply = f"error connection to the server failed ({exc})\n".encode()
     finally:
         sock.close()
-    if reply.startswith(b"ok"):
+    return reply.decode(errors="replace").strip() or "error the server closed the connection before answering"
+
+
+def push(sock_path: str, fallback: str, path: str) -> int:
+    reply = ask(sock_path, path)
+    if reply is None:
+        if fallback == "-":
+            sys.stderr.write(f"drp wal archiver not reachable at {sock_path}\n")
+            return 1
+        os.execv(fallback, [fallback, "wal", "push", path])
+    if reply.startswith("ok"):
         return 0
-    message = reply.decode(errors="replace").strip() or "error the archiver closed the connection before acknowledging"
-    sys.stderr.write(f"drp wal archiver: {message} ({os.path.basename(path)})\n")
+    sys.stderr.write(f"drp wal archiver: {reply} ({os.path.basename(path)})\n")
     return 1
+
+
+def fetch(sock_path: str, fallback: str, name: str, dest: str) -> int:
+    if "\t" in name or "\t" in dest or "\n" in name or "\n" in dest:
+        sys.stderr.write("drp wal fetch: tab or newline in the WAL name or destination\n")
+        return ABORT_RECOVERY_EXIT
+    reply = ask(sock_path, f"fetch\t{name}\t{dest}")
+    if reply is None:
+        if fallback == "-":
+            sys.stderr.write(f"drp wal fetch: the restore serving WAL is gone ({sock_path}): recovery stops\n")
+            return ABORT_RECOVERY_EXIT
+        os.execv(fallback, [fallback, "wal", "fetch", name, dest])
+    if reply.startswith("ok"):
+        return 0
+    sys.stderr.write(f"drp wal fetch {name}: {reply}\n")
+    return NOT_ARCHIVED_EXIT if reply.startswith("missing") else ABORT_RECOVERY_EXIT
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 4:
+        return push(argv[1], argv[2], os.path.abspath(argv[3]))
+    if len(argv) == 6 and argv[1] == "fetch":
+        return fetch(argv[2], argv[3], argv[4], os.path.abspath(argv[5]))
+    sys.stderr.write("usage: client.py SOCKET FALLBACK_DRP|- WAL_PATH\n"
+                     "       client.py fetch SOCKET FALLBACK_DRP|- WAL_NAME DEST_PATH\n")
+    return ABORT_RECOVERY_EXIT if argv[1:2] == ["fetch"] else 2  # below 126 recovery would end short
 
 
 if __name__ == "__main__":

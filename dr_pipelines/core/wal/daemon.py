@@ -17,9 +17,10 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.storage import Storage
@@ -50,6 +51,13 @@ class Archiver:
             with self.lock:
                 if self.jobs.get(path.name) is future:
                     del self.jobs[path.name]  # acked or failed: a new request pushes (or no-ops) again
+
+    def answer(self, line: str) -> str:
+        """The client's request: an absolute WAL path; "ok STATUS" once stored."""
+        line = line.strip()
+        if not line.startswith("/"):
+            raise ConfigError(f"expected an absolute WAL path, got {line[:80]!r}", fix="use the drp client")
+        return f"ok {self.push(Path(line)).status}"
 
     def _submit(self, path: Path) -> Future[PushResult]:
         with self.lock:
@@ -142,19 +150,24 @@ class SegmentSwitcher:
         return segment, next_xid
 
 
+class Service(Protocol):
+    """What a socket serves: one request line in, one reply line out ("ok …", "missing …")."""
+
+    def answer(self, line: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        line = self.rfile.readline(65536).decode(errors="replace").strip()
+        line = self.rfile.readline(65536).decode(errors="replace").rstrip("\n")
         try:
-            if not line.startswith("/"):
-                raise ConfigError(f"expected an absolute WAL path, got {line[:80]!r}", fix="use the drp client")
-            result = self.server.archiver.push(Path(line))
-            reply = f"ok {result.status}\n"
+            reply = self.server.service.answer(line).replace("\n", " ") + "\n"
         except DrpError as exc:
             reply = "error " + " | ".join(str(exc).splitlines()) + "\n"
-        except Exception as exc:  # noqa: BLE001 - reported to the client, which fails the archive_command
+        except Exception as exc:  # noqa: BLE001 - reported to the client, which fails the command
             reply = f"error {type(exc).__name__}: {exc}\n".replace("\n", " ").rstrip() + "\n"
         with contextlib.suppress(OSError):
             self.wfile.write(reply.encode())
@@ -162,30 +175,32 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
-    archiver: Archiver
+    service: Service
 
 
-def prepare_socket(sock_path: Path) -> None:
-    """The socket's directory must be private (0700): whoever can connect can make us read files."""
+def prepare_socket(sock_path: Path, owner_uid: int | None = None) -> None:
+    """The socket's directory must be private (0700) and owned by ``owner_uid`` (default: us): whoever
+    can connect can make us read (archiver) or write (fetch server) files."""
     directory = sock_path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = directory.stat()
     mode = info.st_mode & 0o777
+    owner = os.geteuid() if owner_uid is None else owner_uid
     if mode & 0o077:
-        raise ConfigError(f"archiver socket directory {directory} is accessible by others (mode {oct(mode)})",
+        raise ConfigError(f"socket directory {directory} is accessible by others (mode {oct(mode)})",
                           fix=f"chmod 700 {directory}, owned by the PostgreSQL OS user")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f"archiver socket directory {directory} is owned by uid {info.st_uid}, not by this user "
-                          f"(uid {os.geteuid()}): its owner controls who can connect",
+    if info.st_uid != owner:
+        raise ConfigError(f"socket directory {directory} is owned by uid {info.st_uid}, not by uid {owner}: "
+                          "its owner controls who can connect",
                           fix=f"run the archiver as the PostgreSQL OS user and `chown` {directory} to it (mode 700)")
     if sock_path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(sock_path))
         except OSError:
-            sock_path.unlink()  # left by a killed archiver
+            sock_path.unlink()  # left by a killed server
         else:
-            raise ConfigError(f"an archiver already listens on {sock_path}", fix="stop it first, or use another --socket")
+            raise ConfigError(f"a server already listens on {sock_path}", fix="stop it first, or use another --socket")
         finally:
             probe.close()
 
@@ -210,25 +225,53 @@ def check_source_archives(dsn: str, log: Callable[[str], None]) -> None:
         log(f"WARNING: {warning}")
 
 
-def serve(archiver: Archiver, sock_path: Path, *, ready: Callable[[], None] = lambda: None) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight pushes finish before exit."""
-    prepare_socket(sock_path)
-    with _Server(str(sock_path), _Handler) as server:
-        server.archiver = archiver
-        os.chmod(sock_path, 0o600)
+def _bind(service: Service, sock_path: Path, owner_uid: int | None) -> _Server:
+    """Listen on ``sock_path`` (0600, given to ``owner_uid``: the only user besides root who may connect)."""
+    prepare_socket(sock_path, owner_uid)
+    server = _Server(str(sock_path), _Handler)
+    server.service = service
+    os.chmod(sock_path, 0o600)
+    if owner_uid is not None and owner_uid != os.geteuid():
+        os.chown(sock_path, owner_uid, -1)
+    return server
 
-        def stop(*_: object) -> None:
-            threading.Thread(target=server.shutdown, daemon=True).start()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        ready()
-        try:
-            server.serve_forever(poll_interval=0.5)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                sock_path.unlink()
-            archiver.close()
+def _close(server: _Server, sock_path: Path) -> None:
+    server.server_close()
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()
+    server.service.close()
+
+
+def serve(archiver: Service, sock_path: Path, *, ready: Callable[[], None] = lambda: None) -> None:
+    """Serve in the foreground until SIGTERM/SIGINT (`drp wal archiver`); in-flight requests finish before exit."""
+    server = _bind(archiver, sock_path, None)
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ready()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        _close(server, sock_path)
+
+
+@contextlib.contextmanager
+def serving(service: Service, sock_path: Path, *, owner_uid: int | None = None) -> Iterator[None]:
+    """Serve from a background thread for the life of the block (the recovery's WAL fetches)."""
+    server = _bind(service, sock_path, owner_uid)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="drp-serve",
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join()
+        _close(server, sock_path)
 
 
 def stderr_log(line: str) -> None:

@@ -1,26 +1,29 @@
 """restore_command side: fetch one WAL file, prefetching the next ones into a private spool.
 
-Recovery asks for segments one at a time, each through a new process. Fetching the next N in
-parallel into a 0700 spool (files 0600: WAL is health data in clear) turns most requests into a
-local rename. Spool files older than the requested one are swept: recovery never asks for them again.
+Recovery asks for WAL files one at a time. Fetching the next N in parallel into a 0700 spool (files
+0600: WAL is health data in clear) turns most requests into a local copy. Spool files older than
+the requested one are swept: recovery never asks for them again. During `drp restore --pitr` the
+restore process itself answers restore_command's stdlib client over a unix socket (WalFetcher,
+daemon.serving): no drp process start-up per WAL file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.pg.cluster import give_to_server
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import WalNotArchivedError, fetch_wal, write_atomically
-from dr_pipelines.core.wal.names import Segment, WalNameError
+from dr_pipelines.core.wal.client import ABORT_RECOVERY_EXIT as ABORT_RECOVERY_EXIT  # `drp wal fetch` exits with it
+from dr_pipelines.core.wal.names import Segment, WalNameError, timeline_of
 
 SPOOL_MODE = 0o700
-# restore_command's exit status for a file that exists but cannot be used (corrupt, undecryptable, storage
-# down): above 125, PostgreSQL aborts recovery instead of reading it as "end of archive" and promoting short.
-ABORT_RECOVERY_EXIT = 200
 
 
 def prepare_spool(spool: Path) -> Path:
@@ -90,3 +93,49 @@ def _move(src: Path, dest: Path) -> None:
     """Copy into place atomically, then drop the spool copy (a rename would need both on one file system)."""
     write_atomically(dest, src.read_bytes())
     src.unlink()
+
+
+class WalFetcher:
+    """Serves restore_command's client (core/wal/client.py ``fetch``) for one recovering data directory.
+
+    A request is ``fetch<TAB>NAME<TAB>DEST``. Only WAL file names are accepted, and DEST must be a
+    file directly in ``data_dir``/pg_wal (PostgreSQL passes pg_wal/RECOVERYXLOG or RECOVERYHISTORY,
+    relative to the data directory, which the client makes absolute): whoever reaches the socket can
+    make this process write decrypted WAL there and nowhere else. The file is handed to the server's
+    OS user (we may be root, PostgreSQL runs as postgres) before the answer, so the server can read it.
+    Answers "ok SOURCE", "missing …" (not in the archive: end of recovery); failures raise, which the
+    socket server reports as "error …" (the client exits 200 and PostgreSQL aborts recovery).
+    """
+
+    def __init__(self, storage: Storage, identities: Sequence[object], data_dir: Path, *, spool: Path | None = None,
+                 prefetch: int = 0) -> None:
+        self.storage, self.identities = storage, identities
+        self.pg_wal = Path(os.path.realpath(data_dir / "pg_wal"))
+        self.spool, self.prefetch = spool, prefetch
+        self.lock = threading.Lock()  # PostgreSQL asks one file at a time; the spool is not shared safely
+
+    def answer(self, line: str) -> str:
+        name, dest = self.parse(line)
+        with self.lock:
+            try:
+                source = restore_wal(self.storage, self.identities, name, dest, spool=self.spool,
+                                     prefetch=self.prefetch)
+            except WalNotArchivedError as exc:
+                return "missing " + str(exc).splitlines()[0]
+            give_to_server(dest)
+        return f"ok {source}"
+
+    def parse(self, line: str) -> tuple[str, Path]:
+        """The WAL name and destination of a request, or ConfigError/WalNameError."""
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] != "fetch":
+            raise ConfigError(f"not a fetch request: {line[:80]!r}", fix="use the drp client (core/wal/client.py)")
+        name, dest = parts[1], Path(parts[2])
+        timeline_of(name)  # WalNameError for anything but a WAL file name (no "/", no "..")
+        if not dest.is_absolute() or dest.name in ("", ".", "..") or Path(os.path.realpath(dest.parent)) != self.pg_wal:
+            raise ConfigError(f"refusing to write WAL file {name} to {str(dest)[:200]}: not a file in {self.pg_wal}",
+                              fix="restore_command must pass %p, which PostgreSQL sets inside the recovering pg_wal")
+        return name, dest
+
+    def close(self) -> None:
+        pass
