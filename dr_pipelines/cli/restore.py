@@ -140,12 +140,11 @@ def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target:
                   data_dir: Path | None, port: int | None, prefetch: int, fetch_drp: Path | None,
                   identity: Path | None, as_json: bool) -> None:
     """`drp restore --pitr`: into --new-cluster DIR (left running) or --data-dir DIR (left stopped)."""
-    import sys
 
     from dr_pipelines.cli.common import config_file
     from dr_pipelines.core.backup.catalog import list_backups
     from dr_pipelines.core.errors import ConfigError
-    from dr_pipelines.core.restore.pitr import extract_from_storage, restore_to_point
+    from dr_pipelines.core.restore.pitr import default_fetch_drp, extract_from_storage, restore_to_point
 
     if (new_cluster is None) == (data_dir is None):
         raise ConfigError("say where to restore to", fix="pass exactly one of --new-cluster DIR or --data-dir DIR with --pitr")
@@ -155,7 +154,7 @@ def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target:
         result = restore_to_point(
             storage, target, (new_cluster or data_dir), entries=entries,  # type: ignore[arg-type]
             extract=extract_from_storage(storage, identities, progress), work_dir=Path(s.work_dir),
-            drp=str(fetch_drp or Path(sys.executable).parent / "drp"), config=config.absolute() if config else None,
+            drp=str(fetch_drp or default_fetch_drp()), config=config.absolute() if config else None,
             identity=identity.absolute() if identity else None, prefetch=prefetch, keep_running=new_cluster is not None,
             port=port, progress=progress, log=lambda line: err.print(line, highlight=False))
     rec = result.recovery

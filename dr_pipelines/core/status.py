@@ -69,7 +69,7 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
     last_drill = None
     if drills:
         d = drills[-1]
-        last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "rto_seconds", "rpo_seconds",
+        last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "kind", "rto_seconds", "rpo_seconds",
                                             "rto_met", "rpo_met")}
     problems = []
     broken = [e.id for e in damaged(entries)]

@@ -10,6 +10,7 @@ archiving off (recovery.py). Whatever fails, nothing half-restored is left runni
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from dr_pipelines.core.restore.targets import (
 )
 from dr_pipelines.core.storage import Storage
 
-__all__ = ["BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
+__all__ = ["default_fetch_drp", "BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
            "choose_base_backup", "configure_recovery", "extract_from_storage", "recover", "restore_to_point"]
 
 Extract = Callable[[BaseBackup, Path], None]  # puts the base backup's files into an empty data directory
@@ -50,6 +51,11 @@ def extract_from_storage(storage: Storage, identities: Sequence[object], progres
 
         extract_base_backup(storage, base.entry, identities, data_dir, progress=progress)
     return extract
+
+
+def default_fetch_drp() -> str:
+    """The `drp` beside this interpreter: what a restore_command runs when the caller names no other."""
+    return str(Path(sys.executable).parent / "drp")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
             log(f"removed leftover {line}")
     target_lsn = target_lsn_of(storage, target)
     base = choose_base_backup(entries, target, target_lsn=target_lsn)
+    if target.kind == "immediate":
+        target_lsn = base.stop_lsn  # only the base's own WAL is checked and replayed
     plan = check_wal(storage, base, target, target_lsn=target_lsn)
     if log:
         log(f"restoring {base.describe()} to {target.describe()}; WAL {plan.first}..{plan.last} checked")

@@ -6,6 +6,7 @@ knows which backups are proven restorable; a failed one stops counting as restor
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -27,10 +28,12 @@ from dr_pipelines.core.layout import VERIFICATION_NAME, backup_prefix
 from dr_pipelines.core.pg.leases import sweep_leftovers
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.logical import RestoreOptions
+from dr_pipelines.core.restore.pitr import RecoveryTarget, default_fetch_drp
 from dr_pipelines.core.restore.throwaway import FAST_THROWAWAY, restored_cluster
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.verify.checks import Probe, run_checks
+from dr_pipelines.core.verify.base import WalFetch, check_base_backup, last_commit
+from dr_pipelines.core.verify.checks import CheckResult, Probe, run_checks
 from dr_pipelines.core.verify.report import VerificationReport
 
 # Failures that say nothing about the backup itself (our machine or our configuration): raised, never recorded.
@@ -38,21 +41,33 @@ ENVIRONMENT_ERRORS = (ConfigError, ClusterError, PostgresNotFoundError, Database
 
 
 def verify_now(settings: Settings, backup_id: str | None = None, identity: Path | None = None, record: bool = True,
-               progress: Progress | None = None, log: Callable[[str], None] | None = None) -> VerificationReport:
+               progress: Progress | None = None, log: Callable[[str], None] | None = None, *,
+               kind: str | None = None, fetch: WalFetch | None = None) -> VerificationReport:
     """The verification as `drp verify` and the Dagster verification asset run it: configured keys, storage, probes.
 
-    ``backup_id`` None or 'latest' is the newest restorable backup. The leftovers of killed runs are
-    swept before the restore, each one said to ``log`` (the CLI's "removed leftover ..." lines).
+    ``backup_id`` None or 'latest' is the newest restorable backup of ``kind`` (default 'logical', as before
+    base backups existed); an id is verified whatever its kind. The leftovers of killed runs are swept
+    before the restore, each one said to ``log`` (the CLI's "removed leftover ..." lines). ``fetch``: how a
+    base backup's recovery runs `drp wal fetch` (default: the `drp` beside this interpreter, DRP_CONFIG).
     """
     identities = context.identities(settings, identity)
     storage = context.storage(settings)
-    entry = find_backup(storage, backup_id, kind="logical")
+    latest = backup_id in (None, "latest")
+    entry = find_backup(storage, backup_id, kind=(kind or "logical") if latest else kind)
     work_dir = Path(settings.work_dir)
     for line in sweep_leftovers(work_dir):
         if log is not None:
             log(f"removed leftover {line}")
     return verify_backup(storage, entry, identities, work_dir, probes=context.probes(settings), record=record,
-                         progress=progress)
+                         progress=progress, fetch=fetch or wal_fetch(identity))
+
+
+def wal_fetch(identity: Path | None = None) -> WalFetch:
+    """The restore_command's `drp wal fetch` for this process: the `drp` beside this interpreter, with the
+    settings file this process uses (DRP_CONFIG; otherwise the server inherits the DRP_* environment)."""
+    config = os.environ.get("DRP_CONFIG")
+    return WalFetch(default_fetch_drp(), Path(config).absolute() if config else None,
+                    identity.absolute() if identity else None)
 
 
 def verify_backup(
@@ -67,26 +82,33 @@ def verify_backup(
     durable: bool = False,
     progress: Progress | None = None,
     purpose: str = "verify",
+    fetch: WalFetch | None = None,
+    target: RecoveryTarget | None = None,
 ) -> VerificationReport:
     """Restore `entry` into a fresh local cluster and check it; the cluster is always removed.
+
+    A base backup is recovered to ``target`` (default: its own stop point) and checked by
+    core/verify/base.py, with ``fetch`` making the restore_command.
 
     A verification cluster is thrown away, so it runs without fsync unless `durable` (a DR
     drill measures the RTO of a real restore, with fsync on). It is password-protected and
     leased (core/restore/throwaway.py): one left by a killed run is swept here first.
     """
     assert entry.manifest is not None
-    manifest = entry.manifest
     started = datetime.now(UTC)
     fetch_s = restore_s = checks_s = 0.0
-    checks, error = [], None
+    checks, error, tables, point, basis = [], None, [], None, None
     try:
-        with restored_cluster(storage, entry, identities, work_dir, f"{purpose}-{entry.id}",
-                              settings={} if durable else FAST_THROWAWAY,
-                              options=RestoreOptions(with_globals=True, check=False), progress=progress) as restored:
-            fetch_s, restore_s = restored.result.fetch_seconds, restored.result.restore_seconds
-            t0 = time.monotonic()
-            checks = run_checks(restored.dsn, manifest, list(probes), heapallindexed=heapallindexed)
-            checks_s = time.monotonic() - t0
+        if entry.kind == "base":
+            base = check_base_backup(storage, entry, [entry], identities, work_dir,
+                                     target or RecoveryTarget("immediate"), fetch or wal_fetch(), probes=probes,
+                                     heapallindexed=heapallindexed, purpose=purpose, progress=progress)
+            checks, tables, restore_s, checks_s = base.checks, base.tables, base.restore_seconds, base.checks_seconds
+            committed, basis = last_commit(base.recovery, entry)
+            point = committed.isoformat() if committed else None
+        else:
+            checks, fetch_s, restore_s, checks_s = _check_logical(storage, entry, identities, work_dir, probes,
+                                                                  heapallindexed, durable, progress, purpose)
     except ENVIRONMENT_ERRORS:
         raise
     except DecryptionError as exc:
@@ -99,7 +121,22 @@ def verify_backup(
         error = exc.problem
     except DrpError as exc:  # corrupt object, pg_restore failure: the backup is not restorable
         error = exc.problem
-    report = VerificationReport(entry.id, started, datetime.now(UTC), fetch_s, restore_s, checks_s, checks, error)
+    report = VerificationReport(entry.id, started, datetime.now(UTC), fetch_s, restore_s, checks_s, checks, error,
+                                kind=entry.kind, tables=tables, restore_point=point, restore_point_basis=basis)
     if record:
         storage.put_bytes(f"{backup_prefix(entry.id)}/{VERIFICATION_NAME}", report.to_json().encode())
     return report
+
+
+def _check_logical(storage: Storage, entry: BackupEntry, identities: Sequence[object], work_dir: Path,
+                   probes: Sequence[Probe], heapallindexed: bool, durable: bool, progress: Progress | None,
+                   purpose: str) -> tuple[list[CheckResult], float, float, float]:
+    """A logical backup restored into a throwaway cluster and compared with its manifest: (checks, fetch,
+    restore and checks seconds)."""
+    assert entry.manifest is not None
+    with restored_cluster(storage, entry, identities, work_dir, f"{purpose}-{entry.id}",
+                          settings={} if durable else FAST_THROWAWAY,
+                          options=RestoreOptions(with_globals=True, check=False), progress=progress) as restored:
+        t0 = time.monotonic()
+        checks = run_checks(restored.dsn, entry.manifest, list(probes), heapallindexed=heapallindexed)
+        return checks, restored.result.fetch_seconds, restored.result.restore_seconds, time.monotonic() - t0
