@@ -13,24 +13,31 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import find_backup, list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.layout import DRILL_REPORT_NAME, VERIFICATION_NAME, backup_prefix, drill_prefix
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.storage import Storage, open_storage
 from dr_pipelines.core.verify.base import WalFetch
 from dr_pipelines.core.verify.drill import run_drill
 from dr_pipelines.core.verify.restore import verify_backup
-from dr_pipelines.core.wal.names import object_key
+from dr_pipelines.core.wal.archive import push_wal
+from dr_pipelines.core.wal.names import object_key, sidecar_key
+from dr_pipelines.definitions import build_definitions
+from dr_pipelines.defs.backups.assets import BASE_KEY
+from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
+from dr_pipelines_tests.support.webhook import webhook_receiver
 
 
 @dataclass
@@ -137,3 +144,47 @@ def test_the_drill_is_a_pitr_measuring_rpo_against_the_newest_row_recovered(sour
     assert stored["kind"] == "base" and stored["rpo_seconds"] == round(report.rpo_seconds, 2)
     status = source.rig.drp("status")
     assert "RPO" in status.stdout and "(PITR)" in status.stdout, status.stdout + status.stderr
+
+
+def test_rpo_sensor_follows_the_wal_archive_fresh_or_stale(source: Source, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No backup at all, only a WAL archive: a fresh one is within the RPO, a stale one alerts (once)."""
+    storage_dir = tmp_path / "storage"
+    monkeypatch.setenv("DRP_CONFIG", str(source.rig.config))
+    monkeypatch.setenv("DRP_SOURCE_DSN", source.cluster.dsn())
+    monkeypatch.setenv("DRP_STORAGE_URL", str(storage_dir))
+    storage = open_storage(str(storage_dir))
+    name = str(source.sql("SELECT last_archived_wal FROM pg_stat_archiver"))
+    push_wal(storage, parse_recipients(source.rig.settings().encryption_recipients), source.cluster.data_dir / "pg_wal" / name)
+    sensor = build_definitions().resolve_sensor_def("rpo_breach_alert")
+    with webhook_receiver() as (url, received):
+        resource = DrpSettingsResource(config_path=str(source.rig.config), notify_webhook_url=url)
+        instance = dg.DagsterInstance.ephemeral()
+        fresh = dg.build_sensor_context(instance=instance, resources={"drp": resource})
+        assert f"RPO ok: newest restorable WAL segment {name}" in str(sensor(fresh)) and received == []
+        sidecar = json.loads(storage.get_bytes(sidecar_key(name)))
+        sidecar["pushed_at"] = (datetime.now(UTC) - timedelta(hours=3)).isoformat()  # the archiver stopped 3 h ago
+        storage.put_bytes(sidecar_key(name), json.dumps(sidecar).encode())
+        stale = dg.build_sensor_context(instance=instance, resources={"drp": resource}, cursor=fresh.cursor)
+        assert "RPO breached" in str(sensor(stale))
+        assert len(received) == 1 and received[0]["details"]["newest_restorable"] == f"WAL segment {name}"
+        assert 179 < received[0]["details"]["age_minutes"] < 182
+
+
+def test_base_backup_asset_materializes_with_its_checks(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last in the module: it adds a newer base backup."""
+    monkeypatch.setenv("DRP_CONFIG", str(source.rig.config))
+    monkeypatch.setenv("DRP_SOURCE_DSN", source.cluster.dsn())
+    defs = build_definitions()
+    assert defs.resolve_schedule_def("base_backup_schedule").cron_schedule == "0 1 * * *"
+    only_base = dg.Definitions.merge(defs, dg.Definitions(jobs=[dg.define_asset_job(
+        "base_only", selection=dg.AssetSelection.assets(BASE_KEY))]))  # no retention: the module's backups stay
+    result = only_base.resolve_job_def("base_only").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"manifest_complete": True, "objects_present": True, "wal_archived": True}
+    (mat,) = result.asset_materializations_for_node("base_backup")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    entry = find_backup(source.storage, str(meta["backup_id"]))
+    assert entry.kind == "base" and entry.restorable and meta["wal_range"] == (
+        f"{entry.manifest.extra['wal_start']} .. {entry.manifest.extra['wal_stop']}")

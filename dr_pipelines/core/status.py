@@ -14,7 +14,9 @@ from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import attempt_stats
 from dr_pipelines.core.backup.catalog import BackupEntry, damaged, list_backups, newest_restorable
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.drill import drill_reports
+from dr_pipelines.core.wal.archive import newest_committed
 
 DRILL_OVERDUE = timedelta(days=32)  # monthly drills, with a day's grace
 
@@ -50,6 +52,18 @@ def rpo_age(entries: list[BackupEntry], now: datetime) -> tuple[BackupEntry | No
     newest = newest_restorable(entries)
     point = newest.restore_point if newest else None
     return newest, (now - point).total_seconds() / 60 if point else None
+
+
+def recovery_point_age(storage: Storage, entries: list[BackupEntry], now: datetime) -> tuple[str, float | None]:
+    """What a loss at ``now`` would fall back to, and its age in minutes: with a WAL archive (archiving
+    configured) the newest archived segment (pushed_at: everything committed before that push is
+    restorable by PITR), else the newest restorable backup. ("none", None) when there is neither."""
+    segment = newest_committed(storage)
+    if segment is not None and segment.pushed_at:
+        pushed = datetime.fromisoformat(segment.pushed_at).astimezone(UTC)
+        return f"WAL segment {segment.name}", (now - pushed).total_seconds() / 60
+    newest, age = rpo_age(entries, now)
+    return (f"backup {newest.id}" if newest else "none"), age
 
 
 def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
