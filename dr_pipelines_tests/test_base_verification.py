@@ -36,6 +36,7 @@ from dr_pipelines.core.wal.names import object_key, sidecar_key
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.backups.assets import BASE_KEY
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
+from dr_pipelines.defs.verification.definitions import VERIFICATION_KEY
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 from dr_pipelines_tests.support.webhook import webhook_receiver
 
@@ -169,6 +170,23 @@ def test_rpo_sensor_follows_the_wal_archive_fresh_or_stale(source: Source, tmp_p
         assert "RPO breached" in str(sensor(stale))
         assert len(received) == 1 and received[0]["details"]["newest_restorable"] == f"WAL segment {name}"
         assert 179 < received[0]["details"]["age_minutes"] < 182
+
+
+def test_dagster_verification_verifies_the_base_backup(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a base backup in storage: the verification asset recovers and checks it (no logical one needed)."""
+    monkeypatch.setenv("DRP_CONFIG", str(source.rig.config))
+    monkeypatch.setenv("DRP_SOURCE_DSN", source.cluster.dsn())
+    monkeypatch.setenv("DRP_WORK_DIR", str(source.rig.root / "work"))
+    monkeypatch.setenv("DRP_WAL_FETCH_DRP", str(source.rig.drp_for_pg))
+    defs = build_definitions()
+    only = dg.Definitions.merge(defs, dg.Definitions(jobs=[dg.define_asset_job(
+        "verify_only", selection=dg.AssetSelection.assets(VERIFICATION_KEY))]))
+    result = only.resolve_job_def("verify_only").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("backup_verification")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["base_backup_id"] == source.backup_id and meta["base_backup_verified"] is True
+    assert meta["backup_verified"] is True and meta["base_tables"] == len(source.checksums)
 
 
 def test_base_backup_asset_materializes_with_its_checks(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,6 +83,9 @@ class Settings(BaseModel):
     schedules_running: bool = Field(
         False, description="Start schedules and sensors RUNNING by default (the demo sets this)."
     )
+    wal_fetch_drp: Path | None = Field(
+        None, description="The `drp` a recovering server's restore_command runs (`drp wal fetch`, as the PostgreSQL OS "
+                          "user) in base backup verifications and drills; default the one beside this Python.")
     work_dir: Path = Field(Path(".drp/work"), description="Scratch space for throwaway clusters (must be world-traversable when root).")
     notify_webhook_url: SecretStr | None = Field(None, description="Optional webhook for alerts (RPO breach, failed runs).")
     migrations_dir: Path | None = Field(

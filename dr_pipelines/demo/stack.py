@@ -123,6 +123,7 @@ def demo_env(paths: DemoPaths, cluster: LocalCluster) -> dict[str, str]:
         "DRP_MIGRATIONS_DIR": str(MIGRATIONS_DIR),
         "DRP_STORAGE_URL": str(paths.storage),
         "DRP_WORK_DIR": str(paths.root / "work"),
+        "DRP_WAL_FETCH_DRP": str(paths.archiving.drp),  # runnable by the PostgreSQL OS user (base backup drills)
         "DRP_SCHEDULES_RUNNING": "true",
         "DAGSTER_HOME": str(paths.dagster_home),
     }

@@ -31,7 +31,7 @@ def drill_now(settings: Settings, *, identity: Path | None = None, month: str | 
     """The drill as `drp drill run` and the Dagster drill asset run it: configured storage, keys, targets, probes."""
     return run_drill(context.storage(settings), context.identities(settings, identity), Path(settings.work_dir),
                      rto_target_minutes=settings.rto_minutes, rpo_target_minutes=settings.rpo_minutes,
-                     probes=context.probes(settings), month=month, fetch=fetch or wal_fetch(identity))
+                     probes=context.probes(settings), month=month, fetch=fetch or wal_fetch(settings, identity))
 
 
 def run_drill(

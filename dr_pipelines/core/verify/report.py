@@ -61,6 +61,9 @@ class VerificationReport:
             f"- started {self.started_at.isoformat()}, finished {self.finished_at.isoformat()} ({self.seconds:.1f} s)",
             f"- fetch {self.fetch_seconds:.1f} s, restore {self.restore_seconds:.1f} s, checks {self.checks_seconds:.1f} s",
         ]
+        if self.kind == "base" and not self.error:
+            lines.append(f"- base backup recovered: it holds commits up to {self.restore_point or 'n/a'} "
+                         f"({self.restore_point_basis}); rows and checksums of {len(self.tables)} tables recorded")
         if self.error:
             lines += ["", f"**Restore failed:** {self.error}"]
         lines += ["", "| check | result | checked | seconds | detail |", "|---|---|---:|---:|---|"]

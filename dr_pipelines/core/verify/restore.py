@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dr_pipelines.core import context
-from dr_pipelines.core.backup.catalog import BackupEntry, find_backup
+from dr_pipelines.core.backup.catalog import BackupEntry, find_backup, list_backups, newest_restorable
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import (
     ClusterError,
@@ -59,14 +59,25 @@ def verify_now(settings: Settings, backup_id: str | None = None, identity: Path 
         if log is not None:
             log(f"removed leftover {line}")
     return verify_backup(storage, entry, identities, work_dir, probes=context.probes(settings), record=record,
-                         progress=progress, fetch=fetch or wal_fetch(identity))
+                         progress=progress, fetch=fetch or wal_fetch(settings, identity))
 
 
-def wal_fetch(identity: Path | None = None) -> WalFetch:
-    """The restore_command's `drp wal fetch` for this process: the `drp` beside this interpreter, with the
-    settings file this process uses (DRP_CONFIG; otherwise the server inherits the DRP_* environment)."""
+def verify_each_kind(settings: Settings, identity: Path | None = None, *, progress: Progress | None = None,
+                     log: Callable[[str], None] | None = None, fetch: WalFetch | None = None) -> list[VerificationReport]:
+    """The newest restorable backup of each kind in storage verified, logical first (the Dagster verification
+    asset). With no restorable backup at all, verify_now's error for the logical kind."""
+    entries = list_backups(context.storage(settings))
+    kinds = [k for k in ("logical", "base") if newest_restorable(entries, k)] or ["logical"]
+    return [verify_now(settings, None, identity, progress=progress, log=log, kind=k, fetch=fetch) for k in kinds]
+
+
+def wal_fetch(settings: Settings | None = None, identity: Path | None = None) -> WalFetch:
+    """The restore_command's `drp wal fetch` for this process: settings.wal_fetch_drp (a `drp` the PostgreSQL OS
+    user can run), else the one beside this interpreter, with the settings file this process uses (DRP_CONFIG;
+    otherwise the server inherits the DRP_* environment)."""
     config = os.environ.get("DRP_CONFIG")
-    return WalFetch(default_fetch_drp(), Path(config).absolute() if config else None,
+    drp = settings.wal_fetch_drp if settings and settings.wal_fetch_drp else None
+    return WalFetch(str(drp) if drp else default_fetch_drp(), Path(config).absolute() if config else None,
                     identity.absolute() if identity else None)
 
 
