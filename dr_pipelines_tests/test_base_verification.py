@@ -115,8 +115,12 @@ def test_a_base_backup_whose_wal_is_gone_is_failed_naming_the_segment(source: So
     saved = stored.read_bytes()
     stored.unlink()
     try:
-        report = verify_backup(source.storage, entry, source.identities, source.rig.root / "work", fetch=source.fetch)
-        assert not report.passed and report.error is not None and segment in report.error, report.error
+        shown = source.rig.drp("verify", "--kind", "base", "--json", DRP_WORK_DIR=str(source.rig.root / "work"),
+                               DRP_WAL_FETCH_DRP=str(source.rig.drp_for_pg))
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        report = json.loads(shown.stdout)
+        assert report["backup_id"] == entry.id and report["kind"] == "base" and not report["passed"]
+        assert segment in report["error"], report["error"]
         listed = next(e for e in list_backups(source.storage) if e.id == entry.id)
         assert listed.verification_state == "failed" and not listed.restorable
     finally:
@@ -149,7 +153,8 @@ def test_the_drill_is_a_pitr_measuring_rpo_against_the_newest_row_recovered(sour
 
 def test_rpo_sensor_follows_the_wal_archive_fresh_or_stale(source: Source, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """No backup at all, only a WAL archive: a fresh one is within the RPO, a stale one alerts (once)."""
+    """No backup at all, only a WAL archive: one the server is caught up into is within the RPO; once the
+    server has moved on past a push 3 h old (the archiver stopped), it alerts."""
     storage_dir = tmp_path / "storage"
     monkeypatch.setenv("DRP_CONFIG", str(source.rig.config))
     monkeypatch.setenv("DRP_SOURCE_DSN", source.cluster.dsn())
@@ -162,10 +167,12 @@ def test_rpo_sensor_follows_the_wal_archive_fresh_or_stale(source: Source, tmp_p
         resource = DrpSettingsResource(config_path=str(source.rig.config), notify_webhook_url=url)
         instance = dg.DagsterInstance.ephemeral()
         fresh = dg.build_sensor_context(instance=instance, resources={"drp": resource})
-        assert f"RPO ok: newest restorable WAL segment {name}" in str(sensor(fresh)) and received == []
+        assert f"RPO ok: newest restorable WAL segment {name} (server caught up)" in str(sensor(fresh))
+        assert received == []
         sidecar = json.loads(storage.get_bytes(sidecar_key(name)))
         sidecar["pushed_at"] = (datetime.now(UTC) - timedelta(hours=3)).isoformat()  # the archiver stopped 3 h ago
         storage.put_bytes(sidecar_key(name), json.dumps(sidecar).encode())
+        source.switch()  # the server completed a segment this archive never got
         stale = dg.build_sensor_context(instance=instance, resources={"drp": resource}, cursor=fresh.cursor)
         assert "RPO breached" in str(sensor(stale))
         assert len(received) == 1 and received[0]["details"]["newest_restorable"] == f"WAL segment {name}"

@@ -17,6 +17,7 @@ from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.status import recovery_point_age
 from dr_pipelines.defs.lib.default_status import sensor_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
+from dr_pipelines.defs.wal.checks import server_state
 
 
 def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
@@ -26,7 +27,8 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     def rpo_breach_alert(context: dg.SensorEvaluationContext, drp: DrpSettingsResource) -> dg.SkipReason:
         s = drp.settings()
         storage = core_context.storage(s)
-        point, age_min = recovery_point_age(storage, list_backups(storage), datetime.now(UTC))
+        pg = server_state(s)[0]  # None when the source does not answer: then the newest push decides
+        point, age_min = recovery_point_age(storage, list_backups(storage), datetime.now(UTC), pg)
         breached = age_min is None or age_min > s.rpo_minutes
         state = f"{point}:{'breach' if breached else 'ok'}"
         if breached and context.cursor != state:
