@@ -28,6 +28,10 @@ def _latest_backup_id(context: dg.AssetCheckExecutionContext, key: dg.AssetKey =
     return str(value.value) if value is not None else None
 
 
+def _no_backup() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
+
+
 def build_checks(key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
     """manifest_complete and objects_present on the backup asset ``key``."""
 
@@ -36,7 +40,7 @@ def build_checks(key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
     def manifest_complete(context: dg.AssetCheckExecutionContext, drp: DrpSettingsResource) -> dg.AssetCheckResult:
         backup_id = _latest_backup_id(context, key)
         if backup_id is None:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
+            return _no_backup()
         try:
             manifest = read_manifest(core_context.storage(drp.settings()), backup_prefix(backup_id))
         except DrpError as exc:
@@ -53,7 +57,7 @@ def build_checks(key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
     def objects_present(context: dg.AssetCheckExecutionContext, drp: DrpSettingsResource) -> dg.AssetCheckResult:
         backup_id = _latest_backup_id(context, key)
         if backup_id is None:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
+            return _no_backup()
         storage = core_context.storage(drp.settings())
         prefix = backup_prefix(backup_id)
         try:
@@ -77,7 +81,7 @@ manifest_complete, objects_present = build_checks(BACKUP_KEY)
 def wal_archived(context: dg.AssetCheckExecutionContext, drp: DrpSettingsResource) -> dg.AssetCheckResult:
     backup_id = _latest_backup_id(context, BASE_KEY)
     if backup_id is None:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description="no backup recorded")
+        return _no_backup()
     storage = core_context.storage(drp.settings())
     deadline = time.monotonic() + WAL_WAIT_S
     while True:
