@@ -31,7 +31,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         d = st.last_drill
         if d:
             out.print(f"last drill:         {d['month']} {'passed' if d['passed'] else 'FAILED'}, "
-                      f"RTO {d['rto_seconds'] / 60:.1f} min (target {st.rto_target_minutes} min)")
+                      f"RTO {d['rto_seconds'] / 60:.1f} min (target {st.rto_target_minutes} min)"
+                      + (f", RPO {d['rpo_seconds'] / 60:.1f} min" if d.get("rpo_seconds") is not None else "")
+                      + (" (PITR)" if d.get("kind") == "base" else ""))
         else:
             out.print("last drill:         never")
         for p in st.problems:

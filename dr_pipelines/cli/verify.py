@@ -17,6 +17,8 @@ def verify(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the report as Markdown to this file."),
     no_record: bool = typer.Option(False, "--no-record", help="Do not record the result in the catalog."),
     as_json: bool = typer.Option(False, "--json", help="The report as JSON."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="With 'latest': the newest restorable 'logical' (default) "
+                                       "or 'base' backup (a base backup is recovered to its stop point)."),
 ) -> None:
     """Restore a backup into a throwaway cluster and prove it: rows, checksums, amcheck, FKs, sequences, probes.
 
@@ -26,7 +28,7 @@ def verify(
 
     with progress_bar(not as_json) as progress:
         report = verify_now(settings(), backup_id, identity, record=not no_record, progress=progress,
-                            log=lambda line: err.print(line, highlight=False))
+                            log=lambda line: err.print(line, highlight=False), kind=_kind(kind))
     if markdown:
         markdown.write_text(report.to_markdown())
     if as_json:
@@ -39,3 +41,11 @@ def verify(
         out.print(report.summary(), highlight=False)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _kind(kind: str | None) -> str | None:
+    from dr_pipelines.core.errors import ConfigError
+
+    if kind not in (None, "logical", "base"):
+        raise ConfigError(f"--kind {kind!r} is not a backup kind", fix="pass --kind logical or --kind base")
+    return kind

@@ -14,7 +14,10 @@ from dr_pipelines.core import context
 from dr_pipelines.core.backup.attempts import attempt_stats
 from dr_pipelines.core.backup.catalog import BackupEntry, damaged, list_backups, newest_restorable
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.drill import drill_reports
+from dr_pipelines.core.wal.archive import newest_committed
+from dr_pipelines.core.wal.status import PgWalState, archive_is_current
 
 DRILL_OVERDUE = timedelta(days=32)  # monthly drills, with a day's grace
 
@@ -52,6 +55,23 @@ def rpo_age(entries: list[BackupEntry], now: datetime) -> tuple[BackupEntry | No
     return newest, (now - point).total_seconds() / 60 if point else None
 
 
+def recovery_point_age(storage: Storage, entries: list[BackupEntry], now: datetime,
+                       pg: PgWalState | None = None) -> tuple[str, float | None]:
+    """What a loss at ``now`` would fall back to, and its age in minutes: with a WAL archive (archiving
+    configured) the newest archived segment (pushed_at: everything committed before that push is
+    restorable by PITR; age 0 when the server ``pg`` is caught up into this archive: an idle server
+    completes no segment and loses nothing), else the newest restorable backup. ("none", None) when
+    there is neither."""
+    segment = newest_committed(storage, pg.last_archived_wal if pg else None)
+    if segment is not None and archive_is_current(pg, storage, segment.name):
+        return f"WAL segment {segment.name} (server caught up)", 0.0
+    if segment is not None and segment.pushed_at:
+        pushed = datetime.fromisoformat(segment.pushed_at).astimezone(UTC)
+        return f"WAL segment {segment.name}", (now - pushed).total_seconds() / 60
+    newest, age = rpo_age(entries, now)
+    return (f"backup {newest.id}" if newest else "none"), age
+
+
 def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
     now = now or datetime.now(UTC)
     storage = context.storage(settings)
@@ -69,7 +89,7 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
     last_drill = None
     if drills:
         d = drills[-1]
-        last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "rto_seconds", "rpo_seconds",
+        last_drill = {k: d.get(k) for k in ("month", "passed", "finished_at", "backup_id", "kind", "rto_seconds", "rpo_seconds",
                                             "rto_met", "rpo_met")}
     problems = []
     broken = [e.id for e in damaged(entries)]

@@ -76,6 +76,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
             log(f"removed leftover {line}")
     target_lsn = target_lsn_of(storage, target)
     base = choose_base_backup(entries, target, target_lsn=target_lsn)
+    if target.kind == "immediate":
+        target_lsn = base.stop_lsn  # only the base's own WAL is checked and replayed
     plan = check_wal(storage, base, target, target_lsn=target_lsn)
     if log:
         log(f"restoring {base.describe()} to {target.describe()}; WAL {plan.first}..{plan.last} checked")

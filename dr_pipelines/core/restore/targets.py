@@ -34,7 +34,7 @@ class PitrError(DrpError):
 class RecoveryTarget:
     """Where recovery stops. ``inclusive``: stop just after (True, PostgreSQL's default) or just before it."""
 
-    kind: str  # time | lsn | xid | name | latest
+    kind: str  # time | lsn | xid | name | latest | immediate (the base backup's consistent point: verification)
     time: datetime | None = None
     lsn: int | None = None
     xid: int | None = None
@@ -63,14 +63,17 @@ class RecoveryTarget:
 
     def describe(self) -> str:
         value = {"time": self.time.isoformat() if self.time else None, "lsn": format_lsn(self.lsn or 0),
-                 "xid": str(self.xid), "name": self.name, "latest": "end of the archive"}[self.kind]
-        edge = "" if self.kind in ("name", "latest") else (" (inclusive)" if self.inclusive else " (exclusive)")
+                 "xid": str(self.xid), "name": self.name, "latest": "end of the archive",
+                 "immediate": "the base backup's stop point"}[self.kind]
+        edge = "" if self.kind in ("name", "latest", "immediate") else (" (inclusive)" if self.inclusive else " (exclusive)")
         return f"{self.kind} {value}{edge}"
 
     def settings(self) -> dict[str, str]:
         """The recovery_target_* parameters (plain values; the caller quotes them for the config file)."""
         if self.kind == "latest":
             return {}
+        if self.kind == "immediate":
+            return {"recovery_target": "immediate"}
         value = {"time": self.time.isoformat() if self.time else "", "lsn": format_lsn(self.lsn or 0),
                  "xid": str(self.xid), "name": self.name or ""}[self.kind]
         out = {f"recovery_target_{self.kind}": value}

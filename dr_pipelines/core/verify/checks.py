@@ -69,7 +69,7 @@ class CheckResult:
         return asdict(self)
 
 
-def _timed(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+def timed(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
     started = time.monotonic()
     try:
         result = fn()
@@ -81,14 +81,14 @@ def _timed(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
 
 def run_checks(dsn: str, manifest: Manifest, probes: list[Probe] = (), *, heapallindexed: bool = True) -> list[CheckResult]:  # type: ignore[assignment]
     """All checks, in order; a failing check never stops the others (the report must be complete)."""
-    results = [_timed("tables_present", lambda: tables_present(dsn, manifest)), *table_checks(dsn, manifest)]
+    results = [timed("tables_present", lambda: tables_present(dsn, manifest)), *table_checks(dsn, manifest)]
     with connect(dsn, autocommit=True) as conn:
-        results.append(_timed("amcheck", lambda: amcheck(conn, heapallindexed=heapallindexed)))
-        results.append(_timed("foreign_keys", lambda: foreign_keys(conn)))
-        results.append(_timed("sequences", lambda: sequences(conn)))
+        results.append(timed("amcheck", lambda: amcheck(conn, heapallindexed=heapallindexed)))
+        results.append(timed("foreign_keys", lambda: foreign_keys(conn)))
+        results.append(timed("sequences", lambda: sequences(conn)))
         results += content_checks(conn, manifest)
         for probe in probes:
-            results.append(_timed(f"probe:{probe.name}", lambda p=probe: run_probe(conn, p)))  # type: ignore[misc]
+            results.append(timed(f"probe:{probe.name}", lambda p=probe: run_probe(conn, p)))  # type: ignore[misc]
     return results
 
 
@@ -98,16 +98,16 @@ def table_checks(dsn: str, manifest: Manifest, tables: Collection[str] | None = 
         manifest = dataclasses.replace(manifest, tables=[t for t in manifest.tables if t.name in tables])
     methods = {t.name: t.method for t in manifest.tables}
     restored = {t.name: t for t in database_checksums(dsn, methods=methods, only=set(methods))}
-    return [_timed("row_counts", lambda: row_counts(manifest, restored)),
-            _timed("checksums", lambda: checksums(manifest, restored))]
+    return [timed("row_counts", lambda: row_counts(manifest, restored)),
+            timed("checksums", lambda: checksums(manifest, restored))]
 
 
 def content_checks(conn: psycopg.Connection, manifest: Manifest) -> list[CheckResult]:
     """What the dump holds besides table rows, compared with the manifest (conn in autocommit)."""
-    return [_timed("sequence_values", lambda: sequence_values(conn, manifest)),
-            _timed("large_objects", lambda: large_objects_check(conn, manifest)),
-            _timed("materialized_views", lambda: materialized_views_check(conn, manifest)),
-            _timed("database_properties", lambda: database_properties_check(conn, manifest))]
+    return [timed("sequence_values", lambda: sequence_values(conn, manifest)),
+            timed("large_objects", lambda: large_objects_check(conn, manifest)),
+            timed("materialized_views", lambda: materialized_views_check(conn, manifest)),
+            timed("database_properties", lambda: database_properties_check(conn, manifest))]
 
 
 def tables_present(dsn: str, manifest: Manifest) -> CheckResult:

@@ -1,8 +1,11 @@
-"""The DR drill: as if the primary were gone, restore the newest backup from storage only and measure.
+"""The DR drill: as if the primary were gone, restore from storage only and measure.
 
-RTO = drill start to restored-and-checked. RPO achieved = age of the restore point at drill
-start (what a real disaster at that moment would have lost). Reports go to storage under
-drills/<YYYY-MM>/ as JSON and Markdown.
+The loss is simulated at the drill's start T. With a restorable base backup (WAL archiving on)
+the drill is a real PITR: the newest base backup recovered to the end of the archive (``latest``),
+promoted and checked; RPO achieved = T - the commit time of the last transaction recovered
+(pg_last_xact_replay_timestamp at promotion). Without one it restores the newest logical backup;
+RPO achieved = T - its restore point. RTO = T to restored-and-checked, in both. Reports go to
+storage under drills/<YYYY-MM>/ as JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
 from dr_pipelines.core.layout import DRILL_MARKDOWN_NAME, DRILL_REPORT_NAME, DRILLS, drill_prefix
+from dr_pipelines.core.restore.pitr import RecoveryTarget
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verify.checks import Probe
@@ -40,25 +44,29 @@ def run_drill(
     heapallindexed: bool = True,
 ) -> DrillReport:
     """Run one drill and store its report; returns the report (passed or not)."""
-    started = datetime.now(UTC)
+    started = datetime.now(UTC)  # T: the simulated loss of the primary
     month = month or started.strftime("%Y-%m")
-    entry = newest_restorable(list_backups(storage), kind="logical")
+    entries = list_backups(storage)
+    entry = newest_restorable(entries, kind="base") or newest_restorable(entries, kind="logical")
     verification, error, notes = None, None, []
     if entry is None:
         error = "no restorable backup in storage"
     else:
         verification = verify_backup(storage, entry, identities, work_dir, probes=probes, heapallindexed=heapallindexed,
-                                     durable=True, purpose="drill")
+                                     durable=True, purpose="drill", target=RecoveryTarget("latest"))
         if not verification.passed:
             notes.append("the newest backup failed verification and is now marked unverified; the next drill uses an older one")
     finished = datetime.now(UTC)
-    point = entry.restore_point if entry else None
+    point, basis = entry.restore_point if entry else None, "the backup's restore point"
+    if verification is not None and verification.kind == "base":
+        point = datetime.fromisoformat(verification.restore_point) if verification.restore_point else None
+        basis = verification.restore_point_basis or basis
     report = DrillReport(
         month=month, started_at=started, finished_at=finished, backup_id=entry.id if entry else None,
         restore_point=point, rto_seconds=(finished - started).total_seconds(),
         rpo_seconds=(started - point).total_seconds() if point else None,
         rto_target_seconds=rto_target_minutes * 60, rpo_target_seconds=rpo_target_minutes * 60,
-        verification=verification, error=error, notes=notes,
+        verification=verification, error=error, notes=notes, kind=entry.kind if entry else None, rpo_basis=basis,
     )
     write_drill_report(storage, report)
     return report

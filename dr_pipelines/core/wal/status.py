@@ -12,6 +12,8 @@ from typing import Any
 
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.archive import read_sidecar
 
 ARCHIVING_FIX = ("in postgresql.conf set wal_level = replica, archive_mode = on and archive_command = the line "
                  "`drp wal archive-command --socket …` prints, then restart PostgreSQL (archive_mode and wal_level "
@@ -78,6 +80,14 @@ def wal_alerts(state: PgWalState, *, lag_limit_s: float, pg_wal_limit_bytes: int
         alerts.append(f"pg_wal holds {state.pg_wal_bytes:,} bytes > {pg_wal_limit_bytes:,}: archiving is behind "
                       "and the disk will fill; fix the archive target (never delete WAL by hand)")
     return alerts
+
+
+def archive_is_current(state: PgWalState | None, storage: Storage, newest_name: str) -> bool:
+    """Whether the server is caught up (``caught_up``) into this archive, whose newest segment is ``newest_name``."""
+    if state is None or state.last_archived_wal is None:
+        return False
+    here = state.last_archived_wal == newest_name or read_sidecar(storage, state.last_archived_wal) is not None
+    return caught_up(state, here)
 
 
 def caught_up(state: PgWalState, archived_here: bool) -> bool:

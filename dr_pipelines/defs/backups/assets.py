@@ -1,4 +1,4 @@
-"""logical_backup and backup_retention: thin wrappers over dr_pipelines.core.backup."""
+"""logical_backup, base_backup and backup_retention: thin wrappers over dr_pipelines.core.backup."""
 
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 import dagster as dg
@@ -6,6 +6,7 @@ import dagster as dg
 from dr_pipelines.core import context as core_context
 from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.prune import prune_backups
+from dr_pipelines.core.backup.service import backup_now
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.defs.backups.history import success_rate
 from dr_pipelines.defs.lib.freshness import scheduled_freshness
@@ -14,6 +15,8 @@ from dr_pipelines.defs.source.assets import source_profile
 
 BACKUP_KEY = dg.AssetKey("logical_backup")
 BACKUP_JOB = "logical_backup_job"
+BASE_KEY = dg.AssetKey("base_backup")
+BASE_JOB = "base_backup_job"
 
 
 def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
@@ -71,4 +74,31 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [logical_backup, backup_retention]
+    @dg.asset(
+        key=BASE_KEY,
+        deps=[source_profile],
+        group_name="backups",
+        kinds={"postgres"},
+        freshness_policy=scheduled_freshness(settings.base_backup_cron),
+        tags={"drp/source": "primary"},
+        description="A base backup (pg_basebackup -> zstd -> age) in storage with its manifest: the start of every "
+                    "point-in-time restore with the archived WAL; fresh when its scheduled run landed.",
+    )
+    def base_backup(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
+        outcome = backup_now(drp.settings(), kind="base", prune=False,  # retention: backup_retention, after the checks
+                             progress=lambda phase, done, total: context.log.debug(f"{phase}: {done:,} bytes"))
+        manifest, x = outcome.manifest, outcome.manifest.extra
+        return dg.MaterializeResult(
+            metadata={
+                "backup_id": manifest.id,
+                "storage_uri": outcome.storage_url,
+                "stored_bytes": dg.MetadataValue.int(manifest.stored_bytes),
+                "duration_s": dg.MetadataValue.float(round(manifest.duration_s, 2)),
+                "timeline": int(x["timeline"]),
+                "lsn_range": f"{x['start_lsn']} .. {x['stop_lsn']}",
+                "wal_range": f"{x['wal_start']} .. {x['wal_stop']}",
+                "restore_point": x["stop_time"],
+            }
+        )
+
+    return [logical_backup, base_backup, backup_retention]

@@ -43,6 +43,8 @@ def build(settings: Settings) -> dg.Definitions:
             metadata={
                 "passed": report.passed,
                 "backup_id": report.backup_id or "none",
+                "drill_kind": "PITR to latest" if report.kind == "base" else (report.kind or "none"),
+                "rpo_basis": report.rpo_basis,
                 "rto_minutes": dg.MetadataValue.float(round(report.rto_seconds / 60, 2)),
                 "rto_target_minutes": s.rto_minutes,
                 "rpo_minutes": dg.MetadataValue.float(round(report.rpo_seconds / 60, 2)) if report.rpo_seconds is not None

@@ -24,8 +24,8 @@ import time
 import dagster as dg
 
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.core.wal.archive import archive_storage, newest_committed, read_sidecar
-from dr_pipelines.core.wal.status import caught_up, wal_alerts
+from dr_pipelines.core.wal.archive import archive_storage, newest_committed
+from dr_pipelines.core.wal.status import archive_is_current, wal_alerts
 from dr_pipelines.defs.lib.default_status import sensor_status
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.wal.assets import SENSOR_INTERVAL_S, WAL_KEY
@@ -50,9 +50,7 @@ def build_sensors(settings: Settings) -> list[dg.SensorDefinition]:
         alerts = wal_alerts(pg, lag_limit_s=s.wal_lag_alert_seconds, pg_wal_limit_bytes=s.wal_pg_wal_alert_bytes) \
             if pg else []
         now = time.time()
-        here = pg is not None and pg.last_archived_wal is not None and (
-            pg.last_archived_wal == newest.name or read_sidecar(storage, pg.last_archived_wal) is not None)
-        current = pg is not None and caught_up(pg, here)
+        current = archive_is_current(pg, storage, newest.name)
         moved = newest.name != last.get("segment")  # since the last report
         due = now - last.get("reported_at", 0) >= s.wal_rpo_seconds / 2
         cursor = {**last, "alerting": bool(alerts)}
