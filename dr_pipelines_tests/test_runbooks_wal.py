@@ -1,0 +1,100 @@
+"""The WAL runbooks (pitr-before-bad-deploy, wal-gap, lost-primary), executed as written on real archiving clusters."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.runbook import RUNBOOKS, run_sections
+from dr_pipelines_tests.support.wal import WalRig, pg_os_user, wait_archived
+
+LEDGER = ("CREATE TABLE ledger (id bigserial PRIMARY KEY, amount numeric NOT NULL, note text);"
+          "INSERT INTO ledger (amount, note) SELECT g * 1.25, 'entry ' || g FROM generate_series(1, 200) g")
+CHECKSUM = "SELECT count(*), md5(string_agg(l::text, ',' ORDER BY id)) FROM ledger l"
+
+
+@dataclass
+class Site:
+    """An archiving primary with a ledger and a base backup, and the on-call's environment for it."""
+
+    rig: WalRig
+    cluster: LocalCluster
+
+    def sql(self, query: str, dsn: str | None = None) -> object:
+        with psycopg.connect(dsn or self.cluster.dsn(), autocommit=True) as conn:
+            cur = conn.execute(query)
+            return cur.fetchone() if cur.description else None
+
+    def switch(self) -> str:
+        name = str(self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0])  # type: ignore[index]
+        wait_archived(self.cluster, name)
+        return name
+
+    def base_backup(self) -> str:
+        settings = self.rig.settings()
+        return run_base_backup(self.cluster.dsn(), context.storage(settings), settings.encryption_recipients).id
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{self.cluster.binaries.bin_dir}:{os.environ['PATH']}",
+               "DRP_CONFIG": str(self.rig.config), "DRP_SOURCE_DSN": self.cluster.dsn(),
+               "DRP_WORK_DIR": str(self.rig.root / "work"), "PG_DRP": str(self.rig.drp_for_pg),
+               "AS_PG": f"runuser -u {pg_os_user()} --" if pg_os_user() else "", **extra}
+        return {k: v for k, v in env.items() if not k.startswith("DRP_") or k in extra or k in (
+            "DRP_CONFIG", "DRP_SOURCE_DSN", "DRP_WORK_DIR", "DRP_PG_BIN_DIR")}
+
+    def archive_listing(self) -> dict[str, str]:
+        return {str(p.relative_to(self.rig.storage_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(self.rig.storage_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def site(work_base: Path) -> Iterator[Site]:
+    root = work_base / f"runbook-wal-{uuid.uuid4().hex[:8]}"
+    rig = WalRig.make(root)
+    with rig.archiver():
+        cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True)
+        s = Site(rig, cluster)
+        try:
+            s.sql(LEDGER)
+            s.base_backup()
+            yield s
+        finally:
+            cluster.remove()
+
+
+def test_pitr_before_a_bad_deploy_restores_the_rows_exactly(site: Site, tmp_path: Path) -> None:
+    runbook = RUNBOOKS / "pitr-before-bad-deploy.md"
+    env = site.env(DEPLOY_ID="42", DEPLOY_TIME="2000-01-01 00:00:00+00", TABLES="public.ledger",
+                   RESTORE_DIR=str(site.rig.root / "pitr-deploy"))
+    point = run_sections(runbook, ["Before every deploy"], env, tmp_path)
+    assert point.returncode == 0, point.stdout + point.stderr
+    good = site.sql(CHECKSUM)
+    site.sql("UPDATE ledger SET amount = 0 WHERE id % 3 = 0")  # the bad deploy
+    damaged = site.sql(CHECKSUM)
+    assert damaged != good
+    before = site.archive_listing()
+
+    run = run_sections(runbook, ["1.", "2.", "3.", "4.", "5."], env, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "restored to restore point before-deploy-42" in run.stdout
+    assert site.sql(CHECKSUM) == good  # production has the rows exactly as before the deploy
+    aside = site.sql("SELECT relname FROM pg_class WHERE relname LIKE 'ledger_damaged_%'")[0]  # type: ignore[index]
+    query = sql.SQL("SELECT count(*), md5(string_agg(l::text, ',' ORDER BY id)) FROM {} l").format(sql.Identifier(aside))
+    with psycopg.connect(site.cluster.dsn()) as conn:
+        assert conn.execute(query).fetchone() == damaged  # the damaged rows were kept aside
+    assert not (site.rig.root / "pitr-deploy").exists()  # the recovered copy was stopped and removed
+    after = site.archive_listing()  # the recovered copy archived nothing: only the primary's own timeline-1 WAL
+    assert {k: after.get(k) for k in before} == before
+    assert all(k.startswith("wal/00000001/") or k.startswith("backups/") for k in set(after) - set(before))
