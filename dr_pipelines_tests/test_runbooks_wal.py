@@ -98,3 +98,50 @@ def test_pitr_before_a_bad_deploy_restores_the_rows_exactly(site: Site, tmp_path
     after = site.archive_listing()  # the recovered copy archived nothing: only the primary's own timeline-1 WAL
     assert {k: after.get(k) for k in before} == before
     assert all(k.startswith("wal/00000001/") or k.startswith("backups/") for k in set(after) - set(before))
+
+
+def drop_from_archive(site: Site, name: str) -> None:
+    for suffix in (".zst.age", ".json"):
+        (site.rig.storage_dir / "wal" / name[:8] / f"{name}{suffix}").unlink()
+
+
+def test_wal_gap_still_in_pg_wal_is_closed_by_the_runbooks_re_push(site: Site, tmp_path: Path) -> None:
+    site.sql("INSERT INTO ledger (amount, note) VALUES (1, 'gap case 1')")
+    lost = site.switch()
+    drop_from_archive(site, lost)  # archived, then deleted from storage; pg_wal still has it (wal_keep_size)
+    env = site.env(PGDATA=str(site.cluster.data_dir))
+    run = run_sections(RUNBOOKS / "wal-gap.md", ["1.", "2.", "4."], env, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "wal-missing.txt").read_text().split() == [lost]  # verify named exactly it
+    assert "lost" in run.stdout and "LOST" not in run.stdout
+    assert run.stdout.rstrip().splitlines()[-1].startswith("WAL archive OK")  # step 4: clean after the re-push
+    assert (site.rig.storage_dir / "wal" / lost[:8] / f"{lost}.json").exists()
+
+
+def test_wal_gap_gone_from_pg_wal_needs_a_new_base_and_pitr_into_it_is_refused(site: Site, tmp_path: Path) -> None:
+    site.sql("INSERT INTO ledger (amount, note) VALUES (2, 'gap case 2')")
+    lost = site.switch()
+    drop_from_archive(site, lost)
+    (site.cluster.data_dir / "pg_wal" / lost).unlink()  # recycled on the server too: gone for good
+    point = site.rig.drp("wal", "restore-point", "inside-gap", DRP_SOURCE_DSN=site.cluster.dsn())
+    assert point.returncode == 0, point.stderr
+    site.switch()
+    env = site.env(PGDATA=str(site.cluster.data_dir))
+    run = run_sections(RUNBOOKS / "wal-gap.md", ["1.", "2.", "3."], env, tmp_path, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"LOST, not in pg_wal any more: {lost}" in run.stdout
+    # NOTE: `drp wal prune --dry-run` here reported "would delete 1 WAL file(s)" despite the gap: not yet investigated
+
+    work = {"DRP_WORK_DIR": str(site.rig.root / "work")}
+    into = site.rig.drp("restore", "--pitr", "--restore-point", "inside-gap", "--data-dir", str(tmp_path / "into"),
+                        "--drp", str(site.rig.drp_for_pg), timeout=300, **work)
+    assert into.returncode != 0 and lost in into.stdout + into.stderr and "Traceback" not in into.stderr
+    after = site.rig.drp("restore", "--pitr", "--latest", "--data-dir", str(tmp_path / "after"),
+                         "--drp", str(site.rig.drp_for_pg), "--json", timeout=300, **work)
+    assert after.returncode == 0, after.stderr[-3000:]
+    restored = LocalCluster.attach(tmp_path / "after")
+    try:
+        restored.start()
+        assert site.sql(CHECKSUM, restored.dsn()) == site.sql(CHECKSUM)  # every row, from the new base
+    finally:
+        restored.remove()
