@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import uuid
@@ -15,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from dr_pipelines.core import context
+from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines_tests.support.runbook import RUNBOOKS, run_sections
@@ -145,3 +147,35 @@ def test_wal_gap_gone_from_pg_wal_needs_a_new_base_and_pitr_into_it_is_refused(s
         assert site.sql(CHECKSUM, restored.dsn()) == site.sql(CHECKSUM)  # every row, from the new base
     finally:
         restored.remove()
+
+
+def test_lost_primary_comes_back_with_every_archived_row_and_archives_timeline_2(work_base: Path, tmp_path: Path) -> None:
+    rig = WalRig.make(work_base / f"lost-primary-{uuid.uuid4().hex[:8]}")
+    new_pgdata = rig.root / "new-primary"
+    with rig.archiver():
+        lost = Site(rig, LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True))
+        try:
+            lost.sql(LEDGER)
+            lost.base_backup()
+            lost.sql("INSERT INTO ledger (amount, note) SELECT g, 'after the base ' || g FROM generate_series(1, 50) g")
+            lost.switch()  # archived before the loss
+            expected = lost.sql(CHECKSUM)
+            env = lost.env(NEW_PGDATA=str(new_pgdata), ARCHIVE_COMMAND=rig.archive_command(),
+                           BACKUP_HOST_CIDR="127.0.0.1/32")
+        finally:
+            lost.cluster.remove()  # the primary's data directory is gone
+        try:
+            run = run_sections(RUNBOOKS / "lost-primary.md", ["1.", "2.", "3.", "4.", "5."], env, tmp_path, timeout=400)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            new = Site(rig, LocalCluster.attach(new_pgdata))
+            new_dsn = json.loads((tmp_path / "pitr-result.json").read_text())["dsn"]
+            assert new.sql(CHECKSUM, new_dsn) == expected  # every row archived before the loss
+            assert run.stdout.rstrip().splitlines()[-1].startswith("WAL archive OK")  # verify clean, both timelines
+            assert (rig.storage_dir / "wal" / "00000002.history.json").exists()
+            assert any((rig.storage_dir / "wal" / "00000002").glob("00000002*.json"))  # timeline 2 archived
+            assert new.sql("SELECT last_archived_wal FROM pg_stat_archiver", new_dsn)[0].startswith("00000002")  # type: ignore[index]
+            newest = [e for e in list_backups(context.storage(rig.settings())) if e.complete][-1]
+            assert newest.kind == "base" and newest.manifest.extra["timeline"] == 2  # type: ignore[union-attr]
+        finally:
+            if (new_pgdata / "PG_VERSION").exists():
+                LocalCluster.attach(new_pgdata).remove()
