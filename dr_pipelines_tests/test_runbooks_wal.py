@@ -102,6 +102,20 @@ def test_pitr_before_a_bad_deploy_restores_the_rows_exactly(site: Site, tmp_path
     assert all(k.startswith("wal/00000001/") or k.startswith("backups/") for k in set(after) - set(before))
 
 
+
+def test_pitr_before_a_bad_deploy_without_a_restore_point_uses_the_deploy_time(site: Site, tmp_path: Path) -> None:
+    """A deploy the pipeline gave no restore point: the unknown name is refused, the deploy's start time is used."""
+    good = site.sql(CHECKSUM)
+    deploy_time = site.sql("SELECT clock_timestamp()")[0]  # type: ignore[index]
+    site.sql("DELETE FROM ledger WHERE id % 2 = 0")  # the bad deploy
+    env = site.env(DEPLOY_ID="no-such-deploy", DEPLOY_TIME=deploy_time.isoformat(), TABLES="public.ledger",
+                   RESTORE_DIR=str(site.rig.root / "pitr-deploy-time"))
+    run = run_sections(RUNBOOKS / "pitr-before-bad-deploy.md", ["1.", "2.", "3.", "4.", "5."], env, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "before-deploy-no-such-deploy" in run.stderr and "restored to restore point" not in run.stdout
+    assert site.sql(CHECKSUM) == good
+
+
 def drop_from_archive(site: Site, name: str) -> None:
     for suffix in (".zst.age", ".json"):
         (site.rig.storage_dir / "wal" / name[:8] / f"{name}{suffix}").unlink()
