@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -20,18 +19,15 @@ from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import open_storage
 from dr_pipelines_tests.support.env import drp_env
+from dr_pipelines_tests.support.runbook import sections as runbook_sections
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "disaster-recovery.md"
 PROBES = Path(__file__).resolve().parents[1] / "dr_pipelines" / "demo" / "probes.yaml"
 
 
 def sections() -> dict[str, list[str]]:
-    """Heading -> the bash blocks under it."""
-    out: dict[str, list[str]] = {}
-    for part in re.split(r"^## ", RUNBOOK.read_text(), flags=re.M)[1:]:
-        heading, _, body = part.partition("\n")
-        out[heading.strip()] = re.findall(r"```bash\n(.*?)```", body, flags=re.S)
-    return out
+    """Heading -> the bash blocks under it (support/runbook.py)."""
+    return runbook_sections(RUNBOOK)
 
 
 SCENARIOS = [h for h in sections() if h.startswith("Scenario:")] + ["After the incident"]

@@ -46,10 +46,15 @@ class PgWalState:
 
 
 def read_pg_wal_state(dsn: str) -> PgWalState:
-    """One read-only look (needs superuser or pg_monitor for pg_ls_waldir/pg_ls_archive_statusdir)."""
+    """One read-only look (needs superuser or pg_monitor for pg_ls_waldir/pg_ls_archive_statusdir).
+
+    The segment being written is the one holding the *next* byte: pg_walfile_name(lsn) names the segment of
+    byte lsn - 1, so right after a switch (an idle server after archive_timeout) it would name the segment
+    just completed and archived, and verify would never notice that one missing from the archive.
+    """
     with connect(dsn, autocommit=True) as conn:
         current, level, mode, command, library, timeout = conn.execute(
-            "SELECT pg_walfile_name(pg_current_wal_lsn()), current_setting('wal_level'), current_setting('archive_mode'),"
+            "SELECT pg_walfile_name(pg_current_wal_lsn() + 1), current_setting('wal_level'), current_setting('archive_mode'),"
             " (SELECT setting FROM pg_settings WHERE name = 'archive_command'),"
             " coalesce((SELECT setting FROM pg_settings WHERE name = 'archive_library'), ''),"
             " extract(epoch FROM current_setting('archive_timeout')::interval)::int"
