@@ -224,7 +224,7 @@ def test_cli_pitr_to_an_lsn_into_a_data_dir_leaves_it_stopped(ledger: Ledger, wh
     data_dir = where / "restored"
     before = archive_listing(ledger.rig)
     run = ledger.rig.drp("restore", "--pitr", "--lsn", str(ledger.marks["lsn"]), "--data-dir", str(data_dir),
-                         "--drp", str(ledger.rig.drp_for_pg), "--json", timeout=300,
+                         "--json", timeout=300,
                          DRP_WORK_DIR=str(ledger.rig.root / "work"))
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
@@ -248,8 +248,8 @@ def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path)
     """kill -9 while PostgreSQL replays: the server keeps running on a half-restored directory until the
     next command's sweep stops it and deletes the directory (its lease names it)."""
     data_dir, work = where / "restored", ledger.rig.root / "work"
-    proc = start_paused(["restore", "--pitr", "--latest", "--data-dir", str(data_dir), "--drp",
-                         str(ledger.rig.drp_for_pg)], {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)},
+    proc = start_paused(["restore", "--pitr", "--latest", "--data-dir", str(data_dir)],
+                        {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)},
                         "pitr-recovering")
     proc.kill()
     proc.wait()

@@ -150,10 +150,10 @@ def test_wal_gap_gone_from_pg_wal_needs_a_new_base_and_pitr_into_it_is_refused(s
 
     work = {"DRP_WORK_DIR": str(site.rig.root / "work")}
     into = site.rig.drp("restore", "--pitr", "--restore-point", "inside-gap", "--data-dir", str(site.rig.root / "into-gap"),
-                        "--drp", str(site.rig.drp_for_pg), timeout=300, **work)
+                        timeout=300, **work)
     assert into.returncode != 0 and lost in into.stdout + into.stderr and "Traceback" not in into.stderr
     after = site.rig.drp("restore", "--pitr", "--latest", "--data-dir", str(site.rig.root / "after-gap"),
-                         "--drp", str(site.rig.drp_for_pg), "--json", timeout=300, **work)
+                         "--json", timeout=300, **work)
     assert after.returncode == 0, after.stderr[-3000:]
     restored = LocalCluster.attach(site.rig.root / "after-gap")
     try:

@@ -45,8 +45,6 @@ def restore(
     exclusive: bool = typer.Option(False, "--exclusive", help="--pitr: stop just before the target, not just after it."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--pitr: recover into this empty directory and leave it stopped."),
     prefetch: int = typer.Option(8, "--prefetch", min=0, max=64, help="--pitr: WAL segments fetched ahead, in parallel."),
-    fetch_drp: Optional[Path] = typer.Option(
-        None, "--drp", hidden=True, help="Ignored: this process serves the recovery's WAL fetches (docs/pitr.md)."),
 ) -> None:
     """Restore a backup: every object's checksum is verified before anything is written to the target.
 
