@@ -1,10 +1,13 @@
 """The Dagster UI as a person sees it, in a real browser: every asset group in the graph, and logical_backup with
-its freshness policy and passing checks after the demo's first backup. Saves the README's screenshots."""
+its freshness policy (evaluated by the daemon: passing) and passing checks after the demo's first backup.
+Saves the README's screenshots (docs/screenshots with DRP_UPDATE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ from dr_pipelines.demo.ui import code_locations
 from dr_pipelines_tests.support.backup import Keys
 from dr_pipelines_tests.support.browser import chromium, needs_chromium, screenshot
 from dr_pipelines_tests.support.env import drp_env
-from dr_pipelines_tests.support.procs import BIN, wait_for
+from dr_pipelines_tests.support.procs import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = needs_chromium
@@ -27,7 +30,7 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def dagster_ui(work_base: Path, pg_cluster: LocalCluster, demo_template: str) -> Iterator[str]:
     """The demo's UI, lean: a copy of the seeded clinic database, the demo's first backup (logical_backup and its
-    checks) in a fresh DAGSTER_HOME, and `dagster-webserver` on this code location over that instance."""
+    checks) in a fresh DAGSTER_HOME, and `dagster dev` on this code location over that instance."""
     root = work_base / f"dagster-ui-{uuid.uuid4().hex[:6]}"
     home = root / "dagster_home"
     home.mkdir(parents=True)
@@ -41,19 +44,26 @@ def dagster_ui(work_base: Path, pg_cluster: LocalCluster, demo_template: str) ->
             mp.setenv(key, value)
         assert first_backup.main() == 0  # exactly what `drp demo up` runs before the UI
     port = free_port()
-    log = (root / "webserver.log").open("w")
+    log = (root / "dagster-dev.log").open("w")
+    # `dagster dev` as the demo runs it (webserver and daemon), the freshness daemon every 2 s instead of 30 s.
     proc = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w",
+         str(REPO_ROOT / "workspace.yaml")],
+        cwd=REPO_ROOT, env={**os.environ, **env, "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2"}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: [loc for loc in code_locations(url) if loc.assets], timeout=120, what="dagster-webserver",
+        wait_for(lambda: [loc for loc in code_locations(url) if loc.assets], timeout=120, what="dagster dev",
                  interval=0.5)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code servers
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         log.close()
         pg_cluster.drop_database(name)
 
@@ -91,14 +101,22 @@ def test_asset_graph_lists_every_group(dagster_ui: str, browser: object, work_ba
     page.close()
 
 
-def test_logical_backup_shows_freshness_policy_and_passing_checks(dagster_ui: str, browser: object,
+def test_logical_backup_shows_passing_freshness_and_checks(dagster_ui: str, browser: object,
                                                                   work_base: Path) -> None:
     page = open_ui(browser, dagster_ui + "/assets/logical_backup")
-    page.get_by_role("button", name="Freshness policy").wait_for(timeout=30_000)
     # The cron policy of the default backup_cron (02:00 UTC): deadline two hours later, a day's window.
-    assert page.get_by_text("Deadline: At 04:00 AM UTC").is_visible()
+    page.get_by_text("Deadline: At 04:00 AM UTC").wait_for(timeout=30_000)
     assert page.get_by_text("Fresh if materialized no earlier than 24 hours before each deadline").is_visible()
     assert page.get_by_text("backup_id", exact=True).is_visible()  # the first backup's materialization metadata
+
+    def evaluated_passing() -> bool:
+        # The daemon's first freshness evaluation lands within seconds; the page shows it after a reload.
+        page.reload()
+        page.get_by_text("Deadline: At 04:00 AM UTC").wait_for(timeout=30_000)
+        return page.get_by_text("Passing", exact=True).count() == 2  # the status row and the policy panel
+
+    wait_for(evaluated_passing, timeout=90, what="logical_backup's freshness evaluated as passing", interval=1)
+    assert page.get_by_text("Not evaluated").count() == 0
     screenshot(page, "dagster-logical-backup", work_base / "screenshots")
 
     checks = sorted(node.key.name for node in build_definitions().resolve_asset_graph().asset_check_nodes
