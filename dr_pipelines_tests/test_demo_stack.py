@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,11 +34,13 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
     demo_dir = work_base / "demo"
     ui_port = free_port()
     ui_url = f"http://127.0.0.1:{ui_port}"
+    portal_port = free_port()
     monkeypatch.setenv("DRP_DEMO_DIR", str(demo_dir))
     log = (work_base / "demo.log").open("w")
     proc = subprocess.Popen(
         # Exactly the README's demo command (the venv already exists, so it only checks and starts).
-        [str(REPO_ROOT / "scripts" / "demo"), "--clinics", "2", "--scale", "0.3", "--ui-port", str(ui_port)],
+        [str(REPO_ROOT / "scripts" / "demo"), "--clinics", "2", "--scale", "0.3", "--ui-port", str(ui_port),
+         "--portal-port", str(portal_port)],
         env={**os.environ, "DRP_DEMO_DIR": str(demo_dir), "DRP_VENV": str(Path(sys.executable).parent.parent)},
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -71,12 +75,18 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
         cli = scripts_demo("status", "--ui-url", ui_url, demo_dir=demo_dir)
         assert cli.returncode == 0, cli.stderr
         assert "serves location 'dr_pipelines'" in cli.stdout
+        # The export portal beside the UI, and the demo token it printed works for its clinic.
+        token = next(line.strip() for line in printed.splitlines() if line.startswith("drpt."))
+        clinic = json.loads(urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{portal_port}/api/clinic", headers={"Authorization": f"Bearer {token}"}),
+            timeout=30).read())
+        assert clinic["clinic_id"] == "1" and "public.patients" in clinic["tables"]
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)
         log.close()
     assert code == 0, (work_base / "demo.log").read_text()[-3000:]
-    assert not port_in_use(ui_port)
+    assert not port_in_use(ui_port) and not port_in_use(portal_port)
     cluster = LocalCluster.attach(demo_dir / "pg")
     assert not cluster.is_running()
     assert not pid_alive(archiver_pid)  # the archiver stopped with the demo

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from dr_pipelines.cli import archive, backup, config, db, demo, drill, export, health, key, migrate, restore, retention
+from dr_pipelines.cli import portal as portal_cli
 from dr_pipelines.cli import status as status_cli
 from dr_pipelines.cli import storage as storage_cli
 from dr_pipelines.cli import verify as verify_cli
@@ -45,6 +46,7 @@ app.add_typer(migrate.migrate_app, name="migrate")
 app.add_typer(retention.retention_app, name="retention")
 app.add_typer(archive.archive_app, name="archive")
 app.add_typer(wal_cli.wal_app, name="wal")
+app.add_typer(portal_cli.portal_app, name="portal")
 
 
 def _pg_client_version() -> str:

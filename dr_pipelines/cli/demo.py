@@ -19,6 +19,7 @@ def demo_up(
     pg_port: Optional[int] = typer.Option(None, help="Port for the demo PostgreSQL (default: a free one)."),
     ui_host: str = typer.Option("127.0.0.1", help="Address the Dagster UI listens on."),
     ui_port: int = typer.Option(3000, help="Port of the Dagster UI."),
+    portal_port: int = typer.Option(8088, help="Port of the export portal (drp portal serve)."),
     no_ui: bool = typer.Option(False, "--no-ui", help="Only prepare the database, do not start Dagster."),
 ) -> None:
     """Start the demo: PostgreSQL seeded with clinic data, then `dagster dev` (Ctrl-C stops both)."""
@@ -47,6 +48,11 @@ def demo_up(
         return
     archiver = paths.archiving.start()
     err.print(f"WAL archiver started (drp wal archiver --switch-after 30; log {paths.archiving.log_file})")
+    portal = stack.start_portal(paths, cluster, host=ui_host, port=portal_port)
+    clinic, token = stack.demo_token(cluster)
+    err.print(f"export portal: http://{ui_host}:{portal_port}/openapi.json (log {paths.root / 'portal.log'}); "
+              f"a token of clinic {clinic} for a day:")
+    out.print(token, highlight=False, soft_wrap=True)
     err.print(f"starting the Dagster UI on port {ui_port} …")
 
     def waiting(seconds: float) -> None:
@@ -57,8 +63,12 @@ def demo_up(
             err.print(f"warning: the Dagster UI answers but the code location failed to load: {escape(problem[:500])}")
         err.print(f"Dagster UI: {url}  (Ctrl-C stops the demo)")
 
-    raise typer.Exit(stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting,
-                                  archiver=archiver))
+    try:
+        code = stack.run_ui(paths, cluster, host=ui_host, port=ui_port, on_ready=ready, waiting=waiting,
+                            archiver=archiver)
+    finally:
+        stack.stop_portal(portal)
+    raise typer.Exit(code)
 
 
 @demo_app.command("down")

@@ -108,6 +108,26 @@ class Settings(BaseModel):
         "audited abandoned) by the exports' housekeeping."
     )
     analytics_export_cron: str = Field("0 3 * * *", description="When the daily all-tenant Parquet export runs (UTC).")
+    portal_host: str = Field("127.0.0.1", description="Address the export portal (drp portal serve) binds to; "
+                             "loopback unless a reverse proxy in front of it is configured.")
+    portal_port: int = Field(8088, ge=1, le=65535, description="Port of the export portal.")
+    portal_token_ttl_days: int = Field(90, ge=1, le=3650, description="Default lifetime of a clinic token "
+                                       "(drp portal token create --expires overrides).")
+    portal_requests_per_minute: int = Field(60, ge=0, description="Portal requests per clinic per minute "
+                                            "(429 with Retry-After beyond); 0 = no limit.")
+    portal_max_streams: int = Field(8, ge=1, description="Streams and downloads the portal serves at once, all "
+                                    "clinics together (429 with Retry-After beyond).")
+    portal_export_workers: int = Field(1, ge=1, le=16, description="Full exports the portal's worker runs at once.")
+    portal_max_body_bytes: int = Field(65536, ge=1024, description="Largest request body the portal reads (413 beyond).")
+    portal_signing_secret: SecretStr | None = Field(
+        None, description="Shared HMAC secret with the SaaS backend for short-lived signed clinic tokens "
+        "(at least 32 bytes); unset = signed tokens refused.")
+    portal_signing_secret_file: Path | None = Field(
+        None, description="File holding portal_signing_secret (first line), instead of the environment.")
+    portal_signing_key_id: str = Field("k1", pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                                       description="Key id a signed token must name (rotation: change both sides).")
+    portal_signed_token_max_seconds: int = Field(900, ge=10, le=86400, description="Longest lifetime a signed token "
+                                                 "may claim (longer ones are refused).")
     wal_lag_alert_seconds: int = Field(
         300, gt=0, description="Alert when the oldest WAL segment waiting to be archived is older (drp wal status)."
     )

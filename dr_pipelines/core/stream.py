@@ -10,7 +10,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,20 +80,20 @@ class _QueueWriter:
         pass
 
 
-def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2) -> Iterator[bytes]:
-    """Yield age(zstd(source)) chunks; the work runs in a thread so the consumer can upload meanwhile.
+def writer_chunks(work: Callable[[BinaryIO], None], *, name: str) -> Iterator[bytes]:
+    """Run ``work(sink)`` in a thread and yield what it writes to ``sink``, with backpressure.
 
-    If the consumer stops early (an upload failed), the worker is cancelled and joined.
+    For producers that only know how to write to a file (pyrage, read_verified): the consumer
+    gets a generator instead. If the consumer stops early, the worker is cancelled (its next
+    write raises) and joined; an exception of the worker is raised here after its last chunk.
     """
     q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     cancel = threading.Event()
     failure: list[BaseException] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            compressor = zstandard.ZstdCompressor(level=level, threads=threads)
-            with compressor.stream_reader(source, read_size=READ_SIZE, closefd=False) as compressed:
-                pyrage.encrypt_io(compressed, _QueueWriter(q, cancel), list(recipients))
+            work(_QueueWriter(q, cancel))  # type: ignore[arg-type]
         except _Cancelled:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -103,7 +103,7 @@ def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: i
         finally:
             put_until_cancelled(q, _DONE, cancel)
 
-    worker = threading.Thread(target=work, name="compress-encrypt", daemon=True)
+    worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -116,6 +116,20 @@ def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: i
     finally:
         cancel.set()
         worker.join(timeout=60)
+
+
+def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2) -> Iterator[bytes]:
+    """Yield age(zstd(source)) chunks; the work runs in a thread so the consumer can upload meanwhile.
+
+    If the consumer stops early (an upload failed), the worker is cancelled and joined.
+    """
+
+    def work(sink: BinaryIO) -> None:
+        compressor = zstandard.ZstdCompressor(level=level, threads=threads)
+        with compressor.stream_reader(source, read_size=READ_SIZE, closefd=False) as compressed:
+            pyrage.encrypt_io(compressed, sink, list(recipients))
+
+    return writer_chunks(work, name="compress-encrypt")
 
 
 def put_until_cancelled(q: queue.Queue, item: object, cancel: threading.Event) -> None:

@@ -13,13 +13,13 @@ and checked, and a mismatch wins.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.stream import READ_SIZE, CountingReader, decrypt_decompress
+from dr_pipelines.core.stream import READ_SIZE, CountingReader, decrypt_decompress, writer_chunks
 
 # Builds the error for a mismatch from (where, bytes read, sha256 read); each artifact names its own remedy.
 Mismatch = Callable[[str, int, str], Exception]
@@ -98,3 +98,21 @@ def read_verified(
         if progress:
             progress(reader.bytes)  # the throttled reports may have missed the end
         check(reader)
+
+
+def verified_chunks(storage: Storage, key: str, *, size: int, sha256: str,
+                    mismatch: Mismatch | None = None) -> Iterator[bytes]:
+    """``read_verified`` as a generator of the stored bytes (the export portal's downloads).
+
+    The last chunk is held back until the size and SHA-256 have been checked, so a consumer
+    that forwards chunks as they come (an HTTP response) never delivers a damaged object
+    whole: on a mismatch the error is raised instead of the final chunk.
+    """
+    held: bytes | None = None
+    for chunk in writer_chunks(lambda out: read_verified(storage, key, out, size=size, sha256=sha256,
+                                                         mismatch=mismatch), name="verified-read"):
+        if held is not None:
+            yield held
+        held = chunk
+    if held is not None:
+        yield held

@@ -226,6 +226,41 @@ def run_ui(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int,
     return 0 if code in (0, -signal.SIGINT, 130) else code
 
 
+def start_portal(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: int) -> subprocess.Popen[bytes]:
+    """`drp portal serve` beside the Dagster UI (docs/portal.md), its output in <demo>/portal.log."""
+    env = {**os.environ, **demo_env(paths, cluster), "DRP_EXPORT_MAX_PER_HOUR": "0"}
+    log = open(paths.root / "portal.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        code = "import sys; from dr_pipelines.cli import main; sys.argv[0] = 'drp'; main()"
+        return subprocess.Popen([sys.executable, "-c", code, "portal", "serve", "--host", host, "--port", str(port)],
+                                env=env, cwd=REPO_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    finally:
+        log.close()
+
+
+def stop_portal(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def demo_token(cluster: LocalCluster) -> tuple[str, str]:
+    """A one-day portal token for the demo's first clinic: (clinic id, token)."""
+    from datetime import UTC, datetime, timedelta
+
+    from dr_pipelines.core.pg.connect import connect
+    from dr_pipelines.portal.tokens import create_token
+
+    with connect(cluster.dsn(DEMO_DB), autocommit=True) as conn:
+        clinic = str(conn.execute("SELECT min(id) FROM clinics").fetchone()[0])
+        return clinic, create_token(conn, clinic, expires_at=datetime.now(UTC) + timedelta(days=1),
+                                    created_by="drp demo", label="demo")[1]
+
+
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(child.pid, sig)

@@ -33,7 +33,8 @@ from dr_pipelines.core.pg.drp_schema import AUDIT_DDL, EXPORT_AUDIT_LOCK
 TABLE = "drp.export_audit"
 # abandoned: a started export whose process died (no manifest), closed by housekeeping (core/export/housekeeping.py);
 # expired: a finished export deleted by housekeeping after its time-to-live.
-STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired")
+# granted: a request of the export portal that read no rows (a status, a listing) was answered.
+STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired", "granted")
 
 
 
@@ -58,6 +59,10 @@ class AuditRecord:
     destination: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    credential_id: str | None = None  # the portal credential that asked (dr_pipelines/portal/)
+    client_address: str | None = None  # the portal client's address
+    request: str | None = None  # the portal's HTTP request line (method and path)
+    content_sha256: str | None = None  # sha256 of a body streamed over HTTP
 
 
 def ensure_audit_table(conn: psycopg.Connection) -> None:
@@ -72,8 +77,10 @@ def ensure_audit_table(conn: psycopg.Connection) -> None:
         " WHERE tgrelid = to_regclass('drp.export_audit') AND tgenabled <> 'D' AND tgname IN"
         " ('export_audit_no_update_delete', 'export_audit_no_truncate')) = 2"
         " AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('drp.export_audit')"
-        " AND conname = 'export_audit_status_check' AND pg_get_constraintdef(oid) LIKE %s)",
-        ("%'expired'%",),
+        " AND conname = 'export_audit_status_check' AND pg_get_constraintdef(oid) LIKE %s)"
+        " AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('drp.export_audit')"
+        " AND attname = 'content_sha256' AND NOT attisdropped)",
+        ("%'granted'%",),
     ).fetchone()[0]
     if present:
         return
@@ -90,10 +97,11 @@ def ensure_audit_table(conn: psycopg.Connection) -> None:
 
 _INSERT = """
 INSERT INTO drp.export_audit (attempt_id, export_id, status, requester, tenant_ids, root_table, tables, formats,
-                              rows, bytes, manifest_sha256, destination, error, started_at, finished_at)
+                              rows, bytes, manifest_sha256, destination, error, started_at, finished_at,
+                              credential_id, client_address, request, content_sha256)
 VALUES (%(attempt_id)s, %(export_id)s, %(status)s, %(requester)s, %(tenant_ids)s, %(root_table)s, %(tables)s,
         %(formats)s, %(rows)s, %(bytes)s, %(manifest_sha256)s, %(destination)s, %(error)s, %(started_at)s,
-        %(finished_at)s)
+        %(finished_at)s, %(credential_id)s, %(client_address)s, %(request)s, %(content_sha256)s)
 """
 
 

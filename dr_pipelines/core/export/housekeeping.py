@@ -104,7 +104,8 @@ def _remove(storage: Storage, prefix: str) -> int:
 def _close(conn: psycopg.Connection, row: dict[str, Any], status: str, why: str) -> None:
     """Append the closing row of an attempt, carrying its started row's facts."""
     fields = {k: row[k] for k in ("attempt_id", "export_id", "requester", "tenant_ids", "root_table", "tables",
-                                  "formats", "rows", "bytes", "manifest_sha256", "destination", "started_at")
+                                  "formats", "rows", "bytes", "manifest_sha256", "destination", "started_at",
+                                  "credential_id", "client_address", "request")
               if k in row}
     audit.append(conn, audit.AuditRecord(**fields, status=status, error=why, finished_at=datetime.now(UTC)))
 

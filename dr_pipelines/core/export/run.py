@@ -62,11 +62,10 @@ from dr_pipelines.core.export.housekeeping import (
 )
 from dr_pipelines.core.export.sessions import arrow_session, session_settings
 from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant_count, write_one
-from dr_pipelines.core.export.tenants import check_tenants, schema_version, select_tables
+from dr_pipelines.core.export.tenants import tenant_snapshot
 from dr_pipelines.core.layout import export_prefix, new_export_id
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.parquet import pyarrow_version, table_columns
-from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect, describe
 from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
 from dr_pipelines.core.progress import Progress
@@ -75,7 +74,6 @@ from dr_pipelines.core.tenancy import (
     TENANTS_SETTING,
     Scope,
     TableScope,
-    discover_scope,
 )
 
 DEFAULT_MAX_PER_HOUR = 10
@@ -102,6 +100,8 @@ class ExportOptions:
     # Housekeeping before the export: finished exports older than this are deleted (None: kept).
     ttl_days: int | None = DEFAULT_TTL_DAYS
     sweep_after: timedelta = DEFAULT_STALE_AFTER  # ... and unfinished exports this old, their process gone, swept
+    credential_id: str | None = None  # audited: the portal credential that asked (dr_pipelines/portal/)
+    client_address: str | None = None  # audited: the portal client's address
 
 
 @dataclass
@@ -149,6 +149,7 @@ def export_tenants(
     record = audit.AuditRecord(
         requester=options.requester or getpass.getuser(), tenant_ids=requested, root_table=options.root,
         started_at=started, formats=[f.strip().lower() for f in options.formats], destination=storage.url,
+        credential_id=options.credential_id, client_address=options.client_address,
     )
     with connect(dsn, autocommit=True) as audit_conn:
         audit.ensure_audit_table(audit_conn)
@@ -234,31 +235,17 @@ def _read_snapshot(dsn: str, storage: Storage, requested: list[str], options: Ex
                    prefix: str, record: audit.AuditRecord, audit_conn: psycopg.Connection, written: list[str],
                    progress: Progress | None) -> _Snapshot:
     """Open the one REPEATABLE READ snapshot, check the request in it, start the attempt, write every table."""
-    with connect(dsn) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            info = conn.execute(
-                "SELECT statement_timestamp(), current_database(), current_setting('server_version')"
-            ).fetchone()
-            snapshot_at, database, server_version = info
-            for name, value in RENDER_SETTINGS.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-            conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
-            scope = discover_scope(conn, root=options.root, key_column=options.key_column, exclude=options.exclude)
-            record.root_table = scope.root
-            selected = select_tables(scope, options.tables)
-            record.tables = [t.name for t in selected]
-            tenants = check_tenants(conn, scope, requested)
-            record.tenant_ids = tenants
-            snap = _Snapshot(snapshot_at, database, server_version, scope, selected, tenants, schema_version(conn))
-
-            hold_export_lock(audit_conn, record.export_id)  # released by the server if this process dies
-            try:
-                audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
-            except audit.RateLimitedError as exc:
-                raise RateLimitedError(exc.problem, exc.fix) from None
-            _write_tables(conn, dsn, storage, snap, options, formats, prefix, written, progress)
+    with tenant_snapshot(dsn, requested, root=options.root, key_column=options.key_column, exclude=options.exclude,
+                         tables=options.tables, noted=lambda name, value: setattr(record, name, value)) as ts:
+        conn = ts.conn
+        snap = _Snapshot(ts.snapshot_at, ts.database, ts.server_version, ts.scope, ts.selected, ts.tenants,
+                         ts.schema_version)
+        hold_export_lock(audit_conn, record.export_id)  # released by the server if this process dies
+        try:
+            audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
+        except audit.RateLimitedError as exc:
+            raise RateLimitedError(exc.problem, exc.fix) from None
+        _write_tables(conn, dsn, storage, snap, options, formats, prefix, written, progress)
     return snap
 
 

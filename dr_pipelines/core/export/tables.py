@@ -8,6 +8,7 @@ optional content checksum run on a second session that adopted the same snapshot
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,14 +55,26 @@ def tenant_checksum(conn: psycopg.Connection, scope: Scope, t: TableScope) -> tu
     return result.rows, result.checksum, result.method
 
 
+def text_stream(conn: psycopg.Connection, scope: Scope, t: TableScope, columns: list[Any], fmt: str,
+                counter: RowCount) -> Iterator[bytes]:
+    """One table's tenant rows as CSV or JSON Lines chunks from COPY (``counter.rows`` set at the end).
+
+    The one rendering of a table's text formats: ``drp export`` writes it to storage, the
+    portal streams it over HTTP, so both hand out the same bytes for the same snapshot.
+    """
+    if fmt == "csv":
+        return csv_stream(conn, tenant_select(t, scope, csv_columns(columns)), counter)
+    if fmt == "jsonl":
+        return jsonl_stream(conn, tenant_select(t, scope, jsonl_columns(columns)), counter)
+    raise ValueError(f"not a streamed text format: {fmt!r}")
+
+
 def write_one(conn: psycopg.Connection, arrow: Any, storage: Storage, scope: Scope, t: TableScope,
                columns: list[Any], fmt: str, key: str, work_dir: Path | None, batch_rows: int, written: list[str]) -> tuple[int, Any]:
     counter = RowCount()
     if fmt in ("csv", "jsonl"):
-        stream = csv_stream if fmt == "csv" else jsonl_stream
-        render = csv_columns if fmt == "csv" else jsonl_columns
         written.append(key)
-        put = storage.put_stream(key, stream(conn, tenant_select(t, scope, render(columns)), counter))
+        put = storage.put_stream(key, text_stream(conn, scope, t, columns, fmt, counter))
         return counter.rows if counter.rows is not None else -1, put
     select, schema = parquet_plan(columns)
     with tempfile.TemporaryDirectory(prefix="drp-export-", dir=work_dir) as tmp:

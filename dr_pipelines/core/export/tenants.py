@@ -7,12 +7,71 @@ another value, or that names no row, is refused before any tenant data is read.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
 import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.export.errors import UnknownTenantError
-from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant_array
+from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, discover_scope, tenant_array
+
+
+@dataclass
+class TenantSnapshot:
+    """An open REPEATABLE READ, READ ONLY transaction with the request checked in it and the tenant ids bound."""
+
+    conn: psycopg.Connection
+    snapshot_at: datetime
+    database: str
+    server_version: str
+    scope: Scope
+    selected: list[TableScope]
+    tenants: list[str]
+    schema_version: int | None
+
+
+@contextmanager
+def tenant_snapshot(dsn: str, requested: list[str], *, root: str, key_column: str, exclude: tuple[str, ...] = (),
+                    tables: tuple[str, ...] = (), noted: Callable[[str, Any], None] | None = None,
+                    application_name: str | None = None) -> Iterator[TenantSnapshot]:
+    """The one snapshot every export reads (``drp export`` and the portal's streams alike).
+
+    Text output is pinned (RENDER_SETTINGS, UTF-8), the scope derived, the tables and tenant
+    ids checked (refusals raise before any tenant row is read) and the ids bound. ``noted``
+    hears each fact as it is established ("root_table", "tables", "tenant_ids"), so an audit
+    row of a refusal names what was known.
+    """
+    kwargs = {"application_name": application_name} if application_name else {}
+    with connect(dsn, **kwargs) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            snapshot_at, database, server_version = conn.execute(
+                "SELECT statement_timestamp(), current_database(), current_setting('server_version')").fetchone()
+            for name, value in RENDER_SETTINGS.items():
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
+            # Rows in one order for one snapshot, so whoever streams it gets the same bytes: scans start at
+            # the table's first block (not where a concurrent scan of a big table is), and no parallel
+            # workers (a Gather hands out their rows as they come). COPY in the leader is the bottleneck anyway.
+            for name, value in (("synchronize_seqscans", "off"), ("max_parallel_workers_per_gather", "0")):
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            note = noted or (lambda _name, _value: None)
+            scope = discover_scope(conn, root=root, key_column=key_column, exclude=exclude)
+            note("root_table", scope.root)
+            selected = select_tables(scope, tables)
+            note("tables", [t.name for t in selected])
+            tenants = check_tenants(conn, scope, requested)
+            note("tenant_ids", tenants)
+            yield TenantSnapshot(conn, snapshot_at, database, server_version, scope, selected, tenants,
+                                 schema_version(conn))
 
 
 def select_tables(scope: Scope, wanted: tuple[str, ...]) -> list[TableScope]:

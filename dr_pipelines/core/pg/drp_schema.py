@@ -7,7 +7,9 @@ check), under that table's advisory lock so concurrent first runs do not race:
 - ``drp.schema_migrations``: migrations applied (core/migrate/tracking.py);
 - ``drp.export_audit``: the append-only export audit trail (core/export/audit.py);
 - ``drp.archive_segments``, ``drp.archive_kept``: the retention journal (core/retention/journal.py);
-- ``drp.legal_holds``: legal holds (core/retention/holds.py).
+- ``drp.legal_holds``: legal holds (core/retention/holds.py);
+- ``drp.portal_tokens``, ``drp.portal_exports``: the export portal's clinic tokens (stored hashed)
+  and its full-export jobs (dr_pipelines/portal/).
 
 Advisory-lock keys are registered below, each with what it guards. Their VALUES must never
 change: running processes of an older release and existing sessions hold locks under them.
@@ -26,6 +28,7 @@ BACKUP_LOCK = 0x6472_705F_6261  # "drp_ba": one backup per source database at a 
 EXPORT_AUDIT_LOCK = 0x6472_705F_6578  # "drp_ex": serialises the audit DDL and rate-limit checks
 RETENTION_JOURNAL_LOCK = 0x6472_705F_6A72  # "drp_jr": serialises the journal DDL
 LEGAL_HOLDS_LOCK = 0x6472_705F_6C68  # "drp_lh": serialises the holds DDL
+PORTAL_LOCK = 0x6472_705F_706F  # "drp_po": serialises the portal tables' DDL
 # Two-key locks: (class, hashtext(export id)), a session lock per running export.
 EXPORT_RUNNING_LOCK_CLASS = 0x6472_7065  # "drpe"
 
@@ -89,7 +92,15 @@ CREATE TABLE IF NOT EXISTS drp.export_audit (
 -- Named, and replaced when this list grows (tables created by earlier releases allow fewer statuses).
 ALTER TABLE drp.export_audit DROP CONSTRAINT IF EXISTS export_audit_status_check;
 ALTER TABLE drp.export_audit ADD CONSTRAINT export_audit_status_check
-    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired'));
+    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired', 'granted'));
+
+-- The export portal's columns (migration-safe on tables of earlier releases): which credential asked,
+-- from which address, the HTTP request, and the sha256 of a body streamed over HTTP.
+ALTER TABLE drp.export_audit
+    ADD COLUMN IF NOT EXISTS credential_id   text,
+    ADD COLUMN IF NOT EXISTS client_address  text,
+    ADD COLUMN IF NOT EXISTS request         text,
+    ADD COLUMN IF NOT EXISTS content_sha256  text CHECK (content_sha256 IS NULL OR content_sha256 ~ '^[0-9a-f]{64}$');
 
 CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
 CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
@@ -173,4 +184,40 @@ HOLDS_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.legal_holds (
     CHECK ((released_by IS NULL) = (released_at IS NULL))
 );
 CREATE INDEX IF NOT EXISTS legal_holds_active_idx ON drp.legal_holds (tenant_id) WHERE released_at IS NULL;
+"""
+
+# drp.portal_tokens: clinic credentials of the export portal, only their sha256 stored (dr_pipelines/portal/tokens.py)
+PORTAL_TOKENS_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.portal_tokens (
+    token_id     text        PRIMARY KEY,
+    token_sha256 text        NOT NULL UNIQUE CHECK (token_sha256 ~ '^[0-9a-f]{64}$'),
+    clinic_id    text        NOT NULL,
+    label        text        NOT NULL DEFAULT '',
+    created_by   text        NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at   timestamptz NOT NULL,
+    revoked_at   timestamptz,
+    revoked_by   text,
+    CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
+);
+CREATE INDEX IF NOT EXISTS portal_tokens_clinic_idx ON drp.portal_tokens (clinic_id);
+"""
+
+# drp.portal_exports: full exports requested through the portal (dr_pipelines/portal/worker.py)
+PORTAL_EXPORTS_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.portal_exports (
+    job_id        text        PRIMARY KEY,
+    clinic_id     text        NOT NULL,
+    credential_id text        NOT NULL,
+    state         text        NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+    formats       text[]      NOT NULL,
+    tables        text[]      NOT NULL DEFAULT '{}',
+    zip_bundle    boolean     NOT NULL DEFAULT false,
+    export_id     text,
+    rows          bigint,
+    bytes         bigint,
+    error         text,
+    requested_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at    timestamptz,
+    finished_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS portal_exports_clinic_idx ON drp.portal_exports (clinic_id, requested_at);
 """
