@@ -211,3 +211,16 @@ def test_export_form_without_a_format_gets_a_readable_message(rig: dict[str, Any
     assert row["status"] == "refused" and row["request"] == "POST /exports" and row["tenant_ids"] == [A]
     page.get_by_role("link", name="Back to your exports").click()
     assert page.get_by_role("heading", name=f"Data export for {rig['names'][A]}").is_visible()
+
+
+def test_a_form_posted_from_another_site_is_refused(rig: dict[str, Any]) -> None:
+    """Login CSRF: another site's form cannot sign a browser in (or out); refused with 403 and audited."""
+    server = rig["server"]
+    before = last_audit(rig["dsn"])
+    reply = server.request("POST", "/sign-in", body=f"token={rig['tokens'][A]}".encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded",
+                                    "Origin": "http://evil.example"})
+    assert reply.status == 403 and "set-cookie" not in reply.headers
+    assert b"sent from another web site" in reply.body and b'role="alert"' in reply.body
+    (row,) = audit_rows(rig["dsn"], before)
+    assert row["status"] == "refused" and row["request"] == "POST /sign-in"

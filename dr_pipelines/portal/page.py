@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make Chromium send "Origin: null" with our own forms
     "Cache-Control": "no-store",
 }
 STATE_TEXT = {"queued": "waiting for its turn; this page refreshes until the export is done.",
@@ -64,6 +64,7 @@ READABLE = {
     "expired": "This export has expired and its files were deleted.",
     "clinic_unknown": "Your clinic was not found.",
     "body_too_large": "The form sent too much data.",
+    "cross_site": "This form was sent from another web site and was refused.",
 }
 
 
@@ -255,6 +256,11 @@ def page(fn: Callable[[routes.Call], Response], *, authenticate: bool = True,
     async def handle(request: Request) -> Response:
         if request.method == "POST":
             await read_form(request, request.app.state.portal.settings.portal_max_body_bytes)
+            origin = request.headers.get("origin")
+            if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+                # A form posted from another site (login CSRF; the session cookie is SameSite=Strict anyway).
+                request.state.form_error = PortalError(403, "cross_site", f"a form from {origin[:100]} was refused",
+                                                       "use the page itself")
         response = await api(request)
         if response.status_code < 400:
             return response
@@ -306,6 +312,7 @@ def _sign_in(call: routes.Call) -> Response:
 
 
 def _sign_out(call: routes.Call) -> Response:
+    form_fields(call)  # refuses a cross-site post
     return redirect_with_cookies(routes.session_delete(call), "/")
 
 
