@@ -19,7 +19,7 @@ from dr_pipelines.definitions import build_definitions
 from dr_pipelines.demo import first_backup
 from dr_pipelines.demo.ui import code_locations
 from dr_pipelines_tests.support.backup import Keys
-from dr_pipelines_tests.support.browser import chromium, needs_chromium, screenshot
+from dr_pipelines_tests.support.browser import needs_chromium, screenshot
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import wait_for
 
@@ -66,12 +66,6 @@ def dagster_ui(work_base: Path, pg_cluster: LocalCluster, demo_template: str) ->
             proc.wait()
         log.close()
         pg_cluster.drop_database(name)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with chromium() as b:
-        yield b
 
 
 def open_ui(browser: object, url: str) -> object:

@@ -23,7 +23,7 @@ import pytest
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.portal.tokens import create_token
-from dr_pipelines_tests.support.browser import chromium, needs_chromium, screenshot
+from dr_pipelines_tests.support.browser import needs_chromium, screenshot
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.portal import PortalServer
 from dr_pipelines_tests.support.procs import wait_for
@@ -50,12 +50,6 @@ def rig(pg_cluster: LocalCluster, demo_template: str, tmp_path_factory: pytest.T
     finally:
         server.stop()
         pg_cluster.drop_database(name)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,22 +38,23 @@ needs_chromium = pytest.mark.skipif(
            "(Debian/Ubuntu: apt-get install chromium; or set DRP_CHROMIUM to a Chromium or Chrome executable)")
 
 
-@contextmanager
-def chromium() -> Iterator[object]:
-    """A headless Chromium (a playwright Browser) with a fresh profile; closed on exit."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (a playwright Browser) per test module, with a fresh profile; closed after the module.
+    Tests using it carry ``needs_chromium``."""
     executable = chromium_executable()
-    assert executable is not None, "mark the test with needs_chromium"
+    assert executable is not None, "mark the test module with needs_chromium"
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # the lock has it; a venv made before it was added does not
         pytest.skip("playwright is not installed: recreate the venv from requirements/test.txt (scripts/test)")
     with sync_playwright() as p:
         # Playwright gives every launch a new temporary --user-data-dir and removes it on close.
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield browser
+            yield b
         finally:
-            browser.close()
+            b.close()
 
 
 def screenshot(page: object, name: str, scratch: Path) -> Path:
