@@ -22,7 +22,7 @@ import pytest
 
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.settings import load_settings
-from dr_pipelines.portal.tokens import create_token
+from dr_pipelines.portal.tokens import create_token, revoke_token
 from dr_pipelines_tests.support.browser import needs_chromium, screenshot
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.portal import PortalServer
@@ -68,6 +68,14 @@ def sign_in(page: Any, url: str, token: str) -> Any:
     return page
 
 
+def unlabelled_fields(page: Any) -> list[str]:
+    """Form fields a screen reader would announce without a name (no <label> tied to them)."""
+    return page.eval_on_selector_all(
+        "input:not([type=hidden]), select, textarea, button",
+        "els => els.filter(e => e.tagName === 'BUTTON' ? !e.textContent.trim() : e.labels.length === 0)"
+        ".map(e => e.outerHTML)")
+
+
 def db_rows(dsn: str, clinic: str) -> list[list[str]]:
     """The clinic's patients as the export renders CSV (COPY's CSV in UTC/ISO), header first."""
     with psycopg.connect(dsn) as conn:
@@ -106,6 +114,7 @@ def test_sign_in_request_export_watch_download_and_check_rows(rig: dict[str, Any
     assert page.get_by_text("No exports yet.").is_visible()
 
     assert page.get_by_label("CSV (spreadsheets)").is_checked()
+    assert unlabelled_fields(page) == []
     page.get_by_label(TABLE, exact=True).check()
     screenshot(page, "portal-request", tmp_path)
     with page.expect_navigation():
@@ -218,3 +227,30 @@ def test_a_form_posted_from_another_site_is_refused(rig: dict[str, Any]) -> None
     assert b"sent from another web site" in reply.body and b'role="alert"' in reply.body
     (row,) = audit_rows(rig["dsn"], before)
     assert row["status"] == "refused" and row["request"] == "POST /sign-in"
+
+
+def test_a_revoked_token_ends_the_session_with_the_reason(rig: dict[str, Any], page: Any) -> None:
+    with psycopg.connect(rig["dsn"], autocommit=True) as conn:
+        token_id, token = create_token(conn, A, expires_at=datetime.now(UTC) + timedelta(hours=1), created_by="test")
+    sign_in(page, rig["url"], token)
+    assert page.locator("#clinic-name").inner_text() == rig["names"][A]
+    with psycopg.connect(rig["dsn"], autocommit=True) as conn:
+        assert revoke_token(conn, token_id, revoked_by="test")
+    response = page.reload()
+    assert response.status == 401
+    assert "This token was revoked. Ask your operator for a new one." in page.get_by_role("alert").inner_text()
+    assert rig["names"][A] not in page.content() and unlabelled_fields(page) == []
+    assert not [c for c in page.context.cookies() if c["name"] == "drp_portal"]  # the dead session is cleared
+
+
+def test_an_edited_form_naming_a_table_outside_the_scope_is_refused(rig: dict[str, Any], page: Any) -> None:
+    """A table name changed in the form (developer tools): 404 unknown_table, a readable page, no job queued."""
+    sign_in(page, rig["url"], rig["tokens"][A])
+    page.eval_on_selector(f"input[value='{TABLE}']", "e => { e.value = 'drp.portal_tokens'; e.checked = true; }")
+    with page.expect_navigation() as nav:
+        page.get_by_role("button", name="Request export").click()
+    assert nav.value.status == 404
+    assert "One of the chosen tables is not part of your clinic's data." in page.get_by_role("alert").inner_text()
+    with psycopg.connect(rig["dsn"]) as conn:
+        assert conn.execute("SELECT count(*) FROM drp.portal_exports WHERE 'drp.portal_tokens' = ANY (tables)"
+                            ).fetchone()[0] == 0
