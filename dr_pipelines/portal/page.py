@@ -10,7 +10,10 @@ the form with the field marked invalid and described by the message.
 
 The session is the API's HttpOnly, SameSite=Strict cookie (``POST /api/session``'s), so downloads
 are plain links to ``/api/exports/{job}/files/{name}`` and a cross-site form cannot post as the
-clinic. An export's page refreshes itself (``<meta http-equiv="refresh">``) until the job ends.
+clinic. An export's page follows the job: a small same-origin script (``/page.js``) asks
+``GET /api/exports/{job}`` and updates the status region in place (a screen reader hears the
+change, focus stays), reloading once when the job ends so the files appear; without JavaScript
+a ``<meta http-equiv="refresh">`` in ``<noscript>`` reloads the page instead.
 """
 
 from __future__ import annotations
@@ -30,18 +33,19 @@ from dr_pipelines.core.health.report import human_size
 from dr_pipelines.portal import routes
 from dr_pipelines.portal.errors import PortalError
 
-REFRESH_SECONDS = 2  # an export's page reloads this often while the job is queued or running
+REFRESH_SECONDS = 2  # an export's page asks for the job's state this often while it is queued or running
 FORMAT_LABELS = {"csv": "CSV (spreadsheets)", "jsonl": "JSON Lines (one JSON document per row)",
                  "parquet": "Parquet (analytics tools)"}
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+                               "img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",  # no-referrer would make Chromium send "Origin: null" with our own forms
     "Cache-Control": "no-store",
 }
-STATE_TEXT = {"queued": "waiting for its turn; this page refreshes until the export is done.",
-              "running": "being written; this page refreshes until the export is done.",
+STATE_TEXT = {"queued": "this page follows the export until it is done.",
+              "running": "this page follows the export until it is done.",
               "succeeded": "the files are ready to download below.",
               "failed": "nothing was kept; you can request it again.",
               "expired": "its files were deleted after their time-to-live; request a new export."}
@@ -77,7 +81,8 @@ def esc(value: object) -> str:
 
 def document(title: str, body: str, *, status: int = 200, refresh: bool = False) -> HTMLResponse:
     """A whole page: the shell, the stylesheet (same origin), the security headers."""
-    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    meta = (f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>'
+            '<script src="/page.js" defer></script>') if refresh else ""
     html = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">{meta}'
             f'<title>{esc(title)} · clinic data export</title><link rel="stylesheet" href="/page.css"></head>'
@@ -167,8 +172,9 @@ def exports_table(exports: list[dict[str, Any]]) -> str:
 def export_view(clinic: dict[str, Any], job: dict[str, Any]) -> HTMLResponse:
     state = job["state"]
     running = state in ("queued", "running")
-    lines = [f'<p id="export-state" role="status" aria-live="polite">Status: <strong>{esc(state)}</strong>'
-             f' — {esc(STATE_TEXT.get(state, ""))}</p>']
+    lines = [f'<p id="export-state" role="status" aria-live="polite" data-job="{esc(job["job_id"])}"'
+             f' data-state="{esc(state)}" data-refresh="{REFRESH_SECONDS}">Status: <strong>{esc(state)}</strong>'
+             f' — <span>{esc(STATE_TEXT.get(state, ""))}</span></p>']
     if running:
         lines.append('<progress aria-labelledby="export-state"></progress>')
     if state == "failed":
@@ -335,6 +341,10 @@ async def stylesheet(_request: Request) -> Response:
     return Response(CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
+async def script(_request: Request) -> Response:
+    return Response(JS, media_type="text/javascript", headers={"Cache-Control": "max-age=3600"})
+
+
 ROUTES = [
     Route("/", home, methods=["GET"]),
     Route("/sign-in", page(_sign_in, authenticate=False, on_error=lambda p, s: sign_in_page(p, s)), methods=["POST"]),
@@ -342,7 +352,32 @@ ROUTES = [
     Route("/exports", page(_request_export), methods=["POST"]),
     Route("/exports/{job_id}", page(_export), methods=["GET"]),
     Route("/page.css", stylesheet, methods=["GET"]),
+    Route("/page.js", script, methods=["GET"]),
 ]
+
+# The export page's follower (progressive: the page works without it). Updates the status region in place while
+# the state is queued or running; reloads when it changes to anything else (files, error) or the session ends.
+JS = """
+(function () {
+  var status = document.getElementById("export-state");
+  if (!status || !status.dataset.job) return;
+  var every = Number(status.dataset.refresh || 2) * 1000;
+  var following = {queued: true, running: true};
+  function poll() {
+    fetch("/api/exports/" + encodeURIComponent(status.dataset.job), {credentials: "same-origin"})
+      .then(function (r) { return r.ok ? r.json() : {state: "reload"}; })
+      .then(function (job) {
+        if (!following[job.state]) { window.location.reload(); return; }
+        if (job.state !== status.dataset.state) {
+          status.dataset.state = job.state;
+          status.querySelector("strong").textContent = job.state;
+        }
+        window.setTimeout(poll, every);
+      }, function () { window.setTimeout(poll, every); });
+  }
+  window.setTimeout(poll, every);
+})();
+"""
 
 CSS = """
 :root { font-family: system-ui, sans-serif; color: #1b1f24; background: #f6f7f9; line-height: 1.45; }
