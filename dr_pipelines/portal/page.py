@@ -1,6 +1,6 @@
 """The clinic administrator's web page: server-rendered HTML over the portal's own endpoint handlers.
 
-No JavaScript and nothing from another origin (a strict Content-Security-Policy says so). Each page
+Works without JavaScript; nothing from another origin (a strict Content-Security-Policy says so). Each page
 route runs through the API's wrapper (``routes.endpoint``: credential, rate limit, audit row) and
 calls the JSON handlers in-process (``routes.clinic``, ``exports_list``, ``exports_create``,
 ``export_status``, ``session_create``/``session_delete``), so the page has no scope, isolation or
@@ -9,8 +9,8 @@ is shown as a readable message in a ``role="alert"`` region; a sign-in with a ba
 the form with the field marked invalid and described by the message.
 
 The session is the API's HttpOnly, SameSite=Strict cookie (``POST /api/session``'s), so downloads
-are plain links to ``/api/exports/{job}/files/{name}`` and a cross-site form cannot post as the
-clinic. An export's page follows the job: a small same-origin script (``/page.js``) asks
+are plain links to ``/api/exports/{job}/files/{name}``; a cross-site form cannot post as the
+clinic, and a form whose Origin is another site is refused (login CSRF). An export's page follows the job: a small same-origin script (``/page.js``) asks
 ``GET /api/exports/{job}`` and updates the status region in place (a screen reader hears the
 change, focus stays), reloading once when the job ends so the files appear; without JavaScript
 a ``<meta http-equiv="refresh">`` in ``<noscript>`` reloads the page instead.
