@@ -62,7 +62,7 @@ from dr_pipelines.core.export.housekeeping import (
 )
 from dr_pipelines.core.export.sessions import arrow_session, session_settings
 from dr_pipelines.core.export.tables import object_name, tenant_checksum, tenant_count, write_one
-from dr_pipelines.core.export.tenants import tenant_snapshot
+from dr_pipelines.core.export.tenants import TenantSnapshot, tenant_snapshot
 from dr_pipelines.core.layout import export_prefix, new_export_id
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, TableEntry, write_manifest
 from dr_pipelines.core.parquet import pyarrow_version, table_columns
@@ -73,7 +73,6 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.tenancy import (
     TENANTS_SETTING,
     Scope,
-    TableScope,
 )
 
 DEFAULT_MAX_PER_HOUR = 10
@@ -217,16 +216,9 @@ def _check_request(storage: Storage, requested: list[str], options: ExportOption
 
 
 @dataclass
-class _Snapshot:
-    """What the export read in its one snapshot: where from, what, and what it wrote."""
+class _Snapshot(TenantSnapshot):
+    """What the export read in its one snapshot (where from, what), and what it wrote."""
 
-    snapshot_at: datetime
-    database: str
-    server_version: str
-    scope: Scope
-    selected: list[TableScope]
-    tenants: list[str]
-    schema_version: int | None
     objects: list[ObjectEntry] = field(default_factory=list)
     tables: list[TableEntry] = field(default_factory=list)
 
@@ -238,8 +230,7 @@ def _read_snapshot(dsn: str, storage: Storage, requested: list[str], options: Ex
     with tenant_snapshot(dsn, requested, root=options.root, key_column=options.key_column, exclude=options.exclude,
                          tables=options.tables, noted=lambda name, value: setattr(record, name, value)) as ts:
         conn = ts.conn
-        snap = _Snapshot(ts.snapshot_at, ts.database, ts.server_version, ts.scope, ts.selected, ts.tenants,
-                         ts.schema_version)
+        snap = _Snapshot(**vars(ts))
         hold_export_lock(audit_conn, record.export_id)  # released by the server if this process dies
         try:
             audit.start_attempt(audit_conn, record, max_per_hour=options.max_per_hour)
