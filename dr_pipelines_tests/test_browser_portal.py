@@ -153,7 +153,7 @@ def test_sign_in_request_export_watch_download_and_check_rows(rig: dict[str, Any
     past = page.locator("#past-exports tbody tr")
     assert past.count() == earlier + 1  # newest first: this one
     assert "succeeded" in past.first.inner_text() and TABLE in past.first.inner_text()
-    screenshot(page, "portal-home", tmp_path)
+    screenshot(page, "portal-home", tmp_path, full_page=True)
 
 
 @pytest.mark.parametrize(("wrong", "readable"), [

@@ -57,13 +57,13 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def screenshot(page: object, name: str, scratch: Path) -> Path:
+def screenshot(page: object, name: str, scratch: Path, *, full_page: bool = False) -> Path:
     """Save the page as <name>.png: in ``scratch``, or in docs/screenshots (the README's pictures) when
     DRP_UPDATE_SCREENSHOTS=1, so an ordinary test run leaves the checkout clean. Checked to be a real PNG."""
     folder = DOCS_SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS) == "1" else scratch
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    page.screenshot(path=str(path))  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=full_page)  # type: ignore[attr-defined]
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, f"{path} is not a real screenshot"
     return path
