@@ -292,7 +292,7 @@ def redirect_with_cookies(api_response: Response, to: str) -> RedirectResponse:
 
 def _home(call: routes.Call) -> Response:
     clinic = api_json(routes.clinic(call))
-    exports = api_json(routes.exports_list(call))["exports"]
+    (exports,) = api_json(routes.exports_list(call)).values()  # GET /api/exports: one field, the list
     body = (f'{header(clinic)}<main id="main"><h1>Data export for {esc(clinic.get("name") or clinic["clinic_id"])}'
             f'</h1>{export_form(clinic)}<section aria-labelledby="past-heading"><h2 id="past-heading">Your exports</h2>'
             f'{exports_table(exports)}</section></main>')
