@@ -14,6 +14,7 @@ import pytest
 
 from dr_pipelines.core.pg.binaries import PgBinaries, installed_pg_binaries
 from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines_tests.support.browser import browser  # noqa: F401  (fixture)
 from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.s3 import s3_bucket, s3_server  # noqa: F401  (fixtures)

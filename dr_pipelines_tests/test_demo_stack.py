@@ -90,6 +90,10 @@ def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch
             f"http://127.0.0.1:{portal_port}/api/clinic", headers={"Authorization": f"Bearer {token}"}),
             timeout=30).read())
         assert clinic["clinic_id"] == "1" and "public.patients" in clinic["tables"]
+        # The page the README points at: announced, and it serves the sign-in form.
+        assert f"the clinics' page on http://127.0.0.1:{portal_port}/ " in " ".join(printed.split())
+        page = urllib.request.urlopen(f"http://127.0.0.1:{portal_port}/", timeout=30)
+        assert page.headers["Content-Type"].startswith("text/html") and b'<label for="token">' in page.read()
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)

@@ -65,3 +65,17 @@ def test_pagila_tests_skip_naming_the_missing_fixture(tmp_path: Path) -> None:
     assert re.search(r"passed", summary) is None, summary  # -k pagila selects only pagila tests
     assert f"the pagila fixture is not at {missing}" in result.stdout
     assert result.stdout.count("SKIPPED") >= 1
+
+
+def test_browser_tests_skip_naming_chromium_when_absent(tmp_path: Path) -> None:
+    """A clone on a machine without Chromium: the browser tests skip at collection (no cluster, no server started),
+    saying which executable is missing and how to install it."""
+    env = {**os.environ, "DRP_CHROMIUM": str(tmp_path / "no-chromium")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "dr_pipelines_tests/test_browser_portal.py", "dr_pipelines_tests/test_browser_dagster_ui.py"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 0 and re.fullmatch(r"\d+ skipped in .*", summary), result.stdout[-3000:]
+    assert f"no Chromium at {tmp_path / 'no-chromium'}" in result.stdout and "apt-get install chromium" in result.stdout

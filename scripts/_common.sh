@@ -126,3 +126,17 @@ ensure_interop_tools() {
     echo "warning: ${missing[*]} missing; the stock-tools restore tests will be skipped (apt-get install ${missing[*]})" >&2
   fi
 }
+
+# The browser tests (test_browser_*.py) drive Debian's Chromium; without it they skip. CI installs it, so they run
+# there on a new machine too; elsewhere a note says how.
+ensure_browser() {
+  [ -n "${DRP_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] && return 0
+  if [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (for the browser tests)" >&2
+    { apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+      || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "note: no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)" >&2
+  fi
+}

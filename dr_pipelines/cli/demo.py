@@ -53,8 +53,8 @@ def demo_up(
     err.print(f"WAL archiver started (drp wal archiver --switch-after 30; log {paths.archiving.log_file})")
     portal = stack.start_portal(paths, cluster, host=ui_host, port=portal_port)
     clinic, token = stack.demo_token(cluster)
-    err.print(f"export portal: http://{ui_host}:{portal_port}/openapi.json (log {paths.root / 'portal.log'}); "
-              f"a token of clinic {clinic} for a day:")
+    err.print(f"export portal: the clinics' page on http://{ui_host}:{portal_port}/ (API: /openapi.json; log "
+              f"{paths.root / 'portal.log'}); sign in there with this token of clinic {clinic}, valid for a day:")
     out.print(token, highlight=False, soft_wrap=True)
     err.print(f"starting the Dagster UI on port {ui_port} …")
 

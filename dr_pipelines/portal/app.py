@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dr_pipelines.core.settings import Settings
-from dr_pipelines.portal import openapi, routes
+from dr_pipelines.portal import openapi, page, routes
 from dr_pipelines.portal.context import Portal
 from dr_pipelines.portal.errors import PortalError
 from dr_pipelines.portal.worker import ExportWorker
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             portal.worker.close()
 
-    app = Starlette(routes=[Route("/openapi.json", openapi_json, methods=["GET"]), *ROUTES],
+    app = Starlette(routes=[Route("/openapi.json", openapi_json, methods=["GET"]), *ROUTES, *page.ROUTES],
                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.portal = portal
     return app
