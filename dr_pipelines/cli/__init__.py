@@ -9,7 +9,6 @@ Domain errors are printed as one message (problem + fix) without a traceback, ex
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version as _pkg_version
 from pathlib import Path
 from typing import Optional
 
@@ -61,6 +60,8 @@ def _pg_client_version() -> str:
 def _version(value: bool) -> None:
     """drp's, the PostgreSQL client's and Dagster's versions: the three a bug report needs."""
     if value:
+        from importlib.metadata import version as _pkg_version  # here: every other command starts without it
+
         out.print(f"drp {_pkg_version('dr_pipelines')}", highlight=False)
         out.print(f"PostgreSQL client: {escape(_pg_client_version())}", highlight=False)
         out.print(f"Dagster: {_pkg_version('dagster')}", highlight=False)

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
 from dr_pipelines.core import context
-from dr_pipelines.core.retention.segment import ArchiveKeys
 
 archive_app = typer.Typer(help="Archived rows in storage: list them, bring them back.", no_args_is_help=True)
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
@@ -23,6 +22,7 @@ def archive_list(table: Optional[str] = typer.Option(None, "--table", help="Only
                  as_json: bool = _JSON) -> None:
     """List archives in storage (read from their manifests; the database is not needed)."""
     from dr_pipelines.core.retention.rehydrate import list_archives, parse_period
+    from dr_pipelines.core.retention.segment import ArchiveKeys
 
     s = settings()
     found = list_archives(context.storage(s), table=table, tenant_id=tenant, period=parse_period(period) if period else None,
@@ -50,6 +50,7 @@ def archive_restore(table: str = typer.Option(..., "--table", help="The archived
                     as_json: bool = _JSON) -> None:
     """Bring archived rows back into their table (or a side table), checked against each manifest."""
     from dr_pipelines.core.retention.rehydrate import parse_period, restore_archives
+    from dr_pipelines.core.retention.segment import ArchiveKeys
 
     s = settings()
     with progress_bar(not as_json, unit="archives") as progress:

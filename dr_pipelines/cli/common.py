@@ -9,24 +9,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
 
 from dr_pipelines.core.health.report import human_size
-from dr_pipelines.core.settings import FIELDS, Settings, env_name, load_settings
+
+if TYPE_CHECKING:  # settings (pydantic) load when a command reads them, not for --help or `drp key`
+    from dr_pipelines.core.settings import Settings
 
 # Piped output (logs, runbooks, tests) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -35,10 +25,14 @@ state: dict[str, Any] = {"config": None, "demo_noted": False}
 
 
 def settings() -> Settings:
+    from dr_pipelines.core.settings import load_settings
+
     return load_settings(config_file())
 
 
 def _env_overrides() -> list[str]:
+    from dr_pipelines.core.settings import FIELDS, env_name
+
     return [env_name(f) for f in FIELDS if env_name(f) in os.environ]
 
 
@@ -85,15 +79,6 @@ def report_swept(work_dir: Path) -> None:
         err.print(f"removed leftover {line}", highlight=False)
 
 
-class _Amount(ProgressColumn):
-    """Sizes and speed for a byte phase, "done/total" for a phase that counts something else."""
-
-    def render(self, task: Task) -> Text:
-        if task.fields.get("unit") == "bytes":
-            return Text.assemble(DownloadColumn().render(task), " ", TransferSpeedColumn().render(task))
-        return MofNCompleteColumn().render(task)
-
-
 @contextmanager
 def progress_bar(enabled: bool = True, *, unit: str = "bytes", one_bar: str | None = None) -> Iterator[Any]:
     """A callback(phase, done, total) drawing one bar per phase on stderr; silent when not a terminal.
@@ -106,6 +91,27 @@ def progress_bar(enabled: bool = True, *, unit: str = "bytes", one_bar: str | No
     if not enabled or not err.is_terminal:
         yield None
         return
+    from rich.progress import (  # here: a command run from a script or a test draws no bar and skips this
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+    from rich.text import Text
+
+    class _Amount(ProgressColumn):
+        """Sizes and speed for a byte phase, "done/total" for a phase that counts something else."""
+
+        def render(self, task: Task) -> Text:
+            if task.fields.get("unit") == "bytes":
+                return Text.assemble(DownloadColumn().render(task), " ", TransferSpeedColumn().render(task))
+            return MofNCompleteColumn().render(task)
+
     bars = Progress(TextColumn("{task.description}"), BarColumn(), _Amount(), TimeElapsedColumn(), console=err,
                     transient=False)
     tasks: dict[str, Any] = {}

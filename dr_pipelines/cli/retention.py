@@ -12,7 +12,6 @@ from rich.table import Table
 from dr_pipelines.cli.common import emit_json, err, human_bytes, out, progress_bar, settings
 from dr_pipelines.core import context
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.retention.segment import ArchiveKeys
 
 retention_app = typer.Typer(help="Data retention: archive then delete rows past their policy; legal holds.",
                             no_args_is_help=True)
@@ -85,6 +84,7 @@ def apply(policies: Optional[Path] = _POLICIES, table: list[str] = _TABLE, tenan
           as_json: bool = _JSON) -> None:
     """Archive expired rows to storage, verify them, then delete them (resuming an interrupted run first)."""
     from dr_pipelines.core.retention.apply import ApplyIncompleteError, ApplyOptions, apply_policies
+    from dr_pipelines.core.retention.segment import ArchiveKeys
 
     s = settings()
     options = ApplyOptions(tables=tuple(table), tenants=tuple(tenant), as_of=_as_of(as_of), batch_size=batch_size,

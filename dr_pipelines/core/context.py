@@ -9,15 +9,17 @@ in core/retention, the one layer that knows them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
-
-from dr_pipelines.core.backup.gfs import RetentionPolicy
-from dr_pipelines.core.crypto import load_identities
 from dr_pipelines.core.errors import ConfigError
-from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.storage import Storage, open_storage
-from dr_pipelines.core.verify.checks import Probe, load_probes
+
+if TYPE_CHECKING:  # each builder imports what it builds: `drp wal push` needs no psycopg (probes), no pydantic here
+    from pydantic import SecretStr
+
+    from dr_pipelines.core.backup.gfs import RetentionPolicy
+    from dr_pipelines.core.settings import Settings
+    from dr_pipelines.core.verify.checks import Probe
 
 
 def storage(settings: Settings, url: str | None = None, **s3_client: float | None) -> Storage:
@@ -43,6 +45,8 @@ def storage(settings: Settings, url: str | None = None, **s3_client: float | Non
 
 def identities(settings: Settings, override: Path | None = None) -> list[object]:
     """The age identities for reading backups: --identity, else age_identity_file."""
+    from dr_pipelines.core.crypto import load_identities
+
     path = override or settings.age_identity_file
     if path is None:
         raise ConfigError(
@@ -54,9 +58,13 @@ def identities(settings: Settings, override: Path | None = None) -> list[object]
 
 def probes(settings: Settings) -> list[Probe]:
     """The application probes of verification_probes_file (none when unset)."""
+    from dr_pipelines.core.verify.checks import load_probes
+
     return load_probes(settings.verification_probes_file) if settings.verification_probes_file else []
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy:
     """The GFS policy for backups (backup_retention, already validated by Settings)."""
+    from dr_pipelines.core.backup.gfs import RetentionPolicy
+
     return RetentionPolicy.parse(settings.backup_retention)

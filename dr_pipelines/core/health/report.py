@@ -7,9 +7,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:  # psycopg only where a check runs: `drp` formats sizes with human_size without it
+    import psycopg
 
 OK, WARN, CRITICAL, UNKNOWN = "ok", "warn", "critical", "unknown"
 _RANK = {OK: 0, WARN: 1, CRITICAL: 2}
@@ -83,6 +84,8 @@ class Context:
 
 def guarded(name: str, check: Callable[[], Section]) -> Section:
     """A section whose queries failed still appears: privileges -> unknown, anything else -> warn."""
+    import psycopg
+
     try:
         return check()
     except psycopg.errors.InsufficientPrivilege as exc:
