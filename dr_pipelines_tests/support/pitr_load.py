@@ -112,7 +112,7 @@ def load_cluster(rig: WalRig, *, scale: int = 1) -> Iterator[LocalCluster]:
     a base backup in the rig's storage taken before any load."""
     cluster = LocalCluster.create(rig.root / "pg", settings=documented_settings(rig), tcp_trust=True)
     try:
-        with rig.archiver("--switch-after", SWITCH_AFTER):
+        with rig.archiver("--switch-after", SWITCH_AFTER, DRP_SOURCE_DSN=cluster.dsn()):  # the switcher's server
             pgbench(cluster, "-i", "-q", "-s", str(scale))
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                 conn.execute(LEDGER)
