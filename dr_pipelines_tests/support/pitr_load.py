@@ -154,7 +154,7 @@ def run_load(rig: WalRig, cluster: LocalCluster, seconds: int, *, clients: int =
     run = LoadRun(seconds, load_average=[os.getloadavg()])
     storage = context.storage(rig.settings())
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        start_lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        start_lsn, started_at = conn.execute("SELECT pg_current_wal_insert_lsn(), clock_timestamp()").fetchone()
         load = pgbench(cluster, "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-R", str(rate),
                        "-b", "tpcb-like@1", "-f", f"{script}@1")
         output: list[str] = []
@@ -175,7 +175,7 @@ def run_load(rig: WalRig, cluster: LocalCluster, seconds: int, *, clients: int =
                 while samples and samples[0][0] <= end:
                     newest_archived = samples.pop(0)[1] or newest_archived
                 if tick - t0 >= 1:  # the first second: pgbench is still connecting
-                    since = newest_archived or newest or now
+                    since = newest_archived or started_at  # nothing of the load archived yet: all of it at risk
                     run.rpo.append((now - since).total_seconds())
                 if run.mark is None and tick - t0 >= seconds / 2:
                     run.mark = take_mark(cluster.dsn(), t0)
