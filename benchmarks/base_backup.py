@@ -50,8 +50,12 @@ def tree_bytes(path: Path) -> int:
 
 
 class Bench:
-    def __init__(self, base: Path, cluster: LocalCluster, recipient: str, *, pgbackrest: bool = True) -> None:
+    def __init__(self, base: Path, cluster: LocalCluster, recipient: str, *, pgbackrest: bool = True,
+                 archive_check: bool = False) -> None:
+        """``archive_check``: pgBackRest waits for its backup's WAL in its repository (pitr_restore.py
+        archives to it, so its backups can be restored); here nothing archives to it."""
         self.base, self.cluster, self.recipient = base, cluster, recipient
+        self.archive_check = archive_check
         self.in_process: list[float] = []
         self.bin = cluster.binaries.bin_dir
         self.pgbackrest = shutil.which("pgbackrest") if pgbackrest else None
@@ -112,7 +116,7 @@ class Bench:
         conf.write_text(
             "[global]\n"
             f"repo1-path={self.repo}\nrepo1-retention-full=1\ncompress-type=zst\ncompress-level=3\nprocess-max=2\n"
-            f"start-fast=y\narchive-check=n\nlog-level-console=warn\nlog-path={self.base}/pgbackrest-log\n"
+            f"start-fast=y\narchive-check={'y' if self.archive_check else 'n'}\nlog-level-console=warn\nlog-path={self.base}/pgbackrest-log\n"
             f"lock-path={self.base}/pgbackrest-lock\n"
             "[bench]\n"
             f"pg1-path={self.cluster.data_dir}\npg1-port={self.cluster.port}\n"
