@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from dr_pipelines.core.pg.cluster import LocalCluster, server_os_user, server_python
+from dr_pipelines.core.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWITCH_AFTER_S = 30  # with archive_timeout 30 s: RPO about a minute (docs/wal.md, "RPO")
@@ -117,12 +118,7 @@ class DemoArchiving:
     def stop(self, proc: subprocess.Popen[bytes] | None = None) -> None:
         """Stop the archiver this demo started: ``proc`` when we started it (waited for), else by its recorded pid."""
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 10)
             self.pid_file.unlink(missing_ok=True)
             return
         try:

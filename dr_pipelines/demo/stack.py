@@ -20,6 +20,7 @@ import psycopg
 
 from dr_pipelines.core.errors import ClusterError
 from dr_pipelines.core.pg.cluster import LocalCluster, port_in_use
+from dr_pipelines.core.processes import stop_process
 from dr_pipelines.demo.archiving import DemoArchiving
 from dr_pipelines.demo.schema import MIGRATIONS_DIR
 from dr_pipelines.demo.ui import wait_until_served
@@ -271,13 +272,7 @@ def start_portal(paths: DemoPaths, cluster: LocalCluster, *, host: str, port: in
 
 
 def stop_portal(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    stop_process(child, 15)
 
 
 def demo_token(cluster: LocalCluster) -> tuple[str, str]:

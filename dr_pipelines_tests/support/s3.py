@@ -23,6 +23,7 @@ import boto3
 import pytest
 
 from dr_pipelines.core.pg.cluster import free_port  # noqa: F401 (tests import it from here)
+from dr_pipelines.core.processes import stop_process
 
 REGION = "us-east-1"
 
@@ -99,12 +100,7 @@ def run_moto_server(env: dict[str, str] | None = None, timeout: float = 30) -> I
                 time.sleep(0.1)
             yield MotoServer(url)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 10)
 
 
 @pytest.fixture(scope="session")
