@@ -64,7 +64,7 @@ class Restores:
         env = {**os.environ, "DRP_CONFIG": str(self.rig.config), "DRP_WORK_DIR": str(self.base / "work")}
         before = load()
         launch = Launch([str(BIN / "drp"), "restore", "--pitr", "--latest", "--new-cluster", str(dest),
-                         "--drp", str(self.rig.drp_for_pg), "--json", *extra], env=env, stdout=subprocess.PIPE)
+                         "--json", *extra], env=env, stdout=subprocess.PIPE)
         assert launch.proc.stdout is not None
         raw = launch.proc.stdout.read()
         m = launch.reap()

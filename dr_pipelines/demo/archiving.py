@@ -94,7 +94,11 @@ class DemoArchiving:
             for name, value in {**SETTINGS, "archive_command": command}.items():
                 conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
             conn.execute("SELECT pg_reload_conf()")
-            pending = conn.execute("SELECT count(*) FROM pg_settings WHERE pending_restart").fetchone()[0]
+            # What the running server uses, not pending_restart: the reload is asynchronous, so right after
+            # it pending_restart may not be set yet (seen: an archiver refused to start, archive_mode off).
+            running = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE context = 'postmaster' "
+                                        "AND name = ANY(%s)", (list(SETTINGS),)).fetchall())
+        pending = any(running.get(name) not in (None, value) for name, value in SETTINGS.items())
         if pending:
             cluster.stop()
             cluster.start()

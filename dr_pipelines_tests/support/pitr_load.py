@@ -198,7 +198,7 @@ def pitr_to_mark(rig: WalRig, cluster: LocalCluster, mark: Mark, where: Path) ->
     restored cluster is removed. Returns the restore's report and what was compared."""
     started = time.monotonic()
     run = rig.drp("restore", "--pitr", "--time", mark.time.isoformat(), "--new-cluster", str(where / "restored"),
-                  "--drp", str(rig.drp_for_pg), "--json", timeout=1800, DRP_WORK_DIR=str(where / "work"))
+                  "--json", timeout=1800, DRP_WORK_DIR=str(where / "work"))
     seconds = time.monotonic() - started
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
