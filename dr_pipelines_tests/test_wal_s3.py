@@ -83,7 +83,12 @@ def test_s3_roundtrip_outage_and_recovery(work_base: Path, s3_server: MotoServer
                 wait_for(lambda: archiver_stats(cluster)[2] > failed, timeout=30, what="a failed push", interval=0.2)
                 wait_for(lambda: len(written) >= 4, timeout=30, what="writes during the outage", interval=0.2)
                 checkpoint(cluster)  # would remove archived segments; these must stay
-                code, during = status(rig, cluster, **lag_limit, DRP_WAL_PG_WAL_ALERT_BYTES=str(before["pg_wal_bytes"]))
+                # the oldest waiting segment must be older than the lag limit (3 s) first: on a fast machine the
+                # writes above take less than that
+                code, during = wait_for(
+                    lambda: (r := status(rig, cluster, **lag_limit, DRP_WAL_PG_WAL_ALERT_BYTES=str(before["pg_wal_bytes"])))
+                    [1]["oldest_ready_age_s"] is not None and r[1]["oldest_ready_age_s"] > 3 and r,
+                    timeout=30, what="archive lag past the limit", interval=0.5)
                 assert code == 1, during
                 assert during["ready_count"] >= 3 and during["oldest_ready_age_s"] > 3
                 assert during["pg_wal_bytes"] > before["pg_wal_bytes"]
