@@ -384,7 +384,8 @@ def exports_create(call: Call) -> Response:
 
 def exports_list(call: Call) -> Response:
     worker.ensure_jobs_table(call.conn)
-    return JSONResponse({"exports": [_job_view(call, j) for j in worker.jobs(call.conn, call.clinic)]})
+    current = call.portal.worker.current
+    return JSONResponse({"exports": [_job_view(call, current(call.conn, j)) for j in worker.jobs(call.conn, call.clinic)]})
 
 
 def _own_job(call: Call) -> dict[str, Any]:
@@ -393,6 +394,7 @@ def _own_job(call: Call) -> dict[str, Any]:
     job = worker.job(call.conn, call.clinic, job_id) if _JOB_ID.match(job_id) else None
     if job is None:
         raise not_found("export")
+    job = call.portal.worker.current(call.conn, job)  # a Dagster run's job follows its run
     call.asked.export_id = job["export_id"]
     call.asked.formats = list(job["formats"])
     return job
@@ -405,6 +407,8 @@ def _manifest_of(call: Call, job: dict[str, Any]) -> Manifest:
     except (ManifestError, DrpError):
         raise PortalError(410, "expired", f"export {job['job_id']} is no longer in storage (expired or removed)",
                           "request a new export") from None
+    if manifest.extra.get("tenant_ids") != [call.clinic]:  # never another clinic's files, whoever ran the export
+        raise not_found("export")
     ttl = call.portal.settings.export_ttl_days
     if ttl and manifest.finished_at + timedelta(days=ttl) < datetime.now(UTC):
         raise PortalError(410, "expired", f"export {job['job_id']} expired after {ttl} day(s)", "request a new export")
