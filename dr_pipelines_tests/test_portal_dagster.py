@@ -13,10 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,18 +22,18 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+import yaml
 
 from dr_pipelines.core.layout import export_prefix
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage.local import LocalStorage
-from dr_pipelines.demo.ui import code_locations
 from dr_pipelines.portal.tokens import create_token
+from dr_pipelines_tests.support.dagster_dev import dagster_dev, dagster_home
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.portal import PortalServer
 from dr_pipelines_tests.support.procs import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 A = "1"
 
 
@@ -46,41 +42,27 @@ def rig(work_base: Path, pg_cluster: LocalCluster, demo_template: str) -> Iterat
     """A copy of the demo data; `dagster dev` (webserver and daemon, the repository's dagster.yaml) over a fresh
     DAGSTER_HOME, whose runs allow one export per clinic per hour; a portal sending its full exports there."""
     root = work_base / f"portal-dagster-{uuid.uuid4().hex[:6]}"
-    home = root / "dagster_home"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    home = dagster_home(root)
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1  # the daemon starts queued runs sooner (5 s)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     name = f"pd_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template=demo_template)
     common = {"source": dsn, "storage": root / "store", "work": root / "work"}
-    port = free_port()
-    log = (root / "dagster-dev.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w",
-         str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT, env={**os.environ, **drp_env(**common, export_max_per_hour=1), "DAGSTER_HOME": str(home)},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    server = None
     try:
-        wait_for(lambda: [loc for loc in code_locations(url) if loc.assets], timeout=120, what="dagster dev",
-                 interval=0.5)
-        settings = load_settings(env=drp_env(**common, export_max_per_hour=0, portal_requests_per_minute=0,
-                                             portal_dagster_url=url))
-        server = PortalServer(settings)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            _, token = create_token(conn, A, expires_at=datetime.now(UTC) + timedelta(hours=1), created_by="test")
-        yield {"dsn": dsn, "url": url, "home": home, "server": server, "token": token, "common": common,
-               "storage": LocalStorage(root / "store"), "log": root / "dagster-dev.log"}
+        with dagster_dev(home, drp_env(**common, export_max_per_hour=1), root / "dagster-dev.log") as url:
+            settings = load_settings(env=drp_env(**common, export_max_per_hour=0, portal_requests_per_minute=0,
+                                                 portal_dagster_url=url))
+            server = PortalServer(settings)
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    token = create_token(conn, A, expires_at=datetime.now(UTC) + timedelta(hours=1),
+                                         created_by="test")[1]
+                yield {"dsn": dsn, "url": url, "home": home, "server": server, "token": token, "common": common,
+                       "storage": LocalStorage(root / "store"), "log": root / "dagster-dev.log"}
+            finally:
+                server.stop()
     finally:
-        if server is not None:
-            server.stop()
-        os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon, code servers and runs
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
         pg_cluster.drop_database(name)
 
 
@@ -148,15 +130,17 @@ def test_full_export_is_the_clinics_dagster_run_and_the_job_follows_it(rig: dict
     assert refused.status == 409 and refused.json()["error"]["code"] == "not_ready"
 
 
-def test_a_dagster_webserver_that_does_not_answer_fails_the_job_readably(rig: dict[str, Any]) -> None:
+def test_a_dagster_webserver_that_does_not_answer_fails_the_job_readably(demo_db: str, tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
-    settings = load_settings(env=drp_env(**rig["common"], export_max_per_hour=0, portal_requests_per_minute=0,
-                                         portal_dagster_url=nowhere))
-    server = PortalServer(settings)
+    server = PortalServer(load_settings(env=drp_env(source=demo_db, storage=tmp_path / "store", work=tmp_path / "work",
+                                                    export_max_per_hour=0, portal_dagster_url=nowhere)))
     try:
-        job = server.request("POST", "/api/exports", token=rig["token"], json_body={"formats": ["csv"]}).json()
-        job = finished(server, rig["token"], job["job_id"])
+        with psycopg.connect(demo_db, autocommit=True) as conn:
+            token = create_token(conn, A, expires_at=datetime.now(UTC) + timedelta(hours=1), created_by="test")[1]
+        job = server.request("POST", "/api/exports", token=token, json_body={"formats": ["csv"]}).json()
+        job = finished(server, token, job["job_id"])
     finally:
         server.stop()
     assert job["state"] == "failed" and job["run_id"] is None
     assert job["error"].startswith(f"the Dagster webserver at {nowhere} is not answering"), job
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("manifest.json"))  # nothing ran
