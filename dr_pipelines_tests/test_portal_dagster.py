@@ -144,3 +144,16 @@ def test_a_dagster_webserver_that_does_not_answer_fails_the_job_readably(demo_db
     assert job["state"] == "failed" and job["run_id"] is None
     assert job["error"].startswith(f"the Dagster webserver at {nowhere} is not answering"), job
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("manifest.json"))  # nothing ran
+    # A job whose run cannot be asked about keeps its last state across a restart; without Dagster it is closed.
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("UPDATE drp.portal_exports SET state = 'running', run_id = 'r-1', error = NULL WHERE job_id = %s",
+                     (job["job_id"],))
+    without_dagster = load_settings(env=drp_env(source=demo_db, storage=tmp_path / "store", work=tmp_path / "work"))
+    for settings, state in ((server.settings, "running"), (without_dagster, "failed")):
+        again = PortalServer(settings)
+        try:
+            seen = again.get(f"/api/exports/{job['job_id']}", token).json()
+        finally:
+            again.stop()
+        assert seen["state"] == state and seen["run_id"] == "r-1", seen
+    assert "portal_dagster_url unset" in seen["error"]

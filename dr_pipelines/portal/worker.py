@@ -56,6 +56,10 @@ class ExportWorker:
             conn.execute("UPDATE drp.portal_exports SET state = 'failed', finished_at = clock_timestamp(),"
                          " error = 'the portal stopped before this export finished; request it again'"
                          " WHERE state IN ('queued', 'running') AND run_id IS NULL")  # a run goes on without us
+            if self.dagster is None:  # ... but is no longer followed
+                conn.execute("UPDATE drp.portal_exports SET state = 'failed', finished_at = clock_timestamp(),"
+                             " error = 'the portal no longer follows Dagster runs (portal_dagster_url unset); "
+                             "request the export again' WHERE state IN ('queued', 'running')")
 
     def submit(self, conn: psycopg.Connection, credential: Credential, client: str | None, formats: list[str],
                tables: list[str], zip_bundle: bool) -> dict[str, Any]:
