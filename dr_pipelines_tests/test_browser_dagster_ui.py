@@ -4,26 +4,21 @@ Saves the README's screenshots (docs/screenshots with DRP_UPDATE_SCREENSHOTS=1).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dr_pipelines.core.pg.cluster import LocalCluster, free_port
+from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.definitions import build_definitions
 from dr_pipelines.demo import first_backup
-from dr_pipelines.demo.ui import code_locations
 from dr_pipelines_tests.support.backup import Keys
 from dr_pipelines_tests.support.browser import needs_chromium, screenshot
+from dr_pipelines_tests.support.dagster_dev import dagster_dev, dagster_home
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.procs import wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = needs_chromium
 
 
@@ -32,9 +27,7 @@ def dagster_ui(work_base: Path, pg_cluster: LocalCluster, demo_template: str) ->
     """The demo's UI, lean: a copy of the seeded clinic database, the demo's first backup (logical_backup and its
     checks) in a fresh DAGSTER_HOME, and `dagster dev` on this code location over that instance."""
     root = work_base / f"dagster-ui-{uuid.uuid4().hex[:6]}"
-    home = root / "dagster_home"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    home = dagster_home(root)
     name = f"ui_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template=demo_template)
     env = {**drp_env(source=dsn, storage=root / "storage", keys=Keys.make(root / "keys"), work=root / "work"),
@@ -43,28 +36,11 @@ def dagster_ui(work_base: Path, pg_cluster: LocalCluster, demo_template: str) ->
         for key, value in env.items():
             mp.setenv(key, value)
         assert first_backup.main() == 0  # exactly what `drp demo up` runs before the UI
-    port = free_port()
-    log = (root / "dagster-dev.log").open("w")
-    # `dagster dev` as the demo runs it (webserver and daemon), the freshness daemon every 2 s instead of 30 s.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w",
-         str(REPO_ROOT / "workspace.yaml")],
-        cwd=REPO_ROOT, env={**os.environ, **env, "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2"}, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: [loc for loc in code_locations(url) if loc.assets], timeout=120, what="dagster dev",
-                 interval=0.5)
-        yield url
+        # `dagster dev` as the demo runs it (webserver and daemon), the freshness daemon every 2 s instead of 30 s.
+        with dagster_dev(home, {**env, "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2"}, root / "dagster-dev.log") as url:
+            yield url
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code servers
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
         pg_cluster.drop_database(name)
 
 

@@ -52,7 +52,7 @@ def test_core_does_not_import_upper_layers() -> None:
 LAYER_NAMES = ("errors", "primitives", "formats", "settings", "context", "use cases", "proofs", "reports")
 LAYERS = {
     "": 0, "errors": 0, "checkpoints": 0, "progress": 0, "processes": 0,
-    "storage": 1, "pg": 1, "crypto": 1, "notify": 1,
+    "storage": 1, "pg": 1, "crypto": 1, "notify": 1, "graphql": 1,
     "pg.snapshots": 1, "pg.drp_schema": 1,  # h-pgcore's exported snapshots and drp.* schema
     "manifest": 2, "stream": 2, "layout": 2, "verified_read": 2, "tenancy": 2, "parquet": 2,
     "pg.content": 2, "backup.gfs": 2, "verify.checks": 2,

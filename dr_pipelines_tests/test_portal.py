@@ -57,7 +57,7 @@ def rig(pg_cluster: LocalCluster, demo_template: str, tmp_path_factory: pytest.T
                      " FROM generate_series(1, 50) g")
     root = tmp_path_factory.mktemp("portal")
     env = drp_env(source=dsn, storage=root / "store", work=root / "work", export_max_per_hour=0,
-                  portal_requests_per_minute=0, portal_signing_secret=SECRET)
+                  portal_requests_per_minute=0, portal_unauthenticated_per_minute=0, portal_signing_secret=SECRET)
     settings = load_settings(env=env)
     server = PortalServer(settings)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -338,6 +338,42 @@ def test_rate_limit_and_stream_cap_answer_429_with_retry_after(rig: dict[str, An
         assert server.get("/api/data/public.clinics?format=csv", tb).status == 200
     finally:
         portal.limiter, portal.slots = limiter, slots
+
+
+def test_requests_without_a_valid_credential_are_limited_per_address(rig: dict[str, Any]) -> None:
+    dsn, ta = rig["dsn"], rig["tokens"]["a"]
+    server = PortalServer(load_settings(env={**rig["env"], **drp_env(portal_unauthenticated_per_minute=3)}))
+    unknown = "drpt.pt_0123456789ab." + "Z" * 43  # well shaped, never issued
+    in_query = "drpt.pt_ba9876543210." + "Q" * 43
+    mark = last_audit_id(dsn)
+    try:
+        # A flood from one address: no token, a malformed one, an unknown one (header, then sign-in body) ...
+        flood = [server.get("/api/clinic"), server.get("/api/exports", "drpt.garbage"),
+                 server.get(f"/api/clinic?access_token={in_query}", unknown),
+                 server.request("POST", "/api/session", json_body={"token": unknown}),
+                 server.get("/api/clinic", unknown),
+                 server.request("POST", "/sign-in", body=f"token={unknown}".encode(),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})]
+        assert [r.status for r in flood] == [401, 401, 401, 429, 429, 429]
+        for limited in flood[3:5]:
+            assert limited.json()["error"]["code"] == "unauthenticated_rate_limited"
+            assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert b"Too many requests without a valid token" in flood[5].body and flood[5].headers["retry-after"]
+        # ... never refuses a valid credential from that address, nor a stranger elsewhere.
+        assert server.get("/api/clinic", ta).status == 200
+        assert server.get("/api/clinic", unknown, source="127.0.0.2").status == 401
+    finally:
+        server.stop()
+    rows = audit_since(dsn, mark)
+    assert [r["status"] for r in rows] == ["refused"] * 6 + ["granted", "refused"]
+    assert [r["client_address"] for r in rows] == ["127.0.0.1"] * 7 + ["127.0.0.2"]
+    assert all(r["tenant_ids"] == [] and r["credential_id"] is None for r in rows[:6])
+    assert "without a valid credential" in rows[4]["error"]
+    assert rows[2]["request"] == "GET /api/clinic?access_token=drpt.<redacted>"
+    with psycopg.connect(dsn) as conn:  # the bad tokens are nowhere in the audit, not even the one in the URL
+        text = conn.execute("SELECT string_agg(to_jsonb(a)::text, '') FROM drp.export_audit a WHERE id > %s",
+                            (mark,)).fetchone()[0]
+    assert unknown[8:] not in text and in_query[8:] not in text and "garbage" not in text
 
 
 def test_tokens_from_the_cli_are_stored_hashed_and_revocable(rig: dict[str, Any]) -> None:

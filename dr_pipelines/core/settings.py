@@ -129,6 +129,14 @@ class Settings(BaseModel):
                                        description="Key id a signed token must name (rotation: change both sides).")
     portal_signed_token_max_seconds: int = Field(900, ge=10, le=86400, description="Longest lifetime a signed token "
                                                  "may claim (longer ones are refused).")
+    portal_unauthenticated_per_minute: int = Field(
+        30, ge=0, description="Portal requests without a valid credential per client address (IPv6: per /64) per "
+        "minute (429 with Retry-After beyond; valid credentials are never refused by it); 0 = no limit.")
+    portal_dagster_url: str | None = Field(
+        None, pattern=r"^https?://", description="Dagster webserver the portal submits full exports to (tenant_export "
+        "runs through its GraphQL API, e.g. http://127.0.0.1:3000); unset = the portal's own worker runs them.")
+    portal_dagster_location: str = Field("dr_pipelines", description="Code location (workspace.yaml) that defines "
+                                         "tenant_export, for portal_dagster_url.")
     wal_lag_alert_seconds: int = Field(
         300, gt=0, description="Alert when the oldest WAL segment waiting to be archived is older (drp wal status)."
     )

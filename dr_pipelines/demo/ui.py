@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.graphql import graphql
 
 LOCATION = "dr_pipelines"  # the code location the demo serves
 
@@ -49,22 +47,9 @@ class LocationInfo:
     error: str | None = None
 
 
-def graphql(url: str, query: str, timeout: float = 10) -> dict:
-    body = json.dumps({"query": query}).encode()
-    req = urllib.request.Request(url.rstrip("/") + "/graphql", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            payload = json.loads(resp.read())
-    except (urllib.error.URLError, OSError) as exc:
-        raise DrpError(f"Dagster UI at {url} is not answering ({type(exc).__name__})", fix="start it with `drp demo up`") from None
-    if payload.get("errors"):
-        raise DrpError(f"Dagster GraphQL error: {payload['errors'][0].get('message')}", fix="check the webserver log")
-    return payload["data"]
-
-
 def code_locations(url: str, timeout: float = 10) -> list[LocationInfo]:
     """Every code location the webserver loaded, with its assets, schedules and sensors."""
-    data = graphql(url, LOCATIONS_QUERY, timeout=timeout)["workspaceOrError"]
+    data = graphql(url, LOCATIONS_QUERY, timeout=timeout, fix="start it with `drp demo up`")["workspaceOrError"]
     if data["__typename"] != "Workspace":
         raise DrpError(f"Dagster workspace failed to load: {data.get('message')}", fix="check the webserver log")
     out = []

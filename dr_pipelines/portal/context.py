@@ -6,6 +6,7 @@ windows, the per-hour export limit is counted from the audit table and survives)
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 import uuid
@@ -46,26 +47,48 @@ def signing_secret(settings: Settings) -> str | None:
 
 
 class RateLimiter:
-    """A sliding one-minute window of requests per clinic."""
+    """A sliding one-minute window of requests per key: a clinic, or a client address (``client_key``)."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, *, code: str = "rate_limited", who: str = "clinic",
+                 counted: str = "requests") -> None:
         self.per_minute = per_minute
+        self.code, self.who, self.counted = code, who, counted
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
 
-    def check(self, clinic: str) -> None:
+    def check(self, key: str) -> None:
+        """Count one request of ``key``; a 429 PortalError (not counted) once it made ``per_minute`` in a minute."""
         if not self.per_minute:
             return
         now = time.monotonic()
         with self._lock:
-            hits = self._hits.setdefault(clinic, deque())
+            self._sweep(now)
+            hits = self._hits.setdefault(key, deque())
             while hits and hits[0] <= now - 60:
                 hits.popleft()
             if len(hits) >= self.per_minute:
                 wait = max(1, int(hits[0] + 60 - now + 0.999))
-                raise PortalError(429, "rate_limited", f"clinic {clinic} made {len(hits)} requests in the last minute "
-                                  f"(limit {self.per_minute})", f"retry after {wait} s", retry_after=wait)
+                raise PortalError(429, self.code, f"{self.who} {key} made {len(hits)} {self.counted} in the last "
+                                  f"minute (limit {self.per_minute})", f"retry after {wait} s", retry_after=wait)
             hits.append(now)
+
+    def _sweep(self, now: float) -> None:
+        """Once a minute, forget keys idle for a minute (client addresses are unbounded)."""
+        if now - self._swept < 60:
+            return
+        self._swept = now
+        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - 60]:
+            del self._hits[key]
+
+
+def client_key(address: str | None) -> str:
+    """The key a client address is limited by: the address, or its /64 for IPv6 (one host holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 class StreamSlots:
@@ -97,13 +120,16 @@ class Portal:
     secret: str | None
     limiter: RateLimiter
     slots: StreamSlots
+    strangers: RateLimiter  # requests without a valid credential, per client address
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     worker: Any = None  # the ExportWorker, started with the application (portal/worker.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Portal:
         return cls(settings, core_context.storage(settings), signing_secret(settings),
-                   RateLimiter(settings.portal_requests_per_minute), StreamSlots(settings.portal_max_streams))
+                   RateLimiter(settings.portal_requests_per_minute), StreamSlots(settings.portal_max_streams),
+                   RateLimiter(settings.portal_unauthenticated_per_minute, code="unauthenticated_rate_limited",
+                               who="client address", counted="requests without a valid credential"))
 
     @property
     def dsn(self) -> str:

@@ -62,6 +62,8 @@ def document(version: str) -> dict[str, Any]:
                     "error": {"type": ["string", "null"]}, "requested_at": {"type": "string"},
                     "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
                     "expires_at": {"type": ["string", "null"]},
+                    "run_id": {"type": ["string", "null"], "description": "the Dagster run of tenant_export that "
+                               "runs this export (portal_dagster_url set), else null"},
                     "files": {"type": "array", "items": {"type": "object", "properties": {
                         "name": {"type": "string"}, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
                         "format": {"type": "string"}, "href": {"type": "string"}}}},

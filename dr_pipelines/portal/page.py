@@ -60,6 +60,8 @@ READABLE = {
     "token_expired": "This token has expired. Ask your operator for a new one.",
     "token_bad_signature": "This token was not accepted. Sign in again from your clinic software.",
     "rate_limited": "Too many requests for your clinic just now.",
+    "unauthenticated_rate_limited": "Too many requests without a valid token came from your network just now. "
+                                    "Wait a minute, then sign in with your clinic's token.",
     "export_rate_limited": "Your clinic has requested the most exports allowed in an hour.",
     "too_busy": "The export service is busy.",
     "unknown_table": "One of the chosen tables is not part of your clinic's data.",

@@ -34,7 +34,7 @@ from dr_pipelines.core.manifest import Manifest, ManifestError, read_manifest
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.tenancy import split_name, tenant_array
 from dr_pipelines.portal import streams, worker
-from dr_pipelines.portal.context import APPLICATION_NAME, Asked, Portal
+from dr_pipelines.portal.context import APPLICATION_NAME, Asked, Portal, client_key
 from dr_pipelines.portal.errors import PortalError, not_found, unauthorized
 from dr_pipelines.portal.tokens import (
     SIGNED_PREFIX,
@@ -48,6 +48,7 @@ log = logging.getLogger("drp.portal")
 COOKIE = "drp_portal"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _JOB_ID = re.compile(r"^job_[0-9a-f]{16}$")
+_TOKEN_IN_URL = re.compile(r"(drp[ts])(?:\.|%2[eE])[^&\s]*")  # a token a client put in the URL is never audited
 
 
 @dataclass
@@ -82,7 +83,8 @@ def endpoint(fn: Callable[[Call], Response], *, body: bool = False, authenticate
 
     async def handle(request: Request) -> Response:
         portal: Portal = request.app.state.portal
-        line = f"{request.method} {request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+        line = _TOKEN_IN_URL.sub(r"\1.<redacted>", f"{request.method} {request.url.path}"
+                                 + (f"?{request.url.query}" if request.url.query else ""))
         asked = Asked(request=line, client=request.client.host if request.client else None)
         payload: Any = None
         body_error: PortalError | None = None
@@ -112,6 +114,8 @@ def _call(fn: Callable[[Call], Response], portal: Portal, request: Request, aske
                     raise body_error
                 response = fn(Call(portal, request, asked, conn, payload))
             except PortalError as exc:
+                if asked.credential is None and 400 <= exc.status < 500:
+                    exc = _stranger(portal, asked, exc)
                 asked.audit(conn, portal, exc.audit, error=exc.problem[:2000])
                 return error_response(exc)
             if not isinstance(response, streams.JobResponse):  # a stream audits its own start and end
@@ -127,6 +131,17 @@ def _call(fn: Callable[[Call], Response], portal: Portal, request: Request, aske
             pass
         return error_response(PortalError(500, "internal", problem, "retry later; the operator sees the audit row",
                                           audit="failed"))
+
+
+def _stranger(portal: Portal, asked: Asked, refusal: PortalError) -> PortalError:
+    """A request refused without a valid credential counts against its client address; past
+    ``portal_unauthenticated_per_minute`` the answer is 429 instead. Counted after the credential check, so a
+    valid credential is never refused by another client's flood from the same address (a reverse proxy's)."""
+    try:
+        portal.strangers.check(client_key(asked.client))
+    except PortalError as limited:
+        return limited
+    return refusal
 
 
 def error_response(exc: PortalError) -> JSONResponse:
@@ -384,7 +399,8 @@ def exports_create(call: Call) -> Response:
 
 def exports_list(call: Call) -> Response:
     worker.ensure_jobs_table(call.conn)
-    return JSONResponse({"exports": [_job_view(call, j) for j in worker.jobs(call.conn, call.clinic)]})
+    current = call.portal.worker.current
+    return JSONResponse({"exports": [_job_view(call, current(call.conn, j)) for j in worker.jobs(call.conn, call.clinic)]})
 
 
 def _own_job(call: Call) -> dict[str, Any]:
@@ -393,6 +409,7 @@ def _own_job(call: Call) -> dict[str, Any]:
     job = worker.job(call.conn, call.clinic, job_id) if _JOB_ID.match(job_id) else None
     if job is None:
         raise not_found("export")
+    job = call.portal.worker.current(call.conn, job)  # a Dagster run's job follows its run
     call.asked.export_id = job["export_id"]
     call.asked.formats = list(job["formats"])
     return job
@@ -405,6 +422,8 @@ def _manifest_of(call: Call, job: dict[str, Any]) -> Manifest:
     except (ManifestError, DrpError):
         raise PortalError(410, "expired", f"export {job['job_id']} is no longer in storage (expired or removed)",
                           "request a new export") from None
+    if manifest.extra.get("tenant_ids") != [call.clinic]:  # never another clinic's files, whoever ran the export
+        raise not_found("export")
     ttl = call.portal.settings.export_ttl_days
     if ttl and manifest.finished_at + timedelta(days=ttl) < datetime.now(UTC):
         raise PortalError(410, "expired", f"export {job['job_id']} expired after {ttl} day(s)", "request a new export")

@@ -59,14 +59,16 @@ class PortalServer:
         self.thread.join(timeout=30)
 
     def request(self, method: str, path: str, *, token: str | None = None, body: bytes | None = None,
-                headers: dict[str, str] | None = None, json_body: Any = None) -> Reply:
+                headers: dict[str, str] | None = None, json_body: Any = None, source: str | None = None) -> Reply:
+        """``source``: the client's address (any 127.x.y.z on Linux loopback), for per-address limits."""
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         if json_body is not None:
             body = json.dumps(json_body).encode()
             h.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120,
+                                          source_address=(source, 0) if source else None)
         try:
             conn.request(method, path, body=body, headers=h)
             resp = conn.getresponse()

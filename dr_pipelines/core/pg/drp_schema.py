@@ -38,9 +38,12 @@ def retention_lock_name(table: str) -> str:
     return f"drp.retention:{table}"
 
 
-def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) -> None:
-    """Run ``ddl`` (idempotent) unless ``table`` exists, under an advisory lock against concurrent runs."""
-    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int, column: str | None = None) -> None:
+    """Run ``ddl`` (idempotent) unless ``table`` exists (with ``column``, the DDL's newest), under an advisory
+    lock against concurrent runs."""
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL AND (%s::text IS NULL OR EXISTS (SELECT 1 FROM pg_attribute"
+                    " WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped))",
+                    (table, column, table, column)).fetchone()[0]:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
@@ -220,4 +223,6 @@ PORTAL_EXPORTS_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.portal_expor
     finished_at   timestamptz
 );
 CREATE INDEX IF NOT EXISTS portal_exports_clinic_idx ON drp.portal_exports (clinic_id, requested_at);
+-- The Dagster run a job was submitted as (portal_dagster_url), followed by the job.
+ALTER TABLE drp.portal_exports ADD COLUMN IF NOT EXISTS run_id text;
 """

@@ -31,6 +31,8 @@ class TenantExportConfig(dg.Config):
     requester: str = Field(default="", description="who asked (e.g. the DPO's email); default: the Dagster run")
     zip_bundle: bool = Field(default=False, description="also write one zip with every file and the manifest")
     content_checksums: bool = Field(default=False, description="also checksum each table's rows in the database")
+    credential_id: str = Field(default="", description="audited: the export portal credential that asked, if any")
+    client_address: str = Field(default="", description="audited: the export portal client's address, if any")
 
 
 def _options(s: Settings, **overrides: Any) -> ExportOptions:
@@ -72,6 +74,7 @@ def build(settings: Settings) -> dg.Definitions:
         options = _options(s, formats=tuple(config.formats), tables=tuple(config.tables), requester=requester,
                            max_per_hour=s.export_max_per_hour or None, zip_bundle=config.zip_bundle,
                            content_checksums=config.content_checksums,
+                           credential_id=config.credential_id or None, client_address=config.client_address or None,
                            presign_expiry_s=s.export_presign_expiry_seconds if storage.properties.presign else None)
         result = export_tenants(s.dsn, storage, [context.partition_key], options,
                                 progress=lambda name, done, total: context.log.info(f"{done}/{total} {name}"))
