@@ -44,11 +44,14 @@ from dr_pipelines.core.restore.pitr import (
 )
 from dr_pipelines.core.restore.recovery import FETCH_SOCKET, served_restore_command
 from dr_pipelines.core.restore.targets import base_backups
+from dr_pipelines.core.status import current_status
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.archive import newest_committed
 from dr_pipelines.core.wal.daemon import serving
 from dr_pipelines.core.wal.names import Segment, format_lsn, object_key, parse_lsn, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, WalFetcher, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
+from dr_pipelines.core.wal.status import read_pg_wal_state
 from dr_pipelines_tests.support.procs import start_paused, wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig, pg_os_user, wait_archived
@@ -477,6 +480,32 @@ def test_pitr_from_s3(work_base: Path, s3_server: MotoServer, s3_bucket: str) ->
             assert ids == led.ids_after[3] and checksum == source_checksum(led, ids[-1])
         finally:
             LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+
+
+def test_status_recovery_point_is_the_newest_archived_wal_not_the_newest_backup(ledger: Ledger) -> None:
+    """With WAL archived, what a loss would lose is measured from the newest archived segment (age 0 when the
+    server is caught up), not from the newest base backup: the same status two hours on, when no backup is new."""
+    ledger.switch()
+    newest = newest_committed(ledger.storage)
+    assert newest is not None and newest.name > ledger.base("b").wal_start
+    later = datetime.now(UTC) + timedelta(hours=2)
+    stored = current_status(ledger.rig.settings(), now=later)  # the source not asked: the push time decides
+    assert stored.recovery_point == f"WAL segment {newest.name}"
+    pushed = datetime.fromisoformat(newest.pushed_at)
+    assert stored.recovery_point_age_minutes == round((later - pushed).total_seconds() / 60, 1)
+    assert stored.newest_restorable == ledger.bases["b"] and not stored.rpo_met
+    caught = current_status(ledger.rig.settings(), now=later, pg=read_pg_wal_state(ledger.cluster.dsn()))
+    assert caught.recovery_point == f"WAL segment {newest.name} (server caught up)"
+    assert caught.recovery_point_age_minutes == 0.0 and caught.rpo_met
+    assert not any("RPO target" in p for p in caught.problems), caught.problems
+
+    run = ledger.rig.drp("status", "--json", DRP_SOURCE_DSN=ledger.cluster.dsn())
+    body = json.loads(run.stdout)
+    assert (body["recovery_point"], body["recovery_point_age_minutes"], body["rpo_met"]) == (
+        f"WAL segment {newest.name} (server caught up)", 0.0, True), run.stderr
+    text = ledger.rig.drp("status", DRP_SOURCE_DSN=ledger.cluster.dsn())
+    assert (f"recovery point:     WAL segment {newest.name} (server caught up) (0.0 min old; RPO target "
+            f"{ledger.rig.settings().rpo_minutes} min: met)") in text.stdout, text.stdout
 
 
 def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: Path) -> None:
