@@ -30,7 +30,7 @@ from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.binaries import find_pg_binaries
-from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
+from dr_pipelines.core.pg.cluster import PASSFILE, LocalCluster, free_port, give_to_server
 from dr_pipelines.core.pg.leases import sweep_leftovers
 from dr_pipelines.core.restore.pitr import (
     BaseBackup,
@@ -261,6 +261,27 @@ def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path)
     assert any("server stopped" in line and str(data_dir) in line for line in swept), swept
     nothing_left(data_dir)
     assert list((work / "clusters").iterdir()) == []  # the lease, its spool and its socket folder
+
+
+@pytest.mark.parametrize("flag, existed", [("--new-cluster", False), ("--data-dir", True)])
+def test_a_pitr_killed_while_extracting_is_swept_by_the_next_command(ledger: Ledger, where: Path, flag: str,
+                                                                     existed: bool) -> None:
+    """kill -9 with the base backup half unpacked (no server, no passfile yet): the lease covers the extraction,
+    so the next command's sweep deletes the directory it made, or empties the empty one the user gave."""
+    data_dir, work = where / "restored", ledger.rig.root / "work"
+    if existed:
+        data_dir.mkdir(mode=0o700)
+    proc = start_paused(["restore", "--pitr", "--latest", flag, str(data_dir)],
+                        {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)}, "base-extracting")
+    proc.kill()
+    proc.wait()
+    assert len(list(data_dir.rglob("*"))) >= 10 and not (data_dir / PASSFILE).exists()
+    assert not (data_dir / "postmaster.pid").exists()
+    swept = sweep_leftovers(work)
+    assert any(f"{data_dir} {'emptied' if existed else 'deleted'}" in line for line in swept), swept
+    assert data_dir.is_dir() == existed
+    nothing_left(data_dir)
+    assert list((work / "clusters").iterdir()) == []  # the lease and its spool
 
 
 def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
+from dr_pipelines.core.pg.leases import CLUSTERS, FILLS_DATA_DIR, sweep_leftovers, take_lease
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.recovery import (
     RecoveryResult,
@@ -85,7 +85,10 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     if data_dir.exists() and any(data_dir.iterdir()):
         raise PitrError(f"data directory {data_dir} is not empty", fix="pass a new or empty directory")
     created = not data_dir.exists()
-    lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created)
+    # The lease covers the extraction too: a kill -9 mid-extract leaves files but no passfile yet, so the lease
+    # says the directory was new or empty and the next command's sweep removes what it holds.
+    lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created,
+                       **{FILLS_DATA_DIR: True})
     try:
         spool = lease.path / "spool"  # WAL in clear: 0700, only this process uses it, gone with the lease
         spool.mkdir(mode=0o700)
