@@ -564,3 +564,58 @@ def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: P
     finally:
         LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
     assert not primary.is_running()
+
+
+def test_pitr_along_the_old_timeline_that_went_on_after_the_promote(ledger: Ledger, where: Path) -> None:
+    """Runs after the timeline-2 test: its old primary comes back and writes on timeline 1 past the switch
+    point (a promote by mistake, or a split brain), with base backup c taken there. By default recovery follows
+    the newest timeline (2): c left its history, so b is chosen (before: c was, and PostgreSQL refused it).
+    `--timeline 1` recovers timeline 1's own rows from c, to a time only timeline 1 holds."""
+    standby = ledger.cluster
+    tl2_ids = ledger.ids()
+    old = LocalCluster.attach(ledger.rig.root / "pg")
+    old.start()
+    ledger.cluster = old
+    try:
+        ledger.batch(10)
+        ledger.switch()
+        ledger.base_backup("c")
+        ledger.batch(11)
+        moment = ledger.sql("SELECT clock_timestamp()")
+        ledger.batch(12)  # recovery to a time stops at the first commit after it: one must be archived
+        ledger.switch()
+        tl1_ids = ledger.ids_after[11]
+        assert set(tl1_ids) != set(tl2_ids)
+
+        result = pitr(ledger, RecoveryTarget.parse(latest=True), where / "newest")
+        try:
+            assert (result.base.id, result.followed) == (ledger.bases["b"], 2)
+            ids, _ = restored_ids(result)
+            assert ids == tl2_ids
+        finally:
+            LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+
+        data_dir = where / "timeline-1"
+        run = ledger.rig.drp("restore", "--pitr", "--time", moment.isoformat(), "--timeline", "1",  # type: ignore[attr-defined]
+                             "--data-dir", str(data_dir), "--json", timeout=300, DRP_WORK_DIR=str(ledger.rig.root / "work"))
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert (report["base_backup"], report["followed_timeline"]) == (ledger.bases["c"], 1)
+        restored = LocalCluster.attach(data_dir)
+        restored.start()
+        try:
+            with psycopg.connect(restored.dsn()) as conn:
+                rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
+            assert [r[0] for r in rows] == tl1_ids
+            assert hashlib.sha256(repr(rows).encode()).hexdigest() == source_checksum(ledger, tl1_ids[-1])
+        finally:
+            restored.remove()
+
+        bad = ledger.rig.drp("restore", "--pitr", "--latest", "--timeline", "7", "--data-dir", str(where / "x"),
+                             DRP_WORK_DIR=str(ledger.rig.root / "work"))
+        assert bad.returncode == 1 and "timeline 7 is not in the WAL archive" in bad.stderr, bad.stderr
+        assert "archived: 1, 2, 3" not in bad.stderr and "archived: 1, 2" in bad.stderr
+        nothing_left(where / "x")
+    finally:
+        ledger.cluster = standby
+        old.stop()
