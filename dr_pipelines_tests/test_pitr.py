@@ -30,7 +30,7 @@ from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.binaries import find_pg_binaries
-from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
+from dr_pipelines.core.pg.cluster import PASSFILE, LocalCluster, free_port, give_to_server
 from dr_pipelines.core.pg.leases import sweep_leftovers
 from dr_pipelines.core.restore.pitr import (
     BaseBackup,
@@ -44,11 +44,14 @@ from dr_pipelines.core.restore.pitr import (
 )
 from dr_pipelines.core.restore.recovery import FETCH_SOCKET, served_restore_command
 from dr_pipelines.core.restore.targets import base_backups
+from dr_pipelines.core.status import current_status
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.archive import newest_committed
 from dr_pipelines.core.wal.daemon import serving
 from dr_pipelines.core.wal.names import Segment, format_lsn, object_key, parse_lsn, sidecar_key
 from dr_pipelines.core.wal.restore import ABORT_RECOVERY_EXIT, WalFetcher, restore_wal
 from dr_pipelines.core.wal.restore_points import RestorePointError
+from dr_pipelines.core.wal.status import read_pg_wal_state
 from dr_pipelines_tests.support.procs import start_paused, wait_for
 from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig, pg_os_user, wait_archived
@@ -258,6 +261,27 @@ def test_a_killed_pitr_is_swept_by_the_next_command(ledger: Ledger, where: Path)
     assert any("server stopped" in line and str(data_dir) in line for line in swept), swept
     nothing_left(data_dir)
     assert list((work / "clusters").iterdir()) == []  # the lease, its spool and its socket folder
+
+
+@pytest.mark.parametrize("flag, existed", [("--new-cluster", False), ("--data-dir", True)])
+def test_a_pitr_killed_while_extracting_is_swept_by_the_next_command(ledger: Ledger, where: Path, flag: str,
+                                                                     existed: bool) -> None:
+    """kill -9 with the base backup half unpacked (no server, no passfile yet): the lease covers the extraction,
+    so the next command's sweep deletes the directory it made, or empties the empty one the user gave."""
+    data_dir, work = where / "restored", ledger.rig.root / "work"
+    if existed:
+        data_dir.mkdir(mode=0o700)
+    proc = start_paused(["restore", "--pitr", "--latest", flag, str(data_dir)],
+                        {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)}, "base-extracting")
+    proc.kill()
+    proc.wait()
+    assert len(list(data_dir.rglob("*"))) >= 10 and not (data_dir / PASSFILE).exists()
+    assert not (data_dir / "postmaster.pid").exists()
+    swept = sweep_leftovers(work)
+    assert any(f"{data_dir} {'emptied' if existed else 'deleted'}" in line for line in swept), swept
+    assert data_dir.is_dir() == existed
+    nothing_left(data_dir)
+    assert list((work / "clusters").iterdir()) == []  # the lease and its spool
 
 
 def test_prefetch_refills_the_spool_in_batches(ledger: Ledger, where: Path) -> None:
@@ -479,6 +503,32 @@ def test_pitr_from_s3(work_base: Path, s3_server: MotoServer, s3_bucket: str) ->
             LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
 
 
+def test_status_recovery_point_is_the_newest_archived_wal_not_the_newest_backup(ledger: Ledger) -> None:
+    """With WAL archived, what a loss would lose is measured from the newest archived segment (age 0 when the
+    server is caught up), not from the newest base backup: the same status two hours on, when no backup is new."""
+    ledger.switch()
+    newest = newest_committed(ledger.storage)
+    assert newest is not None and newest.name > ledger.base("b").wal_start
+    later = datetime.now(UTC) + timedelta(hours=2)
+    stored = current_status(ledger.rig.settings(), now=later)  # the source not asked: the push time decides
+    assert stored.recovery_point == f"WAL segment {newest.name}"
+    pushed = datetime.fromisoformat(newest.pushed_at)
+    assert stored.recovery_point_age_minutes == round((later - pushed).total_seconds() / 60, 1)
+    assert stored.newest_restorable == ledger.bases["b"] and not stored.rpo_met
+    caught = current_status(ledger.rig.settings(), now=later, pg=read_pg_wal_state(ledger.cluster.dsn()))
+    assert caught.recovery_point == f"WAL segment {newest.name} (server caught up)"
+    assert caught.recovery_point_age_minutes == 0.0 and caught.rpo_met
+    assert not any("RPO target" in p for p in caught.problems), caught.problems
+
+    run = ledger.rig.drp("status", "--json", DRP_SOURCE_DSN=ledger.cluster.dsn())
+    body = json.loads(run.stdout)
+    assert (body["recovery_point"], body["recovery_point_age_minutes"], body["rpo_met"]) == (
+        f"WAL segment {newest.name} (server caught up)", 0.0, True), run.stderr
+    text = ledger.rig.drp("status", DRP_SOURCE_DSN=ledger.cluster.dsn())
+    assert (f"recovery point:     WAL segment {newest.name} (server caught up) (0.0 min old; RPO target "
+            f"{ledger.rig.settings().rpo_minutes} min: met)") in text.stdout, text.stdout
+
+
 def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: Path) -> None:
     """The primary is lost and its standby (archiving to the same repository) promoted: timeline 2.
     A PITR from base a (timeline 1) follows the history file to a restore point on timeline 2.
@@ -514,3 +564,58 @@ def test_pitr_on_timeline_2_after_a_standby_is_promoted(ledger: Ledger, where: P
     finally:
         LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
     assert not primary.is_running()
+
+
+def test_pitr_along_the_old_timeline_that_went_on_after_the_promote(ledger: Ledger, where: Path) -> None:
+    """Runs after the timeline-2 test: its old primary comes back and writes on timeline 1 past the switch
+    point (a promote by mistake, or a split brain), with base backup c taken there. By default recovery follows
+    the newest timeline (2): c left its history, so b is chosen (before: c was, and PostgreSQL refused it).
+    `--timeline 1` recovers timeline 1's own rows from c, to a time only timeline 1 holds."""
+    standby = ledger.cluster
+    tl2_ids = ledger.ids()
+    old = LocalCluster.attach(ledger.rig.root / "pg")
+    old.start()
+    ledger.cluster = old
+    try:
+        ledger.batch(10)
+        ledger.switch()
+        ledger.base_backup("c")
+        ledger.batch(11)
+        moment = ledger.sql("SELECT clock_timestamp()")
+        ledger.batch(12)  # recovery to a time stops at the first commit after it: one must be archived
+        ledger.switch()
+        tl1_ids = ledger.ids_after[11]
+        assert set(tl1_ids) != set(tl2_ids)
+
+        result = pitr(ledger, RecoveryTarget.parse(latest=True), where / "newest")
+        try:
+            assert (result.base.id, result.followed) == (ledger.bases["b"], 2)
+            ids, _ = restored_ids(result)
+            assert ids == tl2_ids
+        finally:
+            LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+
+        data_dir = where / "timeline-1"
+        run = ledger.rig.drp("restore", "--pitr", "--time", moment.isoformat(), "--timeline", "1",  # type: ignore[attr-defined]
+                             "--data-dir", str(data_dir), "--json", timeout=300, DRP_WORK_DIR=str(ledger.rig.root / "work"))
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert (report["base_backup"], report["followed_timeline"]) == (ledger.bases["c"], 1)
+        restored = LocalCluster.attach(data_dir)
+        restored.start()
+        try:
+            with psycopg.connect(restored.dsn()) as conn:
+                rows = conn.execute("SELECT id, note FROM ledger ORDER BY id").fetchall()
+            assert [r[0] for r in rows] == tl1_ids
+            assert hashlib.sha256(repr(rows).encode()).hexdigest() == source_checksum(ledger, tl1_ids[-1])
+        finally:
+            restored.remove()
+
+        bad = ledger.rig.drp("restore", "--pitr", "--latest", "--timeline", "7", "--data-dir", str(where / "x"),
+                             DRP_WORK_DIR=str(ledger.rig.root / "work"))
+        assert bad.returncode == 1 and "timeline 7 is not in the WAL archive" in bad.stderr, bad.stderr
+        assert "archived: 1, 2, 3" not in bad.stderr and "archived: 1, 2" in bad.stderr
+        nothing_left(where / "x")
+    finally:
+        ledger.cluster = standby
+        old.stop()

@@ -651,7 +651,7 @@ def test_status_after_backup_verification_and_drill_is_ok(good: Good, drilled: D
                            now=datetime.now(UTC) + timedelta(days=33))
     assert not later.ok and not later.rpo_met
     assert any("monthly DR drill is overdue" in p for p in later.problems)
-    assert any(p.startswith("newest restorable backup is") for p in later.problems)
+    assert any(p.startswith("recovery point (backup ") for p in later.problems)
 
     # A backup of an unreachable source: its attempt is recorded failed, the success rate drops.
     with pytest.raises(DrpError):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 import pytest
@@ -26,7 +28,17 @@ from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.physical import extract_base_backup
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.names import PREFIX, Segment, is_history, name_of_key, sidecar_key
+from dr_pipelines.core.storage.base import ObjectInfo
+from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.wal.names import (
+    EVENTS_PREFIX,
+    PREFIX,
+    SIDECAR_SUFFIX,
+    Segment,
+    is_history,
+    name_of_key,
+    sidecar_key,
+)
 from dr_pipelines.core.wal.retention import WalRetentionRefused, prune_wal
 from dr_pipelines.core.wal.verify import verify_archive
 from dr_pipelines_tests.support.procs import wait_for
@@ -97,6 +109,65 @@ def history(rig: WalRig, storage: Storage) -> Iterator[dict]:
         for c in (promoted, primary):
             if c is not None:
                 c.remove()
+
+
+class CountingStorage(LocalStorage):
+    """The real local storage, counting what is read from it: every GET (open) by key, every listing."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: Counter[str] = Counter()
+        self.listings: list[str] = []
+
+    def open(self, key: str) -> BinaryIO:
+        self.reads[key] += 1
+        return super().open(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.listings.append(prefix)
+        return super().list(prefix)
+
+
+def test_prune_lists_the_archive_once_and_reads_each_sidecar_once(rig: WalRig, storage: Storage,
+                                                                  history: dict) -> None:
+    """Continuity and the plan come from one scan (was: two listings, every history sidecar read twice)."""
+    counting = CountingStorage(rig.storage_dir)
+    entries = list_backups(storage)
+    result = prune_wal(counting, entries, dry_run=True)
+    sidecars = sorted(o.key for o in storage.list(PREFIX + "/") if o.key.endswith(SIDECAR_SUFFIX) and name_of_key(o.key))
+    assert result.plan.delete and result.plan.report is not None and result.plan.report.ok
+    assert counting.listings == [PREFIX + "/"]
+    assert sorted(counting.reads) == sidecars and set(counting.reads.values()) == {1}, counting.reads.most_common(3)
+
+
+def _events(storage: Storage) -> list[str]:
+    return [o.key for o in storage.list(EVENTS_PREFIX)]
+
+
+def test_a_dry_run_shows_that_a_gap_would_refuse_the_prune(rig: WalRig, storage: Storage, history: dict) -> None:
+    """Same decision as the real run: exit 1, the gap named, --accept-gaps as the way on; with it, exit 0 and
+    the warning that the real run records the decision. Nothing deleted, no event recorded by a dry run."""
+    before, events = _wal_names(storage), _events(storage)
+    victim = sorted(n for n in before if n.startswith("00000002") and len(n) == 24
+                    and _number(n) > _number(history["b3"].extra["wal_start"]))[0]
+    saved = storage.get_bytes(sidecar_key(victim))
+    storage.delete(sidecar_key(victim))
+    try:
+        dry = rig.drp("wal", "prune", "--dry-run")
+        assert dry.returncode == 1, (dry.stdout, dry.stderr)
+        assert "dry run: a real prune would refuse" in dry.stderr and victim in dry.stderr, dry.stderr
+        assert "--accept-gaps" in dry.stderr and "Traceback" not in dry.stderr
+        assert "would delete" in dry.stdout and "but:" in dry.stdout, dry.stdout
+        real = rig.drp("wal", "prune")
+        assert real.returncode == 1 and victim in real.stderr and "no WAL was deleted" in real.stderr, real.stderr
+        accepted = rig.drp("wal", "prune", "--dry-run", "--accept-gaps", "--json")
+        assert accepted.returncode == 0, accepted.stderr
+        body = json.loads(accepted.stdout)
+        assert victim in body["accepted_problems"] and body["deleted"] == [] and body["event"] is None
+        assert body["delete"]
+        assert _wal_names(storage) == before and _events(storage) == events
+    finally:
+        storage.put_bytes(sidecar_key(victim), saved)
 
 
 def test_wal_goes_only_when_no_retained_base_backup_can_reach_it(rig: WalRig, storage: Storage,

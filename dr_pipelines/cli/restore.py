@@ -45,6 +45,9 @@ def restore(
     exclusive: bool = typer.Option(False, "--exclusive", help="--pitr: stop just before the target, not just after it."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--pitr: recover into this empty directory and leave it stopped."),
     prefetch: int = typer.Option(8, "--prefetch", min=0, max=64, help="--pitr: WAL segments fetched ahead, in parallel."),
+    timeline: Optional[int] = typer.Option(
+        None, "--timeline", min=1, help="--pitr: recover along this timeline (one that went on after a promote); "
+        "default the newest archived (docs/pitr.md, Timelines)."),
 ) -> None:
     """Restore a backup: every object's checksum is verified before anything is written to the target.
 
@@ -59,10 +62,10 @@ def restore(
     s = settings()
     identities = context.identities(s, identity)
     storage = context.storage(s)
-    if not pitr and (to_time or to_lsn or to_xid or to_name or latest or exclusive or data_dir):
+    if not pitr and (to_time or to_lsn or to_xid or to_name or latest or exclusive or data_dir or timeline):
         from dr_pipelines.core.errors import ConfigError
 
-        raise ConfigError("--time, --lsn, --xid, --restore-point, --latest, --exclusive and --data-dir are for "
+        raise ConfigError("--time, --lsn, --xid, --restore-point, --latest, --exclusive, --data-dir and --timeline are for "
                           "point-in-time restores", fix="add --pitr (docs/pitr.md)")
     if pitr:
         from dr_pipelines.core.restore.targets import RecoveryTarget
@@ -70,7 +73,7 @@ def restore(
         target_point = RecoveryTarget.parse(time=to_time, lsn=to_lsn, xid=to_xid, name=to_name, latest=latest,
                                             inclusive=not exclusive)
         _restore_pitr(s, storage, identities, backup_id, target_point, new_cluster=new_cluster, data_dir=data_dir,
-                      port=port, prefetch=prefetch, as_json=as_json)
+                      port=port, prefetch=prefetch, as_json=as_json, timeline=timeline)
         return
     entry = find_backup(storage, backup_id, kind="logical")
     work_dir = Path(s.work_dir)
@@ -135,7 +138,8 @@ def _print_result(result: Any, target_dsn: str | None, new_cluster: Path | None)
 
 
 def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target: Any, *, new_cluster: Path | None,
-                  data_dir: Path | None, port: int | None, prefetch: int, as_json: bool) -> None:
+                  data_dir: Path | None, port: int | None, prefetch: int, as_json: bool,
+                  timeline: int | None = None) -> None:
     """`drp restore --pitr`: into --new-cluster DIR (left running) or --data-dir DIR (left stopped)."""
     from dr_pipelines.core.backup.catalog import list_backups
     from dr_pipelines.core.errors import ConfigError
@@ -149,9 +153,10 @@ def _restore_pitr(s: Any, storage: Any, identities: Any, backup_id: str, target:
             storage, target, (new_cluster or data_dir), entries=entries,  # type: ignore[arg-type]
             extract=extract_from_storage(storage, identities, progress), work_dir=Path(s.work_dir),
             identities=identities, prefetch=prefetch, keep_running=new_cluster is not None,
-            port=port, progress=progress, log=lambda line: err.print(line, highlight=False))
+            port=port, progress=progress, timeline=timeline, log=lambda line: err.print(line, highlight=False))
     rec = result.recovery
-    report = {"base_backup": result.base.id, "target": target.describe(), "timeline": rec.timeline,
+    report = {"base_backup": result.base.id, "target": target.describe(), "followed_timeline": result.followed,
+              "timeline": rec.timeline,
               "replayed_to": rec.replayed_to, "last_commit_time": rec.last_commit_time,
               "seconds": round(rec.seconds, 2), "data_dir": str(rec.data_dir), "running": rec.running, "dsn": rec.dsn}
     if as_json:

@@ -8,13 +8,18 @@ from dr_pipelines.cli.common import emit_json, err, out, settings
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Backup success rate, newest restorable backup vs RPO, last verification, last drill vs RTO (storage only).
+    """Backup success rate, recovery point vs RPO, last verification, last drill vs RTO.
+
+    The recovery point is the newest archived WAL segment when storage holds a WAL archive (age 0 when the
+    source answers and is caught up), else the newest restorable backup.
 
     Exit code 0 when all targets are met, 1 otherwise.
     """
     from dr_pipelines.core.status import current_status
+    from dr_pipelines.core.wal.status import server_wal_state
 
-    st = current_status(settings())
+    s = settings()
+    st = current_status(s, pg=server_wal_state(s.dsn)[0])  # a source that does not answer: storage alone
     if as_json:
         emit_json(st.as_dict())
     else:
@@ -24,8 +29,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         out.print(f"backups:            {st.backups} complete{damaged}; success rate 30d {rate} "
                   f"({st.attempts_30d['succeeded']} ok, {st.attempts_30d['failed']} failed)")
         age = f"{st.newest_age_minutes} min old" if st.newest_age_minutes is not None else "none"
-        out.print(f"newest restorable:  {st.newest_restorable or 'none'} ({age}; RPO target {st.rpo_target_minutes} min: "
-                  f"{'met' if st.rpo_met else 'MISSED'})")
+        out.print(f"newest restorable:  {st.newest_restorable or 'none'} ({age})")
+        rpo = f"{st.recovery_point_age_minutes} min old" if st.recovery_point_age_minutes is not None else "none"
+        out.print(f"recovery point:     {st.recovery_point} ({rpo}; RPO target {st.rpo_target_minutes} min: "
+                  f"{'met' if st.rpo_met else 'MISSED'})", highlight=False)
         v = st.last_verification
         out.print(f"last verification:  {v['backup_id'] + (' passed' if v['passed'] else ' FAILED') if v else 'never'}")
         d = st.last_drill

@@ -149,13 +149,20 @@ def wal_prune(
 ) -> None:
     """Delete archived WAL no retained base backup needs (timeline-aware; `drp backup prune` does this too)."""
     from dr_pipelines.core.backup.catalog import list_backups
-    from dr_pipelines.core.wal.retention import prune_wal
+    from dr_pipelines.core.wal.retention import WalRetentionRefused, prune_wal
 
     storage = context.storage(settings())
-    result = prune_wal(storage, list_backups(storage), dry_run=dry_run, accept_problems=accept_gaps)
+    try:
+        result = prune_wal(storage, list_backups(storage), dry_run=dry_run, accept_problems=accept_gaps)
+    except WalRetentionRefused as exc:
+        if dry_run and exc.plan is not None and not as_json:  # what the refusal holds back; the error follows
+            out.print(f"would delete {len(exc.plan.delete)} WAL file(s) ({exc.plan.delete_bytes:,} bytes stored), "
+                      f"kept {exc.plan.kept}, but:", highlight=False)
+        raise
     plan = result.plan
     if as_json:
-        emit_json({"dry_run": dry_run, **plan.as_dict(), "deleted": result.deleted, "event": result.event})
+        emit_json({"dry_run": dry_run, **plan.as_dict(), "deleted": result.deleted, "event": result.event,
+                   "accepted_problems": result.accepted_problems})
         return
     for need in plan.needs:
         out.print(f"needed from {need.start.name} (timeline {need.timeline}) by base backup {need.backup_id}",
@@ -168,6 +175,9 @@ def wal_prune(
               highlight=False)
     if result.event:
         out.print(f"WARNING: pruned despite archive problems; decision recorded at {result.event}", highlight=False)
+    elif dry_run and result.accepted_problems:
+        out.print(f"WARNING: would prune despite archive problems ({result.accepted_problems}); the real run "
+                  "records that decision as an event", highlight=False)
 
 
 @wal_app.command("archiver")

@@ -4,8 +4,8 @@ A retention apply passes ``after-write`` (objects and manifest stored, segment s
 pending), ``after-archive`` (a segment verified, nothing deleted) and ``mid-delete`` (one
 delete batch committed, more to come); an export passes ``export-after-first-file``; a WAL
 push passes ``wal-after-object`` (stored, not committed) and ``wal-after-sidecar`` (committed,
-PostgreSQL not yet told); a point-in-time restore ``pitr-recovering`` (PostgreSQL started on the
-extracted base, replaying).
+PostgreSQL not yet told); a point-in-time restore ``base-extracting`` (part of the base backup unpacked) and ``pitr-recovering``
+(PostgreSQL started on the extracted base, replaying).
 Nothing in dr_pipelines observes them: the crash tests run `drp` through
 dr_pipelines_tests/support/paused_drp.py, which registers an observer that stops the real
 process at one checkpoint so the test can kill -9 it there.

@@ -1,7 +1,8 @@
 """The success metrics in one view, from the storage catalog alone (works with Dagster gone).
 
-Backup success rate (30 days, from attempt records), newest restorable backup age vs the
-RPO target, the last verification, the last drill and its RTO vs the target.
+Backup success rate (30 days, from attempt records), the recovery point's age vs the RPO target
+(the newest archived WAL segment when storage holds a WAL archive, else the newest restorable
+backup: ``recovery_point_age``), the last verification, the last drill and its RTO vs the target.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Status:
     newest_restorable: str | None
     newest_restore_point: str | None
     newest_age_minutes: float | None
+    recovery_point: str  # what a loss now falls back to: "WAL segment …", "backup …" or "none"
+    recovery_point_age_minutes: float | None  # the RPO measured: what a loss now would lose
     rpo_target_minutes: int
     rpo_met: bool
     last_verification: dict[str, Any] | None
@@ -72,12 +75,15 @@ def recovery_point_age(storage: Storage, entries: list[BackupEntry], now: dateti
     return (f"backup {newest.id}" if newest else "none"), age
 
 
-def current_status(settings: Settings, *, now: datetime | None = None) -> Status:
+def current_status(settings: Settings, *, now: datetime | None = None, pg: PgWalState | None = None) -> Status:
+    """``pg``: the source's archiving state when the caller could read it (server_wal_state); it lets a
+    caught-up but idle server count as current (recovery_point_age)."""
     now = now or datetime.now(UTC)
     storage = context.storage(settings)
     entries = list_backups(storage)
     newest, age = rpo_age(entries, now)
     point = newest.restore_point if newest else None
+    recovery_point, rpo = recovery_point_age(storage, entries, now, pg)
     stats = attempt_stats(storage, now=now)
     verified = [e for e in entries if e.verification]
     last_verification = None
@@ -95,10 +101,10 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
     broken = [e.id for e in damaged(entries)]
     if broken:
         problems.append(f"{len(broken)} damaged backup(s), manifest unreadable: {', '.join(broken)}")
-    rpo_met = age is not None and age <= settings.rpo_minutes
+    rpo_met = rpo is not None and rpo <= settings.rpo_minutes
     if not rpo_met:
-        problems.append("no restorable backup" if age is None else
-                        f"newest restorable backup is {age:.0f} min old, RPO target {settings.rpo_minutes} min")
+        problems.append("no restorable backup" if rpo is None else
+                        f"recovery point ({recovery_point}) is {rpo:.0f} min old, RPO target {settings.rpo_minutes} min")
     if stats.rate is not None and stats.rate < 1:
         problems.append(f"backup success rate {stats.rate:.1%} over 30 days (last failure {stats.last_failure})")
     if last_verification and not last_verification["passed"]:
@@ -116,7 +122,8 @@ def current_status(settings: Settings, *, now: datetime | None = None) -> Status
         success_rate_30d=stats.rate,
         attempts_30d={"succeeded": stats.succeeded, "failed": stats.failed, "running": stats.running},
         newest_restorable=newest.id if newest else None, newest_restore_point=point.isoformat() if point else None,
-        newest_age_minutes=round(age, 1) if age is not None else None, rpo_target_minutes=settings.rpo_minutes,
+        newest_age_minutes=round(age, 1) if age is not None else None, recovery_point=recovery_point,
+        recovery_point_age_minutes=round(rpo, 1) if rpo is not None else None, rpo_target_minutes=settings.rpo_minutes,
         rpo_met=rpo_met, last_verification=last_verification, last_drill=last_drill,
         rto_target_minutes=settings.rto_minutes, problems=problems,
     )

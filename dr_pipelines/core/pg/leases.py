@@ -4,7 +4,9 @@ Throwaway clusters and staged (decrypted) dumps hold health data. Each lives in 
 folder ``<work_dir>/<kind>/<purpose>-<hex>/`` whose ``owner.json`` names the owning process
 (pid + start time + host); ``sweep_leftovers``, run at the start of every command that makes
 them, stops and deletes the clusters (and the staged plaintext, ``<work_dir>/staging/``) of
-owners that died (kill -9) before removing them.
+owners that died (kill -9) before removing them. A lease may name a ``data_dir`` outside it: a
+cluster we made there (its passfile says so), or a directory the lease fills from empty
+(``fills_data_dir``: a base backup being extracted for a point-in-time restore, before any passfile).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dr_pipelines.core.pg.cluster import PASSFILE, LocalCluster, write_private
 
 OWNER_FILE = "owner.json"
 CLUSTERS, STAGING = "clusters", "staging"  # lease kinds under the work dir
+FILLS_DATA_DIR = "fills_data_dir"  # lease field: data_dir was new or empty when taken, all it holds is ours
 LEASE_GRACE_S = 60  # a lease folder without owner file younger than this is being created, not dead
 
 log = logging.getLogger(__name__)
@@ -125,9 +128,13 @@ def sweep_leftovers(work_dir: Path | str) -> list[str]:
             owner = owner or {}
             line = f"{kind}/{path.name} of {owner.get('purpose', 'an unknown command')} (pid {owner.get('pid', '?')}, gone)"
             data_dir = Path(owner["data_dir"]) if "data_dir" in owner else path / "data"
-            if kind == CLUSTERS and (data_dir / PASSFILE).exists():  # only a cluster we made (never a user's folder)
-                LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not owner.get("created_dir", True))
-                line += f": server stopped, {data_dir} deleted"
+            # Only a cluster we made (its passfile), or a directory the lease filled from empty (an extraction
+            # killed before the passfile existed): never a user's folder. A folder that existed is emptied, not deleted.
+            ours = (data_dir / PASSFILE).exists() or (owner.get(FILLS_DATA_DIR) and data_dir.is_dir())
+            if kind == CLUSTERS and ours:
+                keep = not owner.get("created_dir", True)
+                LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=keep)
+                line += f": server stopped, {data_dir} {'emptied' if keep else 'deleted'}"
             shutil.rmtree(path, ignore_errors=True)
             log.warning("removed leftover %s", line)
             removed.append(line)

@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dr_pipelines.core import checkpoints
 from dr_pipelines.core.backup.catalog import BackupEntry
 from dr_pipelines.core.layout import backup_prefix
 from dr_pipelines.core.pg.binaries import find_pg_binaries
@@ -30,6 +31,7 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verified_read import read_verified
 
 TAR_BUFFER = 1 << 20
+EXTRACTING_AFTER = 20  # tar members (a base backup has hundreds)
 
 
 def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequence[object], data_dir: Path, *,
@@ -84,7 +86,7 @@ def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identiti
     with os.fdopen(read_fd, "rb") as pipe:
         try:
             with tarfile.open(fileobj=pipe, mode="r|", bufsize=TAR_BUFFER) as tar:
-                tar.extractall(data_dir, filter="data")
+                tar.extractall(data_dir, filter=_data_filter_passing_checkpoint())
             while pipe.read(TAR_BUFFER):  # the zero blocks after the archive: the feeder must reach the end to hash it
                 pass
         except BaseException as exc:  # noqa: BLE001 - a damaged object explains a broken tar: decide after the join
@@ -98,6 +100,20 @@ def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identiti
                            fix="the base backup holds an unsafe or damaged tar member: use another backup")
     if untar_error is not None:
         raise untar_error
+
+
+def _data_filter_passing_checkpoint() -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    """tarfile's ``data`` filter, passing checkpoint 'base-extracting' once EXTRACTING_AFTER members are out
+    (half-extracted: where crash tests kill -9 a restore)."""
+    seen = 0
+
+    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        nonlocal seen
+        seen += 1
+        if seen == EXTRACTING_AFTER:
+            checkpoints.reached("base-extracting")
+        return tarfile.data_filter(member, path)
+    return check
 
 
 def verify_base_backup(data_dir: Path, wal_dir: Path | None = None) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_pipelines.core.pg.cluster import LocalCluster
-from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
+from dr_pipelines.core.pg.leases import CLUSTERS, FILLS_DATA_DIR, sweep_leftovers, take_lease
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.recovery import (
     RecoveryResult,
@@ -31,6 +31,7 @@ from dr_pipelines.core.restore.targets import (
     WalPlan,
     check_wal,
     choose_base_backup,
+    recovery_lineage,
     target_lsn_of,
 )
 from dr_pipelines.core.storage import Storage
@@ -58,14 +59,19 @@ class PitrResult:
     target: RecoveryTarget
     wal: WalPlan
     recovery: RecoveryResult
+    followed: int = 1  # the timeline recovery followed (the promotion then begins a new one)
 
 
 def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *, entries: Sequence[Any],
                      extract: Extract, work_dir: Path, identities: Sequence[object], prefetch: int = DEFAULT_PREFETCH,
                      keep_running: bool = True,
-                     port: int | None = None, progress: Progress | None = None,
+                     port: int | None = None, progress: Progress | None = None, timeline: int | None = None,
                      log: Callable[[str], None] | None = None) -> PitrResult:
     """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
+
+    ``timeline``: recover along this timeline (recovery_target_timeline = N: a target on an older timeline
+    that went on after a promote); default the newest archived one. Either way the base backup is one
+    whose recovery can follow it, and the WAL checked is that timeline's path.
 
     This process serves the recovery's WAL fetches (``identities`` decrypt them, core/wal/restore.py
     WalFetcher); ``keep_running`` False leaves the promoted cluster stopped.
@@ -75,17 +81,22 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         if log:
             log(f"removed leftover {line}")
     target_lsn = target_lsn_of(storage, target)
-    base = choose_base_backup(entries, target, target_lsn=target_lsn)
+    lineage = recovery_lineage(storage, timeline)
+    base = choose_base_backup(entries, target, target_lsn=target_lsn, lineage=lineage)
     if target.kind == "immediate":
         target_lsn = base.stop_lsn  # only the base's own WAL is checked and replayed
-    plan = check_wal(storage, base, target, target_lsn=target_lsn)
+    plan = check_wal(storage, base, target, target_lsn=target_lsn, timeline=lineage.timeline)
     if log:
-        log(f"restoring {base.describe()} to {target.describe()}; WAL {plan.first}..{plan.last} checked")
+        log(f"restoring {base.describe()} to {target.describe()} along timeline {lineage.timeline}; "
+            f"WAL {plan.first}..{plan.last} checked")
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()):
         raise PitrError(f"data directory {data_dir} is not empty", fix="pass a new or empty directory")
     created = not data_dir.exists()
-    lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created)
+    # The lease covers the extraction too: a kill -9 mid-extract leaves files but no passfile yet, so the lease
+    # says the directory was new or empty and the next command's sweep removes what it holds.
+    lease = take_lease(work_dir, CLUSTERS, "pitr", mode=0o711, data_dir=str(data_dir), created_dir=created,
+                       **{FILLS_DATA_DIR: True})
     try:
         spool = lease.path / "spool"  # WAL in clear: 0700, only this process uses it, gone with the lease
         spool.mkdir(mode=0o700)
@@ -93,10 +104,11 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         extract(base, data_dir)
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
-                         keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path))
+                         keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),
+                         timeline=lineage.setting())
     except BaseException:
         LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)
         raise
     finally:
         lease.release()
-    return PitrResult(base=base, target=target, wal=plan, recovery=result)
+    return PitrResult(base=base, target=target, wal=plan, recovery=result, followed=lineage.timeline)

@@ -19,7 +19,18 @@ from typing import Any
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import read_sidecar
-from dr_pipelines.core.wal.names import DEFAULT_SEGMENT_BYTES, Segment, WalNameError, format_lsn, is_history, parse_lsn
+from dr_pipelines.core.wal.names import (
+    DEFAULT_SEGMENT_BYTES,
+    PREFIX,
+    SIDECAR_SUFFIX,
+    Segment,
+    WalNameError,
+    format_lsn,
+    is_history,
+    name_of_key,
+    parse_lsn,
+    timeline_of,
+)
 from dr_pipelines.core.wal.restore_points import find_restore_point
 from dr_pipelines.core.wal.verify import verify_archive
 
@@ -135,13 +146,71 @@ def base_backups(entries: Sequence[Any]) -> list[BaseBackup]:
     return found
 
 
-def choose_base_backup(entries: Sequence[Any], target: RecoveryTarget, *, target_lsn: int | None = None) -> BaseBackup:
-    """The newest complete, restorable base backup whose stop point is at or before the target — never after it.
+@dataclass(frozen=True)
+class Lineage:
+    """The timeline a recovery follows and its history: [[parent timeline, switch LSN], …] oldest first."""
+
+    timeline: int
+    switches: tuple[tuple[int, int], ...] = ()
+    explicit: bool = False  # asked for by number (recovery_target_timeline = N), not "latest"
+
+    def reaches(self, base: BaseBackup) -> bool:
+        """Whether recovery from ``base`` can follow this timeline: the base is on it, or on an ancestor and
+        consistent (stopped) before this timeline's history left that ancestor. PostgreSQL refuses the rest
+        ("requested timeline is not a child of this server's history")."""
+        if base.timeline == self.timeline:
+            return True
+        return any(tl == base.timeline and base.stop_lsn <= lsn for tl, lsn in self.switches)
+
+    def setting(self) -> str:
+        return str(self.timeline) if self.explicit else "latest"
+
+
+def recovery_lineage(storage: Storage, timeline: int | None = None) -> Lineage:
+    """``timeline`` (None: the newest one archived) with the switch points its history file records.
+
+    A timeline the archive has neither segments nor a history file of is refused, naming the ones it has.
+    """
+    timelines = archived_timelines(storage)
+    wanted = timeline if timeline is not None else max(timelines, default=1)
+    if timeline is not None and timeline not in timelines:
+        raise PitrError(f"timeline {timeline} is not in the WAL archive {storage.url} (archived: "
+                        f"{', '.join(map(str, sorted(timelines))) or 'none'})",
+                        fix="pass one of the archived timelines with --timeline, or leave it out for the newest")
+    switches: tuple[tuple[int, int], ...] = ()
+    if wanted > 1:
+        history = read_sidecar(storage, f"{wanted:08X}.history")
+        switches = tuple((int(tl), int(lsn)) for tl, lsn in (history.switches or [])) if history else ()
+    return Lineage(wanted, switches, explicit=timeline is not None)
+
+
+def archived_timelines(storage: Storage) -> set[int]:
+    """Timelines with a committed file (segment or history) in the archive: one listing of the sidecars."""
+    found = set()
+    for info in storage.list(PREFIX + "/"):
+        name = name_of_key(info.key)
+        if name and info.key.endswith(SIDECAR_SUFFIX):
+            found.add(timeline_of(name))
+    return found
+
+
+def choose_base_backup(entries: Sequence[Any], target: RecoveryTarget, *, target_lsn: int | None = None,
+                       lineage: Lineage | None = None) -> BaseBackup:
+    """The newest complete, restorable base backup whose stop point is at or before the target — never after it
+    — and (with ``lineage``) from which recovery can follow the chosen timeline.
 
     ``target_lsn``: the LSN of a name target (its restore point's). A target before every base backup is
     an error naming the oldest restorable point.
     """
     bases = sorted((b for b in base_backups(entries) if b.restorable), key=lambda b: (b.stop_lsn, b.stop_time))
+    if lineage is not None:
+        off = [b for b in bases if not lineage.reaches(b)]
+        bases = [b for b in bases if lineage.reaches(b)]
+        if not bases and off:
+            raise PitrError(f"no restorable base backup can recover along timeline {lineage.timeline}: "
+                            f"{', '.join(f'{b.id} (timeline {b.timeline})' for b in off[-3:])} left its history",
+                            fix="pass --timeline with the timeline of a base backup, or take a base backup on "
+                                f"timeline {lineage.timeline}")
     if not bases:
         raise PitrError("there is no restorable base backup in storage (complete, with its WAL archived)",
                         fix="take one with `drp backup run --physical` and keep WAL archiving on")
@@ -188,12 +257,14 @@ def target_lsn_of(storage: Storage, target: RecoveryTarget) -> int | None:
     return target.lsn if target.kind == "lsn" else None
 
 
-def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, target_lsn: int | None = None) -> WalPlan:
+def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, target_lsn: int | None = None,
+              timeline: int | None = None) -> WalPlan:
     """Refuse before anything starts: a gap or corrupt segment between the base's start and the target,
-    or a time/LSN target past the newest archived WAL (recovery would end short of it)."""
+    or a time/LSN target past the newest archived WAL (recovery would end short of it). ``timeline``: the
+    path of that timeline is checked (default: the newest one's)."""
     first = Segment.parse(base.wal_start).number(base.segment_bytes)
     upper = target_lsn // base.segment_bytes if target_lsn is not None else None
-    report = verify_archive(storage, start=base.wal_start, pg=None, read=True,
+    report = verify_archive(storage, start=base.wal_start, pg=None, read=True, timeline=timeline,
                             read_only=lambda name: _needed(name, first, upper, base.segment_bytes))
     if report.end is None:
         raise PitrError(f"the WAL archive in {storage.url} holds nothing from {base.wal_start} on",

@@ -70,8 +70,9 @@ def check_base_backup(storage: Storage, entry: BackupEntry, entries: Sequence[Ba
 
     started = time.monotonic()
     try:
+        own = int(entry.manifest.extra["timeline"]) if target.kind == "immediate" and entry.manifest else None
         result = restore_to_point(storage, target, data_dir, entries=entries, extract=extract_and_prove,
-                                  work_dir=work_dir, identities=identities,
+                                  work_dir=work_dir, identities=identities, timeline=own,  # its stop point: its timeline
                                   progress=progress)
         restore_s = time.monotonic() - started
         rec = result.recovery

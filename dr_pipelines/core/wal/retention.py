@@ -28,21 +28,23 @@ from dataclasses import dataclass, field
 from dr_pipelines.core.backup.catalog import BASE_KIND, BackupEntry
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.wal.archive import Sidecar, read_sidecar, record_event
+from dr_pipelines.core.wal.archive import record_event
 from dr_pipelines.core.wal.names import (
     DEFAULT_SEGMENT_BYTES,
-    PREFIX,
     Segment,
     is_history,
-    name_of_key,
     object_key,
     sidecar_key,
 )
-from dr_pipelines.core.wal.verify import WalReport, verify_archive
+from dr_pipelines.core.wal.verify import ArchiveScan, WalReport, verify_archive
 
 
 class WalRetentionRefused(DrpError):
     """Deleting WAL now could make a retained backup unrestorable, or the archive has problems."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, plan: WalPrunePlan | None = None) -> None:
+        super().__init__(problem, fix)
+        self.plan = plan  # what would have been deleted, for a dry run to show
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class WalPruneResult:
     deleted: list[str]
     dry_run: bool
     event: str | None = None  # the recorded decision when problems were accepted
+    accepted_problems: str | None = None  # the archive's problems this prune went past (--accept-gaps)
 
 
 def needs_of(entries: Iterable[BackupEntry]) -> tuple[list[WalNeed], str | None]:
@@ -99,47 +102,52 @@ def needs_of(entries: Iterable[BackupEntry]) -> tuple[list[WalNeed], str | None]
     return needs, None
 
 
-def plan_wal_prune(storage: Storage, entries: Iterable[BackupEntry], *, check: bool = True) -> WalPrunePlan:
-    """What a prune would delete, given the backups retention keeps (``entries``: all that remain)."""
+def plan_wal_prune(storage: Storage, entries: Iterable[BackupEntry]) -> WalPrunePlan:
+    """What a prune would delete, given the backups retention keeps (``entries``: all that remain), with the
+    continuity report from the oldest needed start: one listing and one read of each sidecar for both."""
     needs, reason = needs_of(entries)
     plan = WalPrunePlan(needs, reason=reason)
     if reason:
         return plan
-    names: dict[str, int] = {}
-    for info in storage.list(PREFIX + "/"):
-        name = name_of_key(info.key)
-        if name is not None:
-            names[name] = names.get(name, 0) + info.size
-    ancestors = _ancestors({n for n in names if is_history(n)}, storage)
+    scan = ArchiveScan.read(storage)
+    ancestors = _ancestors(scan)
     oldest = min(needs, key=lambda n: (n.timeline, n.start.number(n.segment_bytes)))
-    for name in sorted(names):
+    for name in sorted(scan.stored_bytes):
         if is_history(name) or _needed(name, needs, ancestors):
             plan.kept += 1
         else:
             plan.delete.append(name)
-            plan.delete_bytes += names[name]
-    if check:
-        plan.report = verify_archive(storage, start=oldest.start.name, read=False)
+            plan.delete_bytes += scan.stored_bytes[name]
+    plan.report = verify_archive(storage, start=oldest.start.name, read=False, scan=scan)
     return plan
 
 
 def prune_wal(storage: Storage, entries: Iterable[BackupEntry], *, dry_run: bool,
               accept_problems: bool = False) -> WalPruneResult:
-    """Plan, check continuity, then (unless ``dry_run``) delete what no retained base backup needs."""
+    """Plan, check continuity, then (unless ``dry_run``) delete what no retained base backup needs.
+
+    A dry run decides exactly as the real run would: problems in the archive refuse it too (the same
+    WalRetentionRefused, saying the real run would refuse), unless ``accept_problems``.
+    """
     plan = plan_wal_prune(storage, entries)
     result = WalPruneResult(plan, [], dry_run)
-    if plan.reason or not plan.delete or dry_run:
+    if plan.reason or not plan.delete:
         return result
     report = plan.report
     if report is not None and not report.ok:
-        summary = _problems(report)
+        result.accepted_problems = _problems(report)
         if not accept_problems:
             raise WalRetentionRefused(
-                f"the WAL archive has problems from {report.start} on ({summary}); no WAL was deleted",
+                f"{'dry run: a real prune would refuse: ' if dry_run else ''}the WAL archive has problems from "
+                f"{report.start} on ({result.accepted_problems}); no WAL {'would be' if dry_run else 'was'} deleted",
                 fix="run `drp wal verify` and take a new base backup after the gap; to prune anyway, accept it "
-                    "explicitly with `drp wal prune --accept-gaps` (the decision is recorded)")
-        result.event = record_event(storage, "prune-accepted-gaps", report.start or "-",
-                                    {"problems": summary, "deleting": len(plan.delete)})
+                    "explicitly with `drp wal prune --accept-gaps` (that is the decision, and it is recorded)",
+                plan=plan)
+        if not dry_run:
+            result.event = record_event(storage, "prune-accepted-gaps", report.start or "-",
+                                        {"problems": result.accepted_problems, "deleting": len(plan.delete)})
+    if dry_run:
+        return result
     for name in plan.delete:
         storage.delete(sidecar_key(name))
         storage.delete(object_key(name))
@@ -153,16 +161,15 @@ def _problems(report: WalReport) -> str:
     return "; ".join(parts[:5]) + (f"; and {len(parts) - 5} more" if len(parts) > 5 else "")
 
 
-def _ancestors(histories: set[str], storage: Storage) -> dict[int, set[int]]:
+def _ancestors(scan: ArchiveScan) -> dict[int, set[int]]:
     """timeline -> every timeline it descends from, from the committed history sidecars.
 
     A history file whose sidecar does not read yields no ancestors, so that timeline's WAL
     is kept only by backups taken on it: never more deleted than with the history known.
     """
     out: dict[int, set[int]] = {}
-    for name in histories:
-        sidecar: Sidecar | None = read_sidecar(storage, name)
-        if sidecar is not None:
+    for name, sidecar in scan.sidecars.items():
+        if is_history(name) and sidecar is not None:
             out[sidecar.timeline] = {int(tl) for tl, _ in (sidecar.switches or [])}
     return out
 

@@ -72,6 +72,14 @@ def read_pg_wal_state(dsn: str) -> PgWalState:
                       oldest, wal_bytes)
 
 
+def server_wal_state(dsn: str) -> tuple[PgWalState | None, str]:
+    """The server's archiving state, or None with the reason (callers go on from storage alone without it)."""
+    try:
+        return read_pg_wal_state(dsn), "ok"
+    except DrpError as exc:
+        return None, exc.problem
+
+
 def wal_alerts(state: PgWalState, *, lag_limit_s: float, pg_wal_limit_bytes: int) -> list[str]:
     """Human-readable alerts; empty when archiving keeps up."""
     alerts = []

@@ -58,31 +58,52 @@ class WalReport:
                 "gaps": [asdict(g) for g in self.gaps], "problems": self.problems}
 
 
+@dataclass
+class ArchiveScan:
+    """One listing of the archive and one read of every sidecar in it: what verify and prune both need."""
+
+    objects: dict[str, datetime]  # WAL file name -> its object's modification time
+    sidecars: dict[str, Sidecar | None]  # listed sidecars as read (None: gone or unreadable since the listing)
+    stored_bytes: dict[str, int]  # name -> object plus sidecar bytes
+
+    @classmethod
+    def read(cls, storage: Storage) -> ArchiveScan:
+        objects: dict[str, datetime] = {}
+        listed: set[str] = set()
+        sizes: dict[str, int] = {}
+        for info in storage.list(PREFIX + "/"):
+            name = name_of_key(info.key)
+            if name is None:
+                continue
+            sizes[name] = sizes.get(name, 0) + info.size
+            if info.key.endswith(SIDECAR_SUFFIX):
+                listed.add(name)
+            else:
+                objects[name] = info.modified
+        return cls(objects, {name: read_sidecar(storage, name) for name in sorted(listed)}, sizes)
+
+
 def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState | None = None,
-                   read: bool = True, grace_s: float = 300, read_only: Callable[[str], bool] | None = None) -> WalReport:
+                   read: bool = True, grace_s: float = 300, read_only: Callable[[str], bool] | None = None,
+                   scan: ArchiveScan | None = None, timeline: int | None = None) -> WalReport:
     """Check continuity (and, with ``read``, every stored object's checksum) of the WAL archive.
 
     ``read_only``: re-hash only the files it accepts (a PITR needs the segments up to its target, not all).
+    ``scan``: the archive as already listed and read by the caller (prune plans from the same one).
+    ``timeline``: follow this timeline's path (a PITR along an older timeline) instead of the newest one's;
+    its end is then its own newest segment (without ``pg``).
 
     An object without its sidecar is a push in progress (``in-flight``, not an error) when the server has
     not reported it archived yet, or, with no server to ask, when it is younger than ``grace_s``.
     """
-    objects: dict[str, datetime] = {}
-    sidecars: set[str] = set()
-    for info in storage.list(PREFIX + "/"):
-        name = name_of_key(info.key)
-        if name is None:
-            continue
-        if info.key.endswith(SIDECAR_SUFFIX):
-            sidecars.add(name)
-        else:
-            objects[name] = info.modified
+    scan = scan or ArchiveScan.read(storage)
+    objects = scan.objects
     report = WalReport(start=start, end=None)
     committed: dict[str, Sidecar] = {}
     corrupt: set[str] = set()  # present but unusable: a problem of its own, not also a gap
     now = datetime.now(UTC)
-    for name in sorted(set(objects) | sidecars):
-        sidecar = read_sidecar(storage, name) if name in sidecars else None
+    for name in sorted(set(objects) | set(scan.sidecars)):
+        sidecar = scan.sidecars.get(name)
         if sidecar is None:
             pushing = (pg.last_archived_wal or "") < name if pg else (now - objects[name]).total_seconds() < grace_s
             report.problems.append({"name": name, "status": "in-flight" if pushing else "uncommitted",
@@ -102,11 +123,15 @@ def verify_archive(storage: Storage, *, start: str | None = None, pg: PgWalState
         return report
     seg_bytes = next((committed[s.name].plain_bytes for s in segments), DEFAULT_SEGMENT_BYTES)
     first = _start_segment(start, segments, seg_bytes) if start else (segments[0] if segments else None)
-    last_tl = max([s.timeline for s in segments] + ([Segment.parse(pg.current_wal).timeline] if pg else []))
+    last_tl = timeline or max([s.timeline for s in segments] + ([Segment.parse(pg.current_wal).timeline] if pg else []))
     switches = _switches(committed, last_tl, report)
+    if timeline is not None:
+        segments = [s for s in segments if on_path(s, switches, timeline, seg_bytes)]
     if pg is not None:
         end = Segment.parse(pg.current_wal)  # being written: exclusive
         end_number = end.number(seg_bytes)
+    elif not segments:
+        return report
     else:
         end = max(segments, key=lambda s: (s.timeline, s.number(seg_bytes)))
         end_number = end.number(seg_bytes) + 1
@@ -148,6 +173,15 @@ def _switches(committed: dict[str, Sidecar], timeline: int, report: WalReport) -
                                 "detail": f"timeline {timeline} has no history file: its branch point is unknown"})
         return []
     return history.switches or []
+
+
+def on_path(segment: Segment, switches: list[list[int]], timeline: int, seg_bytes: int) -> bool:
+    """Whether recovery along ``timeline`` (its history's ``switches``) reads this segment: on an ancestor
+    before the branch point's segment, or on ``timeline`` itself."""
+    for tl, lsn in switches:
+        if segment.timeline == tl:
+            return segment.number(seg_bytes) < lsn // seg_bytes
+    return segment.timeline == timeline
 
 
 def _path(switches: list[list[int]], last_tl: int, lo: int, hi: int, seg_bytes: int) -> list[tuple[int, int, int]]:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.status import current_status
+from dr_pipelines.core.wal.status import server_wal_state
 from dr_pipelines.defs.backups.assets import BACKUP_JOB, BACKUP_KEY
 from dr_pipelines.defs.backups.history import success_rate
 from dr_pipelines.defs.drills.definitions import DRILL_KEY
@@ -17,7 +18,8 @@ from dr_pipelines.defs.verification.definitions import VERIFICATION_KEY
 @dg.asset(deps=[BACKUP_KEY, VERIFICATION_KEY, DRILL_KEY], group_name="status")
 def dr_status(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
     """The product's targets, measured: success rate, RPO, last verification, last drill and its RTO."""
-    st = current_status(drp.settings())
+    s = drp.settings()
+    st = current_status(s, pg=server_wal_state(s.dsn)[0])
     runs = success_rate(context.instance, BACKUP_JOB, days=30)
     d = st.last_drill or {}
     return dg.MaterializeResult(
@@ -28,6 +30,9 @@ def dr_status(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg
             "backup_success_rate_30d_storage": f"{st.success_rate_30d:.1%}" if st.success_rate_30d is not None else "n/a",
             "newest_restorable": st.newest_restorable or "none",
             "newest_age_minutes": st.newest_age_minutes if st.newest_age_minutes is not None else "n/a",
+            "recovery_point": st.recovery_point,
+            "recovery_point_age_minutes": st.recovery_point_age_minutes
+            if st.recovery_point_age_minutes is not None else "n/a",
             "rpo_target_minutes": st.rpo_target_minutes,
             "rpo_met": st.rpo_met,
             "last_verification": dg.MetadataValue.json(st.last_verification or {}),

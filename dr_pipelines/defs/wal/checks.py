@@ -6,10 +6,9 @@ Both are blocking with severity ERROR: a failure fails the checks run, so run_fa
 # No `from __future__ import annotations` here: Dagster validates the context annotation's type.
 import dagster as dg
 
-from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.wal.archive import archive_storage
-from dr_pipelines.core.wal.status import PgWalState, read_pg_wal_state, wal_alerts
+from dr_pipelines.core.wal.status import PgWalState, server_wal_state, wal_alerts
 from dr_pipelines.core.wal.verify import verify_archive
 from dr_pipelines.defs.lib.resources import DrpSettingsResource
 from dr_pipelines.defs.wal.assets import WAL_KEY
@@ -17,10 +16,7 @@ from dr_pipelines.defs.wal.assets import WAL_KEY
 
 def server_state(s: Settings) -> tuple[PgWalState | None, str]:
     """The server's archiving state, or None with the reason (the archive is still checked without it)."""
-    try:
-        return read_pg_wal_state(s.dsn), "ok"
-    except DrpError as exc:
-        return None, exc.problem
+    return server_wal_state(s.dsn)
 
 
 @dg.asset_check(asset=WAL_KEY, blocking=True,
