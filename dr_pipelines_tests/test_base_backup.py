@@ -54,8 +54,7 @@ PG_BASEBACKUP = BaseBackupOptions(method="pg_basebackup")  # the low-level metho
 
 @pytest.fixture(scope="module")
 def rig(work_base: Path) -> Iterator[WalRig]:
-    rig = WalRig.make(work_base / f"bb-{uuid.uuid4().hex[:8]}")
-    with rig.archiver("--read-ahead", "4"):
+    with WalRig.archiving(work_base / f"bb-{uuid.uuid4().hex[:8]}") as rig:
         yield rig
 
 
@@ -168,7 +167,8 @@ def test_pg_verifybackup_names_a_tampered_file(rig: WalRig, storage: Storage, ta
 
 def test_a_flipped_byte_fails_extraction_naming_the_object(rig: WalRig, cluster: LocalCluster, storage: Storage,
                                                            tmp_path: Path) -> None:
-    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients)
+    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients,  # both methods store
+                               options=BaseBackupOptions(method="lowlevel"))  # the same object: the other one here
     stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
     original = stored.read_bytes()
     try:

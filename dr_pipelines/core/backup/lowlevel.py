@@ -60,6 +60,8 @@ _DB_DIR = re.compile(r"base/[0-9]+/")
 CONTROL_FILE = "global/pg_control"
 FILE_MODE = 0o600  # pg_file_create_mode, for the files we write (backup_label)
 DIR_MODE = 0o700
+GRANT_FIX = ("back up as a superuser or a role granted EXECUTE on pg_backup_start and pg_backup_stop; "
+             "read the PostgreSQL log for the cause")
 
 
 class LowLevelUnavailableError(BackupError):
@@ -177,23 +179,31 @@ def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, ke
     from it), waiting until the stop segment is archived. On any failure the session's backup
     is ended and the object deleted; a killed process ends it by closing the session.
     """
-    conn.execute("SELECT pg_backup_start(%s, fast => true)", (label,))
+    try:
+        conn.execute("SELECT pg_backup_start(%s, fast => true)", (label,))
+    except psycopg.Error as exc:
+        raise BackupError(f"pg_backup_start failed: {exc.diag.message_primary or exc}", fix=GRANT_FIX) from None
     tar = DataDirTar(data_dir, lambda: _stop(conn))
     try:
         entry = stream_reader(CountingReader(tar, tap=tap), storage, key, "base", "tar", recipients,  # type: ignore[arg-type]
                               level=level, threads=threads, progress=progress, expected=expected)
-    except BaseException:
+    except BaseException as exc:
         if tar.stopped is None:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_backup_stop(wait_for_archive => false)")
+        if tar.failure is not None and tar.failure is not exc:
+            raise tar.failure from None
         raise
     assert tar.stopped is not None
     return LowLevelResult(entry, tar.members, tar.stopped)
 
 
 def _stop(conn: psycopg.Connection) -> tuple[str, str, str]:
-    lsn, label, spcmap = conn.execute(
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => true)").fetchone()
+    try:
+        lsn, label, spcmap = conn.execute(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => true)").fetchone()
+    except psycopg.Error as exc:
+        raise BackupError(f"pg_backup_stop failed: {exc.diag.message_primary or exc}", fix=GRANT_FIX) from None
     return lsn, label, spcmap or ""
 
 
@@ -212,12 +222,17 @@ class DataDirTar:
         self.manifest = BackupManifestWriter()
         self.members: dict[str, bytes] = {}
         self.stopped: str | None = None
+        self.failure: BaseException | None = None
         self._pieces = self._archive()
         self._pending = memoryview(b"")
 
     def read(self, n: int = -1) -> bytes:
         while not self._pending:
-            piece = next(self._pieces, None)
+            try:
+                piece = next(self._pieces, None)
+            except BaseException as exc:
+                self.failure = exc  # the compressor and pyrage wrap it; take_lowlevel raises it as it was
+                raise
             if piece is None:
                 return b""
             self._pending = memoryview(piece)
