@@ -266,8 +266,11 @@ class DataDirTar:
     def _dir(self, path: Path, rel: str) -> Iterator[bytes]:
         """sendDir(): one directory's members, recursively, with basebackup.c's exclusions."""
         db_dir = _DB_DIR.fullmatch(rel) is not None
-        with os.scandir(path) as entries:
-            names = [e.name for e in entries]
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return  # dropped (a database) since its header was written: WAL replay drops it again
         for name in names:
             if name.startswith(TEMP_PREFIX) or _excluded_file(name):
                 continue
