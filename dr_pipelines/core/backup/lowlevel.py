@@ -167,7 +167,6 @@ def _parent_pid(pid: int) -> int | None:
 class LowLevelResult:
     entry: ObjectEntry
     files: dict[str, bytes]  # backup_label and backup_manifest, as stored
-    stop_lsn: str
 
 
 def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, key: str, recipients: list, *,
@@ -195,7 +194,7 @@ def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, ke
             raise tar.failure from None
         raise
     assert tar.stopped is not None
-    return LowLevelResult(entry, tar.members, tar.stopped)
+    return LowLevelResult(entry, tar.members)
 
 
 def _stop(conn: psycopg.Connection) -> tuple[str, str, str]:
