@@ -228,6 +228,8 @@ def test_kill_9_mid_stream_counts_nothing_and_ends_the_servers_backup_session(
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["method"] == "lowlevel" and summary["id"] in {e.id for e in list_backups(storage) if e.complete}
+    shown = rig.drp("backup", "show", summary["id"])
+    assert shown.returncode == 0 and "method lowlevel" in " ".join(shown.stdout.split()), shown.stdout
     assert not list((rig.storage_dir / "backups").rglob("*.partial"))
 
 
