@@ -6,8 +6,10 @@
    WAL archiving has its own benchmark, wal_push.py) loaded with ``pgbench -i -s SCALE``
    (~15 MB a scale unit: 70 gives ~1 GB of incompressible-ish pgbench rows and indexes).
 2. Each variant runs --runs times, alternating, measured as a child process (wall time, peak RSS):
-   - ``drp``: ``drp backup run --physical --no-prune`` into a fresh local storage
-     (pg_basebackup -Ft -X none -> zstd -3 with 2 threads -> age -> SHA-256 -> storage, manifest last);
+   - ``drp-lowlevel``: ``drp backup run --physical --method lowlevel --no-prune`` into a fresh local storage
+     (pg_backup_start, the data directory read by drp -> zstd -3 with 2 threads -> age -> SHA-256 -> storage,
+     pg_backup_stop, backup_label and backup_manifest, our manifest last);
+   - ``drp-pg_basebackup``: the same with ``--method pg_basebackup`` (pg_basebackup -Ft -X none as the source);
    - ``pipe``: ``pg_basebackup -D - -Ft -X none --checkpoint=fast | zstd -T2 -3 > file`` (the floor);
    - ``lowlevel``: the low-level API, ``pg_backup_start(fast)`` in a session, ``tar -c`` of the data
      directory (pg_wal and postmaster.* excluded) ``| zstd -T2 -3 > file``, ``pg_backup_stop()``;
@@ -15,8 +17,8 @@
    - ``pgbackrest`` (when installed): ``pgbackrest backup --type=full`` as the postgres OS user with
      compress-type=zst, compress-level=3, process-max=2, start-fast, archive-check=n, a temp repo
      (``--skip-pgbackrest`` leaves it out);
-   - ``drp-in-process`` (with ``--in-process``): ``run_base_backup`` called in this process, so
-     the interpreter start-up and the CLI are left out; its peak RSS is not measured (it is ours).
+   - ``drp-lowlevel-in-process`` (with ``--in-process``): ``run_base_backup`` (lowlevel) called in this
+     process, so the interpreter start-up and the CLI are left out; its peak RSS is not measured (it is ours).
 Prints JSON (medians, min, bytes written, peak RSS) and the ratios docs/benchmarks.md quotes.
 """
 
@@ -56,7 +58,7 @@ class Bench:
         archives to it, so its backups can be restored); here nothing archives to it."""
         self.base, self.cluster, self.recipient = base, cluster, recipient
         self.archive_check = archive_check
-        self.in_process: list[float] = []
+        self.in_process: dict[str, list[float]] = {"lowlevel": [], "pg_basebackup": []}
         self.bin = cluster.binaries.bin_dir
         self.pgbackrest = shutil.which("pgbackrest") if pgbackrest else None
         if self.pgbackrest:
@@ -68,26 +70,27 @@ class Bench:
         path.mkdir(parents=True)
         return path
 
-    def drp(self) -> tuple[float, int, int]:
-        storage = self.fresh("drp")
+    def drp(self, method: str) -> tuple[float, int, int]:
+        storage = self.fresh(f"drp-{method}")
         env = {**os.environ, "DRP_SOURCE_DSN": self.cluster.dsn(), "DRP_STORAGE_URL": str(storage),
                "DRP_ENCRYPTION_RECIPIENTS": self.recipient}
-        launch = Launch([str(BIN / "drp"), "backup", "run", "--physical", "--no-prune", "--json"], env=env,
-                        stdout=subprocess.PIPE)
+        launch = Launch([str(BIN / "drp"), "backup", "run", "--physical", "--method", method, "--no-prune", "--json"],
+                        env=env, stdout=subprocess.PIPE)
         assert launch.proc.stdout is not None
         summary = json.loads(launch.proc.stdout.read())
         m = launch.reap()
-        assert m.returncode == 0, "drp backup run --physical failed"
-        self.in_process.append(summary["duration_s"])  # the manifest's start to finish: without interpreter start-up
+        assert m.returncode == 0 and summary["method"] == method, "drp backup run --physical failed"
+        self.in_process[method].append(summary["duration_s"])  # the manifest's start to finish: no interpreter start-up
         return m.seconds, m.maxrss_kb, tree_bytes(storage)
 
     def drp_in_process(self) -> tuple[float, int, int]:
-        from dr_pipelines.core.backup.physical import run_base_backup
+        from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
         from dr_pipelines.core.storage.local import LocalStorage
 
         storage = self.fresh("drp-in-process")
         started = time.monotonic()
-        run_base_backup(self.cluster.dsn(), LocalStorage(storage), [self.recipient])
+        run_base_backup(self.cluster.dsn(), LocalStorage(storage), [self.recipient],
+                        options=BaseBackupOptions(method="lowlevel"))
         return time.monotonic() - started, 0, tree_bytes(storage)
 
     def pipe(self) -> tuple[float, int, int]:
@@ -158,27 +161,32 @@ def main() -> None:
             conn.execute("CHECKPOINT")
             size = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()[0]
         bench = Bench(base, cluster, recipient, pgbackrest=not args.skip_pgbackrest)
-        variants = {"drp": bench.drp, "pipe": bench.pipe, "lowlevel": bench.lowlevel}
+        variants = {"drp-lowlevel": lambda: bench.drp("lowlevel"), "drp-pg_basebackup": lambda: bench.drp("pg_basebackup"),
+                    "pipe": bench.pipe, "lowlevel": bench.lowlevel}
         if args.in_process:
-            variants["drp-in-process"] = bench.drp_in_process
+            variants["drp-lowlevel-in-process"] = bench.drp_in_process
         if bench.pgbackrest:
             variants["pgbackrest"] = bench.pgbackrest_full
         results: dict[str, list[tuple[float, int, int]]] = {k: [] for k in variants}
+        load_samples: list[float] = []
         for _ in range(args.runs):
             for name, run in variants.items():
                 results[name].append(run())
-                print(f"{name}: {results[name][-1]}", file=sys.stderr)
+                load_samples.append(round(os.getloadavg()[0], 1))
+                print(f"{name}: {results[name][-1]} (load {load_samples[-1]})", file=sys.stderr)
         summary = {name: {"seconds": stats([r[0] for r in rs]), "peak_rss_kb": max(r[1] for r in rs),
                           "stored_bytes": rs[-1][2]} for name, rs in results.items()}
-        drp_median = summary["drp"]["seconds"]["median"]
-        summary["drp"]["in_process_seconds"] = stats(bench.in_process)
-        ratios = {f"drp/{name}": round(drp_median / s["seconds"]["median"], 2)
-                  for name, s in summary.items() if name != "drp"}
-        ratios["drp in-process/pipe"] = round(summary["drp"]["in_process_seconds"]["median"]
-                                              / summary["pipe"]["seconds"]["median"], 2)
-        summary.get("drp-in-process", {}).pop("peak_rss_kb", None)
-        print(json.dumps({"scale": args.scale, "load_average": os.getloadavg(), "cluster_bytes": size, "load_seconds": round(time.monotonic() - t, 1),
-                          "runs": args.runs, "machine": machine_info(cluster.dsn()), "results": summary, "ratios": ratios},
+        ratios = {}
+        for method in ("lowlevel", "pg_basebackup"):
+            drp = summary[f"drp-{method}"]
+            drp["in_process_seconds"] = stats(bench.in_process[method])
+            ratios |= {f"drp-{method}/{name}": round(drp["seconds"]["median"] / s["seconds"]["median"], 2)
+                       for name, s in summary.items() if not name.startswith("drp")}
+            ratios[f"drp-{method} in-process/pipe"] = round(drp["in_process_seconds"]["median"]
+                                                            / summary["pipe"]["seconds"]["median"], 2)
+        summary.get("drp-lowlevel-in-process", {}).pop("peak_rss_kb", None)
+        print(json.dumps({"scale": args.scale, "load_average": os.getloadavg(), "load_1min_after_each": load_samples,
+                          "cluster_bytes": size, "load_seconds": round(time.monotonic() - t, 1), "runs": args.runs, "machine": machine_info(cluster.dsn()), "results": summary, "ratios": ratios},
                          indent=2))
     finally:
         cluster.remove()

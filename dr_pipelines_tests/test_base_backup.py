@@ -31,7 +31,7 @@ from dr_pipelines.core.backup.catalog import (
 from dr_pipelines.core.backup.gfs import RetentionPolicy
 from dr_pipelines.core.backup.integrity import manifest_problems, object_problems
 from dr_pipelines.core.backup.logical import run_logical_backup
-from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest
@@ -49,12 +49,12 @@ from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig, give_to_pg, in_recovery, pid_alive, start_recovering
 
 ROWS = 60_000
+PG_BASEBACKUP = BaseBackupOptions(method="pg_basebackup")  # the low-level method: test_base_backup_lowlevel.py
 
 
 @pytest.fixture(scope="module")
 def rig(work_base: Path) -> Iterator[WalRig]:
-    rig = WalRig.make(work_base / f"bb-{uuid.uuid4().hex[:8]}")
-    with rig.archiver("--read-ahead", "4"):
+    with WalRig.archiving(work_base / f"bb-{uuid.uuid4().hex[:8]}") as rig:
         yield rig
 
 
@@ -81,7 +81,7 @@ def storage(rig: WalRig) -> Storage:
 def taken(rig: WalRig, cluster: LocalCluster, storage: Storage) -> tuple[Manifest, list]:
     """One base backup and the source's table checksums right after it (nothing written in between)."""
     progress: list[tuple[str, int, int | None]] = []
-    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients,
+    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients, options=PG_BASEBACKUP,
                                progress=lambda *a: progress.append(a))
     checksums = database_checksums(cluster.dsn())
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # after the stop: must not be recovered
@@ -113,6 +113,7 @@ def test_manifest_records_the_backup_and_its_wal_becomes_archived(rig: WalRig, c
     assert (x["timeline"], x["wal_start"], x["wal_stop"]) == (1, start_seg, stop_seg)
     assert x["segment_bytes"] == 16 * 1024 * 1024 and x["data_checksums"] is True and x["pg_version_num"] >= 150000
     assert x["start_time"] < x["stop_time"] and isinstance(x["next_xid"], int)
+    assert (x["method"], x["method_note"]) == ("pg_basebackup", None) and "pg_basebackup" in manifest.tools
     entry = wait_for(lambda: (e := _entry(storage, manifest.id)).wal_archived and e, timeout=60, what="WAL archived",
                      interval=0.3)
     assert entry.kind == "base" and entry.status == "complete" and entry.restorable
@@ -166,7 +167,8 @@ def test_pg_verifybackup_names_a_tampered_file(rig: WalRig, storage: Storage, ta
 
 def test_a_flipped_byte_fails_extraction_naming_the_object(rig: WalRig, cluster: LocalCluster, storage: Storage,
                                                            tmp_path: Path) -> None:
-    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients)
+    manifest = run_base_backup(cluster.dsn(), storage, rig.settings().encryption_recipients,  # both methods store
+                               options=BaseBackupOptions(method="lowlevel"))  # the same object: the other one here
     stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
     original = stored.read_bytes()
     try:
@@ -205,7 +207,8 @@ def test_kill_9_mid_stream_leaves_nothing_complete_and_the_next_run_sweeps_it(ri
                                                                                storage: Storage) -> None:
     env = {"DRP_CONFIG": str(rig.config), "DRP_SOURCE_DSN": cluster.dsn()}
     before = {e.id for e in list_backups(storage)}
-    proc = start_paused(["backup", "run", "--physical", "--no-prune"], env, "base-backup-mid-stream")
+    proc = start_paused(["backup", "run", "--physical", "--method", "pg_basebackup", "--no-prune"], env,
+                        "base-backup-mid-stream")
     partials = wait_for(lambda: list((rig.storage_dir / "backups").rglob(f".{BASE_OBJECT}.*.partial")), timeout=30,
                         what="upload under way", interval=0.1)
     os.kill(proc.pid, signal.SIGKILL)
@@ -215,7 +218,7 @@ def test_kill_9_mid_stream_leaves_nothing_complete_and_the_next_run_sweeps_it(ri
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:  # the orphaned pg_basebackup hit a broken pipe
         wait_for(lambda: conn.execute("SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'walsender'")
                  .fetchone()[0], timeout=30, what="walsender gone", interval=0.2)
-    again = _drp(rig, cluster, "backup", "run", "--physical", "--no-prune", "--json")
+    again = _drp(rig, cluster, "backup", "run", "--physical", "--method", "pg_basebackup", "--no-prune", "--json")
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     ids = {e.id for e in list_backups(storage)}

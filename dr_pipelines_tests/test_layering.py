@@ -60,6 +60,7 @@ LAYERS = {
     "context": 4,
     "backup": 5, "restore": 5, "export": 5, "retention": 5, "wal": 5,
     "restore.targets": 5, "restore.recovery": 5, "restore.pitr": 5, "wal.restore_points": 5,  # PITR (issue 13)
+    "backup.lowlevel": 5,  # base backups through pg_backup_start/stop (issue 13)
     "verify": 6, "migrate": 6,
     "status": 7, "health": 7,
 }

@@ -52,6 +52,8 @@ def backup_run(
     physical: bool = typer.Option(
         False, "--physical", help="A base backup of the whole cluster (pg_basebackup; needs WAL archiving) instead of pg_dump."),
     slot: Optional[str] = typer.Option(None, "--slot", help="With --physical: an existing physical replication slot."),
+    method: Optional[str] = typer.Option(
+        None, "--method", help="With --physical: auto, lowlevel or pg_basebackup (default: the base_backup_method setting)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Take a backup now (pg_dump, or pg_basebackup with --physical -> zstd -> age -> storage, manifest last), then apply retention."""
@@ -65,9 +67,10 @@ def backup_run(
         if no_globals or role_passwords:
             raise ConfigError("--no-globals and --role-passwords are for logical backups",
                               fix="leave them out with --physical (a base backup holds the whole cluster, roles included)")
-        options = BaseBackupOptions(compression_level=level, source_replaced=source_replaced, slot=slot)
-    elif slot is not None:
-        raise ConfigError("--slot is for base backups", fix="add --physical, or leave out --slot")
+        options = BaseBackupOptions(compression_level=level, source_replaced=source_replaced, slot=slot,
+                                    method=method or settings().base_backup_method)
+    elif slot is not None or method is not None:
+        raise ConfigError("--slot and --method are for base backups", fix="add --physical, or leave them out")
     else:
         options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
                                 source_replaced=source_replaced)
@@ -80,12 +83,15 @@ def backup_run(
         "plain_bytes": sum(o.plain_bytes or 0 for o in m.objects), "duration_s": round(m.duration_s, 2),
         "tables": len(m.tables), "rows": m.total_rows,
         "pruned": outcome.prune.deleted if outcome.prune else None,
+        **({"method": m.extra.get("method")} if physical else {}),
     }
+    if physical and m.extra.get("method_note"):
+        err.print(m.extra["method_note"], highlight=False, soft_wrap=True)
     if as_json:
         emit_json(summary)
         return
     if physical:
-        out.print(f"base backup {m.id}: {human_bytes(m.stored_bytes)} stored in {m.duration_s:.1f}s, WAL "
+        out.print(f"base backup {m.id} ({m.extra.get('method')}): {human_bytes(m.stored_bytes)} stored in {m.duration_s:.1f}s, WAL "
                   f"{m.extra['wal_start']}..{m.extra['wal_stop']} (LSN {m.extra['start_lsn']}..{m.extra['stop_lsn']}) "
                   f"-> {outcome.storage_url}", highlight=False)
     else:
@@ -146,7 +152,8 @@ def backup_show(
         x = m.extra
         out.print(f"timeline {x.get('timeline')}, LSN {x.get('start_lsn')} .. {x.get('stop_lsn')}, "
                   f"WAL {x.get('wal_start')} .. {x.get('wal_stop')} ({'archived' if entry.wal_archived else 'NOT archived yet'}), "
-                  f"system identifier {x.get('system_identifier')}, next xid {x.get('next_xid')}", highlight=False)
+                  f"system identifier {x.get('system_identifier')}, next xid {x.get('next_xid')}, "
+                  f"method {x.get('method') or 'pg_basebackup'}", highlight=False)
     objects = Table("object", "role", "stored", "plain", "sha256")
     for o in m.objects:
         objects.add_row(o.key, o.role, human_bytes(o.bytes), human_bytes(o.plain_bytes or 0), o.sha256)

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
@@ -80,6 +80,9 @@ class Settings(BaseModel):
     verify_cron: str = Field("0 4 * * 0", description="When the weekly verification restore runs (cron, UTC).")
     drill_cron: str = Field("0 5 1 * *", description="When the monthly DR drill runs (cron, UTC).")
     base_backup_cron: str = Field("0 1 * * *", description="When the base backup schedule runs (cron, UTC; needs WAL archiving).")
+    base_backup_method: Literal["auto", "lowlevel", "pg_basebackup"] = Field(
+        "auto", description="How base backups read the cluster: lowlevel (pg_backup_start + the data directory read "
+        "on this host), pg_basebackup (from any host), or auto (lowlevel when the data directory here is the source's).")
     schedules_running: bool = Field(
         False, description="Start schedules and sensors RUNNING by default (the demo sets this)."
     )

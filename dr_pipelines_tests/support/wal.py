@@ -56,6 +56,14 @@ class WalRig:
             os.chmod(wrapper, 0o755)
         return rig
 
+    @classmethod
+    @contextmanager
+    def archiving(cls, root: Path) -> Iterator[WalRig]:
+        """A rig with `drp wal archiver` running (read-ahead 4), stopped after: what the base backup tests share."""
+        rig = cls.make(root)
+        with rig.archiver("--read-ahead", "4"):
+            yield rig
+
     @property
     def drp_for_pg(self) -> Path:
         """`drp` runnable by the PostgreSQL OS user (the test venv's interpreter may sit under /root)."""

@@ -1,6 +1,11 @@
-"""Base backup: pg_basebackup -D - -Ft -X none -> zstd -> age -> storage, our manifest last.
+"""Base backup: a tar of the cluster (the low-level API, or pg_basebackup) -> zstd -> age -> storage, manifest last.
 
-One tar stream of the whole cluster, PostgreSQL's own ``backup_manifest`` inside it (PostgreSQL
+Two methods give the same stored object (``BaseBackupOptions.method``, setting ``base_backup_method``):
+``lowlevel`` (core/backup/lowlevel.py: pg_backup_start, the data directory read here, pg_backup_stop;
+faster, needs the data directory of this very cluster on this host) and ``pg_basebackup`` (any host).
+``auto`` takes the first when ``local_data_dir`` accepts the source, else the second, and records why.
+
+With pg_basebackup: one tar stream of the whole cluster, PostgreSQL's own ``backup_manifest`` inside it (PostgreSQL
 13+ injects the manifest into the tar it writes to stdout), through the same pipeline and under
 the same lock and attempt record as logical backups (core/backup/pipeline.py). ``-X none``: the
 WAL from the backup's start to its stop comes from the WAL archive (core/wal), so a base backup
@@ -16,16 +21,19 @@ disagree with the bytes we stored.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from dr_pipelines.core import checkpoints
 from dr_pipelines.core.backup.catalog import BASE_KIND, record_source
+from dr_pipelines.core.backup.lowlevel import LowLevelUnavailableError, local_data_dir, take_lowlevel
 from dr_pipelines.core.backup.pipeline import (
     BackupError,
     LockedSource,
@@ -45,6 +53,8 @@ from dr_pipelines.core.wal.names import Segment, parse_lsn
 
 WANTED = ("backup_label", "backup_manifest")
 MID_STREAM = 16 << 20
+METHODS = ("auto", "lowlevel", "pg_basebackup")
+log = logging.getLogger(__name__)
 
 
 class BaseBackupRefusedError(BackupError):
@@ -57,6 +67,8 @@ class BaseBackupOptions:
     zstd_threads: int = 2
     source_replaced: bool = False  # as BackupOptions: this cluster replaced the prefix's recorded one
     slot: str | None = None  # an existing physical replication slot, checked and recorded (see preflight)
+    # auto: the low-level API when the data directory is this cluster's and readable here, else pg_basebackup
+    method: str = "auto"
 
 
 def run_base_backup(
@@ -80,36 +92,66 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
             conn, dsn, storage, replaced=options.source_replaced,
             preflight=lambda c: preflight(c, slot=options.slot)) as locked:
         cluster = _cluster_facts(conn)
-        pg_basebackup = client_tool("pg_basebackup", locked.ident.major)
-        conninfo, env = libpq_env(dsn)
-        cmd = [pg_basebackup, f"--dbname={conninfo}", "--pgdata=-", "--format=tar", "--wal-method=none",
-               "--checkpoint=fast", "--no-password", f"--label=drp {backup_id}"]
-        tap = TarTap(WANTED)
+        method, data_dir, note = choose_method(conn, options.method)
+        key = f"{prefix}/{BASE_OBJECT}"
         start_time = datetime.now(UTC)
-        entry = stream_command(cmd, env, storage, f"{prefix}/{BASE_OBJECT}", "base", "tar", age_recipients,
-                               level=options.compression_level, threads=options.zstd_threads,
-                               progress=progress, expected=cluster["size"], tap=_with_checkpoint(tap))
+        if data_dir is not None:
+            taken = take_lowlevel(conn, data_dir, storage, key, age_recipients, label=f"drp {backup_id}",
+                                  level=options.compression_level, threads=options.zstd_threads, progress=progress,
+                                  expected=cluster["size"], tap=_with_checkpoint(lambda data: None))
+            entry, files, tool = taken.entry, taken.files, None
+        else:
+            tool = client_tool("pg_basebackup", locked.ident.major)
+            entry, files = _pg_basebackup(tool, dsn, backup_id, storage, key, age_recipients, options, progress,
+                                          cluster["size"])
         try:
             # Any xid at or past this one was assigned after the backup stopped: its commit is
             # after stop_lsn, so recovery from this base can reach it (see docs/backups.md).
             next_xid = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()[0]
             stop_time = datetime.now(UTC)
-            wal = wal_range(tap.files, cluster["segment_bytes"])
+            wal = wal_range(files, cluster["segment_bytes"])
         except BaseException:
-            storage.delete(f"{prefix}/{BASE_OBJECT}")
+            storage.delete(key)
             raise
     extra = {**wal, "system_identifier": locked.ident.system_identifier, "start_time": start_time.isoformat(),
              "stop_time": stop_time.isoformat(), "next_xid": next_xid, "pg_version_num": locked.ident.version_num,
              "segment_bytes": cluster["segment_bytes"], "data_checksums": cluster["data_checksums"],
-             "slot": options.slot, "cleaned_up": locked.removed}
-    manifest = _manifest(dsn, backup_id, started, recipients, options, locked, cluster["size"], pg_basebackup,
-                         entry, extra)
+             "slot": options.slot, "cleaned_up": locked.removed, "method": method, "method_note": note}
+    manifest = _manifest(dsn, backup_id, started, recipients, options, locked, cluster["size"], tool, entry, extra)
     write_manifest(storage, prefix, manifest)  # the commit point
     record_source(storage, manifest.source, replaced=options.source_replaced)
     return manifest
 
 
-def _with_checkpoint(tap: TarTap) -> Callable[[bytes], None]:
+def choose_method(conn: psycopg.Connection, wanted: str) -> tuple[str, Path | None, str | None]:
+    """(method, data directory for lowlevel, why auto did not use lowlevel): see docs/backups.md, "Method"."""
+    if wanted not in METHODS:
+        raise BaseBackupRefusedError(f"unknown base backup method {wanted!r}", fix=f"use one of {', '.join(METHODS)}")
+    if wanted == "pg_basebackup":
+        return wanted, None, None
+    try:
+        return "lowlevel", local_data_dir(conn), None
+    except LowLevelUnavailableError as exc:
+        if wanted == "lowlevel":
+            raise
+        note = f"auto chose pg_basebackup: {exc.problem}"
+        log.warning(note)
+        return "pg_basebackup", None, note
+
+
+def _pg_basebackup(tool: str, dsn: str, backup_id: str, storage: Storage, key: str, age_recipients: list,
+                   options: BaseBackupOptions, progress: Progress | None, size: int) -> tuple[ObjectEntry, dict[str, bytes]]:
+    """pg_basebackup -D - -Ft -X none streamed to key; backup_label and backup_manifest read from the stream."""
+    conninfo, env = libpq_env(dsn)
+    cmd = [tool, f"--dbname={conninfo}", "--pgdata=-", "--format=tar", "--wal-method=none",
+           "--checkpoint=fast", "--no-password", f"--label=drp {backup_id}"]
+    tap = TarTap(WANTED)
+    entry = stream_command(cmd, env, storage, key, "base", "tar", age_recipients, level=options.compression_level,
+                           threads=options.zstd_threads, progress=progress, expected=size, tap=_with_checkpoint(tap))
+    return entry, tap.files
+
+
+def _with_checkpoint(tap: Callable[[bytes], None]) -> Callable[[bytes], None]:
     """The tap, passing checkpoint 'base-backup-mid-stream' once after the first 16 MiB (crash tests stop there)."""
     seen = [0]
 
@@ -193,14 +235,14 @@ def wal_range(files: dict[str, bytes], segment_bytes: int) -> dict[str, Any]:
 
 
 def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str], options: BaseBackupOptions,
-              locked: LockedSource, size: int, pg_basebackup: str, entry: ObjectEntry, extra: dict[str, Any]) -> Manifest:
+              locked: LockedSource, size: int, tool: str | None, entry: ObjectEntry, extra: dict[str, Any]) -> Manifest:
     return Manifest(
         kind=BASE_KIND,
         id=backup_id,
         started_at=started,
         finished_at=datetime.now(UTC),
         objects=[entry],
-        **manifest_fields(dsn, locked, size, pg_basebackup, recipients, options.compression_level),
+        **manifest_fields(dsn, locked, size, tool, recipients, options.compression_level),
         extra=extra,
     )
 

@@ -98,10 +98,10 @@ def backup_lock(conn: psycopg.Connection, dsn: str, storage: Storage, *, replace
             conn.execute("SELECT pg_advisory_unlock(%s)", (BACKUP_LOCK_KEY,))
 
 
-def manifest_fields(dsn: str, locked: LockedSource, size_bytes: int, tool: str, recipients: list[str],
+def manifest_fields(dsn: str, locked: LockedSource, size_bytes: int, tool: str | None, recipients: list[str],
                     level: int) -> dict[str, Any]:
     """The Manifest fields every backup kind fills alike: source (what SOURCE.json binds a prefix to), tools,
-    compression and encryption (the *public* recipients only)."""
+    compression and encryption (the *public* recipients only). ``tool``: the client tool run, if any."""
     return {
         "source": {
             "server": describe(dsn),
@@ -112,7 +112,7 @@ def manifest_fields(dsn: str, locked: LockedSource, size_bytes: int, tool: str, 
             "database_size_bytes": size_bytes,
         },
         "tools": {
-            os.path.basename(tool): tool_version(tool)[1],
+            **({os.path.basename(tool): tool_version(tool)[1]} if tool else {}),
             "dr_pipelines": pkg_version("dr_pipelines"),
             "zstandard": pkg_version("zstandard"),
             "pyrage": pkg_version("pyrage"),
@@ -145,18 +145,15 @@ def stream_command(
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
         assert proc.stdout is not None
-        reader = CountingReader(proc.stdout, tap=tap)
-        chunks = compress_encrypt(reader, recipients, level=level, threads=threads)
-        try:
-            result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
-        except BaseException:
+
+        def kill() -> None:
             proc.kill()
             proc.wait()
-            raise
+
+        try:
+            entry = stream_reader(CountingReader(proc.stdout, tap=tap), storage, key, role, fmt, recipients,
+                                  level=level, threads=threads, progress=progress, expected=expected, abort=kill)
         finally:
-            # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
-            # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
-            chunks.close()
             proc.stdout.close()
         code = proc.wait()
         if code != 0:
@@ -165,6 +162,28 @@ def stream_command(
             with contextlib.suppress(StorageError):
                 storage.delete(key)
             raise BackupError(f"{os.path.basename(cmd[0])} failed (exit {code}): {message}", fix=_fix_for(message))
+    return entry
+
+
+def stream_reader(reader: CountingReader, storage: Storage, key: str, role: str, fmt: str, recipients: list, *,
+                  level: int, threads: int, progress: Progress | None, expected: int | None,
+                  abort: Callable[[], None] | None = None) -> ObjectEntry:
+    """Stream ``reader``, compressed and encrypted, into storage under key: a tool's stdout, or a tar
+    drp builds itself (core/backup/lowlevel.py). Progress every PROGRESS_EVERY plain bytes.
+
+    ``abort`` runs first on failure (a tool is killed so the worker's read ends at once).
+    """
+    chunks = compress_encrypt(reader, recipients, level=level, threads=threads)
+    try:
+        result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
+    except BaseException:
+        if abort:
+            abort()
+        raise
+    finally:
+        # Stop and join the compress-encrypt worker now: left blocked inside pyrage, it is
+        # killed at interpreter exit through Rust frames, which aborts the process (SIGABRT).
+        chunks.close()
     return ObjectEntry(key=key.rsplit("/", 1)[1], role=role, bytes=result.size, sha256=result.sha256,
                        plain_bytes=reader.bytes, format=fmt)
 

@@ -41,7 +41,8 @@ def backup_now(
                                       options=options or BackupOptions(), progress=progress)  # type: ignore[arg-type]
     elif kind == "base":
         manifest = run_base_backup(settings.dsn, storage, settings.encryption_recipients,
-                                   options=options or BaseBackupOptions(), progress=progress)  # type: ignore[arg-type]
+                                   options=options or BaseBackupOptions(method=settings.base_backup_method),
+                                   progress=progress)  # type: ignore[arg-type]
     else:
         raise ConfigError(f"unknown backup kind {kind!r}", fix="use 'logical' or 'base'")
     pruned = prune_backups(storage, context.retention_policy(settings), dry_run=False) if prune else None

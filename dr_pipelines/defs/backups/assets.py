@@ -81,7 +81,8 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kinds={"postgres"},
         freshness_policy=scheduled_freshness(settings.base_backup_cron),
         tags={"drp/source": "primary"},
-        description="A base backup (pg_basebackup -> zstd -> age) in storage with its manifest: the start of every "
+        description="A base backup (the low-level API or pg_basebackup -> zstd -> age) in storage with its manifest: "
+                    "the start of every "
                     "point-in-time restore with the archived WAL; fresh when its scheduled run landed.",
     )
     def base_backup(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
@@ -98,6 +99,8 @@ def build_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "lsn_range": f"{x['start_lsn']} .. {x['stop_lsn']}",
                 "wal_range": f"{x['wal_start']} .. {x['wal_stop']}",
                 "restore_point": x["stop_time"],
+                "method": str(x.get("method")),  # base_backup_method: which one auto chose, and why (method_note)
+                **({"method_note": x["method_note"]} if x.get("method_note") else {}),
             }
         )
 
