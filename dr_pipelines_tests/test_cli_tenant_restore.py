@@ -1,0 +1,217 @@
+"""`drp tenant restore` end to end with a REAL point-in-time restore (issue 14).
+
+One module-scoped archiving cluster holds the seeded clinic database: a base backup, a time T,
+then clinic 2 is damaged (appointments deleted, invoices voided, a patient added) and clinic 1
+changed too, all archived. `drp tenant restore --clinic 2 --at T` recovers a throwaway cluster to
+T and its preview names exactly clinic 2's damage. Bad input is refused with a message, an exit
+code and nothing left (no lease folder, no server); a killed run's cluster is swept by the next
+run; a migration since T refuses, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dr_pipelines.core import context
+from dr_pipelines.core.backup.logical import run_logical_backup
+from dr_pipelines.core.backup.physical import run_base_backup
+from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.demo.generate import seed_demo
+from dr_pipelines_tests.support.procs import start_paused, wait_for
+from dr_pipelines_tests.support.wal import WalRig, wait_archived
+
+CLINIC = "2"
+
+
+@dataclass
+class Damaged:
+    """The archiving source, what a restore needs to reach it, and what changed after T."""
+
+    rig: WalRig
+    cluster: LocalCluster
+    live: str
+    before_base: str  # a time before the only base backup: nothing restorable is that old
+    t: str  # the restore point asked for: after the base backup, before the damage
+    archived_at: datetime  # when the last segment (holding the damage) was archived
+    logical_id: str
+    deleted_appointments: list[str] = field(default_factory=list)
+    voided_invoices: list[str] = field(default_factory=list)
+    added_patients: list[str] = field(default_factory=list)
+
+    @property
+    def work(self) -> Path:
+        return self.rig.root / "work"
+
+    def env(self) -> dict[str, str]:
+        return {"DRP_CONFIG": str(self.rig.config), "DRP_SOURCE_DSN": self.live, "DRP_WORK_DIR": str(self.work)}
+
+    def drp(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.rig.drp(*args, timeout=timeout, DRP_SOURCE_DSN=self.live, DRP_WORK_DIR=str(self.work))
+
+    def sql(self, query: str) -> list[str]:
+        with psycopg.connect(self.live, autocommit=True) as conn:
+            return [str(r[0]) for r in conn.execute(query).fetchall()]
+
+
+def switch_and_archive(cluster: LocalCluster) -> None:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        wait_archived(cluster, conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0])
+
+
+@pytest.fixture(scope="module")
+def damaged(work_base: Path) -> Iterator[Damaged]:
+    rig = WalRig.make(work_base / f"tenant-{uuid.uuid4().hex[:8]}")
+    cluster = LocalCluster.create(rig.root / "pg", settings=rig.cluster_settings("300s"), tcp_trust=True)
+    try:
+        with rig.archiver():
+            live = cluster.create_database("clinics")
+            seed_demo(live, clinics=3, scale=0.5, seed=7)
+            storage, recipients = context.storage(rig.settings()), rig.settings().encryption_recipients
+            with psycopg.connect(live, autocommit=True) as conn:
+                before_base = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            logical_id = run_logical_backup(live, storage, recipients).id
+            run_base_backup(live, storage, recipients)
+            d = Damaged(rig, cluster, live, before_base.isoformat(), "", datetime.now(UTC), logical_id)
+            d.t = d.sql("SELECT clock_timestamp()")[0]
+            d.deleted_appointments = d.sql(
+                "WITH gone AS (SELECT a.id FROM appointments a WHERE a.clinic_id = 2 AND NOT EXISTS (SELECT 1 FROM visits v"
+                " WHERE v.clinic_id = a.clinic_id AND v.appointment_id = a.id) ORDER BY a.id LIMIT 5)"
+                " DELETE FROM appointments WHERE id IN (SELECT id FROM gone) RETURNING id")
+            d.voided_invoices = d.sql("UPDATE invoices SET status = 'void' WHERE id IN (SELECT id FROM invoices WHERE "
+                                      "clinic_id = 2 AND status <> 'void' ORDER BY id LIMIT 4) RETURNING id")
+            d.added_patients = d.sql("INSERT INTO patients (clinic_id, external_id, given_name, family_name, date_of_birth, sex) "
+                                     "VALUES (2, 'after-t', 'Added', 'After', '1990-01-01', 'other') RETURNING id")
+            d.sql("UPDATE invoices SET status = 'void' WHERE clinic_id = 1 RETURNING id")  # another clinic's writes
+            switch_and_archive(cluster)
+            d.archived_at = datetime.now(UTC)
+            yield d
+    finally:
+        cluster.remove()
+
+
+def nothing_left(d: Damaged) -> None:
+    """No lease folder (and so no data directory) under the work dir, no server started from it."""
+    clusters = d.work / "clusters"
+    assert not clusters.exists() or sorted(p.name for p in clusters.iterdir()) == []
+    ps = subprocess.run(["pgrep", "-af", f"postgres.*{d.work}"], capture_output=True, text=True).stdout.strip()
+    assert ps == ""
+
+
+def test_preview_at_t_shows_exactly_the_clinics_damage_and_writes_the_reports(damaged: Damaged,
+                                                                              tmp_path: Path) -> None:
+    d = damaged
+    assert len(d.deleted_appointments) == 5 and len(d.voided_invoices) == 4 and len(d.added_patients) == 1
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    point = report["restore_point"]
+    assert point["how"] == "pitr" and point["lsn"] and datetime.fromisoformat(point["time"]) <= datetime.fromisoformat(d.t)
+    assert report["schema_drift"] == {"tables": [], "migrations_since": []}
+    tables = {t["table"]: t for t in report["preview"]["tables"]}
+    differs = {name: (t["deleted"], t["added"], t["changed"]) for name, t in tables.items()
+               if t["deleted"] or t["added"] or t["changed"]}
+    assert differs == {"public.appointments": (5, 0, 0), "public.invoices": (0, 0, 4), "public.patients": (0, 1, 0)}
+    assert sorted(k[0] for k in tables["public.appointments"]["samples"]["deleted"]) == sorted(d.deleted_appointments, key=int)
+    assert sorted(k[0] for k in tables["public.invoices"]["samples"]["changed"]) == sorted(d.voided_invoices, key=int)
+    assert tables["public.invoices"]["changed_columns"] == {"status": 4}
+    assert [k[0] for k in tables["public.patients"]["samples"]["added"]] == d.added_patients
+    paths = [Path(p) for p in report["reports"]]
+    assert [p.suffix for p in paths] == [".json", ".md"] and all(p.parent == tmp_path for p in paths)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in paths)
+    assert json.loads(paths[0].read_text())["preview"] == report["preview"]
+    assert "public.appointments" in paths[1].read_text()
+    assert "restoring" in result.stderr and "comparing" in result.stderr  # progress lines on stderr
+    nothing_left(d)
+
+
+@pytest.mark.parametrize("args, code, message, fix", [
+    (["--clinic", "999"], 2, "clinic '999' is not in live's public.clinics", "that exists in live; nothing was restored"),
+    (["--clinic", "abc"], 2, "clinic 'abc' is not in live's public.clinics", "that exists in live"),
+    (["--backup", "nope"], 1, "no backup 'nope'", "drp backup list"),
+    (["--at", "future"], 1, "is in the future", "pass a time in the past"),
+    (["--at", "before-base"], 1, "is before the oldest restorable point", "nothing older can be restored"),
+    (["--at", "after-archive"], 1, "is after the newest archived WAL", "wait for archiving to catch up"),
+    (["--at", "2026-12-01 10:00"], 2, "has no UTC offset", "add the offset"),
+    (["--apply"], 2, "--apply needs --policy", "--policy restore-deleted | revert-changed | both"),
+])
+def test_bad_input_is_refused_naming_the_fix_with_nothing_left(damaged: Damaged, args: list[str], code: int,
+                                                               message: str, fix: str) -> None:
+    d = damaged
+    times = {"future": (datetime.now(UTC) + timedelta(hours=1)).isoformat(), "before-base": d.before_base,
+             "after-archive": None}
+    if "after-archive" in args:  # a moment after the last archived segment was pushed, already past
+        at = d.archived_at + timedelta(seconds=1)
+        time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 0.1)
+        times["after-archive"] = at.isoformat()
+    args = [times.get(a) or a for a in args]
+    if "--clinic" not in args:
+        args = ["--clinic", CLINIC, *args]
+    if "--at" not in args and "--backup" not in args:
+        args = [*args, "--at", d.t]
+    result = d.drp("tenant", "restore", *args)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert message in result.stderr and "fix: " in result.stderr and fix in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    nothing_left(d)
+
+
+def test_a_logical_backup_as_the_past(damaged: Damaged, tmp_path: Path) -> None:
+    """--backup ID of a logical backup taken before T: the same damage, seen from the backup."""
+    d = damaged
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--backup", d.logical_id, "--report-dir", str(tmp_path),
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["restore_point"]["how"] == "logical backup" and report["restore_point"]["backup_id"] == d.logical_id
+    tables = {t["table"]: t for t in report["preview"]["tables"]}
+    assert tables["public.appointments"]["deleted"] == 5 and tables["public.invoices"]["changed"] == 4
+    nothing_left(d)
+
+
+def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged, tmp_path: Path) -> None:
+    d = damaged
+    proc = start_paused(["tenant", "restore", "--clinic", CLINIC, "--at", d.t], d.env(), "pitr-recovering")
+    leases = sorted((d.work / "clusters").iterdir())
+    assert any(p.name.startswith("tenant-restore-") for p in leases)
+    server = wait_for(lambda: subprocess.run(["pgrep", "-f", f"postgres.*{d.work}"], capture_output=True,
+                                             text=True).stdout.split(), timeout=30, what="the PITR's server")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(Path(f"/proc/{pid}").exists() for pid in server)  # the server outlived its owner
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for lease in leases:
+        assert f"removed leftover clusters/{lease.name}" in result.stderr
+        assert not lease.exists()
+    nothing_left(d)
+
+
+def test_a_migration_since_t_refuses_naming_it(damaged: Damaged, tmp_path: Path) -> None:
+    """Last in the file: it changes live's schema for good."""
+    from dr_pipelines.core.migrate.runner import migrate
+    from dr_pipelines.demo.schema import MIGRATIONS_DIR
+    from dr_pipelines_tests.support.migrations import write_migrations
+
+    d = damaged
+    migrations = tmp_path / "migrations"
+    subprocess.run(["cp", "-r", str(MIGRATIONS_DIR), str(migrations)], check=True)
+    migrate(d.live, write_migrations(migrations, {"0007_patient_pronouns.sql": "ALTER TABLE patients ADD COLUMN pronouns text;\n"}))
+    switch_and_archive(d.cluster)
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "public.patients: column pronouns added: text" in result.stderr
+    assert "0007 patient_pronouns" in result.stderr and "fix: choose a restore point after that migration" in result.stderr
+    assert list(tmp_path.glob("tenant-restore-*")) == []  # refused: no report
+    nothing_left(d)
