@@ -79,6 +79,7 @@ class Settings(BaseModel):
     backup_cron: str = Field("0 2 * * *", description="When the backup schedule runs (cron, UTC).")
     verify_cron: str = Field("0 4 * * 0", description="When the weekly verification restore runs (cron, UTC).")
     drill_cron: str = Field("0 5 1 * *", description="When the monthly DR drill runs (cron, UTC).")
+    tenant_drill_cron: str = Field("0 5 8 * *", description="When the monthly tenant-restore drill runs (cron, UTC).")
     base_backup_cron: str = Field("0 1 * * *", description="When the base backup schedule runs (cron, UTC; needs WAL archiving).")
     schedules_running: bool = Field(
         False, description="Start schedules and sensors RUNNING by default (the demo sets this)."
@@ -203,7 +204,8 @@ class Settings(BaseModel):
             raise ValueError(exc.problem) from None
         return v
 
-    @field_validator("backup_cron", "verify_cron", "drill_cron", "base_backup_cron", "analytics_export_cron")
+    @field_validator("backup_cron", "verify_cron", "drill_cron", "base_backup_cron", "analytics_export_cron",
+                     "tenant_drill_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
         return _check_cron(v)
