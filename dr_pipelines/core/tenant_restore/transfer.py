@@ -16,14 +16,17 @@ setting that ``bind_clinic`` (or export's ``check_tenants``) sets on the source 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
 
 from dr_pipelines.core.parquet import Column, table_columns
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant_select
+
+BATCH_BYTES = 256 * 1024  # COPY TO yields one message per row: hand them on in batches of this size
 
 __all__ = ["Column", "bind_clinic", "copy_tenant_rows", "create_like", "primary_key", "table_columns",
            "wire_format"]
@@ -109,8 +112,20 @@ def copy_tenant_rows(src_conn: psycopg.Connection, scope: Scope, table_scope: Ta
     with src_conn.cursor() as src_cur, dst_conn.cursor() as dst_cur:
         with src_cur.copy(sql.SQL("COPY ({}) TO STDOUT {}").format(select, option)) as out, \
                 dst_cur.copy(sql.SQL("COPY {} ({}) FROM STDIN {}").format(dst, names, option)) as into:
-            for chunk in out:
+            for chunk in _batches(out):
                 into.write(chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
         return dst_cur.rowcount
+
+
+def _batches(chunks: Iterable[Buffer]) -> Iterator[bytes]:
+    """Rows' messages joined into ~BATCH_BYTES pieces: one write per piece, not per row (memory stays bounded)."""
+    batch = bytearray()
+    for chunk in chunks:
+        batch += chunk
+        if len(batch) >= BATCH_BYTES:
+            yield bytes(batch)
+            batch.clear()
+    if batch:
+        yield bytes(batch)
