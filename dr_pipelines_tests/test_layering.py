@@ -61,7 +61,7 @@ LAYERS = {
     "backup": 5, "restore": 5, "export": 5, "retention": 5, "wal": 5,
     "restore.targets": 5, "restore.recovery": 5, "restore.pitr": 5, "wal.restore_points": 5,  # PITR (issue 13)
     "verify": 6, "migrate": 6,
-    "tenant_restore": 6,  # issue 14: one clinic restored to a point in time
+    "tenant_restore": 6,  # restore one clinic (issue 14): reads restore, export, tenancy, pg
     "status": 7, "health": 7,
 }
 
