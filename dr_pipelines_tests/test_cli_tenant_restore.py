@@ -25,7 +25,6 @@ import psycopg
 import pytest
 
 from dr_pipelines.core import context
-from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.demo.generate import seed_demo
@@ -45,7 +44,6 @@ class Damaged:
     before_base: str  # a time before the only base backup: nothing restorable is that old
     t: str  # the restore point asked for: after the base backup, before the damage
     archived_at: datetime  # when the last segment (holding the damage) was archived
-    logical_id: str
     deleted_appointments: list[str] = field(default_factory=list)
     voided_invoices: list[str] = field(default_factory=list)
     added_patients: list[str] = field(default_factory=list)
@@ -81,9 +79,8 @@ def damaged(work_base: Path) -> Iterator[Damaged]:
             storage, recipients = context.storage(rig.settings()), rig.settings().encryption_recipients
             with psycopg.connect(live, autocommit=True) as conn:
                 before_base = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-            logical_id = run_logical_backup(live, storage, recipients).id
             run_base_backup(live, storage, recipients)
-            d = Damaged(rig, cluster, live, before_base.isoformat(), "", datetime.now(UTC), logical_id)
+            d = Damaged(rig, cluster, live, before_base.isoformat(), "", datetime.now(UTC))
             d.t = d.sql("SELECT clock_timestamp()")[0]
             d.deleted_appointments = d.sql(
                 "WITH gone AS (SELECT a.id FROM appointments a WHERE a.clinic_id = 2 AND NOT EXISTS (SELECT 1 FROM visits v"
@@ -109,6 +106,10 @@ def nothing_left(d: Damaged) -> None:
     assert ps == ""
 
 
+def keys(table: dict, kind: str) -> list[str]:  # type: ignore[type-arg]
+    return sorted((k[0] for k in table["samples"][kind]), key=int)
+
+
 def test_preview_at_t_shows_exactly_the_clinics_damage_and_writes_the_reports(damaged: Damaged,
                                                                               tmp_path: Path) -> None:
     d = damaged
@@ -123,10 +124,10 @@ def test_preview_at_t_shows_exactly_the_clinics_damage_and_writes_the_reports(da
     differs = {name: (t["deleted"], t["added"], t["changed"]) for name, t in tables.items()
                if t["deleted"] or t["added"] or t["changed"]}
     assert differs == {"public.appointments": (5, 0, 0), "public.invoices": (0, 0, 4), "public.patients": (0, 1, 0)}
-    assert sorted(k[0] for k in tables["public.appointments"]["samples"]["deleted"]) == sorted(d.deleted_appointments, key=int)
-    assert sorted(k[0] for k in tables["public.invoices"]["samples"]["changed"]) == sorted(d.voided_invoices, key=int)
+    assert keys(tables["public.appointments"], "deleted") == sorted(d.deleted_appointments, key=int)
+    assert keys(tables["public.invoices"], "changed") == sorted(d.voided_invoices, key=int)
     assert tables["public.invoices"]["changed_columns"] == {"status": 4}
-    assert [k[0] for k in tables["public.patients"]["samples"]["added"]] == d.added_patients
+    assert keys(tables["public.patients"], "added") == d.added_patients
     paths = [Path(p) for p in report["reports"]]
     assert [p.suffix for p in paths] == [".json", ".md"] and all(p.parent == tmp_path for p in paths)
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in paths)
@@ -167,20 +168,7 @@ def test_bad_input_is_refused_naming_the_fix_with_nothing_left(damaged: Damaged,
     nothing_left(d)
 
 
-def test_a_logical_backup_as_the_past(damaged: Damaged, tmp_path: Path) -> None:
-    """--backup ID of a logical backup taken before T: the same damage, seen from the backup."""
-    d = damaged
-    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--backup", d.logical_id, "--report-dir", str(tmp_path),
-                   "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["restore_point"]["how"] == "logical backup" and report["restore_point"]["backup_id"] == d.logical_id
-    tables = {t["table"]: t for t in report["preview"]["tables"]}
-    assert tables["public.appointments"]["deleted"] == 5 and tables["public.invoices"]["changed"] == 4
-    nothing_left(d)
-
-
-def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged, tmp_path: Path) -> None:
+def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> None:
     d = damaged
     proc = start_paused(["tenant", "restore", "--clinic", CLINIC, "--at", d.t], d.env(), "pitr-recovering")
     leases = sorted((d.work / "clusters").iterdir())
@@ -190,16 +178,17 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged, tmp
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert all(Path(f"/proc/{pid}").exists() for pid in server)  # the server outlived its owner
-    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.before_base)  # the next run, even a refused one
+    assert result.returncode == 1 and "before the oldest restorable point" in result.stderr, result.stderr
     for lease in leases:
         assert f"removed leftover clusters/{lease.name}" in result.stderr
         assert not lease.exists()
     nothing_left(d)
 
 
-def test_a_migration_since_t_refuses_naming_it(damaged: Damaged, tmp_path: Path) -> None:
-    """Last in the file: it changes live's schema for good."""
+def test_a_migration_since_t_refuses_the_preview_naming_it_but_not_into_schema(damaged: Damaged,
+                                                                              tmp_path: Path) -> None:
+    """Last in the file: it changes live's schema for good. --into-schema still copies the rows as they were."""
     from dr_pipelines.core.migrate.runner import migrate
     from dr_pipelines.demo.schema import MIGRATIONS_DIR
     from dr_pipelines_tests.support.migrations import write_migrations
@@ -209,9 +198,32 @@ def test_a_migration_since_t_refuses_naming_it(damaged: Damaged, tmp_path: Path)
     subprocess.run(["cp", "-r", str(MIGRATIONS_DIR), str(migrations)], check=True)
     migrate(d.live, write_migrations(migrations, {"0007_patient_pronouns.sql": "ALTER TABLE patients ADD COLUMN pronouns text;\n"}))
     switch_and_archive(d.cluster)
-    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(tmp_path))
+    reports = tmp_path / "reports"
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--report-dir", str(reports))
     assert result.returncode == 1, result.stderr
     assert "public.patients: column pronouns added: text" in result.stderr
     assert "0007 patient_pronouns" in result.stderr and "fix: choose a restore point after that migration" in result.stderr
-    assert list(tmp_path.glob("tenant-restore-*")) == []  # refused: no report
+    assert not reports.exists()  # refused: no report
+    nothing_left(d)
+
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--into-schema", "clinic2_at_t",
+                   "--report-dir", str(reports), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema_drift"]["migrations_since"][0].startswith("0007 patient_pronouns")
+    assert report["into-schema"]["schema"] == "clinic2_at_t"
+    def side_ids(query: str, ids: list[str]) -> list[str]:
+        with psycopg.connect(d.live) as conn:
+            return sorted(str(r[0]) for r in conn.execute(query, (ids,)).fetchall())
+
+    found = {"appointments": side_ids("SELECT id FROM clinic2_at_t.appointments WHERE id = ANY(%s::bigint[])",
+                                      d.deleted_appointments),
+             "invoices": side_ids("SELECT id FROM clinic2_at_t.invoices WHERE id = ANY(%s::bigint[]) AND status <> "
+                                  "'void'", d.voided_invoices),
+             "patients": side_ids("SELECT id FROM clinic2_at_t.patients WHERE id = ANY(%s::bigint[])", d.added_patients)}
+    columns = side_ids("SELECT column_name FROM information_schema.columns WHERE table_schema = 'clinic2_at_t' "
+                       "AND table_name = 'patients' AND %s::text[] IS NOT NULL", [])
+    assert found == {"appointments": sorted(d.deleted_appointments), "invoices": sorted(d.voided_invoices),
+                     "patients": []}  # the rows as they were at T: deleted ones there, invoices not yet void
+    assert "pronouns" not in columns and "family_name" in columns
     nothing_left(d)

@@ -30,11 +30,13 @@ from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, discover_scope, te
 from dr_pipelines.core.tenant_restore import audit
 from dr_pipelines.core.tenant_restore.apply import (
     BEFORE_COMMIT,
+    ApplyError,
     UndoExportError,
     UndoTarget,
     apply_restore,
 )
 from dr_pipelines.core.tenant_restore.conflicts import ConflictError
+from dr_pipelines.core.tenant_restore.guard import IsolationError
 from dr_pipelines_tests.support.procs import PAUSED, REPO, wait_for, wait_for_line
 from dr_pipelines_tests.support.retention import AS_OF, KEYS, policies
 
@@ -136,11 +138,11 @@ def _damage(live: str) -> dict[str, list[int]]:
     Returns the ids of the rows added after the damage (kept by the apply), per table."""
     with psycopg.connect(live, autocommit=True) as conn, conn.transaction():
         appts = [r[0] for r in conn.execute(
-            "SELECT id FROM appointments WHERE clinic_id = %s AND id % 10 = 3 ORDER BY id", (int(CLINIC),)).fetchall()]
+            "SELECT id FROM appointments WHERE clinic_id = %s AND id %% 10 = 3 ORDER BY id", (int(CLINIC),)).fetchall()]
         assert appts
         _delete_appointments(conn, appts)
         changed = conn.execute("UPDATE invoices SET total = total + 1, status = 'void' WHERE clinic_id = %s"
-                               " AND id % 7 = 0", (int(CLINIC),)).rowcount
+                               " AND id %% 7 = 0", (int(CLINIC),)).rowcount
         assert changed
         patient = conn.execute(
             "INSERT INTO patients (clinic_id, external_id, given_name, family_name, date_of_birth, sex)"
@@ -154,8 +156,8 @@ def _damage(live: str) -> dict[str, list[int]]:
 
 OTHER_WRITES = [
     ("UPDATE appointments SET reason = %(tag)s WHERE id = (SELECT min(id) + %(i)s FROM appointments WHERE clinic_id = 2)",),
-    ("INSERT INTO patients (id, clinic_id, external_id, given_name, family_name, date_of_birth, sex)"
-     " VALUES (900000 + %(i)s, 2, %(tag)s, 'Writer', 'Other', '1980-02-02', 'male')",),
+    ("INSERT INTO patients (id, clinic_id, external_id, given_name, family_name, date_of_birth, sex, created_at)"
+     " VALUES (900000 + %(i)s, 2, %(tag)s, 'Writer', 'Other', '1980-02-02', 'male', '2025-11-01 00:00+00')",),
     ("UPDATE invoices SET total = total + 1 WHERE id = (SELECT min(id) + %(i)s FROM invoices WHERE clinic_id = 2)",),
 ]
 
@@ -297,7 +299,7 @@ def test_conflicts_are_listed_and_refused_and_skip_leaves_them_out(  # type: ign
     with pytest.raises(ConflictError) as refused:
         apply_restore(past, demo_db, scope, CLINIC, policies={"restore-deleted"}, reason=REASON,
                       undo=_undo_local(tmp_path))
-    assert "public.patients: 1 row(s) unique (public.patients_clinic_id_external_id_key)" in refused.value.problem
+    assert "public.patients: 1 row(s) unique (patients_clinic_id_external_id_key)" in refused.value.problem
     with pytest.raises(ConflictError) as refused:
         apply_restore(past, demo_db, scope, CLINIC, policies={"revert-changed"}, reason=REASON,
                       undo=_undo_local(tmp_path))
@@ -306,7 +308,7 @@ def test_conflicts_are_listed_and_refused_and_skip_leaves_them_out(  # type: ign
     with psycopg.connect(demo_db) as conn:
         rows = audit.history(conn, CLINIC)
     assert [r["status"] for r in rows] == ["started", "refused", "started", "refused"]
-    assert {"table": "public.patients", "kind": "unique", "constraint": "public.patients_clinic_id_external_id_key",
+    assert {"table": "public.patients", "kind": "unique", "constraint": "patients_clinic_id_external_id_key",
             "key": {"id": gone}, "policy": "restore-deleted"} in rows[1]["conflicts"]
     assert {"table": "public.appointments", "kind": "missing-parent",
             "constraint": "appointments_clinic_id_patient_id_fkey", "key": {"id": kept_appt},
@@ -418,3 +420,54 @@ def test_no_undo_export_means_nothing_applied_and_the_audit_is_append_only(  # t
             conn.execute("UPDATE drp.tenant_restores SET status = 'succeeded'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute("DELETE FROM drp.tenant_restores")
+
+
+def test_a_write_to_another_clinic_inside_the_apply_rolls_it_all_back(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, tmp_path: Path) -> None:
+    scope = _scope(demo_db)
+    past = past_of(demo_db)
+    _damage(demo_db)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        # A trigger that writes across clinics: every visit inserted touches one of clinic 2's appointments.
+        conn.execute("CREATE FUNCTION leak() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " UPDATE appointments SET reason = 'leak' WHERE id = (SELECT min(id) FROM appointments"
+                     " WHERE clinic_id = 2); RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER leak AFTER INSERT ON visits FOR EACH ROW EXECUTE FUNCTION leak()")
+    damaged = _checksums(demo_db, scope, CLINIC, mine=True)
+    others = _checksums(demo_db, scope, CLINIC, mine=False)
+    with pytest.raises(IsolationError, match=r"other clinics in public\.appointments"):
+        apply_restore(past, demo_db, scope, CLINIC, reason=REASON, undo=_undo_local(tmp_path))
+    assert _checksums(demo_db, scope, CLINIC, mine=True) == damaged
+    assert _checksums(demo_db, scope, CLINIC, mine=False) == others
+    with psycopg.connect(demo_db) as conn:
+        rows = audit.history(conn, CLINIC)
+    assert [r["status"] for r in rows] == ["started", "failed"] and "other clinics" in rows[1]["error"]
+
+
+def test_lock_timeouts_are_retried_then_given_up(demo_db: str, past_of, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    scope = _scope(demo_db)
+    past = past_of(demo_db)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        invoice = conn.execute("UPDATE invoices SET total = total + 1 WHERE id = (SELECT min(id) FROM invoices"
+                               " WHERE clinic_id = 1) RETURNING id").fetchone()[0]
+    with psycopg.connect(demo_db) as locker:
+        locker.execute("SELECT 1 FROM invoices WHERE id = %s FOR UPDATE", (invoice,))  # held until rollback
+        with pytest.raises(ApplyError, match="rolled back 2 times"):
+            apply_restore(past, demo_db, scope, CLINIC, reason=REASON, undo=_undo_local(tmp_path),
+                          lock_timeout="200ms", retries=1, backoff_s=0.05)
+        outcome: list[object] = []
+        thread = threading.Thread(target=lambda: outcome.append(apply_restore(
+            past, demo_db, scope, CLINIC, reason=REASON, undo=_undo_local(tmp_path), lock_timeout="300ms",
+            retries=5, backoff_s=0.3)))
+        thread.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        wait_for(lambda: locker.execute(waiting).fetchone()[0], timeout=30, what="the apply waiting for the row lock",
+                 interval=0.02)
+        wait_for(lambda: locker.execute(waiting).fetchone()[0] == 0, timeout=30, what="its lock timeout",
+                 interval=0.02)  # the first attempt gave up; release before the retry's backoff is over
+        locker.rollback()
+        thread.join()
+    (result,) = outcome
+    assert result.attempts >= 2 and result.tables["public.invoices"].updated == 1  # type: ignore[attr-defined]
+    with psycopg.connect(demo_db) as conn:
+        assert [r["status"] for r in audit.history(conn, CLINIC)] == ["started", "failed", "started", "succeeded"]

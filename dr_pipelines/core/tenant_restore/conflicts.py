@@ -31,8 +31,8 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.retention.holds import hold_filter
-from dr_pipelines.core.tenant_restore.guard import table_source
 from dr_pipelines.core.tenancy import TableScope, split_name
+from dr_pipelines.core.tenant_restore.guard import table_source
 
 LISTED_PER_CHECK = 100  # conflicts listed per (table, constraint, kind); all are counted
 
@@ -106,14 +106,15 @@ class TablePlan:
 
 
 _UNIQUE_QUERY = """
-SELECT i.indexrelid::regclass::text, i.indisprimary,
+SELECT ic.relname, i.indisprimary,
        array_agg(a.attname ORDER BY k.ord)
 FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
   AND k.ord <= i.indnkeyatts
-GROUP BY i.indexrelid, i.indisprimary
+GROUP BY i.indexrelid, ic.relname, i.indisprimary
 ORDER BY NOT i.indisprimary, 1
 """
 

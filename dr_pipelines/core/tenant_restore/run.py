@@ -113,17 +113,21 @@ class Outcome:
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, self.request.mode: self.result}
 
     def to_markdown(self) -> str:
+        """The mode's Markdown (its own title), then where the past came from and the schema since."""
+        body = self.markdown if self.markdown.startswith("# ") else \
+            f"# Tenant restore: clinic {self.clinic} ({self.request.mode})\n\n{self.markdown}"
+        lines = [body.rstrip("\n"), ""]
         p = self.point
-        lines = [f"# Tenant restore: clinic {self.clinic} ({self.request.mode})", ""]
         if p is not None:
-            lines += [f"- restore point: {p.time or 'unknown'} ({p.time_basis})", f"- asked: {p.requested}",
+            lines += ["## Restore point", "", f"- reached: {p.time or 'unknown'} ({p.time_basis})",
+                      f"- asked: {p.requested}",
                       f"- obtained by: {p.how} from {p.backup_id}" + (f", WAL replayed to {p.lsn}" if p.lsn else ""), ""]
         if self.drift is not None and (self.drift.tables or self.drift.since):
             lines += ["## Schema since the restore point", ""]
             lines += [f"- {t.table}: {'; '.join(t.changes)}" for t in self.drift.tables]
             lines += [f"- migration applied since: {m}" for m in self.drift.as_dict()["migrations_since"]]
             lines.append("")
-        return "\n".join(lines) + "\n" + self.markdown
+        return "\n".join(lines)
 
 
 def tenant_restore(settings: Settings, request: Request, *, identities: Sequence[object],
@@ -185,17 +189,18 @@ def _run_mode(settings: Settings, request: Request, past: PastDatabase, scope: S
         from dr_pipelines.core.tenant_restore.preview import preview
 
         say("comparing: copying live's rows of the clinic next to the past ones, then diffing each table")
-        diff = preview(past.dsn, live_dsn, scope, clinic)
+        diff = preview(past.dsn, live_dsn, scope, clinic, past_label=past.point.describe())
         outcome.result, outcome.markdown = diff.as_dict(), diff.to_markdown()
     elif request.mode == "into-schema":
         from dr_pipelines.core.tenant_restore.side_schema import into_schema
 
         assert request.into_schema is not None
         say(f"copying the clinic's past rows into schema {request.into_schema}")
-        rows = into_schema(past.dsn, request.target_dsn or live_dsn, scope, clinic, request.into_schema)
+        rows = into_schema(past.dsn, request.target_dsn or live_dsn, scope, clinic, request.into_schema,
+                           past_label=past.point.describe())
         outcome.result = {"schema": request.into_schema, "tables": rows}
-        outcome.markdown = "\n".join([f"## Past rows in schema {request.into_schema}", "",
-                                      *[f"- {t}: {n} rows" for t, n in rows.items()], ""])
+        outcome.markdown = "\n".join([f"# Tenant restore: clinic {clinic}'s past rows in schema {request.into_schema}",
+                                      "", *[f"- {t}: {n} rows" for t, n in rows.items()], ""])
     else:
         from dr_pipelines.core.tenant_restore.apply import apply_restore
 
