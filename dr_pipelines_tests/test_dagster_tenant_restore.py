@@ -23,6 +23,7 @@ from dr_pipelines.definitions import build_definitions
 from dr_pipelines.defs.exports.definitions import CLINICS
 from dr_pipelines_tests.support.backup import Keys
 from dr_pipelines_tests.support.s3 import MotoServer
+from dr_pipelines_tests.support.verification import work_dir_under
 
 
 @dataclass
@@ -33,14 +34,14 @@ class Site:
 
 
 @pytest.fixture
-def site(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, demo_db: str, s3_server: MotoServer,
-         s3_bucket: str) -> Site:
+def site(set_drp_env: Callable[..., dict[str, str]], tmp_path: Path, work_base: Path, demo_db: str,
+         s3_server: MotoServer, s3_bucket: str) -> Site:
     """The demo database, S3 storage with server-side encryption (the undo export's requirement), a logical backup."""
     keys = Keys.make(tmp_path / "keys")
-    set_drp_env(source=demo_db, storage=f"s3://{s3_bucket}/site", s3=s3_server, keys=keys, identity=True,
-                work=tmp_path / "work")
+    work = work_dir_under(work_base)
+    set_drp_env(source=demo_db, storage=f"s3://{s3_bucket}/site", s3=s3_server, keys=keys, identity=True, work=work)
     backup = run_logical_backup(demo_db, context.storage(load_settings()), [keys.recipient])
-    return Site(demo_db, tmp_path / "work", backup.id)
+    return Site(demo_db, work, backup.id)
 
 
 def checksums(dsn: str) -> Checksums:

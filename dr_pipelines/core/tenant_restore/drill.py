@@ -1,16 +1,18 @@
 """The monthly tenant-restore drill: one clinic damaged on a scratch copy, restored with ``--apply``, proven exact.
 
-Production is never written (nor read, beyond its database name in the settings): the scratch copy
-is the newest restorable backup restored into a leased throwaway cluster (source.py ``past_database``
-with ``--backup``), so the drill also proves that backup can serve a tenant restore.
+Nothing of production is written (nor read, beyond its database name in the settings; production
+storage is only read): everything happens in the drill's own throwaway cluster and scratch storage.
 
-1. Content checksums of every clinic's rows in every scope table of the scratch copy (the originals).
-2. One clinic's rows damaged there: a tenth of its rows deleted from the deepest tables nothing
+1. The scratch copy: the newest restorable backup (base, else logical) restored into a leased
+   throwaway cluster (source.py ``past_database --backup``), so the drill also proves that backup.
+2. Content checksums of every clinic's rows in every scope table of the scratch copy (the originals),
+   and a logical backup of it into scratch storage (a private leased folder): the point before the damage.
+3. One clinic's rows damaged: a tenth of its rows deleted from the two deepest tables nothing
    references, a tenth of another table's rows corrupted (one column changed).
-3. ``tenant_restore`` (run.py, as `drp tenant restore --backup ID --apply --policy both`) against the
-   scratch copy as its live database: a second restore of the same backup is the point before the damage.
-4. The checksums again: every clinic's, every table's must equal the originals (the damaged clinic's
-   back, the others never touched).
+4. ``tenant_restore`` (run.py: `drp tenant restore --backup ID --apply --policy both`) with the scratch
+   copy as its live database and the scratch storage as its storage (the undo export stays there too).
+5. The checksums again: every clinic's, every table's must equal the originals (the damaged clinic's
+   back, the others never touched). Both clusters and the scratch storage are removed.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from pydantic import SecretStr
 
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import list_backups, newest_restorable
+from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.export.tables import tenant_checksum
 from dr_pipelines.core.export.tenants import check_tenants
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.leases import staging_dir
 from dr_pipelines.core.settings import Settings
+from dr_pipelines.core.storage.local import LocalStorage
 from dr_pipelines.core.tenancy import Scope, TableScope, discover_scope, tenant_keys, tenant_select
 from dr_pipelines.core.tenant_restore.run import Request, tenant_restore
 from dr_pipelines.core.tenant_restore.source import past_database
@@ -42,6 +47,7 @@ Log = Callable[[str], None]
 Checksums = dict[str, dict[str, tuple[int, str]]]  # clinic -> table -> (rows, checksum)
 FRACTION = 0.1  # of the clinic's rows in a table deleted or corrupted
 REQUESTER = "tenant-restore drill"
+PURPOSE = "tenant-drill"  # the scratch storage's lease: staging/tenant-drill-<hex>
 
 # Of these tables (quoted names), those no foreign key references: deleting from them cascades nowhere.
 UNREFERENCED = """
@@ -114,7 +120,7 @@ def tenant_restore_drill(settings: Settings, identities: Sequence[object], *, mo
     root, key = settings.export_tenant_root, settings.export_tenant_key
     say(f"scratch copy: backup {entry.id} restored into a throwaway cluster")
     with past_database(storage, identities, Path(settings.work_dir), database=database, backup_id=entry.id,
-                       log=say) as scratch:
+                       log=say) as scratch, staging_dir(settings.work_dir, PURPOSE) as scratch_storage:
         with connect(scratch.dsn) as conn:
             scope = discover_scope(conn, root=root, key_column=key, exclude=tuple(settings.export_exclude_tables))
             clinics = tenant_keys(conn, root, key)
@@ -124,15 +130,18 @@ def tenant_restore_drill(settings: Settings, identities: Sequence[object], *, mo
         victim = clinic or clinics[0]
         report = TenantDrillReport(month or started.strftime("%Y-%m"), entry.id, victim, len(clinics), started)
         originals = clinic_checksums(scratch.dsn, scope, clinics)
+        before = run_logical_backup(scratch.dsn, LocalStorage(scratch_storage), settings.encryption_recipients)
         report.damage = damage_clinic(scratch.dsn, scope, victim)
         say(f"clinic {victim} damaged: {report.damage}")
         if clinic_checksums(scratch.dsn, scope, [victim]) == {victim: originals[victim]}:
             raise TenantDrillError(f"the drill could not change any row of clinic {victim}",
                                    fix="run it for a clinic with rows (--clinic)")
-        scratch_settings = settings.model_copy(update={"source_dsn": SecretStr(scratch.dsn)})
+        scratch_settings = settings.model_copy(update={"source_dsn": SecretStr(scratch.dsn),
+                                                       "storage_url": str(scratch_storage)})
         outcome = tenant_restore(scratch_settings, Request(
-            clinic=victim, backup_id=entry.id, apply=True, policy="both", requester=REQUESTER,
-            reason=f"monthly tenant-restore drill {report.month} on a scratch copy"), identities=identities, log=say)
+            clinic=victim, backup_id=before.id, apply=True, policy="both", requester=REQUESTER,
+            reason=f"monthly tenant-restore drill {report.month} on a scratch copy",
+            undo_allow_plaintext=True), identities=identities, log=say)  # the undo stays in the drill's scratch
         report.applied, report.reports = outcome.result, outcome.reports
         restored = clinic_checksums(scratch.dsn, scope, clinics)
     report.mismatches = compare_checksums(originals, restored)

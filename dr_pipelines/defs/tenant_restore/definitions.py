@@ -38,6 +38,8 @@ class TenantRestoreConfig(dg.Config):
     on_conflict: str = Field(default="", description="apply: 'skip' conflicting rows (else the apply is refused)")
     requester: str = Field(default="", description="who asked (audited); default: the Dagster run")
     reason: str = Field(default="", description="apply: why, e.g. the ticket (audited)")
+    undo_allow_plaintext: bool = Field(default=False, description="apply: let the undo export go to storage that "
+                                       "does not encrypt at rest (a local directory)")
 
 
 def request_for(clinic: str, config: TenantRestoreConfig, run_id: str) -> Request:
@@ -47,7 +49,8 @@ def request_for(clinic: str, config: TenantRestoreConfig, run_id: str) -> Reques
     return Request(clinic=clinic, at=config.at or None, backup_id=config.backup_id or None,
                    into_schema=config.schema_name if config.mode == "into_schema" else None,
                    apply=config.mode == "apply", policy=config.policy or None, on_conflict=config.on_conflict or None,
-                   reason=config.reason or None, requester=config.requester.strip() or f"dagster run {run_id}")
+                   reason=config.reason or None, requester=config.requester.strip() or f"dagster run {run_id}",
+                   undo_allow_plaintext=config.undo_allow_plaintext)
 
 
 def outcome_metadata(outcome: Outcome) -> dict[str, Any]:
