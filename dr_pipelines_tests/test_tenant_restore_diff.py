@@ -268,6 +268,8 @@ def demo_pair(pg_cluster: LocalCluster, demo_template: str) -> Iterator[dict]:
     """The demo database as the past (a template copy) and live after damage to clinic 1 and to clinic 2."""
     live_name, live = _database(pg_cluster, "tr_demo_live", template=demo_template)
     past_name, past = _database(pg_cluster, "tr_demo_past", template=live_name)
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:  # keys with a timestamptz must render in UTC
+        conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Asia/Kolkata'").format(sql.Identifier(past_name)))
     with psycopg.connect(live, autocommit=True) as conn:
         damage = _damage_demo(conn)
     yield {"past": past, "live": live, **damage}
@@ -289,7 +291,9 @@ def _damage_demo(conn: psycopg.Connection) -> dict:
                          ("payments", f"invoice_id IN ({gone_invoices})"),
                          ("invoice_lines", f"invoice_id IN ({gone_invoices})"),
                          ("invoices", f"id IN ({gone_invoices})"),
-                         ("visits", "appointment_id = ANY (%s)"), ("appointments", "id = ANY (%s)")):
+                         ("visits", "appointment_id = ANY (%s)"), ("appointments", "id = ANY (%s)"),
+                         ("audit_log", "id IN (SELECT id FROM audit_log WHERE clinic_id = 1 AND id <> ALL (%s)"
+                                       " ORDER BY id LIMIT 2)")):
         deleted[table] = sorted(r[0] for r in q(f"DELETE FROM {table} WHERE {where} RETURNING id", (chosen,)))
     invoices = [r[0] for r in q("SELECT id FROM invoices WHERE clinic_id = 1 ORDER BY id LIMIT 6")]
     q("UPDATE invoices SET total = total + 1 WHERE id = ANY (%s)", (invoices,))
@@ -312,9 +316,11 @@ def _rows_by_key(dsn: str, table: str, clinic: int) -> dict[tuple, dict]:
     key = DEMO_KEYS.get(table, ("id",))
     column = "id" if table == "public.clinics" else "clinic_id"
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(sql.SQL("SELECT to_jsonb(t) FROM {} AS t WHERE {} = %s").format(
+        conn.execute("SET TimeZone = 'UTC'")
+        rows = conn.execute(sql.SQL("SELECT ARRAY[{}], to_jsonb(t) FROM {} AS t WHERE {} = %s").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("t", k)) for k in key),
             sql.Identifier(schema, name), sql.Identifier(column)), (clinic,)).fetchall()
-    return {tuple(str(r[0][k]) for k in key): r[0] for r in rows}
+    return {tuple(r[0]): r[1] for r in rows}
 
 
 def _expected(past: str, live: str, table: str, clinic: int) -> tuple[set, set, set, dict[str, int]]:

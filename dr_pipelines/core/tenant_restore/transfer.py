@@ -29,8 +29,8 @@ from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant
 
 BATCH_BYTES = 256 * 1024  # rows are handed from one COPY to the other in pieces of about this size
 
-__all__ = ["Column", "bind_clinic", "copy_tenant_rows", "create_like", "primary_key", "table_columns",
-           "wire_format"]
+__all__ = ["Column", "bind_clinic", "copy_tenant_rows", "create_like", "pin_output", "primary_key",
+           "table_columns", "wire_format"]
 
 # Columns whose binary form carries a database-specific OID (arrays of user-defined element
 # types, composites) or means nothing in another database (oid, reg*): such a table is copied as text.
@@ -82,6 +82,12 @@ def bind_clinic(conn: psycopg.Connection, clinic: str) -> None:
     conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, [str(clinic)]))
 
 
+def pin_output(conn: psycopg.Connection) -> None:
+    """Pin how values render as text (TimeZone UTC, ISO dates, exact floats) for this transaction."""
+    for name, value in RENDER_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
 def create_like(conn: psycopg.Connection, dst: sql.Identifier, columns: list[Column]) -> None:
     """CREATE TABLE dst with the columns' names and types only: no constraints, defaults or generation."""
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(dst, sql.SQL(", ").join(
@@ -105,9 +111,8 @@ def copy_tenant_rows(src_conn: psycopg.Connection, scope: Scope, table_scope: Ta
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     fmt = wire_format(src_conn, t.schema, t.table)
     if fmt == "text":
-        for conn in (src_conn, dst_conn):
-            for name, value in RENDER_SETTINGS.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        pin_output(src_conn)
+        pin_output(dst_conn)
     option = sql.SQL("(FORMAT binary)" if fmt == "binary" else "(FORMAT text)")
     select = tenant_select(t, scope, sql.SQL(", ").join(sql.Identifier("t", c.name) for c in columns))
     copy_to = sql.SQL("COPY ({}) TO STDOUT {}").format(select, option)
