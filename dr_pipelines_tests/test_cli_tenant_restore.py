@@ -47,6 +47,7 @@ class Damaged:
     deleted_appointments: list[str] = field(default_factory=list)
     voided_invoices: list[str] = field(default_factory=list)
     added_patients: list[str] = field(default_factory=list)
+    invoice_status_at_t: dict[str, str] = field(default_factory=dict)
 
     @property
     def work(self) -> Path:
@@ -58,9 +59,12 @@ class Damaged:
     def drp(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self.rig.drp(*args, timeout=timeout, DRP_SOURCE_DSN=self.live, DRP_WORK_DIR=str(self.work))
 
-    def sql(self, query: str) -> list[str]:
+    def rows(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with psycopg.connect(self.live, autocommit=True) as conn:
-            return [str(r[0]) for r in conn.execute(query).fetchall()]
+            return conn.execute(query, params).fetchall()
+
+    def sql(self, query: str, params: tuple[object, ...] = ()) -> list[str]:
+        return [str(r[0]) for r in self.rows(query, params)]
 
 
 def switch_and_archive(cluster: LocalCluster) -> None:
@@ -86,6 +90,8 @@ def damaged(work_base: Path) -> Iterator[Damaged]:
                 "WITH gone AS (SELECT a.id FROM appointments a WHERE a.clinic_id = 2 AND NOT EXISTS (SELECT 1 FROM visits v"
                 " WHERE v.clinic_id = a.clinic_id AND v.appointment_id = a.id) ORDER BY a.id LIMIT 5)"
                 " DELETE FROM appointments WHERE id IN (SELECT id FROM gone) RETURNING id")
+            d.invoice_status_at_t = dict(d.rows("SELECT id::text, status::text FROM invoices WHERE clinic_id = 2 "
+                                                "AND status <> 'void' ORDER BY invoices.id LIMIT 4"))
             d.voided_invoices = d.sql("UPDATE invoices SET status = 'void' WHERE id IN (SELECT id FROM invoices WHERE "
                                       "clinic_id = 2 AND status <> 'void' ORDER BY id LIMIT 4) RETURNING id")
             d.added_patients = d.sql("INSERT INTO patients (clinic_id, external_id, given_name, family_name, date_of_birth, sex) "
@@ -183,6 +189,27 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> 
     for lease in leases:
         assert f"removed leftover clusters/{lease.name}" in result.stderr
         assert not lease.exists()
+    nothing_left(d)
+
+
+def test_apply_brings_the_clinics_rows_back_keeps_later_ones_and_audits(damaged: Damaged, tmp_path: Path) -> None:
+    d = damaged
+    clinic1 = d.rows("SELECT id, status::text FROM invoices WHERE clinic_id = 1 ORDER BY id")
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--apply", "--policy", "both",
+                   "--reason", "TICKET-14 appointments deleted by mistake", "--requester", "oncall",
+                   "--undo-allow-plaintext", "--report-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    applied = json.loads(result.stdout)["apply"]
+    assert (applied["inserted"], applied["updated"], applied["conflicts"]) == (5, 4, [])
+    assert d.sql("SELECT id FROM appointments WHERE id = ANY(%s::bigint[]) ORDER BY id",
+                 (d.deleted_appointments,)) == sorted(d.deleted_appointments, key=int)
+    assert dict(d.rows("SELECT id::text, status::text FROM invoices WHERE id = ANY(%s::bigint[])",
+                       (d.voided_invoices,))) == d.invoice_status_at_t
+    assert d.sql("SELECT id FROM patients WHERE id = ANY(%s::bigint[])", (d.added_patients,)) == d.added_patients
+    assert d.rows("SELECT id, status::text FROM invoices WHERE clinic_id = 1 ORDER BY id") == clinic1
+    assert d.rows("SELECT requester, status, undo_export_id FROM drp.tenant_restores ORDER BY id") == [
+        ("oncall", "started", None), ("oncall", "succeeded", applied["undo_export_id"])]
+    assert "undo export" in Path(json.loads(result.stdout)["reports"][1]).read_text()
     nothing_left(d)
 
 

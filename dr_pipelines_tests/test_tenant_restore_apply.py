@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dr_pipelines.core.layout import export_prefix
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS, default_method, relation_checksum
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.retention.apply import ApplyOptions, apply_policies
@@ -220,7 +221,7 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
     assert by_table["public.patients"].inserted == 0  # nothing of them was deleted
     # The undo export holds the clinic's rows as they were before the apply, stored with SSE.
     keys = [o.key for o in S3Storage(s3_bucket, "undo", **s3_server.storage_kwargs()).list(
-        f"exports/{result.undo_export_id}/")]
+        export_prefix(result.undo_export_id) + "/")]
     assert any(k.endswith("manifest.json") for k in keys) and any(k.endswith("public.appointments.csv") for k in keys)
     csv_key = next(k for k in keys if k.endswith(".csv"))
     head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"undo/{csv_key}")

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -124,7 +125,7 @@ def test_a_logical_backup_is_the_past_in_a_throwaway_removed_after(demo_db: str,
     work = work_base / f"tr-{uuid.uuid4().hex[:8]}"  # reachable by the server's OS user
     with past_database(storage, keys.identities, work, database="ignored", backup_id=manifest.id) as past:
         assert past.point.how == "logical backup" and past.point.backup_id == manifest.id
-        assert past.point.time == manifest.extra["snapshot_at"] or past.point.time is not None
+        assert past.point.time == datetime.fromisoformat(manifest.extra["snapshot_at"]).isoformat()
         assert "passfile=" in past.dsn and "password" not in past.dsn.replace("passfile", "")
         assert clinic_checksums(past.dsn, "1") == before
         data_dir = Path(psycopg.conninfo.conninfo_to_dict(past.dsn)["passfile"]).parent

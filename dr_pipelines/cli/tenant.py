@@ -33,6 +33,10 @@ def restore(
     on_conflict: Optional[str] = typer.Option(None, "--on-conflict", help="--apply: skip conflicting rows (else refused)."),
     reason: Optional[str] = typer.Option(None, "--reason", help="--apply: why (audited)."),
     requester: Optional[str] = typer.Option(None, "--requester", help="--apply: who asked (audited)."),
+    undo_allow_plaintext: bool = typer.Option(
+        False, "--undo-allow-plaintext",
+        help="--apply: let the undo export (the clinic's current rows) go to storage that does not encrypt at rest "
+             "(a local directory); by default it must be S3 with server-side encryption."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Where report JSON + Markdown go "
                                               "(default: the work dir)."),
     identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="age identity file (else DRP_AGE_IDENTITY_FILE)."),
@@ -47,7 +51,8 @@ the oldest restorable point; refused before comparing: a schema change in the cl
     from dr_pipelines.core.tenant_restore.run import Request, tenant_restore
 
     request = Request(clinic=clinic, at=at, backup_id=backup_id, into_schema=into_schema, target_dsn=target_dsn,
-                      apply=apply, policy=policy, on_conflict=on_conflict, reason=reason, requester=requester)
+                      apply=apply, policy=policy, on_conflict=on_conflict, reason=reason, requester=requester,
+                      undo_allow_plaintext=undo_allow_plaintext)
     request.check()  # a malformed request is refused before settings, keys or storage are read
     s = settings()
     with progress_bar(not as_json) as progress:

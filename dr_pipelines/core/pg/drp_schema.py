@@ -49,6 +49,30 @@ def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int) 
         conn.execute(ddl)
 
 
+def append_only_ddl(table: str) -> str:
+    """Triggers refusing UPDATE, DELETE and TRUNCATE on ``drp.<table>`` (also for its owner and superusers),
+    and those privileges revoked from PUBLIC: the audit tables' append-only guarantee."""
+    return """CREATE OR REPLACE FUNCTION drp.{t}_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'drp.{t} is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'audit rows are never changed or removed; append a new row instead';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER {t}_no_update_delete
+    BEFORE UPDATE OR DELETE ON drp.{t}
+    FOR EACH ROW EXECUTE FUNCTION drp.{t}_append_only();
+
+CREATE OR REPLACE TRIGGER {t}_no_truncate
+    BEFORE TRUNCATE ON drp.{t}
+    FOR EACH STATEMENT EXECUTE FUNCTION drp.{t}_append_only();
+
+REVOKE UPDATE, DELETE, TRUNCATE ON drp.{t} FROM PUBLIC;
+""".format(t=table)
+
+
 # --- DDL ----------------------------------------------------------------------------------
 SCHEMA_DDL = "\nCREATE SCHEMA IF NOT EXISTS drp;\n"
 # drp.schema_migrations
@@ -107,25 +131,7 @@ ALTER TABLE drp.export_audit
 CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
 CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
 
-CREATE OR REPLACE FUNCTION drp.export_audit_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'drp.export_audit is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = 'audit rows are never changed or removed; append a new row instead';
-END
-$$;
-
-CREATE OR REPLACE TRIGGER export_audit_no_update_delete
-    BEFORE UPDATE OR DELETE ON drp.export_audit
-    FOR EACH ROW EXECUTE FUNCTION drp.export_audit_append_only();
-
-CREATE OR REPLACE TRIGGER export_audit_no_truncate
-    BEFORE TRUNCATE ON drp.export_audit
-    FOR EACH STATEMENT EXECUTE FUNCTION drp.export_audit_append_only();
-
-REVOKE UPDATE, DELETE, TRUNCATE ON drp.export_audit FROM PUBLIC;
-"""
+""" + append_only_ddl("export_audit")
 
 # drp.archive_segments: the retention journal
 JOURNAL_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.archive_segments (
@@ -250,22 +256,4 @@ TENANT_RESTORES_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.tenant_rest
 );
 CREATE INDEX IF NOT EXISTS tenant_restores_tenant_idx ON drp.tenant_restores (tenant_id, started_at);
 
-CREATE OR REPLACE FUNCTION drp.tenant_restores_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'drp.tenant_restores is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = 'audit rows are never changed or removed; append a new row instead';
-END
-$$;
-
-CREATE OR REPLACE TRIGGER tenant_restores_no_update_delete
-    BEFORE UPDATE OR DELETE ON drp.tenant_restores
-    FOR EACH ROW EXECUTE FUNCTION drp.tenant_restores_append_only();
-
-CREATE OR REPLACE TRIGGER tenant_restores_no_truncate
-    BEFORE TRUNCATE ON drp.tenant_restores
-    FOR EACH STATEMENT EXECUTE FUNCTION drp.tenant_restores_append_only();
-
-REVOKE UPDATE, DELETE, TRUNCATE ON drp.tenant_restores FROM PUBLIC;
-"""
+""" + append_only_ddl("tenant_restores")

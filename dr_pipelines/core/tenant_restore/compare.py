@@ -10,9 +10,10 @@ announces is what an apply does.
 - Without one: the two sides are multisets of whole rows (``EXCEPT ALL``): a row present
   twice in the past and once live is one deleted row. Nothing is "changed" there.
 
-Equality is the column type's own ``=`` (numeric 1.0 equals 1.00, as in the content
-checksums). Types without one (json, point, xml, and arrays/composites/domains of them) are
-compared by their text form, which ``compared_columns`` decides by asking the parser.
+Equality is the column type's own ``=`` where it is a true equality, a default btree or hash
+operator class's (numeric 1.0 equals 1.00, as in the content checksums). Other types (json,
+xml, point, box whose "=" compares areas, and arrays/composites/domains of them) are compared
+by their text form; ``compared_columns`` decides from the catalog.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from psycopg import sql
 
 SAMPLES = 10  # sample keys kept per kind of difference
 
-# The value types each of the given types is made of (through domains, arrays, composites and
-# ranges), down to base and enum types: (given type, the leaf type's name).
-_LEAF_TYPES_QUERY = """
+# Per given type: whether every type its values are made of (through domains, arrays, composites
+# and ranges, down to base and enum types) has a true equality, the "=" of a default btree or hash
+# operator class (its own, or that of a type it is binary-coercible to: varchar -> text). Array,
+# record and range equality use their elements' btree "=", so the walk down to the leaves decides.
+# A "=" without such a class may not mean equal values: box "=" compares areas.
+_EQUALITY_QUERY = """
 WITH RECURSIVE tree(top, oid) AS (
     SELECT x, x FROM unnest(%s::oid[]) AS x
   UNION
@@ -41,9 +45,14 @@ WITH RECURSIVE tree(top, oid) AS (
         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
     ) AS y(oid)
 )
-SELECT tree.top, format_type(tree.oid, NULL)
+SELECT tree.top, bool_and(t.typtype = 'e' OR EXISTS (
+    SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+    WHERE am.amname IN ('btree', 'hash') AND oc.opcdefault
+      AND (oc.opcintype = t.oid OR oc.opcintype IN (
+          SELECT c.casttarget FROM pg_cast c WHERE c.castsource = t.oid AND c.castmethod = 'b'))))
 FROM tree JOIN pg_type t ON t.oid = tree.oid
 WHERE t.typtype IN ('b', 'e', 'p') AND NOT (t.typcategory = 'A' AND t.typelem <> 0)
+GROUP BY tree.top
 """
 
 
@@ -62,29 +71,14 @@ class Compared:
 def compared_columns(conn: psycopg.Connection, rel: sql.Composable, columns: Sequence[str]) -> list[Compared]:
     """How each of ``columns`` of ``rel`` (a table or a parenthesized query) is compared.
 
-    A type is compared by text when it, or a type its values are made of, has no ``=`` the
-    parser can resolve (an array's or record's ``=`` resolves, then fails on a json element
-    at run time: hence the walk down to the leaf types).
+    By the type's own ``=`` when it is a true equality (_EQUALITY_QUERY), else by text:
+    json, xml, point, box, and arrays/composites/domains of them.
     """
     cur = conn.execute(sql.SQL("SELECT {} FROM {} AS r LIMIT 0").format(
         sql.SQL(", ").join(sql.Identifier("r", c) for c in columns), rel))
     oids = [d.type_code for d in cur.description]
-    leaves: dict[int, set[str]] = {}
-    for top, type_name in conn.execute(_LEAF_TYPES_QUERY, (oids,)).fetchall():
-        leaves.setdefault(top, set()).add(type_name)
-    no_equality = {n for names in leaves.values() for n in names if not _has_equality(conn, n)}
-    return [Compared(name, bool(no_equality & leaves.get(oid, set())))
-            for name, oid in zip(columns, oids, strict=True)]
-
-
-def _has_equality(conn: psycopg.Connection, type_name: str) -> bool:
-    """Whether ``type = type`` resolves (type_name comes from format_type() on the catalog)."""
-    try:
-        with conn.transaction():
-            conn.execute(sql.SQL("SELECT NULL::{0} = NULL::{0}").format(sql.SQL(type_name)))
-        return True
-    except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
-        return False
+    by_value = dict(conn.execute(_EQUALITY_QUERY, (oids,)).fetchall())
+    return [Compared(name, not by_value.get(oid, True)) for name, oid in zip(columns, oids, strict=True)]
 
 
 # -- the shared definitions ---------------------------------------------------------------------------

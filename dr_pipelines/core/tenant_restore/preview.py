@@ -21,7 +21,13 @@ from dr_pipelines.core.pg.snapshots import adopted_session
 from dr_pipelines.core.tenancy import Scope, tenant_select
 from dr_pipelines.core.tenant_restore.compare import SAMPLES, diff_table
 from dr_pipelines.core.tenant_restore.report import TenantDiff
-from dr_pipelines.core.tenant_restore.transfer import bind_clinic, copy_tenant_rows, primary_key, table_columns
+from dr_pipelines.core.tenant_restore.transfer import (
+    bind_clinic,
+    copy_tenant_rows,
+    pin_output,
+    primary_key,
+    table_columns,
+)
 
 
 def preview(past_dsn: str, live_dsn: str, scope: Scope, clinic: str, *, past_label: str | None = None,
@@ -35,6 +41,7 @@ def preview(past_dsn: str, live_dsn: str, scope: Scope, clinic: str, *, past_lab
         side = f"drp_tenant_preview_{uuid.uuid4().hex[:12]}"
         past.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(side)))
         bind_clinic(past, clinic)
+        pin_output(past)  # sample keys (a timestamptz in a key) read the same whatever the server's settings
         copies, snapshot_at = _copy_live(live_dsn, scope, clinic, past, side)
         result = TenantDiff(clinic, _label(past_dsn, past_label), describe(live_dsn), snapshot_at)
         for t, live_copy in zip(scope.tables, copies, strict=True):

@@ -60,6 +60,7 @@ class Request:
     on_conflict: str | None = None
     reason: str | None = None
     requester: str | None = None
+    undo_allow_plaintext: bool = False  # the undo export may go to storage that does not encrypt at rest
 
     @property
     def mode(self) -> str:
@@ -80,8 +81,9 @@ class Request:
             if not (self.reason or "").strip() or not (self.requester or "").strip():
                 raise ConfigError("--apply needs --reason and --requester (they go to the audit table)",
                                   fix="pass --reason TEXT (e.g. the ticket) and --requester NAME")
-        elif self.policy or self.on_conflict or self.reason:
-            raise ConfigError("--policy, --on-conflict and --reason are for --apply", fix="add --apply, or drop them")
+        elif self.policy or self.on_conflict or self.reason or self.undo_allow_plaintext:
+            raise ConfigError("--policy, --on-conflict, --reason and --undo-allow-plaintext are for --apply",
+                              fix="add --apply, or drop them")
         if self.on_conflict is not None and self.on_conflict not in ON_CONFLICT:
             raise ConfigError(f"--on-conflict {self.on_conflict!r} is not a policy", fix="pass --on-conflict skip, or leave it out")
         return parse_time(self.at) if self.at is not None else None
@@ -90,7 +92,7 @@ class Request:
         return {"clinic": self.clinic, "at": self.at, "backup_id": self.backup_id, "mode": self.mode,
                 "into_schema": self.into_schema, "target": "other database" if self.target_dsn else None,
                 "policy": self.policy, "on_conflict": self.on_conflict, "reason": self.reason,
-                "requester": self.requester}
+                "requester": self.requester, "undo_allow_plaintext": self.undo_allow_plaintext}
 
 
 @dataclass
@@ -202,13 +204,29 @@ def _run_mode(settings: Settings, request: Request, past: PastDatabase, scope: S
         outcome.markdown = "\n".join([f"# Tenant restore: clinic {clinic}'s past rows in schema {request.into_schema}",
                                       "", *[f"- {t}: {n} rows" for t, n in rows.items()], ""])
     else:
-        from dr_pipelines.core.tenant_restore.apply import apply_restore
+        from dr_pipelines.core.tenant_restore.apply import UndoTarget, apply_restore
 
-        say(f"applying ({request.policy}) in one live transaction")
-        applied = apply_restore(past.dsn, live_dsn, scope, clinic, policies=set(POLICIES[request.policy or ""]),
-                                on_conflict=request.on_conflict, requester=request.requester,
-                                reason=request.reason, undo=(context.storage(settings), settings.encryption_recipients))
-        outcome.result, outcome.markdown = applied.as_dict(), applied.to_markdown()
+        say(f"applying ({request.policy}): the undo export first, then one live transaction")
+        applied = apply_restore(past.dsn, live_dsn, scope, clinic, policies=POLICIES[request.policy or ""],
+                                on_conflict=request.on_conflict, requester=request.requester, reason=request.reason or "",
+                                undo=UndoTarget(context.storage(settings), allow_plaintext=request.undo_allow_plaintext),
+                                restore_point=past.point.describe())
+        outcome.result, outcome.markdown = applied.as_dict(), apply_markdown(clinic, applied.as_dict())
+
+
+def apply_markdown(clinic: str, applied: dict[str, Any]) -> str:
+    """The apply's counts per table, conflicts skipped, undo export and audit row, as Markdown."""
+    lines = [f"# Tenant restore applied: clinic {clinic} ({', '.join(applied['policies'])})", "",
+             f"- {applied['inserted']} rows restored (inserted), {applied['updated']} reverted (updated)",
+             f"- undo export: {applied['undo_export_id']}; audit row drp.tenant_restores {applied['audit_id']}", "",
+             "| table | inserted | updated | skipped (conflicts) | archived since (not restored) |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {t['table']} | {t['inserted']} | {t['updated']} | {t['skipped']} | {t['archived']} |"
+              for t in applied["tables"]]
+    if applied["conflicts"]:
+        lines += ["", "## Conflicts skipped", ""]
+        lines += [f"- {c['table']} {c['key']}: {c['kind']} ({c['constraint']}), {c['policy']}" for c in applied["conflicts"]]
+    return "\n".join(lines) + "\n"
 
 
 def write_reports(outcome: Outcome, report_dir: Path) -> list[Path]:

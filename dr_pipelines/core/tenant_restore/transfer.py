@@ -16,20 +16,21 @@ setting that ``bind_clinic`` (or export's ``check_tenants``) sets on the source 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from contextlib import closing
 
 import psycopg
 from psycopg import sql
-from psycopg.abc import Buffer
 
+from dr_pipelines.core.export.formats import RowCount, copy_out
 from dr_pipelines.core.parquet import Column, table_columns
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, tenant_select
 
-BATCH_BYTES = 256 * 1024  # COPY TO yields one message per row: hand them on in batches of this size
+BATCH_BYTES = 256 * 1024  # rows are handed from one COPY to the other in pieces of about this size
 
-__all__ = ["Column", "bind_clinic", "copy_tenant_rows", "create_like", "primary_key", "table_columns",
-           "wire_format"]
+__all__ = ["Column", "bind_clinic", "copy_tenant_rows", "create_like", "pin_output", "primary_key",
+           "table_columns", "wire_format"]
 
 # Columns whose binary form carries a database-specific OID (arrays of user-defined element
 # types, composites) or means nothing in another database (oid, reg*): such a table is copied as text.
@@ -81,6 +82,12 @@ def bind_clinic(conn: psycopg.Connection, clinic: str) -> None:
     conn.execute("SELECT set_config(%s, %s::text[]::text, true)", (TENANTS_SETTING, [str(clinic)]))
 
 
+def pin_output(conn: psycopg.Connection) -> None:
+    """Pin how values render as text (TimeZone UTC, ISO dates, exact floats) for this transaction."""
+    for name, value in RENDER_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
 def create_like(conn: psycopg.Connection, dst: sql.Identifier, columns: list[Column]) -> None:
     """CREATE TABLE dst with the columns' names and types only: no constraints, defaults or generation."""
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(dst, sql.SQL(", ").join(
@@ -104,28 +111,17 @@ def copy_tenant_rows(src_conn: psycopg.Connection, scope: Scope, table_scope: Ta
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     fmt = wire_format(src_conn, t.schema, t.table)
     if fmt == "text":
-        for conn in (src_conn, dst_conn):
-            for name, value in RENDER_SETTINGS.items():
-                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        pin_output(src_conn)
+        pin_output(dst_conn)
     option = sql.SQL("(FORMAT binary)" if fmt == "binary" else "(FORMAT text)")
     select = tenant_select(t, scope, sql.SQL(", ").join(sql.Identifier("t", c.name) for c in columns))
-    with src_conn.cursor() as src_cur, dst_conn.cursor() as dst_cur:
-        with src_cur.copy(sql.SQL("COPY ({}) TO STDOUT {}").format(select, option)) as out, \
-                dst_cur.copy(sql.SQL("COPY {} ({}) FROM STDIN {}").format(dst, names, option)) as into:
-            for chunk in _batches(out):
+    copy_to = sql.SQL("COPY ({}) TO STDOUT {}").format(select, option)
+    # closing(): a failed COPY FROM cancels and drains the COPY TO, so the source transaction stays usable.
+    with closing(copy_out(src_conn, copy_to, RowCount(), BATCH_BYTES)) as out, dst_conn.cursor() as dst_cur:
+        with dst_cur.copy(sql.SQL("COPY {} ({}) FROM STDIN {}").format(dst, names, option)) as into:
+            for chunk in out:
                 into.write(chunk)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
         return dst_cur.rowcount
 
-
-def _batches(chunks: Iterable[Buffer]) -> Iterator[bytes]:
-    """Rows' messages joined into ~BATCH_BYTES pieces: one write per piece, not per row (memory stays bounded)."""
-    batch = bytearray()
-    for chunk in chunks:
-        batch += chunk
-        if len(batch) >= BATCH_BYTES:
-            yield bytes(batch)
-            batch.clear()
-    if batch:
-        yield bytes(batch)
