@@ -92,8 +92,9 @@ def test_tenant_restore_job_previews_then_applies_one_clinic(site: Site) -> None
     deleted = sum(d.get("deleted", 0) for d in damage.values())
     assert meta["total_deleted"] == deleted and meta["total_changed"] == sum(d.get("corrupted", 0) for d in damage.values())
     assert meta["total_added"] == 0
-    reports = [Path(p) for p in str(meta["reports"]).split(", ")]
-    assert [p.suffix for p in reports] == [".json", ".md"] and all(p.exists() for p in reports)
+    reports = [Path(str(meta["report_json"])), Path(str(meta["report_md"]))]
+    assert all(p.exists() and p.stat().st_mode & 0o777 == 0o600 for p in reports)
+    assert "samples" not in str(meta)  # keys stay in the 0600 reports
     for table in damage:
         assert f"| {table} |" in str(meta["tables"])
     assert checksums(site.live)["2"] != originals["2"]  # a preview writes nothing

@@ -54,18 +54,19 @@ def request_for(clinic: str, config: TenantRestoreConfig, run_id: str) -> Reques
 
 
 def outcome_metadata(outcome: Outcome) -> dict[str, Any]:
-    """The restore point, per-table counts (whatever the mode reports per table) and the report paths."""
+    """The restore point, per-table counts (whatever the mode reports per table) and the report paths.
+
+    Counts only: the reports' sample keys stay in the 0600 files, out of Dagster's event log."""
     rows = table_rows(outcome.result)
     columns = [c for c in COUNTS if any(c in r for r in rows)]
     meta: dict[str, Any] = {
         "clinic": outcome.clinic, "mode": outcome.request.mode,
         "restore_point": outcome.point.describe() if outcome.point else "none",
-        "reports": ", ".join(str(p) for p in outcome.reports),
+        **{f"report_{p.suffix.lstrip('.')}": dg.MetadataValue.path(str(p)) for p in outcome.reports},
         "seconds": dg.MetadataValue.json({k: round(v, 2) for k, v in outcome.seconds.items()}),
         "tables": dg.MetadataValue.md("| table | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
                                       + "\n".join(f"| {r['table']} | " + " | ".join(str(r.get(c, "")) for c in columns)
                                                   + " |" for r in rows)),
-        "report": dg.MetadataValue.md(outcome.to_markdown()),
     }
     for count in columns:
         if count in COUNTS[3:]:
@@ -82,14 +83,15 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build(settings: Settings) -> dg.Definitions:
-    @dg.op(out=dg.Out(dict), tags={"drp/source": "primary"})
+    @dg.op(out=dg.Out(dg.Nothing), tags={"drp/source": "primary"})
     def tenant_restore_op(context: dg.OpExecutionContext, config: TenantRestoreConfig,
                           drp: DrpSettingsResource) -> dg.Output:
-        """`drp tenant restore` for the partition's clinic; the report's counts and paths as output metadata."""
+        """`drp tenant restore` for the partition's clinic; the report's counts and paths as output metadata
+        (no output value: the report, with the clinic's keys, stays in its 0600 files, not in Dagster's storage)."""
         s = drp.settings()
         request = request_for(context.partition_key, config, context.run_id)
         outcome = tenant_restore(s, request, identities=core_context.identities(s), log=context.log.info)
-        return dg.Output(outcome.as_dict(), metadata=outcome_metadata(outcome))
+        return dg.Output(None, metadata=outcome_metadata(outcome))
 
     @dg.job(name="tenant_restore_job", partitions_def=CLINICS, tags={"drp/source": "primary"},
             description="Restore one clinic (the partition) to a point in time: preview, into a schema, or apply.")
@@ -114,7 +116,7 @@ def build(settings: Settings) -> dg.Definitions:
                 "mismatches": dg.MetadataValue.int(len(report.mismatches)),
                 "damage": dg.MetadataValue.json(report.damage),
                 "duration_s": dg.MetadataValue.float(round(report.seconds, 1)),
-                "reports": ", ".join(str(p) for p in report.reports),
+                **{f"report_{p.suffix.lstrip('.')}": dg.MetadataValue.path(str(p)) for p in report.reports},
                 "report": dg.MetadataValue.md(report.to_markdown()),
             },
             check_results=[dg.AssetCheckResult(
