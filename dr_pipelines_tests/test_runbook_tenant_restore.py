@@ -26,7 +26,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.tenancy import discover_scope, tenant_keys
 from dr_pipelines.core.tenant_restore.drill import Checksums, clinic_checksums
 from dr_pipelines.demo.generate import seed_demo
-from dr_pipelines_tests.support.runbook import RUNBOOKS, sections
+from dr_pipelines_tests.support.runbook import RUNBOOKS, run_sections, sections
 from dr_pipelines_tests.support.s3 import MotoServer
 from dr_pipelines_tests.support.wal import WalRig
 
@@ -100,6 +100,13 @@ def script(probe: str) -> str:
 
 
 def test_restore_one_clinic_runbook_runs_as_written(site: Site, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{site.cluster.binaries.bin_dir}:{os.environ['PATH']}",
+           "DRP_CONFIG": str(site.rig.config), "DRP_SOURCE_DSN": site.live, "DRP_WORK_DIR": str(site.rig.root / "work"),
+           "CLINIC": "2", "TICKET": "SUP-4242", "REQUESTER": "dpo@clinic-2.example", "JOB_ID": "import-7",
+           "REPORT_DIR": str(tmp_path / "reports")}
+    point = run_sections(RUNBOOK, ["Before a bulk job"], env, tmp_path)
+    assert point.returncode == 0, point.stdout + point.stderr
+    assert "restore point before-import-7: LSN " in point.stdout
     original = site.checksums()
     original_appointments = site.sql(APPOINTMENTS.format(kept=0))[0]  # ids start at 1: every row of clinic 2
     time.sleep(2)  # the restore point (a second before the first deletion) must be after the base backup's end
@@ -111,10 +118,7 @@ def test_restore_one_clinic_runbook_runs_as_written(site: Site, tmp_path: Path) 
     assert len(deleted) >= 5 and damaged["2"] != original["2"]
 
     report_dir = tmp_path / "reports"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{site.cluster.binaries.bin_dir}:{os.environ['PATH']}",
-           "DRP_CONFIG": str(site.rig.config), "DRP_SOURCE_DSN": site.live, "DRP_WORK_DIR": str(site.rig.root / "work"),
-           "CLINIC": "2", "REPORTED": str(reported), "TICKET": "SUP-4242", "REQUESTER": "dpo@clinic-2.example",
-           "REPORT_DIR": str(report_dir)}
+    env["REPORTED"] = str(reported)
     probe = f'psql -X -A -t -v ON_ERROR_STOP=1 -d "$DRP_SOURCE_DSN" -c "{APPOINTMENTS.format(kept=kept)}" > {tmp_path}/applied\n'
     run = subprocess.run(["bash", "-c", script(probe)], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=900)
