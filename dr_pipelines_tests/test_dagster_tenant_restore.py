@@ -121,11 +121,12 @@ def test_tenant_restore_drill_restores_a_damaged_clinic_on_a_scratch_copy(site: 
     production = checksums(site.live)
     defs = build_definitions()
     result = defs.resolve_job_def("tenant_restore_drill_job").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), partition_key="2026-12-01")
+        instance=dg.DagsterInstance.ephemeral(), partition_key="2026-12-01",
+        run_config={"ops": {"tenant_restore_drill": {"config": {"clinic": "3"}}}})
     assert result.success
     (mat,) = result.asset_materializations_for_node("tenant_restore_drill")
     meta = {k: v.value for k, v in mat.metadata.items()}
-    assert meta["passed"] is True and meta["backup_id"] == site.backup_id and meta["clinic"] == "1"
+    assert meta["passed"] is True and meta["backup_id"] == site.backup_id and meta["clinic"] == "3"
     assert meta["clinics"] == 3 and meta["mismatches"] == 0 and meta["checksums_compared"] == 3 * len(production["1"])
     assert {k for d in meta["damage"].values() for k in d} == {"deleted", "corrupted"}  # type: ignore[union-attr]
     (check,) = result.get_asset_check_evaluations()

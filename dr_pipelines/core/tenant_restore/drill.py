@@ -135,7 +135,7 @@ def tenant_restore_drill(settings: Settings, identities: Sequence[object], *, mo
         say(f"clinic {victim} damaged: {report.damage}")
         if clinic_checksums(scratch.dsn, scope, [victim]) == {victim: originals[victim]}:
             raise TenantDrillError(f"the drill could not change any row of clinic {victim}",
-                                   fix="run it for a clinic with rows (--clinic)")
+                                   fix="choose a clinic with rows (the drill's `clinic` run config)")
         scratch_settings = settings.model_copy(update={"source_dsn": SecretStr(scratch.dsn),
                                                        "storage_url": str(scratch_storage)})
         outcome = tenant_restore(scratch_settings, Request(

@@ -42,6 +42,10 @@ class TenantRestoreConfig(dg.Config):
                                        "does not encrypt at rest (a local directory)")
 
 
+class TenantDrillConfig(dg.Config):
+    clinic: str = Field(default="", description="the clinic to damage and restore; default: the first one")
+
+
 def request_for(clinic: str, config: TenantRestoreConfig, run_id: str) -> Request:
     """The CLI's Request from the run config (the same checks then refuse a malformed one)."""
     if config.mode == "into_schema" and not config.schema_name.strip():
@@ -102,11 +106,12 @@ def build(settings: Settings) -> dg.Definitions:
               check_specs=[dg.AssetCheckSpec(DRILL_CHECK, asset=DRILL_KEY, blocking=True,
                                              description="After the restore every clinic's rows equal the originals.")],
               tags={"drp/source": "primary"})
-    def tenant_restore_drill_asset(context: dg.AssetExecutionContext, drp: DrpSettingsResource) -> dg.MaterializeResult:
+    def tenant_restore_drill_asset(context: dg.AssetExecutionContext, config: TenantDrillConfig,
+                                   drp: DrpSettingsResource) -> dg.MaterializeResult:
         """On a scratch copy of the newest backup: damage one clinic, restore it with --apply, compare checksums."""
         s = drp.settings()
         report = tenant_restore_drill(s, core_context.identities(s), month=context.partition_key[:7],
-                                      log=context.log.info)
+                                      clinic=config.clinic or None, log=context.log.info)
         context.log.info(f"tenant-restore drill {report.month}: {'passed' if report.passed else 'FAILED'}")
         return dg.MaterializeResult(
             metadata={
