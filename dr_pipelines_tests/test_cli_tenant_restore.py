@@ -194,6 +194,22 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> 
     nothing_left(d)
 
 
+def audit_rows(d: Damaged, reason: str) -> list[tuple[object, ...]]:
+    return d.rows("SELECT requester, status, undo_export_id, error FROM drp.tenant_restores WHERE reason = %s "
+                  "ORDER BY id", (reason,))
+
+
+def test_an_apply_refused_before_it_began_is_audited(damaged: Damaged) -> None:
+    d = damaged
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.before_base, "--apply", "--policy", "both",
+                   "--reason", "TICKET-13 too early", "--requester", "oncall")
+    assert result.returncode == 1 and "before the oldest restorable point" in result.stderr, result.stderr
+    started, refused = audit_rows(d, "TICKET-13 too early")
+    assert started == ("oncall", "started", None, None)
+    assert refused[:3] == ("oncall", "refused", None) and "before the oldest restorable point" in str(refused[3])
+    nothing_left(d)
+
+
 def test_apply_brings_the_clinics_rows_back_keeps_later_ones_and_audits(damaged: Damaged, tmp_path: Path) -> None:
     d = damaged
     clinic1 = d.rows("SELECT id, status::text FROM invoices WHERE clinic_id = 1 ORDER BY id")
@@ -209,8 +225,8 @@ def test_apply_brings_the_clinics_rows_back_keeps_later_ones_and_audits(damaged:
                        (d.voided_invoices,))) == d.invoice_status_at_t
     assert d.sql("SELECT id FROM patients WHERE id = ANY(%s::bigint[])", (d.added_patients,)) == d.added_patients
     assert d.rows("SELECT id, status::text FROM invoices WHERE clinic_id = 1 ORDER BY id") == clinic1
-    assert d.rows("SELECT requester, status, undo_export_id FROM drp.tenant_restores ORDER BY id") == [
-        ("oncall", "started", None), ("oncall", "succeeded", applied["undo_export_id"])]
+    assert audit_rows(d, "TICKET-14 appointments deleted by mistake") == [
+        ("oncall", "started", None, None), ("oncall", "succeeded", applied["undo_export_id"], None)]
     assert "undo export" in Path(json.loads(result.stdout)["reports"][1]).read_text()
     nothing_left(d)
 
