@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -180,7 +181,10 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> 
     d = damaged
     proc = start_paused(["tenant", "restore", "--clinic", CLINIC, "--at", d.t], d.env(), "pitr-recovering")
     leases = sorted((d.work / "clusters").iterdir())
-    assert any(p.name.startswith("tenant-restore-") for p in leases)
+    [ours] = [p for p in leases if p.name.startswith("tenant-restore-")]
+    conf = (ours / "data" / "postgresql.auto.conf").read_text()  # a throwaway: never crash-recovered, not durable
+    assert all(re.search(rf"^{k} = '?off'?$", conf, re.M) for k in ("fsync", "synchronous_commit", "full_page_writes"))
+    assert re.search(r"^archive_mode = '?off'?$", conf, re.M)
     server = wait_for(lambda: subprocess.run(["pgrep", "-f", f"postgres.*{d.work}"], capture_output=True,
                                              text=True).stdout.split(), timeout=30, what="the PITR's server")
     os.kill(proc.pid, signal.SIGKILL)
