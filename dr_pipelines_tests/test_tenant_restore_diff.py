@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dr_pipelines.core.pg.checksums import relation_checksum
+from dr_pipelines.core.pg.checksums import pin_render_settings, relation_checksum
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.tenancy import discover_scope, tenant_select
 from dr_pipelines.core.tenant_restore.compare import TableDiff, compared_columns
@@ -412,6 +412,8 @@ def test_into_schema_holds_exactly_the_clinics_past_rows(demo_pair: dict) -> Non
     assert list(rows) == scope.names
     with psycopg.connect(past) as pconn, psycopg.connect(live) as lconn:
         bind_clinic(pconn, "1")
+        pin_render_settings(pconn)  # the past database renders in Asia/Kolkata otherwise
+        pin_render_settings(lconn)
         for t in scope.tables:
             want = relation_checksum(pconn, t.name, sql.SQL("({})").format(tenant_select(t, scope)), "text")
             got = relation_checksum(lconn, t.name, sql.Identifier("restore_clinic_1", t.table), "text")
