@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.layout import export_prefix
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS, default_method, relation_checksum
 from dr_pipelines.core.pg.cluster import LocalCluster
@@ -142,6 +143,8 @@ def _damage(live: str) -> dict[str, list[int]]:
             "SELECT id FROM appointments WHERE clinic_id = %s AND id %% 10 = 3 ORDER BY id", (int(CLINIC),)).fetchall()]
         assert appts
         _delete_appointments(conn, appts)
+        # A partitioned table (audit_log, by month): some of the clinic's rows across partitions.
+        assert conn.execute("DELETE FROM audit_log WHERE clinic_id = %s AND id %% 10 = 3", (int(CLINIC),)).rowcount
         changed = conn.execute("UPDATE invoices SET total = total + 1, status = 'void' WHERE clinic_id = %s"
                                " AND id %% 7 = 0", (int(CLINIC),)).rowcount
         assert changed
@@ -217,6 +220,7 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
 
     by_table = result.tables
     assert by_table["public.appointments"].inserted > 0 and by_table["public.visits"].inserted > 0
+    assert by_table["public.audit_log"].inserted > 0 and by_table["public.invoice_lines"].inserted > 0
     assert by_table["public.invoices"].updated > 0
     assert by_table["public.patients"].inserted == 0  # nothing of them was deleted
     # The undo export holds the clinic's rows as they were before the apply, stored with SSE.
@@ -404,6 +408,17 @@ def test_rows_archived_by_retention_since_are_not_restored(demo_db: str, past_of
         assert conn.execute("SELECT count(*) FROM clinical_notes WHERE clinic_id = 1").fetchone() == (left,)
 
 
+def test_bad_policies_are_refused_before_anything_is_read(tmp_path: Path) -> None:
+    scope = Scope("public.clinics", "id", "bigint", ())
+    for chosen, on_conflict, match in ((["restore-everything"], None, "restore-everything"), ([], None, "no restore"),
+                                       (["revert-changed"], "overwrite", "conflict policy 'overwrite'")):
+        with pytest.raises(ConfigError, match=match):
+            apply_restore("dbname=nowhere", "dbname=nowhere", scope, CLINIC, policies=chosen, on_conflict=on_conflict,
+                          reason=REASON, undo=_undo_local(tmp_path))
+    with pytest.raises(ConfigError, match="needs a reason"):
+        apply_restore("dbname=nowhere", "dbname=nowhere", scope, CLINIC, reason=" ", undo=_undo_local(tmp_path))
+
+
 def test_no_undo_export_means_nothing_applied_and_the_audit_is_append_only(  # type: ignore[no-untyped-def]
         demo_db: str, past_of, tmp_path: Path) -> None:
     scope = _scope(demo_db)
@@ -446,7 +461,9 @@ def test_a_write_to_another_clinic_inside_the_apply_rolls_it_all_back(  # type: 
 
 
 def test_lock_timeouts_are_retried_then_given_up(demo_db: str, past_of, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    scope = _scope(demo_db)
+    whole = _scope(demo_db)  # two tables are enough here: each attempt copies less
+    scope = Scope(whole.root, whole.key_column, whole.key_type,
+                  tuple(t for t in whole.tables if t.name in ("public.clinics", "public.invoices")))
     past = past_of(demo_db)
     with psycopg.connect(demo_db, autocommit=True) as conn:
         invoice = conn.execute("UPDATE invoices SET total = total + 1 WHERE id = (SELECT min(id) FROM invoices"
