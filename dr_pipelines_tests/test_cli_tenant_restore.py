@@ -3,15 +3,17 @@
 One module-scoped archiving cluster holds the seeded clinic database: a base backup, a time T,
 then clinic 2 is damaged (appointments deleted, invoices voided, a patient added) and clinic 1
 changed too, all archived. `drp tenant restore --clinic 2 --at T` recovers a throwaway cluster to
-T and its preview names exactly clinic 2's damage. Bad input is refused with a message, an exit
-code and nothing left (no lease folder, no server); a killed run's cluster is swept by the next
-run; a migration since T refuses, naming it.
+T and its preview names exactly clinic 2's damage; --apply brings the rows back (later ones kept,
+clinic 1 untouched, audited). Bad input is refused with a message, an exit code and nothing left
+(no lease folder, no server); a killed run's cluster is swept by the next run; a migration since T
+refuses the preview, naming it, while --into-schema (from the base backup, --backup ID) still works.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -44,6 +46,7 @@ class Damaged:
     before_base: str  # a time before the only base backup: nothing restorable is that old
     t: str  # the restore point asked for: after the base backup, before the damage
     archived_at: datetime  # when the last segment (holding the damage) was archived
+    base_id: str  # the only base backup, taken before T
     deleted_appointments: list[str] = field(default_factory=list)
     voided_invoices: list[str] = field(default_factory=list)
     added_patients: list[str] = field(default_factory=list)
@@ -83,8 +86,8 @@ def damaged(work_base: Path) -> Iterator[Damaged]:
             storage, recipients = context.storage(rig.settings()), rig.settings().encryption_recipients
             with psycopg.connect(live, autocommit=True) as conn:
                 before_base = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-            run_base_backup(live, storage, recipients)
-            d = Damaged(rig, cluster, live, before_base.isoformat(), "", datetime.now(UTC))
+            base_id = run_base_backup(live, storage, recipients).id
+            d = Damaged(rig, cluster, live, before_base.isoformat(), "", datetime.now(UTC), base_id)
             d.t = d.sql("SELECT clock_timestamp()")[0]
             d.deleted_appointments = d.sql(
                 "WITH gone AS (SELECT a.id FROM appointments a WHERE a.clinic_id = 2 AND NOT EXISTS (SELECT 1 FROM visits v"
@@ -178,7 +181,10 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> 
     d = damaged
     proc = start_paused(["tenant", "restore", "--clinic", CLINIC, "--at", d.t], d.env(), "pitr-recovering")
     leases = sorted((d.work / "clusters").iterdir())
-    assert any(p.name.startswith("tenant-restore-") for p in leases)
+    [ours] = [p for p in leases if p.name.startswith("tenant-restore-")]
+    conf = (ours / "data" / "postgresql.auto.conf").read_text()  # a throwaway: never crash-recovered, not durable
+    assert all(re.search(rf"^{k} = '?off'?$", conf, re.M) for k in ("fsync", "synchronous_commit", "full_page_writes"))
+    assert re.search(r"^archive_mode = '?off'?$", conf, re.M)
     server = wait_for(lambda: subprocess.run(["pgrep", "-f", f"postgres.*{d.work}"], capture_output=True,
                                              text=True).stdout.split(), timeout=30, what="the PITR's server")
     os.kill(proc.pid, signal.SIGKILL)
@@ -189,6 +195,22 @@ def test_a_killed_run_during_the_pitr_is_swept_by_the_next(damaged: Damaged) -> 
     for lease in leases:
         assert f"removed leftover clusters/{lease.name}" in result.stderr
         assert not lease.exists()
+    nothing_left(d)
+
+
+def audit_rows(d: Damaged, reason: str) -> list[tuple[object, ...]]:
+    return d.rows("SELECT requester, status, undo_export_id, error FROM drp.tenant_restores WHERE reason = %s "
+                  "ORDER BY id", (reason,))
+
+
+def test_an_apply_refused_before_it_began_is_audited(damaged: Damaged) -> None:
+    d = damaged
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.before_base, "--apply", "--policy", "both",
+                   "--reason", "TICKET-13 too early", "--requester", "oncall")
+    assert result.returncode == 1 and "before the oldest restorable point" in result.stderr, result.stderr
+    started, refused = audit_rows(d, "TICKET-13 too early")
+    assert started == ("oncall", "started", None, None)
+    assert refused[:3] == ("oncall", "refused", None) and "before the oldest restorable point" in str(refused[3])
     nothing_left(d)
 
 
@@ -207,15 +229,16 @@ def test_apply_brings_the_clinics_rows_back_keeps_later_ones_and_audits(damaged:
                        (d.voided_invoices,))) == d.invoice_status_at_t
     assert d.sql("SELECT id FROM patients WHERE id = ANY(%s::bigint[])", (d.added_patients,)) == d.added_patients
     assert d.rows("SELECT id, status::text FROM invoices WHERE clinic_id = 1 ORDER BY id") == clinic1
-    assert d.rows("SELECT requester, status, undo_export_id FROM drp.tenant_restores ORDER BY id") == [
-        ("oncall", "started", None), ("oncall", "succeeded", applied["undo_export_id"])]
+    assert audit_rows(d, "TICKET-14 appointments deleted by mistake") == [
+        ("oncall", "started", None, None), ("oncall", "succeeded", applied["undo_export_id"], None)]
     assert "undo export" in Path(json.loads(result.stdout)["reports"][1]).read_text()
     nothing_left(d)
 
 
 def test_a_migration_since_t_refuses_the_preview_naming_it_but_not_into_schema(damaged: Damaged,
                                                                               tmp_path: Path) -> None:
-    """Last in the file: it changes live's schema for good. --into-schema still copies the rows as they were."""
+    """Last in the file: it changes live's schema for good. --into-schema still copies the rows as they were
+    (here from --backup: the base backup recovered to its own stop point, before T)."""
     from dr_pipelines.core.migrate.runner import migrate
     from dr_pipelines.demo.schema import MIGRATIONS_DIR
     from dr_pipelines_tests.support.migrations import write_migrations
@@ -233,12 +256,13 @@ def test_a_migration_since_t_refuses_the_preview_naming_it_but_not_into_schema(d
     assert not reports.exists()  # refused: no report
     nothing_left(d)
 
-    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--at", d.t, "--into-schema", "clinic2_at_t",
+    result = d.drp("tenant", "restore", "--clinic", CLINIC, "--backup", d.base_id, "--into-schema", "clinic2_at_t",
                    "--report-dir", str(reports), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["schema_drift"]["migrations_since"][0].startswith("0007 patient_pronouns")
     assert report["into-schema"]["schema"] == "clinic2_at_t"
+    assert (report["restore_point"]["how"], report["restore_point"]["backup_id"]) == ("base backup", d.base_id)
     def side_ids(query: str, ids: list[str]) -> list[str]:
         with psycopg.connect(d.live) as conn:
             return sorted(str(r[0]) for r in conn.execute(query, (ids,)).fetchall())

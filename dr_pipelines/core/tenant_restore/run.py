@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_pipelines.core import context
-from dr_pipelines.core.errors import ConfigError
+from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.errors import UnknownTenantError
 from dr_pipelines.core.export.tenants import check_tenants
 from dr_pipelines.core.pg.cluster import write_private
@@ -145,17 +145,24 @@ def tenant_restore(settings: Settings, request: Request, *, identities: Sequence
     started = time.monotonic()
     say(f"clinic {clinic}: {len(scope.tables)} tables in scope; restoring the past database "
         f"({'to ' + target.describe() if target else 'backup ' + str(request.backup_id)})")
-    with past_database(context.storage(settings), identities, Path(settings.work_dir),
-                       database=database, at=target, backup_id=request.backup_id,
-                       progress=progress, log=say) as past:
-        outcome.point = past.point
-        outcome.seconds["restore"] = time.monotonic() - started
-        outcome.drift = drift_between(past, live_dsn, scope)
-        if request.mode != "into-schema":
-            refuse_drift(outcome.drift)
-        started = time.monotonic()
-        _run_mode(settings, request, past, scope, clinic, outcome, say)
-        outcome.seconds[request.mode] = time.monotonic() - started
+    applying = False
+    try:
+        with past_database(context.storage(settings), identities, Path(settings.work_dir),
+                           database=database, at=target, backup_id=request.backup_id,
+                           progress=progress, log=say) as past:
+            outcome.point = past.point
+            outcome.seconds["restore"] = time.monotonic() - started
+            outcome.drift = drift_between(past, live_dsn, scope)
+            if request.mode != "into-schema":
+                refuse_drift(outcome.drift)
+            started, applying = time.monotonic(), request.apply
+            _run_mode(settings, request, past, scope, clinic, outcome, say)
+            outcome.seconds[request.mode] = time.monotonic() - started
+            say(f"{request.mode} done in {outcome.seconds[request.mode]:.1f}s; removing the throwaway cluster")
+    except DrpError as exc:
+        if request.apply and not applying:  # apply_restore audits its own outcomes
+            audit_refusal(live_dsn, request, clinic, outcome.point, exc)
+        raise
     outcome.reports = write_reports(outcome, report_dir or Path(settings.work_dir))
     return outcome
 
@@ -227,6 +234,23 @@ def apply_markdown(clinic: str, applied: dict[str, Any]) -> str:
         lines += ["", "## Conflicts skipped", ""]
         lines += [f"- {c['table']} {c['key']}: {c['kind']} ({c['constraint']}), {c['policy']}" for c in applied["conflicts"]]
     return "\n".join(lines) + "\n"
+
+
+def audit_refusal(live_dsn: str, request: Request, clinic: str, point: RestorePoint | None, exc: DrpError) -> None:
+    """An --apply refused before it began (no restorable past, schema drift): its 'started' and 'refused'
+    rows in drp.tenant_restores, as apply_restore writes for its own refusals (an attempt is never invisible)."""
+    from dr_pipelines.core.tenant_restore import audit
+
+    record = audit.RestoreRecord(
+        requester=request.requester or "", reason=request.reason or "", tenant_id=clinic,
+        restore_point=point.describe() if point else f"{request.at or 'backup ' + str(request.backup_id)} (not reached)",
+        mode="apply", policies=list(POLICIES[request.policy or ""]), started_at=datetime.now(UTC),
+        on_conflict=request.on_conflict)
+    with connect(live_dsn, autocommit=True) as conn:
+        audit.ensure_restore_audit(conn)
+        audit.append(conn, record, "started")
+        record.error = exc.problem[:2000]
+        audit.append(conn, record, "refused")
 
 
 def write_reports(outcome: Outcome, report_dir: Path) -> list[Path]:
