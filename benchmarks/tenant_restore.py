@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,45 @@ OTHERS_WRITE = ("INSERT INTO patients (clinic_id, external_id, given_name, famil
 
 
 
+APP = "bench-tenant-restore"  # PGAPPNAME of (a): its statements are found in the server log by it
+# (a)'s statements on live by kind, in the order the apply runs them (the first match wins).
+KINDS = (("extract: past rows into TEMP tables", re.compile(r"^COPY .*FROM STDIN", re.S)),
+         ("undo export (and its checksums)", re.compile(r"^COPY \(|^SELECT count\(\*\), coalesce\(sum\(.*drp_export_row", re.S)),
+         ("compare: rows to insert / revert", re.compile(r"^(CREATE TABLE|DELETE FROM) \"pg_temp\"", re.S)),
+         ("checksums of the other clinics' rows", re.compile(r"^SELECT count\(\*\), coalesce\(sum\(", re.S)),
+         ("conflict checks", re.compile(r"jsonb_build_object|^SELECT .*EXISTS", re.S)),
+         ("write: INSERT / UPDATE", re.compile(r"^(INSERT INTO|UPDATE) (?!\"?drp)", re.S)))
+DURATION = re.compile(r"\] " + APP + r" LOG:  duration: ([0-9.]+) ms  (?:statement|execute [^:]*): (.*)")
+
+
+def statement_split(log: Path, offset: int) -> dict[str, float]:
+    """Seconds per statement kind of (a) on live, from the server log past ``offset`` (log_min_duration_statement 0)."""
+    out: dict[str, float] = {}
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            found = DURATION.search(line)
+            if found:
+                kind = next((k for k, rx in KINDS if rx.search(found.group(2))), "other statements")
+                out[kind] = out.get(kind, 0.0) + float(found.group(1)) / 1000
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+@contextmanager
+def statements_logged(cluster: LocalCluster) -> Iterator[int]:
+    """Every statement logged with its duration and application name while the block runs; yields the log offset."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            yield cluster.log_file.stat().st_size
+        finally:
+            conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
+            conn.execute("ALTER SYSTEM RESET log_line_prefix")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -94,7 +134,7 @@ def other_clinics_writing(dsn: str, clinic: str, per_second: float = 5) -> Itera
     stop, done = threading.Event(), {"transactions": 0}
 
     def write() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn, autocommit=True, application_name="bench-writer") as conn:
             while not stop.wait(1 / per_second):
                 with conn.transaction():
                     for statement in OTHERS_WRITE:
@@ -201,14 +241,16 @@ def dba_sql(live: str, scope: Scope, side: str) -> dict[str, int]:
     return out
 
 
-def drp_apply(rig: WalRig, live: str, base: Path, clinic: str, at: str) -> dict[str, Any]:
-    """(a): the one command, measured as a child; its report's split, and when each progress line came (stderr)."""
+def drp_apply(rig: WalRig, live: str, base: Path, clinic: str, at: str, cluster: LocalCluster,
+              offset: int) -> dict[str, Any]:
+    """(a): the one command, measured as a child; its report's split, when each progress line came (stderr),
+    and its statements on live by kind (the server log from ``offset``)."""
     reports = base / "reports"
     before = load()
     launch = Launch([str(BIN / "drp"), "tenant", "restore", "--clinic", clinic, "--at", at, "--apply", "--policy",
                      "both", "--reason", "benchmark", "--requester", "benchmark", "--report-dir", str(reports),
-                     "--undo-allow-plaintext", "--json"], env=drp_env(rig, live, base), stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True)
+                     "--undo-allow-plaintext", "--json"], env={**drp_env(rig, live, base), "PGAPPNAME": APP},
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timeline: list[tuple[float, str]] = []
 
     def progress() -> None:
@@ -227,6 +269,7 @@ def drp_apply(rig: WalRig, live: str, base: Path, clinic: str, at: str) -> dict[
     applied, seconds = report["apply"], report["seconds"]
     split = {"pitr": seconds["restore"], "apply (undo export, extract, compare, write, checks)": seconds["apply"],
              "apply internal": applied.get("seconds") or "not reported",
+             "statements on live (server log)": statement_split(cluster.log_file, offset),
              "rest (start, scope, drift check, reports, cluster removal)":
                  round(m.seconds - seconds["restore"] - seconds["apply"], 2)}
     return {**m.as_dict(), "split": split, "progress": timeline, "inserted": applied["inserted"],
@@ -285,7 +328,8 @@ def main() -> None:
                 manual = manual_way(rig, live, base, scope, clinic, at)
                 print(json.dumps({"manual": manual}), file=sys.stderr)
                 assert clinic_checksums(live, scope, [clinic])[clinic] == damaged  # rolled back: the same damage
-                ours = drp_apply(rig, live, base, clinic, at)
+                with statements_logged(cluster) as offset:
+                    ours = drp_apply(rig, live, base, clinic, at, cluster, offset)
                 print(json.dumps({"drp": ours}), file=sys.stderr)
             restored = clinic_state(live, scope, clinic, kept)
             exact = {name: restored[name] == sums for name, sums in at_t.items()}
