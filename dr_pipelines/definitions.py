@@ -14,6 +14,7 @@ from dr_pipelines.defs.migrations import definitions as migrations
 from dr_pipelines.defs.retention import definitions as retention
 from dr_pipelines.defs.source import definitions as source
 from dr_pipelines.defs.status import definitions as status_defs
+from dr_pipelines.defs.tenant_restore import definitions as tenant_restore
 from dr_pipelines.defs.verification import definitions as verification
 from dr_pipelines.defs.wal import definitions as wal
 
@@ -30,6 +31,7 @@ def build_definitions() -> dg.Definitions:
         retention.build(settings),
         status_defs.build(settings),
         wal.build(settings),
+        tenant_restore.build(settings),
         alerts.build(settings),
         dg.Definitions(resources={"drp": drp_resource()}),
     )

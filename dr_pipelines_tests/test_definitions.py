@@ -26,11 +26,15 @@ def test_definitions_load_and_validate(defs: dg.Definitions) -> None:
     assert defs.resolve_sensor_def("wal_archive_watch").minimum_interval_seconds == 30
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key == dg.AssetKey("wal_archive")}
     assert checks == {"wal_continuity", "wal_archive_lag"}
+    assert defs.resolve_job_def("tenant_restore_job").partitions_def.name == "clinics"  # type: ignore[union-attr]
+    assert dg.AssetKey("tenant_restore_drill") in keys
+    assert defs.resolve_schedule_def("tenant_restore_drill_schedule").cron_schedule == "0 5 8 * *"
 
 
 def test_schedules_and_sensors_default_stopped_unless_demo(set_drp_env: Callable[..., dict[str, str]], defs: dg.Definitions) -> None:
     assert defs.resolve_schedule_def("source_profile_hourly").default_status == dg.DefaultScheduleStatus.STOPPED
     assert defs.resolve_sensor_def("run_failure_alert").default_status == dg.DefaultSensorStatus.STOPPED
+    assert defs.resolve_schedule_def("tenant_restore_drill_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
     set_drp_env(schedules_running="true")
     running = build_definitions()
     assert running.resolve_schedule_def("source_profile_hourly").default_status == dg.DefaultScheduleStatus.RUNNING

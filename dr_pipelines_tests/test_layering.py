@@ -62,6 +62,7 @@ LAYERS = {
     "restore.targets": 5, "restore.recovery": 5, "restore.pitr": 5, "wal.restore_points": 5,  # PITR (issue 13)
     "backup.lowlevel": 5,  # base backups through pg_backup_start/stop (issue 13)
     "verify": 6, "migrate": 6,
+    "tenant_restore": 6,  # restore one clinic (issue 14): reads restore, export, tenancy, pg
     "status": 7, "health": 7,
 }
 

@@ -19,6 +19,7 @@ from dr_pipelines.cli import archive, backup, config, db, demo, drill, export, h
 from dr_pipelines.cli import portal as portal_cli
 from dr_pipelines.cli import status as status_cli
 from dr_pipelines.cli import storage as storage_cli
+from dr_pipelines.cli import tenant as tenant_cli
 from dr_pipelines.cli import verify as verify_cli
 from dr_pipelines.cli import wal as wal_cli
 from dr_pipelines.cli.common import err, out, state
@@ -46,6 +47,7 @@ app.add_typer(retention.retention_app, name="retention")
 app.add_typer(archive.archive_app, name="archive")
 app.add_typer(wal_cli.wal_app, name="wal")
 app.add_typer(portal_cli.portal_app, name="portal")
+app.add_typer(tenant_cli.tenant_app, name="tenant")
 
 
 def _pg_client_version() -> str:

@@ -79,6 +79,7 @@ class Settings(BaseModel):
     backup_cron: str = Field("0 2 * * *", description="When the backup schedule runs (cron, UTC).")
     verify_cron: str = Field("0 4 * * 0", description="When the weekly verification restore runs (cron, UTC).")
     drill_cron: str = Field("0 5 1 * *", description="When the monthly DR drill runs (cron, UTC).")
+    tenant_drill_cron: str = Field("0 5 8 * *", description="When the monthly tenant-restore drill runs (cron, UTC).")
     base_backup_cron: str = Field("0 1 * * *", description="When the base backup schedule runs (cron, UTC; needs WAL archiving).")
     base_backup_method: Literal["auto", "lowlevel", "pg_basebackup"] = Field(
         "auto", description="How base backups read the cluster: lowlevel (pg_backup_start + the data directory read "
@@ -214,7 +215,8 @@ class Settings(BaseModel):
             raise ValueError(exc.problem) from None
         return v
 
-    @field_validator("backup_cron", "verify_cron", "drill_cron", "base_backup_cron", "analytics_export_cron")
+    @field_validator("backup_cron", "verify_cron", "drill_cron", "base_backup_cron", "analytics_export_cron",
+                     "tenant_drill_cron")
     @classmethod
     def _cron(cls, v: str) -> str:
         return _check_cron(v)

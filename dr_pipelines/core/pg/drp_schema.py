@@ -8,6 +8,7 @@ check), under that table's advisory lock so concurrent first runs do not race:
 - ``drp.export_audit``: the append-only export audit trail (core/export/audit.py);
 - ``drp.archive_segments``, ``drp.archive_kept``: the retention journal (core/retention/journal.py);
 - ``drp.legal_holds``: legal holds (core/retention/holds.py);
+- ``drp.tenant_restores``: the append-only audit of one-clinic restores (core/tenant_restore/audit.py);
 - ``drp.portal_tokens``, ``drp.portal_exports``: the export portal's clinic tokens (stored hashed)
   and its full-export jobs (dr_pipelines/portal/).
 
@@ -29,6 +30,7 @@ EXPORT_AUDIT_LOCK = 0x6472_705F_6578  # "drp_ex": serialises the audit DDL and r
 RETENTION_JOURNAL_LOCK = 0x6472_705F_6A72  # "drp_jr": serialises the journal DDL
 LEGAL_HOLDS_LOCK = 0x6472_705F_6C68  # "drp_lh": serialises the holds DDL
 PORTAL_LOCK = 0x6472_705F_706F  # "drp_po": serialises the portal tables' DDL
+TENANT_RESTORES_LOCK = 0x6472_705F_7472  # "drp_tr": serialises the tenant-restore audit DDL
 # Two-key locks: (class, hashtext(export id)), a session lock per running export.
 EXPORT_RUNNING_LOCK_CLASS = 0x6472_7065  # "drpe"
 
@@ -48,6 +50,30 @@ def ensure_table(conn: psycopg.Connection, table: str, ddl: str, lock_key: int, 
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
         conn.execute(ddl)
+
+
+def append_only_ddl(table: str) -> str:
+    """Triggers refusing UPDATE, DELETE and TRUNCATE on ``drp.<table>`` (also for its owner and superusers),
+    and those privileges revoked from PUBLIC: the audit tables' append-only guarantee."""
+    return """CREATE OR REPLACE FUNCTION drp.{t}_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'drp.{t} is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'audit rows are never changed or removed; append a new row instead';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER {t}_no_update_delete
+    BEFORE UPDATE OR DELETE ON drp.{t}
+    FOR EACH ROW EXECUTE FUNCTION drp.{t}_append_only();
+
+CREATE OR REPLACE TRIGGER {t}_no_truncate
+    BEFORE TRUNCATE ON drp.{t}
+    FOR EACH STATEMENT EXECUTE FUNCTION drp.{t}_append_only();
+
+REVOKE UPDATE, DELETE, TRUNCATE ON drp.{t} FROM PUBLIC;
+""".format(t=table)
 
 
 # --- DDL ----------------------------------------------------------------------------------
@@ -108,25 +134,7 @@ ALTER TABLE drp.export_audit
 CREATE INDEX IF NOT EXISTS export_audit_tenants_idx ON drp.export_audit USING gin (tenant_ids);
 CREATE INDEX IF NOT EXISTS export_audit_started_idx ON drp.export_audit (started_at);
 
-CREATE OR REPLACE FUNCTION drp.export_audit_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'drp.export_audit is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = 'audit rows are never changed or removed; append a new row instead';
-END
-$$;
-
-CREATE OR REPLACE TRIGGER export_audit_no_update_delete
-    BEFORE UPDATE OR DELETE ON drp.export_audit
-    FOR EACH ROW EXECUTE FUNCTION drp.export_audit_append_only();
-
-CREATE OR REPLACE TRIGGER export_audit_no_truncate
-    BEFORE TRUNCATE ON drp.export_audit
-    FOR EACH STATEMENT EXECUTE FUNCTION drp.export_audit_append_only();
-
-REVOKE UPDATE, DELETE, TRUNCATE ON drp.export_audit FROM PUBLIC;
-"""
+""" + append_only_ddl("export_audit")
 
 # drp.archive_segments: the retention journal
 JOURNAL_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.archive_segments (
@@ -226,3 +234,31 @@ CREATE INDEX IF NOT EXISTS portal_exports_clinic_idx ON drp.portal_exports (clin
 -- The Dagster run a job was submitted as (portal_dagster_url), followed by the job.
 ALTER TABLE drp.portal_exports ADD COLUMN IF NOT EXISTS run_id text;
 """
+
+# drp.tenant_restores: who restored which clinic to when, why, and what came of it (core/tenant_restore/audit.py).
+# Append-only like drp.export_audit: an attempt appends 'started', then one of 'succeeded', 'refused', 'failed'
+# (same attempt_id); a process killed in between leaves only 'started'.
+TENANT_RESTORES_DDL = SCHEMA_DDL + """CREATE TABLE IF NOT EXISTS drp.tenant_restores (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    attempt_id      uuid        NOT NULL,
+    status          text        NOT NULL CHECK (status IN ('started', 'succeeded', 'refused', 'failed')),
+    requester       text        NOT NULL CHECK (requester <> ''),
+    reason          text        NOT NULL CHECK (reason <> ''),
+    tenant_id       text        NOT NULL,
+    restore_point   text        NOT NULL,
+    mode            text        NOT NULL,
+    policies        text[]      NOT NULL,
+    on_conflict     text,
+    counts          jsonb       NOT NULL DEFAULT '{}',
+    conflicts       jsonb       NOT NULL DEFAULT '[]',
+    undo_export_id  text,
+    undo_storage    text,
+    attempts        integer     NOT NULL DEFAULT 0,
+    error           text,
+    started_at      timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    recorded_by     name        NOT NULL DEFAULT current_user
+);
+CREATE INDEX IF NOT EXISTS tenant_restores_tenant_idx ON drp.tenant_restores (tenant_id, started_at);
+
+""" + append_only_ddl("tenant_restores")

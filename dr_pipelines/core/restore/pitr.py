@@ -10,7 +10,7 @@ archiving off (recovery.py). Whatever fails, nothing half-restored is left runni
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
                      extract: Extract, work_dir: Path, identities: Sequence[object], prefetch: int = DEFAULT_PREFETCH,
                      keep_running: bool = True,
                      port: int | None = None, progress: Progress | None = None, timeline: int | None = None,
-                     log: Callable[[str], None] | None = None) -> PitrResult:
+                     log: Callable[[str], None] | None = None,
+                     settings: Mapping[str, str] | None = None) -> PitrResult:
     """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
 
     ``timeline``: recover along this timeline (recovery_target_timeline = N: a target on an older timeline
@@ -74,7 +75,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     whose recovery can follow it, and the WAL checked is that timeline's path.
 
     This process serves the recovery's WAL fetches (``identities`` decrypt them, core/wal/restore.py
-    WalFetcher); ``keep_running`` False leaves the promoted cluster stopped.
+    WalFetcher); ``keep_running`` False leaves the promoted cluster stopped. ``settings``: extra
+    server settings kept after promotion (a throwaway's FAST_THROWAWAY, core/restore/throwaway.py).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     for line in sweep_leftovers(work_dir):
@@ -105,7 +107,7 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),
-                         timeline=lineage.setting())
+                         timeline=lineage.setting(), settings=settings)
     except BaseException:
         LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)
         raise

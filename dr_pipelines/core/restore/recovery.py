@@ -96,13 +96,14 @@ def served_restore_command(sock: Path) -> str:
 
 
 def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_command: str, socket_dir: Path,
-                       port: int, timeline: str = "latest") -> None:
+                       port: int, timeline: str = "latest", extra: Mapping[str, str] | None = None) -> None:
     """recovery.signal plus the settings: restore_command, the target, promote at it, archiving off,
-    socket only. The base backup's own postgresql.auto.conf is kept underneath (its tuning)."""
+    socket only. The base backup's own postgresql.auto.conf is kept underneath (its tuning), ``extra``
+    (plain postgresql.conf values, e.g. fsync off for a throwaway) on top; they stay after promotion."""
     give_to_server(data_dir)
     cluster = LocalCluster(data_dir=data_dir, port=port)
     settings = {
-        **_without(cluster.read_settings(), RECOVERY_KEYS),
+        **_without(cluster.read_settings(), RECOVERY_KEYS), **(extra or {}),
         "port": str(port), "listen_addresses": "''", "unix_socket_directories": conf_value(str(socket_dir)),
         **NO_ARCHIVING, "hot_standby": "on",
         "restore_command": conf_value(restore_command),
@@ -120,7 +121,8 @@ def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_comman
 def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | None = None,
             fetcher: WalFetcher | None = None, start_lsn: int = 0,
             target_lsn: int | None = None, keep_running: bool = True, port: int | None = None,
-            progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None) -> RecoveryResult:
+            progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None,
+            settings: Mapping[str, str] | None = None) -> RecoveryResult:
     """Recover ``data_dir`` (an extracted base backup) to ``target`` and promote; PitrError if it cannot.
 
     WAL comes from ``fetcher``, served on a socket in ``socket_dir`` while the server recovers
@@ -129,7 +131,7 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
     On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly.
     On failure the server is stopped; removing the directory is the caller's (it knows if it made it).
     ``socket_dir``: a private folder for the recovery's socket (in the caller's lease, so a killed run's is
-    swept); default a new one under the temp dir, removed at the end.
+    swept); default a new one under the temp dir, removed at the end. ``settings``: see configure_recovery's ``extra``.
     """
     started = time.monotonic()
     port = port or free_port()
@@ -149,7 +151,7 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
             if not restore_command:
                 raise TypeError("recover() needs a fetcher or a restore_command")
             configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
-                               timeline=timeline)
+                               timeline=timeline, extra=settings)
             cluster.launch()
             reached("pitr-recovering")
             replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)

@@ -1,0 +1,401 @@
+"""Write one clinic's past rows back into the live database: one transaction, only that clinic.
+
+``apply_restore(past_dsn, live_dsn, scope, clinic, ...)``:
+
+1. ``drp.tenant_restores`` gets a ``started`` row (core/tenant_restore/audit.py); every outcome
+   after it appends one more (``succeeded`` / ``refused`` / ``failed``).
+2. **Undo.** The clinic's current rows are exported with the existing export path
+   (core/export/run.py ``export_tenants``, CSV, every table of the scope) to ``undo.storage``,
+   which must encrypt at rest (S3 with server-side encryption) unless ``allow_plaintext`` is
+   given on purpose. No undo export, nothing applied.
+3. **One live transaction**, REPEATABLE READ, with ``lock_timeout``; a serialization failure,
+   deadlock, lock timeout or a unique violation from a concurrent insert rolls it back and the
+   whole attempt is recomputed from scratch (bounded retries with backoff):
+
+   - the clinic's past rows are streamed into TEMP tables of that transaction (transfer.py);
+   - compare.py's ``only_past_keys`` / ``changed_keys`` (the one definition the preview uses)
+     select the rows to insert (*restore-deleted*) and to revert (*revert-changed*); rows added
+     since are kept; rows retention archived since are not "deleted" (guard.py) and are reported;
+   - conflicts (conflicts.py) refuse the apply, or with ``on_conflict="skip"`` drop those rows
+     and the rows depending on them;
+   - other clinics' rows of every table about to be written are checksummed (guard.py);
+   - inserts in foreign-key order (parents first, from the FK graph), explicit ids,
+     ``OVERRIDING SYSTEM VALUE`` where an identity is GENERATED ALWAYS, generated columns left
+     to PostgreSQL; then reverts, every UPDATE also filtered on the clinic; sequences moved
+     forward when a restored id is above them, never backward;
+   - before COMMIT, the other clinics' checksums again: any difference rolls back (IsolationError);
+   - the ``succeeded`` audit row is inserted in the same transaction, so it commits with the rows.
+
+Nothing is ever deleted from live. A process killed anywhere before COMMIT leaves live as it
+was (and the audit's ``started`` row); running the apply again starts over.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.checkpoints import reached
+from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.export.run import ExportOptions, export_tenants
+from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
+from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import Scope, TableScope, tenant_filter, tenant_select
+from dr_pipelines.core.tenant_restore import audit
+from dr_pipelines.core.tenant_restore.compare import changed_keys, compared_columns, only_past_keys, rows_only_in
+from dr_pipelines.core.tenant_restore.conflicts import (
+    Conflict,
+    ConflictError,
+    TablePlan,
+    constraints_of,
+    find_conflicts,
+)
+from dr_pipelines.core.tenant_restore.guard import (
+    SequenceMove,
+    advance_sequences,
+    archived_condition,
+    check_untouched,
+    other_tenants_checksums,
+)
+from dr_pipelines.core.tenant_restore.transfer import bind_clinic, copy_tenant_rows, primary_key, table_columns
+
+POLICIES = ("restore-deleted", "revert-changed")
+ON_CONFLICT = (None, "skip")
+BEFORE_COMMIT = "tenant-restore-before-commit"  # checkpoint: everything written, COMMIT next
+RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+             psycopg.errors.LockNotAvailable, psycopg.errors.UniqueViolation)
+UNDO_FORMATS = ("csv",)
+
+
+class ApplyError(DrpError):
+    """The apply did not complete; its transaction was rolled back, nothing applied."""
+
+
+class UndoExportError(DrpError):
+    """The undo export of the clinic's current rows could not be written: nothing applied."""
+
+
+@dataclass(frozen=True)
+class UndoTarget:
+    """Where the undo export goes. Health data: refused unless the storage encrypts at rest
+    (S3 with server-side encryption), or ``allow_plaintext`` says so on purpose."""
+
+    storage: Storage
+    allow_plaintext: bool = False
+
+    def check(self) -> None:
+        sse = self.storage.properties.server_side_encryption and bool(getattr(self.storage, "sse_args", None))
+        if not (sse or self.allow_plaintext):
+            raise UndoExportError(
+                f"the undo export's storage {self.storage.url} does not encrypt what it stores: the clinic's "
+                "current rows (health data) would be written in plaintext",
+                fix="send the undo export to S3 with server-side encryption (DRP_S3_SSE=AES256 or aws:kms)")
+
+
+@dataclass
+class TableResult:
+    table: str
+    inserted: int = 0
+    updated: int = 0
+    skipped: int = 0  # rows left out because of conflicts (on_conflict="skip")
+    archived: int = 0  # rows gone because retention archived them: not restored
+    sequences: list[SequenceMove] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "inserted": self.inserted, "updated": self.updated, "skipped": self.skipped,
+                "archived": self.archived,
+                "sequences": [{"sequence": s.sequence, "column": s.column, "restored_max": s.restored_max,
+                               "moved": s.moved} for s in self.sequences]}
+
+
+@dataclass
+class ApplyResult:
+    clinic: str
+    policies: tuple[str, ...]
+    tables: dict[str, TableResult]
+    conflicts: list[Conflict]
+    conflict_counts: dict[tuple[str, str, str], int]
+    undo_export_id: str | None
+    audit_id: int | None
+    attempts: int
+    other_clinics: dict[str, tuple[int, str]]  # table -> (rows, checksum), equal before and after
+
+    @property
+    def inserted(self) -> int:
+        return sum(t.inserted for t in self.tables.values())
+
+    @property
+    def updated(self) -> int:
+        return sum(t.updated for t in self.tables.values())
+
+    def counts(self) -> dict[str, Any]:
+        return {name: {k: v for k, v in t.as_dict().items() if k in ("inserted", "updated", "skipped", "archived")}
+                for name, t in self.tables.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clinic": self.clinic, "policies": list(self.policies), "inserted": self.inserted,
+                "updated": self.updated, "tables": [t.as_dict() for t in self.tables.values()],
+                "conflicts": [c.as_dict() for c in self.conflicts],
+                "undo_export_id": self.undo_export_id, "audit_id": self.audit_id, "attempts": self.attempts}
+
+
+@dataclass(frozen=True)
+class _Request:
+    scope: Scope
+    clinic: str
+    policies: frozenset[str]
+    skip: bool
+    lock_timeout: str
+
+
+def apply_restore(past_dsn: str, live_dsn: str, scope: Scope, clinic: str | int, *,
+                  policies: Collection[str] = POLICIES, on_conflict: str | None = None,
+                  requester: str | None = None, reason: str, undo: UndoTarget, restore_point: str = "",
+                  lock_timeout: str = "5s", retries: int = 3, backoff_s: float = 0.5) -> ApplyResult:
+    """Bring ``clinic``'s rows in ``live_dsn`` back to what ``past_dsn`` holds (see the module doc)."""
+    clinic = str(clinic)
+    request = _Request(scope, clinic, _check_policies(policies, on_conflict), on_conflict == "skip", lock_timeout)
+    if not reason or not reason.strip():
+        raise ConfigError("a tenant restore needs a reason (it is audited)",
+                          fix="say why, e.g. the ticket: --reason 'TICKET-123 appointments deleted by mistake'")
+    record = audit.RestoreRecord(
+        requester=requester or getpass.getuser(), reason=reason.strip(), tenant_id=clinic,
+        restore_point=restore_point or "(past database)", mode="apply", policies=sorted(request.policies),
+        started_at=datetime.now(UTC), on_conflict=on_conflict, undo_storage=undo.storage.url)
+    with connect(live_dsn, autocommit=True) as audit_conn:
+        audit.ensure_restore_audit(audit_conn)
+        audit.append(audit_conn, record, "started")
+        try:
+            record.undo_export_id = _undo_export(live_dsn, scope, clinic, undo, record.requester)
+            return _with_retries(past_dsn, live_dsn, request, record, retries, backoff_s)
+        except BaseException as exc:
+            status = "refused" if isinstance(exc, ConflictError | UndoExportError | ConfigError) else "failed"
+            record.error = exc.problem[:2000] if isinstance(exc, DrpError) else f"{type(exc).__name__}: {exc}"[:2000]
+            try:
+                audit.append(audit_conn, record, status)
+            except Exception:  # noqa: BLE001 - the original error matters more; 'started' is recorded
+                pass
+            raise
+
+
+def _check_policies(policies: Collection[str], on_conflict: str | None) -> frozenset[str]:
+    chosen = frozenset(policies)
+    unknown = sorted(chosen - set(POLICIES))
+    if not chosen or unknown:
+        raise ConfigError(f"unknown or no restore policy: {', '.join(unknown) or '(none)'}",
+                          fix=f"choose one or both of {', '.join(POLICIES)}")
+    if on_conflict not in ON_CONFLICT:
+        raise ConfigError(f"unknown conflict policy {on_conflict!r}",
+                          fix="leave it out (conflicts refuse the apply) or pass skip")
+    return chosen
+
+
+def _undo_export(live_dsn: str, scope: Scope, clinic: str, undo: UndoTarget, requester: str) -> str:
+    """Export the clinic's current rows (every table of the scope) through the export path; its id."""
+    undo.check()
+    options = ExportOptions(formats=UNDO_FORMATS, root=scope.root, key_column=scope.key_column,
+                            requester=requester, max_per_hour=None, ttl_days=None, tables=tuple(scope.names),
+                            content_checksums=True)
+    try:
+        return export_tenants(live_dsn, undo.storage, [clinic], options).export_id
+    except DrpError as exc:
+        raise UndoExportError(f"the undo export of clinic {clinic} failed, nothing was applied: {exc.problem}",
+                              fix=exc.fix or "fix the export (storage, permissions) and run the apply again") from exc
+
+
+def _with_retries(past_dsn: str, live_dsn: str, request: _Request, record: audit.RestoreRecord, retries: int,
+                  backoff_s: float) -> ApplyResult:
+    """Run the transaction; on a retryable failure start over (everything recomputed), up to ``retries`` more times."""
+    for attempt in range(1, retries + 2):
+        record.attempts = attempt
+        try:
+            return _Attempt(past_dsn, live_dsn, request, record).run()
+        except RETRYABLE as exc:
+            if attempt > retries:
+                raise ApplyError(
+                    f"the apply of clinic {request.clinic} was rolled back {attempt} times by concurrent writes "
+                    f"({type(exc).__name__}: {str(exc).strip().splitlines()[0]}); nothing was applied",
+                    fix="run it again when the clinic is quieter, or with a longer lock_timeout") from None
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+# -- one attempt: one transaction ----------------------------------------------------------------------
+
+
+def insert_order(tables: list[TableScope], parents: dict[str, set[str]]) -> list[TableScope]:
+    """Parents before children (FK graph among the scope's tables); ties and cycles in scope order.
+
+    ``parents[name]``: the scope tables ``name`` has a foreign key to (itself excluded).
+    """
+    pending = [t.name for t in tables]
+    by_name = {t.name: t for t in tables}
+    done: list[str] = []
+    while pending:
+        ready = [n for n in pending if not (parents.get(n, set()) & set(pending)) - {n}]
+        # A cycle (no table ready): take the first in scope order; its FKs to the rest are checked as conflicts.
+        nxt = ready[0] if ready else pending[0]
+        done.append(nxt)
+        pending.remove(nxt)
+    return [by_name[n] for n in done]
+
+
+class _Attempt:
+    def __init__(self, past_dsn: str, live_dsn: str, request: _Request, record: audit.RestoreRecord) -> None:
+        self.past_dsn, self.live_dsn, self.r, self.record = past_dsn, live_dsn, request, record
+
+    def run(self) -> ApplyResult:
+        with connect(self.live_dsn) as live, connect(self.past_dsn) as past:
+            live.isolation_level = past.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            past.read_only = True
+            with live.transaction(), past.transaction():
+                return self._in_transaction(live, past)
+
+    def _in_transaction(self, live: psycopg.Connection, past: psycopg.Connection) -> ApplyResult:
+        live.execute("SELECT set_config('lock_timeout', %s, true)", (self.r.lock_timeout,))
+        for name, value in RENDER_SETTINGS.items():  # TimeZone UTC: the retention journal's month bounds
+            live.execute("SELECT set_config(%s, %s, true)", (name, value))
+        bind_clinic(live, self.r.clinic)
+        bind_clinic(past, self.r.clinic)
+        plans, results = self._plan(live, past)
+        found = find_conflicts(live, plans, self.r.clinic, set(self.r.policies), skip=self.r.skip)
+        if found.total and not self.r.skip:
+            self.record.conflicts = [c.as_dict() for c in found.listed]
+            raise ConflictError(
+                f"restoring clinic {self.r.clinic} runs into {found.total} conflict(s): {found.describe()}; "
+                "nothing applied", fix="resolve them in live, or pass --on-conflict skip to leave those rows "
+                "(and rows depending on them) out")
+        if self.r.skip:
+            for (table, _kind, _constraint), n in found.counts.items():
+                results[table].skipped += n
+        affected = [p.scope for p in plans if _rows(live, p.insert) or _rows(live, p.revert)]
+        before = other_tenants_checksums(live, self.r.scope, affected)
+        self._write(live, plans, results)
+        reached(BEFORE_COMMIT)
+        check_untouched(before, other_tenants_checksums(live, self.r.scope, affected), self.r.clinic)
+        result = ApplyResult(self.r.clinic, tuple(sorted(self.r.policies)), {p.scope.name: results[p.scope.name]
+                             for p in plans}, found.listed, found.counts, self.record.undo_export_id, None,
+                             self.record.attempts, before)
+        self.record.counts = result.counts()
+        self.record.conflicts = [c.as_dict() for c in found.listed]
+        result.audit_id = audit.append(live, self.record, "succeeded")  # commits with the rows, or not at all
+        for i, p in enumerate(plans):
+            for rel in (p.insert, p.revert, _past(i)):
+                live.execute(sql.SQL("DROP TABLE {}").format(rel))
+        return result
+
+    # -- planning: what to insert, what to revert ---------------------------------------------------------
+
+    def _plan(self, live: psycopg.Connection, past: psycopg.Connection) -> tuple[list[TablePlan], dict[str, TableResult]]:
+        constraints = {t.name: constraints_of(live, t) for t in self.r.scope.tables}
+        in_scope = set(constraints)
+        parents = {name: {fk.parent for fk in fks if fk.parent in in_scope and fk.parent != name}
+                   for name, (_u, fks) in constraints.items()}
+        plans, results = [], {}
+        for i, t in enumerate(insert_order(list(self.r.scope.tables), parents)):
+            past_rel = _past(i)
+            copy_tenant_rows(past, self.r.scope, t, live, past_rel)
+            unique, fks = constraints[t.name]
+            plan = TablePlan(t, sql.Identifier("pg_temp", f"drp_restore_ins_{i}"),
+                             sql.Identifier("pg_temp", f"drp_restore_rev_{i}"),
+                             primary_key(live, t.schema, t.table), unique, fks)
+            results[t.name] = TableResult(t.name)
+            results[t.name].archived = self._select_rows(live, plan, past_rel)
+            plans.append(plan)
+        return plans, results
+
+    def _select_rows(self, live: psycopg.Connection, plan: TablePlan, past_rel: sql.Identifier) -> int:
+        """Fill the plan's TEMP tables; the number of deleted rows left out as archived by retention."""
+        t, pk = plan.scope, plan.pk
+        columns = {c.name: c.type_name for c in table_columns(live, t.schema, t.table)}
+        live_rel = sql.SQL("({})").format(tenant_select(t, self.r.scope))
+        compared = compared_columns(live, past_rel, list(columns))
+        if pk:
+            keys = sql.SQL(", ").join(sql.Identifier("p", k) for k in pk)
+            deleted = sql.SQL("SELECT p.* FROM {} AS p WHERE ({}) IN ({})").format(
+                past_rel, keys, only_past_keys(past_rel, live_rel, pk))
+            changed = sql.SQL("SELECT p.* FROM {} AS p WHERE ({}) IN ({})").format(
+                past_rel, keys, changed_keys(past_rel, live_rel, compared, pk))
+        else:  # a multiset: the past rows live lacks; nothing is "changed"
+            deleted = rows_only_in(past_rel, live_rel, compared)
+            changed = sql.SQL("SELECT p.* FROM {} AS p WHERE false").format(past_rel)
+        if "restore-deleted" not in self.r.policies:
+            deleted = sql.SQL("SELECT p.* FROM ({}) AS p WHERE false").format(deleted)
+        if "revert-changed" not in self.r.policies:
+            changed = sql.SQL("SELECT p.* FROM ({}) AS p WHERE false").format(changed)
+        live.execute(sql.SQL("CREATE TABLE {} AS {}").format(plan.insert, deleted))
+        live.execute(sql.SQL("CREATE TABLE {} AS {}").format(plan.revert, changed))
+        archived = archived_condition(live, t, self.r.clinic, columns, pk, "p")
+        return live.execute(sql.SQL("DELETE FROM {} AS p WHERE {}").format(plan.insert, archived)).rowcount
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def _write(self, live: psycopg.Connection, plans: list[TablePlan], results: dict[str, TableResult]) -> None:
+        for plan in plans:
+            res = results[plan.scope.name]
+            res.inserted = self._insert(live, plan)
+            if res.inserted:
+                res.sequences = advance_sequences(live, plan.scope, plan.insert)
+        for plan in plans:
+            results[plan.scope.name].updated = self._revert(live, plan)
+
+    def _insert(self, live: psycopg.Connection, plan: TablePlan) -> int:
+        t = plan.scope
+        cols = _writable(live, t)
+        if not cols:
+            return 0
+        always = live.execute("SELECT bool_or(attidentity = 'a') FROM pg_attribute WHERE attrelid = %s::regclass"
+                              " AND attnum > 0 AND NOT attisdropped",
+                              (sql.Identifier(t.schema, t.table).as_string(live),)).fetchone()[0]
+        return live.execute(sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {} AS p").format(
+            sql.Identifier(t.schema, t.table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
+            sql.SQL("OVERRIDING SYSTEM VALUE ") if always else sql.SQL(""),
+            sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Identifier("p", c), sql.SQL(typ))
+                               for c, typ in cols), plan.insert)).rowcount
+
+    def _revert(self, live: psycopg.Connection, plan: TablePlan) -> int:
+        t = plan.scope
+        cols = [(c, typ) for c, typ in _writable(live, t, updatable=True) if c not in plan.pk]
+        if not plan.pk or not cols:
+            return 0
+        expected = _rows(live, plan.revert)
+        if not expected:
+            return 0
+        only = sql.SQL("ONLY ") if t.kind == "table" else sql.SQL("")
+        n = live.execute(sql.SQL("UPDATE {}{} AS l SET {} FROM {} AS p WHERE {} AND {}").format(
+            only, sql.Identifier(t.schema, t.table),
+            sql.SQL(", ").join(sql.SQL("{} = CAST({} AS {})").format(sql.Identifier(c), sql.Identifier("p", c),
+                                                                     sql.SQL(typ)) for c, typ in cols),
+            plan.revert, sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("l", k), sql.Identifier("p", k))
+                                               for k in plan.pk),
+            tenant_filter(t, self.r.scope, "l"))).rowcount
+        if n != expected:
+            raise ApplyError(f"{t.name}: {n} row(s) reverted, {expected} planned: rolled back, nothing applied",
+                             fix="this is a bug in drp (a row left the clinic mid-apply?): report it")
+        return n
+
+
+def _past(i: int) -> sql.Identifier:
+    return sql.Identifier("pg_temp", f"drp_restore_past_{i}")
+
+
+def _rows(conn: psycopg.Connection, rel: sql.Composable) -> int:
+    return int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()[0])
+
+
+def _writable(conn: psycopg.Connection, t: TableScope, *, updatable: bool = False) -> list[tuple[str, str]]:
+    """(column, format_type) a restore writes: not generated; for an UPDATE, not an identity GENERATED ALWAYS."""
+    return [(name, typ) for name, typ in conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attnum > 0 AND NOT attisdropped AND attgenerated = '' AND (NOT %s OR attidentity <> 'a')"
+        " ORDER BY attnum", (sql.Identifier(t.schema, t.table).as_string(conn), updatable)).fetchall()]
+
+

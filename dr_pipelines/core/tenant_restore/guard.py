@@ -1,0 +1,176 @@
+"""What keeps an apply from touching what it must not: other clinics, sequences, retention archives.
+
+All of it runs inside the apply's one live transaction (core/tenant_restore/apply.py):
+
+- **Other clinics.** ``other_tenants_checksums`` is the content checksum (core/pg/checksums.py's
+  row hash, summed) of every row of a table that does NOT belong to the clinic (its tenant
+  filter not true: other clinics' rows and rows of no clinic). Computed before the first write
+  and again just before COMMIT in the same REPEATABLE READ snapshot, other sessions' writes are
+  invisible to both: any difference is this transaction's own doing, and ``check_untouched``
+  raises, which rolls everything back.
+- **Sequences never move backwards.** Restored rows keep their ids (inserted explicitly,
+  ``OVERRIDING SYSTEM VALUE`` for identity columns GENERATED ALWAYS). ``advance_sequences``
+  then moves a column's sequence (identity, serial, OWNED BY, or named in its default) forward
+  to the largest restored value when that is above what it has handed out, and never sets it lower.
+  (Restored ids come from an earlier state of this database, so they are normally below the
+  sequence already.) setval is not transactional: a rolled-back apply may leave a sequence
+  moved forward, never backward.
+- **Retention archives.** A row archived and deleted by retention (core/retention/) since the
+  restore point is gone from live on purpose: it is not "deleted". ``archived_condition`` matches
+  a past row against the journal ``drp.archive_segments``: segments of the table and clinic in
+  state ``verified`` (being deleted) or ``deleted``, the row's timestamp in the segment's month and
+  before its cutoff, and the row not among the segment's kept rows (``drp.archive_kept``: rows
+  the delete left in place, which a later deletion by someone else makes "deleted" again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+from psycopg import sql
+
+from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.pg.checksums import default_method, relation_checksum
+from dr_pipelines.core.retention.kept import pk_text
+from dr_pipelines.core.retention.segment import month_bounds
+from dr_pipelines.core.tenancy import Scope, TableScope, tenant_filter
+
+ARCHIVED_STATES = ("verified", "deleted")  # rows of a verified segment are being deleted by retention
+
+
+class IsolationError(DrpError):
+    """The apply changed rows that are not the clinic's: rolled back, nothing applied."""
+
+
+class ArchiveJournalError(DrpError):
+    """The retention journal names a segment whose rows cannot be told apart: the apply is refused."""
+
+    exit_code = 2
+
+
+def table_source(t: TableScope) -> sql.Composable:
+    """The table as a FROM item: ONLY for ordinary tables (as tenancy.tenant_select reads them)."""
+    return sql.SQL("{}{}").format(sql.SQL("ONLY ") if t.kind == "table" else sql.SQL(""),
+                                  sql.Identifier(t.schema, t.table))
+
+
+def other_tenants_checksums(conn: psycopg.Connection, scope: Scope,
+                            tables: list[TableScope]) -> dict[str, tuple[int, str]]:
+    """(rows, checksum) of the rows of each table that are not the bound tenant's."""
+    out = {}
+    for t in tables:
+        source = sql.SQL("(SELECT t.* FROM {} AS t WHERE ({}) IS NOT TRUE)").format(
+            table_source(t), tenant_filter(t, scope, "t"))
+        result = relation_checksum(conn, t.name, source, default_method(conn, t.schema, t.table))
+        out[t.name] = (result.rows, result.checksum)
+    return out
+
+
+def check_untouched(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]], clinic: str) -> None:
+    """IsolationError naming every table whose other-clinic rows differ (the caller rolls back)."""
+    changed = [f"{name} ({before[name][0]} rows {before[name][1]} -> {after.get(name, (0, '?'))[0]} rows "
+               f"{after.get(name, (0, '?'))[1]})" for name in before if after.get(name) != before[name]]
+    if changed:
+        raise IsolationError(
+            f"restoring clinic {clinic} would have changed rows of other clinics in {', '.join(changed)}: "
+            "rolled back, nothing applied",
+            fix="this is a bug in drp (or a trigger writing across clinics): report it with the tables named")
+
+
+# -- sequences -----------------------------------------------------------------------------------
+
+# Sequences feeding a column: owned by it (identity 'i', serial/OWNED BY 'a') or named in its default.
+_COLUMN_SEQUENCES = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), s.oid, sn.nspname, s.relname
+FROM pg_attribute a
+JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+                AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+WHERE a.attrelid = %(rel)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+UNION
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), s.oid, sn.nspname, s.relname
+FROM pg_attrdef ad
+JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+WHERE ad.adrelid = %(rel)s::regclass
+ORDER BY 1, 4, 5
+"""
+_INTEGER_TYPES = ("smallint", "integer", "bigint")
+
+
+@dataclass(frozen=True)
+class SequenceMove:
+    sequence: str
+    column: str
+    restored_max: int
+    moved: bool  # False: the sequence was already past every restored value
+
+
+def advance_sequences(conn: psycopg.Connection, table: TableScope, restored: sql.Composable) -> list[SequenceMove]:
+    """Move each sequence feeding an integer column of ``table`` forward to the largest value in
+    ``restored`` (the rows just inserted), if that is above what the sequence has handed out."""
+    rel = sql.Identifier(table.schema, table.table).as_string(conn)
+    moves = []
+    for column, type_, seq_oid, seq_schema, seq_rel in conn.execute(_COLUMN_SEQUENCES, {"rel": rel}).fetchall():
+        if type_ not in _INTEGER_TYPES:
+            continue  # e.g. invoices.number: text built from a sequence, nothing to compare
+        top = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), restored)).fetchone()[0]
+        if top is None:
+            continue
+        increment = conn.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s", (seq_oid,)).fetchone()[0]
+        if increment < 0:
+            continue  # a descending sequence hands out ever lower values: a restored value never catches up
+        # One statement reads and sets (setval only forward), leaving the narrowest window to a concurrent nextval.
+        moved = conn.execute(sql.SQL(
+            "SELECT setval(%(seq)s::oid::regclass, %(top)s, true) FROM {} WHERE %(top)s >"
+            " CASE WHEN is_called THEN last_value ELSE last_value - 1 END").format(
+                sql.Identifier(seq_schema, seq_rel)), {"seq": seq_oid, "top": top}).fetchone() is not None
+        moves.append(SequenceMove(f"{seq_schema}.{seq_rel}", column, int(top), moved))
+    return moves
+
+
+# -- retention archives --------------------------------------------------------------------------
+
+
+def archived_condition(conn: psycopg.Connection, table: TableScope, clinic: str, columns: dict[str, str],
+                       pk: tuple[str, ...], alias: str) -> sql.Composable:
+    """A condition true for a row of ``alias`` that retention archived and deleted (journal, this clinic).
+
+    ``columns``: the table's column names -> format_type. The segment's timestamp column is the
+    one its predicate (written by core/retention/apply.py as "... AND <col> < <cutoff> AND <col> in
+    [<month>, ...)") compares. Needs TimeZone UTC in the transaction (month bounds are UTC).
+    """
+    if not conn.execute("SELECT to_regclass('drp.archive_segments') IS NOT NULL").fetchone()[0]:
+        return sql.SQL("false")
+    rows = conn.execute(
+        "SELECT id, month, cutoff, predicate FROM drp.archive_segments WHERE table_name = %s AND tenant_id = %s"
+        " AND state = ANY (%s) ORDER BY id", (table.name, str(clinic), list(ARCHIVED_STATES))).fetchall()
+    has_kept = conn.execute("SELECT to_regclass('drp.archive_kept') IS NOT NULL").fetchone()[0]
+    terms = []
+    for seg_id, month, cutoff, predicate in rows:
+        ts = _segment_column(seg_id, predicate, columns, table.name)
+        col, typ = sql.Identifier(alias, ts), sql.SQL(columns[ts])
+        m0, m1 = month_bounds(month if isinstance(month, date) else date.fromisoformat(str(month)))
+        term = sql.SQL("({col} >= CAST({m0}::timestamptz AS {t}) AND {col} < CAST({m1}::timestamptz AS {t})"
+                       " AND {col} < CAST({cut}::timestamptz AS {t})").format(
+            col=col, t=typ, m0=sql.Literal(m0), m1=sql.Literal(m1), cut=sql.Literal(cutoff))
+        if has_kept and pk:
+            term = sql.SQL("{} AND {} NOT IN (SELECT k.pk FROM drp.archive_kept AS k WHERE k.segment_id = {})").format(
+                term, pk_text(list(pk), alias), sql.Literal(seg_id))
+        terms.append(sql.SQL("{})").format(term))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(terms)) if terms else sql.SQL("false")
+
+
+def _segment_column(seg_id: str, predicate: str, columns: dict[str, str], table: str) -> str:
+    found = [c for c in columns if f" AND {c} < " in predicate and f" AND {c} in [" in predicate]
+    if len(found) != 1:
+        raise ArchiveJournalError(
+            f"retention segment {seg_id} of {table} does not say which timestamp column it archived by "
+            f"(predicate {predicate!r}): rows it deleted cannot be told from rows deleted by mistake",
+            fix="restore that table's rows with --into-schema and pick them by hand, or exclude the table")
+    return found[0]
