@@ -24,7 +24,7 @@ from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import find_backup, list_backups
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.crypto import parse_recipients
-from dr_pipelines.core.layout import DRILL_REPORT_NAME, VERIFICATION_NAME, backup_prefix, drill_prefix
+from dr_pipelines.core.layout import DRILL_REPORT_NAME, VERIFICATION_NAME, WAL, backup_prefix, drill_prefix
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.storage import Storage, open_storage
@@ -150,18 +150,28 @@ def test_the_drill_is_a_pitr_measuring_rpo_against_the_newest_row_recovered(sour
 
 def test_rpo_sensor_follows_the_wal_archive_fresh_or_stale(source: Source, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """No backup at all, only a WAL archive: one the server is caught up into is within the RPO; once the
-    server has moved on past a push 3 h old (the archiver stopped), it alerts."""
+    """A WAL archive alone restores nothing (no base backup to replay it on): breached. With the base
+    backup beside it, an archive the server is caught up into is within the RPO; once the server has
+    moved on past a push 3 h old (the archiver stopped), it alerts."""
     storage_dir = tmp_path / "storage"
     monkeypatch.setenv("DRP_CONFIG", str(source.rig.config))
     monkeypatch.setenv("DRP_SOURCE_DSN", source.cluster.dsn())
     monkeypatch.setenv("DRP_STORAGE_URL", str(storage_dir))
     storage = open_storage(str(storage_dir))
     name = str(source.sql("SELECT last_archived_wal FROM pg_stat_archiver"))
-    push_wal(storage, parse_recipients(source.rig.settings().encryption_recipients), source.cluster.data_dir / "pg_wal" / name)
+    recipients = parse_recipients(source.rig.settings().encryption_recipients)
+    for info in source.storage.list(WAL + "/"):  # the archive up to now, without the base backup
+        storage.put_bytes(info.key, source.storage.get_bytes(info.key))
+    push_wal(storage, recipients, source.cluster.data_dir / "pg_wal" / name)
     sensor = build_definitions().resolve_sensor_def("rpo_breach_alert")
     with webhook_receiver() as (url, received):
         resource = DrpSettingsResource(config_path=str(source.rig.config), notify_webhook_url=url)
+        instance = dg.DagsterInstance.ephemeral()
+        alone = dg.build_sensor_context(instance=instance, resources={"drp": resource})
+        assert "RPO breached" in str(sensor(alone)) and received[-1]["details"]["newest_restorable"] is None
+        received.clear()
+        for info in source.storage.list(backup_prefix(source.backup_id) + "/"):
+            storage.put_bytes(info.key, source.storage.get_bytes(info.key))
         instance = dg.DagsterInstance.ephemeral()
         fresh = dg.build_sensor_context(instance=instance, resources={"drp": resource})
         assert f"RPO ok: newest restorable WAL segment {name} (server caught up)" in str(sensor(fresh))

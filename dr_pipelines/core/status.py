@@ -64,7 +64,11 @@ def recovery_point_age(storage: Storage, entries: list[BackupEntry], now: dateti
     configured) the newest archived segment (pushed_at: everything committed before that push is
     restorable by PITR; age 0 when the server ``pg`` is caught up into this archive: an idle server
     completes no segment and loses nothing), else the newest restorable backup. ("none", None) when
-    there is neither."""
+    there is neither. WAL counts only beside a restorable base backup: replay needs one to start from,
+    so an archive of WAL alone restores nothing."""
+    if not any(e.kind == "base" and e.restorable for e in entries):
+        newest, age = rpo_age(entries, now)
+        return (f"backup {newest.id}" if newest else "none"), age
     segment = newest_committed(storage, pg.last_archived_wal if pg else None)
     if segment is not None and archive_is_current(pg, storage, segment.name):
         return f"WAL segment {segment.name} (server caught up)", 0.0
