@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,34 @@ from dr_pipelines_tests.support.pitr_load import pgbench
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 BIN = Path(sys.executable).parent
+
+
+PHASE_MARKS = {  # first server-log line of each moment (PostgreSQL 15 wording), in order
+    "server_started": "starting PostgreSQL",
+    "redo_done": "redo done at",
+    "promoted": "database system is ready to accept connections",
+    "stop_requested": "received fast shutdown request",
+    "restarted": "database system is ready to accept connections",
+}
+
+
+def phases(log: str, launched: float, ended: float) -> dict[str, float]:
+    """Seconds spent in each step, from the restored server's log timestamps (wall clock, ms resolution):
+    extract (and checks) until the server starts, WAL replay, the end-of-recovery checkpoint and promotion,
+    the time until the stop (password, pg_hba), the stop and restart, and the rest of the command."""
+    stamps: dict[str, float] = {}
+    marks = iter(PHASE_MARKS.items())
+    name, text = next(marks)
+    for line in log.splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+            stamps[name] = stamp
+            step = next(marks, None)
+            if step is None:
+                break
+            name, text = step
+    points = [("start", launched), *stamps.items(), ("end", ended)]
+    return {f"{a}->{b}": round(tb - ta, 2) for (a, ta), (b, tb) in zip(points, points[1:], strict=False)}
 
 
 def load() -> list[float]:
@@ -63,28 +92,31 @@ class Restores:
         dest = self.target("drp")
         env = {**os.environ, "DRP_CONFIG": str(self.rig.config), "DRP_WORK_DIR": str(self.base / "work")}
         before = load()
+        launched = time.time()
         launch = Launch([str(BIN / "drp"), "restore", "--pitr", "--latest", "--new-cluster", str(dest),
                          "--json", *extra], env=env, stdout=subprocess.PIPE)
         assert launch.proc.stdout is not None
         raw = launch.proc.stdout.read()
         m = launch.reap()
+        ended = time.time()
         assert m.returncode == 0, "drp restore --pitr failed"
         report = json.loads(raw)
         port = int(psycopg.conninfo.conninfo_to_dict(report["dsn"])["port"])
         restored = LocalCluster(data_dir=dest, port=port)
         try:
             rows = count(report["dsn"])
+            split = phases(restored.log_tail(100000), launched, ended)
         finally:
             restored.remove()
         return {**m.as_dict(), "recovery_seconds": report["seconds"], "replayed_to": report["replayed_to"],
-                "rows": rows, "load_before": before, "load_after": load()}
+                "phases": split, "rows": rows, "load_before": before, "load_after": load()}
 
     def pgbackrest(self) -> dict[str, Any]:
         dest = self.target("pgbackrest")
         dest.mkdir(mode=0o700)
         give_to_server(dest)
         before = load()
-        started = time.monotonic()
+        launched, started = time.time(), time.monotonic()
         m = Launch(as_pg([self.bench.pgbackrest, f"--config={self.bench.conf}", "--stanza=bench",
                           f"--pg1-path={dest}", "--archive-mode=off", "restore"])).reap()
         assert m.returncode == 0, "pgbackrest restore failed"
@@ -96,11 +128,12 @@ class Restores:
                 while conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     time.sleep(0.1)
             seconds = time.monotonic() - started
+            split = phases(restored.log_tail(100000), launched, launched + seconds)
             rows = count(restored.dsn())
         finally:
             restored.remove()
         return {**Measured(seconds, 0, m.maxrss_kb, m.cpu_seconds).as_dict(), "restore_command_seconds":
-                round(m.seconds, 3), "rows": rows, "load_before": before, "load_after": load()}
+                round(m.seconds, 3), "phases": split, "rows": rows, "load_before": before, "load_after": load()}
 
 
 def count(dsn: str) -> int:
@@ -148,6 +181,7 @@ def main() -> None:
     # of page images in a first run): both restores then replay the same few segments to the end of the archive.
     settings["autovacuum"] = "off"
     cluster = LocalCluster.create(base / "pg", settings=settings, tcp_trust=True)
+    failed = True
     try:
         with rig.archiver(), psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             pgbench(cluster, "-i", "-q", "-s", str(args.scale))
@@ -188,9 +222,14 @@ def main() -> None:
         print(json.dumps({"scale": args.scale, "cluster_bytes": size, "runs": args.runs,
                           "machine": machine_info(cluster.dsn()), "restore": restore, "wal_written": wal,
                           "replay": replayed, "ratios": ratios}, indent=2))
+        failed = False
     finally:
-        cluster.remove()
-        shutil.rmtree(base, ignore_errors=True)
+        if failed and args.base_dir:  # keep the server log, the archiver's log and pgBackRest's logs to read
+            cluster.stop()
+            print(f"failed: kept {base}", file=sys.stderr)
+        else:
+            cluster.remove()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
