@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from dr_pipelines.core import checkpoints
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.base import TEMP_SUFFIX
 from dr_pipelines.core.stream import decrypt_decompress, seal
 from dr_pipelines.core.wal.binding import check_system
 from dr_pipelines.core.wal.events import WalConflictError, record_event
@@ -222,8 +224,24 @@ def fetch_wal(storage: Storage, identities: Sequence[object], name: str, dest: P
 
 
 def write_atomically(dest: Path, data: bytes) -> None:
-    """``dest`` appears whole (mode 0600, fsync'd) or not at all: the local backend's temp-file-and-rename."""
-    LocalStorage(dest.parent).put_bytes(dest.name, data)
+    """``dest`` appears whole (mode 0600) or not at all: a temp file beside it, renamed into place.
+
+    Not fsync'd: every caller writes a file that recovery (or pg_verifybackup) reads right away, or a spool
+    copy. PostgreSQL makes durable what it keeps: a restored segment or history file is renamed to its
+    own name with durable_rename (KeepFileRestoredFromArchive), which fsyncs it; after a crash, recovery
+    asks again and the file is fetched again. Two fsyncs of 16 MiB per segment (spool, then pg_wal) were
+    most of a fetch's time on a busy disk (docs/benchmarks.md, "Restore and WAL replay").
+    """
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write WAL file {dest}: {exc.strerror or exc}",
+                           fix=f"check that {dest.parent} exists, is writable by this user and has free space") from None
 
 
 def _now() -> str:
