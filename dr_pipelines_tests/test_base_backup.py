@@ -42,6 +42,7 @@ from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
+from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines.core.stream import seal
@@ -357,3 +358,30 @@ def test_a_pinned_base_backup_survives_prune(rig: WalRig, cluster: LocalCluster,
     result = prune_backups(storage, RetentionPolicy(keep_last=1), dry_run=False)
     left = {e.id for e in list_backups(storage)}
     assert {oldest, newest} <= left and result.deleted and not set(result.deleted) & left
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_the_untar_reads_long_names_of_every_tar_format_in_any_chunking(tmp_path: Path, tar_format: int) -> None:
+    """What pg_basebackup, GNU tar or Python write (GNU long names, pax headers, ustar prefixes, `./`), fed in
+    odd-sized chunks as the decompressor hands them over: the same bytes as tarfile reads, modes never others'."""
+    long_name = "base/16384/" + "d" * 90 + "/" + ("f" * 120 if tar_format != tarfile.USTAR_FORMAT else "f" * 60)
+    members = {"./global/pg_control": os.urandom(8192), long_name: os.urandom(70_000), "empty": b""}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tar_format) as tar:
+        tar.addfile(_member("./", tarfile.DIRTYPE)[0])
+        for name, data in members.items():
+            info, _ = _member(name, data=data)
+            tar.addfile(info.replace(mode=0o644), io.BytesIO(data))
+    raw, untar = out.getvalue(), SafeUntar(tmp_path)
+    for at in range(0, len(raw), 777):
+        untar.write(raw[at:at + 777])
+    untar.finish()
+    untar.close()
+    for name, data in members.items():
+        assert (tmp_path / name).read_bytes() == data and (tmp_path / name).stat().st_mode & 0o777 == 0o640
+    untar = SafeUntar(tmp_path / "truncated")
+    (tmp_path / "truncated").mkdir()
+    untar.write(raw[:1536])
+    with pytest.raises(TarFormatError, match="truncated"):
+        untar.finish()
+    untar.close()
