@@ -102,7 +102,6 @@ class SafeUntar:
         self._next: dict[str, str] = {}  # path/size for the next member, from a pax or long-name header
         self._dirs: set[str] = {self.root}
         self.ended = False
-        self.files = 0
 
     # -- the sink --------------------------------------------------------------------
     def write(self, chunk: bytes) -> int:
@@ -180,7 +179,6 @@ class SafeUntar:
                 self._fd = os.open(path, OPEN_FLAGS, (_number(header[100:108]) & 0o640) | 0o600)
             except FileExistsError:
                 raise TarFormatError(f"member {name!r} appears twice in the tar") from None
-            self.files += 1
         elif kind == DIR_TYPE:
             self._make_dir(self._path(name), (_number(header[100:108]) & 0o750) | 0o700)
         else:
