@@ -146,11 +146,14 @@ class WalFetcher:
         _sweep(self.spool, name)
         for old in [n for n in self.ahead if n < name]:
             del self.ahead[old]
-        for following in _following(name, self.prefetch):
-            if following not in self.ahead and not (self.spool / following).exists():
-                self.ahead[following] = self.pool.submit(_prefetch, self.storage, self.identities, following,
-                                                         self.spool)
         started = self.ahead.pop(name, None)
+        if started is None and not (self.spool / name).exists():
+            # PostgreSQL waits for this one: fetch it before starting prefetches that would share the CPU with it
+            # (the first request of a restore); none after a failure (the end of the archive).
+            fetch_wal(self.storage, self.identities, name, dest)
+            self._prefetch_after(name, self.spool)
+            return "archive"
+        self._prefetch_after(name, self.spool)
         if started is not None:
             started.result()  # _prefetch leaves failures to the real fetch below
         if (self.spool / name).exists():
@@ -158,6 +161,12 @@ class WalFetcher:
             return "spool"
         fetch_wal(self.storage, self.identities, name, dest)
         return "archive"
+
+    def _prefetch_after(self, name: str, spool: Path) -> None:
+        """Start fetching the next segments into the spool, those not already there or on their way."""
+        for following in _following(name, self.prefetch):
+            if following not in self.ahead and not (spool / following).exists():
+                self.ahead[following] = self.pool.submit(_prefetch, self.storage, self.identities, following, spool)
 
     def parse(self, line: str) -> tuple[str, Path]:
         """The WAL name and destination of a request, or ConfigError/WalNameError."""
