@@ -28,7 +28,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,51 @@ from dr_pipelines_tests.support.pitr_load import pgbench
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 BIN = Path(sys.executable).parent
+
+
+PHASE_MARKS = {  # first server-log line of each moment (PostgreSQL 15 wording), in order
+    "server_started": "starting PostgreSQL",
+    "data_synced": "database system was interrupted",  # logged after the start-up fsync of the data directory
+    "redo_starts": "redo starts at",
+    "redo_done": "redo done at",
+    "promoted": "database system is ready to accept connections",
+    "stop_requested": "received fast shutdown request",
+    "restarted": "database system is ready to accept connections",
+}
+
+
+def phases(log: str, launched: float, ended: float, first: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds spent in each step, from the restored server's log timestamps (wall clock, ms resolution):
+    extract (and checks) until the server starts, PostgreSQL's fsync of the whole data directory (it starts
+    from a backup, not a clean shutdown), the first WAL fetches, WAL replay, the end-of-recovery checkpoint
+    and promotion, the time until the stop (password, pg_hba), the stop and restart, and the rest."""
+    stamps: dict[str, float] = {}
+    marks = iter(PHASE_MARKS.items())
+    name, text = next(marks)
+    for line in log.splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+            if stamp < launched:
+                continue  # the source's own log, which pgBackRest restores with the data directory
+            stamps[name] = stamp
+            step = next(marks, None)
+            if step is None:
+                break
+            name, text = step
+    points = [("start", launched), *(first or {}).items(), *stamps.items(), ("end", ended)]
+    return {f"{a}->{b}": round(tb - ta, 2) for (a, ta), (b, tb) in zip(points, points[1:], strict=False)}
+
+
+def replayed_mb(log: str, launched: float) -> float | None:
+    """MB of WAL replayed: from "redo starts at X" to "redo done at Y" in this run's server log."""
+    lsns = {}
+    for line in log.splitlines():
+        for key in ("redo starts at ", "redo done at "):
+            if key in line and datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").replace(
+                    tzinfo=UTC).timestamp() >= launched:
+                high, low = line.split(key)[1].split()[0].rstrip(",").split("/")
+                lsns.setdefault(key, (int(high, 16) << 32) + int(low, 16))
+    return round((lsns["redo done at "] - lsns["redo starts at "]) / 2**20, 1) if len(lsns) == 2 else None
 
 
 def load() -> list[float]:
@@ -63,28 +110,43 @@ class Restores:
         dest = self.target("drp")
         env = {**os.environ, "DRP_CONFIG": str(self.rig.config), "DRP_WORK_DIR": str(self.base / "work")}
         before = load()
+        launched = time.time()
         launch = Launch([str(BIN / "drp"), "restore", "--pitr", "--latest", "--new-cluster", str(dest),
-                         "--json", *extra], env=env, stdout=subprocess.PIPE)
-        assert launch.proc.stdout is not None
+                         "--json", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert launch.proc.stdout is not None and launch.proc.stderr is not None
+        checked: dict[str, float] = {}
+
+        def follow(stream: Any) -> None:  # the "restoring … checked" line ends the choice of base and WAL check
+            for line in stream:
+                sys.stderr.buffer.write(line)
+                if b"checked" in line:
+                    checked.setdefault("wal_checked", time.time())
+
+        reader = threading.Thread(target=follow, args=(launch.proc.stderr,), daemon=True)
+        reader.start()
         raw = launch.proc.stdout.read()
+        reader.join()
         m = launch.reap()
+        ended = time.time()
         assert m.returncode == 0, "drp restore --pitr failed"
         report = json.loads(raw)
         port = int(psycopg.conninfo.conninfo_to_dict(report["dsn"])["port"])
         restored = LocalCluster(data_dir=dest, port=port)
         try:
             rows = count(report["dsn"])
+            split = phases(restored.log_tail(100000), launched, ended, checked)
+            replayed = replayed_mb(restored.log_tail(100000), launched)
         finally:
             restored.remove()
         return {**m.as_dict(), "recovery_seconds": report["seconds"], "replayed_to": report["replayed_to"],
-                "rows": rows, "load_before": before, "load_after": load()}
+                "phases": split, "replayed_mb": replayed, "rows": rows, "load_before": before, "load_after": load()}
 
     def pgbackrest(self) -> dict[str, Any]:
         dest = self.target("pgbackrest")
         dest.mkdir(mode=0o700)
         give_to_server(dest)
         before = load()
-        started = time.monotonic()
+        launched, started = time.time(), time.monotonic()
         m = Launch(as_pg([self.bench.pgbackrest, f"--config={self.bench.conf}", "--stanza=bench",
                           f"--pg1-path={dest}", "--archive-mode=off", "restore"])).reap()
         assert m.returncode == 0, "pgbackrest restore failed"
@@ -96,11 +158,13 @@ class Restores:
                 while conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     time.sleep(0.1)
             seconds = time.monotonic() - started
+            split = phases(restored.log_tail(100000), launched, launched + seconds)
+            replayed = replayed_mb(restored.log_tail(100000), launched)
             rows = count(restored.dsn())
         finally:
             restored.remove()
         return {**Measured(seconds, 0, m.maxrss_kb, m.cpu_seconds).as_dict(), "restore_command_seconds":
-                round(m.seconds, 3), "rows": rows, "load_before": before, "load_after": load()}
+                round(m.seconds, 3), "phases": split, "replayed_mb": replayed, "rows": rows, "load_before": before, "load_after": load()}
 
 
 def count(dsn: str) -> int:
@@ -139,6 +203,7 @@ def main() -> None:
     parser.add_argument("--wal-gb", type=float, default=1.0)
     parser.add_argument("--replay-runs", type=int, default=1, help="each replay of --wal-gb takes minutes here")
     parser.add_argument("--base-dir", default=None)
+    parser.add_argument("--skip-replay", action="store_true", help="only the restores right after the backups")
     args = parser.parse_args()
     base = make_base_dir("bench-restore-", args.base_dir)
     rig = WalRig.make(base / "rig")
@@ -148,6 +213,7 @@ def main() -> None:
     # of page images in a first run): both restores then replay the same few segments to the end of the archive.
     settings["autovacuum"] = "off"
     cluster = LocalCluster.create(base / "pg", settings=settings, tcp_trust=True)
+    failed = True
     try:
         with rig.archiver(), psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             pgbench(cluster, "-i", "-q", "-s", str(args.scale))
@@ -170,6 +236,11 @@ def main() -> None:
                 results["pgbackrest"].append(restores.pgbackrest())
                 print(json.dumps({k: v[-1] for k, v in results.items()}), file=sys.stderr)
             restore = {k: summarize(v) for k, v in results.items()}
+            if args.skip_replay:
+                ratio = restore["drp"]["seconds"]["median"] / restore["pgbackrest"]["seconds"]["median"]
+                print(json.dumps({"restore": restore, "restore drp/pgbackrest": round(ratio, 2)}, indent=2))
+                failed = False
+                return
             wal = write_wal(cluster, args.wal_gb)
             print(json.dumps(wal), file=sys.stderr)
             replay: dict[str, list[dict[str, Any]]] = {"drp --prefetch 0": [], "drp (prefetch 8)": [],
@@ -188,9 +259,14 @@ def main() -> None:
         print(json.dumps({"scale": args.scale, "cluster_bytes": size, "runs": args.runs,
                           "machine": machine_info(cluster.dsn()), "restore": restore, "wal_written": wal,
                           "replay": replayed, "ratios": ratios}, indent=2))
+        failed = False
     finally:
-        cluster.remove()
-        shutil.rmtree(base, ignore_errors=True)
+        if failed and args.base_dir:  # keep the server log, the archiver's log and pgBackRest's logs to read
+            cluster.stop()
+            print(f"failed: kept {base}", file=sys.stderr)
+        else:
+            cluster.remove()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ a missing stop segment keeps it 'waiting for WAL'; each bad input is refused wit
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,14 +35,17 @@ from dr_pipelines.core.backup.integrity import manifest_problems, object_problem
 from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
 from dr_pipelines.core.backup.prune import prune_backups
+from dr_pipelines.core.crypto import parse_recipients
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
+from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.s3 import S3Storage
+from dr_pipelines.core.stream import seal
 from dr_pipelines.core.verified_read import CorruptObjectError
 from dr_pipelines.core.wal.archive import fetch_wal
 from dr_pipelines.core.wal.names import sidecar_key
@@ -135,6 +140,8 @@ def test_round_trip_recovers_exactly_the_rows_at_the_backups_stop(rig: WalRig, s
     data_dir = rig.root / f"restored-{uuid.uuid4().hex[:6]}"
     extract_base_backup(storage, entry, context.identities(rig.settings()), data_dir)
     assert data_dir.stat().st_mode & 0o777 == 0o700 and (data_dir / "backup_manifest").exists()
+    modes = {path.stat().st_mode & 0o777 for path in data_dir.rglob("*") if path.is_dir()}
+    assert modes == {0o700}  # as pg_basebackup wrote them (tarfile's data filter left them 0755)
     wal_dir = tmp_path / "wal"
     wal_dir.mkdir()
     for name in (manifest.extra["wal_start"], manifest.extra["wal_stop"]):
@@ -179,6 +186,58 @@ def test_a_flipped_byte_fails_extraction_naming_the_object(rig: WalRig, cluster:
             extract_base_backup(storage, _entry(storage, manifest.id), context.identities(rig.settings()),
                                 tmp_path / "pgdata")
         assert not (tmp_path / "pgdata").exists()
+    finally:
+        stored.write_bytes(original)
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname, info.mode = kind, len(data), link, 0o600
+    return info, data
+
+
+def _with_fileobj(member: tuple[tarfile.TarInfo, bytes]) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    return member[0], io.BytesIO(member[1])
+
+
+def _evil_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(*_with_fileobj(_member("PG_VERSION", data=b"15\n")))  # a harmless first member, written before the refusal
+        for info, data in members:
+            tar.addfile(*_with_fileobj((info, data)))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("members", "refusal", "outside"), [
+    ([_member("../escaped", data=b"x")], "'..' component", "escaped"),
+    ([_member("{tmp}/absolute", data=b"x")], "absolute path", "absolute"),
+    ([_member("pg_tblspc/16400", tarfile.SYMTYPE, link="{tmp}"), _member("pg_tblspc/16400/linked", data=b"x")],
+     "symbolic link", "linked"),
+    ([_member("global/../../escaped-link", tarfile.SYMTYPE, link="/etc/passwd")], "symbolic link", "escaped-link"),
+    ([_member("pg_stat/dev", tarfile.CHRTYPE)], "character device", None),
+    ([_member("PG_VERSION.hard", tarfile.LNKTYPE, link="/etc/passwd")], "hard link", None),
+], ids=["dotdot", "absolute", "symlink-escape", "dotdot-symlink", "device", "hardlink"])
+def test_an_unsafe_tar_member_is_refused_and_nothing_is_left(rig: WalRig, storage: Storage, taken: tuple,
+                                                             tmp_path: Path, members: list, refusal: str,
+                                                             outside: str | None) -> None:
+    """A stored base backup object replaced by a validly encrypted tar with an unsafe member (anyone with the
+    public recipient key and write access to storage can make one): refused naming the member, data dir gone."""
+    members = [(info.replace(name=info.name.format(tmp=tmp_path), linkname=info.linkname.format(tmp=tmp_path)),
+                data) for info, data in members]
+    manifest = taken[0]
+    stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(seal(_evil_tar(*members), parse_recipients(rig.settings().encryption_recipients), level=3))
+        with pytest.raises(RestoreError, match=f"cannot unpack .*{refusal}") as refused:
+            extract_base_backup(storage, _entry(storage, manifest.id), context.identities(rig.settings()),
+                                tmp_path / "pgdata")
+        assert "fix:" in str(refused.value) and repr(members[0][0].name) in str(refused.value)  # named
+        assert not (tmp_path / "pgdata").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing outside the data directory either
+        if outside:
+            assert not (tmp_path / outside).exists()
     finally:
         stored.write_bytes(original)
 
@@ -302,3 +361,30 @@ def test_a_pinned_base_backup_survives_prune(rig: WalRig, cluster: LocalCluster,
     result = prune_backups(storage, RetentionPolicy(keep_last=1), dry_run=False)
     left = {e.id for e in list_backups(storage)}
     assert {oldest, newest} <= left and result.deleted and not set(result.deleted) & left
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_the_untar_reads_long_names_of_every_tar_format_in_any_chunking(tmp_path: Path, tar_format: int) -> None:
+    """What pg_basebackup, GNU tar or Python write (GNU long names, pax headers, ustar prefixes, `./`), fed in
+    odd-sized chunks as the decompressor hands them over: the same bytes as tarfile reads, modes never others'."""
+    long_name = "base/16384/" + "d" * 90 + "/" + ("f" * 120 if tar_format != tarfile.USTAR_FORMAT else "f" * 60)
+    members = {"./global/pg_control": os.urandom(8192), long_name: os.urandom(70_000), "empty": b""}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tar_format) as tar:
+        tar.addfile(_member("./", tarfile.DIRTYPE)[0])
+        for name, data in members.items():
+            info, _ = _member(name, data=data)
+            tar.addfile(info.replace(mode=0o644), io.BytesIO(data))
+    raw, untar = out.getvalue(), SafeUntar(tmp_path)
+    for at in range(0, len(raw), 777):
+        untar.write(raw[at:at + 777])
+    untar.finish()
+    untar.close()
+    for name, data in members.items():
+        assert (tmp_path / name).read_bytes() == data and (tmp_path / name).stat().st_mode & 0o777 == 0o640
+    untar = SafeUntar(tmp_path / "truncated")
+    (tmp_path / "truncated").mkdir()
+    untar.write(raw[:1536])
+    with pytest.raises(TarFormatError, match="truncated"):
+        untar.finish()
+    untar.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -21,7 +22,8 @@ import pytest
 
 from dr_pipelines.core import context
 from dr_pipelines.core.crypto import parse_recipients
-from dr_pipelines.core.pg.cluster import LocalCluster
+from dr_pipelines.core.pg.cluster import LocalCluster, server_python
+from dr_pipelines.core.wal import client
 from dr_pipelines.core.wal.archive import fetch_wal, push_wal
 from dr_pipelines.core.wal.names import Segment, object_key, sidecar_key
 from dr_pipelines_tests.support.procs import PAUSED, wait_for, wait_for_line
@@ -274,3 +276,14 @@ def test_verify_names_a_deleted_segment_and_fetch_refuses_a_flipped_byte(rig: Wa
         assert pushed.status == "archived"
     repaired = rig.drp("wal", "verify", "--start", names[0], "--json", DRP_SOURCE_DSN=cluster.dsn())
     assert repaired.returncode == 0, repaired.stdout
+
+
+def test_the_client_postgresql_starts_per_segment_does_not_import_the_socket_module(rig: WalRig) -> None:
+    """PostgreSQL starts archive_command's client once per segment: it uses _socket, not socket (which pulls in
+    enum, selectors and collections and doubled the client's start-up CPU, docs/wal.md). Run as archive_command
+    runs it (``python -I -S``), with nothing listening and no fallback: it fails, naming the socket."""
+    probe = subprocess.run([server_python(), "-I", "-S", "-X", "importtime", client.__file__, str(rig.socket), "-",
+                            "/nonexistent/000000010000000000000001"], capture_output=True, text=True, timeout=30)
+    imported = {line.split("|")[-1].strip() for line in probe.stderr.splitlines() if line.startswith("import time:")}
+    assert "_socket" in imported and not imported & {"socket", "enum", "selectors", "collections"}, imported
+    assert probe.returncode == 1 and f"drp wal archiver not reachable at {rig.socket}" in probe.stderr

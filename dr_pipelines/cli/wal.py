@@ -191,10 +191,18 @@ def wal_archiver(
 ) -> None:
     """Run the long-running archiver that archive_command's tiny client talks to (foreground)."""
     from dr_pipelines.core.wal.archive import archive_storage
-    from dr_pipelines.core.wal.daemon import Archiver, SegmentSwitcher, check_source_archives, serve, stderr_log
+    from dr_pipelines.core.wal.daemon import (
+        Archiver,
+        SegmentSwitcher,
+        check_source_archives,
+        reuse_freed_memory,
+        serve,
+        stderr_log,
+    )
 
     s = settings()
     check_source_archives(s.dsn, stderr_log)
+    reuse_freed_memory()
     archiver = Archiver(archive_storage(s), _recipients(), workers=workers, read_ahead=read_ahead, log=stderr_log)
     switcher = SegmentSwitcher(s.dsn, switch_after, stderr_log) if switch_after else None
     if switcher:

@@ -128,13 +128,16 @@ def writer_chunks(work: Callable[[BinaryIO], None], *, name: str) -> Iterator[by
         worker.join(timeout=60)
 
 
-def seal(data: bytes, recipients: Sequence[object], *, level: int) -> bytes:
+def seal(data: bytes, recipients: Sequence[object], *, level: int, hash_log: int | None = None) -> bytes:
     """age(zstd(data)) in one call each: the format of ``compress_encrypt`` for a payload already in memory.
 
     One-shot calls skip the worker thread and the queue: that is what a 16 MiB WAL segment needs,
-    since PostgreSQL waits for every push in turn (docs/wal.md).
+    since PostgreSQL waits for every push in turn (docs/wal.md). ``hash_log`` overrides the level's
+    match-finder table size (the output stays plain zstd, any decoder reads it).
     """
-    return pyrage.encrypt(zstandard.ZstdCompressor(level=level).compress(data), list(recipients))
+    tuned = {"hash_log": hash_log} if hash_log else {}
+    params = zstandard.ZstdCompressionParameters.from_level(level, source_size=len(data), **tuned)
+    return pyrage.encrypt(zstandard.ZstdCompressor(compression_params=params).compress(data), list(recipients))
 
 
 def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2) -> Iterator[bytes]:

@@ -137,9 +137,17 @@ def archiver_stats(cluster: LocalCluster) -> tuple[str | None, int, int]:
 
 
 def wait_archived(cluster: LocalCluster, name: str, timeout: float = 60) -> None:
+    """Wait until segment ``name`` is archived: its ``.done`` status file, or a later segment archived.
+
+    pg_stat_archiver's last_archived_wal alone is not enough: PostgreSQL may archive a backup history
+    file (``…6E.00000028.backup``) after the next segment (``…6F``), and it is then the "last" one.
+    """
     def done() -> bool:
-        last = archiver_stats(cluster)[0]
-        return last is not None and last[:24] >= name
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            last, marked = conn.execute(
+                "SELECT last_archived_wal, EXISTS (SELECT FROM pg_ls_archive_statusdir() WHERE name = %s)"
+                " FROM pg_stat_archiver", (f"{name}.done",)).fetchone()
+        return marked or (last is not None and last[:24] >= name)
 
     wait_for(done, timeout=timeout, what=f"archiving of {name}", interval=0.2)
 

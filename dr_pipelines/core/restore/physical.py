@@ -4,10 +4,10 @@
 the server start belong to point-in-time recovery (core/restore/pitr.py). ``verify_base_backup``
 runs PostgreSQL's ``pg_verifybackup`` against the ``backup_manifest`` the tar carried.
 
-No plaintext tar is staged: a thread reads the object through ``read_verified`` into a pipe,
-and ``tarfile`` (stream mode, the stdlib's ``data`` filter: no absolute or ``..`` paths, no links
-or devices escaping the directory) unpacks it. The stored bytes' SHA-256 is only known at the
-end, so a mismatch found then removes everything extracted: nothing readable is left behind.
+No plaintext tar is staged: ``read_verified`` writes the decrypted, decompressed stream straight
+into ``SafeUntar`` (core/restore/untar.py: regular files and directories only, no absolute or ``..``
+paths, no links or devices), which unpacks it as it comes. The stored bytes' SHA-256 is only known
+at the end, so a mismatch found then removes everything extracted: nothing readable is left behind.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from dr_pipelines.core import checkpoints
@@ -27,10 +25,10 @@ from dr_pipelines.core.pg.binaries import find_pg_binaries
 from dr_pipelines.core.pg.cluster import give_to_server
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.guards import RestoreError
+from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verified_read import read_verified
 
-TAR_BUFFER = 1 << 20
 EXTRACTING_AFTER = 20  # tar members (a base backup has hundreds)
 
 
@@ -57,7 +55,7 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     key = f"{backup_prefix(entry.id)}/{obj.key}"
     try:
         _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress)
-        give_to_server(data_dir)  # the tar's data filter sets no owner: the files are ours
+        give_to_server(data_dir)  # the untar sets no owner: the files are ours
     except BaseException:
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -69,52 +67,24 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
 
 def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identities: Sequence[object], data_dir: Path,
                     progress: Progress | None) -> None:
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def feed() -> None:
-        try:
-            with os.fdopen(write_fd, "wb") as out:
-                read_verified(storage, key, out, size=size, sha256=sha256, decrypt=True, identities=identities,
-                              progress=(lambda n: progress("extract", n, size)) if progress else None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the extracting thread
-            failure.append(exc)
-
-    feeder = threading.Thread(target=feed, name="base-backup-read", daemon=True)
-    feeder.start()
-    untar_error: BaseException | None = None
-    with os.fdopen(read_fd, "rb") as pipe:
-        try:
-            with tarfile.open(fileobj=pipe, mode="r|", bufsize=TAR_BUFFER) as tar:
-                tar.extractall(data_dir, filter=_data_filter_passing_checkpoint())
-            while pipe.read(TAR_BUFFER):  # the zero blocks after the archive: the feeder must reach the end to hash it
-                pass
-        except BaseException as exc:  # noqa: BLE001 - a damaged object explains a broken tar: decide after the join
-            untar_error = exc
-    feeder.join()
-    real = [f for f in failure if not isinstance(f, BrokenPipeError)]  # a closed pipe is our own stop
-    if real:
-        raise real[0]
-    if isinstance(untar_error, tarfile.TarError):
-        raise RestoreError(f"cannot unpack {storage.url}/{key}: {untar_error}",
-                           fix="the base backup holds an unsafe or damaged tar member: use another backup")
-    if untar_error is not None:
-        raise untar_error
+    untar = SafeUntar(data_dir, on_member=_checkpoint_while_extracting)
+    try:
+        read_verified(storage, key, untar, size=size, sha256=sha256, decrypt=True, identities=identities,  # type: ignore[arg-type]
+                      progress=(lambda n: progress("extract", n, size)) if progress else None)
+        untar.finish()
+    except TarFormatError as exc:
+        raise RestoreError(f"cannot unpack {storage.url}/{key}: {exc}",
+                           fix="the base backup holds an unsafe or damaged tar member: use another backup") from None
+    finally:
+        untar.close()
 
 
-def _data_filter_passing_checkpoint() -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
-    """tarfile's ``data`` filter, passing checkpoint 'base-extracting' once EXTRACTING_AFTER members are out
-    (half-extracted: where crash tests kill -9 a restore)."""
-    seen = 0
 
-    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        nonlocal seen
-        seen += 1
-        if seen == EXTRACTING_AFTER:
-            checkpoints.reached("base-extracting")
-        return tarfile.data_filter(member, path)
-    return check
-
+def _checkpoint_while_extracting(members: int) -> None:
+    """Checkpoint 'base-extracting' once EXTRACTING_AFTER members are out (half-extracted: where crash
+    tests kill -9 a restore)."""
+    if members == EXTRACTING_AFTER:
+        checkpoints.reached("base-extracting")
 
 def verify_base_backup(data_dir: Path, wal_dir: Path | None = None) -> list[str]:
     """pg_verifybackup on an extracted base backup: the problems it reports (empty: the files match backup_manifest).

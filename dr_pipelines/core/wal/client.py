@@ -14,8 +14,11 @@ no drp imports) instead of the 1-2 s of a `drp` process:
 """
 
 import os
-import socket
 import sys
+
+# _socket, not socket: the socket module imports enum, selectors and collections, which doubled the
+# client's start-up CPU (23 ms against 11 ms here); PostgreSQL starts one client per segment.
+from _socket import AF_UNIX, SOCK_STREAM, socket
 
 TIMEOUT_S = 600
 NOT_ARCHIVED_EXIT = 1
@@ -26,7 +29,7 @@ ABORT_RECOVERY_EXIT = 200
 
 def ask(sock_path: str, request: str) -> str | None:
     """One request line, one reply line; None when nothing listens on ``sock_path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.connect(sock_path)
     except OSError:

@@ -10,10 +10,11 @@ daemon.serving): no drp process start-up per WAL file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dr_pipelines.core.errors import ConfigError, DrpError
@@ -24,6 +25,7 @@ from dr_pipelines.core.wal.client import ABORT_RECOVERY_EXIT as ABORT_RECOVERY_E
 from dr_pipelines.core.wal.names import Segment, WalNameError, timeline_of
 
 SPOOL_MODE = 0o700
+PREFETCH_THREADS = 4  # parallel fetches of the served restore_command (each is CPU: decrypt, decompress, hash)
 
 
 def prepare_spool(spool: Path) -> Path:
@@ -90,9 +92,14 @@ def _sweep(spool: Path, requested: str) -> None:
 
 
 def _move(src: Path, dest: Path) -> None:
-    """Copy into place atomically, then drop the spool copy (a rename would need both on one file system)."""
-    write_atomically(dest, src.read_bytes())
-    src.unlink()
+    """Rename the spool copy into place; across file systems, copy it atomically, then drop it."""
+    try:
+        os.replace(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        write_atomically(dest, src.read_bytes())
+        src.unlink()
 
 
 class WalFetcher:
@@ -111,19 +118,55 @@ class WalFetcher:
                  prefetch: int = 0) -> None:
         self.storage, self.identities = storage, identities
         self.pg_wal = Path(os.path.realpath(data_dir / "pg_wal"))
-        self.spool, self.prefetch = spool, prefetch
+        self.spool, self.prefetch = (prepare_spool(spool) if spool else None), prefetch if spool else 0
         self.lock = threading.Lock()  # PostgreSQL asks one file at a time; the spool is not shared safely
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(self.prefetch, PREFETCH_THREADS)),
+                                       thread_name_prefix="wal-prefetch")
+        self.ahead: dict[str, Future[None]] = {}  # prefetches started, by name
 
     def answer(self, line: str) -> str:
         name, dest = self.parse(line)
         with self.lock:
             try:
-                source = restore_wal(self.storage, self.identities, name, dest, spool=self.spool,
-                                     prefetch=self.prefetch)
+                source = self._restore(name, dest)
             except WalNotArchivedError as exc:
                 return "missing " + str(exc).splitlines()[0]
             give_to_server(dest)
         return f"ok {source}"
+
+    def _restore(self, name: str, dest: Path) -> str:
+        """Like restore_wal, but the prefetches outlive the request: the answer does not wait for them.
+
+        A process per request (`drp wal fetch --spool`) must finish its prefetches before it exits; this
+        server keeps fetching the next segments while PostgreSQL replays the one it was given.
+        """
+        if self.spool is None:
+            fetch_wal(self.storage, self.identities, name, dest)
+            return "archive"
+        _sweep(self.spool, name)
+        for old in [n for n in self.ahead if n < name]:
+            del self.ahead[old]
+        started = self.ahead.pop(name, None)
+        if started is None and not (self.spool / name).exists():
+            # PostgreSQL waits for this one: fetch it before starting prefetches that would share the CPU with it
+            # (the first request of a restore); none after a failure (the end of the archive).
+            fetch_wal(self.storage, self.identities, name, dest)
+            self._prefetch_after(name, self.spool)
+            return "archive"
+        self._prefetch_after(name, self.spool)
+        if started is not None:
+            started.result()  # _prefetch leaves failures to the real fetch below
+        if (self.spool / name).exists():
+            _move(self.spool / name, dest)
+            return "spool"
+        fetch_wal(self.storage, self.identities, name, dest)
+        return "archive"
+
+    def _prefetch_after(self, name: str, spool: Path) -> None:
+        """Start fetching the next segments into the spool, those not already there or on their way."""
+        for following in _following(name, self.prefetch):
+            if following not in self.ahead and not (spool / following).exists():
+                self.ahead[following] = self.pool.submit(_prefetch, self.storage, self.identities, following, spool)
 
     def parse(self, line: str) -> tuple[str, Path]:
         """The WAL name and destination of a request, or ConfigError/WalNameError."""
@@ -138,4 +181,4 @@ class WalFetcher:
         return name, dest
 
     def close(self) -> None:
-        pass
+        self.pool.shutdown(wait=True, cancel_futures=True)
