@@ -217,12 +217,14 @@ def test_rpo_bound_the_archiver_forces_a_switch_after_writes(rig: WalRig, cluste
         set_archive_timeout(cluster, "2s")
 
 
-def test_archive_timeout_is_ignored_until_the_checkpointer_first_wakes(work_base: Path) -> None:
+def test_archive_timeout_holds_once_the_checkpointer_has_been_woken(work_base: Path) -> None:
     """Why archive_timeout "did not fire" on fresh clusters (docs/wal.md, RPO): PostgreSQL 15's checkpointer
     computes its first sleep while recovery is still in progress, when archive_timeout is not considered, and
     sleeps a whole checkpoint_timeout. Nothing wakes it after a clean start, so a commit waits for that (or
     16 MiB of WAL); once anything sets its latch (here pg_reload_conf()), archive_timeout holds. PostgreSQL
-    alone (archive_command = cp), so this pins the server's behaviour the archiver's --switch-after covers."""
+    alone (archive_command = cp), so this pins the server's behaviour the archiver's --switch-after covers.
+    The first half (nothing archived before the wake) is measured by benchmarks/archive_timeout.py, not
+    asserted here: on a loaded machine anything may wake the checkpointer early (a CI run saw it)."""
     archive = work_base / f"cp-archive-{uuid.uuid4().hex[:8]}"
     archive.mkdir(mode=0o777)
     archive.chmod(0o777)
@@ -233,8 +235,6 @@ def test_archive_timeout_is_ignored_until_the_checkpointer_first_wakes(work_base
             conn.execute("CREATE TABLE t (x int)")
             conn.execute("INSERT INTO t VALUES (1)")
             name = conn.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()[0]
-            time.sleep(4)  # four archive_timeouts
-            assert not (archive / name).exists()
             conn.execute("SELECT pg_reload_conf()")  # sets every process's latch, the checkpointer's too
             wait_for(lambda: (archive / name).exists(), timeout=5, what=f"{name} switched by archive_timeout",
                      interval=0.1)
