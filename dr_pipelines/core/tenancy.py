@@ -364,13 +364,19 @@ def tenant_filter(t: TableScope, scope: Scope, alias: str = "t") -> sql.Composab
         sql.SQL(", ").join(froms), sql.SQL(" AND ").join(conds))
 
 
+def read_relation(schema: str, table: str, kind: str) -> sql.Composed:
+    """A table as a FROM (or UPDATE) target: ONLY for an ordinary table (an inheritance parent never
+    repeats its children's rows), none for a partitioned one (its rows live in its partitions)."""
+    only = sql.SQL("ONLY ") if kind == "table" else sql.SQL("")
+    return sql.SQL("{}{}").format(only, sql.Identifier(schema, table))
+
+
 def tenant_select(t: TableScope, scope: Scope, columns: sql.Composable | None = None, alias: str = "t") -> sql.Composed:
     """SELECT <columns> FROM [ONLY] table AS t WHERE <tenant filter>.
 
     ONLY for ordinary tables (an inheritance parent never repeats its children's rows);
     none for partitioned tables, whose rows live in their partitions.
     """
-    only = sql.SQL("ONLY ") if t.kind == "table" else sql.SQL("")
-    return sql.SQL("SELECT {} FROM {}{} AS {} WHERE {}").format(
+    return sql.SQL("SELECT {} FROM {} AS {} WHERE {}").format(
         columns if columns is not None else sql.SQL("{}.*").format(sql.Identifier(alias)),
-        only, sql.Identifier(t.schema, t.table), sql.Identifier(alias), tenant_filter(t, scope, alias))
+        read_relation(t.schema, t.table, t.kind), sql.Identifier(alias), tenant_filter(t, scope, alias))

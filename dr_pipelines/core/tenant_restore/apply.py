@@ -48,7 +48,7 @@ from dr_pipelines.core.export.run import ExportOptions, export_tenants
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.tenancy import Scope, TableScope, tenant_filter, tenant_select
+from dr_pipelines.core.tenancy import Scope, TableScope, read_relation, tenant_filter, tenant_select
 from dr_pipelines.core.tenant_restore import audit
 from dr_pipelines.core.tenant_restore.compare import changed_keys, compared_columns, only_past_keys, rows_only_in
 from dr_pipelines.core.tenant_restore.conflicts import (
@@ -369,9 +369,8 @@ class _Attempt:
         expected = _rows(live, plan.revert)
         if not expected:
             return 0
-        only = sql.SQL("ONLY ") if t.kind == "table" else sql.SQL("")
-        n = live.execute(sql.SQL("UPDATE {}{} AS l SET {} FROM {} AS p WHERE {} AND {}").format(
-            only, sql.Identifier(t.schema, t.table),
+        n = live.execute(sql.SQL("UPDATE {} AS l SET {} FROM {} AS p WHERE {} AND {}").format(
+            read_relation(t.schema, t.table, t.kind),
             sql.SQL(", ").join(sql.SQL("{} = CAST({} AS {})").format(sql.Identifier(c), sql.Identifier("p", c),
                                                                      sql.SQL(typ)) for c, typ in cols),
             plan.revert, sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("l", k), sql.Identifier("p", k))

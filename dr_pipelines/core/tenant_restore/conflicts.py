@@ -31,8 +31,7 @@ from psycopg import sql
 
 from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.retention.holds import hold_filter
-from dr_pipelines.core.tenancy import TableScope, split_name
-from dr_pipelines.core.tenant_restore.guard import table_source
+from dr_pipelines.core.tenancy import TableScope, read_relation, split_name
 
 LISTED_PER_CHECK = 100  # conflicts listed per (table, constraint, kind); all are counted
 
@@ -188,11 +187,10 @@ class _Checker:
             sql.SQL(", ").join(sql.Identifier("l", c) for c in plan.pk),
             sql.SQL(", ").join(sql.Identifier("p", c) for c in plan.pk)) if check_pk else sql.SQL("")
         return sql.SQL("{} AND EXISTS (SELECT 1 FROM {} AS l WHERE {}{})").format(
-            _not_null(uk.columns, "p"), table_source(plan.scope), _equal(uk.columns, "l", "p"), other)
+            _not_null(uk.columns, "p"), read_relation(plan.scope.schema, plan.scope.table, plan.scope.kind), _equal(uk.columns, "l", "p"), other)
 
     def _orphan(self, fk: ForeignKey) -> sql.Composable:
-        parent = sql.SQL("{}{}").format(sql.SQL("ONLY ") if fk.parent_kind == "table" else sql.SQL(""),
-                                        sql.Identifier(*split_name(fk.parent)))
+        parent = read_relation(*split_name(fk.parent), fk.parent_kind)
         cond = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {})").format(
             _not_null(fk.columns, "p"), parent, _equal(fk.parent_columns, "l", "p", fk.columns))
         restored = self.plans.get(fk.parent)
@@ -207,7 +205,7 @@ class _Checker:
             return 0
         held = sql.SQL("true") if holds.everything else holds.held_expr("l")
         cond = sql.SQL("EXISTS (SELECT 1 FROM {} AS l WHERE {} AND {})").format(
-            table_source(plan.scope), _equal(plan.pk, "l", "p"), held)
+            read_relation(plan.scope.schema, plan.scope.table, plan.scope.kind), _equal(plan.pk, "l", "p"), held)
         name = ", ".join(f"hold {h.id}" for h in holds.holds)
         return self._check(plan, plan.revert, "legal-hold", name, "revert-changed", found, cond)
 

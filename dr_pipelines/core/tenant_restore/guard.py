@@ -35,7 +35,7 @@ from dr_pipelines.core.errors import DrpError
 from dr_pipelines.core.pg.checksums import default_method, relation_checksum
 from dr_pipelines.core.retention.kept import pk_text
 from dr_pipelines.core.retention.segment import month_bounds
-from dr_pipelines.core.tenancy import Scope, TableScope, tenant_filter
+from dr_pipelines.core.tenancy import Scope, TableScope, read_relation, tenant_filter
 
 ARCHIVED_STATES = ("verified", "deleted")  # rows of a verified segment are being deleted by retention
 
@@ -50,19 +50,13 @@ class ArchiveJournalError(DrpError):
     exit_code = 2
 
 
-def table_source(t: TableScope) -> sql.Composable:
-    """The table as a FROM item: ONLY for ordinary tables (as tenancy.tenant_select reads them)."""
-    return sql.SQL("{}{}").format(sql.SQL("ONLY ") if t.kind == "table" else sql.SQL(""),
-                                  sql.Identifier(t.schema, t.table))
-
-
 def other_tenants_checksums(conn: psycopg.Connection, scope: Scope,
                             tables: list[TableScope]) -> dict[str, tuple[int, str]]:
     """(rows, checksum) of the rows of each table that are not the bound tenant's."""
     out = {}
     for t in tables:
         source = sql.SQL("(SELECT t.* FROM {} AS t WHERE ({}) IS NOT TRUE)").format(
-            table_source(t), tenant_filter(t, scope, "t"))
+            read_relation(t.schema, t.table, t.kind), tenant_filter(t, scope, "t"))
         result = relation_checksum(conn, t.name, source, default_method(conn, t.schema, t.table))
         out[t.name] = (result.rows, result.checksum)
     return out
