@@ -119,7 +119,11 @@ class WalRig:
         finally:
             if proc.poll() is None:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # paused at a checkpoint: never leave it holding the socket
+                    proc.kill()
+                    proc.wait(timeout=10)
 
 
 def switch_wal(cluster: LocalCluster, rows: int = 100) -> str:
