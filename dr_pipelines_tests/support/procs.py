@@ -53,20 +53,33 @@ def start_paused(args: list[str], env: dict[str, str], point: str, timeout: floa
 
 
 def wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Read ``proc``'s stderr until a line containing ``marker``; the text read (AssertionError if none in time)."""
+    """Read ``proc``'s stderr until a line containing ``marker``; the text read (AssertionError if none in time).
+
+    Reads the pipe a byte at a time, never past the marker's newline: a buffered ``readline()`` after
+    ``select()`` pulls every line already written into Python's buffer, so when the marker arrived with an
+    earlier line (a loaded machine: the reader was late) it sat there while ``select()`` waited on an empty
+    pipe, and the wait timed out although the process had printed it. Lines after the marker stay in the
+    pipe for the caller. Do not mix with ``proc.stderr.readline()`` before this (its buffer is not seen here).
+    """
     import select
 
-    deadline, seen = time.monotonic() + timeout, ""
+    assert proc.stderr is not None
+    fd, deadline, seen, line = proc.stderr.fileno(), time.monotonic() + timeout, "", b""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
-            seen += line
-            if marker in line:
-                return seen
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError(f"no {marker!r} within {timeout} s: {seen[-2000:]}")
+        ready, _, _ = select.select([fd], [], [], min(0.5, max(0.0, deadline - time.monotonic())))
+        if not ready:
+            continue
+        byte = os.read(fd, 1)
+        if byte and byte != b"\n":
+            line += byte
+            continue
+        seen += line.decode(errors="replace") + ("\n" if byte else "")
+        if marker in line.decode(errors="replace"):
+            return seen
+        line = b""
+        if not byte:  # end of file: the process closed stderr (exited)
+            break
+    raise AssertionError(f"no {marker!r} within {timeout} s: {(seen + line.decode(errors='replace'))[-2000:]}")
 
 
 def _with_repo(pythonpath: str | None) -> str:

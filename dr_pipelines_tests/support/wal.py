@@ -19,7 +19,7 @@ from dr_pipelines.core.settings import Settings, load_settings
 from dr_pipelines.core.wal import client
 from dr_pipelines.demo.archiving import drp_wrapper_script, give_to_pg, pg_python
 from dr_pipelines_tests.support.clusters import TEST_CLUSTER_SETTINGS
-from dr_pipelines_tests.support.procs import drp, wait_for
+from dr_pipelines_tests.support.procs import drp, wait_for, wait_for_line
 
 
 def pg_os_user() -> str | None:
@@ -113,8 +113,10 @@ class WalRig:
             text=True, user=user, group=user, cwd="/",
         )
         try:
-            wait_for(lambda: self.socket.exists() or proc.poll() is not None, timeout=30, what="archiver", interval=0.1)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            # Its own "listening" line, not the socket file: a kill -9 leaves the old daemon's socket behind, and
+            # a test that went on at the sight of it had PostgreSQL's client refused there (it falls back to a
+            # direct push) while the new daemon was still importing: the segment it was meant to see bypassed it.
+            wait_for_line(proc, f"archiver listening on {self.socket}", timeout=60)
             yield proc
         finally:
             if proc.poll() is None:
