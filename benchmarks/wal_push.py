@@ -25,7 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shlex
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -36,9 +39,11 @@ from pathlib import Path
 import psycopg
 from _common import make_base_dir, stats
 
+from dr_pipelines.cli.wal import archive_command
 from dr_pipelines.core.crypto import generate_identity_file
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.wal import client
+from dr_pipelines.core.wal.archive import PHASES
 from dr_pipelines.core.wal.names import Segment, segments_per_log
 from dr_pipelines_tests.support.wal import WalRig
 
@@ -77,7 +82,9 @@ def fake_pg_wal(base: Path, label: str, sources: list[Path], pushes: int) -> lis
     """A pg_wal-like directory: ``pushes`` segments (copies of the real ones) with .ready files.
 
     Each copy's first page address is rewritten to its new name's LSN: push_wal checks that a
-    segment holds the pages its name says (core/wal/header.py). The rest is the real WAL.
+    segment holds the pages its name says (core/wal/header.py). The rest is the real WAL. Each file
+    is fsync'd, as PostgreSQL's WAL is before it is marked .ready: otherwise the kernel writes the
+    copies' 2 GB back during the measured pushes, on the same 2 cores and disk.
     """
     wal = base / f"pg_wal-{label}"
     (wal / "archive_status").mkdir(parents=True)
@@ -89,18 +96,23 @@ def fake_pg_wal(base: Path, label: str, sources: list[Path], pushes: int) -> lis
         struct.pack_into("<Q", data, PAGEADDR_OFFSET,
                          (int(segment.name[8:16], 16) * segments_per_log(size) + int(segment.name[16:], 16)) * size)
         path = wal / segment.name
-        path.write_bytes(data)
+        with path.open("wb") as out:
+            out.write(data)
+            os.fsync(out.fileno())
         (wal / "archive_status" / f"{segment.name}.ready").touch()
         paths.append(path)
+    os.sync()
     return paths
 
 
-def run_sequence(cmd_for: list[str], paths: list[Path], env: dict[str, str]) -> list[float]:
-    """Push each path in order like PostgreSQL: wait for the command, then mark it .done."""
+def run_sequence(command: str, paths: list[Path], env: dict[str, str]) -> list[float]:
+    """Push each path in order like PostgreSQL: ``command`` (an archive_command line) through
+    ``/bin/sh -c`` with %p replaced, wait for it, then mark the segment .done."""
     latencies = []
     for path in paths:
         started = time.monotonic()
-        result = subprocess.run([*cmd_for, str(path)], env=env, capture_output=True, text=True)
+        result = subprocess.run(["/bin/sh", "-c", command.replace("%p", shlex.quote(str(path)))], env=env,
+                                capture_output=True, text=True)
         latencies.append(time.monotonic() - started)
         if result.returncode != 0:
             raise SystemExit(f"push of {path.name} failed: {result.stderr}")
@@ -109,45 +121,91 @@ def run_sequence(cmd_for: list[str], paths: list[Path], env: dict[str, str]) -> 
     return latencies
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a running process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def phase_cpu(log: str) -> dict[str, object]:
+    """Per-phase CPU of the archiver's pushes, from its "push done … cpu ms: read 3.1 hash 9.8 …" lines."""
+    per_phase: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    for line in log.splitlines():
+        if " push done " in line and " archived " in line and "cpu ms:" in line:
+            words = line.split("cpu ms:", 1)[1].split()
+            for phase, value in zip(words[::2], words[1::2], strict=True):
+                per_phase[phase].append(float(value))
+    medians = {phase: round(statistics.median(v), 1) for phase, v in per_phase.items() if v}
+    return {"median_ms": medians, "sum_of_medians_ms": round(sum(medians.values()), 1),
+            "pushes": len(per_phase["read"])}
+
+
 def mechanism(base: Path, label: str, sources: list[Path], pushes: int, recipient: str, identity: Path,
               daemon_args: list[str] | None) -> dict[str, object]:
+    """Push ``pushes`` segments through the archive_command `drp wal archive-command` prints (with its
+    fallback), or ``drp wal push %p`` when ``daemon_args`` is None; CPU of the archiver (by phase and
+    whole), of the commands PostgreSQL would run, and of this driver (PostgreSQL's archiver's part)."""
     config = fresh_target(base, label, recipient, identity)
     env = {**os.environ, "DRP_CONFIG": str(config)}
     paths = fake_pg_wal(base, label, sources, pushes)
     daemon = None
+    log_path = base / f"archiver-{label}.log"
     if daemon_args is None:
-        cmd = [str(BIN / "drp"), "wal", "push"]
+        command = f"{shlex.quote(str(BIN / 'drp'))} wal push %p"
     else:
         sock = base / f"sock-{label}" / "a.sock"
-        daemon = subprocess.Popen([str(BIN / "drp"), "wal", "archiver", "--socket", str(sock), *daemon_args],
-                                  env=env, stderr=subprocess.DEVNULL)
+        with log_path.open("w") as log:
+            daemon = subprocess.Popen([str(BIN / "drp"), "wal", "archiver", "--socket", str(sock), *daemon_args],
+                                      env=env, stderr=log)
         while not sock.exists():
             time.sleep(0.05)
-        cmd = [sys.executable, "-I", "-S", client.__file__, str(sock), "-"]
+        command = archive_command(sock, drp=BIN / "drp", config=config)
+    archiver_cpu = process_cpu_s(daemon.pid) if daemon else 0.0
+    children, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     try:
         started = time.monotonic()
-        latencies = run_sequence(cmd, paths, env)
+        latencies = run_sequence(command, paths, env)
         elapsed = time.monotonic() - started
+        # before the archiver is reaped: RUSAGE_CHILDREN then holds only the archive_commands
+        children_after, me_after = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        if daemon:
+            archiver_cpu = process_cpu_s(daemon.pid) - archiver_cpu
     finally:
         if daemon:
             daemon.terminate()
             daemon.wait()
+    commands_cpu = children_after.ru_utime + children_after.ru_stime - children.ru_utime - children.ru_stime
+    driver_cpu = me_after.ru_utime + me_after.ru_stime - me.ru_utime - me.ru_stime
     stored = sum(p.stat().st_size for p in (base / f"storage-{label}").rglob("*.zst.age"))
+    plain = sum(p.stat().st_size for p in paths)
     shutil.rmtree(base / f"storage-{label}")
     shutil.rmtree(paths[0].parent)
-    return {"pushes": pushes, "latency_s": stats(latencies), "segments_per_minute": round(pushes * 60 / elapsed),
-            "stored_bytes_per_segment": stored // pushes}
+    result: dict[str, object] = {
+        "pushes": pushes, "latency_s": stats(latencies), "segments_per_minute": round(pushes * 60 / elapsed),
+        "stored_bytes_per_segment": stored // pushes, "compression_ratio": round(plain / stored, 3),
+        "cpu_ms_per_segment": {"archive_command": round(1000 * commands_cpu / pushes, 1),
+                               "driver": round(1000 * driver_cpu / pushes, 1)},
+    }
+    if daemon:
+        result["cpu_ms_per_segment"]["archiver"] = round(1000 * archiver_cpu / pushes, 1)  # type: ignore[index]
+        result["archiver_phases_cpu"] = phase_cpu(log_path.read_text())
+    total = sum(result["cpu_ms_per_segment"].values())  # type: ignore[union-attr]
+    result["cores_busy"] = round(total * pushes / 1000 / elapsed, 2)
+    return result
 
 
 def client_startup(base: Path) -> dict[str, object]:
-    """The client's own cost: start, fail to connect, exit."""
+    """The client's own cost: start, fail to connect, exit (wall seconds, and CPU ms per run)."""
     times = []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for _ in range(15):
         started = time.monotonic()
         subprocess.run([sys.executable, "-I", "-S", client.__file__, str(base / "none.sock"), "-", "/x"],
                        capture_output=True)
         times.append(time.monotonic() - started)
-    return stats(times)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {**stats(times), "cpu_ms": round(1000 * cpu / len(times), 1)}
 
 
 def rpo_under_load(base: Path, seconds: float) -> dict[str, object]:
@@ -202,28 +260,33 @@ def rpo_under_load(base: Path, seconds: float) -> dict[str, object]:
             "worst_data_loss_window_s": round(max(windows), 2), "data_loss_window_s": stats(windows, 2)}
 
 
+MECHANISMS = {"direct": None, "daemon": ["--read-ahead", "0"], "readahead": ["--read-ahead", "8", "--workers", "4"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=6)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--load-seconds", type=float, default=45)
+    parser.add_argument("--load-seconds", type=float, default=45, help="the RPO phase's write load (0: skip it)")
+    parser.add_argument("--only", choices=sorted(MECHANISMS), action="append",
+                        help="run only these mechanisms (repeatable); default all three")
+    parser.add_argument("--repeat", type=int, default=1, help="run the mechanisms this many times, alternated")
     args = parser.parse_args()
     base = make_base_dir("drp-bench-wal-")
     try:
         sources = make_segments(base, args.segments)
         identity = base / "key.txt"
         recipient = generate_identity_file(identity)
-        n = (5, 20, 40) if args.quick else (15, 60, 120)
-        result = {
-            "client_startup_s": client_startup(base),
-            "direct": mechanism(base, "direct", sources, n[0], recipient, identity, None),
-            "daemon": mechanism(base, "daemon", sources, n[1], recipient, identity, ["--read-ahead", "0"]),
-            "daemon+readahead": mechanism(base, "readahead", sources, n[2], recipient, identity,
-                                          ["--read-ahead", "8", "--workers", "4"]),
-            "rpo": rpo_under_load(base, args.load_seconds),
-            "load_average": os.getloadavg(),
-            "cpus": os.cpu_count(),
-        }
+        pushes = dict(zip(MECHANISMS, (5, 20, 40) if args.quick else (15, 60, 120), strict=True))
+        result: dict[str, object] = {"client_startup_s": client_startup(base)}
+        for round_ in range(args.repeat):
+            for label in args.only or MECHANISMS:
+                key = {"readahead": "daemon+readahead"}.get(label, label) + (f" #{round_ + 1}" if args.repeat > 1 else "")
+                result[key] = mechanism(base, label, sources, pushes[label], recipient, identity, MECHANISMS[label])
+        if args.load_seconds > 0:
+            result["rpo"] = rpo_under_load(base, args.load_seconds)
+        result["load_average"] = os.getloadavg()
+        result["cpus"] = os.cpu_count()
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(base, ignore_errors=True)
