@@ -12,7 +12,11 @@
    - ``daemon``: the stdlib client (``python -I -S client.py``) to ``drp wal archiver --read-ahead 0``;
    - ``daemon+readahead``: the same with ``--read-ahead 8`` and the ``.ready`` files PostgreSQL
      leaves in archive_status, so the archiver pushes ahead of the requests with 4 workers.
-3. RPO under sustained writes: a cluster whose archive_command is the client (archiver running),
+   Each push runs the line `drp wal archive-command` prints, through ``/bin/sh -c`` as PostgreSQL does. CPU
+   per segment: the archiver's (from /proc, and by phase from its log), the commands', and this driver's.
+3. ``--drain-segments N``: PostgreSQL's own archiver drains N segments a real server wrote while
+   archive_command was empty, through the documented archive_command (latency from the server log).
+4. RPO under sustained writes: a cluster whose archive_command is the client (archiver running),
    archive_timeout=30s, writing continuously for --load-seconds; sampled every 0.25 s: when each
    segment was started, completed and archived. The worst data-loss window is
    archived - started of a segment (a commit at the segment's start waits that long).
@@ -34,10 +38,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 from _common import make_base_dir, stats
+from psycopg import sql
 
 from dr_pipelines.cli.wal import archive_command
 from dr_pipelines.core.crypto import generate_identity_file
@@ -208,6 +214,72 @@ def client_startup(base: Path) -> dict[str, object]:
     return {**stats(times), "cpu_ms": round(1000 * cpu / len(times), 1)}
 
 
+def drain(base: Path, segments: int) -> dict[str, object]:
+    """PostgreSQL's own archiver draining ``segments`` waiting segments through the documented archive_command.
+
+    A real server writes the WAL first, with archive_command empty (PostgreSQL then keeps every segment and
+    its .ready file), so the write load is over before the clock starts; then CHECKPOINT, the archiver, and
+    archive_command set by ALTER SYSTEM + reload. Throughput: segments / (reload -> the last .done file).
+    Each push's latency is PostgreSQL's: "executing archive command" to "archived write-ahead log file" in
+    the server log (log_min_messages = debug3 for the drain only).
+    """
+    rig = WalRig.make(base / "drain")
+    settings = {**rig.cluster_settings("0"), "archive_command": "''", "max_wal_size": "'16GB'",
+                "log_line_prefix": "'%m [%p] '"}
+    cluster = LocalCluster.create(rig.root / "pg", settings=settings)
+    status = cluster.data_dir / "pg_wal" / "archive_status"
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE load (id bigserial PRIMARY KEY, a text, b text, n float8)")
+            while sum(1 for e in os.scandir(status) if e.name.endswith(".ready")) < segments:
+                conn.execute("INSERT INTO load (a, b, n) SELECT md5(g::text), md5(random()::text), random()"
+                             " FROM generate_series(1, 20000) g")
+            conn.execute("CHECKPOINT")
+            waiting = sum(1 for e in os.scandir(status) if e.name.endswith(".ready"))
+            log_start = cluster.log_file.stat().st_size
+            with rig.archiver() as archiver:
+                lines: list[str] = []
+                reader = threading.Thread(target=lambda: lines.append(archiver.stderr.read()), daemon=True)
+                reader.start()
+                cpu_before = process_cpu_s(archiver.pid)
+                conn.execute(sql.SQL("ALTER SYSTEM SET archive_command = {}").format(sql.Literal(rig.archive_command())))
+                conn.execute("ALTER SYSTEM SET log_min_messages = 'debug3'")
+                started = time.monotonic()
+                conn.execute("SELECT pg_reload_conf()")
+                while sum(1 for e in os.scandir(status) if e.name.endswith(".done")) < waiting:
+                    if time.monotonic() - started > 600:
+                        raise SystemExit("the drain did not finish within 600 s")
+                    time.sleep(0.05)
+                elapsed = time.monotonic() - started
+                archiver_cpu = process_cpu_s(archiver.pid) - cpu_before
+                conn.execute("ALTER SYSTEM RESET log_min_messages")
+                conn.execute("SELECT pg_reload_conf()")
+                archiver.terminate()
+                archiver.wait(timeout=30)
+                reader.join(timeout=30)
+        log = cluster.log_file.read_bytes()[log_start:].decode(errors="replace")
+    finally:
+        cluster.remove()
+    return {"segments": waiting, "segments_per_minute": round(waiting * 60 / elapsed),
+            "latency_s": stats(command_latencies(log)), "archiver_cpu_ms_per_segment": round(1000 * archiver_cpu / waiting, 1),
+            "archiver_phases_cpu": phase_cpu("".join(lines))}
+
+
+def command_latencies(log: str) -> list[float]:
+    """Seconds from "executing archive command" to "archived write-ahead log file", per push, from a server log
+    whose lines start with %m (milliseconds)."""
+    begun, latencies = None, []
+    for line in log.splitlines():
+        if "executing archive command" in line or "archived write-ahead log file" in line:
+            at = datetime.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if "executing archive command" in line:
+                begun = at
+            elif begun is not None:
+                latencies.append(at - begun)
+                begun = None
+    return latencies
+
+
 def rpo_under_load(base: Path, seconds: float) -> dict[str, object]:
     rig = WalRig.make(base / "rpo")
     cluster = LocalCluster.create(rig.root / "pg", settings={**rig.cluster_settings("30s"), "wal_keep_size": "0"})
@@ -270,6 +342,8 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=45, help="the RPO phase's write load (0: skip it)")
     parser.add_argument("--only", choices=sorted(MECHANISMS), action="append",
                         help="run only these mechanisms (repeatable); default all three")
+    parser.add_argument("--drain-segments", type=int, default=0,
+                        help="also let a real server's archiver drain this many waiting segments (0: skip)")
     parser.add_argument("--repeat", type=int, default=1, help="run the mechanisms this many times, alternated")
     args = parser.parse_args()
     base = make_base_dir("drp-bench-wal-")
@@ -283,6 +357,8 @@ def main() -> None:
             for label in args.only or MECHANISMS:
                 key = {"readahead": "daemon+readahead"}.get(label, label) + (f" #{round_ + 1}" if args.repeat > 1 else "")
                 result[key] = mechanism(base, label, sources, pushes[label], recipient, identity, MECHANISMS[label])
+        if args.drain_segments > 0:
+            result["drain"] = drain(base, args.drain_segments)
         if args.load_seconds > 0:
             result["rpo"] = rpo_under_load(base, args.load_seconds)
         result["load_average"] = os.getloadavg()
