@@ -39,6 +39,7 @@ DIR_MODE = 0o700
 # DIRECT_ALIGN-aligned buffer kept per thread (LocalStorage.put_bytes says why).
 DIRECT_MIN = 1 << 20
 DIRECT_ALIGN = 4096
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs; elsewhere always the buffered path
 _direct_buffers = threading.local()
 # put_stream's temp file for "<dir>/<name>" is "<dir>/.<name>.<uuid hex>.partial".
 _TEMP_NAME = re.compile(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX))
@@ -137,7 +138,7 @@ class LocalStorage(Storage):
         a push; with O_DIRECT 6-7 ms, and throughput rose 35-70 % (docs/benchmarks.md, "WAL archiving").
         It also keeps the archive from evicting PostgreSQL's own cached pages.
         """
-        if len(data) < DIRECT_MIN:
+        if len(data) < DIRECT_MIN or not _O_DIRECT:
             return super().put_bytes(key, data)
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
@@ -294,7 +295,7 @@ def _write_direct(path: Path, data: bytes) -> bool:
         view[:size] = data
         view[size:padded] = bytes(padded - size)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, FILE_MODE)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 return False
