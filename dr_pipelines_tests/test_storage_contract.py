@@ -6,6 +6,7 @@ whole one, so the failure paths are tested as carefully as the happy ones.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -26,7 +27,7 @@ import pytest
 from dr_pipelines.core.errors import ConfigError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage, open_storage
 from dr_pipelines.core.storage.base import TEMP_SUFFIX
-from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.core.storage.local import DIRECT_MIN, LocalStorage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines_tests.support.backup import leave_partial_upload, partial_uploads
 from dr_pipelines_tests.support.faultproxy import fault_proxy
@@ -277,6 +278,39 @@ def test_local_files_and_directories_are_private(tmp_path: Path) -> None:
     assert stat_mod.S_IMODE((tmp_path / "repo/t1/2024/dump").stat().st_mode) == 0o600
     for directory in ("repo", "repo/t1", "repo/t1/2024"):
         assert stat_mod.S_IMODE((tmp_path / directory).stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("size", [DIRECT_MIN, 6 * MiB + 123], ids=["aligned", "unaligned-tail"])
+def test_local_large_put_bytes_is_exact_private_and_replaces(tmp_path: Path, size: int) -> None:
+    """Payloads from DIRECT_MIN up go through O_DIRECT with a zero-padded last block: the stored file must be
+    the payload exactly (size, bytes, sha256), private, with no temp file left, and replace a longer object."""
+    storage = LocalStorage(tmp_path / "repo")
+    storage.put_bytes("wal/seg", data_of(size + 5000, seed=1))
+    data = data_of(size, seed=2)
+    result = storage.put_bytes("wal/seg", data)
+    assert (result.size, result.sha256) == (size, sha(data))
+    assert (tmp_path / "repo/wal/seg").stat().st_size == size
+    assert storage.get_bytes("wal/seg") == data
+    assert stat_mod.S_IMODE((tmp_path / "repo/wal/seg").stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "repo/wal").iterdir()) == ["seg"]
+
+
+def test_local_large_put_bytes_falls_back_where_o_direct_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT (EINVAL, as tmpfs did before Linux 6.6) gets the buffered write."""
+    real_open, refused = os.open, []
+
+    def open_without_direct(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_without_direct)
+    storage = LocalStorage(tmp_path / "repo")
+    data = data_of(3 * MiB + 1)
+    assert storage.put_bytes("wal/seg", data).sha256 == sha(data)
+    assert refused and storage.get_bytes("wal/seg") == data
+    assert partial_uploads(storage) == []
 
 
 def test_local_delete_prunes_empty_directories_but_not_root(tmp_path: Path) -> None:

@@ -81,8 +81,8 @@ class WalRig:
         give_to_pg(self.config)
 
     def archive_command(self) -> str:
-        """env PYTHONPATH/DRP_CONFIG + the isolated stdlib client, falling back to `drp wal push`."""
-        parts = ["env", f"DRP_CONFIG={self.config}", pg_python(), "-I", "-S",
+        """DRP_CONFIG=… + the isolated stdlib client, falling back to `drp wal push` (as `drp wal archive-command`)."""
+        parts = [f"DRP_CONFIG={self.config}", pg_python(), "-I", "-S",
                  client.__file__, str(self.socket), str(self.drp_for_pg), "%p"]
         assert not any("'" in p or " " in p for p in parts)
         return " ".join(parts)

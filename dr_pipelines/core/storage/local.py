@@ -7,9 +7,12 @@ backups hold tenants' health data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +35,12 @@ from dr_pipelines.core.storage.base import (
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# put_bytes writes payloads of at least DIRECT_MIN bytes (a WAL segment's object) with O_DIRECT, from a
+# DIRECT_ALIGN-aligned buffer kept per thread (LocalStorage.put_bytes says why).
+DIRECT_MIN = 1 << 20
+DIRECT_ALIGN = 4096
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs; elsewhere always the buffered path
+_direct_buffers = threading.local()
 # put_stream's temp file for "<dir>/<name>" is "<dir>/.<name>.<uuid hex>.partial".
 _TEMP_NAME = re.compile(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX))
 
@@ -117,6 +126,33 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._error("write", key, exc) from exc
         return PutResult(key, size, digest.hexdigest())
+
+    def put_bytes(self, key: str, data: bytes) -> PutResult:
+        """A payload of DIRECT_MIN bytes or more is written with O_DIRECT, past the page cache; smaller ones
+        (and file systems that refuse O_DIRECT) go through put_stream. Same atomicity and durability
+        (temp file, fsync, rename, directory fsync) and the same result.
+
+        Why: the WAL archiver writes a ~6 MB object per segment and nothing reads it back soon. Through the
+        page cache, each write allocated ~1,500 fresh pages and the fsync then waited for their writeback
+        behind whatever else was dirty: on the loaded 2-core machine the write phase took 12-15 ms of CPU
+        a push; with O_DIRECT 6-7 ms, and throughput rose 35-70 % (docs/benchmarks.md, "WAL archiving").
+        It also keeps the archive from evicting PostgreSQL's own cached pages.
+        """
+        if len(data) < DIRECT_MIN or not _O_DIRECT:
+            return super().put_bytes(key, data)
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        try:
+            self._makedirs(path.parent)
+            if not _write_direct(tmp, data):
+                return super().put_bytes(key, data)
+            os.replace(tmp, path)
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self._prune_empty(path.parent)
+            raise self._error("write", key, exc) from exc
+        return PutResult(key, len(data), hashlib.sha256(data).hexdigest())
 
     def open(self, key: str) -> BinaryIO:
         path = self._path(key)
@@ -240,3 +276,41 @@ class LocalStorage(Storage):
         if match is None:
             return None
         return "/".join((*directory.relative_to(self.root).parts, match.group(1)))
+
+
+def _write_direct(path: Path, data: bytes) -> bool:
+    """Create ``path`` (FILE_MODE) holding ``data``, written with O_DIRECT and fsync'd; False, leaving nothing,
+    when the file system refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE and network mounts).
+
+    O_DIRECT wants an aligned buffer and whole blocks: ``data`` is copied into this thread's page-aligned
+    buffer (an anonymous mmap, kept for the next push), padded with zeros to a whole block, written,
+    then the file is truncated to its real size before the fsync.
+    """
+    size = len(data)
+    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    buffer = getattr(_direct_buffers, "buffer", None)
+    if buffer is None or len(buffer) < padded:
+        buffer = _direct_buffers.buffer = mmap.mmap(-1, padded)
+    with memoryview(buffer) as view:
+        view[:size] = data
+        view[size:padded] = bytes(padded - size)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, FILE_MODE)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            raise
+        try:
+            written = 0
+            while written < padded:
+                written += os.write(fd, view[written:padded])
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if exc.errno == errno.EINVAL:  # alignment the device does not take
+                return False
+            raise
+        os.close(fd)
+    return True

@@ -12,18 +12,19 @@ import hashlib
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from dr_pipelines.core import checkpoints
+from dr_pipelines.core import checkpoints, stream
 from dr_pipelines.core.errors import DrpError, ObjectNotFoundError, StorageError
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.base import TEMP_SUFFIX
-from dr_pipelines.core.stream import decrypt_decompress, seal
+from dr_pipelines.core.stream import decrypt_decompress
 from dr_pipelines.core.wal.binding import check_system
 from dr_pipelines.core.wal.events import WalConflictError, record_event
 from dr_pipelines.core.wal.header import read_segment_header
@@ -94,6 +95,26 @@ class PushResult:
     status: str  # "archived" or "exists"
     plain_bytes: int
     stored_bytes: int
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # this thread's CPU per phase (PHASES)
+
+
+# The phases of a push whose CPU push_wal reports, in order. "check": the header, the archive's binding and
+# the sidecar read; "write": the object's write, its stored SHA-256 and its fsyncs; "sidecar": the commit.
+PHASES = ("read", "check", "hash", "compress", "encrypt", "write", "sidecar")
+
+
+class _PhaseClock:
+    """This thread's CPU time per phase (time.thread_time: the other workers' phases are not counted)."""
+
+    def __init__(self) -> None:
+        self.cpu_ms: dict[str, float] = {}
+        self._last = time.thread_time()
+
+    def mark(self, phase: str) -> None:
+        now = time.thread_time()
+        self.cpu_ms[phase] = round(self.cpu_ms.get(phase, 0.0) + 1000 * (now - self._last), 2)
+        self._last = now
+
 
 
 def read_sidecar(storage: Storage, name: str) -> Sidecar | None:
@@ -132,28 +153,40 @@ def push_wal(storage: Storage, recipients: Sequence[object], path: Path | str, n
     path = Path(path)
     name = name or path.name
     timeline = timeline_of(name)
+    clock = _PhaseClock()
     data = _read_local(path)
+    clock.mark("read")
     system_identifier = None
     if is_segment(name):  # a segment or .partial: its header proves what it is and whose it is
         system_identifier = read_segment_header(data, name).system_identifier
         check_system(storage, system_identifier, name)
-    plain_sha = hashlib.sha256(data).hexdigest()
     existing = read_sidecar(storage, name)
+    clock.mark("check")
+    plain_sha = hashlib.sha256(data).hexdigest()
+    clock.mark("hash")
     if existing is not None and existing.plain_sha256 != plain_sha:
         _refuse_conflict(storage, name, existing, plain_sha, len(data))
     if existing is not None and storage.exists(object_key(name)):
         if stored_intact(storage, name, existing):
-            return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes)
+            return PushResult(name, "exists", existing.plain_bytes, existing.stored_bytes, clock.cpu_ms)
         record_event(storage, "repaired", name, {"plain_sha256": plain_sha})  # damaged copy: store it again
-    stored = storage.put_bytes(object_key(name), seal(data, recipients, level=ZSTD_LEVEL, hash_log=ZSTD_HASH_LOG))
+    compressed = stream.compress(data, level=ZSTD_LEVEL, hash_log=ZSTD_HASH_LOG)
+    clock.mark("compress")
+    sealed = stream.encrypt(compressed, recipients)
+    del compressed
+    clock.mark("encrypt")
+    stored = storage.put_bytes(object_key(name), sealed)
+    del sealed
+    clock.mark("write")
     checkpoints.reached("wal-after-object")  # stored, not committed: a kill here leaves an uncommitted object
     sidecar = Sidecar(name=name, timeline=timeline, plain_sha256=plain_sha, plain_bytes=len(data),
                       stored_sha256=stored.sha256, stored_bytes=stored.size, pushed_at=_now(),
                       switches=history_switches(data) if name.endswith(".history") else None,
                       system_identifier=system_identifier)
     storage.put_bytes(sidecar_key(name), sidecar.to_bytes())
+    clock.mark("sidecar")
     checkpoints.reached("wal-after-sidecar")  # committed, not yet acknowledged to PostgreSQL
-    return PushResult(name, "archived", len(data), stored.size)
+    return PushResult(name, "archived", len(data), stored.size, clock.cpu_ms)
 
 
 def _refuse_conflict(storage: Storage, name: str, existing: Sidecar, plain_sha: str, size: int) -> NoReturn:

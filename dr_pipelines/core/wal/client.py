@@ -13,12 +13,15 @@ no drp imports) instead of the 1-2 s of a `drp` process:
   With no server listening it execs ``FALLBACK wal fetch NAME DEST``, or with ``-`` exits 200.
 """
 
-import os
 import sys
 
 # _socket, not socket: the socket module imports enum, selectors and collections, which doubled the
 # client's start-up CPU (23 ms against 11 ms here); PostgreSQL starts one client per segment.
 from _socket import AF_UNIX, SOCK_STREAM, socket
+
+# posix, not os, for the same reason: with -S nothing else imports os, whose import (with
+# _collections_abc, stat, posixpath) was 1.4 of the client's 8.7 ms of CPU (docs/benchmarks.md).
+from posix import execv, getcwd
 
 TIMEOUT_S = 600
 NOT_ARCHIVED_EXIT = 1
@@ -57,10 +60,10 @@ def push(sock_path: str, fallback: str, path: str) -> int:
         if fallback == "-":
             sys.stderr.write(f"drp wal archiver not reachable at {sock_path}\n")
             return 1
-        os.execv(fallback, [fallback, "wal", "push", path])
+        execv(fallback, [fallback, "wal", "push", path])
     if reply.startswith("ok"):
         return 0
-    sys.stderr.write(f"drp wal archiver: {reply} ({os.path.basename(path)})\n")
+    sys.stderr.write(f"drp wal archiver: {reply} ({path.rsplit('/', 1)[-1]})\n")
     return 1
 
 
@@ -73,18 +76,23 @@ def fetch(sock_path: str, fallback: str, name: str, dest: str) -> int:
         if fallback == "-":
             sys.stderr.write(f"drp wal fetch: the restore serving WAL is gone ({sock_path}): recovery stops\n")
             return ABORT_RECOVERY_EXIT
-        os.execv(fallback, [fallback, "wal", "fetch", name, dest])
+        execv(fallback, [fallback, "wal", "fetch", name, dest])
     if reply.startswith("ok"):
         return 0
     sys.stderr.write(f"drp wal fetch {name}: {reply}\n")
     return NOT_ARCHIVED_EXIT if reply.startswith("missing") else ABORT_RECOVERY_EXIT
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute against the working directory (PostgreSQL's %p is relative to the data directory)."""
+    return path if path.startswith("/") else f"{getcwd().rstrip('/')}/{path}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 4:
-        return push(argv[1], argv[2], os.path.abspath(argv[3]))
+        return push(argv[1], argv[2], absolute(argv[3]))
     if len(argv) == 6 and argv[1] == "fetch":
-        return fetch(argv[2], argv[3], argv[4], os.path.abspath(argv[5]))
+        return fetch(argv[2], argv[3], argv[4], absolute(argv[5]))
     sys.stderr.write("usage: client.py SOCKET FALLBACK_DRP|- WAL_PATH\n"
                      "       client.py fetch SOCKET FALLBACK_DRP|- WAL_NAME DEST_PATH\n")
     return ABORT_RECOVERY_EXIT if argv[1:2] == ["fetch"] else 2  # below 126 recovery would end short

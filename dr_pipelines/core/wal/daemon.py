@@ -102,7 +102,8 @@ class Archiver:
         except Exception as exc:
             self.log(f"push failed {path.name}: {str(exc).splitlines()[0]}")
             raise
-        self.log(f"push done {path.name} {result.status} {1000 * (time.monotonic() - started):.0f} ms")
+        phases = " ".join(f"{phase} {ms:.1f}" for phase, ms in result.cpu_ms.items())
+        self.log(f"push done {path.name} {result.status} {1000 * (time.monotonic() - started):.0f} ms; cpu ms: {phases}")
         return result
 
     def _start_read_ahead(self, path: Path) -> None:
