@@ -253,13 +253,23 @@ def wait_for_archive(data_dir: Path, names: list[str], *, poll: float = ARCHIVE_
     wal = data_dir / "pg_wal"
     started = time.monotonic()
     noticed = False
-    while busy := [name for name in names if _archive_busy(wal, name)]:
+    while busy := _still_busy(wal, names):
         if not noticed and time.monotonic() - started >= notice_after:
             noticed = True
             log.warning("base backup: still waiting for PostgreSQL to archive %s (%d s): check the WAL archiver "
                         "(`drp wal status`, pg_stat_archiver.last_failed_wal); the backup is not restorable "
                         "without its WAL", ", ".join(busy), notice_after)
         time.sleep(poll)
+
+
+def _still_busy(wal: Path, names: list[str]) -> list[str]:
+    try:
+        return [name for name in names if _archive_busy(wal, name)]
+    except OSError as exc:  # not ENOENT (a missing file is an answer): e.g. pg_wal links to a directory we cannot read
+        raise BackupError(f"cannot see whether PostgreSQL archived {', '.join(names)}: {exc.strerror} "
+                          f"({wal / 'archive_status'})",
+                          fix="run the backup as root or as the PostgreSQL OS user (it must read pg_wal as well as "
+                              "the data directory), or use base_backup_method pg_basebackup") from None
 
 
 def _archive_busy(wal: Path, name: str) -> bool:
