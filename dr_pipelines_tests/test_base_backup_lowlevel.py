@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ import pytest
 
 from dr_pipelines.core import checkpoints, context
 from dr_pipelines.core.backup.catalog import list_backups
-from dr_pipelines.core.backup.lowlevel import DataDirTar
+from dr_pipelines.core.backup.lowlevel import DataDirTar, wait_for_archive
 from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
 from dr_pipelines.core.manifest import Manifest
 from dr_pipelines.core.pg.checksums import database_checksums
@@ -40,7 +41,7 @@ from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.wal.archive import fetch_wal
-from dr_pipelines.core.wal.names import Segment
+from dr_pipelines.core.wal.names import Segment, parse_lsn
 from dr_pipelines_tests.support.procs import BIN, start_paused, wait_for
 from dr_pipelines_tests.support.wal import WalRig, in_recovery, start_recovering
 
@@ -131,6 +132,13 @@ def taken(rig: WalRig, cluster: LocalCluster, storage: Storage) -> tuple[Manifes
         shutil.rmtree(tmp_dir, ignore_errors=True)
     assert "dropped_after" in seen and "checksums" in seen
     assert len(written) > seen["dropped_after"] > 5  # the writer committed before, during and after the drop
+    # It returned only once PostgreSQL had archived what pg_backup_stop(wait_for_archive => true) waits for
+    # (drp waits for it itself): the stop segment and the backup history file, by the names the server wrote.
+    x = manifest.extra
+    history = f"{x['wal_start']}.{parse_lsn(x['start_lsn']) % x['segment_bytes']:08X}.backup"
+    status = cluster.data_dir / "pg_wal" / "archive_status"
+    assert (status / f"{x['wal_stop']}.done").exists() and (status / f"{history}.done").exists()
+    assert _entry(storage, manifest.id).wal_archived  # no wait: archived means stored by `drp wal push`
     return manifest, _comparable(seen["checksums"]), temp_rel
 
 
@@ -328,3 +336,39 @@ def test_the_tar_skips_vanished_files_pads_shrunk_ones_and_cuts_grown_ones(tmp_p
             assert listed[path] == (len(data), crc32c.crc32c(data).to_bytes(4, "little").hex()), path
     assert list(members)[-3:] == ["global/pg_control", "backup_label", "backup_manifest"]
     assert manifest["WAL-Ranges"] == [{"Timeline": 1, "Start-LSN": "0/3000028", "End-LSN": "0/3000100"}]
+
+
+def test_wait_for_archive_returns_when_the_status_turns_done_and_names_what_it_waits_for(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's test (XLogArchiveIsBusy) on a plain directory: .ready waits, .done or a file gone from pg_wal does not."""
+    status = tmp_path / "pg_wal" / "archive_status"
+    status.mkdir(parents=True)
+    segment, history = "000000010000000000000007", "000000010000000000000005.00000028.backup"
+    (tmp_path / "pg_wal" / segment).write_bytes(b"w")
+    (status / f"{segment}.ready").touch()
+    (status / f"{history}.done").touch()
+    gone = "000000010000000000000002"  # recycled already: no file and no status, so archived
+
+    def archive() -> None:
+        (status / f"{segment}.ready").rename(status / f"{segment}.done")
+
+    timer = threading.Timer(0.4, archive)
+    started = time.monotonic()
+    timer.start()
+    with caplog.at_level("WARNING", logger="dr_pipelines.core.backup.lowlevel"):
+        wait_for_archive(tmp_path, [segment, history, gone], poll=0.01, notice_after=0.1)
+    waited = time.monotonic() - started
+    timer.join()
+    assert 0.4 <= waited < 1.0  # it waited for the rename, and returned well inside the server's 1 s poll
+    assert [r.getMessage() for r in caplog.records if segment in r.getMessage() and history not in r.getMessage()]
+    caplog.clear()
+    started = time.monotonic()
+    (tmp_path / "pg_wal" / "000000010000000000000008").write_bytes(b"w")  # no status yet: not archived
+    blocked = threading.Thread(target=wait_for_archive, args=(tmp_path, ["000000010000000000000008"]),
+                               kwargs={"poll": 0.01}, daemon=True)
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()
+    (status / "000000010000000000000008.done").touch()
+    blocked.join(2)
+    assert not blocked.is_alive()

@@ -57,13 +57,13 @@ def backup_run(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Take a backup now (pg_dump, or pg_basebackup with --physical -> zstd -> age -> storage, manifest last), then apply retention."""
-    from dr_pipelines.core.backup.logical import BackupOptions
-    from dr_pipelines.core.backup.physical import BaseBackupOptions
     from dr_pipelines.core.backup.service import backup_now
     from dr_pipelines.core.errors import ConfigError
 
     options: BackupOptions | BaseBackupOptions
     if physical:
+        from dr_pipelines.core.backup.physical import BaseBackupOptions
+
         if no_globals or role_passwords:
             raise ConfigError("--no-globals and --role-passwords are for logical backups",
                               fix="leave them out with --physical (a base backup holds the whole cluster, roles included)")
@@ -72,6 +72,8 @@ def backup_run(
     elif slot is not None or method is not None:
         raise ConfigError("--slot and --method are for base backups", fix="add --physical, or leave them out")
     else:
+        from dr_pipelines.core.backup.logical import BackupOptions
+
         options = BackupOptions(compression_level=level, include_globals=not no_globals, role_passwords=role_passwords,
                                 source_replaced=source_replaced)
     with progress_bar(not as_json) as progress:

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -40,10 +41,12 @@ import psycopg
 
 from dr_pipelines.core import checkpoints
 from dr_pipelines.core.backup.pipeline import BackupError, stream_reader
+from dr_pipelines.core.errors import StorageError
 from dr_pipelines.core.manifest import ObjectEntry
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import READ_SIZE, CountingReader
+from dr_pipelines.core.wal.names import Segment, parse_lsn
 
 # basebackup.c (PostgreSQL 15): directories kept empty, at any depth
 EXCLUDE_DIR_CONTENTS = frozenset({"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
@@ -60,6 +63,9 @@ _DB_DIR = re.compile(r"base/[0-9]+/")
 CONTROL_FILE = "global/pg_control"
 FILE_MODE = 0o600  # pg_file_create_mode, for the files we write (backup_label)
 DIR_MODE = 0o700
+ARCHIVE_POLL_S = 0.02
+ARCHIVE_NOTICE_S = 60.0  # as the server's NOTICE in pg_backup_stop
+log = logging.getLogger(__name__)
 GRANT_FIX = ("back up as a superuser or a role granted EXECUTE on pg_backup_start and pg_backup_stop; "
              "read the PostgreSQL log for the cause")
 
@@ -171,12 +177,13 @@ class LowLevelResult:
 
 def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, key: str, recipients: list, *,
                   label: str, level: int, threads: int, progress: Progress | None, expected: int | None,
-                  tap: Callable[[bytes], None] | None = None) -> LowLevelResult:
-    """One backup session on ``conn`` (autocommit): pg_backup_start, the tar streamed to ``key``, pg_backup_stop.
+                  segment_bytes: int, tap: Callable[[bytes], None] | None = None) -> LowLevelResult:
+    """One backup session on ``conn`` (autocommit): pg_backup_start, the tar streamed to ``key``, pg_backup_stop,
+    then the wait until PostgreSQL has archived the stop segment (``wait_for_archive``).
 
     pg_backup_stop runs once the last data file is read (inside the stream: backup_label comes
-    from it), waiting until the stop segment is archived. On any failure the session's backup
-    is ended and the object deleted; a killed process ends it by closing the session.
+    from it). On any failure the session's backup is ended and the object deleted; a killed
+    process ends it by closing the session.
     """
     try:
         conn.execute("SELECT pg_backup_start(%s, fast => true)", (label,))
@@ -194,16 +201,87 @@ def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, ke
             raise tar.failure from None
         raise
     assert tar.stopped is not None
+    try:
+        wait_for_archive(data_dir, archived_before_done(tar.members["backup_label"].decode(), tar.stopped,
+                                                        segment_bytes))
+    except BaseException:
+        with contextlib.suppress(StorageError):
+            storage.delete(key)
+        raise
     return LowLevelResult(entry, tar.members)
 
 
 def _stop(conn: psycopg.Connection) -> tuple[str, str, str]:
+    """pg_backup_stop without the server's wait for the archive: ``wait_for_archive`` does it, faster."""
     try:
         lsn, label, spcmap = conn.execute(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => true)").fetchone()
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(wait_for_archive => false)").fetchone()
     except psycopg.Error as exc:
         raise BackupError(f"pg_backup_stop failed: {exc.diag.message_primary or exc}", fix=GRANT_FIX) from None
     return lsn, label, spcmap or ""
+
+
+def archived_before_done(label: str, stop_lsn: str, segment_bytes: int) -> list[str]:
+    """What pg_backup_stop(wait_for_archive => true) waits for: the segment holding the stop point's
+    last byte and the backup history file (``<start segment>.<start offset>.backup``)."""
+    tli, start = label_start(label)
+    start_lsn = parse_lsn(start)
+    stop_segment = Segment.of_lsn(tli, parse_lsn(stop_lsn) - 1, segment_bytes).name  # XLByteToPrevSeg
+    history = f"{Segment.of_lsn(tli, start_lsn, segment_bytes).name}.{start_lsn % segment_bytes:08X}.backup"
+    return [stop_segment, history]
+
+
+def label_start(label: str) -> tuple[int, str]:
+    """(start timeline, start LSN) from the backup_label pg_backup_stop returned."""
+    start = re.search(r"^START WAL LOCATION: (\S+)", label, re.M)
+    timeline = re.search(r"^START TIMELINE: (\d+)", label, re.M)
+    if not (start and timeline):
+        raise BackupError("pg_backup_stop returned a backup_label without its start LSN or timeline",
+                          fix="report this with the PostgreSQL version")
+    return int(timeline.group(1)), start.group(1)
+
+
+def wait_for_archive(data_dir: Path, names: list[str], *, poll: float = ARCHIVE_POLL_S,
+                     notice_after: float = ARCHIVE_NOTICE_S) -> None:
+    """Return once PostgreSQL has archived every WAL file in ``names``; like the server, wait as long as it takes.
+
+    pg_backup_stop(wait_for_archive => true) does this itself, but its loop sleeps a whole second
+    between looks and the archiver's success does not wake it: every backup paid ~1 s there while
+    the segment had been archived within milliseconds (docs/benchmarks.md, "Base backups"). The
+    test is the server's own (XLogArchiveIsBusy), on the data directory this method reads anyway.
+    """
+    wal = data_dir / "pg_wal"
+    started = time.monotonic()
+    noticed = False
+    while busy := _still_busy(wal, names):
+        if not noticed and time.monotonic() - started >= notice_after:
+            noticed = True
+            log.warning("base backup: still waiting for PostgreSQL to archive %s (%d s): check the WAL archiver "
+                        "(`drp wal status`, pg_stat_archiver.last_failed_wal); the backup is not restorable "
+                        "without its WAL", ", ".join(busy), notice_after)
+        time.sleep(poll)
+
+
+def _still_busy(wal: Path, names: list[str]) -> list[str]:
+    try:
+        return [name for name in names if _archive_busy(wal, name)]
+    except OSError as exc:  # not ENOENT (a missing file is an answer): e.g. pg_wal links to a directory we cannot read
+        raise BackupError(f"cannot see whether PostgreSQL archived {', '.join(names)}: {exc.strerror} "
+                          f"({wal / 'archive_status'})",
+                          fix="run the backup as root or as the PostgreSQL OS user (it must read pg_wal as well as "
+                              "the data directory), or use base_backup_method pg_basebackup") from None
+
+
+def _archive_busy(wal: Path, name: str) -> bool:
+    """XLogArchiveIsBusy(): not yet archived unless ``.done`` exists or the file is already gone from pg_wal."""
+    status = wal / "archive_status"
+    if (status / f"{name}.done").exists():
+        return False
+    if (status / f"{name}.ready").exists():
+        return True
+    if (status / f"{name}.done").exists():  # renamed between our two looks
+        return False
+    return (wal / name).exists()
 
 
 class DataDirTar:
@@ -251,12 +329,8 @@ class DataDirTar:
         yield from self._content("backup_label", label.encode())
         if spcmap:
             yield from self._content("tablespace_map", spcmap.encode())
-        start = re.search(r"^START WAL LOCATION: (\S+)", label, re.M)
-        timeline = re.search(r"^START TIMELINE: (\d+)", label, re.M)
-        if not (start and timeline):
-            raise BackupError("pg_backup_stop returned a backup_label without its start LSN or timeline",
-                              fix="report this with the PostgreSQL version")
-        manifest = self.manifest.render(int(timeline.group(1)), start.group(1), stop_lsn)
+        timeline, start = label_start(label)
+        manifest = self.manifest.render(timeline, start, stop_lsn)
         self.members.update({"backup_label": label.encode(), "backup_manifest": manifest})
         yield _header("backup_manifest", len(manifest), time.time(), FILE_MODE)
         yield manifest + _padding(len(manifest))

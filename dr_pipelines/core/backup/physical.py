@@ -98,7 +98,8 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         if data_dir is not None:
             taken = take_lowlevel(conn, data_dir, storage, key, age_recipients, label=f"drp {backup_id}",
                                   level=options.compression_level, threads=options.zstd_threads, progress=progress,
-                                  expected=cluster["size"], tap=_with_checkpoint(lambda data: None))
+                                  expected=cluster["size"], segment_bytes=cluster["segment_bytes"],
+                                  tap=_with_checkpoint(lambda data: None))
             entry, files, tool = taken.entry, taken.files, None
         else:
             tool = client_tool("pg_basebackup", locked.ident.major)
