@@ -41,7 +41,7 @@ from base_backup import Bench, as_pg
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port, give_to_server
-from dr_pipelines_tests.support.pitr_load import pgbench
+from dr_pipelines_tests.support.pitr_load import pgbench, pgbench_init
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 BIN = Path(sys.executable).parent
@@ -216,7 +216,7 @@ def main() -> None:
     failed = True
     try:
         with rig.archiver(), psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            pgbench(cluster, "-i", "-q", "-s", str(args.scale))
+            pgbench_init(cluster, args.scale)
             bench = Bench(base, cluster, "", archive_check=True)
             both = (f"'{rig.archive_command()} && {bench.pgbackrest} --config={bench.conf} --stanza=bench "
                     f"archive-push %p'")
