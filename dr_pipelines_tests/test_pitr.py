@@ -526,6 +526,36 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
         obj.write_bytes(original)
 
 
+def test_the_last_segment_asked_again_after_the_end_is_served_from_the_spool(ledger: Ledger, where: Path) -> None:
+    """End of archive recovery: the next segment is missing, then PostgreSQL asks for the last one again (to
+    begin its new timeline). The spool still holds it (a missing answer sweeps nothing): no second fetch.
+    Once a later file is found, it is swept."""
+    first = Segment.parse(ledger.base("b").wal_start)
+    last, after = first.following(1)[0].name, "0000000100000000000000FF"
+    data_dir, spool = where / "data", where / "spool"
+    (data_dir / "pg_wal").mkdir(parents=True, mode=0o700)
+    dest = data_dir / "pg_wal" / "RECOVERYXLOG"
+    fetcher = WalFetcher(ledger.storage, context.identities(ledger.rig.settings(), None), data_dir, spool=spool,
+                         prefetch=2)
+    try:
+        assert fetcher.answer(f"fetch\t{last}\t{dest}") == "ok archive"
+        wanted = hashlib.sha256(dest.read_bytes()).hexdigest()
+        dest.unlink()  # PostgreSQL deletes RECOVERYXLOG once read
+        assert fetcher.answer(f"fetch\t{after}\t{dest}").startswith("missing")
+        obj, _ = _stored(ledger, last)
+        hidden = obj.with_name(obj.name + ".away")
+        obj.rename(hidden)  # a second fetch from the archive would now fail
+        try:
+            assert fetcher.answer(f"fetch\t{last}\t{dest}") == "ok spool"
+        finally:
+            hidden.rename(obj)
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == wanted
+        assert fetcher.answer(f"fetch\t{first.following(2)[-1].name}\t{dest}").startswith("ok")
+        assert last not in {p.name for p in spool.iterdir()}
+    finally:
+        fetcher.close()
+
+
 def test_the_served_restore_command_exits_0_1_or_200_and_writes_only_into_pg_wal(ledger: Ledger, where: Path) -> None:
     """restore_command as PostgreSQL runs it (its OS user, in the data directory, %p = pg_wal/RECOVERYXLOG)
     against the WalFetcher a PITR serves: 0 and the file the server's user can read, 1 for a name not in
