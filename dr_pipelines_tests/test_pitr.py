@@ -257,6 +257,7 @@ def test_the_restored_server_starts_once_and_is_secured_without_a_restart(ledger
             assert ids_of(conn) == ledger.ids_after[6]
         auto = (rec.data_dir / "postgresql.auto.conf").read_text()
         assert "restore_command" not in auto and "recovery_target" not in auto and "archive_mode = off" in auto
+        assert "recovery_init_sync_method" not in auto  # syncfs only for the first start after extraction
         assert f"port = {rec.port}" in auto and not (rec.data_dir / "recovery.signal").exists()
         for where_to in ({"host": "127.0.0.1"}, {"host": str(rec.data_dir)}):  # no password: refused on both
             with pytest.raises(psycopg.OperationalError, match="password"):
