@@ -14,7 +14,9 @@ import json
 import os
 import pwd
 import shlex
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,6 +162,10 @@ def pitr(ledger: Ledger, target: RecoveryTarget, data_dir: Path, **kwargs: Any) 
                             identities=identities, **kwargs)
 
 
+def ids_of(conn: psycopg.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT id FROM ledger ORDER BY id")]
+
+
 def restored_ids(result: PitrResult) -> tuple[list[int], str]:
     assert result.recovery.dsn is not None
     with psycopg.connect(result.recovery.dsn) as conn:
@@ -221,6 +227,77 @@ def test_pitr_restores_exactly_the_rows_committed_before_the_target(ledger: Ledg
     finally:
         LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
     assert_untouched_by_restores(ledger, before)
+
+
+def test_the_restored_server_starts_once_and_is_secured_without_a_restart(ledger: Ledger, where: Path) -> None:
+    """One start: the promoted server already listens on 127.0.0.1; FINAL_HBA is reloaded (scram on TCP and
+    socket, proven by a login with the passfile), the recovery settings leave the file, archiving stays off.
+    A busy port is replaced by another before anything is recovered."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    try:
+        result = pitr(ledger, RecoveryTarget.parse(latest=True), where / "restored", port=taken)
+    finally:
+        busy.close()
+    rec = result.recovery
+    cluster = LocalCluster(data_dir=rec.data_dir, port=rec.port)
+    try:
+        assert rec.port != taken and rec.timeline == 2 and rec.dsn is not None
+        log = cluster.log_tail(10000)
+        assert log.count("starting PostgreSQL") == 1 and "shutdown request" not in log, log
+        assert "selected new timeline ID: 2" in log and "archive recovery complete" in log
+        with psycopg.connect(rec.dsn) as conn:  # scram with the passfile, over TCP
+            assert conn.execute("SELECT pg_is_in_recovery(), current_setting('archive_mode'), "
+                                "current_setting('archive_command'), inet_server_addr()::text").fetchone() == (
+                False, "off", "(disabled)", "127.0.0.1/32")
+            rules = conn.execute("SELECT type, auth_method FROM pg_hba_file_rules ORDER BY line_number").fetchall()
+            assert rules == [("local", "scram-sha-256"), ("host", "scram-sha-256"), ("host", "scram-sha-256")]
+            assert ids_of(conn) == ledger.ids_after[6]
+        auto = (rec.data_dir / "postgresql.auto.conf").read_text()
+        assert "restore_command" not in auto and "recovery_target" not in auto and "archive_mode = off" in auto
+        assert "recovery_init_sync_method" not in auto  # syncfs only for the first start after extraction
+        assert f"port = {rec.port}" in auto and not (rec.data_dir / "recovery.signal").exists()
+        for where_to in ({"host": "127.0.0.1"}, {"host": str(rec.data_dir)}):  # no password: refused on both
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(port=rec.port, user="postgres", dbname="postgres", passfile="/dev/null",
+                                **where_to).close()
+    finally:
+        cluster.remove()
+
+
+def test_tcp_is_rejected_while_recovering_and_if_the_restore_dies_before_securing(ledger: Ledger,
+                                                                               where: Path) -> None:
+    """Until the fresh password and scram are in place TCP is refused by pg_hba, even for the superuser of a
+    source whose password we may know: a restore killed there leaves a server nobody can log into over TCP."""
+    data_dir, work = where / "restored", ledger.rig.root / "work"
+    proc = start_paused(["restore", "--pitr", "--latest", "--data-dir", str(data_dir)],
+                        {"DRP_CONFIG": str(ledger.rig.config), "DRP_WORK_DIR": str(work)}, "pitr-recovering")
+    try:
+        auto = (data_dir / "postgresql.auto.conf").read_text()
+        port = int(next(line.split("=")[1] for line in auto.splitlines() if line.startswith("port")))
+        assert "listen_addresses = '127.0.0.1'" in auto
+
+        answers: list[str] = []
+
+        def answered() -> bool:
+            try:
+                psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                passfile="/dev/null", connect_timeout=2).close()
+                answers.append("logged in")
+            except psycopg.OperationalError as exc:
+                if "pg_hba.conf rejects connection" in str(exc):
+                    answers.append("rejected")
+            return bool(answers)
+
+        wait_for(answered, timeout=30, what="the recovering server to answer on TCP", interval=0.1)
+        assert answers == ["rejected"]  # up and saying no, not merely not listening yet
+    finally:
+        proc.kill()
+        proc.wait()
+    sweep_leftovers(work)
+    nothing_left(data_dir)
 
 
 def test_cli_pitr_to_an_lsn_into_a_data_dir_leaves_it_stopped(ledger: Ledger, where: Path) -> None:
@@ -375,6 +452,35 @@ def test_a_wal_gap_is_named_and_the_pitr_refused_before_anything_starts(ledger: 
             dst.rename(src)
 
 
+def test_a_gap_found_while_extracting_abandons_the_extraction_before_any_start(ledger: Ledger, where: Path) -> None:
+    """The WAL check runs beside the extraction: its refusal stops the extraction at the next tar member,
+    removes it and is what is raised; PostgreSQL never starts."""
+    name = _segment_between(ledger, "b")
+    moved = [(p, p.with_name(p.name + ".away")) for p in _stored(ledger, name)]
+    copy = extract_from_storage(ledger.storage, context.identities(ledger.rig.settings(), None))
+    seen: list[BaseException] = []
+
+    def slow_extract(base: BaseBackup, data_dir: Path) -> None:
+        time.sleep(3)  # the check (milliseconds here) fails meanwhile
+        try:
+            copy(base, data_dir)
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    for src, dst in moved:
+        src.rename(dst)
+    try:
+        with pytest.raises(PitrError, match=f"PITR past a gap refused.*{name}"):
+            pitr(ledger, RecoveryTarget.parse(latest=True), where / "restored", extract=slow_extract)
+        assert len(seen) == 1 and "PITR past a gap refused" in str(seen[0])  # abandoned by the check's refusal
+        nothing_left(where / "restored")
+        assert not (where / "restored").exists()
+    finally:
+        for src, dst in moved:
+            dst.rename(src)
+
+
 def test_only_the_wal_a_restore_needs_is_checked(ledger: Ledger) -> None:
     """A damaged segment older than the chosen base does not block it; the same from the older base is refused."""
     name = ledger.base("a").wal_start
@@ -408,18 +514,47 @@ def test_a_corrupt_segment_aborts_recovery_naming_it(ledger: Ledger, where: Path
         missing = ledger.rig.drp("wal", "fetch", "0000000100000000000000FF", str(where / "x"))
         assert missing.returncode == 1  # not in the archive: the normal end of recovery
 
-        obj.write_bytes(original)  # intact when checked, damaged once the base is in place: replay meets it
-        copy = extract_from_storage(ledger.storage, context.identities(ledger.rig.settings(), None))
+        obj.write_bytes(original)  # intact when checked, damaged once the check is done: replay meets it
 
-        def extract_then_damage(base: BaseBackup, data_dir: Path) -> None:
-            copy(base, data_dir)
-            obj.write_bytes(bytes(damaged))
+        def damage_once_checked(line: str) -> None:  # logged after the check and the extraction, before the start
+            if line.endswith(" checked"):
+                obj.write_bytes(bytes(damaged))
 
         with pytest.raises(PitrError, match=f"recovery failed(.|\n)*{name}"):
-            pitr(ledger, RecoveryTarget.parse(latest=True), where / "replayed", extract=extract_then_damage)
+            pitr(ledger, RecoveryTarget.parse(latest=True), where / "replayed", log=damage_once_checked)
         nothing_left(where / "replayed")
     finally:
         obj.write_bytes(original)
+
+
+def test_the_last_segment_asked_again_after_the_end_is_served_from_the_spool(ledger: Ledger, where: Path) -> None:
+    """End of archive recovery: the next segment is missing, then PostgreSQL asks for the last one again (to
+    begin its new timeline). The spool still holds it (a missing answer sweeps nothing): no second fetch.
+    Once a later file is found, it is swept."""
+    first = Segment.parse(ledger.base("b").wal_start)
+    last, after = first.following(1)[0].name, "0000000100000000000000FF"
+    data_dir, spool = where / "data", where / "spool"
+    (data_dir / "pg_wal").mkdir(parents=True, mode=0o700)
+    dest = data_dir / "pg_wal" / "RECOVERYXLOG"
+    fetcher = WalFetcher(ledger.storage, context.identities(ledger.rig.settings(), None), data_dir, spool=spool,
+                         prefetch=2)
+    try:
+        assert fetcher.answer(f"fetch\t{last}\t{dest}") == "ok archive"
+        wanted = hashlib.sha256(dest.read_bytes()).hexdigest()
+        dest.unlink()  # PostgreSQL deletes RECOVERYXLOG once read
+        assert fetcher.answer(f"fetch\t{after}\t{dest}").startswith("missing")
+        obj, _ = _stored(ledger, last)
+        hidden = obj.with_name(obj.name + ".away")
+        obj.rename(hidden)  # a second fetch from the archive would now fail
+        try:
+            assert fetcher.answer(f"fetch\t{last}\t{dest}") == "ok spool"
+        finally:
+            hidden.rename(obj)
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == wanted
+        assert fetcher.answer(f"fetch\t{first.following(2)[-1].name}\t{dest}").startswith("ok")
+        assert last not in {p.name for p in spool.iterdir()}
+    finally:
+        fetcher.close()
 
 
 def test_the_served_restore_command_exits_0_1_or_200_and_writes_only_into_pg_wal(ledger: Ledger, where: Path) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from dr_pipelines.core import checkpoints
@@ -30,6 +32,23 @@ from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.verified_read import read_verified
 
 EXTRACTING_AFTER = 20  # tar members (a base backup has hundreds)
+_ABANDON: ContextVar[Callable[[], None] | None] = ContextVar("drp_abandon_extraction", default=None)
+
+
+@contextmanager
+def abandon_extraction_if(check: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, extractions in this thread call ``check`` after every tar member; an
+    exception it raises abandons the extraction (which removes what it wrote, as for any failure).
+
+    A point-in-time restore checks its WAL while the base backup is extracted (core/restore/pitr.py):
+    a gap found then stops a long extraction early. A context variable, not a parameter, so callers
+    that wrap the extraction (verification's pg_verifybackup) need not pass it through.
+    """
+    token = _ABANDON.set(check)
+    try:
+        yield
+    finally:
+        _ABANDON.reset(token)
 
 
 def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequence[object], data_dir: Path, *,
@@ -82,9 +101,12 @@ def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identiti
 
 def _checkpoint_while_extracting(members: int) -> None:
     """Checkpoint 'base-extracting' once EXTRACTING_AFTER members are out (half-extracted: where crash
-    tests kill -9 a restore)."""
+    tests kill -9 a restore); the abandon_extraction_if check after every member."""
     if members == EXTRACTING_AFTER:
         checkpoints.reached("base-extracting")
+    check = _ABANDON.get()
+    if check is not None:
+        check()
 
 def verify_base_backup(data_dir: Path, wal_dir: Path | None = None) -> list[str]:
     """pg_verifybackup on an extracted base backup: the problems it reports (empty: the files match backup_manifest).

@@ -1,16 +1,21 @@
 """Point-in-time restore (issue 13 item 6): a base backup plus archived WAL, recovered to a target.
 
-The steps, each refusing before the next costs anything: parse the target (targets.py), choose
-the newest base backup that stopped before it (never after: no silent overshoot), check every
-WAL segment from the base's start to the target in storage (a gap or corrupt segment is named
-before any byte is restored), extract the base into the data directory under a lease (a killed
-restore is swept by the next command, core/pg/leases.py), then recover and promote with
-archiving off (recovery.py). Whatever fails, nothing half-restored is left running or on disk.
+The steps, each refusing before the server starts: parse the target (targets.py), choose the
+newest base backup that stopped before it (never after: no silent overshoot), then, at the same
+time, check every WAL segment from the base's start to the target in storage and extract the base
+into the data directory under a lease (a killed restore is swept by the next command,
+core/pg/leases.py). The check (listing and re-hashing stored WAL) and the extraction (decrypting
+and unpacking the base) are independent until the server starts, so the check's time hides behind
+the extraction's; a gap or corrupt segment it finds abandons the extraction at its next tar member,
+removes what was extracted and is raised naming the segment, before PostgreSQL starts. Then
+recover and promote with archiving off (recovery.py). Whatever fails, nothing half-restored is left
+running or on disk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,26 @@ def extract_from_storage(storage: Storage, identities: Sequence[object], progres
     return extract
 
 
+def _extract_while_checking(extract: Extract, base: BaseBackup, data_dir: Path, checking: Future[WalPlan]) -> WalPlan:
+    """``extract`` while ``checking`` runs; the check's failure abandons the extraction and is raised (the
+    caller removes the directory), else the checked plan once both are done."""
+    from dr_pipelines.core.restore.physical import abandon_extraction_if
+
+    def stop_if_refused() -> None:
+        if checking.done() and checking.exception() is not None:
+            raise checking.exception()  # type: ignore[misc]
+
+    try:
+        with abandon_extraction_if(stop_if_refused):
+            extract(base, data_dir)
+    except BaseException:
+        if checking.done() and checking.exception() is not None:
+            raise checking.exception() from None  # type: ignore[misc]  # the refusal, not how extraction ended
+        checking.cancel()
+        raise
+    return checking.result()
+
+
 @dataclass(frozen=True)
 class PitrResult:
     base: BaseBackup
@@ -87,13 +112,12 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     base = choose_base_backup(entries, target, target_lsn=target_lsn, lineage=lineage)
     if target.kind == "immediate":
         target_lsn = base.stop_lsn  # only the base's own WAL is checked and replayed
-    plan = check_wal(storage, base, target, target_lsn=target_lsn, timeline=lineage.timeline)
-    if log:
-        log(f"restoring {base.describe()} to {target.describe()} along timeline {lineage.timeline}; "
-            f"WAL {plan.first}..{plan.last} checked")
     data_dir = data_dir.resolve()
     if data_dir.exists() and any(data_dir.iterdir()):
         raise PitrError(f"data directory {data_dir} is not empty", fix="pass a new or empty directory")
+    if log:
+        log(f"restoring {base.describe()} to {target.describe()} along timeline {lineage.timeline}; "
+            f"checking the WAL from {base.wal_start} while extracting")
     created = not data_dir.exists()
     # The lease covers the extraction too: a kill -9 mid-extract leaves files but no passfile yet, so the lease
     # says the directory was new or empty and the next command's sweep removes what it holds.
@@ -103,7 +127,11 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         spool = lease.path / "spool"  # WAL in clear: 0700, only this process uses it, gone with the lease
         spool.mkdir(mode=0o700)
         data_dir.mkdir(mode=0o700, exist_ok=True)
-        extract(base, data_dir)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drp-wal-check") as pool:
+            checking = pool.submit(check_wal, storage, base, target, target_lsn=target_lsn, timeline=lineage.timeline)
+            plan = _extract_while_checking(extract, base, data_dir, checking)
+        if log:
+            log(f"WAL {plan.first}..{plan.last} checked")
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),

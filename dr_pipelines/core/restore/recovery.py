@@ -1,22 +1,28 @@
 """Run PostgreSQL's archive recovery on an extracted base backup up to a target, then promote.
 
-While it recovers, the server listens only on a unix socket in a private (0700) directory with
-``trust`` (nobody but the server's OS user and root can reach it) and never on TCP. It archives
-nothing: ``archive_mode = off`` and no archive command, so a test restore can never push WAL into
-the production repository (pgBackRest's ``--archive-mode=off``). WAL comes from this process: a
-WalFetcher (parallel prefetch into a private spool) serves restore_command's stdlib client on a
-socket in the same private folder (served_restore_command). Progress is the WAL replayed
-(``pg_last_wal_replay_lsn``). After promotion the superuser gets a fresh random password (the
-SCRAM verifier is computed client-side, so the password never reaches the server or its log),
-kept only in the passfile as for every cluster drp makes (core/pg/cluster.py); pg_hba becomes
-scram-only and the server restarts on 127.0.0.1. A recovery that fails or ends before the target
-raises PitrError with PostgreSQL's reason; the caller removes the directory.
+The server starts once, already listening where it will stay (127.0.0.1 and a unix socket in its
+0700 data directory), so no restart follows the promotion. Until it is secured, pg_hba rejects every
+TCP connection and trusts only the unix socket, whose directory nobody but the server's OS user and
+root can enter (a data directory too deep for a socket path: a private 0700 folder instead). It
+archives nothing: ``archive_mode = off`` and no archive command from the first start, so a test
+restore can never push WAL into the production repository (pgBackRest's ``--archive-mode=off``).
+WAL comes from this process: a WalFetcher (parallel prefetch into a private spool) serves
+restore_command's stdlib client on a socket in a private folder (served_restore_command). Progress
+is the WAL replayed (``pg_last_wal_replay_lsn``). After promotion (a new timeline) the superuser
+gets a fresh random password (the SCRAM verifier is computed client-side, so the password never
+reaches the server or its log), kept only in the passfile as for every cluster drp makes
+(core/pg/cluster.py); pg_hba becomes scram-only and is reloaded, and a scram login over TCP proves
+it took effect before anyone is handed the DSN. The recovery settings leave postgresql.auto.conf
+after that reload: the running server keeps them in memory, unused once promoted (a later reload
+only logs that they wait for a restart). A recovery that fails or ends before the target raises
+PitrError with PostgreSQL's reason; the caller removes the directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import pwd
 import re
 import secrets
@@ -51,7 +57,14 @@ from dr_pipelines.core.wal.restore import WalFetcher
 
 PHASE = "WAL replayed"
 LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`
-RECOVERY_HBA = "local all all trust\n"  # the socket's directory is 0700: only the server's OS user and root
+POLL_S = 0.1  # replay progress and promotion; each poll is one short connection
+RELOAD_TIMEOUT_S = 30  # for the postmaster to load FINAL_HBA after pg_reload_conf()
+LAUNCH_ATTEMPTS = 3  # the free port taken by someone else before the server bound it: another one
+# The socket's directory is 0700 (the data directory, or a private folder): only the server's OS user and root.
+# TCP is refused until the promoted server has a fresh superuser password and FINAL_HBA is loaded.
+RECOVERY_HBA = ("local all all trust\n"
+                "host all all 127.0.0.1/32 reject\n"
+                "host all all ::1/128 reject\n")
 FINAL_HBA = ("local all all scram-sha-256\n"
              "host all all 127.0.0.1/32 scram-sha-256\n"
              "host all all ::1/128 scram-sha-256\n")
@@ -59,7 +72,8 @@ FINAL_HBA = ("local all all scram-sha-256\n"
 NO_ARCHIVING = {"archive_mode": "off", "archive_command": "''", "archive_library": "''", "primary_conninfo": "''",
                 "primary_slot_name": "''"}
 FETCH_SOCKET = "drp-fetch"  # beside .s.PGSQL.PORT and shorter: fits wherever socket_dir_in said that fits
-RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
+SYNCFS_REPORTS_ERRORS = (5, 8)  # Linux: syncfs() returns writeback errors from 5.8 on (PostgreSQL's docs)
+RECOVERY_KEYS = ("recovery_init_sync_method", "restore_command", "recovery_target", "recovery_target_time", "recovery_target_lsn",
                  "recovery_target_xid", "recovery_target_name", "recovery_target_inclusive", "recovery_target_action",
                  "recovery_target_timeline")
 
@@ -95,16 +109,34 @@ def served_restore_command(sock: Path) -> str:
     return " ".join(shlex.quote(p) for p in parts) + " %f %p"
 
 
+def _start_sync() -> dict[str, str]:
+    """The first start after a base backup fsyncs the whole data directory (it was not shut down cleanly):
+    one fsync per file, thousands of device flushes (2.6-2.8 s on the 1 GB benchmark here), or one syncfs()
+    of the file system (0.04-0.9 s). The extraction already fdatasync'd every file it wrote
+    (core/restore/untar.py), so syncfs finds little left. Only where syncfs reports write errors; the
+    setting leaves postgresql.auto.conf with the other recovery settings (the source's choice stays in
+    postgresql.conf)."""
+    release = platform.release() if platform.system() == "Linux" else ""
+    try:
+        version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return {}
+    return {"recovery_init_sync_method": "syncfs"} if version >= SYNCFS_REPORTS_ERRORS else {}
+
+
 def configure_recovery(data_dir: Path, target: RecoveryTarget, *, restore_command: str, socket_dir: Path,
                        port: int, timeline: str = "latest", extra: Mapping[str, str] | None = None) -> None:
     """recovery.signal plus the settings: restore_command, the target, promote at it, archiving off,
-    socket only. The base backup's own postgresql.auto.conf is kept underneath (its tuning), ``extra``
-    (plain postgresql.conf values, e.g. fsync off for a throwaway) on top; they stay after promotion."""
+    listening on 127.0.0.1 and in ``socket_dir`` (0700: the data directory or a private folder), with
+    RECOVERY_HBA (TCP rejected). The base backup's own postgresql.auto.conf is kept underneath (its
+    tuning), ``extra`` (plain postgresql.conf values, e.g. fsync off for a throwaway) on top; they stay
+    after promotion."""
     give_to_server(data_dir)
+    os.chmod(data_dir, 0o700)  # it may hold the trusted socket: never group-readable (initdb -g)
     cluster = LocalCluster(data_dir=data_dir, port=port)
     settings = {
-        **_without(cluster.read_settings(), RECOVERY_KEYS), **(extra or {}),
-        "port": str(port), "listen_addresses": "''", "unix_socket_directories": conf_value(str(socket_dir)),
+        **_without(cluster.read_settings(), RECOVERY_KEYS), **_start_sync(), **(extra or {}),
+        **cluster.listen_settings(), "unix_socket_directories": conf_value(str(socket_dir)),
         **NO_ARCHIVING, "hot_standby": "on",
         "restore_command": conf_value(restore_command),
         **{k: conf_value(v) for k, v in target.settings().items()},
@@ -128,18 +160,20 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
     WAL comes from ``fetcher``, served on a socket in ``socket_dir`` while the server recovers
     (served_restore_command), or from a ready-made ``restore_command``.
 
-    On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly.
-    On failure the server is stopped; removing the directory is the caller's (it knows if it made it).
-    ``socket_dir``: a private folder for the recovery's socket (in the caller's lease, so a killed run's is
-    swept); default a new one under the temp dir, removed at the end. ``settings``: see configure_recovery's ``extra``.
+    On success the server runs on 127.0.0.1 with scram (``keep_running``) or is stopped cleanly; it is
+    started once (see the module docstring). On failure the server is stopped; removing the directory
+    is the caller's (it knows if it made it). ``socket_dir``: a private folder for the fetch socket (in
+    the caller's lease, so a killed run's is swept), and for the server's own when the data directory
+    is too deep for one; default a new one under the temp dir, removed at the end. ``settings``: see
+    configure_recovery's ``extra``.
     """
     started = time.monotonic()
-    port = port or free_port()
     own_socket_dir = socket_dir is None
     if socket_dir is None:
         socket_dir = Path(tempfile.mkdtemp(prefix="drp-pitr-"))  # short: a socket path has a 107-byte limit
     give_to_server(socket_dir)
-    cluster = LocalCluster(data_dir=data_dir, port=port)
+    cluster = LocalCluster(data_dir=data_dir, port=port or free_port())
+    server_sockets = data_dir if _socket_fits(data_dir) else socket_dir
     try:
         if not cluster.passfile.exists():
             write_private(cluster.passfile, "")  # marks it as ours for the lease sweep from the first moment
@@ -150,12 +184,21 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
                 restore_command = served_restore_command(sock)
             if not restore_command:
                 raise TypeError("recover() needs a fetcher or a restore_command")
-            configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=socket_dir, port=port,
-                               timeline=timeline, extra=settings)
-            cluster.launch()
-            reached("pitr-recovering")
-            replayed, last_commit = _follow(cluster, socket_dir, start_lsn, target_lsn, progress)
-            new_timeline = _secure(cluster, socket_dir)  # stops the server: no restore_command after this
+            for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+                configure_recovery(data_dir, target, restore_command=restore_command, socket_dir=server_sockets,
+                                   port=cluster.port, timeline=timeline, extra=settings)
+                cluster.launch()
+                reached("pitr-recovering")
+                try:
+                    replayed, last_commit = _follow(cluster, server_sockets, start_lsn, target_lsn, progress)
+                    break
+                except PitrError:
+                    if attempt == LAUNCH_ATTEMPTS or not _port_taken(cluster):
+                        raise
+                    cluster.port = free_port()  # it bound nothing and recovered nothing: start again elsewhere
+            new_timeline = _secure(cluster, server_sockets)  # restore_command is never run again once promoted
+        if not keep_running:
+            cluster.stop()
     except BaseException:
         with contextlib.suppress(ClusterError):
             cluster.stop("immediate")
@@ -163,18 +206,25 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
     finally:
         if own_socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
-    cluster.start(retry_other_port=True)
-    if not keep_running:
-        cluster.stop()
     return RecoveryResult(data_dir=data_dir, port=cluster.port, timeline=new_timeline, replayed_to=replayed,
                           last_commit_time=last_commit, seconds=time.monotonic() - started, running=keep_running,
                           dsn=cluster.dsn() if keep_running else None)
 
 
+def _socket_fits(folder: Path) -> bool:
+    return len(os.fsencode(f"{folder}/.s.PGSQL.65535")) <= MAX_SOCKET_PATH
+
+
+def _port_taken(cluster: LocalCluster) -> bool:
+    """Whether the server exited because its TCP port was taken (between free_port and its bind)."""
+    log = cluster.log_tail(50)
+    return "could not bind" in log or "could not create any TCP/IP sockets" in log
+
+
 def socket_dir_in(folder: Path) -> Path | None:
     """``folder``/sock (0700) when a socket path there fits the 107-byte limit, else None (use the temp dir)."""
     path = folder / "sock"
-    if len(os.fsencode(f"{path}/.s.PGSQL.65535")) > MAX_SOCKET_PATH:
+    if not _socket_fits(path):
         return None
     path.mkdir(mode=0o700)
     return path
@@ -187,6 +237,7 @@ def _server_uid() -> int | None:
 
 
 def _connect(socket_dir: Path, port: int) -> psycopg.Connection:
+    """The superuser over the trusted socket (RECOVERY_HBA), while the server recovers."""
     return psycopg.connect(host=str(socket_dir), port=port, user=SUPERUSER, dbname="postgres", autocommit=True,
                            connect_timeout=5)
 
@@ -207,13 +258,13 @@ def _follow(cluster: LocalCluster, socket_dir: Path, start_lsn: int, target_lsn:
                     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
                 ).fetchone()
         except psycopg.OperationalError:
-            time.sleep(0.3)  # starting up, or not consistent yet
+            time.sleep(POLL_S)  # starting up, or not consistent yet
             continue
         if replay and progress:
             progress(PHASE, max(0, parse_lsn(replay) - start_lsn), total)
         if not in_recovery:
             return replay or format_lsn(start_lsn), last_commit.isoformat() if last_commit else None
-        time.sleep(0.3)
+        time.sleep(POLL_S)
 
 
 _REASONS = re.compile(r"FATAL|PANIC|error:|could not restore|restore_command|recovery ended|  fix:")
@@ -233,21 +284,44 @@ def _failure(cluster: LocalCluster) -> PitrError:
 
 
 def _secure(cluster: LocalCluster, socket_dir: Path) -> int:
-    """A random superuser password (passfile only), scram everywhere, TCP on 127.0.0.1; the new timeline."""
+    """A random superuser password (passfile only), FINAL_HBA loaded and proven by a scram login over
+    TCP, the recovery settings out of postgresql.auto.conf; the new timeline. No restart: the server
+    already listens where it stays."""
     password = secrets.token_urlsafe(32)
     with _connect(socket_dir, cluster.port) as conn:
         verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(), b"scram-sha-256")
         conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER),
                                                                  sql.Literal(verifier.decode())))
-        walfile = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-    cluster.passfile.unlink(missing_ok=True)
-    write_private(cluster.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
-    cluster.stop()
-    _write_hba(cluster.data_dir, FINAL_HBA)
-    cluster.write_settings({**_without(cluster.read_settings(), RECOVERY_KEYS),
-                            **cluster.listen_settings(), **NO_ARCHIVING})
-    give_to_server(cluster.data_dir)
+        walfile, loaded = conn.execute(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_conf_load_time()").fetchone()
+        cluster.passfile.unlink(missing_ok=True)
+        write_private(cluster.passfile, f"*:*:*:{SUPERUSER}:{password}\n")
+        _write_hba(cluster.data_dir, FINAL_HBA)
+        give_to_server(cluster.data_dir)
+        # postgresql.auto.conf is still what the server started with: the reload changes pg_hba only
+        conn.execute("SELECT pg_reload_conf()")
+    _await_reload(cluster, loaded)
+    cluster.write_settings({**_without(cluster.read_settings(), RECOVERY_KEYS), **cluster.listen_settings(),
+                            **NO_ARCHIVING})
     return int(walfile[:8], 16)
+
+
+def _await_reload(cluster: LocalCluster, before: object) -> None:
+    """Until a scram login over TCP works on a postmaster that reloaded after ``before`` (RECOVERY_HBA
+    rejects TCP, so the first success is FINAL_HBA's)."""
+    deadline = time.monotonic() + RELOAD_TIMEOUT_S
+    while True:
+        try:
+            with psycopg.connect(cluster.dsn(), connect_timeout=5) as conn:
+                if conn.execute("SELECT pg_conf_load_time() > %s", (before,)).fetchone()[0]:
+                    return
+        except psycopg.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise PitrError(f"the recovered server did not load its scram-only pg_hba.conf within {RELOAD_TIMEOUT_S}s "
+                            f"(it was stopped)\n{cluster.log_tail(10)}",
+                            fix="read the server log above; retry the restore")
+        time.sleep(0.02)
 
 
 def _write_hba(data_dir: Path, text: str) -> None:
