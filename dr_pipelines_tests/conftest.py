@@ -29,6 +29,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Files are handed to xdist workers in the order pytest_collection_modifyitems below gives them: xdist's own
+    reordering (most tests first) is turned off, as it put the heaviest files, which hold one or two tests, last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest files first, so `--dist loadfile` does not end on one long file while the other worker idles
+    (longest first is the classic greedy schedule for two machines). A file's weight is the sum of its tests'
+    ``heavy(seconds)`` marks; files without one follow by number of tests, as xdist itself orders them.
+    A file's tests keep their order."""
+    weight: dict[str, float] = {}
+    count: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        path = item.nodeid.split("::", 1)[0]
+        mark = item.get_closest_marker("heavy")
+        weight[path] = weight.get(path, 0.0) + (float(mark.args[0]) if mark else 0.0)
+        count[path] = count.get(path, 0) + 1
+        first.setdefault(path, index)
+    items.sort(key=lambda item: (lambda path: (-weight[path], -count[path], first[path]))(
+        item.nodeid.split("::", 1)[0]))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests taking `pg_binaries_of_major` run once per installed PostgreSQL major (or those --pg-majors names)."""
     if "pg_binaries_of_major" not in metafunc.fixturenames:

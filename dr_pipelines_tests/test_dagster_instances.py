@@ -39,6 +39,7 @@ def webserver(tmp_path: Path, dagster_home: Path, demo_db: str) -> Iterator[str]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy(30)
 def test_headless_webserver_lists_this_locations_assets(webserver: str) -> None:
     locations = wait_for(lambda: [l for l in code_locations(webserver) if l.name == "dr_pipelines" and l.assets],
                          timeout=120, what="dagster-webserver", interval=0.2)

@@ -31,6 +31,7 @@ def scripts_demo(*args: str, demo_dir: Path) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy(100)
 def test_demo_up_serves_location_then_stops_cleanly(work_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     demo_dir = work_base / "demo"
     ui_port = free_port()
@@ -223,6 +224,7 @@ def second_terminal_env(**extra: str) -> dict[str, str]:
     return {**env, "DRP_VENV": str(Path(sys.executable).parent.parent), **extra}
 
 
+@pytest.mark.heavy(35)
 def test_cli_in_a_second_terminal_sees_the_demo(work_base: Path) -> None:
     """The README: while the demo runs, `scripts/drp status | backup list | health` (or `drp` in the
     checkout) use the demo's database and storage, not the defaults (localhost:5432, ./.drp/storage)."""

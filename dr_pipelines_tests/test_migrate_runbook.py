@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pyrage import x25519
 
 from dr_pipelines.core.backup.catalog import list_backups
@@ -25,6 +26,7 @@ NEW_MIGRATION = {
 }
 
 
+@pytest.mark.heavy(25)
 def test_schema_migration_runbook_runs_as_written(demo_db: str, tmp_path: Path) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)

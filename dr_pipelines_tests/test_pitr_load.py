@@ -10,12 +10,15 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
+
 from dr_pipelines_tests.support.pitr_load import assert_exact, load_cluster, pitr_to_mark, run_load
 from dr_pipelines_tests.support.wal import WalRig
 
 LOAD_SECONDS = 45
 
 
+@pytest.mark.heavy(55)
 def test_rpo_under_write_load_and_pitr_to_the_middle_is_exact(work_base: Path) -> None:
     rig = WalRig.make(work_base / f"pitr-load-{uuid.uuid4().hex[:8]}")
     with load_cluster(rig) as cluster:

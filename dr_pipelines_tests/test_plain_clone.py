@@ -73,7 +73,9 @@ def test_browser_tests_skip_naming_chromium_when_absent(tmp_path: Path) -> None:
     env = {**os.environ, "DRP_CHROMIUM": str(tmp_path / "no-chromium")}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         "dr_pipelines_tests/test_browser_portal.py", "dr_pipelines_tests/test_browser_dagster_ui.py"],
+         "dr_pipelines_tests/test_browser_portal.py",
+         "dr_pipelines_tests/test_dagster_dev.py::test_asset_graph_lists_every_group",
+         "dr_pipelines_tests/test_dagster_dev.py::test_logical_backup_shows_passing_freshness_and_checks"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     summary = result.stdout.strip().splitlines()[-1]

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+import pytest
 import yaml
 
 from dr_pipelines.core.retention.holds import list_holds
@@ -18,6 +19,7 @@ from dr_pipelines_tests.support.retention import AS_OF, POLICY, key_env
 RUNBOOK = Path(__file__).resolve().parents[1] / "runbooks" / "data-retention.md"
 
 
+@pytest.mark.heavy(15)
 def test_data_retention_runbook_runs(demo_db: str, tmp_path: Path, pg_cluster) -> None:  # type: ignore[no-untyped-def]
     import re
 

@@ -99,6 +99,7 @@ def script(probe: str) -> str:
     return "set -euo pipefail\n" + "\n".join(blocks)
 
 
+@pytest.mark.heavy(45)
 def test_restore_one_clinic_runbook_runs_as_written(site: Site, tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{site.cluster.binaries.bin_dir}:{os.environ['PATH']}",
            "DRP_CONFIG": str(site.rig.config), "DRP_SOURCE_DSN": site.live, "DRP_WORK_DIR": str(site.rig.root / "work"),

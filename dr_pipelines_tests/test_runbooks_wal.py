@@ -134,6 +134,7 @@ def test_wal_gap_still_in_pg_wal_is_closed_by_the_runbooks_re_push(site: Site, t
     assert (site.rig.storage_dir / "wal" / lost[:8] / f"{lost}.json").exists()
 
 
+@pytest.mark.heavy(25)
 def test_wal_gap_gone_from_pg_wal_needs_a_new_base_and_pitr_into_it_is_refused(site: Site, tmp_path: Path) -> None:
     site.sql("INSERT INTO ledger (amount, note) VALUES (2, 'gap case 2')")
     lost = site.switch()
@@ -163,6 +164,7 @@ def test_wal_gap_gone_from_pg_wal_needs_a_new_base_and_pitr_into_it_is_refused(s
         restored.remove()
 
 
+@pytest.mark.heavy(20)
 def test_lost_primary_comes_back_with_every_archived_row_and_archives_timeline_2(work_base: Path, tmp_path: Path) -> None:
     rig = WalRig.make(work_base / f"lost-primary-{uuid.uuid4().hex[:8]}")
     new_pgdata = rig.root / "new-primary"

@@ -65,6 +65,7 @@ def no_traceback(result) -> None:  # type: ignore[no-untyped-def]
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
+@pytest.mark.heavy(30)
 def test_status_verify_drill_list_status(env: Env, source: Source, tmp_path: Path) -> None:
     before = drp("status", "--json", env=env.vars)
     assert before.returncode == 1, before.stderr

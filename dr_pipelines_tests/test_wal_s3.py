@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
 from dr_pipelines.core import context
 from dr_pipelines.core.pg.cluster import LocalCluster
@@ -50,6 +51,7 @@ def checkpoint(cluster: LocalCluster) -> None:
 OUTAGE_S = 15  # the issue asks for a minute; 15 s shows the same states and keeps the suite's budget
 
 
+@pytest.mark.heavy(30)
 def test_s3_roundtrip_outage_and_recovery(work_base: Path, s3_server: MotoServer, s3_bucket: str,
                                           tmp_path: Path) -> None:
     """S3 unreachable for OUTAGE_S seconds while writes go on: every segment is archived in the end, byte-exact;

@@ -9,7 +9,7 @@ their settings), the portal needs no access to the instance's storage nor the co
 loaded in its process (nor Dagster itself: plain HTTP, core/graphql.py), and the portal can
 restart while the run goes on: the job keeps the run id and follows it.
 
-The names below are the code location's (a drift fails tests/test_portal_dagster.py).
+The names below are the code location's (a drift fails tests/test_dagster_dev.py).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def chromium_executable() -> str | None:
     return shutil.which(os.environ.get("DRP_CHROMIUM") or DEFAULT_CHROMIUM)
 
 
-# Skips a whole module at collection, before its servers and databases are set up.
+# Skips at collection (a module, or a test), before its servers and databases are set up.
 needs_chromium = pytest.mark.skipif(
     chromium_executable() is None,
     reason=f"no Chromium at {os.environ.get('DRP_CHROMIUM') or DEFAULT_CHROMIUM}: the browser tests need it "

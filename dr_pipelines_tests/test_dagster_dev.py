@@ -1,11 +1,17 @@
-"""Full exports from the portal as Dagster runs: the clinic's `tenant_export` partition, launched through a real
-webserver's GraphQL API (`dagster dev` on this code location, a fresh DAGSTER_HOME), followed by the portal's job.
+"""The tests that need a real `dagster dev` (webserver and daemon on this code location, a fresh DAGSTER_HOME with
+the repository's dagster.yaml) share one, started once for this file: starting it takes 25-70 s, and it was started
+twice when these were two files.
 
-What is shown: the job records the run id; the run is in the instance's history with the clinic's partition,
-its materialization carries the export id the job serves; the files download byte for byte from storage and
-hold exactly the clinic's rows; the export's audit rows name the portal credential and client address. A run
-that fails inside Dagster (here: the deployment's hourly limit is 1) turns the job `failed` with the run's own
-reason, and a webserver that does not answer fails the job with a reason naming it.
+Full exports from the portal as Dagster runs: the clinic's `tenant_export` partition, launched through the
+webserver's GraphQL API, followed by the portal's job. What is shown: the job records the run id; the run is in the
+instance's history with the clinic's partition, its materialization carries the export id the job serves; the files
+download byte for byte from storage and hold exactly the clinic's rows; the export's audit rows name the portal
+credential and client address. A run that fails inside Dagster (here: the deployment's hourly limit is 1) turns the
+job `failed` with the run's own reason, and a webserver that does not answer fails the job with a reason naming it.
+
+The Dagster UI as a person sees it, in a real browser (these tests skip without Chromium): every asset group in the
+graph, and logical_backup with its freshness policy (evaluated by the daemon: passing) and passing checks after the
+demo's first backup. Saves the README's screenshots (docs/screenshots with DRP_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ from dr_pipelines.core.layout import export_prefix
 from dr_pipelines.core.pg.cluster import LocalCluster, free_port
 from dr_pipelines.core.settings import load_settings
 from dr_pipelines.core.storage.local import LocalStorage
+from dr_pipelines.definitions import build_definitions
+from dr_pipelines.demo import first_backup
 from dr_pipelines.portal.tokens import create_token
+from dr_pipelines_tests.support.backup import Keys
+from dr_pipelines_tests.support.browser import needs_chromium, screenshot
 from dr_pipelines_tests.support.dagster_dev import dagster_dev, dagster_home
 from dr_pipelines_tests.support.env import drp_env
 from dr_pipelines_tests.support.portal import PortalServer
@@ -39,9 +49,10 @@ A = "1"
 
 @pytest.fixture(scope="module")
 def rig(work_base: Path, pg_cluster: LocalCluster, demo_template: str) -> Iterator[dict[str, Any]]:
-    """A copy of the demo data; `dagster dev` (webserver and daemon, the repository's dagster.yaml) over a fresh
-    DAGSTER_HOME, whose runs allow one export per clinic per hour; a portal sending its full exports there."""
-    root = work_base / f"portal-dagster-{uuid.uuid4().hex[:6]}"
+    """A copy of the demo data and the demo's first backup (logical_backup and its checks) in a fresh DAGSTER_HOME,
+    whose runs allow one export per clinic per hour; `dagster dev` over it (queued runs dequeued every second, the
+    freshness daemon every 2 s instead of 30 s); a portal sending its full exports there."""
+    root = work_base / f"dagster-dev-{uuid.uuid4().hex[:6]}"
     home = dagster_home(root)
     config = yaml.safe_load((home / "dagster.yaml").read_text())
     config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1  # the daemon starts queued runs sooner (5 s)
@@ -49,8 +60,13 @@ def rig(work_base: Path, pg_cluster: LocalCluster, demo_template: str) -> Iterat
     name = f"pd_{uuid.uuid4().hex[:10]}"
     dsn = pg_cluster.create_database(name, template=demo_template)
     common = {"source": dsn, "storage": root / "store", "work": root / "work"}
+    env = {**drp_env(**common, keys=Keys.make(root / "keys"), export_max_per_hour=1), "DAGSTER_HOME": str(home)}
     try:
-        with dagster_dev(home, drp_env(**common, export_max_per_hour=1), root / "dagster-dev.log") as url:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            assert first_backup.main() == 0  # exactly what `drp demo up` runs before the UI
+        with dagster_dev(home, {**env, "FRESHNESS_DAEMON_INTERVAL_SECONDS": "2"}, root / "dagster-dev.log") as url:
             settings = load_settings(env=drp_env(**common, export_max_per_hour=0, portal_requests_per_minute=0,
                                                  portal_dagster_url=url))
             server = PortalServer(settings)
@@ -73,6 +89,7 @@ def finished(server: PortalServer, token: str, job_id: str) -> dict[str, Any]:
     return wait_for(done, timeout=120, what=f"export job {job_id}", interval=0.3)
 
 
+@pytest.mark.heavy(70)
 def test_full_export_is_the_clinics_dagster_run_and_the_job_follows_it(rig: dict[str, Any]) -> None:
     server, token, dsn = rig["server"], rig["token"], rig["dsn"]
     created = server.request("POST", "/api/exports", token=token,
@@ -157,3 +174,66 @@ def test_a_dagster_webserver_that_does_not_answer_fails_the_job_readably(demo_db
             again.stop()
         assert seen["state"] == state and seen["run_id"] == "r-1", seen
     assert "portal_dagster_url unset" in seen["error"]
+
+
+def open_ui(browser: object, url: str) -> object:
+    """A page on the UI at a README-sized viewport, Dagster's first-visit newsletter dialog dismissed."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+    page.goto(url)
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.click(timeout=5_000)
+    except Exception:  # noqa: BLE001 - the dialog is shown once per browser profile, or not at all
+        pass
+    return page
+
+
+@needs_chromium
+@pytest.mark.heavy(15)
+def test_asset_graph_lists_every_group(rig: dict[str, Any], browser: object, work_base: Path) -> None:
+    defs = build_definitions()
+    groups = {node.group_name for node in defs.resolve_asset_graph().asset_nodes}
+    assert {"source", "backups", "verification", "drills", "status", "exports", "wal"} <= groups
+    page = open_ui(browser, rig["url"] + "/asset-groups")
+    for group in sorted(groups):
+        # Each group twice: in the sidebar tree and as a collapsed node of the graph.
+        names = page.get_by_text(group, exact=True)
+        names.first.wait_for(timeout=30_000)
+        assert names.count() >= 2, f"asset group {group!r} is not both in the sidebar and in the graph"
+    assert page.get_by_text("Global asset lineage").is_visible()
+    screenshot(page, "dagster-asset-graph", work_base / "screenshots")
+    page.close()
+
+
+@needs_chromium
+@pytest.mark.heavy(15)
+def test_logical_backup_shows_passing_freshness_and_checks(rig: dict[str, Any], browser: object,
+                                                                  work_base: Path) -> None:
+    page = open_ui(browser, rig["url"] + "/assets/logical_backup")
+    # The cron policy of the default backup_cron (02:00 UTC): deadline two hours later, a day's window.
+    page.get_by_text("Deadline: At 04:00 AM UTC").wait_for(timeout=30_000)
+    assert page.get_by_text("Fresh if materialized no earlier than 24 hours before each deadline").is_visible()
+    assert page.get_by_text("backup_id", exact=True).is_visible()  # the first backup's materialization metadata
+
+    def evaluated_passing() -> bool:
+        # The daemon's first freshness evaluation lands within seconds; the page shows it after a reload.
+        page.reload()
+        page.get_by_text("Deadline: At 04:00 AM UTC").wait_for(timeout=30_000)
+        return page.get_by_text("Passing", exact=True).count() == 2  # the status row and the policy panel
+
+    wait_for(evaluated_passing, timeout=90, what="logical_backup's freshness evaluated as passing", interval=1)
+    assert page.get_by_text("Not evaluated").count() == 0
+    screenshot(page, "dagster-logical-backup", work_base / "screenshots")
+
+    checks = sorted(node.key.name for node in build_definitions().resolve_asset_graph().asset_check_nodes
+                    if node.key.asset_key.to_user_string() == "logical_backup")
+    assert checks == ["manifest_complete", "objects_present"]
+    page.goto(rig["url"] + "/assets/logical_backup?view=checks")
+    page.get_by_text(f"Checks ({len(checks)})").wait_for(timeout=30_000)
+    for check in checks:
+        # The check's list entry: its name and its latest result beside it.
+        entry = page.locator("span", has=page.locator(f"[title='{check}']")).first
+        assert "Succeeded" in entry.inner_text(), (check, entry.inner_text())
+    page.get_by_text("Passed", exact=True).wait_for(timeout=10_000)  # the selected check's latest evaluation
+    screenshot(page, "dagster-logical-backup-checks", work_base / "screenshots")
+    page.close()
