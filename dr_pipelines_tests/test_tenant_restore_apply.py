@@ -7,6 +7,8 @@ each clinic's rows (core/tenancy.py's tenant filter).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dr_pipelines.core.checkpoints import observe, unobserve
 from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.layout import export_prefix
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS, default_method, relation_checksum
@@ -32,13 +35,14 @@ from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, discover_scope, te
 from dr_pipelines.core.tenant_restore import audit
 from dr_pipelines.core.tenant_restore.apply import (
     BEFORE_COMMIT,
+    SNAPSHOT_TAKEN,
     ApplyError,
     UndoExportError,
     UndoTarget,
     apply_restore,
 )
 from dr_pipelines.core.tenant_restore.conflicts import ConflictError
-from dr_pipelines.core.tenant_restore.guard import IsolationError
+from dr_pipelines.core.tenant_restore.guard import IsolationError, rows_not_the_clinics
 from dr_pipelines_tests.support.procs import PAUSED, REPO, wait_for, wait_for_line
 from dr_pipelines_tests.support.retention import AS_OF, KEYS, policies
 
@@ -489,3 +493,143 @@ def test_lock_timeouts_are_retried_then_given_up(demo_db: str, past_of, tmp_path
     assert result.attempts >= 2 and result.tables["public.invoices"].updated == 1  # type: ignore[attr-defined]
     with psycopg.connect(demo_db) as conn:
         assert [r["status"] for r in audit.history(conn, CLINIC)] == ["started", "failed", "started", "succeeded"]
+
+
+def test_a_trigger_writing_the_clinics_own_rows_is_checked_exactly_and_applies(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, tmp_path: Path) -> None:
+    """An audit trigger writes rows the apply did not: the counts do not explain them, so that table's
+    other clinics' rows are checksummed before (the apply's exported snapshot) and after; equal, it applies."""
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE restore_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                     " clinic_id bigint NOT NULL REFERENCES clinics (id), appointment_id bigint NOT NULL)")
+        conn.execute("INSERT INTO restore_log (clinic_id, appointment_id) SELECT 1 + g % 3, g FROM generate_series(1, 9) g")
+        conn.execute("CREATE FUNCTION log_appointment() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " INSERT INTO restore_log (clinic_id, appointment_id) VALUES (NEW.clinic_id, NEW.id);"
+                     " RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER log_appointment AFTER INSERT ON appointments FOR EACH ROW"
+                     " EXECUTE FUNCTION log_appointment()")
+        # A BEFORE trigger rewriting NEW (here to the same value) writes no other row: the counts still explain all.
+        conn.execute("CREATE FUNCTION same_reason() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " NEW.reason := NEW.reason; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER same_reason BEFORE INSERT OR UPDATE ON appointments FOR EACH ROW"
+                     " EXECUTE FUNCTION same_reason()")
+    scope = _scope(demo_db)
+    assert "public.restore_log" in scope.names
+    past = past_of(demo_db)
+    want = _checksums(past, scope, CLINIC, mine=True)
+    added = _damage(demo_db)
+    with psycopg.connect(demo_db) as conn, psycopg.connect(past) as old:
+        gone = sorted(set(r[0] for r in old.execute("SELECT id FROM appointments WHERE clinic_id = 1"))
+                      - set(r[0] for r in conn.execute("SELECT id FROM appointments WHERE clinic_id = 1")))
+        logged = conn.execute("SELECT max(id) FROM restore_log").fetchone()[0]
+    others = _checksums(demo_db, scope, CLINIC, mine=False)
+    assert gone
+
+    result = apply_restore(past, demo_db, scope, CLINIC, reason=REASON, undo=_undo_local(tmp_path))
+    got = _checksums(demo_db, scope, CLINIC, mine=True, leave_out=added)
+    assert {n: v for n, v in got.items() if n != "public.restore_log"} == \
+        {n: v for n, v in want.items() if n != "public.restore_log"}
+    assert _checksums(demo_db, scope, CLINIC, mine=False) == others
+    with psycopg.connect(demo_db) as conn:  # the trigger's rows: one per restored appointment, all clinic 1's
+        assert conn.execute("SELECT clinic_id, appointment_id FROM restore_log WHERE id > %s ORDER BY appointment_id",
+                            (logged,)).fetchall() == [(1, a) for a in gone]
+    assert result.tables["public.appointments"].inserted == len(gone)
+    assert result.isolation["public.restore_log"].startswith("writes not all the apply's (public.restore_log "
+                                                             f"({len(gone)} inserted, 0 updated, 0 deleted")
+    assert result.isolation["public.appointments"].startswith("counts")
+    assert result.isolation["public.invoices"].startswith("counts")
+
+
+def test_a_cascade_into_another_clinics_rows_rolls_it_all_back(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, tmp_path: Path) -> None:
+    """Reverting a patient's external id cascades (ON UPDATE CASCADE) into clinic 2's row referencing it:
+    a table the apply never writes itself. The counts show the write; the checksums show whose row it was."""
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        patient, external = conn.execute("SELECT id, external_id FROM patients WHERE clinic_id = 1 ORDER BY id"
+                                         " LIMIT 1").fetchone()
+        conn.execute("CREATE TABLE referrals (id bigint PRIMARY KEY, clinic_id bigint NOT NULL REFERENCES clinics (id),"
+                     " from_clinic bigint NOT NULL, from_patient text NOT NULL, FOREIGN KEY (from_clinic, from_patient)"
+                     " REFERENCES patients (clinic_id, external_id) ON UPDATE CASCADE)")
+        conn.execute("INSERT INTO referrals VALUES (1, 2, 1, %s)", (external,))
+    scope = _scope(demo_db)
+    assert "public.referrals" in scope.names
+    past = past_of(demo_db)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("UPDATE patients SET external_id = 'renamed' WHERE id = %s", (patient,))
+    mine, others = _checksums(demo_db, scope, CLINIC, mine=True), _checksums(demo_db, scope, CLINIC, mine=False)
+    with pytest.raises(IsolationError, match=r"other clinics in public\.referrals \(1 rows"):
+        apply_restore(past, demo_db, scope, CLINIC, policies={"revert-changed"}, reason=REASON,
+                      undo=_undo_local(tmp_path))
+    assert _checksums(demo_db, scope, CLINIC, mine=True) == mine
+    assert _checksums(demo_db, scope, CLINIC, mine=False) == others
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT from_patient FROM referrals").fetchone() == ("renamed",)
+        assert [r["status"] for r in audit.history(conn, CLINIC)] == ["started", "failed"]
+
+
+def test_the_undo_holds_exactly_what_the_apply_overwrote(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, tmp_path: Path) -> None:
+    """The undo export is taken in the apply's own snapshot: a clinic row another session changes after that
+    snapshot cannot be overwritten without a serialization failure, and the retry's new undo holds the change."""
+    scope = _scope(demo_db)
+    past = past_of(demo_db)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        changed = [r[0] for r in conn.execute(
+            "UPDATE invoices SET total = total + 5 WHERE clinic_id = 1 AND id % 5 = 0 RETURNING id").fetchall()]
+    target = changed[0]
+    writes: list[str] = []
+
+    def meanwhile(point: str) -> None:
+        if point == SNAPSHOT_TAKEN and not writes:  # the first attempt's snapshot is taken: another session writes
+            with psycopg.connect(demo_db, autocommit=True) as conn:
+                conn.execute("UPDATE invoices SET total = 4321.09 WHERE id = %s", (target,))
+            writes.append(point)
+
+    observe(meanwhile)
+    try:
+        result = apply_restore(past, demo_db, scope, CLINIC, policies={"revert-changed"}, reason=REASON,
+                               undo=_undo_local(tmp_path), backoff_s=0.05)
+    finally:
+        unobserve(meanwhile)
+    assert writes and result.attempts == 2  # the first attempt hit the concurrent update and started over
+    assert result.tables["public.invoices"].updated == len(changed)
+    storage = LocalStorage(tmp_path / "undo")
+    undo_csv = storage.get_bytes(f"{export_prefix(result.undo_export_id)}/public.invoices.csv").decode()
+    rows = list(csv.DictReader(io.StringIO(undo_csv)))
+    with psycopg.connect(demo_db) as conn, psycopg.connect(past) as old:
+        then = dict(old.execute("SELECT id::text, total::text FROM invoices WHERE clinic_id = 1").fetchall())
+        assert dict(conn.execute("SELECT id::text, total::text FROM invoices WHERE clinic_id = 1").fetchall()) == then
+    undone = {r["id"]: r["total"] for r in rows}
+    assert undone[str(target)] == "4321.09"  # what the apply overwrote: the other session's value
+    # Every reverted row's value before the apply is in the undo, and nothing else differs from the past.
+    assert {i for i, v in undone.items() if v != then[i]} == {str(i) for i in changed}
+    assert len(undone) == len(then)
+
+
+def test_an_undo_export_that_fails_during_the_apply_commits_nothing(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, s3_server, s3_bucket: str) -> None:
+    scope = _scope(demo_db)
+    past = past_of(demo_db)
+    _damage(demo_db)
+    damaged = _checksums(demo_db, scope, CLINIC, mine=True)
+    missing = S3Storage(f"{s3_bucket}-missing", "undo", sse="AES256", **s3_server.storage_kwargs())
+    with pytest.raises(UndoExportError, match="failed, nothing was applied"):
+        apply_restore(past, demo_db, scope, CLINIC, reason=REASON, undo=UndoTarget(missing))
+    assert _checksums(demo_db, scope, CLINIC, mine=True) == damaged
+    with psycopg.connect(demo_db) as conn:
+        assert [r["status"] for r in audit.history(conn, CLINIC)] == ["started", "refused"]
+
+
+def test_rows_not_the_clinics_counts_written_rows_outside_the_clinic(demo_db: str) -> None:
+    """The guard's check that every written row is the clinic's after the writes, on keys of both kinds."""
+    scope = _scope(demo_db)
+    patients = scope.table("public.patients")
+    with psycopg.connect(demo_db) as conn, conn.transaction():
+        conn.execute("SELECT set_config(%s, %s, true)", (TENANTS_SETTING, "{" + CLINIC + "}"))
+        conn.execute("CREATE TEMP TABLE written AS SELECT * FROM patients WHERE clinic_id = 1 ORDER BY id LIMIT 3")
+        conn.execute("CREATE TEMP TABLE strays AS SELECT * FROM patients WHERE clinic_id = 2 ORDER BY id LIMIT 2")
+        mine, theirs = sql.Identifier("written"), sql.Identifier("strays")
+        assert rows_not_the_clinics(conn, scope, patients, ("id",), [mine]) == 0
+        assert rows_not_the_clinics(conn, scope, patients, ("id",), [mine, theirs]) == 2
+        assert rows_not_the_clinics(conn, scope, patients, (), [mine, theirs]) == 2  # no key: the rows themselves
+        assert rows_not_the_clinics(conn, scope, patients, ("id",), []) == 0

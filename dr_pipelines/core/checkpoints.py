@@ -23,6 +23,11 @@ def observe(observer: Callable[[str], None]) -> None:
     _observers.append(observer)
 
 
+def unobserve(observer: Callable[[str], None]) -> None:
+    """Stop calling ``observer`` (an in-process test that observed for one call)."""
+    _observers.remove(observer)
+
+
 def reached(point: str) -> None:
     """Tell the observers (if any) that the operation is at ``point``."""
     for observer in _observers:

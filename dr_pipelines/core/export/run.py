@@ -99,6 +99,8 @@ class ExportOptions:
     # Housekeeping before the export: finished exports older than this are deleted (None: kept).
     ttl_days: int | None = DEFAULT_TTL_DAYS
     sweep_after: timedelta = DEFAULT_STALE_AFTER  # ... and unfinished exports this old, their process gone, swept
+    # Read this exported snapshot (pg_export_snapshot of a transaction kept open meanwhile) instead of a new one.
+    snapshot_id: str | None = None
     credential_id: str | None = None  # audited: the portal credential that asked (dr_pipelines/portal/)
     client_address: str | None = None  # audited: the portal client's address
 
@@ -228,7 +230,8 @@ def _read_snapshot(dsn: str, storage: Storage, requested: list[str], options: Ex
                    progress: Progress | None) -> _Snapshot:
     """Open the one REPEATABLE READ snapshot, check the request in it, start the attempt, write every table."""
     with tenant_snapshot(dsn, requested, root=options.root, key_column=options.key_column, exclude=options.exclude,
-                         tables=options.tables, noted=lambda name, value: setattr(record, name, value)) as ts:
+                         tables=options.tables, noted=lambda name, value: setattr(record, name, value),
+                         snapshot_id=options.snapshot_id) as ts:
         conn = ts.conn
         snap = _Snapshot(**vars(ts))
         hold_export_lock(audit_conn, record.export_id)  # released by the server if this process dies

@@ -20,6 +20,7 @@ from dr_pipelines.core.errors import ConfigError
 from dr_pipelines.core.export.errors import UnknownTenantError
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.snapshots import set_snapshot_sql
 from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, discover_scope, tenant_array
 
 
@@ -40,19 +41,25 @@ class TenantSnapshot:
 @contextmanager
 def tenant_snapshot(dsn: str, requested: list[str], *, root: str, key_column: str, exclude: tuple[str, ...] = (),
                     tables: tuple[str, ...] = (), noted: Callable[[str, Any], None] | None = None,
-                    application_name: str | None = None) -> Iterator[TenantSnapshot]:
+                    application_name: str | None = None, snapshot_id: str | None = None) -> Iterator[TenantSnapshot]:
     """The one snapshot every export reads (``drp export`` and the portal's streams alike).
 
     Text output is pinned (RENDER_SETTINGS, UTF-8), the scope derived, the tables and tenant
     ids checked (refusals raise before any tenant row is read) and the ids bound. ``noted``
     hears each fact as it is established ("root_table", "tables", "tenant_ids"), so an audit
     row of a refusal names what was known.
+
+    ``snapshot_id``: read another transaction's exported snapshot (``pg_export_snapshot``) instead of
+    a new one, so the export holds exactly what that transaction sees (the tenant restore's undo is
+    taken in the apply's own snapshot). That transaction must stay open until this one has begun.
     """
     kwargs = {"application_name": application_name} if application_name else {}
     with connect(dsn, **kwargs) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
+            if snapshot_id:
+                conn.execute(set_snapshot_sql(snapshot_id))  # first in the transaction, as it must be
             snapshot_at, database, server_version = conn.execute(
                 "SELECT statement_timestamp(), current_database(), current_setting('server_version')").fetchone()
             for name, value in RENDER_SETTINGS.items():

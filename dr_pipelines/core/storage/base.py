@@ -124,6 +124,12 @@ class Storage(ABC):
     url: str  # e.g. "file:///abs/path" or "s3://bucket/prefix"; never carries credentials
     properties: StorageProperties = StorageProperties()
 
+    @property
+    def encrypts_at_rest(self) -> bool:
+        """Whether every object this instance writes is encrypted at rest, as configured (``properties``
+        says what the backend *can* do; this says what it *will*): health data may require it."""
+        return False
+
     @abstractmethod
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         """Store the concatenated chunks atomically, hashing while streaming (constant memory).

@@ -150,7 +150,12 @@ class S3Storage(Storage):
         )
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
 
+    @property
+    def encrypts_at_rest(self) -> bool:
+        return bool(self.sse_args)  # server-side encryption asked for on every object written
+
     # -- helpers -----------------------------------------------------------------------
+
     def _full(self, key: str) -> str:
         return self.prefix + validate_key(key)
 

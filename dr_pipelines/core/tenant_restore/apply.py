@@ -4,26 +4,34 @@
 
 1. ``drp.tenant_restores`` gets a ``started`` row (core/tenant_restore/audit.py); every outcome
    after it appends one more (``succeeded`` / ``refused`` / ``failed``).
-2. **Undo.** The clinic's current rows are exported with the existing export path
-   (core/export/run.py ``export_tenants``, CSV, every table of the scope) to ``undo.storage``,
-   which must encrypt at rest (S3 with server-side encryption) unless ``allow_plaintext`` is
-   given on purpose. No undo export, nothing applied.
-3. **One live transaction**, REPEATABLE READ, with ``lock_timeout``; a serialization failure,
+2. **One live transaction**, REPEATABLE READ, with ``lock_timeout``; a serialization failure,
    deadlock, lock timeout or a unique violation from a concurrent insert rolls it back and the
    whole attempt is recomputed from scratch (bounded retries with backoff):
 
+   - its snapshot is exported first, before anything is written (core/pg/snapshots.py);
+   - **undo**: the clinic's current rows are exported with the existing export path
+     (core/export/run.py ``export_tenants``, CSV, every table of the scope) to ``undo.storage``
+     *in that snapshot*, by a thread on its own session, while the steps below run: the undo
+     holds exactly the rows the apply reads and overwrites (a row another session changes after
+     the snapshot cannot be overwritten without a serialization failure, which starts over with
+     a new snapshot and a new undo). The storage must encrypt at rest (S3 with server-side
+     encryption) unless ``allow_plaintext`` is given on purpose. COMMIT waits for the undo
+     export; if it failed or does not hold every table of the scope, nothing is committed;
    - the clinic's past rows are streamed into TEMP tables of that transaction (transfer.py);
    - compare.py's ``only_past_keys`` / ``changed_keys`` (the one definition the preview uses)
      select the rows to insert (*restore-deleted*) and to revert (*revert-changed*); rows added
      since are kept; rows retention archived since are not "deleted" (guard.py) and are reported;
    - conflicts (conflicts.py) refuse the apply, or with ``on_conflict="skip"`` drop those rows
      and the rows depending on them;
-   - other clinics' rows of every table about to be written are checksummed (guard.py);
+   - this transaction's write counts are read (guard.py ``xact_writes``);
    - inserts in foreign-key order (parents first, from the FK graph), explicit ids,
      ``OVERRIDING SYSTEM VALUE`` where an identity is GENERATED ALWAYS, generated columns left
      to PostgreSQL; then reverts, every UPDATE also filtered on the clinic; sequences moved
      forward when a restored id is above them, never backward;
-   - before COMMIT, the other clinics' checksums again: any difference rolls back (IsolationError);
+   - before COMMIT, the isolation guard (guard.py): the transaction's writes must be exactly the
+     apply's own statements' rowcounts, and every written row the clinic's; a table with other
+     writes (a trigger, a cascade) gets the exact fallback, its other clinics' rows checksummed
+     before (the exported snapshot) and after; any difference rolls back (IsolationError);
    - the ``succeeded`` audit row is inserted in the same transaction, so it commits with the rows.
 
 Nothing is ever deleted from live. A process killed anywhere before COMMIT leaves live as it
@@ -35,6 +43,8 @@ from __future__ import annotations
 import getpass
 import time
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,11 +54,12 @@ from psycopg import sql
 
 from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
-from dr_pipelines.core.export.run import ExportOptions, export_tenants
+from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect
+from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
 from dr_pipelines.core.storage import Storage
-from dr_pipelines.core.tenancy import Scope, TableScope, read_relation, tenant_filter, tenant_select
+from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, TableScope, read_relation, tenant_filter, tenant_select
 from dr_pipelines.core.tenant_restore import audit
 from dr_pipelines.core.tenant_restore.compare import changed_keys, compared_columns, only_past_keys, rows_only_in
 from dr_pipelines.core.tenant_restore.conflicts import (
@@ -59,16 +70,21 @@ from dr_pipelines.core.tenant_restore.conflicts import (
     find_conflicts,
 )
 from dr_pipelines.core.tenant_restore.guard import (
+    IsolationError,
     SequenceMove,
+    XactWrites,
     advance_sequences,
     archived_condition,
-    check_untouched,
-    other_tenants_checksums,
+    check_unexplained,
+    rows_not_the_clinics,
+    unexplained_writes,
+    xact_writes,
 )
 from dr_pipelines.core.tenant_restore.transfer import bind_clinic, copy_tenant_rows, primary_key, table_columns
 
 POLICIES = ("restore-deleted", "revert-changed")
 ON_CONFLICT = (None, "skip")
+SNAPSHOT_TAKEN = "tenant-restore-snapshot-taken"  # checkpoint: the attempt's snapshot exported, nothing read yet
 BEFORE_COMMIT = "tenant-restore-before-commit"  # checkpoint: everything written, COMMIT next
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
              psycopg.errors.LockNotAvailable, psycopg.errors.UniqueViolation)
@@ -92,8 +108,7 @@ class UndoTarget:
     allow_plaintext: bool = False
 
     def check(self) -> None:
-        sse = self.storage.properties.server_side_encryption and bool(getattr(self.storage, "sse_args", None))
-        if not (sse or self.allow_plaintext):
+        if not (self.storage.encrypts_at_rest or self.allow_plaintext):
             raise UndoExportError(
                 f"the undo export's storage {self.storage.url} does not encrypt what it stores: the clinic's "
                 "current rows (health data) would be written in plaintext",
@@ -126,7 +141,9 @@ class ApplyResult:
     undo_export_id: str | None
     audit_id: int | None
     attempts: int
-    other_clinics: dict[str, tuple[int, str]]  # table -> (rows, checksum), equal before and after
+    # table -> how its other clinics' rows were proved untouched (guard.py): "counts" (every write was
+    # the apply's, every written row the clinic's), or the fallback checksum's result
+    isolation: dict[str, str]
 
     @property
     def inserted(self) -> int:
@@ -144,7 +161,8 @@ class ApplyResult:
         return {"clinic": self.clinic, "policies": list(self.policies), "inserted": self.inserted,
                 "updated": self.updated, "tables": [t.as_dict() for t in self.tables.values()],
                 "conflicts": [c.as_dict() for c in self.conflicts],
-                "undo_export_id": self.undo_export_id, "audit_id": self.audit_id, "attempts": self.attempts}
+                "undo_export_id": self.undo_export_id, "audit_id": self.audit_id, "attempts": self.attempts,
+                "isolation": self.isolation}
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,7 @@ class _Request:
     policies: frozenset[str]
     skip: bool
     lock_timeout: str
+    undo: UndoTarget
 
 
 def apply_restore(past_dsn: str, live_dsn: str, scope: Scope, clinic: str | int, *,
@@ -162,7 +181,8 @@ def apply_restore(past_dsn: str, live_dsn: str, scope: Scope, clinic: str | int,
                   lock_timeout: str = "5s", retries: int = 3, backoff_s: float = 0.5) -> ApplyResult:
     """Bring ``clinic``'s rows in ``live_dsn`` back to what ``past_dsn`` holds (see the module doc)."""
     clinic = str(clinic)
-    request = _Request(scope, clinic, _check_policies(policies, on_conflict), on_conflict == "skip", lock_timeout)
+    request = _Request(scope, clinic, _check_policies(policies, on_conflict), on_conflict == "skip", lock_timeout,
+                       undo)
     if not reason or not reason.strip():
         raise ConfigError("a tenant restore needs a reason (it is audited)",
                           fix="say why, e.g. the ticket: --reason 'TICKET-123 appointments deleted by mistake'")
@@ -174,7 +194,7 @@ def apply_restore(past_dsn: str, live_dsn: str, scope: Scope, clinic: str | int,
         audit.ensure_restore_audit(audit_conn)
         audit.append(audit_conn, record, "started")
         try:
-            record.undo_export_id = _undo_export(live_dsn, scope, clinic, undo, record.requester)
+            undo.check()
             return _with_retries(past_dsn, live_dsn, request, record, retries, backoff_s)
         except BaseException as exc:
             status = "refused" if isinstance(exc, ConflictError | UndoExportError | ConfigError) else "failed"
@@ -198,17 +218,30 @@ def _check_policies(policies: Collection[str], on_conflict: str | None) -> froze
     return chosen
 
 
-def _undo_export(live_dsn: str, scope: Scope, clinic: str, undo: UndoTarget, requester: str) -> str:
-    """Export the clinic's current rows (every table of the scope) through the export path; its id."""
-    undo.check()
-    options = ExportOptions(formats=UNDO_FORMATS, root=scope.root, key_column=scope.key_column,
-                            requester=requester, max_per_hour=None, ttl_days=None, tables=tuple(scope.names),
-                            content_checksums=True)
+def _undo_export(live_dsn: str, request: _Request, requester: str, snapshot_id: str) -> ExportResult:
+    """Export the clinic's current rows (every table of the scope) through the export path, in the
+    apply's snapshot ``snapshot_id`` (its transaction stays open until this returns)."""
+    options = ExportOptions(formats=UNDO_FORMATS, root=request.scope.root, key_column=request.scope.key_column,
+                            requester=requester, max_per_hour=None, ttl_days=None,
+                            tables=tuple(request.scope.names), content_checksums=True, snapshot_id=snapshot_id)
+    return export_tenants(live_dsn, request.undo.storage, [request.clinic], options)
+
+
+def _undo_result(undo: Future[ExportResult], request: _Request) -> str:
+    """The undo export's id once it is complete; UndoExportError (nothing is committed) if it failed or
+    does not hold every table of the scope for exactly this clinic."""
     try:
-        return export_tenants(live_dsn, undo.storage, [clinic], options).export_id
+        done = undo.result()
     except DrpError as exc:
-        raise UndoExportError(f"the undo export of clinic {clinic} failed, nothing was applied: {exc.problem}",
+        raise UndoExportError(f"the undo export of clinic {request.clinic} failed, nothing was applied: {exc.problem}",
                               fix=exc.fix or "fix the export (storage, permissions) and run the apply again") from exc
+    missing = sorted(set(request.scope.names) - {t.name for t in done.manifest.tables})
+    if missing or done.manifest.extra.get("tenant_ids") != [request.clinic]:
+        raise UndoExportError(
+            f"the undo export {done.export_id} of clinic {request.clinic} is incomplete (tables missing: "
+            f"{', '.join(missing) or 'none'}; clinics {done.manifest.extra.get('tenant_ids')}): nothing was applied",
+            fix="this is a bug in drp's export: report it; run the apply again")
+    return done.export_id
 
 
 def _with_retries(past_dsn: str, live_dsn: str, request: _Request, record: audit.RestoreRecord, retries: int,
@@ -256,10 +289,22 @@ class _Attempt:
         with connect(self.live_dsn) as live, connect(self.past_dsn) as past:
             live.isolation_level = past.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             past.read_only = True
-            with live.transaction(), past.transaction():
-                return self._in_transaction(live, past)
+            with live.transaction(), past.transaction(), ExitStack() as stack:
+                # The snapshot, before anything is written: the undo export and the guard's "before" read it.
+                snapshot = export_snapshot(live).id
+                pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-undo-export"))
+                undo = pool.submit(_undo_export, self.live_dsn, self.r, self.record.requester, snapshot)
+                reached(SNAPSHOT_TAKEN)
+                try:
+                    return self._in_transaction(live, past, snapshot, undo, stack)
+                except BaseException:
+                    # The export has adopted the snapshot or is about to: let it finish while this transaction
+                    # is still open (its own audit says how it ended); then everything here rolls back.
+                    _ = undo.exception()
+                    raise
 
-    def _in_transaction(self, live: psycopg.Connection, past: psycopg.Connection) -> ApplyResult:
+    def _in_transaction(self, live: psycopg.Connection, past: psycopg.Connection, snapshot: str,
+                        undo: Future[ExportResult], stack: ExitStack) -> ApplyResult:
         live.execute("SELECT set_config('lock_timeout', %s, true)", (self.r.lock_timeout,))
         for name, value in RENDER_SETTINGS.items():  # TimeZone UTC: the retention journal's month bounds
             live.execute("SELECT set_config(%s, %s, true)", (name, value))
@@ -276,14 +321,14 @@ class _Attempt:
         if self.r.skip:
             for (table, _kind, _constraint), n in found.counts.items():
                 results[table].skipped += n
-        affected = [p.scope for p in plans if _rows(live, p.insert) or _rows(live, p.revert)]
-        before = other_tenants_checksums(live, self.r.scope, affected)
+        before = xact_writes(live)
         self._write(live, plans, results)
         reached(BEFORE_COMMIT)
-        check_untouched(before, other_tenants_checksums(live, self.r.scope, affected), self.r.clinic)
+        isolation = self._isolation(live, plans, results, before, snapshot, stack)
+        self.record.undo_export_id = _undo_result(undo, self.r)
         result = ApplyResult(self.r.clinic, tuple(sorted(self.r.policies)), {p.scope.name: results[p.scope.name]
                              for p in plans}, found.listed, found.counts, self.record.undo_export_id, None,
-                             self.record.attempts, before)
+                             self.record.attempts, isolation)
         self.record.counts = result.counts()
         self.record.conflicts = [c.as_dict() for c in found.listed]
         result.audit_id = audit.append(live, self.record, "succeeded")  # commits with the rows, or not at all
@@ -291,6 +336,39 @@ class _Attempt:
             for rel in (p.insert, p.revert, _past(i)):
                 live.execute(sql.SQL("DROP TABLE {}").format(rel))
         return result
+
+    def _isolation(self, live: psycopg.Connection, plans: list[TablePlan], results: dict[str, TableResult],
+                   before: XactWrites, snapshot: str, stack: ExitStack) -> dict[str, str]:
+        """guard.py's proof that no other clinic's row changed (IsolationError if one did); per written or
+        otherwise written table, how it was proved."""
+        scope, clinic = self.r.scope, self.r.clinic
+        outside = []
+        for p in plans:
+            res = results[p.scope.name]
+            written = ([p.insert] if res.inserted else []) + ([p.revert] if res.updated else [])
+            n = rows_not_the_clinics(live, scope, p.scope, p.pk, written)
+            if n:
+                outside.append(f"{p.scope.name} ({n} row(s))")
+        if outside:
+            raise IsolationError(
+                f"restoring clinic {clinic} would have written rows that are not the clinic's in {', '.join(outside)}"
+                " (a restored row under a parent that is now another clinic's?): rolled back, nothing applied",
+                fix="look at those rows' parents in live; restore them with --into-schema and move them by hand")
+        expected = {name: (r.inserted, r.updated) for name, r in results.items() if r.inserted or r.updated}
+        unexplained = unexplained_writes(before, xact_writes(live), expected)
+        checked = {name: "counts: every write the apply's own, every written row the clinic's" for name in expected}
+        if unexplained:
+            tenants = live.execute("SELECT current_setting(%s)", (TENANTS_SETTING,)).fetchone()[0]
+            twin: list[psycopg.Connection] = []
+
+            def before_session() -> psycopg.Connection:
+                if not twin:
+                    twin.append(stack.enter_context(adopted_session(
+                        self.live_dsn, snapshot, {**RENDER_SETTINGS, TENANTS_SETTING: tenants})))
+                return twin[0]
+
+            checked.update(check_unexplained(live, before_session, scope, unexplained, clinic))
+        return checked
 
     # -- planning: what to insert, what to revert ---------------------------------------------------------
 

@@ -2,12 +2,31 @@
 
 All of it runs inside the apply's one live transaction (core/tenant_restore/apply.py):
 
-- **Other clinics.** ``other_tenants_checksums`` is the content checksum (core/pg/checksums.py's
-  row hash, summed) of every row of a table that does NOT belong to the clinic (its tenant
-  filter not true: other clinics' rows and rows of no clinic). Computed before the first write
-  and again just before COMMIT in the same REPEATABLE READ snapshot, other sessions' writes are
-  invisible to both: any difference is this transaction's own doing, and ``check_untouched``
-  raises, which rolls everything back.
+- **Other clinics.** No row that is not the clinic's may change. Proved cheaply, and exactly:
+
+  1. ``xact_writes`` reads, before the first write and again before COMMIT, how many rows this
+     transaction has inserted, updated and deleted in every table (``pg_stat_get_xact_tuples_*``:
+     the backend's own not-yet-flushed counts plus those of its live subtransactions, attempts
+     in rolled-back subtransactions included; PG15 src/backend/utils/adt/pgstatfuncs.c), leaf
+     partitions added up under their root, and each table's relfilenode (a TRUNCATE or rewrite
+     changes it without counting rows). The difference is what happened in between, whatever
+     the session did before (pending counts of earlier transactions cancel out).
+  2. ``unexplained_writes`` compares it with the rowcounts of the apply's own INSERTs and
+     UPDATEs. A row moved to another partition by an UPDATE counts as one delete and one insert,
+     so a table is explained when ``inserted - deleted`` and ``updated + deleted`` equal our
+     inserts and updates (all counts are non-negative: any extra write breaks one of the two).
+     Explained everywhere means no trigger, rule or cascade wrote anything else.
+  3. ``rows_not_the_clinics`` checks that every row the apply wrote is the clinic's *after* the
+     writes (its tenant filter true): a restored child hung under a parent that is now another
+     clinic's, or a reverted foreign key pointing at one, would otherwise move a row across.
+  4. Only a table with unexplained writes is checksummed (``other_tenants_checksums``, the
+     content checksum of its rows that are not the clinic's): after the writes in the apply's
+     transaction, before them in a session that adopted the apply's snapshot as exported before
+     the first write (so both sides see the same moment; other sessions' writes are invisible to
+     both). A difference raises IsolationError (rolled back). A table with unexplained writes
+     outside the tenant scope holds no clinic's rows: it is reported, not refused (a global
+     audit table written by a trigger).
+
 - **Sequences never move backwards.** Restored rows keep their ids (inserted explicitly,
   ``OVERRIDING SYSTEM VALUE`` for identity columns GENERATED ALWAYS). ``advance_sequences``
   then moves a column's sequence (identity, serial, OWNED BY, or named in its default) forward
@@ -25,6 +44,7 @@ All of it runs inside the apply's one live transaction (core/tenant_restore/appl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -52,7 +72,8 @@ class ArchiveJournalError(DrpError):
 
 def other_tenants_checksums(conn: psycopg.Connection, scope: Scope,
                             tables: list[TableScope]) -> dict[str, tuple[int, str]]:
-    """(rows, checksum) of the rows of each table that are not the bound tenant's."""
+    """(rows, checksum) of the rows of each table that are not the bound tenant's (``conn`` must be
+    in a transaction with the tenant bound and RENDER_SETTINGS pinned)."""
     out = {}
     for t in tables:
         source = sql.SQL("(SELECT t.* FROM {} AS t WHERE ({}) IS NOT TRUE)").format(
@@ -71,6 +92,124 @@ def check_untouched(before: dict[str, tuple[int, str]], after: dict[str, tuple[i
             f"restoring clinic {clinic} would have changed rows of other clinics in {', '.join(changed)}: "
             "rolled back, nothing applied",
             fix="this is a bug in drp (or a trigger writing across clinics): report it with the tables named")
+
+
+# -- what this transaction wrote -------------------------------------------------------------------
+
+# Every permanent table and materialized view of the database (leaf partitions under their root's
+# name) with this transaction's row counts so far and its relfilenode. TEMP relations (the apply's
+# own), catalogs and TOAST tables are left out: DDL and big values write there.
+_XACT_WRITES = """
+SELECT c.oid, rn.nspname || '.' || r.relname, c.relfilenode,
+       pg_stat_get_xact_tuples_inserted(c.oid), pg_stat_get_xact_tuples_updated(c.oid),
+       pg_stat_get_xact_tuples_deleted(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class r ON r.oid = coalesce(pg_partition_root(c.oid), c.oid)
+JOIN pg_namespace rn ON rn.oid = r.relnamespace
+WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+"""
+
+
+@dataclass(frozen=True)
+class XactWrites:
+    """``xact_writes``: leaf relation oid -> (root table name, relfilenode, inserted, updated, deleted)."""
+
+    relations: Mapping[int, tuple[str, int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class Unexplained:
+    """A table whose rows this transaction changed beyond what the apply's own statements did."""
+
+    table: str
+    inserted: int
+    updated: int
+    deleted: int
+    expected: tuple[int, int]  # the apply's own (inserted, updated)
+    rewritten: bool  # truncated, rewritten or dropped (its relfilenode changed)
+
+    def describe(self) -> str:
+        what = f"{self.inserted} inserted, {self.updated} updated, {self.deleted} deleted"
+        return f"{self.table} ({what}{'; truncated or rewritten' if self.rewritten else ''}; the apply wrote " \
+               f"{self.expected[0]} inserted, {self.expected[1]} updated)"
+
+
+def xact_writes(conn: psycopg.Connection) -> XactWrites:
+    """This transaction's writes so far, per table (see the module docstring, step 1)."""
+    return XactWrites({oid: (name, node, int(i), int(u), int(d))
+                       for oid, name, node, i, u, d in conn.execute(_XACT_WRITES).fetchall()})
+
+
+def unexplained_writes(before: XactWrites, after: XactWrites,
+                       expected: Mapping[str, tuple[int, int]]) -> list[Unexplained]:
+    """Tables whose writes between ``before`` and ``after`` are not exactly ``expected`` (table -> our
+    (inserted, updated)); a table not in ``expected`` must not have been written at all."""
+    totals: dict[str, list[int]] = {}
+    rewritten: set[str] = set()
+    for oid, (name, node, i, u, d) in after.relations.items():
+        was = before.relations.get(oid)
+        if was is not None and was[1] != node:
+            rewritten.add(name)
+        base = was[2:] if was is not None else (0, 0, 0)
+        acc = totals.setdefault(name, [0, 0, 0])
+        for k, (now, then) in enumerate(zip((i, u, d), base, strict=True)):
+            acc[k] += now - then
+    for oid, (name, *_rest) in before.relations.items():
+        if oid not in after.relations:  # dropped since
+            rewritten.add(name)
+            totals.setdefault(name, [0, 0, 0])
+    out = []
+    for name in sorted(set(totals) | set(expected)):
+        i, u, d = totals.get(name, [0, 0, 0])
+        want = expected.get(name, (0, 0))
+        if name in rewritten or i - d != want[0] or u + d != want[1]:
+            out.append(Unexplained(name, i, u, d, want, name in rewritten))
+    return out
+
+
+def rows_not_the_clinics(conn: psycopg.Connection, scope: Scope, t: TableScope, pk: tuple[str, ...],
+                         written: list[sql.Composable]) -> int:
+    """How many rows the apply just wrote to ``t`` are not the bound clinic's now (their tenant filter
+    is not true). ``written``: relations holding the written rows (by primary key; a table without
+    one only gets inserts, checked on the rows inserted)."""
+    if not written:
+        return 0
+    if pk:
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in pk)
+        union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {} FROM {}").format(keys, rel) for rel in written)
+        join = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("t", k), sql.Identifier("w", k))
+                                     for k in pk)
+        query = sql.SQL("SELECT count(*) FROM ({}) AS w JOIN {} AS t ON {} WHERE ({}) IS NOT TRUE").format(
+            union, read_relation(t.schema, t.table, t.kind), join, tenant_filter(t, scope, "t"))
+    else:
+        union = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT * FROM {}").format(rel) for rel in written)
+        query = sql.SQL("SELECT count(*) FROM ({}) AS t WHERE ({}) IS NOT TRUE").format(
+            union, tenant_filter(t, scope, "t"))
+    return int(conn.execute(query).fetchone()[0])
+
+
+def check_unexplained(after: psycopg.Connection, before: Callable[[], psycopg.Connection], scope: Scope,
+                      unexplained: list[Unexplained], clinic: str) -> dict[str, str]:
+    """The exact fallback (module docstring, step 4) for the tables with unexplained writes: IsolationError
+    if another clinic's rows differ; else what was checked, per table. ``before()`` opens (once) the
+    session on the snapshot taken before the first write, with the clinic bound."""
+    checked: dict[str, str] = {}
+    in_scope = [u for u in unexplained if u.table in scope.names]
+    for u in unexplained:
+        if u.table not in scope.names:
+            checked[u.table] = f"outside the tenant scope, not checked: {u.describe()}"
+    if not in_scope:
+        return checked
+    tables = [scope.table(u.table) for u in in_scope]
+    was = other_tenants_checksums(before(), scope, tables)
+    now = other_tenants_checksums(after, scope, tables)
+    check_untouched(was, now, clinic)
+    for u in in_scope:
+        checked[u.table] = (f"writes not all the apply's ({u.describe()}); other clinics' rows checksummed, "
+                            f"equal: {now[u.table][0]} rows {now[u.table][1]}")
+    return checked
 
 
 # -- sequences -----------------------------------------------------------------------------------

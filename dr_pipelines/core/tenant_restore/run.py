@@ -213,7 +213,7 @@ def _run_mode(settings: Settings, request: Request, past: PastDatabase, scope: S
     else:
         from dr_pipelines.core.tenant_restore.apply import UndoTarget, apply_restore
 
-        say(f"applying ({request.policy}): the undo export first, then one live transaction")
+        say(f"applying ({request.policy}): one live transaction, the undo export in its snapshot beside it")
         applied = apply_restore(past.dsn, live_dsn, scope, clinic, policies=POLICIES[request.policy or ""],
                                 on_conflict=request.on_conflict, requester=request.requester, reason=request.reason or "",
                                 undo=UndoTarget(context.storage(settings), allow_plaintext=request.undo_allow_plaintext),
