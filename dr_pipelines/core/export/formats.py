@@ -106,7 +106,8 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, counter: RowCo
 
     Straight on libpq (``conn.pgconn``): psycopg's ``Copy`` iterator costs about a
     microsecond of Python per row, which made exports half as fast as ``psql``. Closing the
-    generator early cancels the COPY and drains the connection, so the transaction stays usable.
+    generator early cancels the COPY and drains the connection, so the transaction stays usable
+    (closing it after its connection was closed does nothing: the session ended the COPY).
     """
     pgconn = conn.pgconn
     pgconn.send_query(statement.as_bytes(conn))
@@ -133,11 +134,14 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, counter: RowCo
         counter.rows = int(result.command_tuples or 0)
         finished = True
     finally:
-        if not finished:
-            conn.cancel_safe(timeout=10)
-            while pgconn.get_copy_data(0)[0] >= 0:
-                pass
-        _drain(pgconn)
+        # A generator left unfinished may be closed (by the garbage collector) after its connection
+        # was: then the server already ended the COPY with the session and there is nothing to cancel.
+        if not conn.closed:
+            if not finished:
+                conn.cancel_safe(timeout=10)
+                while pgconn.get_copy_data(0)[0] >= 0:
+                    pass
+            _drain(pgconn)
 
 
 def _drain(pgconn: Any) -> None:
