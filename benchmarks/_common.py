@@ -5,17 +5,20 @@
 - ``run_measured`` / ``Launch``: run a command as a child, returning its wall time, CPU time
   and peak RSS (measured by GNU time, so the number is the command's own, not ours).
 - ``stats``, ``machine_info``: median/min summaries and the context a result needs.
+- ``DrpPython`` (and ``add_cold_bytecode_flag``, ``BYTECODE_DOC``): run ``drp`` children as an installed
+  drp runs, with a bytecode cache, so that drp and pgBackRest (a compiled binary) compare on equal terms.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +43,40 @@ def make_base_dir(prefix: str, base_dir: Path | str | None = None) -> Path:
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=base_dir))
     os.chmod(base, 0o755)
     return base
+
+
+BYTECODE_DOC = """The ``drp`` processes run as an installed drp does: with Python's bytecode cache (a PYTHONPYCACHEPREFIX
+under the base dir, filled by one untimed warm-up run). Without it, when PYTHONDONTWRITEBYTECODE is set
+and nothing was compiled at install time (``uv pip install`` does not compile by default), every ``drp``
+start compiles drp's and its libraries' sources again: ~0.35 s more CPU per start on this machine.
+``--cold-bytecode`` keeps the environment as it is, to measure that case; the JSON's ``bytecode_cache``
+says which."""
+
+
+def add_cold_bytecode_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cold-bytecode", action="store_true",
+                        help="run drp without a bytecode cache when the environment has none (PYTHONDONTWRITEBYTECODE)")
+
+
+class DrpPython:
+    """The Python environment of the benchmarks' ``drp`` children (see ``BYTECODE_DOC`` for why).
+
+    ``cached`` False (``--cold-bytecode``) leaves the environment untouched. The cache is filled by the
+    script's own untimed warm-up run of its drp command (the first run of an installed drp writes it), not by
+    ``compileall`` of the whole virtualenv (~10 s, 190 MB here), so it holds what drp imports.
+    """
+
+    def __init__(self, base: Path, *, cached: bool = True) -> None:
+        self.cached = cached
+        self.prefix = base / "pycache"
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """env for a drp child: with the cache prefix, and bytecode writing allowed so the warm-up fills it."""
+        out = dict(env)
+        if self.cached:
+            out["PYTHONPYCACHEPREFIX"] = str(self.prefix)
+            out.pop("PYTHONDONTWRITEBYTECODE", None)
+        return out
 
 
 @dataclass

@@ -21,12 +21,9 @@
      process, so the interpreter start-up and the CLI are left out; its peak RSS is not measured (it is ours).
 Prints JSON (medians, min, bytes written, peak RSS) and the ratios docs/benchmarks.md quotes.
 
-The ``drp`` processes run as an installed drp does: with Python's bytecode cache (a PYTHONPYCACHEPREFIX
-under the base dir, filled by one untimed warm-up backup). Without it, when PYTHONDONTWRITEBYTECODE is set
-and nothing was compiled at install time (``uv pip install`` does not compile by default), every ``drp``
-start compiles drp's and its libraries' sources again: ~0.35 s more CPU per start on this machine.
-``--cold-bytecode`` keeps the environment as it is, to measure that case. ``start_s`` in the results is
-the wall time outside the manifest's start to finish: interpreter, imports, settings, exit.
+See ``_common.BYTECODE_DOC`` (appended below): the warm-up is one untimed ``drp`` lowlevel backup.
+``start_s`` in the results is the wall time outside the manifest's start to finish: interpreter, imports,
+settings, exit.
 """
 
 from __future__ import annotations
@@ -41,7 +38,16 @@ import time
 from pathlib import Path
 
 import psycopg
-from _common import CLUSTER_SETTINGS, Launch, machine_info, make_base_dir, stats
+from _common import (
+    BYTECODE_DOC,
+    CLUSTER_SETTINGS,
+    DrpPython,
+    Launch,
+    add_cold_bytecode_flag,
+    machine_info,
+    make_base_dir,
+    stats,
+)
 
 from dr_pipelines.core.crypto import generate_identity_file
 from dr_pipelines.core.pg.cluster import LocalCluster, server_os_user
@@ -63,12 +69,10 @@ class Bench:
                  archive_check: bool = False, bytecode_cache: bool = True) -> None:
         """``archive_check``: pgBackRest waits for its backup's WAL in its repository (pitr_restore.py
         archives to it, so its backups can be restored); here nothing archives to it.
-        ``bytecode_cache``: run ``drp`` with a bytecode cache under ``base`` (see the module's docstring)."""
+        ``bytecode_cache``: run ``drp`` with a bytecode cache under ``base`` (_common.DrpPython)."""
         self.base, self.cluster, self.recipient = base, cluster, recipient
         self.archive_check = archive_check
-        self.python_env: dict[str, str] = {}
-        if bytecode_cache:
-            self.python_env = {"PYTHONPYCACHEPREFIX": str(base / "pycache")}
+        self.python = DrpPython(base, cached=bytecode_cache)
         self.in_process: dict[str, list[float]] = {"lowlevel": [], "pg_basebackup": []}
         self.bin = cluster.binaries.bin_dir
         self.pgbackrest = shutil.which("pgbackrest") if pgbackrest else None
@@ -83,10 +87,8 @@ class Bench:
 
     def drp(self, method: str) -> tuple[float, int, int]:
         storage = self.fresh(f"drp-{method}")
-        env = {**os.environ, "DRP_SOURCE_DSN": self.cluster.dsn(), "DRP_STORAGE_URL": str(storage),
-               "DRP_ENCRYPTION_RECIPIENTS": self.recipient, **self.python_env}
-        if self.python_env:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env = self.python.env({**os.environ, "DRP_SOURCE_DSN": self.cluster.dsn(), "DRP_STORAGE_URL": str(storage),
+                               "DRP_ENCRYPTION_RECIPIENTS": self.recipient})
         launch = Launch([str(BIN / "drp"), "backup", "run", "--physical", "--method", method, "--no-prune", "--json"],
                         env=env, stdout=subprocess.PIPE)
         assert launch.proc.stdout is not None
@@ -158,15 +160,15 @@ class Bench:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=f"{__doc__}\n{BYTECODE_DOC}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=70)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--base-dir", default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--skip-pgbackrest", action="store_true")
     parser.add_argument("--in-process", action="store_true", help="also time run_base_backup in this process")
-    parser.add_argument("--cold-bytecode", action="store_true",
-                        help="run drp without a bytecode cache when the environment has none (PYTHONDONTWRITEBYTECODE)")
+    add_cold_bytecode_flag(parser)
     args = parser.parse_args()
     base = make_base_dir("bench-base-", args.base_dir)
     recipient = generate_identity_file(base / "key.txt")

@@ -1,15 +1,15 @@
 """Benchmark restores: drp's PITR to a started cluster against pgBackRest's restore, and WAL replay
 with parallel prefetch against serial fetching.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/pitr_restore.py [--scale 70] [--runs 2] [--wal-gb 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/pitr_restore.py [--scale 70] [--runs 3] [--wal-gb 1] [--cold-bytecode]
 
 1. One cluster (CLUSTER_SETTINGS, fsync on) loaded with ``pgbench -i -s SCALE`` (~1 GB at 70), its WAL
    archived to drp (the client -> `drp wal archiver`, support/wal.WalRig) **and** to pgBackRest
    (``&& pgbackrest archive-push %p``), so both tools can recover.
 2. A drp base backup (in-process, into the rig's storage) and a pgBackRest full backup
    (base_backup.Bench: zstd level 3, process-max 2, run as the postgres OS user, its config in the temp dir).
-3. Restore to a consistent, started, promoted cluster, --runs times each, alternating, measured as a
-   child (wall time, peak RSS):
+3. One untimed drp restore (the bytecode cache's warm-up, below), then restore to a consistent, started,
+   promoted cluster, --runs times each, alternating, measured as a child (wall time, peak RSS):
    - ``drp``: ``drp restore --pitr --latest --new-cluster DIR`` (extract while checking the WAL, recover
      everything archived, promote, a fresh password and scram-only pg_hba reloaded: one server start);
    - ``pgbackrest``: ``pgbackrest restore --archive-mode=off`` (type default: everything archived) into
@@ -18,6 +18,8 @@ with parallel prefetch against serial fetching.
    three restores (--replay-runs times) replaying it: drp ``--prefetch 0`` (a `drp wal fetch` process per segment) vs drp
    default (8 ahead, in parallel) vs pgBackRest (archive-get per segment, its default).
 Prints JSON with the load average around every measurement (2 shared cores).
+
+See ``_common.BYTECODE_DOC`` (appended below): the warm-up is one untimed ``drp restore --pitr --latest``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import CLUSTER_SETTINGS, Launch, Measured, machine_info, make_base_dir, stats
+from _common import (
+    BYTECODE_DOC,
+    CLUSTER_SETTINGS,
+    Launch,
+    Measured,
+    add_cold_bytecode_flag,
+    machine_info,
+    make_base_dir,
+    stats,
+)
 from base_backup import Bench, as_pg
 
 from dr_pipelines.core import context
@@ -107,7 +118,8 @@ class Restores:
 
     def drp(self, *extra: str) -> dict[str, Any]:
         dest = self.target("drp")
-        env = {**os.environ, "DRP_CONFIG": str(self.rig.config), "DRP_WORK_DIR": str(self.base / "work")}
+        env = self.bench.python.env({**os.environ, "DRP_CONFIG": str(self.rig.config),
+                               "DRP_WORK_DIR": str(self.base / "work")})
         before = load()
         launched = time.time()
         launch = Launch([str(BIN / "drp"), "restore", "--pitr", "--latest", "--new-cluster", str(dest),
@@ -198,13 +210,15 @@ def write_wal(cluster: LocalCluster, gigabytes: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=f"{__doc__}\n{BYTECODE_DOC}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=70)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3, help="alternated drp/pgBackRest pairs (medians)")
     parser.add_argument("--wal-gb", type=float, default=1.0)
     parser.add_argument("--replay-runs", type=int, default=1, help="each replay of --wal-gb takes minutes here")
     parser.add_argument("--base-dir", default=None)
     parser.add_argument("--skip-replay", action="store_true", help="only the restores right after the backups")
+    add_cold_bytecode_flag(parser)
     args = parser.parse_args()
     base = make_base_dir("bench-restore-", args.base_dir)
     rig = WalRig.make(base / "rig")
@@ -218,7 +232,7 @@ def main() -> None:
     try:
         with rig.archiver(), psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             pgbench_init(cluster, args.scale)
-            bench = Bench(base, cluster, "", archive_check=True)
+            bench = Bench(base, cluster, "", archive_check=True, bytecode_cache=not args.cold_bytecode)
             both = (f"'{rig.archive_command()} && {bench.pgbackrest} --config={bench.conf} --stanza=bench "
                     f"archive-push %p'")
             cluster.write_settings({**cluster.read_settings(), "archive_command": both})
@@ -231,6 +245,8 @@ def main() -> None:
             bench.pgbackrest_full()
             wait_archived(cluster, conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0])
             restores = Restores(base, rig, bench)
+            if not args.cold_bytecode:
+                restores.drp()  # the warm-up: fills the bytecode cache, as an installed drp's first run does
             results: dict[str, list[dict[str, Any]]] = {"drp": [], "pgbackrest": []}
             for _ in range(args.runs):
                 results["drp"].append(restores.drp())
@@ -239,7 +255,8 @@ def main() -> None:
             restore = {k: summarize(v) for k, v in results.items()}
             if args.skip_replay:
                 ratio = restore["drp"]["seconds"]["median"] / restore["pgbackrest"]["seconds"]["median"]
-                print(json.dumps({"restore": restore, "restore drp/pgbackrest": round(ratio, 2)}, indent=2))
+                print(json.dumps({"bytecode_cache": not args.cold_bytecode, "runs": args.runs, "restore": restore,
+                                  "restore drp/pgbackrest": round(ratio, 2)}, indent=2))
                 failed = False
                 return
             wal = write_wal(cluster, args.wal_gb)
@@ -257,7 +274,8 @@ def main() -> None:
         ratios = {"restore drp/pgbackrest": round(median["restore drp"] / median["restore pgbackrest"], 2),
                   "replay prefetch/serial": round(median["replay drp (prefetch 8)"] / median["replay drp --prefetch 0"], 2),
                   "replay drp/pgbackrest": round(median["replay drp (prefetch 8)"] / median["replay pgbackrest"], 2)}
-        print(json.dumps({"scale": args.scale, "cluster_bytes": size, "runs": args.runs,
+        print(json.dumps({"scale": args.scale, "bytecode_cache": not args.cold_bytecode, "cluster_bytes": size,
+                          "runs": args.runs,
                           "machine": machine_info(cluster.dsn()), "restore": restore, "wal_written": wal,
                           "replay": replayed, "ratios": ratios}, indent=2))
         failed = False

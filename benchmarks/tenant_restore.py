@@ -20,7 +20,11 @@
        the storage is a local folder, so ``--undo-allow-plaintext``; the undo export is part of the time),
        with its split from the JSON report (PITR; extract, compare and apply inside the apply);
    then the clinic's rows are checked against their checksums at T (the kept patients aside).
+   Before (b), one untimed ``drp tenant restore --clinic X --at T`` (a preview, no --apply): the bytecode
+   cache's warm-up, below (the apply's own lazily imported modules, the undo export's, stay cold).
 Prints JSON: sizes, seconds, the ratio a/b (target <= 0.5), the split, peak RSS, the load average.
+
+See ``_common.BYTECODE_DOC`` (appended below).
 """
 
 from __future__ import annotations
@@ -40,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import CLUSTER_SETTINGS, Launch, machine_info, make_base_dir
+from _common import (
+    BYTECODE_DOC,
+    CLUSTER_SETTINGS,
+    DrpPython,
+    Launch,
+    add_cold_bytecode_flag,
+    machine_info,
+    make_base_dir,
+)
 from psycopg import sql
 
 from dr_pipelines.core import context
@@ -155,9 +167,15 @@ def archive_now(cluster: LocalCluster) -> None:
         wait_archived(cluster, conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0], timeout=600)
 
 
-def drp_env(rig: WalRig, live: str, base: Path) -> dict[str, str]:
-    return {**os.environ, "DRP_CONFIG": str(rig.config), "DRP_SOURCE_DSN": live, "DRP_WORK_DIR": str(base / "work"),
-            "PATH": f"{BIN}:{os.environ['PATH']}"}
+def drp_env(rig: WalRig, live: str, base: Path, python: DrpPython) -> dict[str, str]:
+    return python.env({**os.environ, "DRP_CONFIG": str(rig.config), "DRP_SOURCE_DSN": live,
+                       "DRP_WORK_DIR": str(base / "work"), "PATH": f"{BIN}:{os.environ['PATH']}"})
+
+
+def warm_up(rig: WalRig, live: str, base: Path, python: DrpPython, clinic: str, at: str) -> None:
+    """One untimed preview (no --apply: live untouched) that fills the bytecode cache, as a first run does."""
+    subprocess.run([str(BIN / "drp"), "tenant", "restore", "--clinic", clinic, "--at", at, "--json"],
+                   env=drp_env(rig, live, base, python), check=True, stdout=subprocess.DEVNULL)
 
 
 def psql(dsn: str, *commands: str) -> None:
@@ -168,14 +186,15 @@ def psql(dsn: str, *commands: str) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
-def manual_way(rig: WalRig, live: str, base: Path, scope: Scope, clinic: str, at: str) -> dict[str, Any]:
+def manual_way(rig: WalRig, live: str, base: Path, scope: Scope, clinic: str, at: str,
+               python: DrpPython) -> dict[str, Any]:
     """(b): PITR the whole cluster, COPY the clinic's rows out to files, load them aside, re-insert by SQL."""
     split: dict[str, float] = {}
     started = time.monotonic()
     dest, files = base / "manual-pitr", base / "manual-files"
     files.mkdir()
     launch = Launch([str(BIN / "drp"), "restore", "--pitr", "--time", at, "--new-cluster", str(dest), "--json"],
-                    env=drp_env(rig, live, base), stdout=subprocess.PIPE)
+                    env=drp_env(rig, live, base, python), stdout=subprocess.PIPE)
     assert launch.proc.stdout is not None
     report = json.loads(launch.proc.stdout.read())
     pitr = launch.reap()
@@ -242,14 +261,14 @@ def dba_sql(live: str, scope: Scope, side: str) -> dict[str, int]:
 
 
 def drp_apply(rig: WalRig, live: str, base: Path, clinic: str, at: str, cluster: LocalCluster,
-              offset: int) -> dict[str, Any]:
+              offset: int, python: DrpPython) -> dict[str, Any]:
     """(a): the one command, measured as a child; its report's split, when each progress line came (stderr),
     and its statements on live by kind (the server log from ``offset``)."""
     reports = base / "reports"
     before = load()
     launch = Launch([str(BIN / "drp"), "tenant", "restore", "--clinic", clinic, "--at", at, "--apply", "--policy",
                      "both", "--reason", "benchmark", "--requester", "benchmark", "--report-dir", str(reports),
-                     "--undo-allow-plaintext", "--json"], env={**drp_env(rig, live, base), "PGAPPNAME": APP},
+                     "--undo-allow-plaintext", "--json"], env={**drp_env(rig, live, base, python), "PGAPPNAME": APP},
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timeline: list[tuple[float, str]] = []
 
@@ -290,13 +309,16 @@ def clinic_state(live: str, scope: Scope, clinic: str, kept: list[str]) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=f"{__doc__}\n{BYTECODE_DOC}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clinics", type=int, default=gen.BENCHMARK_CLINICS)
     parser.add_argument("--scale", type=float, default=gen.BENCHMARK_SCALE)
     parser.add_argument("--clinic", default="2")
     parser.add_argument("--base-dir", default=None)
+    add_cold_bytecode_flag(parser)
     args = parser.parse_args()
     base = make_base_dir("bench-tenant-restore-", args.base_dir)
+    python = DrpPython(base, cached=not args.cold_bytecode)
     rig = WalRig.make(base / "rig")
     settings = {**rig.cluster_settings("60s"), **CLUSTER_SETTINGS}
     settings.pop("fsync")  # durability at its default
@@ -325,17 +347,19 @@ def main() -> None:
                     kept = [str(r[0]) for r in conn.execute(AFTER_DAMAGE, {"c": clinic}).fetchall()]
                 damaged = clinic_checksums(live, scope, [clinic])[clinic]
                 archive_now(cluster)
-                manual = manual_way(rig, live, base, scope, clinic, at)
+                if python.cached:
+                    warm_up(rig, live, base, python, clinic, at)
+                manual = manual_way(rig, live, base, scope, clinic, at, python)
                 print(json.dumps({"manual": manual}), file=sys.stderr)
                 assert clinic_checksums(live, scope, [clinic])[clinic] == damaged  # rolled back: the same damage
                 with statements_logged(cluster) as offset:
-                    ours = drp_apply(rig, live, base, clinic, at, cluster, offset)
+                    ours = drp_apply(rig, live, base, clinic, at, cluster, offset, python)
                 print(json.dumps({"drp": ours}), file=sys.stderr)
             restored = clinic_state(live, scope, clinic, kept)
             exact = {name: restored[name] == sums for name, sums in at_t.items()}
             kept_rows = clinic_checksums(live, scope, [clinic])[clinic]["public.patients"][0] - at_t["public.patients"][0]
         print(json.dumps({
-            "clinics": args.clinics, "scale": args.scale, "database_bytes": size, "generate_seconds": round(generated, 1),
+            "clinics": args.clinics, "scale": args.scale, "bytecode_cache": python.cached, "database_bytes": size, "generate_seconds": round(generated, 1),
             "clinic": clinic, "clinic_rows_at_t": clinic_rows,
             "tables_changed_since_t": sorted(n for n in at_t if at_t[n] != damaged[n]),
             "other_clinics_writer_transactions": writer["transactions"],

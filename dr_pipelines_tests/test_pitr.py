@@ -248,6 +248,8 @@ def test_the_restored_server_starts_once_and_is_secured_without_a_restart(ledger
         log = cluster.log_tail(10000)
         assert log.count("starting PostgreSQL") == 1 and "shutdown request" not in log, log
         assert "selected new timeline ID: 2" in log and "archive recovery complete" in log
+        # promotion followed by postmaster.pid's status and one kept connection: no attempt the server refused
+        assert "the database system is starting up" not in log and "not yet accepting connections" not in log, log
         with psycopg.connect(rec.dsn) as conn:  # scram with the passfile, over TCP
             assert conn.execute("SELECT pg_is_in_recovery(), current_setting('archive_mode'), "
                                 "current_setting('archive_command'), inet_server_addr()::text").fetchone() == (

@@ -57,7 +57,12 @@ from dr_pipelines.core.wal.restore import WalFetcher
 
 PHASE = "WAL replayed"
 LAUNCH_GRACE_S = 15  # for postmaster.pid to appear after `pg_ctl start -W`
-POLL_S = 0.1  # replay progress and promotion; each poll is one short connection
+POLL_S = 0.02  # promotion: postmaster.pid's status, then one query on a kept connection (part of every restore's end)
+PROGRESS_S = 0.1  # replay progress reported at most this often
+# postmaster.pid's 8th line (PostgreSQL's pidfile.h, LOCK_FILE_LINE_PM_STATUS): "standby" once hot standby takes
+# connections, "ready" once promoted; "starting" before, when a connection attempt would only be refused.
+PM_STATUS_LINE = 8
+PM_TAKES_CONNECTIONS = ("standby", "ready")
 RELOAD_TIMEOUT_S = 30  # for the postmaster to load FINAL_HBA after pg_reload_conf()
 LAUNCH_ATTEMPTS = 3  # the free port taken by someone else before the server bound it: another one
 # The socket's directory is 0700 (the data directory, or a private folder): only the server's OS user and root.
@@ -244,27 +249,60 @@ def _connect(socket_dir: Path, port: int) -> psycopg.Connection:
 
 def _follow(cluster: LocalCluster, socket_dir: Path, start_lsn: int, target_lsn: int | None,
             progress: Progress | None) -> tuple[str, str | None]:
-    """Poll until promoted; report replay progress; on the server's exit, raise with its reason."""
+    """Poll until promoted; report replay progress; on the server's exit, raise with its reason.
+
+    Every POLL_S: postmaster.pid (the server's own status line says when connections are taken and when
+    it is promoted), then, once connections are taken, one query on a kept connection; so promotion is
+    seen within ~POLL_S without a refused connection attempt or a backend start per poll. Autocommit and a
+    query that reads no table: between polls the session holds no snapshot or lock that could delay
+    replay. A connection the server drops is made again at the next poll."""
     total = target_lsn - start_lsn if target_lsn and target_lsn > start_lsn else None
-    launched, seen = time.monotonic(), False
-    while True:
-        if (cluster.data_dir / "postmaster.pid").exists():
-            seen = True
-        elif (seen or time.monotonic() - launched > LAUNCH_GRACE_S) and not cluster.is_running():
-            raise _failure(cluster)
-        try:
-            with _connect(socket_dir, cluster.port) as conn:
+    launched, seen, reported = time.monotonic(), False, 0.0
+    conn: psycopg.Connection | None = None
+    try:
+        while True:
+            status = _pm_status(cluster.data_dir)
+            if status is not None:
+                seen = True
+            elif (seen or time.monotonic() - launched > LAUNCH_GRACE_S) and not cluster.is_running():
+                raise _failure(cluster)
+            if status not in (*PM_TAKES_CONNECTIONS, ""):  # "": status unknown, so try connecting
+                time.sleep(POLL_S)
+                continue
+            try:
+                if conn is None:
+                    conn = _connect(socket_dir, cluster.port)
                 in_recovery, replay, last_commit = conn.execute(
                     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
                 ).fetchone()
-        except psycopg.OperationalError:
-            time.sleep(POLL_S)  # starting up, or not consistent yet
-            continue
-        if replay and progress:
-            progress(PHASE, max(0, parse_lsn(replay) - start_lsn), total)
-        if not in_recovery:
-            return replay or format_lsn(start_lsn), last_commit.isoformat() if last_commit else None
-        time.sleep(POLL_S)
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(POLL_S)  # not consistent yet, or the server went away (checked above)
+                continue
+            now = time.monotonic()
+            if replay and progress and (not in_recovery or now - reported >= PROGRESS_S):
+                progress(PHASE, max(0, parse_lsn(replay) - start_lsn), total)
+                reported = now
+            if not in_recovery:
+                return replay or format_lsn(start_lsn), last_commit.isoformat() if last_commit else None
+            time.sleep(POLL_S)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _pm_status(data_dir: Path) -> str | None:
+    """postmaster.pid's status ("starting", "standby", "ready", ...); "" if unknown (no such line yet, or the
+    file not readable by us); None if there is no postmaster.pid (not started yet, or exited)."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    return lines[PM_STATUS_LINE - 1].strip() if len(lines) >= PM_STATUS_LINE else ""
 
 
 _REASONS = re.compile(r"FATAL|PANIC|error:|could not restore|restore_command|recovery ended|  fix:")
