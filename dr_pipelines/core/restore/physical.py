@@ -29,6 +29,7 @@ from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.stream import writer_chunks
 from dr_pipelines.core.verified_read import read_verified
 
 EXTRACTING_AFTER = 20  # tar members (a base backup has hundreds)
@@ -52,11 +53,12 @@ def abandon_extraction_if(check: Callable[[], None]) -> Iterator[None]:
 
 
 def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequence[object], data_dir: Path, *,
-                        progress: Progress | None = None) -> None:
+                        progress: Progress | None = None, durable: bool = True) -> None:
     """Unpack base backup ``entry`` into ``data_dir`` (0700; created, or an empty directory).
 
     backup_manifest stays in data_dir (for pg_verifybackup). On any failure (a damaged object,
     a wrong key, an unsafe member) data_dir is removed (emptied if it existed before).
+    ``durable`` False: files are not flushed as they are written (a throwaway running with fsync off).
     """
     manifest = entry.manifest
     if manifest is None or entry.kind != "base":
@@ -73,7 +75,7 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     os.chmod(data_dir, 0o700)
     key = f"{backup_prefix(entry.id)}/{obj.key}"
     try:
-        _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress)
+        _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress, durable=durable)
         give_to_server(data_dir)  # the untar sets no owner: the files are ours
     except BaseException:
         if created:
@@ -85,11 +87,18 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
 
 
 def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identities: Sequence[object], data_dir: Path,
-                    progress: Progress | None) -> None:
-    untar = SafeUntar(data_dir, on_member=_checkpoint_while_extracting)
+                    progress: Progress | None, *, durable: bool = True) -> None:
+    """The verified read on a thread (``writer_chunks``), the untar here: decryption and decompression (C and
+    Rust, the GIL released) overlap the writes (``os.write``, also released) on a second core: 2.0 -> 1.6 s for
+    1.1 GB here. The abandon check and crash-test checkpoints stay in this thread (the untar's); a damaged object
+    raises here after its last chunk, and a refused member cancels the read."""
+    untar = SafeUntar(data_dir, on_member=_checkpoint_while_extracting, durable=durable)
+    report = (lambda n: progress("extract", n, size)) if progress else None
     try:
-        read_verified(storage, key, untar, size=size, sha256=sha256, decrypt=True, identities=identities,  # type: ignore[arg-type]
-                      progress=(lambda n: progress("extract", n, size)) if progress else None)
+        for chunk in writer_chunks(lambda out: read_verified(storage, key, out, size=size, sha256=sha256, decrypt=True,
+                                                             identities=identities, progress=report),
+                                   name="drp-base-read"):
+            untar.write(chunk)
         untar.finish()
     except TarFormatError as exc:
         raise RestoreError(f"cannot unpack {storage.url}/{key}: {exc}",

@@ -23,7 +23,9 @@ A refused or malformed member raises ``TarFormatError`` at once; the caller remo
 Written data is flushed to disk while the extraction goes on (``_Flusher``: fdatasync per file and every
 64 MiB of a large one, in a thread). PostgreSQL fsyncs the whole data directory when it starts from a base
 backup; without this, all of it was still dirty in the page cache then, and that start waited for 1 GB of
-writes after a 3 s extraction (docs/benchmarks.md, "Restore and WAL replay").
+writes after a 3 s extraction (docs/benchmarks.md, "Restore and WAL replay"). A throwaway cluster that runs
+with ``fsync`` off (a tenant restore's past database) is never crash-recovered and PostgreSQL does not sync
+it at start: ``durable=False`` skips the flushes.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class TarFormatError(ValueError):
 class SafeUntar:
     """A writable sink that unpacks the tar written into it under ``root`` (an existing, empty directory)."""
 
-    def __init__(self, root: Path, on_member: Callable[[int], None] | None = None) -> None:
+    def __init__(self, root: Path, on_member: Callable[[int], None] | None = None, *, durable: bool = True) -> None:
         self.root = os.fspath(root)
         self.members = 0  # files and directories unpacked so far
         self._on_member = on_member  # hears the count after each one (progress, crash-test checkpoints)
@@ -99,7 +101,7 @@ class SafeUntar:
         self._pad = 0  # zero bytes after it, up to the next 512-byte block
         self._fd: int | None = None  # the regular file being written
         self._unflushed = 0  # bytes written to it since it was last handed to the flusher
-        self._flusher = _Flusher()
+        self._flusher = _Flusher() if durable else None  # a throwaway (fsync off) is never crash-recovered
         self._meta: bytearray | None = None  # a pax or long-name body being collected
         self._meta_type = b""
         self._next: dict[str, str] = {}  # path/size for the next member, from a pax or long-name header
@@ -117,7 +119,7 @@ class SafeUntar:
                 if self._fd is not None:
                     _write_all(self._fd, part)
                     self._unflushed += take
-                    if self._unflushed >= FLUSH_EVERY:
+                    if self._unflushed >= FLUSH_EVERY and self._flusher is not None:
                         self._flusher.flush(os.dup(self._fd))
                         self._unflushed = 0
                 elif self._meta is not None:
@@ -148,7 +150,8 @@ class SafeUntar:
         last flushes (an I/O error there fails the extraction)."""
         if not self.ended:
             raise TarFormatError("the tar ends before its end-of-archive block (truncated)")
-        self._flusher.finish()
+        if self._flusher is not None:
+            self._flusher.finish()
 
     def close(self) -> None:
         """Release every descriptor (after a failure too)."""
@@ -156,7 +159,8 @@ class SafeUntar:
             os.close(self._fd)
             self._fd = None
         try:
-            self._flusher.finish()
+            if self._flusher is not None:
+                self._flusher.finish()
         except OSError:
             pass  # the extraction failed already; its own error is the one to report
 
@@ -196,7 +200,10 @@ class SafeUntar:
             if self._on_member:
                 self._on_member(self.members)
         if self._fd is not None:
-            self._flusher.flush(self._fd)
+            if self._flusher is not None:
+                self._flusher.flush(self._fd)
+            else:
+                os.close(self._fd)
             self._fd, self._unflushed = None, 0
         elif self._meta is not None:
             body, kind, self._meta = bytes(self._meta), self._meta_type, None
