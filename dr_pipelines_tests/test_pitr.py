@@ -269,6 +269,34 @@ def test_the_restored_server_starts_once_and_is_secured_without_a_restart(ledger
         cluster.remove()
 
 
+def test_pause_leaves_a_read_only_standby_at_the_target_reached_only_over_its_socket(ledger: Ledger,
+                                                                                  where: Path) -> None:
+    """pause=True (a tenant restore that only reads the past): the rows at the target exactly, in recovery and
+    paused there, read-only, on the timeline replayed (no promotion: no timeline 2, nothing archived), TCP still
+    rejected by pg_hba (no password exists), the DSN a unix socket in a 0700 folder."""
+    before = archive_listing(ledger.rig)
+    result = pitr(ledger, RecoveryTarget.parse(time=ledger.marks["time"].isoformat()), where / "restored", pause=True)
+    rec = result.recovery
+    try:
+        assert rec.paused and rec.dsn is not None and rec.timeline == 1  # the target lies on timeline 1
+        host = psycopg.conninfo.conninfo_to_dict(rec.dsn)["host"]
+        assert host.startswith("/") and os.stat(host).st_mode & 0o077 == 0
+        ids, checksum = restored_ids(result)
+        assert ids == ledger.ids_after[2] and checksum == source_checksum(ledger, ids[-1])
+        with psycopg.connect(rec.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()").fetchone() == (
+                True, "paused")
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO ledger (note) VALUES ('written into the past')")
+        with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects"):
+            psycopg.connect(host="127.0.0.1", port=rec.port, user="postgres", dbname="postgres",
+                            passfile="/dev/null").close()
+        assert "selected new timeline ID" not in LocalCluster(data_dir=rec.data_dir, port=rec.port).log_tail(10000)
+    finally:
+        LocalCluster(data_dir=rec.data_dir, port=rec.port).remove()
+    assert_untouched_by_restores(ledger, before)
+
+
 def test_tcp_is_rejected_while_recovering_and_if_the_restore_dies_before_securing(ledger: Ledger,
                                                                                where: Path) -> None:
     """Until the fresh password and scram are in place TCP is refused by pg_hba, even for the superuser of a

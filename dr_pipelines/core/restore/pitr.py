@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from dr_pipelines.core.restore.targets import (
     target_lsn_of,
 )
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.wal.names import parse_lsn
 from dr_pipelines.core.wal.restore import WalFetcher
 
 __all__ = ["BaseBackup", "PitrError", "PitrResult", "RecoveryResult", "RecoveryTarget", "check_wal",
@@ -49,12 +50,14 @@ Extract = Callable[[BaseBackup, Path], None]  # puts the base backup's files int
 DEFAULT_PREFETCH = 8
 
 
-def extract_from_storage(storage: Storage, identities: Sequence[object], progress: Progress | None = None) -> Extract:
-    """The base backup's tar from storage, verified and unpacked (core/restore/physical.py, the base backup work)."""
+def extract_from_storage(storage: Storage, identities: Sequence[object], progress: Progress | None = None, *,
+                         durable: bool = True) -> Extract:
+    """The base backup's tar from storage, verified and unpacked (core/restore/physical.py, the base backup work).
+    ``durable`` False for a throwaway that runs with fsync off: nothing is flushed while extracting."""
     def extract(base: BaseBackup, data_dir: Path) -> None:
         from dr_pipelines.core.restore.physical import extract_base_backup  # type: ignore[import-not-found]
 
-        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress)
+        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress, durable=durable)
     return extract
 
 
@@ -92,7 +95,7 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
                      keep_running: bool = True,
                      port: int | None = None, progress: Progress | None = None, timeline: int | None = None,
                      log: Callable[[str], None] | None = None,
-                     settings: Mapping[str, str] | None = None) -> PitrResult:
+                     settings: Mapping[str, str] | None = None, pause: bool = False) -> PitrResult:
     """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
 
     ``timeline``: recover along this timeline (recovery_target_timeline = N: a target on an older timeline
@@ -102,6 +105,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     This process serves the recovery's WAL fetches (``identities`` decrypt them, core/wal/restore.py
     WalFetcher); ``keep_running`` False leaves the promoted cluster stopped. ``settings``: extra
     server settings kept after promotion (a throwaway's FAST_THROWAWAY, core/restore/throwaway.py).
+    ``pause``: stop at the target as a read-only hot standby, not promoted (recovery.py; a target short of
+    the archive's end, kept running); the result's timeline is then the one replayed at the target.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     for line in sweep_leftovers(work_dir):
@@ -135,7 +140,9 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),
-                         timeline=lineage.setting(), settings=settings)
+                         timeline=lineage.setting(), settings=settings, pause=pause)
+        if result.paused:
+            result = replace(result, timeline=lineage.timeline_at(parse_lsn(result.replayed_to)))
     except BaseException:
         LocalCluster(data_dir=data_dir, port=0).remove(keep_dir=not created)
         raise

@@ -165,6 +165,11 @@ class Lineage:
     def setting(self) -> str:
         return str(self.timeline) if self.explicit else "latest"
 
+    def timeline_at(self, lsn: int) -> int:
+        """The timeline WAL at ``lsn`` belongs to along this history (PostgreSQL's tliOfPointInHistory: a
+        timeline ends at its switch point, the record there is its child's)."""
+        return next((tl for tl, switch in self.switches if lsn < switch), self.timeline)
+
 
 def recovery_lineage(storage: Storage, timeline: int | None = None) -> Lineage:
     """``timeline`` (None: the newest one archived) with the switch points its history file records.

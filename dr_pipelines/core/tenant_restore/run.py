@@ -149,6 +149,7 @@ def tenant_restore(settings: Settings, request: Request, *, identities: Sequence
     try:
         with past_database(context.storage(settings), identities, Path(settings.work_dir),
                            database=database, at=target, backup_id=request.backup_id,
+                           read_only=request.mode != "preview",  # the preview's side schema is written there
                            progress=progress, log=say) as past:
             outcome.point = past.point
             outcome.seconds["restore"] = time.monotonic() - started

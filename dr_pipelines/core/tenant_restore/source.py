@@ -5,8 +5,10 @@ exact restore point reached (time, LSN, backup id, how it was obtained):
 
 - ``at``: a point-in-time restore (core/restore/pitr.py) into a throwaway cluster under a lease:
   the newest base backup that stopped before the time, WAL replayed up to it, promoted with a
-  random superuser password (passfile only). ``fsync`` and friends are off (FAST_THROWAWAY): the
-  copy is never crash-recovered.
+  random superuser password (passfile only). ``fsync`` and friends are off (FAST_THROWAWAY), and
+  the extraction flushes nothing: the copy is never crash-recovered. With ``read_only`` (callers
+  that only read the past: the apply, --into-schema) recovery pauses at the target instead: a
+  read-only hot standby reached over its private unix socket only (core/restore/recovery.py).
 - ``backup_id``: a logical backup restored into a leased throwaway (core/restore/throwaway.py), or a
   base backup recovered to its own stop point (``recovery_target = 'immediate'``).
 
@@ -24,6 +26,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from psycopg.conninfo import make_conninfo
 
 from dr_pipelines.core.backup.catalog import BackupEntry, find_backup, list_backups
 from dr_pipelines.core.pg.cluster import LocalCluster
@@ -76,10 +80,11 @@ def parse_time(text: str) -> RecoveryTarget:
 
 @contextmanager
 def past_database(storage: Storage, identities: Sequence[object], work_dir: Path, *, database: str,
-                  at: RecoveryTarget | None = None, backup_id: str | None = None,
+                  at: RecoveryTarget | None = None, backup_id: str | None = None, read_only: bool = False,
                   progress: Progress | None = None, log: Log | None = None) -> Iterator[PastDatabase]:
     """The database ``database`` as it was at ``at`` or in backup ``backup_id`` (exactly one), in a leased
-    throwaway cluster removed when the block ends (see the module docstring)."""
+    throwaway cluster removed when the block ends (see the module docstring). ``read_only``: the caller
+    never writes to it (a PITR then pauses at the target instead of promoting)."""
     if (at is None) == (backup_id is None):
         raise PitrError("say which past to restore", fix="pass exactly one of --at TIME or --backup ID")
     work_dir = Path(work_dir)
@@ -88,7 +93,7 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
             log(f"removed leftover {line}")
     if at is not None:
         with _pitr(storage, identities, work_dir, list_backups(storage), at, database=database,
-                   requested=at.describe(), progress=progress, log=log) as past:
+                   requested=at.describe(), progress=progress, log=log, pause=read_only) as past:
             yield past
         return
     assert backup_id is not None
@@ -98,7 +103,7 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
             raise PitrError(f"base backup {entry.id} is not restorable ({entry.status})",
                             fix="choose another backup (`drp backup list`), or check WAL archiving (`drp wal status`)")
         with _pitr(storage, identities, work_dir, [entry], RecoveryTarget("immediate"), database=database,
-                   requested=f"backup {entry.id}", progress=progress, log=log) as past:
+                   requested=f"backup {entry.id}", progress=progress, log=log, pause=read_only) as past:
             yield past
         return
     with restored_cluster(storage, entry, identities, work_dir, PURPOSE, progress=progress, log=log) as restored:
@@ -111,15 +116,16 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
 @contextmanager
 def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entries: Sequence[BackupEntry],
           target: RecoveryTarget, *, database: str, requested: str, progress: Progress | None,
-          log: Log | None) -> Iterator[PastDatabase]:
-    """restore_to_point into ``<lease>/data`` (where the sweep looks), kept running for the block, then removed."""
+          log: Log | None, pause: bool = False) -> Iterator[PastDatabase]:
+    """restore_to_point into ``<lease>/data`` (where the sweep looks), kept running for the block, then removed;
+    ``pause``: left a read-only hot standby at the target."""
     lease = take_lease(work_dir, CLUSTERS, PURPOSE, mode=0o711)
     data_dir = lease.path / "data"
     try:
         result = restore_to_point(storage, target, data_dir, entries=entries,
-                                  extract=extract_from_storage(storage, identities, progress), work_dir=work_dir,
+                                  extract=extract_from_storage(storage, identities, progress, durable=False), work_dir=work_dir,
                                   identities=identities, keep_running=True, progress=progress, log=log,
-                                  settings=FAST_THROWAWAY)
+                                  settings=FAST_THROWAWAY, pause=pause)
         rec = result.recovery
         if rec.last_commit_time:
             time, basis = rec.last_commit_time, "commit time of the last transaction recovered"
@@ -130,7 +136,12 @@ def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entrie
                              timeline=rec.timeline)
         if log:
             log(f"restored: {point.describe()}")
-        yield PastDatabase(LocalCluster(data_dir=data_dir, port=rec.port).dsn(database), point)
+        if rec.paused:
+            assert rec.dsn is not None
+            dsn = make_conninfo(rec.dsn, dbname=database)
+        else:
+            dsn = LocalCluster(data_dir=data_dir, port=rec.port).dsn(database)
+        yield PastDatabase(dsn, point)
     finally:
         LocalCluster(data_dir=data_dir, port=0).remove()
         lease.release()
