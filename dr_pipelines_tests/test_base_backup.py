@@ -9,11 +9,13 @@ a missing stop segment keeps it 'waiting for WAL'; each bad input is refused wit
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import shutil
 import signal
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -42,7 +44,7 @@ from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.guards import RestoreError
 from dr_pipelines.core.restore.physical import extract_base_backup, verify_base_backup
-from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
+from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError, _writeback_starter
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.storage.s3 import S3Storage
 from dr_pipelines.core.stream import seal
@@ -388,3 +390,18 @@ def test_the_untar_reads_long_names_of_every_tar_format_in_any_chunking(tmp_path
     with pytest.raises(TarFormatError, match="truncated"):
         untar.finish()
     untar.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_the_untar_starts_each_files_writeback_and_reports_its_errors(tmp_path: Path) -> None:
+    """On Linux the extraction only starts the writeback (PostgreSQL's start-up sync makes it durable): through
+    libc's sync_file_range, whose failure raises like fdatasync's would (a closed descriptor here)."""
+    start = _writeback_starter()
+    assert start is not os.fdatasync
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, os.urandom(1 << 16))
+    start(fd)
+    os.close(fd)
+    with pytest.raises(OSError) as failed:
+        start(fd)
+    assert failed.value.errno == errno.EBADF

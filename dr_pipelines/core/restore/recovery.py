@@ -124,7 +124,7 @@ def served_restore_command(sock: Path) -> str:
 def _start_sync() -> dict[str, str]:
     """The first start after a base backup fsyncs the whole data directory (it was not shut down cleanly):
     one fsync per file, thousands of device flushes (2.6-2.8 s on the 1 GB benchmark here), or one syncfs()
-    of the file system (0.04-0.9 s). The extraction already fdatasync'd every file it wrote
+    of the file system (0.04-0.9 s). The extraction already started the writeback of every file it wrote
     (core/restore/untar.py), so syncfs finds little left. Only where syncfs reports write errors; the
     setting leaves postgresql.auto.conf with the other recovery settings (the source's choice stays in
     postgresql.conf)."""
