@@ -482,6 +482,37 @@ def test_a_wal_gap_is_named_and_the_pitr_refused_before_anything_starts(ledger: 
             dst.rename(src)
 
 
+def test_a_time_before_a_later_gap_restores_and_the_gap_is_noted(ledger: Ledger, where: Path) -> None:
+    """A time target needs the WAL up to the first segment archived after the time: a gap after that is
+    noted, not refused, and the restore is exact; a gap before the time is refused (past a gap: above)."""
+    target = RecoveryTarget.parse(time=ledger.marks["time"].isoformat())  # type: ignore[attr-defined]
+    later = _segment_between(ledger, "b")
+    moved = [(p, p.with_name(p.name + ".away")) for p in _stored(ledger, later)]
+    for src, dst in moved:
+        src.rename(dst)
+    lines: list[str] = []
+    try:
+        plan = check_wal(ledger.storage, ledger.base("a"), target)
+        assert plan.last < later and any(b.startswith(later) for b in plan.beyond)
+        result = pitr(ledger, target, where / "restored", log=lines.append)
+        try:
+            ids, checksum = restored_ids(result)
+            assert ids == ledger.ids_after[2] and checksum == source_checksum(ledger, ids[-1])
+            assert any(line.startswith("note: after") and later in line for line in lines)
+        finally:
+            LocalCluster(data_dir=result.recovery.data_dir, port=result.recovery.port).remove()
+        earlier = ledger.base("a").wal_start
+        moved_too = [(p, p.with_name(p.name + ".away")) for p in _stored(ledger, earlier)]
+        moved += moved_too
+        for src, dst in moved_too:
+            src.rename(dst)
+        with pytest.raises(PitrError, match=f"PITR past a gap refused.*{earlier}"):
+            check_wal(ledger.storage, ledger.base("a"), target)
+    finally:
+        for src, dst in moved:
+            dst.rename(src)
+
+
 def test_a_gap_found_while_extracting_abandons_the_extraction_before_any_start(ledger: Ledger, where: Path) -> None:
     """The WAL check runs beside the extraction: its refusal stops the extraction at the next tar member,
     removes it and is what is raised; PostgreSQL never starts."""

@@ -137,6 +137,10 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
             plan = _extract_while_checking(extract, base, data_dir, checking)
         if log:
             log(f"WAL {plan.first}..{plan.last} checked")
+            if plan.beyond:
+                log(f"note: after {plan.last} (archived after the target time) the archive has "
+                    f"{', '.join(plan.beyond)}: recovery reads that far only if no transaction committed in "
+                    "between, and then stops there with an error")
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),

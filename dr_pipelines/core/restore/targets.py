@@ -32,7 +32,7 @@ from dr_pipelines.core.wal.names import (
     timeline_of,
 )
 from dr_pipelines.core.wal.restore_points import find_restore_point
-from dr_pipelines.core.wal.verify import verify_archive
+from dr_pipelines.core.wal.verify import ArchiveScan, verify_archive
 
 KINDS = ("time", "lsn", "xid", "name", "latest")
 
@@ -252,6 +252,9 @@ class WalPlan:
     last: str
     newest_archived: str
     newest_archived_at: str
+    # A time target: gaps or corrupt segments after ``last`` (the first segment archived after the time), which
+    # recovery reads only if no transaction committed between the time and them (then PostgreSQL stops there).
+    beyond: tuple[str, ...] = ()
 
 
 def target_lsn_of(storage: Storage, target: RecoveryTarget) -> int | None:
@@ -268,18 +271,26 @@ def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, tar
     or a time/LSN target past the newest archived WAL (recovery would end short of it). ``timeline``: the
     path of that timeline is checked (default: the newest one's)."""
     first = Segment.parse(base.wal_start).number(base.segment_bytes)
+    scan = ArchiveScan.read(storage)
     upper = target_lsn // base.segment_bytes if target_lsn is not None else None
-    report = verify_archive(storage, start=base.wal_start, pg=None, read=True, timeline=timeline,
+    if upper is None and target.kind == "time" and target.time is not None:
+        upper = _first_archived_after(scan, first, target.time, base.segment_bytes)
+    report = verify_archive(storage, start=base.wal_start, pg=None, read=True, timeline=timeline, scan=scan,
                             read_only=lambda name: _needed(name, first, upper, base.segment_bytes))
     if report.end is None:
         raise PitrError(f"the WAL archive in {storage.url} holds nothing from {base.wal_start} on",
                         fix="check that WAL archiving runs (drp wal status) and that this is the right storage")
     newest = Segment.parse(report.end)
     limit = Segment.of_lsn(newest.timeline, target_lsn, base.segment_bytes) if target_lsn is not None else newest
+    if target_lsn is None and upper is not None and upper < newest.number(base.segment_bytes):
+        limit = Segment.of_lsn(newest.timeline, upper * base.segment_bytes, base.segment_bytes)  # named for the log
     upper = limit.number(base.segment_bytes)
+    problems = [p for p in report.problems if p["status"] in ("corrupt", "lost", "uncommitted", "missing-history")]
     bad = [g for g in report.gaps if _needed(g.first, first, upper, base.segment_bytes)]
-    corrupt = [p for p in report.problems if p["status"] in ("corrupt", "lost", "uncommitted", "missing-history")
-               and _needed(p["name"], first, upper, base.segment_bytes)]
+    corrupt = [p for p in problems if _needed(p["name"], first, upper, base.segment_bytes)]
+    beyond = tuple([f"{g.first}" + (f"..{g.last}" if g.last != g.first else "") + f" ({g.status})"
+                    for g in report.gaps if g not in bad]
+                   + [f"{p['name']} ({p['status']})" for p in problems if p not in corrupt])
     if bad or corrupt:
         named = [f"{g.first}" + (f"..{g.last}" if g.last != g.first else "") + f" ({g.status})" for g in bad]
         named += [f"{p['name']} ({p['status']})" for p in corrupt]
@@ -290,7 +301,26 @@ def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, tar
     sidecar = read_sidecar(storage, newest.name)
     newest_at = sidecar.pushed_at if sidecar else ""
     _refuse_past_archive(target, target_lsn, newest, newest_at, base.segment_bytes)
-    return WalPlan(first=base.wal_start, last=limit.name, newest_archived=newest.name, newest_archived_at=newest_at)
+    return WalPlan(first=base.wal_start, last=limit.name, newest_archived=newest.name, newest_archived_at=newest_at,
+                   beyond=beyond)
+
+
+def _first_archived_after(scan: ArchiveScan, first: int, time: datetime, seg_bytes: int) -> int | None:
+    """For a time target: the number of the first segment (from ``first`` on) archived after ``time``, the
+    last one recovery certainly reads; None when none was (the target is then past the archive).
+
+    A segment archived at or before the time holds only commits made before it, so recovery (which stops at
+    the first commit after the time) reads through it and on to this one; what comes after is read only if
+    this one holds no later commit. Gaps and damage up to it are refused before anything starts; after it,
+    PostgreSQL itself stops at a missing segment ("recovery ended before configured recovery target was
+    reached") and the fetch refuses a corrupt one, so they are reported, not refused: a PITR to a time before
+    a gap works. Clocks: an archiver behind the server's only widens this range (as before), one ahead
+    narrows it to what PostgreSQL then enforces."""
+    after = [Segment.parse(name) for name, sidecar in scan.sidecars.items()
+             if len(name) == 24 and name in scan.objects and sidecar is not None and sidecar.pushed_at
+             and datetime.fromisoformat(sidecar.pushed_at).astimezone(UTC) > time]
+    numbers = [n for n in (seg.number(seg_bytes) for seg in after) if n >= first]
+    return min(numbers) if numbers else None
 
 
 def _needed(name: str, first: int, upper: int | None, seg_bytes: int) -> bool:
