@@ -98,3 +98,10 @@ def test_an_audit_table_of_an_earlier_release_accepts_the_new_statuses(fresh_db:
         audit.append(conn, record)
         assert conn.execute("SELECT status, credential_id, client_address FROM drp.export_audit ORDER BY id"
                             ).fetchall() == [("granted", "pt_0123456789ab", "127.0.0.1"), ("abandoned", None, None)]
+        # The release before 'discarded' (a tenant restore's rolled-back undo): upgraded the same way.
+        conn.execute("ALTER TABLE drp.export_audit DROP CONSTRAINT export_audit_status_check")
+        conn.execute("ALTER TABLE drp.export_audit ADD CONSTRAINT export_audit_status_check CHECK (status IN"
+                     " ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired', 'granted'))")
+        audit.ensure_audit_table(conn)
+        audit.append(conn, replace(record, status="discarded"))
+        assert conn.execute("SELECT count(*) FROM drp.export_audit WHERE status = 'discarded'").fetchone()[0] == 1

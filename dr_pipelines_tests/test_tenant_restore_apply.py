@@ -314,9 +314,14 @@ def test_conflicts_are_listed_and_refused_and_skip_leaves_them_out(  # type: ign
                       undo=_undo_local(tmp_path))
     assert "public.appointments: 1 row(s) missing-parent (appointments_clinic_id_patient_id_fkey)" in refused.value.problem
     assert _checksums(demo_db, scope, CLINIC, mine=True) == before  # nothing applied
+    # Each refused attempt deleted its undo export (rows still live) and recorded it discarded.
+    assert list(LocalStorage(tmp_path / "undo").list("exports/")) == []
     with psycopg.connect(demo_db) as conn:
         rows = audit.history(conn, CLINIC)
+        discarded = conn.execute("SELECT error FROM drp.export_audit WHERE status = 'discarded' AND tenant_ids = %s"
+                                 " ORDER BY id", ([CLINIC],)).fetchall()
     assert [r["status"] for r in rows] == ["started", "refused", "started", "refused"]
+    assert len(discarded) == 2 and all("ConflictError" in e and "rolled back" in e for (e,) in discarded)
     assert {"table": "public.patients", "kind": "unique", "constraint": "patients_clinic_id_external_id_key",
             "key": {"id": gone}, "policy": "restore-deleted"} in rows[1]["conflicts"]
     assert {"table": "public.appointments", "kind": "missing-parent",
@@ -324,6 +329,8 @@ def test_conflicts_are_listed_and_refused_and_skip_leaves_them_out(  # type: ign
             "policy": "revert-changed"} in rows[3]["conflicts"]
 
     result = apply_restore(past, demo_db, scope, CLINIC, on_conflict="skip", reason=REASON, undo=_undo_local(tmp_path))
+    kept = {i.key.split("/")[1] for i in LocalStorage(tmp_path / "undo").list("exports/")}
+    assert kept == {result.undo_export_id}  # the applied attempt's undo stays
     assert result.tables["public.patients"].skipped == 1
     assert result.tables["public.appointments"].skipped >= 1  # the moved one's revert, and the patient's deleted ones
     assert result.tables["public.patients"].updated == 1  # the unrelated change was reverted

@@ -34,7 +34,8 @@ TABLE = "drp.export_audit"
 # abandoned: a started export whose process died (no manifest), closed by housekeeping (core/export/housekeeping.py);
 # expired: a finished export deleted by housekeeping after its time-to-live.
 # granted: a request of the export portal that read no rows (a status, a listing) was answered.
-STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired", "granted")
+# discarded: a finished export its caller did not use, deleted by it (a tenant restore's undo whose apply rolled back).
+STATUSES = ("started", "succeeded", "failed", "refused", "abandoned", "expired", "granted", "discarded")
 
 
 
@@ -80,7 +81,7 @@ def ensure_audit_table(conn: psycopg.Connection) -> None:
         " AND conname = 'export_audit_status_check' AND pg_get_constraintdef(oid) LIKE %s)"
         " AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('drp.export_audit')"
         " AND attname = 'content_sha256' AND NOT attisdropped)",
-        ("%'granted'%",),
+        ("%'discarded'%",),
     ).fetchone()[0]
     if present:
         return

@@ -12,6 +12,9 @@ Two sweeps, both recorded in the append-only audit table (new rows, never edits)
   manifest's ``finished_at``, is deleted (manifest first: a half-deleted export is never
   mistaken for a complete one) and an ``expired`` row records it.
 
+And one on request: ``discard_export`` deletes a finished export its caller will not use (a
+tenant restore's undo export whose apply rolled back) and records it ``discarded``.
+
 Only exports under the default layout (``exports/<export_id>/``) of the storage being swept
 are touched; an export written elsewhere (``ExportOptions.prefix``: the analytics export)
 has its own lifecycle. It runs at the start of every export and on its own
@@ -124,18 +127,35 @@ def _expire(conn: psycopg.Connection, storage: Storage, ttl: timedelta, swept: S
         if m.kind != "export" or m.finished_at >= cutoff:
             continue
         removed = _remove(storage, prefix)
-        known = conn.execute("SELECT attempt_id FROM drp.export_audit WHERE export_id = %s ORDER BY id LIMIT 1",
-                             (m.id,)).fetchone()
-        x = m.extra
-        row = {"export_id": m.id,
-               "requester": str(x.get("requester", "unknown")), "tenant_ids": [str(t) for t in x.get("tenant_ids", [])],
-               "root_table": str(x.get("tenant_root", {}).get("table", "unknown")),
-               "tables": [t.name for t in m.tables], "formats": list(x.get("formats", [])), "rows": m.total_rows,
-               "bytes": m.stored_bytes, "manifest_sha256": None, "destination": storage.url,
-               "started_at": m.started_at}
-        if known:  # else written through another database's drp: recorded under a new attempt id
-            row["attempt_id"] = known[0]
-        _close(conn, row, "expired", f"deleted by housekeeping: finished {m.finished_at:%Y-%m-%d %H:%M} UTC, "
-               f"older than the time-to-live of {ttl.days} day(s); {removed} object(s) removed")
+        _close(conn, _row_of(conn, storage, m), "expired", f"deleted by housekeeping: finished "
+               f"{m.finished_at:%Y-%m-%d %H:%M} UTC, older than the time-to-live of {ttl.days} day(s); "
+               f"{removed} object(s) removed")
         swept.expired.append(m.id)
         swept.objects_removed += removed
+
+
+def discard_export(conn: psycopg.Connection, storage: Storage, prefix: str, why: str) -> int:
+    """Delete a finished export nobody will use (manifest first) and record it ``discarded`` with ``why``: a
+    tenant restore's undo export whose apply rolled back holds rows that are still live (core/tenant_restore/
+    apply.py). Returns how many objects were removed."""
+    audit.ensure_audit_table(conn)
+    m = read_manifest(storage, prefix)
+    removed = _remove(storage, prefix)
+    _close(conn, _row_of(conn, storage, m), "discarded", f"{why}; {removed} object(s) removed")
+    return removed
+
+
+def _row_of(conn: psycopg.Connection, storage: Storage, m: Any) -> dict[str, Any]:
+    """An export's audit facts from its manifest, under its first attempt's id when this database has it."""
+    known = conn.execute("SELECT attempt_id FROM drp.export_audit WHERE export_id = %s ORDER BY id LIMIT 1",
+                         (m.id,)).fetchone()
+    x = m.extra
+    row = {"export_id": m.id,
+           "requester": str(x.get("requester", "unknown")), "tenant_ids": [str(t) for t in x.get("tenant_ids", [])],
+           "root_table": str(x.get("tenant_root", {}).get("table", "unknown")),
+           "tables": [t.name for t in m.tables], "formats": list(x.get("formats", [])), "rows": m.total_rows,
+           "bytes": m.stored_bytes, "manifest_sha256": None, "destination": storage.url,
+           "started_at": m.started_at}
+    if known:  # else written through another database's drp: recorded under a new attempt id
+        row["attempt_id"] = known[0]
+    return row

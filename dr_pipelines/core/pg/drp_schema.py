@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS drp.export_audit (
 -- Named, and replaced when this list grows (tables created by earlier releases allow fewer statuses).
 ALTER TABLE drp.export_audit DROP CONSTRAINT IF EXISTS export_audit_status_check;
 ALTER TABLE drp.export_audit ADD CONSTRAINT export_audit_status_check
-    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired', 'granted'));
+    CHECK (status IN ('started', 'succeeded', 'failed', 'refused', 'abandoned', 'expired', 'granted', 'discarded'));
 
 -- The export portal's columns (migration-safe on tables of earlier releases): which credential asked,
 -- from which address, the HTTP request, and the sha256 of a body streamed over HTTP.

@@ -35,7 +35,9 @@
    - the ``succeeded`` audit row is inserted in the same transaction, so it commits with the rows.
 
 Nothing is ever deleted from live. A process killed anywhere before COMMIT leaves live as it
-was (and the audit's ``started`` row); running the apply again starts over.
+was (and the audit's ``started`` row); running the apply again starts over. An attempt that rolls
+back (refused, failed, retried) deletes its own undo export (``discarded`` in the export audit);
+a killed one leaves it, complete and encrypted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from psycopg import sql
 
 from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
+from dr_pipelines.core.export.housekeeping import discard_export
 from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect
@@ -297,11 +300,26 @@ class _Attempt:
                 reached(SNAPSHOT_TAKEN)
                 try:
                     return self._in_transaction(live, past, snapshot, undo, stack)
-                except BaseException:
+                except BaseException as exc:
                     # The export has adopted the snapshot or is about to: let it finish while this transaction
                     # is still open (its own audit says how it ended); then everything here rolls back.
-                    _ = undo.exception()
+                    if undo.exception() is None:
+                        self._discard_undo(undo.result(), exc)
                     raise
+
+    def _discard_undo(self, done: ExportResult, why: BaseException) -> None:
+        """An attempt that rolls back wrote nothing its undo export would undo, and that export holds the
+        clinic's rows as they still are: deleted and recorded ``discarded`` (core/export/housekeeping.py), so a
+        refused or retried apply leaves no copy of health data behind. Best effort: a failure here leaves it
+        (encrypted, in the export audit as succeeded) and never hides the apply's own error."""
+        reason = f"{type(why).__name__}: {why.problem}" if isinstance(why, DrpError) else type(why).__name__
+        try:
+            with connect(self.live_dsn, autocommit=True) as conn:
+                discard_export(conn, self.r.undo.storage, done.prefix,
+                               f"undo export of a tenant restore apply of clinic {self.r.clinic} that rolled back "
+                               f"({reason[:300]}): nothing it would undo was written")
+        except Exception:  # noqa: BLE001 - the apply's error is the one to raise
+            pass
 
     def _in_transaction(self, live: psycopg.Connection, past: psycopg.Connection, snapshot: str,
                         undo: Future[ExportResult], stack: ExitStack) -> ApplyResult:
