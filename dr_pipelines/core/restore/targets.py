@@ -32,7 +32,7 @@ from dr_pipelines.core.wal.names import (
     timeline_of,
 )
 from dr_pipelines.core.wal.restore_points import find_restore_point
-from dr_pipelines.core.wal.verify import ArchiveScan, verify_archive
+from dr_pipelines.core.wal.verify import ArchiveScan, Gap, verify_archive
 
 KINDS = ("time", "lsn", "xid", "name", "latest")
 
@@ -281,24 +281,23 @@ def check_wal(storage: Storage, base: BaseBackup, target: RecoveryTarget, *, tar
         raise PitrError(f"the WAL archive in {storage.url} holds nothing from {base.wal_start} on",
                         fix="check that WAL archiving runs (drp wal status) and that this is the right storage")
     newest = Segment.parse(report.end)
-    limit = Segment.of_lsn(newest.timeline, target_lsn, base.segment_bytes) if target_lsn is not None else newest
-    if target_lsn is None and upper is not None and upper < newest.number(base.segment_bytes):
-        limit = Segment.of_lsn(newest.timeline, upper * base.segment_bytes, base.segment_bytes)  # named for the log
+    if upper is None or upper >= newest.number(base.segment_bytes):
+        limit = newest
+    else:  # the target's segment (an LSN), or the first archived after a time
+        limit = Segment.of_lsn(newest.timeline, upper * base.segment_bytes, base.segment_bytes)
     upper = limit.number(base.segment_bytes)
     problems = [p for p in report.problems if p["status"] in ("corrupt", "lost", "uncommitted", "missing-history")]
     bad = [g for g in report.gaps if _needed(g.first, first, upper, base.segment_bytes)]
     corrupt = [p for p in problems if _needed(p["name"], first, upper, base.segment_bytes)]
-    beyond = tuple([f"{g.first}" + (f"..{g.last}" if g.last != g.first else "") + f" ({g.status})"
-                    for g in report.gaps if g not in bad]
+    beyond = tuple([_named_gap(g) for g in report.gaps if g not in bad]
                    + [f"{p['name']} ({p['status']})" for p in problems if p not in corrupt])
     if bad or corrupt:
-        named = [f"{g.first}" + (f"..{g.last}" if g.last != g.first else "") + f" ({g.status})" for g in bad]
-        named += [f"{p['name']} ({p['status']})" for p in corrupt]
+        named = [_named_gap(g) for g in bad] + [f"{p['name']} ({p['status']})" for p in corrupt]
         raise PitrError(f"PITR past a gap refused: the WAL from {base.wal_start} to the target is not complete "
                         f"in {storage.url}: {', '.join(named)}",
                         fix="if the primary still has these segments in pg_wal, `drp wal push` them; otherwise choose a "
                             "target before the first one (or a base backup after it)")
-    sidecar = read_sidecar(storage, newest.name)
+    sidecar = scan.sidecars.get(newest.name)
     newest_at = sidecar.pushed_at if sidecar else ""
     _refuse_past_archive(target, target_lsn, newest, newest_at, base.segment_bytes)
     return WalPlan(first=base.wal_start, last=limit.name, newest_archived=newest.name, newest_archived_at=newest_at,
@@ -316,11 +315,14 @@ def _first_archived_after(scan: ArchiveScan, first: int, time: datetime, seg_byt
     reached") and the fetch refuses a corrupt one, so they are reported, not refused: a PITR to a time before
     a gap works. Clocks: an archiver behind the server's only widens this range (as before), one ahead
     narrows it to what PostgreSQL then enforces."""
-    after = [Segment.parse(name) for name, sidecar in scan.sidecars.items()
-             if len(name) == 24 and name in scan.objects and sidecar is not None and sidecar.pushed_at
-             and datetime.fromisoformat(sidecar.pushed_at).astimezone(UTC) > time]
-    numbers = [n for n in (seg.number(seg_bytes) for seg in after) if n >= first]
-    return min(numbers) if numbers else None
+    numbers = [Segment.parse(name).number(seg_bytes) for name, sidecar in scan.sidecars.items()
+               if len(name) == 24 and name in scan.objects and sidecar is not None and sidecar.pushed_at
+               and datetime.fromisoformat(sidecar.pushed_at).astimezone(UTC) > time]
+    return min((n for n in numbers if n >= first), default=None)
+
+
+def _named_gap(gap: Gap) -> str:
+    return f"{gap.first}" + (f"..{gap.last}" if gap.last != gap.first else "") + f" ({gap.status})"
 
 
 def _needed(name: str, first: int, upper: int | None, seg_bytes: int) -> bool:

@@ -114,6 +114,16 @@ class _Flusher:
                 os.close(fd)
 
 
+class _NoFlusher:
+    """``durable=False``: descriptors are closed as handed over; nothing is sent to the disk early."""
+
+    def flush(self, fd: int) -> None:
+        os.close(fd)
+
+    def finish(self) -> None:
+        pass
+
+
 TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
               b"6": "FIFO", b"K": "GNU long link name", b"S": "sparse file"}
 
@@ -134,7 +144,7 @@ class SafeUntar:
         self._pad = 0  # zero bytes after it, up to the next 512-byte block
         self._fd: int | None = None  # the regular file being written
         self._unflushed = 0  # bytes written to it since it was last handed to the flusher
-        self._flusher = _Flusher() if durable else None  # a throwaway (fsync off) is never crash-recovered
+        self._flusher = _Flusher() if durable else _NoFlusher()  # a throwaway (fsync off) is never crash-recovered
         self._meta: bytearray | None = None  # a pax or long-name body being collected
         self._meta_type = b""
         self._next: dict[str, str] = {}  # path/size for the next member, from a pax or long-name header
@@ -152,7 +162,7 @@ class SafeUntar:
                 if self._fd is not None:
                     _write_all(self._fd, part)
                     self._unflushed += take
-                    if self._unflushed >= FLUSH_EVERY and self._flusher is not None:
+                    if self._unflushed >= FLUSH_EVERY:
                         self._flusher.flush(os.dup(self._fd))
                         self._unflushed = 0
                 elif self._meta is not None:
@@ -183,8 +193,7 @@ class SafeUntar:
         last flushes (an I/O error there fails the extraction)."""
         if not self.ended:
             raise TarFormatError("the tar ends before its end-of-archive block (truncated)")
-        if self._flusher is not None:
-            self._flusher.finish()
+        self._flusher.finish()
 
     def close(self) -> None:
         """Release every descriptor (after a failure too)."""
@@ -192,8 +201,7 @@ class SafeUntar:
             os.close(self._fd)
             self._fd = None
         try:
-            if self._flusher is not None:
-                self._flusher.finish()
+            self._flusher.finish()
         except OSError:
             pass  # the extraction failed already; its own error is the one to report
 
@@ -233,10 +241,7 @@ class SafeUntar:
             if self._on_member:
                 self._on_member(self.members)
         if self._fd is not None:
-            if self._flusher is not None:
-                self._flusher.flush(self._fd)
-            else:
-                os.close(self._fd)
+            self._flusher.flush(self._fd)
             self._fd, self._unflushed = None, 0
         elif self._meta is not None:
             body, kind, self._meta = bytes(self._meta), self._meta_type, None
