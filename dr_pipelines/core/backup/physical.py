@@ -33,6 +33,8 @@ import psycopg
 
 from dr_pipelines.core import checkpoints
 from dr_pipelines.core.backup.catalog import BASE_KIND, record_source
+from dr_pipelines.core.backup.index_map import KEY as INDEX_MAP_KEY
+from dr_pipelines.core.backup.index_map import record_index_map
 from dr_pipelines.core.backup.lowlevel import LowLevelUnavailableError, local_data_dir, take_lowlevel
 from dr_pipelines.core.backup.pipeline import (
     BackupError,
@@ -94,6 +96,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         cluster = _cluster_facts(conn)
         method, data_dir, note = choose_method(conn, options.method)
         key = f"{prefix}/{BASE_OBJECT}"
+        index_map = record_index_map(conn)  # before the start: see core/backup/index_map.py
         start_time = datetime.now(UTC)
         if data_dir is not None:
             taken = take_lowlevel(conn, data_dir, storage, key, age_recipients, label=f"drp {backup_id}",
@@ -117,7 +120,8 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
     extra = {**wal, "system_identifier": locked.ident.system_identifier, "start_time": start_time.isoformat(),
              "stop_time": stop_time.isoformat(), "next_xid": next_xid, "pg_version_num": locked.ident.version_num,
              "segment_bytes": cluster["segment_bytes"], "data_checksums": cluster["data_checksums"],
-             "slot": options.slot, "cleaned_up": locked.removed, "method": method, "method_note": note}
+             "slot": options.slot, "cleaned_up": locked.removed, "method": method, "method_note": note,
+             INDEX_MAP_KEY: index_map.as_extra() if index_map else None}
     manifest = _manifest(dsn, backup_id, started, recipients, options, locked, cluster["size"], tool, entry, extra)
     write_manifest(storage, prefix, manifest)  # the commit point
     record_source(storage, manifest.source, replaced=options.source_replaced)

@@ -53,12 +53,14 @@ def abandon_extraction_if(check: Callable[[], None]) -> Iterator[None]:
 
 
 def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequence[object], data_dir: Path, *,
-                        progress: Progress | None = None, durable: bool = True) -> None:
+                        progress: Progress | None = None, durable: bool = True,
+                        leave_out: Callable[[str], bool] | None = None) -> None:
     """Unpack base backup ``entry`` into ``data_dir`` (0700; created, or an empty directory).
 
     backup_manifest stays in data_dir (for pg_verifybackup). On any failure (a damaged object,
     a wrong key, an unsafe member) data_dir is removed (emptied if it existed before).
     ``durable`` False: files are not flushed as they are written (a throwaway running with fsync off).
+    ``leave_out``: files (relative names) created empty, their bytes dropped (core/restore/partial.py).
     """
     manifest = entry.manifest
     if manifest is None or entry.kind != "base":
@@ -75,7 +77,8 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
     os.chmod(data_dir, 0o700)
     key = f"{backup_prefix(entry.id)}/{obj.key}"
     try:
-        _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress, durable=durable)
+        _untar_verified(storage, key, obj.bytes, obj.sha256, identities, data_dir, progress, durable=durable,
+                        leave_out=leave_out)
         give_to_server(data_dir)  # the untar sets no owner: the files are ours
     except BaseException:
         if created:
@@ -87,12 +90,13 @@ def extract_base_backup(storage: Storage, entry: BackupEntry, identities: Sequen
 
 
 def _untar_verified(storage: Storage, key: str, size: int, sha256: str, identities: Sequence[object], data_dir: Path,
-                    progress: Progress | None, *, durable: bool = True) -> None:
+                    progress: Progress | None, *, durable: bool = True,
+                    leave_out: Callable[[str], bool] | None = None) -> None:
     """The verified read on a thread (``writer_chunks``), the untar here: decryption and decompression (C and
     Rust, the GIL released) overlap the writes (``os.write``, also released) on a second core: 2.0 -> 1.6 s for
     1.1 GB here. The abandon check and crash-test checkpoints stay in this thread (the untar's); a damaged object
     raises here after its last chunk, and a refused member cancels the read."""
-    untar = SafeUntar(data_dir, on_member=_checkpoint_while_extracting, durable=durable)
+    untar = SafeUntar(data_dir, on_member=_checkpoint_while_extracting, durable=durable, leave_out=leave_out)
     report = (lambda n: progress("extract", n, size)) if progress else None
     try:
         for chunk in writer_chunks(lambda out: read_verified(storage, key, out, size=size, sha256=sha256, decrypt=True,

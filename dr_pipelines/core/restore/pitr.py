@@ -51,13 +51,16 @@ DEFAULT_PREFETCH = 8
 
 
 def extract_from_storage(storage: Storage, identities: Sequence[object], progress: Progress | None = None, *,
-                         durable: bool = True) -> Extract:
+                         durable: bool = True,
+                         leave_out: Callable[[BaseBackup], Callable[[str], bool] | None] | None = None) -> Extract:
     """The base backup's tar from storage, verified and unpacked (core/restore/physical.py, the base backup work).
-    ``durable`` False for a throwaway that runs with fsync off: nothing is flushed while extracting."""
+    ``durable`` False for a throwaway that runs with fsync off: nothing is flushed while extracting.
+    ``leave_out``: given the base backup chosen, which files to create empty (core/restore/partial.py), or None."""
     def extract(base: BaseBackup, data_dir: Path) -> None:
         from dr_pipelines.core.restore.physical import extract_base_backup  # type: ignore[import-not-found]
 
-        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress, durable=durable)
+        extract_base_backup(storage, base.entry, identities, data_dir, progress=progress, durable=durable,
+                            leave_out=leave_out(base) if leave_out else None)
     return extract
 
 

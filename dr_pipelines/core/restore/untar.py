@@ -135,9 +135,13 @@ class TarFormatError(ValueError):
 class SafeUntar:
     """A writable sink that unpacks the tar written into it under ``root`` (an existing, empty directory)."""
 
-    def __init__(self, root: Path, on_member: Callable[[int], None] | None = None, *, durable: bool = True) -> None:
+    def __init__(self, root: Path, on_member: Callable[[int], None] | None = None, *, durable: bool = True,
+                 leave_out: Callable[[str], bool] | None = None) -> None:
         self.root = os.fspath(root)
         self.members = 0  # files and directories unpacked so far
+        # True for a file (its name relative to the root, "/"-separated) to be created empty, its bytes dropped
+        self._leave_out = leave_out
+        self.left_out = 0  # bytes of the files left out
         self._on_member = on_member  # hears the count after each one (progress, crash-test checkpoints)
         self._header = bytearray()
         self._left = 0  # bytes of the current member's body still to come
@@ -227,6 +231,10 @@ class SafeUntar:
                 self._fd = os.open(path, OPEN_FLAGS, (_number(header[100:108]) & 0o640) | 0o600)
             except FileExistsError:
                 raise TarFormatError(f"member {name!r} appears twice in the tar") from None
+            if self._leave_out is not None and self._leave_out(os.path.relpath(path, self.root).replace(os.sep, "/")):
+                os.close(self._fd)  # created empty; its body is read past (_fd None, no _meta)
+                self._fd = None
+                self.left_out += size
         elif kind == DIR_TYPE:
             self._make_dir(self._path(name), (_number(header[100:108]) & 0o750) | 0o700)
         else:

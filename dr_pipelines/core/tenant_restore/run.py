@@ -33,7 +33,13 @@ from dr_pipelines.core.restore.pitr import RecoveryTarget
 from dr_pipelines.core.settings import Settings
 from dr_pipelines.core.tenancy import Scope, discover_scope
 from dr_pipelines.core.tenant_restore.drift import Drift, check_drift, refuse_drift
-from dr_pipelines.core.tenant_restore.source import PastDatabase, RestorePoint, parse_time, past_database
+from dr_pipelines.core.tenant_restore.source import (
+    PastDatabase,
+    RestorePoint,
+    parse_time,
+    past_database,
+    scope_reads,
+)
 
 MODES = ("preview", "into-schema", "apply")
 POLICIES = {"restore-deleted": ("restore-deleted",), "revert-changed": ("revert-changed",),
@@ -150,6 +156,7 @@ def tenant_restore(settings: Settings, request: Request, *, identities: Sequence
         with past_database(context.storage(settings), identities, Path(settings.work_dir),
                            database=database, at=target, backup_id=request.backup_id,
                            read_only=request.mode != "preview",  # the preview's side schema is written there
+                           reads=scope_reads(scope),  # index files other reads never use are left out
                            progress=progress, log=say) as past:
             outcome.point = past.point
             outcome.seconds["restore"] = time.monotonic() - started

@@ -27,15 +27,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 from dr_pipelines.core.backup.catalog import BackupEntry, find_backup, list_backups
+from dr_pipelines.core.backup.index_map import IndexMap
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.pg.leases import CLUSTERS, sweep_leftovers, take_lease
 from dr_pipelines.core.progress import Progress
-from dr_pipelines.core.restore.pitr import PitrError, RecoveryTarget, extract_from_storage, restore_to_point
+from dr_pipelines.core.restore.partial import PartialPlan, Reads, disable_left_out, plan_partial
+from dr_pipelines.core.restore.pitr import (
+    BaseBackup,
+    PitrError,
+    RecoveryTarget,
+    extract_from_storage,
+    restore_to_point,
+)
 from dr_pipelines.core.restore.throwaway import FAST_THROWAWAY, restored_cluster
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tenancy import Scope
 
 PURPOSE = "tenant-restore"  # the lease folders' name: clusters/tenant-restore-<hex>
 Log = Callable[[str], None]
@@ -67,6 +77,12 @@ class PastDatabase:
     point: RestorePoint
 
 
+def scope_reads(scope: Scope) -> Reads:
+    """The tables a tenant restore reads in the past database, each with the column its tenant filter starts
+    from (tenancy.tenant_filter): the key of the root, the first FK hop's column for every other table."""
+    return {(t.schema, t.table): (t.path[0].pairs[0][0] if t.path else scope.key_column) for t in scope.tables}
+
+
 def parse_time(text: str) -> RecoveryTarget:
     """``--at``: an ISO time with a UTC offset (targets.py's rules), refused when it lies in the future."""
     target = RecoveryTarget.parse(time=text)
@@ -81,10 +97,13 @@ def parse_time(text: str) -> RecoveryTarget:
 @contextmanager
 def past_database(storage: Storage, identities: Sequence[object], work_dir: Path, *, database: str,
                   at: RecoveryTarget | None = None, backup_id: str | None = None, read_only: bool = False,
-                  progress: Progress | None = None, log: Log | None = None) -> Iterator[PastDatabase]:
+                  reads: Reads | None = None, progress: Progress | None = None,
+                  log: Log | None = None) -> Iterator[PastDatabase]:
     """The database ``database`` as it was at ``at`` or in backup ``backup_id`` (exactly one), in a leased
     throwaway cluster removed when the block ends (see the module docstring). ``read_only``: the caller
-    never writes to it (a PITR then pauses at the target instead of promoting)."""
+    never writes to it (a PITR then pauses at the target instead of promoting). ``reads``: the only tables the
+    caller reads, and the column each is filtered on: a base backup's other index files are left out
+    (core/restore/partial.py; the cluster is then promoted, not paused)."""
     if (at is None) == (backup_id is None):
         raise PitrError("say which past to restore", fix="pass exactly one of --at TIME or --backup ID")
     work_dir = Path(work_dir)
@@ -93,7 +112,7 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
             log(f"removed leftover {line}")
     if at is not None:
         with _pitr(storage, identities, work_dir, list_backups(storage), at, database=database,
-                   requested=at.describe(), progress=progress, log=log, pause=read_only) as past:
+                   requested=at.describe(), progress=progress, log=log, pause=read_only, reads=reads) as past:
             yield past
         return
     assert backup_id is not None
@@ -103,7 +122,7 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
             raise PitrError(f"base backup {entry.id} is not restorable ({entry.status})",
                             fix="choose another backup (`drp backup list`), or check WAL archiving (`drp wal status`)")
         with _pitr(storage, identities, work_dir, [entry], RecoveryTarget("immediate"), database=database,
-                   requested=f"backup {entry.id}", progress=progress, log=log, pause=read_only) as past:
+                   requested=f"backup {entry.id}", progress=progress, log=log, pause=read_only, reads=reads) as past:
             yield past
         return
     with restored_cluster(storage, entry, identities, work_dir, PURPOSE, progress=progress, log=log) as restored:
@@ -116,16 +135,26 @@ def past_database(storage: Storage, identities: Sequence[object], work_dir: Path
 @contextmanager
 def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entries: Sequence[BackupEntry],
           target: RecoveryTarget, *, database: str, requested: str, progress: Progress | None,
-          log: Log | None, pause: bool = False) -> Iterator[PastDatabase]:
+          log: Log | None, pause: bool = False, reads: Reads | None = None) -> Iterator[PastDatabase]:
     """restore_to_point into ``<lease>/data`` (where the sweep looks), kept running for the block, then removed;
-    ``pause``: left a read-only hot standby at the target."""
+    ``pause``: left a read-only hot standby at the target; ``reads``: a partial extraction (past_database)."""
     lease = take_lease(work_dir, CLUSTERS, PURPOSE, mode=0o711)
     data_dir = lease.path / "data"
+    plans: list[PartialPlan] = []
+
+    def leave_out(base: BaseBackup) -> Callable[[str], bool] | None:
+        plan = plan_partial(IndexMap.from_extra(base.entry.manifest.extra), database, reads or {})
+        if log:
+            log(plan.describe() if plan else f"base backup {base.id} maps no index of {database}: extracting every file")
+        plans.extend([plan] if plan else [])
+        return plan.leaves_out if plan else None
+
     try:
         result = restore_to_point(storage, target, data_dir, entries=entries,
-                                  extract=extract_from_storage(storage, identities, progress, durable=False), work_dir=work_dir,
-                                  identities=identities, keep_running=True, progress=progress, log=log,
-                                  settings=FAST_THROWAWAY, pause=pause)
+                                  extract=extract_from_storage(storage, identities, progress, durable=False,
+                                                               leave_out=leave_out if reads else None),
+                                  work_dir=work_dir, identities=identities, keep_running=True, progress=progress,
+                                  log=log, settings=FAST_THROWAWAY, pause=pause and not reads)
         rec = result.recovery
         if rec.last_commit_time:
             time, basis = rec.last_commit_time, "commit time of the last transaction recovered"
@@ -141,6 +170,11 @@ def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entrie
             dsn = make_conninfo(rec.dsn, dbname=database)
         else:
             dsn = LocalCluster(data_dir=data_dir, port=rec.port).dsn(database)
+        for plan in plans:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                marked = disable_left_out(conn, plan)
+            if log:
+                log(f"{marked} left-out index(es) marked invalid in the past database")
         yield PastDatabase(dsn, point)
     finally:
         LocalCluster(data_dir=data_dir, port=0).remove()
