@@ -188,6 +188,7 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
     control = past_of(demo_db)  # the damaged database without the apply: the other clinic's writes replayed here
     damaged = _checksums(demo_db, scope, CLINIC, mine=True, leave_out=added)
     assert damaged != want
+    differing = {name for name, sums in _checksums(demo_db, scope, CLINIC, mine=True).items() if sums != want[name]}
 
     done, writes, errors = threading.Event(), [0], []
 
@@ -227,6 +228,9 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
     assert by_table["public.audit_log"].inserted > 0 and by_table["public.invoice_lines"].inserted > 0
     assert by_table["public.invoices"].updated > 0
     assert by_table["public.patients"].inserted == 0  # nothing of them was deleted
+    # a table whose clinic rows have the same checksum in both is not copied; every damaged one is
+    assert differing and {name for name, t in by_table.items() if not t.identical} == differing
+    assert by_table["public.staff_users"].identical and not by_table["public.patients"].identical
     # The undo export holds the clinic's rows as they were before the apply, stored with SSE.
     keys = [o.key for o in S3Storage(s3_bucket, "undo", **s3_server.storage_kwargs()).list(
         export_prefix(result.undo_export_id) + "/")]

@@ -58,6 +58,7 @@ from dr_pipelines.core.checkpoints import reached
 from dr_pipelines.core.errors import ConfigError, DrpError
 from dr_pipelines.core.export.housekeeping import discard_export
 from dr_pipelines.core.export.run import ExportOptions, ExportResult, export_tenants
+from dr_pipelines.core.export.tables import tenant_checksum
 from dr_pipelines.core.pg.checksums import RENDER_SETTINGS
 from dr_pipelines.core.pg.connect import connect
 from dr_pipelines.core.pg.snapshots import adopted_session, export_snapshot
@@ -83,7 +84,14 @@ from dr_pipelines.core.tenant_restore.guard import (
     unexplained_writes,
     xact_writes,
 )
-from dr_pipelines.core.tenant_restore.transfer import bind_clinic, copy_tenant_rows, primary_key, table_columns
+from dr_pipelines.core.tenant_restore.transfer import (
+    bind_clinic,
+    copy_tenant_rows,
+    create_like,
+    pin_output,
+    primary_key,
+    table_columns,
+)
 
 POLICIES = ("restore-deleted", "revert-changed")
 ON_CONFLICT = (None, "skip")
@@ -126,10 +134,11 @@ class TableResult:
     skipped: int = 0  # rows left out because of conflicts (on_conflict="skip")
     archived: int = 0  # rows gone because retention archived them: not restored
     sequences: list[SequenceMove] = field(default_factory=list)
+    identical: bool = False  # the clinic's rows had the same checksum in the past and live: not copied
 
     def as_dict(self) -> dict[str, Any]:
         return {"table": self.table, "inserted": self.inserted, "updated": self.updated, "skipped": self.skipped,
-                "archived": self.archived,
+                "archived": self.archived, "identical": self.identical,
                 "sequences": [{"sequence": s.sequence, "column": s.column, "restored_max": s.restored_max,
                                "moved": s.moved} for s in self.sequences]}
 
@@ -396,17 +405,32 @@ class _Attempt:
         parents = {name: {fk.parent for fk in fks if fk.parent in in_scope and fk.parent != name}
                    for name, (_u, fks) in constraints.items()}
         plans, results = [], {}
+        identical = self._identical(live)
         for i, t in enumerate(insert_order(list(self.r.scope.tables), parents)):
             past_rel = _past(i)
-            copy_tenant_rows(past, self.r.scope, t, live, past_rel)
+            if t.name in identical:  # nothing to restore: the plan below comes out empty
+                create_like(live, past_rel, table_columns(past, t.schema, t.table))
+            else:
+                copy_tenant_rows(past, self.r.scope, t, live, past_rel)
             unique, fks = constraints[t.name]
             plan = TablePlan(t, sql.Identifier("pg_temp", f"drp_restore_ins_{i}"),
                              sql.Identifier("pg_temp", f"drp_restore_rev_{i}"),
                              primary_key(live, t.schema, t.table), unique, fks)
-            results[t.name] = TableResult(t.name)
+            results[t.name] = TableResult(t.name, identical=t.name in identical)
             results[t.name].archived = self._select_rows(live, plan, past_rel)
             plans.append(plan)
         return plans, results
+
+    def _identical(self, live: psycopg.Connection) -> set[str]:
+        """The scope tables whose clinic rows are the same at the restore point and in live: same row count and
+        content checksum (export's ``tenant_checksum``), live's in this transaction, the past's on a thread.
+        Their rows are not copied over (an audit log of 100,000s of rows unchanged since is the common case);
+        a differing checksum method or an enum's OID (a logical backup's past) only means they are copied."""
+        with ThreadPoolExecutor(1, thread_name_prefix="drp-past-checksums") as pool:
+            past = pool.submit(_clinic_checksums, self.past_dsn, self.r.scope, self.r.clinic)
+            now = {t.name: tenant_checksum(live, self.r.scope, t) for t in self.r.scope.tables}
+            then = past.result()
+        return {name for name, sums in now.items() if then.get(name) == sums}
 
     def _select_rows(self, live: psycopg.Connection, plan: TablePlan, past_rel: sql.Identifier) -> int:
         """Fill the plan's TEMP tables; the number of deleted rows left out as archived by retention."""
@@ -476,6 +500,17 @@ class _Attempt:
             raise ApplyError(f"{t.name}: {n} row(s) reverted, {expected} planned: rolled back, nothing applied",
                              fix="this is a bug in drp (a row left the clinic mid-apply?): report it")
         return n
+
+
+def _clinic_checksums(dsn: str, scope: Scope, clinic: str) -> dict[str, tuple[int, str, str]]:
+    """(rows, checksum, method) of the clinic's rows per scope table, in one snapshot of ``dsn``."""
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            bind_clinic(conn, clinic)
+            pin_output(conn)
+            return {t.name: tenant_checksum(conn, scope, t) for t in scope.tables}
 
 
 def _past(i: int) -> sql.Identifier:
