@@ -235,6 +235,8 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
     keys = [o.key for o in S3Storage(s3_bucket, "undo", **s3_server.storage_kwargs()).list(
         export_prefix(result.undo_export_id) + "/")]
     assert any(k.endswith("manifest.json") for k in keys) and any(k.endswith("public.appointments.csv") for k in keys)
+    # every table the apply could write (those that differ), not the identical ones: it writes nothing there
+    assert {k.rsplit("/", 1)[1].removesuffix(".csv") for k in keys if k.endswith(".csv")} == differing
     csv_key = next(k for k in keys if k.endswith(".csv"))
     head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"undo/{csv_key}")
     assert head["ServerSideEncryption"] == "AES256"
@@ -244,6 +246,18 @@ def test_apply_restores_exactly_the_clinic_while_another_clinic_writes(  # type:
     assert rows[1]["id"] == result.audit_id and rows[1]["requester"] == "alice" and rows[1]["reason"] == REASON
     assert rows[1]["undo_export_id"] == result.undo_export_id
     assert rows[1]["counts"]["public.appointments"]["inserted"] == by_table["public.appointments"].inserted
+
+
+def test_nothing_differs_nothing_is_written_and_no_undo_is_needed(  # type: ignore[no-untyped-def]
+        demo_db: str, past_of, tmp_path: Path) -> None:
+    scope = _scope(demo_db)
+    past = past_of(demo_db)
+    result = apply_restore(past, demo_db, scope, CLINIC, reason=REASON, undo=_undo_local(tmp_path))
+    assert result.inserted == result.updated == 0 and result.undo_export_id is None
+    assert all(t.identical for t in result.tables.values())
+    assert not (tmp_path / "undo").exists() or not any((tmp_path / "undo").rglob("*.csv"))
+    with psycopg.connect(demo_db) as conn:
+        assert [r["status"] for r in audit.history(conn, CLINIC)] == ["started", "succeeded"]
 
 
 def test_kill_9_before_commit_applies_nothing_and_a_rerun_works(demo_db: str, past_of, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

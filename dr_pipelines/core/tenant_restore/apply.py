@@ -9,8 +9,11 @@
    whole attempt is recomputed from scratch (bounded retries with backoff):
 
    - its snapshot is exported first, before anything is written (core/pg/snapshots.py);
+   - the tables whose clinic rows are the same at the restore point and live (row count and content
+     checksum, the past's computed on a thread) are set aside: nothing in them is restored;
    - **undo**: the clinic's current rows are exported with the existing export path
-     (core/export/run.py ``export_tenants``, CSV, every table of the scope) to ``undo.storage``
+     (core/export/run.py ``export_tenants``, CSV, every table of the scope whose rows differ: the
+     others are not written) to ``undo.storage``
      *in that snapshot*, by a thread on its own session, while the steps below run: the undo
      holds exactly the rows the apply reads and overwrites (a row another session changes after
      the snapshot cannot be overwritten without a serialization failure, which starts over with
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -230,24 +233,27 @@ def _check_policies(policies: Collection[str], on_conflict: str | None) -> froze
     return chosen
 
 
-def _undo_export(live_dsn: str, request: _Request, requester: str, snapshot_id: str) -> ExportResult:
-    """Export the clinic's current rows (every table of the scope) through the export path, in the
-    apply's snapshot ``snapshot_id`` (its transaction stays open until this returns)."""
+def _undo_export(live_dsn: str, request: _Request, requester: str, snapshot_id: str,
+                 tables: tuple[str, ...]) -> ExportResult:
+    """Export the clinic's current rows of ``tables`` through the export path, in the apply's snapshot
+    ``snapshot_id`` (its transaction stays open until this returns)."""
     options = ExportOptions(formats=UNDO_FORMATS, root=request.scope.root, key_column=request.scope.key_column,
                             requester=requester, max_per_hour=None, ttl_days=None,
-                            tables=tuple(request.scope.names), content_checksums=True, snapshot_id=snapshot_id)
+                            tables=tables, content_checksums=True, snapshot_id=snapshot_id)
     return export_tenants(live_dsn, request.undo.storage, [request.clinic], options)
 
 
-def _undo_result(undo: Future[ExportResult], request: _Request) -> str:
-    """The undo export's id once it is complete; UndoExportError (nothing is committed) if it failed or
-    does not hold every table of the scope for exactly this clinic."""
+def _undo_result(undo: list[Future[ExportResult]], tables: tuple[str, ...], request: _Request) -> str | None:
+    """The undo export's id once it is complete (None: no table differed, nothing is written); UndoExportError
+    (nothing is committed) if it failed or does not hold every table of ``tables`` for exactly this clinic."""
+    if not undo:
+        return None
     try:
-        done = undo.result()
+        done = undo[0].result()
     except DrpError as exc:
         raise UndoExportError(f"the undo export of clinic {request.clinic} failed, nothing was applied: {exc.problem}",
                               fix=exc.fix or "fix the export (storage, permissions) and run the apply again") from exc
-    missing = sorted(set(request.scope.names) - {t.name for t in done.manifest.tables})
+    missing = sorted(set(tables) - {t.name for t in done.manifest.tables})
     if missing or done.manifest.extra.get("tenant_ids") != [request.clinic]:
         raise UndoExportError(
             f"the undo export {done.export_id} of clinic {request.clinic} is incomplete (tables missing: "
@@ -296,6 +302,8 @@ def insert_order(tables: list[TableScope], parents: dict[str, set[str]]) -> list
 class _Attempt:
     def __init__(self, past_dsn: str, live_dsn: str, request: _Request, record: audit.RestoreRecord) -> None:
         self.past_dsn, self.live_dsn, self.r, self.record = past_dsn, live_dsn, request, record
+        self.undo: list[Future[ExportResult]] = []  # the undo export, started once the differing tables are known
+        self.undo_tables: tuple[str, ...] = ()
 
     def run(self) -> ApplyResult:
         with connect(self.live_dsn) as live, connect(self.past_dsn) as past:
@@ -305,15 +313,20 @@ class _Attempt:
                 # The snapshot, before anything is written: the undo export and the guard's "before" read it.
                 snapshot = export_snapshot(live).id
                 pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="drp-undo-export"))
-                undo = pool.submit(_undo_export, self.live_dsn, self.r, self.record.requester, snapshot)
+
+                def start_undo(tables: tuple[str, ...]) -> None:
+                    self.undo_tables = tables
+                    self.undo.append(pool.submit(_undo_export, self.live_dsn, self.r, self.record.requester, snapshot,
+                                                 tables))
+
                 reached(SNAPSHOT_TAKEN)
                 try:
-                    return self._in_transaction(live, past, snapshot, undo, stack)
+                    return self._in_transaction(live, past, snapshot, start_undo, stack)
                 except BaseException as exc:
                     # The export has adopted the snapshot or is about to: let it finish while this transaction
                     # is still open (its own audit says how it ended); then everything here rolls back.
-                    if undo.exception() is None:
-                        self._discard_undo(undo.result(), exc)
+                    if self.undo and self.undo[0].exception() is None:
+                        self._discard_undo(self.undo[0].result(), exc)
                     raise
 
     def _discard_undo(self, done: ExportResult, why: BaseException) -> None:
@@ -331,13 +344,13 @@ class _Attempt:
             pass
 
     def _in_transaction(self, live: psycopg.Connection, past: psycopg.Connection, snapshot: str,
-                        undo: Future[ExportResult], stack: ExitStack) -> ApplyResult:
+                        start_undo: Callable[[tuple[str, ...]], None], stack: ExitStack) -> ApplyResult:
         live.execute("SELECT set_config('lock_timeout', %s, true)", (self.r.lock_timeout,))
         for name, value in RENDER_SETTINGS.items():  # TimeZone UTC: the retention journal's month bounds
             live.execute("SELECT set_config(%s, %s, true)", (name, value))
         bind_clinic(live, self.r.clinic)
         bind_clinic(past, self.r.clinic)
-        plans, results = self._plan(live, past)
+        plans, results = self._plan(live, past, start_undo)
         found = find_conflicts(live, plans, self.r.clinic, set(self.r.policies), skip=self.r.skip)
         if found.total and not self.r.skip:
             self.record.conflicts = [c.as_dict() for c in found.listed]
@@ -352,7 +365,10 @@ class _Attempt:
         self._write(live, plans, results)
         reached(BEFORE_COMMIT)
         isolation = self._isolation(live, plans, results, before, snapshot, stack)
-        self.record.undo_export_id = _undo_result(undo, self.r)
+        self.record.undo_export_id = _undo_result(self.undo, self.undo_tables, self.r)
+        if self.record.undo_export_id is None and any(r.inserted or r.updated for r in results.values()):
+            raise ApplyError("rows were written without an undo export: rolled back, nothing applied",
+                             fix="this is a bug in drp: report it")
         result = ApplyResult(self.r.clinic, tuple(sorted(self.r.policies)), {p.scope.name: results[p.scope.name]
                              for p in plans}, found.listed, found.counts, self.record.undo_export_id, None,
                              self.record.attempts, isolation)
@@ -399,13 +415,17 @@ class _Attempt:
 
     # -- planning: what to insert, what to revert ---------------------------------------------------------
 
-    def _plan(self, live: psycopg.Connection, past: psycopg.Connection) -> tuple[list[TablePlan], dict[str, TableResult]]:
+    def _plan(self, live: psycopg.Connection, past: psycopg.Connection,
+              start_undo: Callable[[tuple[str, ...]], None]) -> tuple[list[TablePlan], dict[str, TableResult]]:
         constraints = {t.name: constraints_of(live, t) for t in self.r.scope.tables}
         in_scope = set(constraints)
         parents = {name: {fk.parent for fk in fks if fk.parent in in_scope and fk.parent != name}
                    for name, (_u, fks) in constraints.items()}
         plans, results = [], {}
         identical = self._identical(live)
+        differing = tuple(name for name in self.r.scope.names if name not in identical)
+        if differing:  # the undo holds every row the apply can write: those of the tables that differ
+            start_undo(differing)
         for i, t in enumerate(insert_order(list(self.r.scope.tables), parents)):
             past_rel = _past(i)
             if t.name in identical:  # nothing to restore: the plan below comes out empty

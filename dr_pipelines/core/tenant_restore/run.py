@@ -233,7 +233,7 @@ def apply_markdown(clinic: str, applied: dict[str, Any]) -> str:
     """The apply's counts per table, conflicts skipped, undo export and audit row, as Markdown."""
     lines = [f"# Tenant restore applied: clinic {clinic} ({', '.join(applied['policies'])})", "",
              f"- {applied['inserted']} rows restored (inserted), {applied['updated']} reverted (updated)",
-             f"- undo export: {applied['undo_export_id']}; audit row drp.tenant_restores {applied['audit_id']}", "",
+             f"- undo export: {applied['undo_export_id'] or 'none (no table differed: nothing written)'}; audit row drp.tenant_restores {applied['audit_id']}", "",
              "| table | inserted | updated | skipped (conflicts) | archived since (not restored) |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {t['table']} | {t['inserted']} | {t['updated']} | {t['skipped']} | {t['archived']} |"
