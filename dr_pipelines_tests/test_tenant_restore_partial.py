@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from dr_pipelines.core.tenant_restore.drill import clinic_checksums
 from dr_pipelines.core.tenant_restore.source import past_database, scope_reads
 from dr_pipelines.demo.generate import seed_demo
 from dr_pipelines_tests.support.backup import flip_middle_byte
+from dr_pipelines_tests.support.procs import start_paused
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
 HOSTILE = '''
@@ -242,4 +244,20 @@ def test_a_flipped_byte_in_the_base_backup_refuses_the_partial_restore_and_leave
         assert "fix:" in str(refused.value)
     finally:
         stored.write_bytes(original)
+    assert list((source.work / "clusters").iterdir()) == []
+
+
+def test_a_run_killed_during_the_partial_extraction_is_swept_by_the_next(source: Source) -> None:
+    """kill -9 while the base backup is half extracted (some index files left empty): the next run removes it."""
+    env = {"DRP_CONFIG": str(source.rig.config), "DRP_SOURCE_DSN": source.live, "DRP_WORK_DIR": str(source.work)}
+    proc = start_paused(["tenant", "restore", "--clinic", "2", "--at", source.t, "--json"], env, "base-extracting")
+    [lease] = [p for p in (source.work / "clusters").iterdir() if p.name.startswith("tenant-restore-")]
+    assert (lease / "data").is_dir()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = source.rig.drp("tenant", "restore", "--clinic", "2", "--at", source.t, "--json",
+                            DRP_SOURCE_DSN=source.live, DRP_WORK_DIR=str(source.work), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"removed leftover clusters/{lease.name}" in result.stderr and not lease.exists()
+    assert "left out of the extraction" in result.stderr
     assert list((source.work / "clusters").iterdir()) == []

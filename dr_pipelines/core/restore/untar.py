@@ -19,6 +19,8 @@ regular files and directories, with ustar, GNU long-name and pax headers. Safety
   the PostgreSQL OS user; PostgreSQL does not read file times).
 
 A refused or malformed member raises ``TarFormatError`` at once; the caller removes what was written.
+``leave_out`` names regular files created empty, their bytes read past (a partial restore of index files a
+reader never uses, core/restore/partial.py): every safety check above still applies to them.
 
 Written data is sent to the disk while the extraction goes on (``_Flusher``, in a thread: each file's
 writeback started when it is complete, and every 64 MiB of a large one). PostgreSQL syncs the whole data
