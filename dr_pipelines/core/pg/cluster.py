@@ -18,6 +18,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -264,6 +265,8 @@ class LocalCluster:
         """Stop if running; escalate to immediate if a fast shutdown hangs."""
         if not (self.data_dir / "postmaster.pid").exists():
             return
+        if mode == "immediate" and self._quit_now():
+            return
         try:
             self._run([self.binaries.tool("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"],
                       what="pg_ctl stop")
@@ -273,6 +276,24 @@ class LocalCluster:
                     raise
                 return
             self.stop("immediate")
+
+    def _quit_now(self, timeout: float = 60) -> bool:
+        """An immediate shutdown as ``pg_ctl -m immediate -w`` does it (SIGQUIT to the pid in postmaster.pid),
+        waiting for the pid file to go with 10 ms polls instead of pg_ctl's 100 ms: every throwaway cluster is
+        removed this way. False (the caller falls back to pg_ctl) when the file or the process cannot be read
+        or signalled, or the server is still there after ``timeout``."""
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+            os.kill(pid, signal.SIGQUIT)
+        except (OSError, ValueError):
+            return False
+        deadline = time.monotonic() + timeout
+        while pidfile.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def remove(self, *, missing_ok: bool = True, keep_dir: bool = False) -> None:
         """Stop and delete the cluster's files (the directory itself unless keep_dir)."""
