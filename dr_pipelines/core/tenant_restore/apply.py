@@ -435,9 +435,13 @@ class _Attempt:
             unique, fks = constraints[t.name]
             plan = TablePlan(t, sql.Identifier("pg_temp", f"drp_restore_ins_{i}"),
                              sql.Identifier("pg_temp", f"drp_restore_rev_{i}"),
-                             primary_key(live, t.schema, t.table), unique, fks)
-            results[t.name] = TableResult(t.name, identical=t.name in identical)
-            results[t.name].archived = self._select_rows(live, plan, past_rel)
+                             primary_key(live, t.schema, t.table), unique, fks, empty=t.name in identical)
+            results[t.name] = TableResult(t.name, identical=plan.empty)
+            if plan.empty:  # empty relations still, for the parents' lookups and the same clean-up
+                for rel in (plan.insert, plan.revert):
+                    live.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(rel, past_rel))
+            else:
+                results[t.name].archived = self._select_rows(live, plan, past_rel)
             plans.append(plan)
         return plans, results
 
@@ -479,6 +483,7 @@ class _Attempt:
     # -- writing -----------------------------------------------------------------------------------------
 
     def _write(self, live: psycopg.Connection, plans: list[TablePlan], results: dict[str, TableResult]) -> None:
+        plans = [p for p in plans if not p.empty]
         for plan in plans:
             res = results[plan.scope.name]
             res.inserted = self._insert(live, plan)
