@@ -149,6 +149,10 @@ def test_a_partial_pitr_reads_exactly_the_clinics_rows_and_no_left_out_index(sou
                        at=RecoveryTarget.parse(time=source.t), read_only=True, reads=scope_reads(source.scope),
                        log=lines.append) as past:
         assert clinic_checksums(past.dsn, source.scope, ["2"])["2"] == source.at_t
+        where = psycopg.conninfo.conninfo_to_dict(past.dsn)  # promoted, yet only its private socket is open
+        assert Path(where["host"]).is_dir() and "password" not in where and "passfile" not in where
+        with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+            psycopg.connect(host="127.0.0.1", port=where["port"], user=where["user"], dbname="clinics", connect_timeout=5)
         states = index_states(past.dsn)
         kept = {name for name, state in states.items() if state == (True, True)}
         left_out = {name for name, state in states.items() if state == (False, False)}

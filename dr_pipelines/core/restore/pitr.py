@@ -98,7 +98,8 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
                      keep_running: bool = True,
                      port: int | None = None, progress: Progress | None = None, timeline: int | None = None,
                      log: Callable[[str], None] | None = None,
-                     settings: Mapping[str, str] | None = None, pause: bool = False) -> PitrResult:
+                     settings: Mapping[str, str] | None = None, pause: bool = False,
+                     socket_only: bool = False) -> PitrResult:
     """Restore ``data_dir`` (new or empty) to ``target``; see the module docstring.
 
     ``timeline``: recover along this timeline (recovery_target_timeline = N: a target on an older timeline
@@ -110,6 +111,7 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
     server settings kept after promotion (a throwaway's FAST_THROWAWAY, core/restore/throwaway.py).
     ``pause``: stop at the target as a read-only hot standby, not promoted (recovery.py; a target short of
     the archive's end, kept running); the result's timeline is then the one replayed at the target.
+    ``socket_only``: promoted, reached over its private socket only, no password (recovery.py).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     for line in sweep_leftovers(work_dir):
@@ -147,7 +149,7 @@ def restore_to_point(storage: Storage, target: RecoveryTarget, data_dir: Path, *
         fetcher = WalFetcher(storage, identities, data_dir, spool=spool, prefetch=prefetch)
         result = recover(data_dir, target, fetcher=fetcher, start_lsn=base.start_lsn, target_lsn=target_lsn,
                          keep_running=keep_running, port=port, progress=progress, socket_dir=socket_dir_in(lease.path),
-                         timeline=lineage.setting(), settings=settings, pause=pause)
+                         timeline=lineage.setting(), settings=settings, pause=pause, socket_only=socket_only)
         if result.paused:
             result = replace(result, timeline=lineage.timeline_at(parse_lsn(result.replayed_to)))
     except BaseException:

@@ -22,6 +22,12 @@ at the target instead (``recovery_target_action = 'pause'``): the server stays a
 on the same timeline, reached over the unix socket only (the 0700 folder above: TCP is still rejected,
 no password exists). No promotion, no new timeline, no checkpoint after it, no password or pg_hba
 change: ~0.2-0.3 s less at the end of the restore, and a copy nothing can write to.
+
+``socket_only=True`` (a throwaway that is written but never served: a tenant restore's partial past
+database, which marks indexes) promotes and then stays as the paused copy is reached: the superuser over
+the private unix socket, TCP rejected by pg_hba, no password set. The scram switch, its reload and the
+login proving it are skipped (~0.06 s); the recovery settings stay in postgresql.auto.conf (the copy is
+never restarted: the lease sweep stops and deletes it).
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ class RecoveryResult:
     last_commit_time: str | None  # of the last transaction replayed: what the restore holds up to
     seconds: float
     running: bool
-    dsn: str | None  # with the passfile, when running (paused: the superuser over the private unix socket)
+    dsn: str | None  # with the passfile, when running (paused, socket_only: the superuser over the private unix socket)
     paused: bool = False  # a read-only hot standby at the target (recover(pause=True))
 
 
@@ -167,7 +173,7 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
             fetcher: WalFetcher | None = None, start_lsn: int = 0,
             target_lsn: int | None = None, keep_running: bool = True, port: int | None = None,
             progress: Progress | None = None, timeline: str = "latest", socket_dir: Path | None = None,
-            settings: Mapping[str, str] | None = None, pause: bool = False) -> RecoveryResult:
+            settings: Mapping[str, str] | None = None, pause: bool = False, socket_only: bool = False) -> RecoveryResult:
     """Recover ``data_dir`` (an extracted base backup) to ``target`` and promote; PitrError if it cannot.
 
     WAL comes from ``fetcher``, served on a socket in ``socket_dir`` while the server recovers
@@ -179,10 +185,13 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
     the caller's lease, so a killed run's is swept), and for the server's own when the data directory
     is too deep for one; default a new one under the temp dir, removed at the end. ``settings``: see
     configure_recovery's ``extra``. ``pause``: stay a read-only hot standby at the target (see the module
-    docstring); it needs a target (time, LSN, xid, name or immediate) and ``keep_running``.
+    docstring); it needs a target (time, LSN, xid, name or immediate) and ``keep_running``. ``socket_only``:
+    promoted but left reachable over the private socket only (module docstring; needs ``keep_running``).
     """
     if pause and (target.kind == "latest" or not keep_running):
         raise TypeError("recover(pause=True) needs a target short of the archive's end and keep_running")
+    if socket_only and not keep_running:
+        raise TypeError("recover(socket_only=True) needs keep_running")
     started = time.monotonic()
     own_socket_dir = socket_dir is None
     if socket_dir is None:
@@ -214,6 +223,10 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
                     cluster.port = free_port()  # it bound nothing and recovered nothing: start again elsewhere
             if paused:  # read-only at the target: nothing to secure, restore_command is never run again
                 new_timeline = 0  # SQL cannot tell a standby's replay timeline: restore_to_point's lineage does
+            elif socket_only:  # promoted; pg_hba still rejects TCP and trusts only the private socket
+                with _connect(server_sockets, cluster.port) as conn:
+                    new_timeline = int(conn.execute(
+                        "SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0][:8], 16)
             else:
                 new_timeline = _secure(cluster, server_sockets)  # restore_command is never run again once promoted
         if not keep_running:
@@ -225,7 +238,8 @@ def recover(data_dir: Path, target: RecoveryTarget, *, restore_command: str | No
     finally:
         if own_socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
-    dsn = _socket_dsn(server_sockets, cluster.port) if paused else cluster.dsn() if keep_running else None
+    dsn = (_socket_dsn(server_sockets, cluster.port) if paused or socket_only
+           else cluster.dsn() if keep_running else None)
     return RecoveryResult(data_dir=data_dir, port=cluster.port, timeline=new_timeline, replayed_to=replayed,
                           last_commit_time=last_commit, seconds=time.monotonic() - started, running=keep_running,
                           dsn=dsn, paused=paused)

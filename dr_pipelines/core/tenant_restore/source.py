@@ -9,6 +9,9 @@ exact restore point reached (time, LSN, backup id, how it was obtained):
   the extraction flushes nothing: the copy is never crash-recovered. With ``read_only`` (callers
   that only read the past: the apply, --into-schema) recovery pauses at the target instead: a
   read-only hot standby reached over its private unix socket only (core/restore/recovery.py).
+  With ``reads`` (the tables the caller reads: a tenant restore) the index files nothing reads are
+  left out (core/restore/partial.py) and the copy is promoted, to mark them, but stays reached over its
+  private unix socket only, as a paused one (``socket_only``: TCP rejected, no password set).
 - ``backup_id``: a logical backup restored into a leased throwaway (core/restore/throwaway.py), or a
   base backup recovered to its own stop point (``recovery_target = 'immediate'``).
 
@@ -154,7 +157,8 @@ def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entrie
                                   extract=extract_from_storage(storage, identities, progress, durable=False,
                                                                leave_out=leave_out if reads else None),
                                   work_dir=work_dir, identities=identities, keep_running=True, progress=progress,
-                                  log=log, settings=FAST_THROWAWAY, pause=pause and not reads)
+                                  log=log, settings=FAST_THROWAWAY, pause=pause and not reads,
+                                  socket_only=bool(reads))
         rec = result.recovery
         if rec.last_commit_time:
             time, basis = rec.last_commit_time, "commit time of the last transaction recovered"
@@ -165,11 +169,8 @@ def _pitr(storage: Storage, identities: Sequence[object], work_dir: Path, entrie
                              timeline=rec.timeline)
         if log:
             log(f"restored: {point.describe()}")
-        if rec.paused:
-            assert rec.dsn is not None
-            dsn = make_conninfo(rec.dsn, dbname=database)
-        else:
-            dsn = LocalCluster(data_dir=data_dir, port=rec.port).dsn(database)
+        assert rec.dsn is not None  # kept running: TCP with the passfile, or the private socket (paused, socket_only)
+        dsn = make_conninfo(rec.dsn, dbname=database)
         for plan in plans:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 marked = disable_left_out(conn, plan)
