@@ -90,7 +90,6 @@ from dr_pipelines.core.tenant_restore.guard import (
 from dr_pipelines.core.tenant_restore.transfer import (
     bind_clinic,
     copy_tenant_rows,
-    create_like,
     pin_output,
     primary_key,
     table_columns,
@@ -243,13 +242,13 @@ def _undo_export(live_dsn: str, request: _Request, requester: str, snapshot_id: 
     return export_tenants(live_dsn, request.undo.storage, [request.clinic], options)
 
 
-def _undo_result(undo: list[Future[ExportResult]], tables: tuple[str, ...], request: _Request) -> str | None:
+def _undo_result(undo: Future[ExportResult] | None, tables: tuple[str, ...], request: _Request) -> str | None:
     """The undo export's id once it is complete (None: no table differed, nothing is written); UndoExportError
     (nothing is committed) if it failed or does not hold every table of ``tables`` for exactly this clinic."""
-    if not undo:
+    if undo is None:
         return None
     try:
-        done = undo[0].result()
+        done = undo.result()
     except DrpError as exc:
         raise UndoExportError(f"the undo export of clinic {request.clinic} failed, nothing was applied: {exc.problem}",
                               fix=exc.fix or "fix the export (storage, permissions) and run the apply again") from exc
@@ -302,7 +301,7 @@ def insert_order(tables: list[TableScope], parents: dict[str, set[str]]) -> list
 class _Attempt:
     def __init__(self, past_dsn: str, live_dsn: str, request: _Request, record: audit.RestoreRecord) -> None:
         self.past_dsn, self.live_dsn, self.r, self.record = past_dsn, live_dsn, request, record
-        self.undo: list[Future[ExportResult]] = []  # the undo export, started once the differing tables are known
+        self.undo: Future[ExportResult] | None = None  # the undo export, started once the differing tables are known
         self.undo_tables: tuple[str, ...] = ()
 
     def run(self) -> ApplyResult:
@@ -316,8 +315,7 @@ class _Attempt:
 
                 def start_undo(tables: tuple[str, ...]) -> None:
                     self.undo_tables = tables
-                    self.undo.append(pool.submit(_undo_export, self.live_dsn, self.r, self.record.requester, snapshot,
-                                                 tables))
+                    self.undo = pool.submit(_undo_export, self.live_dsn, self.r, self.record.requester, snapshot, tables)
 
                 reached(SNAPSHOT_TAKEN)
                 try:
@@ -325,8 +323,8 @@ class _Attempt:
                 except BaseException as exc:
                     # The export has adopted the snapshot or is about to: let it finish while this transaction
                     # is still open (its own audit says how it ended); then everything here rolls back.
-                    if self.undo and self.undo[0].exception() is None:
-                        self._discard_undo(self.undo[0].result(), exc)
+                    if self.undo is not None and self.undo.exception() is None:
+                        self._discard_undo(self.undo.result(), exc)
                     raise
 
     def _discard_undo(self, done: ExportResult, why: BaseException) -> None:
@@ -376,7 +374,7 @@ class _Attempt:
         self.record.conflicts = [c.as_dict() for c in found.listed]
         result.audit_id = audit.append(live, self.record, "succeeded")  # commits with the rows, or not at all
         for i, p in enumerate(plans):
-            for rel in (p.insert, p.revert, _past(i)):
+            for rel in () if p.empty else (p.insert, p.revert, _past(i)):
                 live.execute(sql.SQL("DROP TABLE {}").format(rel))
         return result
 
@@ -427,21 +425,14 @@ class _Attempt:
         if differing:  # the undo holds every row the apply can write: those of the tables that differ
             start_undo(differing)
         for i, t in enumerate(insert_order(list(self.r.scope.tables), parents)):
-            past_rel = _past(i)
-            if t.name in identical:  # nothing to restore: the plan below comes out empty
-                create_like(live, past_rel, table_columns(past, t.schema, t.table))
-            else:
-                copy_tenant_rows(past, self.r.scope, t, live, past_rel)
             unique, fks = constraints[t.name]
             plan = TablePlan(t, sql.Identifier("pg_temp", f"drp_restore_ins_{i}"),
                              sql.Identifier("pg_temp", f"drp_restore_rev_{i}"),
                              primary_key(live, t.schema, t.table), unique, fks, empty=t.name in identical)
             results[t.name] = TableResult(t.name, identical=plan.empty)
-            if plan.empty:  # empty relations still, for the parents' lookups and the same clean-up
-                for rel in (plan.insert, plan.revert):
-                    live.execute(sql.SQL("CREATE TABLE {} AS TABLE {}").format(rel, past_rel))
-            else:
-                results[t.name].archived = self._select_rows(live, plan, past_rel)
+            if not plan.empty:  # an identical table has nothing to restore: no TEMP relation is made for it
+                copy_tenant_rows(past, self.r.scope, t, live, _past(i))
+                results[t.name].archived = self._select_rows(live, plan, _past(i))
             plans.append(plan)
         return plans, results
 

@@ -102,7 +102,7 @@ class TablePlan:
     pk: tuple[str, ...]
     unique: list[UniqueKey]
     fks: list[ForeignKey]
-    empty: bool = False  # both relations empty by construction (the table is identical): nothing to check or write
+    empty: bool = False  # the table is identical: nothing to restore, its relations are never made
 
 
 _UNIQUE_QUERY = """
@@ -197,7 +197,7 @@ class _Checker:
         cond = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} AS l WHERE {})").format(
             _not_null(fk.columns, "p"), parent, _equal(fk.parent_columns, "l", "p", fk.columns))
         restored = self.plans.get(fk.parent)
-        if restored is not None:
+        if restored is not None and not restored.empty:
             cond = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} AS q WHERE {})").format(
                 cond, restored.insert, _equal(fk.parent_columns, "q", "p", fk.columns))
         return cond
