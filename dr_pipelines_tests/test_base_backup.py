@@ -9,7 +9,9 @@ a missing stop segment keeps it 'waiting for WAL'; each bad input is refused wit
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import io
 import json
 import os
@@ -38,8 +40,9 @@ from dr_pipelines.core.backup.logical import run_logical_backup
 from dr_pipelines.core.backup.physical import BaseBackupOptions, run_base_backup
 from dr_pipelines.core.backup.prune import prune_backups
 from dr_pipelines.core.crypto import parse_recipients
+from dr_pipelines.core.frames import KEY as FRAMES_KEY
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
-from dr_pipelines.core.manifest import Manifest
+from dr_pipelines.core.manifest import MANIFEST_NAME, Manifest, write_manifest
 from dr_pipelines.core.pg.checksums import database_checksums
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.guards import RestoreError
@@ -223,15 +226,21 @@ def _evil_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
 def test_an_unsafe_tar_member_is_refused_and_nothing_is_left(rig: WalRig, storage: Storage, taken: tuple,
                                                              tmp_path: Path, members: list, refusal: str,
                                                              outside: str | None) -> None:
-    """A stored base backup object replaced by a validly encrypted tar with an unsafe member (anyone with the
-    public recipient key and write access to storage can make one): refused naming the member, data dir gone."""
+    """A stored base backup object replaced by a validly encrypted tar with an unsafe member, and its manifest by
+    one naming that object's size and SHA-256, without a frame table (anyone with the public recipient key and
+    write access to storage can make both): refused naming the member, data dir gone."""
     members = [(info.replace(name=info.name.format(tmp=tmp_path), linkname=info.linkname.format(tmp=tmp_path)),
                 data) for info, data in members]
     manifest = taken[0]
-    stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
-    original = stored.read_bytes()
+    prefix = backup_prefix(manifest.id)
+    stored, manifest_file = rig.storage_dir / prefix / BASE_OBJECT, rig.storage_dir / prefix / MANIFEST_NAME
+    original, original_manifest = stored.read_bytes(), manifest_file.read_bytes()
     try:
-        stored.write_bytes(seal(_evil_tar(*members), parse_recipients(rig.settings().encryption_recipients), level=3))
+        evil = seal(_evil_tar(*members), parse_recipients(rig.settings().encryption_recipients), level=3)
+        stored.write_bytes(evil)
+        obj = dataclasses.replace(manifest.object("base"), bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
+        write_manifest(storage, prefix, dataclasses.replace(
+            manifest, objects=[obj], extra={k: v for k, v in manifest.extra.items() if k != FRAMES_KEY}))
         with pytest.raises(RestoreError, match=f"cannot unpack .*{refusal}") as refused:
             extract_base_backup(storage, _entry(storage, manifest.id), context.identities(rig.settings()),
                                 tmp_path / "pgdata")
@@ -240,6 +249,25 @@ def test_an_unsafe_tar_member_is_refused_and_nothing_is_left(rig: WalRig, storag
         assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing outside the data directory either
         if outside:
             assert not (tmp_path / outside).exists()
+    finally:
+        stored.write_bytes(original)
+        manifest_file.write_bytes(original_manifest)
+
+
+def test_an_object_replaced_under_its_manifest_is_refused_before_its_tar_is_read(
+        rig: WalRig, storage: Storage, taken: tuple, tmp_path: Path) -> None:
+    """The same unsafe tar without a matching manifest: the manifest's size says where the age payload ends, so
+    its chunks fail to authenticate at once and the object is named corrupted (the hash decides); nothing left."""
+    manifest = taken[0]
+    stored = rig.storage_dir / backup_prefix(manifest.id) / BASE_OBJECT
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(seal(_evil_tar(_member("../escaped", data=b"x")),
+                                parse_recipients(rig.settings().encryption_recipients), level=3))
+        with pytest.raises(CorruptObjectError, match="is corrupted"):
+            extract_base_backup(storage, _entry(storage, manifest.id), context.identities(rig.settings()),
+                                tmp_path / "pgdata")
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
     finally:
         stored.write_bytes(original)
 

@@ -24,7 +24,9 @@ from typing import BinaryIO
 import pyrage
 import zstandard
 
+from dr_pipelines.core.age_chunks import AgeChunks, plaintext, x25519_keys
 from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.frames import FramedCompression, FramedRead, Skipped
 
 READ_SIZE = 1 << 20
 QUEUE_DEPTH = 32  # chunks of up to ~64 KiB from age: a few MiB in flight at most
@@ -76,15 +78,19 @@ class _QueueWriter:
         self.cancel = cancel
 
     def write(self, data: bytes) -> int:
-        chunk = bytes(data)
+        chunk = data if isinstance(data, Skipped) else bytes(data)
         while True:
             if self.cancel.is_set():
                 raise _Cancelled()
             try:
                 self.q.put(chunk, timeout=0.2)
-                return len(chunk)
+                return 0 if isinstance(chunk, Skipped) else len(chunk)
             except queue.Full:
                 continue
+
+    def skip(self, n: int) -> None:
+        """Hand the consumer a ``Skipped(n)`` instead of bytes (a framed read passing over a left-out file)."""
+        self.write(Skipped(n))  # type: ignore[arg-type]
 
     def flush(self) -> None:
         pass
@@ -151,14 +157,22 @@ def encrypt(data: bytes, recipients: Sequence[object]) -> bytes:
     return pyrage.encrypt(data, list(recipients))
 
 
-def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2) -> Iterator[bytes]:
+def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: int = 3, threads: int = 2,
+                     frame_table: list | None = None) -> Iterator[bytes]:
     """Yield age(zstd(source)) chunks; the work runs in a thread so the consumer can upload meanwhile.
 
+    ``frame_table`` (a tar source, an empty list): the zstd stream is cut into frames around each large
+    file and the list gets the table of frames once the stream is complete (core/frames.py).
     If the consumer stops early (an upload failed), the worker is cancelled and joined.
     """
 
     def work(sink: BinaryIO) -> None:
         compressor = zstandard.ZstdCompressor(level=level, threads=threads)
+        if frame_table is not None:
+            framed = FramedCompression(source, compressor)
+            pyrage.encrypt_io(framed, sink, list(recipients))
+            frame_table[:] = framed.table
+            return
         with compressor.stream_reader(source, read_size=READ_SIZE, closefd=False) as compressed:
             pyrage.encrypt_io(compressed, sink, list(recipients))
 
@@ -202,12 +216,29 @@ class _LargeReads:
         return len(data)
 
 
-def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[object], *, what: str) -> None:
+def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[object], *, what: str,
+                       size: int | None = None, framed: FramedRead | None = None) -> None:
     """Write zstd-decompressed, age-decrypted `reader` into `dest`.
 
+    With the object's ``size`` and X25519 identities (drp's keys), the age payload is decrypted chunk by
+    chunk (core/age_chunks.py: 7x faster than pyrage here), and a ``framed`` object's left-out files are
+    passed over (core/frames.py); otherwise pyrage decrypts the stream.
     A wrong identity or damaged ciphertext raises DecryptionError naming `what`.
     """
     decompressor = zstandard.ZstdDecompressor()
+    keys = x25519_keys(identities) if size is not None else None
+    if keys is not None:
+        chunks = AgeChunks(reader, keys, size, what=what)  # type: ignore[arg-type]
+        if framed is not None:
+            framed.decode(chunks, dest, what=what)
+            return
+        try:
+            with decompressor.stream_writer(dest, closefd=False) as plain:
+                for data in plaintext(chunks):
+                    plain.write(data)
+        except zstandard.ZstdError as exc:
+            raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})", fix="the object is damaged") from None
+        return
     try:
         with decompressor.stream_writer(dest, closefd=False) as plain:
             pyrage.decrypt_io(_LargeReads(reader), plain, list(identities))

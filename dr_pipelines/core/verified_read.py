@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from dr_pipelines.core.crypto import DecryptionError
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.frames import FramedRead
 from dr_pipelines.core.storage import Storage
 from dr_pipelines.core.stream import READ_SIZE, CountingReader, decrypt_decompress, writer_chunks
 
@@ -69,6 +70,7 @@ def read_verified(
     decrypt: bool = False,
     identities: Sequence[object] = (),
     progress: Callable[[int], None] | None = None,
+    framed: FramedRead | None = None,
 ) -> None:
     """Write ``key``'s content to ``out`` (decrypted and decompressed if ``decrypt``), checking size and SHA-256.
 
@@ -87,7 +89,7 @@ def read_verified(
         reader = _ProgressReader(raw, progress)
         try:
             if decrypt:
-                decrypt_decompress(reader, out, identities, what=where)
+                decrypt_decompress(reader, out, identities, what=where, size=size, framed=framed)
         except DecryptionError:
             reader.drain()
             check(reader)  # a damaged object is named as such, not as a key problem

@@ -177,7 +177,8 @@ class LowLevelResult:
 
 def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, key: str, recipients: list, *,
                   label: str, level: int, threads: int, progress: Progress | None, expected: int | None,
-                  segment_bytes: int, tap: Callable[[bytes], None] | None = None) -> LowLevelResult:
+                  segment_bytes: int, tap: Callable[[bytes], None] | None = None,
+                  frame_table: list | None = None) -> LowLevelResult:
     """One backup session on ``conn`` (autocommit): pg_backup_start, the tar streamed to ``key``, pg_backup_stop,
     then the wait until PostgreSQL has archived the stop segment (``wait_for_archive``).
 
@@ -192,7 +193,8 @@ def take_lowlevel(conn: psycopg.Connection, data_dir: Path, storage: Storage, ke
     tar = DataDirTar(data_dir, lambda: _stop(conn))
     try:
         entry = stream_reader(CountingReader(tar, tap=tap), storage, key, "base", "tar", recipients,  # type: ignore[arg-type]
-                              level=level, threads=threads, progress=progress, expected=expected)
+                              level=level, threads=threads, progress=progress, expected=expected,
+                              frame_table=frame_table)
     except BaseException as exc:
         if tar.stopped is None:
             with contextlib.suppress(psycopg.Error):

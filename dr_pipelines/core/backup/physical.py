@@ -45,12 +45,14 @@ from dr_pipelines.core.backup.pipeline import (
     with_attempt,
 )
 from dr_pipelines.core.crypto import parse_recipients
+from dr_pipelines.core.frames import KEY as FRAMES_KEY
 from dr_pipelines.core.layout import BASE_OBJECT, backup_prefix
 from dr_pipelines.core.manifest import Manifest, ObjectEntry, write_manifest
 from dr_pipelines.core.pg.connect import connect, libpq_env
 from dr_pipelines.core.pg.tools import client_tool
 from dr_pipelines.core.progress import Progress
 from dr_pipelines.core.storage import Storage
+from dr_pipelines.core.tarformat import TarWalk
 from dr_pipelines.core.wal.names import Segment, parse_lsn
 
 WANTED = ("backup_label", "backup_manifest")
@@ -97,17 +99,18 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
         method, data_dir, note = choose_method(conn, options.method)
         key = f"{prefix}/{BASE_OBJECT}"
         index_map = record_index_map(conn)  # before the start: see core/backup/index_map.py
+        frames: list = []  # filled once the stream is complete: see core/frames.py
         start_time = datetime.now(UTC)
         if data_dir is not None:
             taken = take_lowlevel(conn, data_dir, storage, key, age_recipients, label=f"drp {backup_id}",
                                   level=options.compression_level, threads=options.zstd_threads, progress=progress,
                                   expected=cluster["size"], segment_bytes=cluster["segment_bytes"],
-                                  tap=_with_checkpoint(lambda data: None))
+                                  tap=_with_checkpoint(lambda data: None), frame_table=frames)
             entry, files, tool = taken.entry, taken.files, None
         else:
             tool = client_tool("pg_basebackup", locked.ident.major)
             entry, files = _pg_basebackup(tool, dsn, backup_id, storage, key, age_recipients, options, progress,
-                                          cluster["size"])
+                                          cluster["size"], frames)
         try:
             # Any xid at or past this one was assigned after the backup stopped: its commit is
             # after stop_lsn, so recovery from this base can reach it (see docs/backups.md).
@@ -121,7 +124,7 @@ def _run(dsn: str, storage: Storage, recipients: list[str], age_recipients: list
              "stop_time": stop_time.isoformat(), "next_xid": next_xid, "pg_version_num": locked.ident.version_num,
              "segment_bytes": cluster["segment_bytes"], "data_checksums": cluster["data_checksums"],
              "slot": options.slot, "cleaned_up": locked.removed, "method": method, "method_note": note,
-             INDEX_MAP_KEY: index_map.as_extra() if index_map else None}
+             INDEX_MAP_KEY: index_map.as_extra() if index_map else None, FRAMES_KEY: frames}
     manifest = _manifest(dsn, backup_id, started, recipients, options, locked, cluster["size"], tool, entry, extra)
     write_manifest(storage, prefix, manifest)  # the commit point
     record_source(storage, manifest.source, replaced=options.source_replaced)
@@ -145,14 +148,16 @@ def choose_method(conn: psycopg.Connection, wanted: str) -> tuple[str, Path | No
 
 
 def _pg_basebackup(tool: str, dsn: str, backup_id: str, storage: Storage, key: str, age_recipients: list,
-                   options: BaseBackupOptions, progress: Progress | None, size: int) -> tuple[ObjectEntry, dict[str, bytes]]:
+                   options: BaseBackupOptions, progress: Progress | None, size: int,
+                   frames: list) -> tuple[ObjectEntry, dict[str, bytes]]:
     """pg_basebackup -D - -Ft -X none streamed to key; backup_label and backup_manifest read from the stream."""
     conninfo, env = libpq_env(dsn)
     cmd = [tool, f"--dbname={conninfo}", "--pgdata=-", "--format=tar", "--wal-method=none",
            "--checkpoint=fast", "--no-password", f"--label=drp {backup_id}"]
     tap = TarTap(WANTED)
     entry = stream_command(cmd, env, storage, key, "base", "tar", age_recipients, level=options.compression_level,
-                           threads=options.zstd_threads, progress=progress, expected=size, tap=_with_checkpoint(tap))
+                           threads=options.zstd_threads, progress=progress, expected=size, tap=_with_checkpoint(tap.walk),
+                           frame_table=frames)
     return entry, tap.files
 
 
@@ -252,69 +257,29 @@ def _manifest(dsn: str, backup_id: str, started: datetime, recipients: list[str]
     )
 
 
-class TarTap:
-    """Captures the named members of a tar stream as its bytes pass (ustar, as pg_basebackup writes it).
+class TarTap(TarWalk):
+    """Captures the named members of a tar stream as its bytes pass (``walk``).
 
-    Only header blocks and the wanted members' contents are looked at; everything else is
-    skipped by size, so a 1 GB stream costs a few thousand header parses.
+    Only the wanted members' contents are kept; everything else passes by size, so a 1 GB stream
+    costs a few thousand header parses.
     """
 
     def __init__(self, wanted: tuple[str, ...]) -> None:
+        super().__init__()
         self.wanted = set(wanted)
         self.files: dict[str, bytes] = {}
-        self._header = bytearray()
         self._name: str | None = None
         self._content = bytearray()
-        self._remaining = 0  # content bytes of the current member still to come
-        self._padding = 0
-        self.ended = False
 
-    def __call__(self, data: bytes) -> None:
-        view, i, n = memoryview(data), 0, len(data)
-        while i < n and not self.ended:
-            if self._remaining:
-                take = min(self._remaining, n - i)
-                if self._name is not None:
-                    self._content += view[i:i + take]
-                self._remaining -= take
-                i += take
-                if not self._remaining:
-                    self._finish()
-            elif self._padding:
-                take = min(self._padding, n - i)
-                self._padding -= take
-                i += take
-            else:
-                take = min(512 - len(self._header), n - i)
-                self._header += view[i:i + take]
-                i += take
-                if len(self._header) == 512:
-                    self._start(bytes(self._header))
-                    self._header.clear()
-
-    def _start(self, block: bytes) -> None:
-        if block == bytes(512):
-            self.ended = True  # end-of-archive
-            return
-        name = block[:100].split(b"\0", 1)[0].decode(errors="replace")
-        if block[257:262] == b"ustar" and block[345] != 0:
-            name = block[345:500].split(b"\0", 1)[0].decode(errors="replace") + "/" + name
-        size = tar_number(block[124:136])
-        name = name.removeprefix("./")
+    def member(self, name: str, size: int, kind: bytes) -> None:
         self._name = name if name in self.wanted else None
         self._content.clear()
-        self._remaining, self._padding = size, (-size) % 512
-        if not size:
-            self._finish()
 
-    def _finish(self) -> None:
+    def body(self, piece: memoryview) -> None:
+        if self._name is not None:
+            self._content += piece
+
+    def member_end(self) -> None:
         if self._name is not None:
             self.files[self._name] = bytes(self._content)
         self._name = None
-
-
-def tar_number(field: bytes) -> int:
-    """A tar numeric field: octal text, or base-256 (high bit set) for sizes past 8 GiB."""
-    if field[0] & 0x80:
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    return int(field.strip(b"\0 ") or b"0", 8)

@@ -136,6 +136,7 @@ def stream_command(
     progress: Progress | None,
     expected: int | None,
     tap: Callable[[bytes], None] | None = None,
+    frame_table: list | None = None,
 ) -> ObjectEntry:
     """Run a client tool and stream its stdout, compressed and encrypted, into storage under key.
 
@@ -152,7 +153,8 @@ def stream_command(
 
         try:
             entry = stream_reader(CountingReader(proc.stdout, tap=tap), storage, key, role, fmt, recipients,
-                                  level=level, threads=threads, progress=progress, expected=expected, abort=kill)
+                                  level=level, threads=threads, progress=progress, expected=expected, abort=kill,
+                                  frame_table=frame_table)
         finally:
             proc.stdout.close()
         code = proc.wait()
@@ -167,13 +169,14 @@ def stream_command(
 
 def stream_reader(reader: CountingReader, storage: Storage, key: str, role: str, fmt: str, recipients: list, *,
                   level: int, threads: int, progress: Progress | None, expected: int | None,
-                  abort: Callable[[], None] | None = None) -> ObjectEntry:
+                  abort: Callable[[], None] | None = None, frame_table: list | None = None) -> ObjectEntry:
     """Stream ``reader``, compressed and encrypted, into storage under key: a tool's stdout, or a tar
     drp builds itself (core/backup/lowlevel.py). Progress every PROGRESS_EVERY plain bytes.
 
     ``abort`` runs first on failure (a tool is killed so the worker's read ends at once).
+    ``frame_table``: see ``compress_encrypt`` (a base backup's tar).
     """
-    chunks = compress_encrypt(reader, recipients, level=level, threads=threads)
+    chunks = compress_encrypt(reader, recipients, level=level, threads=threads, frame_table=frame_table)
     try:
         result = storage.put_stream(key, _reporting(chunks, reader, role, progress, expected))
     except BaseException:

@@ -46,11 +46,22 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-BLOCK = 512
-MAX_META = 1 << 20  # a pax or GNU long-name header's body: names, never data
-FILE_TYPES = (b"0", b"\0", b"7")  # regular file (7: contiguous, written as regular)
-DIR_TYPE = b"5"
-PAX, PAX_GLOBAL, GNU_LONGNAME = b"x", b"g", b"L"
+from dr_pipelines.core.tarformat import (
+    BLOCK,
+    DIR_TYPE,
+    FILE_TYPES,
+    GNU_LONGNAME,
+    MAX_META,
+    PAX,
+    PAX_GLOBAL,
+    TarFormatError,
+    check_sum,
+    header_name,
+    long_name,
+    number,
+    pax_records,
+)
+
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FLUSH_EVERY = 64 << 20  # bytes of one file written between two flushes of it
 FLUSH_QUEUE = 32  # files (or 64 MiB parts) waiting for their flush: bounds the open descriptors
@@ -130,10 +141,6 @@ TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device"
               b"6": "FIFO", b"K": "GNU long link name", b"S": "sparse file"}
 
 
-class TarFormatError(ValueError):
-    """The tar holds a member that is unsafe, of a refused kind, or malformed."""
-
-
 class SafeUntar:
     """A writable sink that unpacks the tar written into it under ``root`` (an existing, empty directory)."""
 
@@ -144,6 +151,7 @@ class SafeUntar:
         # True for a file (its name relative to the root, "/"-separated) to be created empty, its bytes dropped
         self._leave_out = leave_out
         self.left_out = 0  # bytes of the files left out
+        self._dropping = False  # inside the body of a file left out
         self._on_member = on_member  # hears the count after each one (progress, crash-test checkpoints)
         self._header = bytearray()
         self._left = 0  # bytes of the current member's body still to come
@@ -216,10 +224,10 @@ class SafeUntar:
         if header == bytes(BLOCK):
             self.ended = True  # the first of the two zero blocks that end an archive
             return
-        _check_sum(header)
+        check_sum(header)
         kind = header[156:157]
-        size = int(self._next.pop("size", "")) if "size" in self._next else _number(header[124:136])
-        name = self._next.pop("path", None) or _name(header)
+        size = int(self._next.pop("size", "")) if "size" in self._next else number(header[124:136])
+        name = self._next.pop("path", None) or header_name(header)
         self._next.clear()
         self._left, self._pad = size, -size % BLOCK
         if kind in (PAX, PAX_GLOBAL, GNU_LONGNAME):
@@ -230,22 +238,34 @@ class SafeUntar:
             path = self._path(name)
             self._make_parents(path)
             try:
-                self._fd = os.open(path, OPEN_FLAGS, (_number(header[100:108]) & 0o640) | 0o600)
+                self._fd = os.open(path, OPEN_FLAGS, (number(header[100:108]) & 0o640) | 0o600)
             except FileExistsError:
                 raise TarFormatError(f"member {name!r} appears twice in the tar") from None
             if self._leave_out is not None and self._leave_out(os.path.relpath(path, self.root).replace(os.sep, "/")):
-                os.close(self._fd)  # created empty; its body is read past (_fd None, no _meta)
-                self._fd = None
+                os.close(self._fd)  # created empty; its body is read past (_fd None, no _meta) or skipped
+                self._fd, self._dropping = None, True
                 self.left_out += size
         elif kind == DIR_TYPE:
-            self._make_dir(self._path(name), (_number(header[100:108]) & 0o750) | 0o700)
+            self._make_dir(self._path(name), (number(header[100:108]) & 0o750) | 0o700)
         else:
             what = TYPE_NAMES.get(kind, f"type {kind!r}")
             raise TarFormatError(f"member {name!r} is a {what}: only regular files and directories are restored")
         if not self._left:
             self._end_member()
 
+    def skip(self, n: int) -> None:
+        """``n`` bytes of the current member's body that were never decrypted (core/frames.py: a left-out
+        file's own frames). Refused unless the untar is inside the body of a file it leaves out, with at
+        least ``n`` bytes of it to come: a frame table that disagrees with the tar cannot drop a wanted byte."""
+        if not (self._dropping and 0 < n <= self._left and not self._header):
+            raise TarFormatError(f"{n} bytes skipped outside the body of a left-out file: the base backup's frame "
+                                 "table does not match its tar")
+        self._left -= n
+        if not self._left:
+            self._end_member()
+
     def _end_member(self) -> None:
+        self._dropping = False
         if self._meta is None:
             self.members += 1
             if self._on_member:
@@ -256,9 +276,9 @@ class SafeUntar:
         elif self._meta is not None:
             body, kind, self._meta = bytes(self._meta), self._meta_type, None
             if kind == PAX:
-                self._next = _pax(body)
+                self._next = pax_records(body)
             elif kind == GNU_LONGNAME:
-                self._next = {"path": body.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")}
+                self._next = {"path": long_name(body)}
 
     def _path(self, name: str) -> str:
         """``name`` under the root, refused unless it is a plain relative path (``./`` prefixes allowed)."""
@@ -290,51 +310,3 @@ class SafeUntar:
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data):]
-
-
-def _check_sum(header: bytes) -> None:
-    stored = _number(header[148:156])
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    signed = unsigned - 2 * sum(b for b in header[:148] + header[156:] if b > 127)
-    if stored not in (unsigned, signed):
-        raise TarFormatError("a tar header's checksum does not match: the tar is damaged")
-
-
-def _number(field: bytes) -> int:
-    """A numeric header field: octal text, or GNU base-256 (first byte 0x80) for large values."""
-    if field[:1] == b"\x80":
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise TarFormatError(f"a tar header holds {field!r} where a number belongs: the tar is damaged") from None
-
-
-def _name(header: bytes) -> str:
-    name = header[:100].split(b"\0", 1)[0]
-    if header[257:263] == b"ustar\0":  # POSIX ustar: a prefix field extends the name (GNU uses it otherwise)
-        prefix = header[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    return name.decode("utf-8", "surrogateescape")
-
-
-def _pax(body: bytes) -> dict[str, str]:
-    """The ``path`` and ``size`` records of a pax extended header (``LEN key=value\\n`` each); others ignored."""
-    found, pos = {}, 0
-    while pos < len(body):
-        space = body.find(b" ", pos)
-        try:
-            length = int(body[pos:space])
-        except ValueError:
-            raise TarFormatError("a pax header is malformed: the tar is damaged") from None
-        if length <= 0 or space < 0:
-            raise TarFormatError("a pax header is malformed: the tar is damaged")
-        key, _, value = body[space + 1:pos + length - 1].partition(b"=")
-        if key in (b"path", b"size"):
-            found[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    if "size" in found and not found["size"].isdigit():
-        raise TarFormatError("a pax header's size is not a number: the tar is damaged")
-    return found
