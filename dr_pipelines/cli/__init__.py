@@ -8,7 +8,13 @@ Domain errors are printed as one message (problem + fix) without a traceback, ex
 
 from __future__ import annotations
 
-import sys
+import gc
+
+# No collections while the command modules import: every object they make lives until exit, and the
+# collector walking them again and again was ~0.08 s of each command's start (main() freezes and re-enables).
+gc.disable()
+
+import sys  # noqa: E402
 from pathlib import Path
 from typing import Optional
 
@@ -79,6 +85,12 @@ def _root(
 
 
 def main() -> None:
+    """Run the command line. The garbage collector: what is imported by now is frozen (never walked again) and
+    collection re-enabled for the command; at the end everything is frozen again, so the interpreter's
+    collections at exit walk nothing (they were 0.15-0.2 s after a tenant restore; finalizers, atexit
+    handlers and thread joins all still run)."""
+    gc.freeze()
+    gc.enable()
     try:
         app()
     except DrpError as exc:
@@ -87,6 +99,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":
