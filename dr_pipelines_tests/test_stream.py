@@ -91,3 +91,72 @@ def test_peak_memory_is_flat_with_input_size() -> None:
         stored, peaks[mb] = int(out[0]), int(out[1]) * 1024
         assert stored > mb << 19  # the output really carried the volume (the pool does not compress away)
     assert peaks[500] - peaks[100] < 24 << 20, f"peak RSS grew with the input: {peaks}"
+
+
+PEAK_RSS_FRAMED = r'''
+import io, random, resource, sys, tarfile, tempfile
+from pyrage import x25519
+from dr_pipelines.core.frames import FramedRead
+from dr_pipelines.core.stream import compress_encrypt, decrypt_decompress
+
+class TarSource:
+    """A tar of MB megabytes in 3 MiB members (each framed on its own), made cheaply as Source above."""
+    def __init__(self, mb):
+        self.pool, self.parts = random.Random(1).randbytes(8 << 20), self._parts(mb)
+        self.buffer = b""
+    def _parts(self, mb):
+        for i in range(mb // 3):
+            info = tarfile.TarInfo(f"base/1/{16384 + i}")
+            info.size = 3 << 20
+            yield info.tobuf(tarfile.GNU_FORMAT)
+            for j in range(3):
+                at = ((i * 3 + j) * 7919 * 4096) % (len(self.pool) - (1 << 20))
+                yield self.pool[at:at + (1 << 20)]
+        yield bytes(1024)
+    def read(self, n=-1):
+        while len(self.buffer) < (1 << 20):
+            part = next(self.parts, None)
+            if part is None:
+                break
+            self.buffer += part
+        data, self.buffer = self.buffer[:1 << 20], self.buffer[1 << 20:]
+        return data
+
+class Sink:
+    def __init__(self):
+        self.bytes = self.skipped = 0
+    def write(self, data):
+        self.bytes += len(data)
+        return len(data)
+    def skip(self, n):
+        self.skipped += n
+
+identity = x25519.Identity.generate()
+table = []
+with tempfile.TemporaryFile() as stored:
+    for chunk in compress_encrypt(TarSource(int(sys.argv[1])), [identity.to_public()], level=3, threads=2,
+                                  frame_table=table):
+        stored.write(chunk)
+    written = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    size = stored.tell()
+    stored.seek(0)
+    sink = Sink()
+    decrypt_decompress(stored, sink, [identity], what="t", size=size,
+                       framed=FramedRead(table, lambda name: int(name.rsplit("/", 1)[1]) % 2 == 1))
+print(size, written, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sink.bytes, sink.skipped, len(table))
+'''
+
+
+def test_peak_memory_of_framed_writes_and_reads_is_flat_with_input_size() -> None:
+    """~99 MB and ~501 MB of tar framed, encrypted, then read back leaving half the files out: the peak RSS of
+    either side must not follow the input, and the bytes read and skipped add up to the whole tar."""
+    peaks = {}
+    for mb in (99, 501):
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS_FRAMED, str(mb)], capture_output=True, text=True,
+                             env={**os.environ}, check=True).stdout.split()
+        stored, written, read, plain, skipped, frames = (int(v) for v in out)
+        peaks[mb] = (written * 1024, read * 1024)
+        assert stored > mb << 19 and frames == 2 * (mb // 3) + 2  # header, body per file; the trailer; the end
+        assert plain + skipped == mb // 3 * ((3 << 20) + 512) + 1024 and skipped == (mb // 3) // 2 * (3 << 20)
+    assert peaks[501][0] - peaks[99][0] < 24 << 20, f"peak RSS of the framed write grew with the input: {peaks}"
+    assert peaks[501][1] - peaks[99][1] < 24 << 20, f"peak RSS of the framed read grew with the input: {peaks}"

@@ -17,6 +17,7 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -28,6 +29,7 @@ from dr_pipelines.core.backup.catalog import find_backup
 from dr_pipelines.core.backup.index_map import IndexMap, MappedIndex
 from dr_pipelines.core.backup.physical import run_base_backup
 from dr_pipelines.core.errors import DrpError
+from dr_pipelines.core.frames import KEY as FRAMES_KEY
 from dr_pipelines.core.layout import backup_prefix
 from dr_pipelines.core.pg.cluster import LocalCluster
 from dr_pipelines.core.restore.partial import plan_partial
@@ -57,6 +59,10 @@ CREATE INDEX "hash" ON "Ops ü"."Visit ""Notes""" USING hash ("Clinic Id");
 CREATE INDEX "tags" ON "Ops ü"."Visit ""Notes""" USING gin (tags);
 INSERT INTO "Ops ü"."Visit ""Notes""" ("Clinic Id", body, tags)
     SELECT c.id, repeat('note ' || g, 40), ARRAY['t' || (g % 7)] FROM clinics c, generate_series(1, 400) g;
+CREATE TABLE ledger (id bigint PRIMARY KEY, clinic_id bigint NOT NULL REFERENCES clinics (id), entry text NOT NULL);
+CREATE INDEX ledger_by_clinic ON ledger (clinic_id);
+CREATE INDEX ledger_entries ON ledger (entry);  -- past 1 MiB, left out: frames of its own, never decrypted
+INSERT INTO ledger SELECT g, 1 + g % 3, md5(g::text) || repeat('x', 100) FROM generate_series(1, 12000) g;
 '''
 CHANGES = '''
 REINDEX INDEX "Ops ü"."wide";
@@ -187,6 +193,19 @@ def test_a_partial_pitr_reads_exactly_the_clinics_rows_and_no_left_out_index(sou
     assert any("left out of the extraction" in line for line in lines)
     assert any("marked invalid in the past database" in line for line in lines)
     assert list((source.work / "clusters").iterdir()) == []
+
+
+def test_large_files_are_frames_of_their_own_and_left_out_ones_are_never_decrypted(source: Source) -> None:
+    """The base backup's frame table (core/frames.py) names each file of 1 MiB or more; the partial plan leaves
+    some of them out (their frames are passed over, undecrypted, by the extraction above) and keeps others."""
+    entry = find_backup(context.storage(source.rig.settings()), source.base_id)
+    table = entry.manifest.extra[FRAMES_KEY]
+    plan = plan_partial(IndexMap.from_extra(entry.manifest.extra), "clinics", scope_reads(source.scope))
+    assert plan is not None and table[0] == [0, 0, None] and table[-1][0] == entry.manifest.object("base").plain_bytes
+    named = {name for _, _, name in table if name}
+    assert {n for n in named if plan.leaves_out(n)} and {n for n in named if not plan.leaves_out(n)}
+    skipped = sum(p1 - p0 for (p0, _, name), (p1, _, _) in pairwise(table) if name and plan.leaves_out(name))
+    assert skipped >= 1 << 20
 
 
 def test_without_reads_or_a_map_every_file_is_extracted(source: Source) -> None:
