@@ -21,7 +21,7 @@ import zstandard
 from pyrage import x25519
 
 from dr_pipelines.core.age_chunks import CHUNK, SEALED, AgeChunks, plaintext, x25519_keys
-from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 from dr_pipelines.core.frames import FRAME_ALONE, FramedRead
 from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.stream import compress_encrypt, decrypt_decompress
@@ -188,11 +188,11 @@ def test_chunks_moved_dropped_cut_or_extended_are_refused(stored, change: str) -
 def test_another_key_a_damaged_header_or_a_wrong_size_are_refused(stored) -> None:
     _, obj, _, identities, _ = stored
     keys = x25519_keys(identities)
-    with pytest.raises(DecryptionError, match="no identity matched") as wrong:
+    with pytest.raises(WrongKeyError, match="no identity matches") as wrong:
         AgeChunks(io.BytesIO(obj), x25519_keys([x25519.Identity.generate()]), len(obj), what="t")
     assert "fix:" in str(wrong.value)
     share = obj.index(b"-> X25519 ") + len(b"-> X25519 ") + 5
-    for at, match in ((share, "no identity matched|malformed"), (obj.index(b"--- ") + 6, "MAC"), (3, "not an age file")):
+    for at, match in ((share, "no identity matches|malformed"), (obj.index(b"--- ") + 6, "MAC"), (3, "not an age file")):
         damaged = bytearray(obj)
         damaged[at] = ord("A") if damaged[at] != ord("A") else ord("B")
         with pytest.raises(DecryptionError, match=match):

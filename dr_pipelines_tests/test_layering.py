@@ -53,6 +53,8 @@ LAYER_NAMES = ("errors", "primitives", "formats", "settings", "context", "use ca
 LAYERS = {
     "": 0, "errors": 0, "checkpoints": 0, "progress": 0, "processes": 0,
     "storage": 1, "pg": 1, "crypto": 1, "notify": 1, "graphql": 1,
+    "tarformat": 1, "age_chunks": 1,  # the tar format's fields; age read chunk by chunk
+    "frames": 2,  # framed base backups: the frame cutter and the framed read
     "pg.snapshots": 1, "pg.drp_schema": 1,  # h-pgcore's exported snapshots and drp.* schema
     "manifest": 2, "stream": 2, "layout": 2, "verified_read": 2, "tenancy": 2, "parquet": 2,
     "pg.content": 2, "backup.gfs": 2, "verify.checks": 2,

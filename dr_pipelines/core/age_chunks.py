@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 
 INTRO = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024  # plaintext bytes per payload chunk
@@ -202,7 +202,7 @@ class AgeChunks:
                     return ChaCha20Poly1305(_hkdf(shared, share + ours, X25519_INFO)).decrypt(bytes(12), body, None)
                 except InvalidTag:
                     continue
-        raise DecryptionError(f"cannot decrypt {self._what}: no identity matched any of its recipients", fix=KEY_FIX)
+        raise WrongKeyError(f"cannot decrypt {self._what}: no identity matches its recipients", fix=KEY_FIX)
 
     def _line(self) -> bytes:
         """One header line, with its newline."""

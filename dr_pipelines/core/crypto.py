@@ -19,6 +19,10 @@ class DecryptionError(DrpError):
     """The identity does not match the backup's recipients, or the ciphertext is damaged."""
 
 
+class WrongKeyError(DecryptionError):
+    """No identity given matches the object's recipients: a key problem, not a damaged backup."""
+
+
 def parse_recipients(recipients: list[str]) -> list[x25519.Recipient]:
     if not recipients:
         raise ConfigError(

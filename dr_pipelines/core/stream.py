@@ -1,7 +1,8 @@
 """Streams, not files: compress + encrypt on the way out, decrypt + decompress on the way in.
 
 Memory is bounded by a small queue of chunks whatever the payload size. The wire format is
-plain `zstd` inside plain `age`, so `age -d -i key | zstd -d` undoes it with stock tools.
+plain `zstd` inside plain `age`, so `age -d -i key | zstd -d` undoes it with stock tools (a base
+backup's zstd is a sequence of frames, core/frames.py: still one valid zstd stream).
 Two ways in, one format: ``compress_encrypt`` for a stream of unknown size (backups),
 ``seal`` for a payload already in memory (a WAL segment).
 
@@ -25,7 +26,7 @@ import pyrage
 import zstandard
 
 from dr_pipelines.core.age_chunks import AgeChunks, plaintext, x25519_keys
-from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 from dr_pipelines.core.frames import FramedCompression, FramedRead, Skipped
 
 READ_SIZE = 1 << 20
@@ -243,7 +244,7 @@ def decrypt_decompress(reader: BinaryIO, dest: BinaryIO, identities: Sequence[ob
         with decompressor.stream_writer(dest, closefd=False) as plain:
             pyrage.decrypt_io(_LargeReads(reader), plain, list(identities))
     except pyrage.DecryptError as exc:
-        raise DecryptionError(
+        raise (WrongKeyError if "No matching keys" in str(exc) else DecryptionError)(
             f"cannot decrypt {what}: {exc}",
             fix="use the age identity (private key) matching the backup's recipients; if it does match, the object is damaged",
         ) from None

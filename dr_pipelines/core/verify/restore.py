@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dr_pipelines.core import context
 from dr_pipelines.core.backup.catalog import BackupEntry, find_backup, list_backups, newest_restorable
-from dr_pipelines.core.crypto import DecryptionError
+from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 from dr_pipelines.core.errors import (
     ClusterError,
     ConfigError,
@@ -109,9 +109,9 @@ def verify_backup(
                                                                   heapallindexed, durable, progress, purpose)
     except ENVIRONMENT_ERRORS:
         raise
+    except WrongKeyError:
+        raise  # a key problem, not a backup problem
     except DecryptionError as exc:
-        if "No matching keys" in exc.problem:
-            raise  # a key problem, not a backup problem
         error = exc.problem
     except StorageError as exc:
         if not isinstance(exc, ObjectNotFoundError):
