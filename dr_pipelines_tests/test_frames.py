@@ -22,7 +22,7 @@ from pyrage import x25519
 
 from dr_pipelines.core.age_chunks import CHUNK, SEALED, AgeChunks, plaintext, x25519_keys
 from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
-from dr_pipelines.core.frames import FRAME_ALONE, FramedRead
+from dr_pipelines.core.frames import FRAME_ALONE, FRAME_MAX, FramedRead
 from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.stream import compress_encrypt, decrypt_decompress
 from dr_pipelines_tests.test_stream import stock_decrypt
@@ -46,9 +46,10 @@ FILES = {
     "base/16384/16391": _pages(FRAME_ALONE, 5),  # exactly the threshold: a frame of its own, left out too
     "base/16384/16392": _pages(FRAME_ALONE - 1, 6),  # just under: shares a frame
     LONG: _pages(FRAME_ALONE + 7, 7),
+    "base/16384/16393": _pages(2 * FRAME_MAX + 777, 8),  # left out: frames of FRAME_MAX, all named after it
     "backup_manifest": b"{}\n",
 }
-LEFT_OUT = {"base/16384/16390", "base/16384/16390_fsm", "base/16384/16391", LONG}
+LEFT_OUT = {"base/16384/16390", "base/16384/16390_fsm", "base/16384/16391", LONG, "base/16384/16393"}
 
 
 def _tar() -> bytes:
@@ -108,9 +109,13 @@ def test_large_files_get_frames_of_their_own(stored) -> None:
     named = {name for _, _, name in table if name}
     assert named == {n for n, d in FILES.items() if len(d) >= FRAME_ALONE}
     assert table[0] == [0, 0, None] and table[-1][0] == len(plain)
+    bodies: dict[str, bytes] = {}
     for (p0, _, name), (p1, _, _) in pairwise(table):
-        if name:  # a named frame is exactly that file's body
-            assert plain[p0:p1] == FILES[name]
+        assert p1 - p0 <= FRAME_MAX
+        if name:
+            bodies[name] = bodies.get(name, b"") + plain[p0:p1]
+    assert bodies == {n: d for n, d in FILES.items() if len(d) >= FRAME_ALONE}  # named frames: exactly the body
+    assert sum(1 for _, _, name in table if name == "base/16384/16393") == 3
 
 
 def test_frames_decompress_alone_to_their_spans(stored) -> None:

@@ -15,7 +15,10 @@ Every stored byte is still read and hashed: ``read_verified`` checks the whole o
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
 from typing import BinaryIO
 
@@ -27,6 +30,8 @@ from dr_pipelines.core.tarformat import FILE_TYPES, TarWalk
 
 KEY = "frames"  # manifest.extra key
 FRAME_ALONE = 1 << 20  # a regular file this large gets frames of its own
+FRAME_MAX = 4 << 20  # plain bytes per frame at most
+IN_FLIGHT = 4  # frames being compressed or waiting to be read
 READ_SIZE = 1 << 20
 
 
@@ -45,50 +50,94 @@ class FrameCuts(TarWalk):
 
 
 class FramedCompression:
-    """A file-like ``read`` of zstd(``source``) as a sequence of frames cut where ``FrameCuts`` says;
-    ``table`` is complete once ``read`` has returned b"" (what pyrage.encrypt_io reads from)."""
+    """A file-like ``read`` of zstd(``source``) as a sequence of independent frames (what pyrage.encrypt_io reads
+    from); ``table`` is complete once ``read`` has returned b"".
 
-    def __init__(self, source: BinaryIO, compressor: zstandard.ZstdCompressor) -> None:
+    Frames end where ``FrameCuts`` says and after ``FRAME_MAX`` plain bytes, and ``threads`` of them are
+    compressed at once, each by one-threaded zstd (the GIL released). zstd's own threads, given frames this
+    small, waited at every frame's end: one core, 3.0 s for the demo's 1.1 GB tar against 1.9-2.1 s unframed.
+    At most ``IN_FLIGHT`` frames are held, so memory stays flat whatever the size.
+    """
+
+    def __init__(self, source: BinaryIO, *, level: int, threads: int) -> None:
         self._source = source
-        self._compressor = compressor
-        self._frame = compressor.compressobj()
+        self._level = level
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="drp-frame-zstd")
         self._cuts = FrameCuts()
+        self._frame: list[memoryview] = []  # the current frame's pieces, views of the source's chunks (no copy)
+        self._frame_bytes = 0
+        self._frame_start, self._frame_name = 0, None
+        self._pending: deque[tuple[Future[bytes], int, str | None]] = deque()
         self._out = bytearray()
-        self._plain = 0
+        self._plain = 0  # plain bytes read from the source
         self._compressed = 0
-        self._eof = False
-        self.table: list[list] = [[0, 0, None]]
+        self._source_done = self._done = False
+        self.table: list[list] = []
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n is None or n < 0 or len(self._out) < n):
-            self._pump()
+        while not self._done and (n is None or n < 0 or len(self._out) < n):
+            if self._pending and (len(self._pending) >= IN_FLIGHT or self._source_done):
+                future, start, name = self._pending.popleft()
+                data = future.result()
+                self.table.append([start, self._compressed, name])
+                self._out += data
+                self._compressed += len(data)
+            elif not self._source_done:
+                self._pump()
+            else:
+                self.table.append([self._plain, self._compressed, None])
+                self._done = True
         n = len(self._out) if n is None or n < 0 else n
         data = bytes(self._out[:n])
         del self._out[:n]
         return data
 
+    def close(self) -> None:
+        """Stop the compressing threads (after a failure: frames not yet compressed are dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def _pump(self) -> None:
         data = self._source.read(READ_SIZE)
         if not data:
-            self._emit(self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-            self.table.append([self._plain, self._compressed, None])
-            self._eof = True
+            self._submit()
+            self._source_done = True
             return
         self._cuts.walk(data)
         view, start, pos = memoryview(data), self._plain, 0
         for cut in sorted(c for c in self._cuts.pending if c <= start + len(data)):
-            name = self._cuts.pending.pop(cut)
-            self._emit(self._frame.compress(view[pos:cut - start]))
+            self._add(view[pos:cut - start])
             pos = cut - start
-            self._emit(self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-            self._frame = self._compressor.compressobj()
-            self.table.append([cut, self._compressed, name])
-        self._emit(self._frame.compress(view[pos:]))
+            self._submit()
+            self._frame_name = self._cuts.pending.pop(cut)
+        self._add(view[pos:])
         self._plain = start + len(data)
 
-    def _emit(self, data: bytes) -> None:
-        self._out += data
-        self._compressed += len(data)
+    def _add(self, piece: memoryview) -> None:
+        """Append to the current frame, ending it (a large file's frames keep its name) each FRAME_MAX bytes."""
+        while self._frame_bytes + len(piece) >= FRAME_MAX:
+            take = FRAME_MAX - self._frame_bytes
+            self._frame.append(piece[:take])
+            self._frame_bytes += take
+            piece = piece[take:]
+            self._submit()
+        if piece:
+            self._frame.append(piece)
+            self._frame_bytes += len(piece)
+
+    def _submit(self) -> None:
+        if self._frame_bytes:
+            self._pending.append((self._pool.submit(self._compress, self._frame, self._frame_bytes), self._frame_start,
+                                  self._frame_name))
+            self._frame_start += self._frame_bytes
+            self._frame, self._frame_bytes = [], 0
+
+    def _compress(self, pieces: list[memoryview], size: int) -> bytes:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self._level)
+        frame = compressor.compressobj(size=size)
+        return b"".join([*(frame.compress(p) for p in pieces), frame.flush()])
 
 
 class Skipped:

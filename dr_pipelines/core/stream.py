@@ -168,12 +168,15 @@ def compress_encrypt(source: BinaryIO, recipients: Sequence[object], *, level: i
     """
 
     def work(sink: BinaryIO) -> None:
-        compressor = zstandard.ZstdCompressor(level=level, threads=threads)
         if frame_table is not None:
-            framed = FramedCompression(source, compressor)
-            pyrage.encrypt_io(framed, sink, list(recipients))
+            framed = FramedCompression(source, level=level, threads=threads)
+            try:
+                pyrage.encrypt_io(framed, sink, list(recipients))
+            finally:
+                framed.close()
             frame_table[:] = framed.table
             return
+        compressor = zstandard.ZstdCompressor(level=level, threads=threads)
         with compressor.stream_reader(source, read_size=READ_SIZE, closefd=False) as compressed:
             pyrage.encrypt_io(compressed, sink, list(recipients))
 
