@@ -20,6 +20,7 @@ import pytest
 import zstandard
 from pyrage import x25519
 
+from dr_pipelines.core import frames
 from dr_pipelines.core.age_chunks import CHUNK, SEALED, AgeChunks, plaintext, x25519_keys
 from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 from dr_pipelines.core.frames import FRAME_ALONE, FRAME_MAX, FramedRead
@@ -141,6 +142,14 @@ def test_a_partial_read_writes_the_wanted_files_and_leaves_the_others_empty(stor
 def _payload_start(obj: bytes) -> int:
     """Where the sealed chunks begin: after the header's MAC line and the 16-byte payload nonce."""
     return obj.index(b"\n", obj.index(b"\n--- ") + 1) + 1 + 16
+
+
+def test_a_frame_past_the_one_shot_size_is_streamed(stored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames larger than ONE_SHOT_MAX (none this drp writes) are decompressed as a stream: the same files."""
+    _, obj, table, identities, _ = stored
+    monkeypatch.setattr(frames, "ONE_SHOT_MAX", 1000)
+    _extract(obj, table, identities, tmp_path / "out", leave_out=LEFT_OUT.__contains__)
+    assert _tree(tmp_path / "out") == {n: (b"" if n in LEFT_OUT else d) for n, d in FILES.items()}
 
 
 def _chunk_of(obj: bytes, table: list, name: str) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
 from typing import BinaryIO
@@ -32,6 +32,8 @@ KEY = "frames"  # manifest.extra key
 FRAME_ALONE = 1 << 20  # a regular file this large gets frames of its own
 FRAME_MAX = 4 << 20  # plain bytes per frame at most
 IN_FLIGHT = 4  # frames being compressed or waiting to be read
+ONE_SHOT_MAX = 64 << 20  # frames up to this size are decompressed in one call
+WRITE_SIZE = 1 << 20  # a decompressed frame goes to the untar in pieces of this size
 READ_SIZE = 1 << 20
 
 
@@ -161,28 +163,47 @@ class FramedRead:
         frame decompressed on its own and checked to end where the table says."""
         frames = _checked(self.table, chunks.plain_size, what)
         plain = _Plain(chunks)
+        decompressor = zstandard.ZstdDecompressor()
         for (p0, c0, name), (p1, c1, _) in pairwise(frames):
             if name is not None and self.leave_out is not None and self.leave_out(name):
                 plain.pass_to(c1)
                 dest.skip(p1 - p0)  # type: ignore[attr-defined]
                 continue
-            frame, produced = zstandard.ZstdDecompressor().decompressobj(), 0
-            try:
-                for piece in plain.between(c0, c1):
-                    if frame.eof:
-                        raise DecryptionError(f"{what}: a zstd frame ends before the frame table says",
-                                              fix="the object or its manifest is damaged: use another backup")
-                    out = frame.decompress(piece)
-                    produced += len(out)
-                    if out:
-                        dest.write(out)
+            if p1 - p0 > ONE_SHOT_MAX:  # a frame larger than any this drp writes: streamed (holds the GIL)
+                _stream_frame(plain.between(c0, c1), p1 - p0, dest, what)
+                continue
+            try:  # one call, the GIL released: the untar's writes go on meanwhile (decompressobj held it)
+                out = decompressor.decompress(b"".join(plain.between(c0, c1)), max_output_size=p1 - p0)
             except zstandard.ZstdError as exc:
-                raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})",
-                                      fix="the object is damaged") from None
-            if not frame.eof or frame.unused_data or produced != p1 - p0:
-                raise DecryptionError(f"{what}: frame {c0}..{c1} holds {produced} bytes, not the {p1 - p0} of the table",
-                                      fix="the object or its manifest is damaged: use another backup")
+                raise DecryptionError(f"{what}: frame {c0}..{c1} decrypted but is not the zstd frame of the table "
+                                      f"({exc})", fix="the object or its manifest is damaged: use another backup") from None
+            if len(out) != p1 - p0:
+                raise _frame_mismatch(what, c0, c1, len(out), p1 - p0)
+            view = memoryview(out)
+            for at in range(0, len(out), WRITE_SIZE):
+                dest.write(view[at:at + WRITE_SIZE])  # type: ignore[arg-type]
         plain.pass_to(chunks.plain_size)
+
+
+def _stream_frame(pieces: Iterator[memoryview], size: int, dest: BinaryIO, what: str) -> None:
+    frame, produced = zstandard.ZstdDecompressor().decompressobj(), 0
+    try:
+        for piece in pieces:
+            if frame.eof:
+                raise _frame_mismatch(what, 0, 0, produced, size)
+            out = frame.decompress(piece)
+            produced += len(out)
+            if out:
+                dest.write(out)
+    except zstandard.ZstdError as exc:
+        raise DecryptionError(f"{what} decrypted but is not valid zstd data ({exc})", fix="the object is damaged") from None
+    if not frame.eof or frame.unused_data or produced != size:
+        raise _frame_mismatch(what, 0, 0, produced, size)
+
+
+def _frame_mismatch(what: str, c0: int, c1: int, produced: int, size: int) -> DecryptionError:
+    return DecryptionError(f"{what}: a frame ({c0}..{c1}) holds {produced} bytes, not the {size} of the frame table",
+                           fix="the object or its manifest is damaged: use another backup")
 
 
 def _checked(table: list[list], compressed: int, what: str) -> list[tuple[int, int, str | None]]:
