@@ -127,9 +127,6 @@ class AgeChunks:
             raise DecryptionError(f"cannot decrypt {what}: it is too short for its age header",
                                   fix="the object is damaged: use another backup")
 
-    def chunk_start(self, index: int) -> int:
-        return index * CHUNK
-
     def next_chunk(self, decrypt: bool = True) -> bytes | None:
         index = self.next_index
         if index >= self.chunks:
