@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import tarfile
 from itertools import pairwise
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dr_pipelines.core.crypto import DecryptionError, WrongKeyError
 from dr_pipelines.core.frames import FRAME_ALONE, FRAME_MAX, FramedRead
 from dr_pipelines.core.restore.untar import SafeUntar, TarFormatError
 from dr_pipelines.core.stream import compress_encrypt, decrypt_decompress
+from dr_pipelines_tests.support.backup import tar_of
 from dr_pipelines_tests.test_stream import stock_decrypt
 
 LONG = "base/16384/" + "é" * 60 + "_long_name_past_the_ustar_field"  # a GNU long-name header, and not ASCII
@@ -54,13 +54,7 @@ LEFT_OUT = {"base/16384/16390", "base/16384/16390_fsm", "base/16384/16391", LONG
 
 
 def _tar() -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in FILES.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    return tar_of(FILES)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ only, every left-out index invalid and not ready, the rest valid, and the planne
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from dr_pipelines.core.tenancy import TENANTS_SETTING, Scope, discover_scope, te
 from dr_pipelines.core.tenant_restore.drill import clinic_checksums
 from dr_pipelines.core.tenant_restore.source import past_database, scope_reads
 from dr_pipelines.demo.generate import seed_demo
-from dr_pipelines_tests.support.backup import flip_middle_byte
+from dr_pipelines_tests.support.backup import flip_middle_byte, tar_of
 from dr_pipelines_tests.support.procs import start_paused
 from dr_pipelines_tests.support.wal import WalRig, wait_archived
 
@@ -233,14 +231,8 @@ def test_only_the_left_out_indexes_files_are_dropped_by_name() -> None:
 
 def test_the_untar_creates_a_left_out_file_empty_and_reads_past_its_bytes(tmp_path: Path) -> None:
     members = {"base/5/600": os.urandom(3 * 8192 + 17), "base/5/500": os.urandom(8192), "base/5/600_fsm": b"f" * 100}
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
     untar = SafeUntar(tmp_path, leave_out=lambda name: name.startswith("base/5/600"))
-    raw = out.getvalue()
+    raw = tar_of(members)
     for at in range(0, len(raw), 1000):
         untar.write(raw[at:at + 1000])
     untar.finish()

@@ -7,9 +7,11 @@ moto's S3 server over HTTP, and damage is done to the stored bytes themselves.
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import os
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -394,3 +396,14 @@ def tmpfs(directory: Path, size: str = "1M") -> Iterator[Path]:
 
 def remount_read_only(directory: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True, capture_output=True)
+
+
+def tar_of(members: dict[str, bytes]) -> bytes:
+    """A GNU tar of regular files (name -> content, mode 0600), in order: what a base backup's tar holds."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
